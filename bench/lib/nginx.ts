@@ -1,0 +1,101 @@
+// nginx as the peer for upload benches: Debian's nginx with its own config in a temp dir, doing what
+// Apache mod_dav does on a Rudder relay for `PUT /reports/<file>` (TLS 1.3, optional client cert,
+// basic auth against an htpasswd file, file written to a temp file then renamed into place).
+
+import { execFile } from 'node:child_process';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { acceptsConnections, startServer, waitUntilReady, type Server } from './processes.js';
+
+const execFileAsync = promisify(execFile);
+const nginxBinary = '/usr/sbin/nginx';
+
+export interface NginxOptions {
+  /** empty directory for everything nginx writes */
+  readonly directory: string;
+  readonly port: number;
+  readonly keyFile: string;
+  readonly certificateFile: string;
+  readonly user: string;
+  readonly password: string;
+}
+
+export interface NginxUploads {
+  readonly server: Server;
+  /** where `PUT /reports/<file>` lands */
+  readonly reportsDirectory: string;
+}
+
+/** "nginx/1.22.1 (dav, auth_basic)", or throws when nginx cannot serve DAV uploads. */
+export async function nginxVersion(): Promise<string> {
+  const { stderr } = await execFileAsync(nginxBinary, ['-V']);
+  const version = /nginx version: (\S+)/.exec(stderr)?.[1] ?? 'nginx';
+  if (!stderr.includes('--with-http_dav_module')) {
+    throw new Error(`${nginxBinary} has no dav module: apt-get install -y nginx-full`);
+  }
+  if (stderr.includes('--without-http_auth_basic_module')) {
+    throw new Error(`${nginxBinary} has no auth_basic module: apt-get install -y nginx-full`);
+  }
+  return version;
+}
+
+export async function startNginxUploads(options: NginxOptions): Promise<NginxUploads> {
+  const reportsDirectory = join(options.directory, 'reports');
+  await mkdir(reportsDirectory, { recursive: true });
+  await mkdir(join(options.directory, 'client-body'), { recursive: true });
+  // apr1 (MD5) is what Apache's htpasswd writes by default, as for Rudder's htpasswd-webdav
+  const { stdout: hash } = await execFileAsync('openssl', ['passwd', '-apr1', options.password]);
+  const htpasswd = join(options.directory, 'htpasswd');
+  await writeFile(htpasswd, `${options.user}:${hash.trim()}\n`);
+
+  const temp = (name: string): string => join(options.directory, name);
+  const config = `
+daemon off;
+worker_processes auto;
+${process.getuid?.() === 0 ? 'user root;' : ''}
+pid ${temp('nginx.pid')};
+error_log ${temp('error.log')} warn;
+events { worker_connections 1024; }
+http {
+  access_log ${temp('access.log')};
+  client_body_temp_path ${temp('client-body')};
+  proxy_temp_path ${temp('proxy')};
+  fastcgi_temp_path ${temp('fastcgi')};
+  uwsgi_temp_path ${temp('uwsgi')};
+  scgi_temp_path ${temp('scgi')};
+  server {
+    listen 127.0.0.1:${options.port} ssl;
+    ssl_certificate ${options.certificateFile};
+    ssl_certificate_key ${options.keyFile};
+    ssl_protocols TLSv1.3;
+    ssl_verify_client optional_no_ca;
+    location /reports/ {
+      alias ${reportsDirectory}/;
+      dav_methods PUT;
+      create_full_put_path off;
+      limit_except PUT { deny all; }
+      auth_basic "WebDAV Storage";
+      auth_basic_user_file ${htpasswd};
+    }
+  }
+}
+`;
+  const configFile = temp('nginx.conf');
+  await writeFile(configFile, config);
+  const server = startServer({
+    name: 'nginx',
+    command: nginxBinary,
+    args: ['-p', options.directory, '-c', configFile, '-e', temp('error.log')],
+    cwd: options.directory,
+    logFile: temp('stderr.log'),
+    stopSignal: 'SIGTERM',
+  });
+  try {
+    await waitUntilReady(server, () => acceptsConnections(options.port), 10_000);
+  } catch (error) {
+    await server.stop();
+    throw error;
+  }
+  return { server, reportsDirectory };
+}

@@ -1,0 +1,114 @@
+// onerelay started as a user starts it: `node dist/cli.js start --config <toml>`, with a config, a
+// nodes list and nodes certificates written for the bench's agents. Ready when the local API's
+// status answers 200; stopped with SIGTERM.
+
+import { existsSync } from 'node:fs';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { request } from 'node:http';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { NodeIdentity } from './identities.js';
+import { acceptsConnections, freePort, startServer, waitUntilReady, type Server } from './processes.js';
+
+export const projectDirectory = resolve(fileURLToPath(new URL('../..', import.meta.url)));
+/** BENCH_ONERELAY_CLI benches another build of the CLI */
+export const cliFile = process.env['BENCH_ONERELAY_CLI'] ?? join(projectDirectory, 'dist', 'cli.js');
+
+export interface OnerelayOptions {
+  /** empty directory for the config and everything onerelay writes */
+  readonly directory: string;
+  readonly httpsPort: number;
+  readonly relay: NodeIdentity;
+  readonly agents: readonly NodeIdentity[];
+  readonly password: string;
+  /** [https] workers; 0 = one per core */
+  readonly workers: number;
+}
+
+export interface OnerelayUploads {
+  readonly server: Server;
+  /** where `PUT /reports/<file>` lands */
+  readonly reportsDirectory: string;
+  readonly apiPort: number;
+}
+
+/** Why onerelay cannot be benched from this tree, or undefined when its CLI is built. */
+export function onerelayMissing(): string | undefined {
+  if (!existsSync(cliFile)) return `${cliFile} does not exist (the CLI is not written or not built: npm run build)`;
+  return undefined;
+}
+
+export async function startOnerelayUploads(options: OnerelayOptions): Promise<OnerelayUploads> {
+  const at = (name: string): string => join(options.directory, name);
+  const apiPort = await freePort();
+  await mkdir(at('ppkeys'), { recursive: true });
+  await writeFile(at('ppkeys/localhost.priv'), options.relay.privateKeyPem, { mode: 0o600 });
+  await writeFile(at('ppkeys/localhost.pub'), options.relay.publicKeyPem);
+  await writeFile(at('agent.cert'), options.relay.certificatePem);
+  const nodesList = Object.fromEntries(
+    options.agents.map((agent, index) => [
+      agent.nodeId,
+      { hostname: `agent${index}`, 'key-hash': agent.keyHash, 'policy-server': options.relay.nodeId },
+    ]),
+  );
+  await writeFile(at('nodeslist.json'), `${JSON.stringify(nodesList, null, 2)}\n`);
+  await writeFile(at('nodescerts.pem'), options.agents.map((agent) => agent.certificatePem).join(''));
+  const config = `[general]
+node_id = "${options.relay.nodeId}"
+nodes_list_file = "${at('nodeslist.json')}"
+nodes_certs_file = "${at('nodescerts.pem')}"
+listen = "127.0.0.1:${apiPort}"
+
+[processing.reporting]
+directory = "${at('reports')}/"
+
+[processing.inventory]
+directory = "${at('inventories')}/"
+
+[output.upstream]
+host = "127.0.0.1"
+password = "${options.password}"
+
+[identity]
+private_key_file = "${at('ppkeys/localhost.priv')}"
+certificate_file = "${at('agent.cert')}"
+
+[https]
+listen = "127.0.0.1:${options.httpsPort}"
+allowed_networks = ["127.0.0.0/8"]
+workers = ${options.workers}
+`;
+  const configFile = at('onerelay.toml');
+  await writeFile(configFile, config);
+  const server = startServer({
+    name: 'onerelay',
+    command: process.execPath,
+    args: [cliFile, 'start', '--config', configFile],
+    cwd: projectDirectory,
+    logFile: at('onerelay.log'),
+    stopSignal: 'SIGTERM',
+  });
+  try {
+    // the status may answer before the HTTPS front door listens
+    await waitUntilReady(server, async () => (await statusIsOk(apiPort)) && acceptsConnections(options.httpsPort), 20_000);
+  } catch (error) {
+    await server.stop();
+    throw error;
+  }
+  return { server, reportsDirectory: at('reports/incoming'), apiPort };
+}
+
+function statusIsOk(apiPort: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const req = request(
+      { host: '127.0.0.1', port: apiPort, path: '/rudder/relay-api/1/system/status', agent: false },
+      (res) => {
+        res.resume();
+        resolve(res.statusCode === 200);
+      },
+    );
+    req.setTimeout(2000, () => req.destroy());
+    req.on('error', () => resolve(false));
+    req.end();
+  });
+}

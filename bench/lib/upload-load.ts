@@ -1,0 +1,165 @@
+// Upload load: a fixed number of agents in flight, spread over a few load processes (each its own
+// event loop and core share), a warm-up, then a fixed measuring window. Completions inside the
+// window are counted; 2xx are uploads, anything else is reported as a failure.
+
+import { fork, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { cpuTimeOfTreesMs, machineBusyCpuTimeMs } from './processes.js';
+import type { AgentKeys } from './upload-client.js';
+
+export interface LoadPlan {
+  readonly port: number;
+  readonly agents: readonly AgentKeys[];
+  readonly authorization: string;
+  readonly body: Buffer;
+  readonly processes: number;
+  /** uploads in flight overall, split evenly between the processes */
+  readonly concurrency: number;
+  readonly warmupMs: number;
+  readonly durationMs: number;
+  /** runlog timestamps start here and advance by one second per upload of each agent: names never repeat */
+  readonly firstSecond: number;
+  /** process trees whose CPU use is reported (the server measured) */
+  readonly serverPids: readonly number[];
+}
+
+export interface LoadResult {
+  readonly uploads: number;
+  readonly uploadsPerSecond: number;
+  readonly latenciesMs: readonly number[];
+  /** non-2xx answers by status, and transport errors by message */
+  readonly failures: Readonly<Record<string, number>>;
+  /** CPU used during the window, in % of one core (200 = both cores of this machine) */
+  readonly serverCpuPercent: number;
+  readonly loadCpuPercent: number;
+  /** everything else busy on the machine meanwhile (other processes, kernel): noise when high */
+  readonly otherCpuPercent: number;
+}
+
+// ---- messages between the bench and a load process ----
+export interface WorkerPlan {
+  readonly type: 'plan';
+  readonly port: number;
+  readonly agents: readonly AgentKeys[];
+  readonly authorization: string;
+  readonly body: Uint8Array;
+  readonly concurrency: number;
+  readonly warmupMs: number;
+  readonly durationMs: number;
+  readonly firstSecond: number;
+}
+export interface WorkerStart {
+  readonly type: 'start';
+}
+export interface WorkerReady {
+  readonly type: 'ready';
+}
+export interface WorkerResult {
+  readonly type: 'result';
+  readonly uploads: number;
+  readonly latenciesMs: readonly number[];
+  readonly failures: Readonly<Record<string, number>>;
+}
+export type WorkerMessage = WorkerReady | WorkerResult;
+
+const workerScript = fileURLToPath(new URL('./upload-load-worker.ts', import.meta.url));
+
+export async function runUploadLoad(plan: LoadPlan): Promise<LoadResult> {
+  // inherits process.execArgv, i.e. the tsx loader the bench itself runs under
+  const workers = Array.from({ length: plan.processes }, () =>
+    fork(workerScript, [], { serialization: 'advanced', stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }),
+  );
+  try {
+    const readiness = workers.map((worker) => nextMessage(worker, 'ready'));
+    workers.forEach((worker, index) => {
+      const agents = plan.agents.filter((_, agentIndex) => agentIndex % plan.processes === index);
+      const concurrency = Math.floor(plan.concurrency / plan.processes) + (index < plan.concurrency % plan.processes ? 1 : 0);
+      const message: WorkerPlan = {
+        type: 'plan',
+        port: plan.port,
+        agents,
+        authorization: plan.authorization,
+        body: plan.body,
+        concurrency,
+        warmupMs: plan.warmupMs,
+        durationMs: plan.durationMs,
+        firstSecond: plan.firstSecond,
+      };
+      worker.send(message);
+    });
+    await Promise.all(readiness);
+
+    const results = workers.map((worker) => nextMessage(worker, 'result'));
+    const start: WorkerStart = { type: 'start' };
+    for (const worker of workers) worker.send(start);
+    const loadPids = workers.map((worker) => worker.pid ?? -1);
+    // CPU readings at the edges of the window, which every load process times the same way
+    const cpuAtStart = await after(plan.warmupMs, () => cpuReading(plan.serverPids, loadPids));
+    const cpuAtEnd = await after(plan.durationMs, () => cpuReading(plan.serverPids, loadPids));
+    const finished = (await Promise.all(results)) as WorkerResult[];
+
+    const latenciesMs = finished.flatMap((result) => result.latenciesMs);
+    const failures: Record<string, number> = {};
+    for (const result of finished) {
+      for (const [what, count] of Object.entries(result.failures)) failures[what] = (failures[what] ?? 0) + count;
+    }
+    const uploads = finished.reduce((sum, result) => sum + result.uploads, 0);
+    const windowMs = cpuAtEnd.at - cpuAtStart.at;
+    return {
+      uploads,
+      uploadsPerSecond: uploads / (plan.durationMs / 1000),
+      latenciesMs,
+      failures,
+      serverCpuPercent: (100 * (cpuAtEnd.serverMs - cpuAtStart.serverMs)) / windowMs,
+      loadCpuPercent: (100 * (cpuAtEnd.loadMs - cpuAtStart.loadMs)) / windowMs,
+      otherCpuPercent:
+        (100 *
+          (cpuAtEnd.machineMs - cpuAtStart.machineMs -
+            (cpuAtEnd.serverMs - cpuAtStart.serverMs) -
+            (cpuAtEnd.loadMs - cpuAtStart.loadMs))) /
+        windowMs,
+    };
+  } finally {
+    for (const worker of workers) if (worker.exitCode === null) worker.kill();
+  }
+}
+
+interface CpuReading {
+  readonly at: number;
+  readonly serverMs: number;
+  readonly loadMs: number;
+  readonly machineMs: number;
+}
+
+function cpuReading(serverPids: readonly number[], loadPids: readonly number[]): CpuReading {
+  return {
+    at: performance.now(),
+    serverMs: cpuTimeOfTreesMs(serverPids),
+    loadMs: cpuTimeOfTreesMs(loadPids),
+    machineMs: machineBusyCpuTimeMs(),
+  };
+}
+
+function after<T>(ms: number, what: () => T): Promise<T> {
+  return new Promise((resolve) => setTimeout(() => resolve(what()), ms));
+}
+
+function nextMessage(worker: ChildProcess, type: WorkerMessage['type']): Promise<WorkerMessage> {
+  return new Promise((resolve, reject) => {
+    const onMessage = (message: WorkerMessage): void => {
+      if (message.type !== type) return;
+      cleanup();
+      resolve(message);
+    };
+    const onExit = (code: number | null): void => {
+      cleanup();
+      reject(new Error(`load process exited (code ${String(code)}) before sending '${type}'`));
+    };
+    const cleanup = (): void => {
+      worker.off('message', onMessage);
+      worker.off('exit', onExit);
+    };
+    worker.on('message', onMessage);
+    worker.once('exit', onExit);
+  });
+}

@@ -1,0 +1,303 @@
+// Composition root. The primary process loads and checks everything, owns the local API, the
+// nodes registry used by status, the spool's crash recovery and (later) the processors; it forks
+// one front-door worker per core, because TLS 1.3 handshakes with Rudder's RSA-4096 key are the
+// cost that dominates uploads and one event loop cannot use both cores (DEVELOPERS.md "Stack").
+
+import cluster, { type Worker } from 'node:cluster';
+import { X509Certificate, createPrivateKey } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
+import type { Logger } from 'pino';
+import { ConfigError, loadConfig, type Config, type LoadedConfig, type LogLevel } from './config/index.js';
+import { RelayError, messageOf } from './errors.js';
+import { createFrontDoor, createLocalApi, type UploadAuthOptions } from './http/index.js';
+import { ensureIdentity, loadIdentity, type Identity } from './identity/index.js';
+import { identityPaths } from './paths.js';
+import { createLogger, pinoLevel } from './log.js';
+import { createFrontDoorMetrics, createPrimaryMetrics } from './metrics/index.js';
+import { createNodesRegistry, type NodesRegistry } from './nodes/index.js';
+import { createSpool, type Spool } from './spool/index.js';
+import { createSystem } from './system/index.js';
+import { VERSION } from './version.js';
+import { checkInstallation } from './check.js';
+
+export interface StartOptions {
+  readonly configPath: string;
+  readonly logLevel: LogLevel | undefined;
+}
+
+type WorkerMessage = { type: 'ready' } | { type: 'failed'; message: string; exitCode: number };
+type PrimaryMessage = { type: 'reload'; level: LogLevel } | { type: 'shutdown' };
+
+const ENV_CONFIG = 'ONERELAY_CONFIG';
+const ENV_LOG_LEVEL = 'ONERELAY_LOG_LEVEL';
+
+export function spoolOf(config: Config, log: Logger): Spool {
+  return createSpool(
+    { reportsDirectory: config.processing.reporting.directory, inventoriesDirectory: config.processing.inventory.directory },
+    log,
+  );
+}
+
+export function nodesOf(config: Config, nodeId: string, log: Logger): NodesRegistry {
+  return createNodesRegistry({
+    myId: nodeId,
+    nodesListFile: config.general.nodesListFile,
+    nodesCertsFile: config.general.nodesCertsFile,
+    log,
+  });
+}
+
+/** The key pair the HTTPS endpoint presents: the agent identity unless https.* says otherwise (spec §1.1). */
+async function frontDoorTls(config: Config, identity: Identity): Promise<{ key: string; cert: string }> {
+  const keyFile = config.https.keyFile ?? config.identity.privateKeyFile;
+  const certFile = config.https.certificateFile ?? config.identity.certificateFile;
+  let key: string;
+  let cert: string;
+  try {
+    key = config.https.keyFile ? await readFile(keyFile, 'utf8') : identity.privateKeyPem;
+    cert = config.https.certificateFile ? await readFile(certFile, 'utf8') : identity.certificatePem;
+  } catch (error) {
+    throw new RelayError('RELAY_ERR_CERTIFICATE', `could not read the HTTPS key or certificate: ${messageOf(error)}`);
+  }
+  try {
+    if (!new X509Certificate(cert).checkPrivateKey(createPrivateKey(key))) {
+      throw new RelayError('RELAY_ERR_CERTIFICATE', `HTTPS certificate ${certFile} does not match key ${keyFile}`);
+    }
+  } catch (error) {
+    if (error instanceof RelayError) throw error;
+    throw new RelayError('RELAY_ERR_CERTIFICATE', `HTTPS certificate ${certFile} or key ${keyFile} is not valid PEM: ${messageOf(error)}`);
+  }
+  return { key, cert };
+}
+
+async function uploadAuth(config: Config): Promise<UploadAuthOptions> {
+  let caCertificate: X509Certificate | undefined;
+  if (config.general.peerAuthentication === 'cert_validation' && config.general.caPath !== undefined) {
+    try {
+      caCertificate = new X509Certificate(await readFile(config.general.caPath));
+    } catch (error) {
+      throw new RelayError('RELAY_ERR_CERTIFICATE', `general.ca_path ${config.general.caPath}: ${messageOf(error)}`);
+    }
+  }
+  return {
+    mode: config.general.peerAuthentication === 'cert_validation' ? 'certificate' : 'basic',
+    user: config.output.upstream.user,
+    password: config.output.upstream.password,
+    defaultPassword: config.output.upstream.defaultPassword,
+    caCertificate,
+  };
+}
+
+/** exit code of a start failure, as relayd's (spec-relayd.md §1.3) */
+export function exitCodeOf(error: unknown): number {
+  if (error instanceof ConfigError) return error.exitCode;
+  return 3;
+}
+
+// ---------------------------------------------------------------- primary
+
+export async function runPrimary(options: StartOptions): Promise<void> {
+  let loaded: LoadedConfig;
+  try {
+    loaded = await loadConfig(options.configPath);
+  } catch (error) {
+    const log = createLogger(options.logLevel ?? 'info');
+    log.fatal({ event: 'start_failed', error: messageOf(error), code: (error as RelayError).code }, 'configuration error');
+    process.exitCode = exitCodeOf(error);
+    return;
+  }
+  const { config } = loaded;
+  const log = createLogger(options.logLevel ?? config.logging.level, { role: 'primary' });
+  log.info({ event: 'starting', version: VERSION, config: loaded.source.mainFile }, `Starting onerelay ${VERSION}`);
+  for (const warning of loaded.warnings) log.warn({ event: 'config_warning' }, warning);
+
+  const stoppers: Array<() => Promise<void>> = [];
+  const workers = new Set<Worker>();
+  let shuttingDown = false;
+  let readyWorkers = 0;
+
+  try {
+    const { identity, created } = await ensureIdentity(identityPaths(config), log);
+    for (const path of created) log.info({ event: 'identity_created', path }, 'generated identity file');
+    await frontDoorTls(config, identity);
+    await uploadAuth(config);
+
+    const nodes = nodesOf(config, identity.nodeId, log);
+    await nodes.reload();
+    const spool = spoolOf(config, log);
+    await spool.prepare({ cleanTmp: true });
+
+    const metrics = createPrimaryMetrics({ spool, nodes });
+    const broadcast = (message: PrimaryMessage) => {
+      for (const worker of workers) if (worker.isConnected()) worker.send(message);
+    };
+    const system = createSystem({
+      identity,
+      nodes,
+      spool,
+      log,
+      checkConfiguration: async () => (await checkInstallation(options.configPath)).problems,
+      reloadOthers: async () => {
+        let level = options.logLevel;
+        if (level === undefined) {
+          level = (await loadConfig(options.configPath)).config.logging.level;
+          log.level = pinoLevel(level);
+        }
+        broadcast({ type: 'reload', level });
+      },
+      frontDoor: () => ({ workers: workers.size, ready: readyWorkers }),
+    });
+    const api = createLocalApi(config.general.listen, { system, renderMetrics: () => metrics.render(), log });
+    try {
+      await api.start();
+    } catch (error) {
+      throw new RelayError('RELAY_ERR_LISTEN', `local API on ${config.general.listen.host}:${config.general.listen.port} (general.listen): ${messageOf(error)}`);
+    }
+    stoppers.push(() => api.stop());
+    await nodes.start();
+    stoppers.push(() => nodes.stop());
+
+    const count = config.https.workers > 0 ? config.https.workers : availableParallelism();
+    cluster.setupPrimary({ silent: false });
+    const fork = (): Promise<void> =>
+      new Promise((resolve, reject) => {
+        const worker = cluster.fork({
+          [ENV_CONFIG]: options.configPath,
+          ...(options.logLevel ? { [ENV_LOG_LEVEL]: options.logLevel } : {}),
+        });
+        workers.add(worker);
+        let ready = false;
+        worker.on('message', (message: WorkerMessage) => {
+          if (message.type === 'ready') {
+            ready = true;
+            readyWorkers += 1;
+            resolve();
+          } else if (message.type === 'failed') {
+            reject(new RelayError('RELAY_ERR_LISTEN', message.message));
+          }
+        });
+        worker.on('exit', (code, signal) => {
+          workers.delete(worker);
+          if (ready) readyWorkers -= 1;
+          if (!ready) {
+            reject(new RelayError('RELAY_ERR_LISTEN', `front-door worker exited during start (code ${code}, signal ${signal})`));
+            return;
+          }
+          if (shuttingDown) return;
+          log.error({ event: 'worker_died', worker: worker.id, code, signal }, 'front-door worker died; starting another');
+          setTimeout(() => {
+            if (!shuttingDown) fork().catch((error: unknown) => log.error({ event: 'worker_restart_failed', error: messageOf(error) }, 'could not restart a front-door worker'));
+          }, 1_000).unref();
+        });
+      });
+    await Promise.all(Array.from({ length: count }, fork));
+
+    const shutdown = async (signal: string) => {
+      if (shuttingDown) return;
+      shuttingDown = true;
+      log.info({ event: 'stopping', signal }, `${signal} received: shutting down`);
+      const exits = [...workers].map((worker) => new Promise<void>((resolve) => worker.once('exit', () => resolve())));
+      broadcast({ type: 'shutdown' });
+      const deadline = setTimeout(() => {
+        for (const worker of workers) worker.process.kill('SIGKILL');
+      }, config.https.shutdownTimeoutMs + 2_000);
+      await Promise.all(exits);
+      clearTimeout(deadline);
+      for (const stop of stoppers.reverse()) await stop().catch(() => undefined);
+      log.info({ event: 'stopped' }, 'onerelay stopped');
+      process.exit(0);
+    };
+    process.on('SIGTERM', () => void shutdown('SIGTERM'));
+    process.on('SIGINT', () => void shutdown('SIGINT'));
+    process.on('SIGHUP', () => {
+      system.reload().catch(() => undefined);
+    });
+
+    log.info(
+      {
+        event: 'ready',
+        node_id: identity.nodeId,
+        key_hash: identity.digests.sha256Pin,
+        https: `${config.https.listen.host}:${config.https.listen.port}`,
+        api: `${config.general.listen.host}:${config.general.listen.port}`,
+        workers: count,
+        certificate: config.https.certificateFile ?? config.identity.certificateFile,
+        private_key: config.https.keyFile ?? config.identity.privateKeyFile,
+        reports: config.processing.reporting.directory,
+        inventories: config.processing.inventory.directory,
+        nodes_list: config.general.nodesListFile,
+        nodes_certs: config.general.nodesCertsFile,
+      },
+      `onerelay ready: HTTPS on ${config.https.listen.host}:${config.https.listen.port}, local API on ${config.general.listen.host}:${config.general.listen.port}`,
+    );
+  } catch (error) {
+    log.fatal({ event: 'start_failed', error: messageOf(error), code: (error as RelayError).code }, 'could not start');
+    shuttingDown = true;
+    for (const worker of workers) worker.process.kill('SIGKILL');
+    for (const stop of stoppers.reverse()) await stop().catch(() => undefined);
+    process.exit(exitCodeOf(error));
+  }
+}
+
+// ---------------------------------------------------------------- worker
+
+export async function runWorker(): Promise<void> {
+  const configPath = process.env[ENV_CONFIG] ?? '';
+  const levelOverride = process.env[ENV_LOG_LEVEL] as LogLevel | undefined;
+  const send = (message: WorkerMessage) => process.send?.(message);
+  let log = createLogger(levelOverride ?? 'info', { role: 'front-door', worker: cluster.worker?.id });
+  try {
+    const { config } = await loadConfig(configPath);
+    log = createLogger(levelOverride ?? config.logging.level, { role: 'front-door', worker: cluster.worker?.id });
+    const identity = await loadIdentity(identityPaths(config));
+    const nodes = nodesOf(config, identity.nodeId, log);
+    await nodes.reload();
+    await nodes.start();
+    const frontDoor = createFrontDoor(
+      {
+        listen: config.https.listen,
+        tls: await frontDoorTls(config, identity),
+        nodeId: identity.nodeId,
+        allowedNetworks: config.https.allowedNetworks,
+        maxUploadSize: config.https.maxUploadSize,
+        auth: await uploadAuth(config),
+        proxy: config.https.proxy,
+        shutdownTimeoutMs: config.https.shutdownTimeoutMs,
+      },
+      { nodes, spool: spoolOf(config, log), metrics: createFrontDoorMetrics(), log },
+    );
+    try {
+      await frontDoor.start();
+    } catch (error) {
+      throw new RelayError('RELAY_ERR_LISTEN', `HTTPS front door on ${config.https.listen.host}:${config.https.listen.port} (https.listen): ${messageOf(error)}`);
+    }
+    let stopping = false;
+    const stop = async () => {
+      if (stopping) return;
+      stopping = true;
+      await frontDoor.stop();
+      await nodes.stop();
+      process.exit(0);
+    };
+    process.on('message', (message: PrimaryMessage) => {
+      if (message.type === 'shutdown') void stop();
+      else if (message.type === 'reload') {
+        log.level = pinoLevel(message.level);
+        nodes.reload().catch(() => undefined);
+      }
+    });
+    // systemd signals the whole control group; the primary also asks over IPC
+    process.on('SIGTERM', () => void stop());
+    process.on('SIGINT', () => void stop());
+    process.on('SIGHUP', () => undefined);
+    process.on('disconnect', () => void stop());
+    send({ type: 'ready' });
+  } catch (error) {
+    log.fatal({ event: 'worker_start_failed', error: messageOf(error) }, 'front-door worker could not start');
+    send({ type: 'failed', message: messageOf(error), exitCode: exitCodeOf(error) });
+    setTimeout(() => process.exit(exitCodeOf(error)), 100);
+  }
+}
+
+export { ConfigError };

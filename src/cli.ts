@@ -1,0 +1,142 @@
+#!/usr/bin/env node
+// onerelay command line. Exit codes are relayd's (spec-relayd.md §1.3): 0 ok or SIGTERM,
+// 2 TOML syntax or type error, 3 any other start error — systemd's RestartPreventExitStatus=2 3.
+
+import cluster from 'node:cluster';
+import { parseArgs } from 'node:util';
+import { exitCodeOf, runPrimary, runWorker, spoolOf } from './app.js';
+import { checkInstallation } from './check.js';
+import { loadConfig, type LogLevel } from './config/index.js';
+import { messageOf } from './errors.js';
+import { ensureIdentity } from './identity/index.js';
+import { createLogger } from './log.js';
+import { identityPaths } from './paths.js';
+import { VERSION } from './version.js';
+import { mkdir } from 'node:fs/promises';
+
+const DEFAULT_CONFIG = '/opt/rudder/etc/relayd';
+const LEVELS: readonly LogLevel[] = ['off', 'error', 'warn', 'info', 'debug', 'trace'];
+
+const HELP = `onerelay ${VERSION} — a Rudder relay in one process
+
+Usage: onerelay <command> [--config PATH] [--log-level LEVEL]
+
+Commands:
+  start   run the relay (default)
+  init    create the identity (node id, RSA key pair, certificate) and the state directories,
+          then print the key digests to paste elsewhere; safe to run again
+  check   validate the configuration and the data files it names, print every problem
+
+Options:
+  -c, --config PATH      a TOML file, or a directory holding main.conf and logging.conf
+                         as rudder-relayd's -c takes it (default ${DEFAULT_CONFIG})
+      --log-level LEVEL  off, error, warn, info, debug or trace (overrides the configuration)
+  -t, --test             same as check (rudder-relayd compatibility)
+  -h, --help             this help
+  -V, --version          print the version
+
+Exit codes: 0 ok, 2 configuration syntax or type error, 3 any other start error.
+`;
+
+async function init(configPath: string, level: LogLevel | undefined): Promise<number> {
+  const { config, warnings } = await loadConfig(configPath);
+  for (const warning of warnings) process.stderr.write(`warning: ${warning}\n`);
+  const log = createLogger(level ?? 'warn');
+  const { identity, created } = await ensureIdentity(identityPaths(config), log);
+  await spoolOf(config, log).prepare({ cleanTmp: false });
+  await mkdir(config.policies.directory, { recursive: true });
+  for (const path of created) process.stdout.write(`created ${path}\n`);
+  process.stdout.write(
+    [
+      `node id:          ${identity.nodeId}`,
+      `key hash (curl pin, nodeslist.json key-hash): ${identity.digests.sha256Pin}`,
+      `CFEngine key digest: ${identity.digests.cfengineSha}`,
+      `CFEngine key digest: ${identity.digests.cfengineMd5}`,
+      `private key:      ${config.identity.privateKeyFile}`,
+      `public key:       ${config.identity.publicKeyFile}`,
+      `certificate:      ${config.identity.certificateFile}`,
+      '',
+    ].join('\n'),
+  );
+  return 0;
+}
+
+async function check(configPath: string): Promise<number> {
+  const result = await checkInstallation(configPath);
+  for (const warning of result.warnings) process.stdout.write(`warning: ${warning}\n`);
+  for (const problem of result.problems) process.stdout.write(`error: ${problem}\n`);
+  if (result.exitCode === 0) process.stdout.write('Syntax: OK\n');
+  return result.exitCode;
+}
+
+async function main(argv: string[]): Promise<number | undefined> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: {
+        config: { type: 'string', short: 'c' },
+        'log-level': { type: 'string' },
+        test: { type: 'boolean', short: 't' },
+        help: { type: 'boolean', short: 'h' },
+        version: { type: 'boolean', short: 'V' },
+      },
+    });
+  } catch (error) {
+    process.stderr.write(`${messageOf(error)}\n\n${HELP}`);
+    return 2;
+  }
+  const { values, positionals } = parsed;
+  if (values.help) {
+    process.stdout.write(HELP);
+    return 0;
+  }
+  if (values.version) {
+    process.stdout.write(`onerelay ${VERSION}\n`);
+    return 0;
+  }
+  const level = values['log-level'];
+  if (level !== undefined && !(LEVELS as readonly string[]).includes(level)) {
+    process.stderr.write(`--log-level ${level}: expected one of ${LEVELS.join(', ')}\n`);
+    return 2;
+  }
+  const logLevel = level as LogLevel | undefined;
+  const configPath = values.config ?? DEFAULT_CONFIG;
+  const command = values.test ? 'check' : (positionals[0] ?? 'start');
+  if (positionals.length > 1) {
+    process.stderr.write(`unexpected argument ${positionals[1]}\n\n${HELP}`);
+    return 2;
+  }
+  switch (command) {
+    case 'start':
+      await runPrimary({ configPath, logLevel });
+      return undefined;
+    case 'init':
+      try {
+        return await init(configPath, logLevel);
+      } catch (error) {
+        process.stderr.write(`error: ${messageOf(error)}\n`);
+        return exitCodeOf(error);
+      }
+    case 'check':
+      return check(configPath);
+    default:
+      process.stderr.write(`unknown command ${command}\n\n${HELP}`);
+      return 2;
+  }
+}
+
+if (cluster.isWorker) {
+  void runWorker();
+} else {
+  main(process.argv.slice(2)).then(
+    (code) => {
+      if (code !== undefined) process.exitCode = code;
+    },
+    (error: unknown) => {
+      process.stderr.write(`error: ${messageOf(error)}\n`);
+      process.exitCode = 3;
+    },
+  );
+}

@@ -1,0 +1,117 @@
+// The typed configuration every other module receives a slice of. Durations are milliseconds,
+// sizes bytes, paths absolute (relative paths in the file are resolved against the working
+// directory, as relayd does). Key names in comments are the TOML keys (spec-relayd.md §2.1).
+
+export type PeerAuthentication = 'cert_pinning' | 'cert_validation' | 'dangerous_none';
+export type LogLevel = 'off' | 'error' | 'warn' | 'info' | 'debug' | 'trace';
+
+export interface ListenAddress {
+  readonly host: string;
+  readonly port: number;
+}
+
+export interface QueueTiming {
+  readonly catchup: { readonly frequencyMs: number; readonly limit: number };
+  readonly cleanup: { readonly frequencyMs: number; readonly retentionMs: number };
+}
+
+export interface ProxyRoute {
+  /** [[https.proxy]] prefix, e.g. "/rudder/" */
+  readonly prefix: string;
+  /** [[https.proxy]] target, an http:// URL of a local service */
+  readonly target: string;
+  readonly timeoutMs: number;
+}
+
+export interface Config {
+  readonly general: {
+    readonly nodesListFile: string; // nodes_list_file
+    readonly nodesCertsFile: string; // nodes_certs_file
+    readonly nodeId: string | undefined; // node_id
+    readonly nodeIdFile: string; // node_id_file
+    readonly listen: ListenAddress; // listen (local API)
+    readonly coreThreads: number | undefined;
+    readonly blockingThreads: number | undefined;
+    readonly httpsPort: number; // https_port: outgoing HTTPS to upstream and sub-relays
+    readonly httpsIdleTimeoutMs: number;
+    readonly peerAuthentication: PeerAuthentication;
+    readonly caPath: string | undefined;
+  };
+  readonly processing: {
+    readonly inventory: QueueTiming & {
+      readonly directory: string;
+      readonly output: 'upstream' | 'disabled';
+    };
+    readonly reporting: QueueTiming & {
+      readonly directory: string;
+      readonly output: 'database' | 'upstream' | 'disabled';
+      readonly skipEventTypes: readonly string[];
+    };
+  };
+  readonly output: {
+    readonly database: {
+      readonly url: string;
+      readonly password: string | undefined;
+      readonly maxPoolSize: number;
+    };
+    readonly upstream: {
+      readonly host: string;
+      readonly user: string;
+      readonly password: string | undefined;
+      readonly defaultPassword: string;
+      readonly serverCertificateFile: string;
+    };
+  };
+  readonly remoteRun: {
+    readonly enabled: boolean;
+    readonly command: string;
+    readonly useSudo: boolean;
+  };
+  readonly sharedFiles: {
+    readonly path: string;
+    readonly maxBodySize: number;
+    readonly cleanup: { readonly frequencyMs: number };
+  };
+  readonly sharedFolder: { readonly path: string };
+  // ---- onerelay's own sections ----
+  readonly https: {
+    readonly listen: ListenAddress;
+    /** undefined = identity certificate */
+    readonly certificateFile: string | undefined;
+    /** undefined = identity private key */
+    readonly keyFile: string | undefined;
+    /** CIDR list; a bare address means /32 or /128 */
+    readonly allowedNetworks: readonly string[];
+    readonly policyServerNetworks: readonly string[];
+    readonly maxUploadSize: number;
+    /** front-door worker processes; 0 = as many as CPU cores */
+    readonly workers: number;
+    readonly shutdownTimeoutMs: number;
+    readonly proxy: readonly ProxyRoute[];
+  };
+  readonly identity: {
+    readonly privateKeyFile: string;
+    /** default: private_key_file with .priv replaced by .pub, as cf-key writes them */
+    readonly publicKeyFile: string;
+    readonly certificateFile: string;
+  };
+  readonly policies: { readonly directory: string };
+  readonly cfengine: { readonly listen: ListenAddress };
+  readonly logging: { readonly level: LogLevel; readonly filter: string };
+}
+
+/** Where a configuration came from: a TOML file, or a relayd-style directory. */
+export interface ConfigSource {
+  /** the path given by the user (file or directory) */
+  readonly path: string;
+  readonly mainFile: string;
+  /** logging.conf when the source is a directory and the file exists */
+  readonly loggingFile: string | undefined;
+}
+
+export interface LoadedConfig {
+  readonly config: Config;
+  readonly source: ConfigSource;
+  /** unknown keys and other non-fatal remarks, one sentence each */
+  readonly warnings: readonly string[];
+}

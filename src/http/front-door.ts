@@ -1,0 +1,252 @@
+// The node-facing HTTPS endpoint (Apache httpd's part of a relay): TLS 1.3 only, client
+// certificate requested but optional (Apache's optional_no_ca), WebDAV PUT uploads into the spool,
+// /uuid, and a reverse proxy for local services. Runs in every cluster worker.
+
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { TLSSocket } from 'node:tls';
+import httpProxy from '@fastify/http-proxy';
+import Fastify, { LogController, type FastifyReply, type FastifyRequest } from 'fastify';
+import type { Logger } from 'pino';
+import type { ListenAddress, ProxyRoute } from '../config/index.js';
+import { RelayError, messageOf } from '../errors.js';
+import type { FrontDoorMetrics } from '../metrics/index.js';
+import type { NodesRegistry } from '../nodes/index.js';
+import type { Spool, SpoolQueue } from '../spool/index.js';
+import { authenticateUpload, mayUploadReportOf, type UploadAuthOptions } from './client-auth.js';
+import { createNetworkAcl } from './networks.js';
+import { decodeUploadName, reportNodeId } from './upload-name.js';
+
+export interface FrontDoorOptions {
+  readonly listen: ListenAddress;
+  readonly tls: { readonly key: string; readonly cert: string };
+  readonly nodeId: string;
+  readonly allowedNetworks: readonly string[];
+  readonly maxUploadSize: number;
+  readonly auth: UploadAuthOptions;
+  readonly proxy: readonly ProxyRoute[];
+  readonly shutdownTimeoutMs: number;
+}
+
+export interface FrontDoorDeps {
+  readonly nodes: NodesRegistry;
+  readonly spool: Spool;
+  readonly metrics: FrontDoorMetrics;
+  readonly log: Logger;
+}
+
+export interface FrontDoor {
+  start(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+const QUEUES: readonly SpoolQueue[] = ['reports', 'inventories', 'inventory-updates'];
+// answered 405 on the upload collections, as mod_dav's <LimitExcept PUT> does
+const WEBDAV_METHODS = ['PROPFIND', 'PROPPATCH', 'MKCOL', 'COPY', 'MOVE', 'LOCK', 'UNLOCK'];
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    relayNode?: string;
+    relayError?: RelayError;
+  }
+}
+
+function peerCertificateDer(request: FastifyRequest): Buffer | undefined {
+  const socket = request.raw.socket as TLSSocket;
+  if (typeof socket.getPeerCertificate !== 'function') return undefined;
+  const certificate = socket.getPeerCertificate(false);
+  return certificate && certificate.raw && certificate.raw.length > 0 ? certificate.raw : undefined;
+}
+
+function pathOf(url: string): string {
+  const q = url.indexOf('?');
+  // Apache merges slashes (relayd sends //reports/...)
+  return (q < 0 ? url : url.slice(0, q)).replace(/\/{2,}/g, '/');
+}
+
+export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps): FrontDoor {
+  const log = deps.log.child({ module: 'http' });
+  const acl = createNetworkAcl(options.allowedNetworks);
+  let app: ReturnType<typeof build> | undefined;
+
+  function fail(request: FastifyRequest, reply: FastifyReply, error: RelayError): FastifyReply {
+    request.relayError = error;
+    if (error.status === 401) reply.header('www-authenticate', 'Basic realm="WebDAV Storage"');
+    return reply.code(error.status).type('text/plain; charset=utf-8').send(`${error.code}: ${error.message}\n`);
+  }
+
+  function build() {
+    const fastify = Fastify({
+      loggerInstance: log,
+      logController: new LogController({ disableRequestLogging: true }),
+      routerOptions: { ignoreDuplicateSlashes: true },
+      https: {
+        key: options.tls.key,
+        cert: options.tls.cert,
+        minVersion: 'TLSv1.3',
+        requestCert: true,
+        rejectUnauthorized: false,
+      },
+      // an upload's body is never buffered; keep the ones we do parse small
+      bodyLimit: 1024 * 1024,
+      keepAliveTimeout: 5_000,
+      requestTimeout: 0,
+      return503OnClosing: true,
+    });
+
+    for (const method of WEBDAV_METHODS) fastify.addHttpMethod(method, { hasBody: true });
+
+    fastify.server.on('tlsClientError', (error: NodeJS.ErrnoException) => {
+      const reason = /version|protocol/i.test(error.message) ? 'protocol_version' : error.code ?? 'other';
+      deps.metrics.tlsFailures.inc({ reason });
+      log.info({ event: 'tls_failure', reason, error: error.message }, 'TLS handshake refused');
+    });
+    // Answer 401/403 before the client sends a body it announced with `Expect: 100-continue`.
+    fastify.server.on('checkContinue', (request: IncomingMessage, response: ServerResponse) => {
+      fastify.server.emit('request', request, response);
+    });
+
+    fastify.addHook('onResponse', async (request, reply) => {
+      const route = request.routeOptions.url ?? 'unmatched';
+      deps.metrics.requests.inc({ route, status: String(reply.statusCode) });
+      const line = {
+        event: 'access',
+        method: request.method,
+        path: pathOf(request.url),
+        status: reply.statusCode,
+        node: request.relayNode,
+        ip: request.ip,
+        bytes: Number(request.headers['content-length'] ?? 0) || undefined,
+        ms: Math.round(reply.elapsedTime),
+        error: request.relayError?.code,
+        reason: request.relayError?.message,
+      };
+      if (reply.statusCode >= 500) log.error(line, 'request');
+      else if (reply.statusCode >= 400) log.warn(line, 'request');
+      else log.info(line, 'request');
+    });
+
+    fastify.route({
+      method: ['GET', 'HEAD'],
+      url: '/uuid',
+      handler: async (_request, reply) => reply.type('text/plain; charset=utf-8').send(`${options.nodeId}\n`),
+    });
+
+    // The WebDAV endpoints: a plugin of its own so that its pass-through body parser does not
+    // leak into the proxy's context.
+    fastify.register(async (uploads) => {
+      uploads.removeAllContentTypeParsers();
+      uploads.addContentTypeParser('*', (_request, _payload, done) => done(null, undefined));
+      for (const queue of QUEUES) {
+        uploads.route({
+          method: 'PUT',
+          url: `/${queue}/*`,
+          handler: (request, reply) => receiveUpload(queue, request, reply),
+        });
+        uploads.route({
+          method: ['GET', 'HEAD', 'POST', 'DELETE', 'PATCH', 'OPTIONS', ...WEBDAV_METHODS],
+          url: `/${queue}/*`,
+          handler: async (request, reply) => {
+            reply.header('allow', 'PUT');
+            return fail(request, reply, new RelayError('RELAY_ERR_UPLOAD_METHOD', `${request.method} is not allowed here, only PUT`));
+          },
+        });
+      }
+    });
+
+    // Apache's `Require all denied` for every relay-api path not opened explicitly (spec §1.2).
+    fastify.all('/rudder/relay-api/*', async (request, reply) =>
+      fail(request, reply, new RelayError('RELAY_ERR_AUTH_NETWORK', 'this relay API path is not available on the public endpoint')),
+    );
+
+    for (const route of options.proxy) {
+      const prefix = route.prefix.replace(/\/+$/, '');
+      fastify.register(httpProxy, {
+        upstream: route.target,
+        prefix,
+        rewritePrefix: prefix,
+        http: { requestOptions: { timeout: route.timeoutMs } },
+      });
+    }
+
+    fastify.setNotFoundHandler(async (request, reply) =>
+      fail(request, reply, new RelayError('RELAY_ERR_NOT_FOUND', `no such path: ${pathOf(request.url)}`)),
+    );
+    fastify.setErrorHandler(async (error, request, reply) => {
+      const relayError =
+        error instanceof RelayError ? error : new RelayError('RELAY_ERR_INTERNAL', messageOf(error), { cause: error });
+      if (relayError.status >= 500) log.error({ err: error, path: pathOf(request.url) }, 'request failed');
+      return fail(request, reply, relayError);
+    });
+    return fastify;
+  }
+
+  async function receiveUpload(queue: SpoolQueue, request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
+    const respond = (error: RelayError) => {
+      deps.metrics.uploads.inc({ endpoint: queue, status: String(error.status) });
+      return fail(request, reply, error);
+    };
+    if (!acl.allows(request.socket.remoteAddress)) {
+      return respond(new RelayError('RELAY_ERR_AUTH_NETWORK', `client ${request.socket.remoteAddress} is not in https.allowed_networks`));
+    }
+    let name: string;
+    try {
+      const identity = authenticateUpload(queue, request.headers.authorization, peerCertificateDer(request), deps.nodes, options.auth);
+      if (identity.nodeId !== undefined) request.relayNode = identity.nodeId;
+      const path = pathOf(request.url);
+      name = decodeUploadName(path.slice(queue.length + 2));
+      const reportNode = queue === 'reports' ? reportNodeId(name) : undefined;
+      if (identity.nodeId !== undefined && reportNode !== undefined && !mayUploadReportOf(identity.nodeId, reportNode, deps.nodes)) {
+        throw new RelayError('RELAY_ERR_AUTH_CERTIFICATE', `node ${identity.nodeId} may not upload reports of node ${reportNode}`);
+      }
+      const declared = Number(request.headers['content-length']);
+      if (Number.isFinite(declared) && declared > options.maxUploadSize) {
+        throw new RelayError('RELAY_ERR_UPLOAD_TOO_LARGE', `body of ${declared} bytes is larger than https.max_upload_size (${options.maxUploadSize})`);
+      }
+    } catch (error) {
+      if (error instanceof RelayError) {
+        // the unread body is not worth receiving: close the connection after the answer
+        reply.header('connection', 'close');
+        return respond(error);
+      }
+      throw error;
+    }
+    if (String(request.headers.expect).toLowerCase() === '100-continue') reply.raw.writeContinue();
+    try {
+      const result = await deps.spool.receive(queue, name, request.raw, options.maxUploadSize);
+      deps.metrics.uploads.inc({ endpoint: queue, status: result.created ? '201' : '204' });
+      deps.metrics.uploadBytes.inc({ endpoint: queue }, result.bytes);
+      log.debug({ event: 'stored', queue, file: name, bytes: result.bytes, node: request.relayNode }, 'upload stored');
+      return reply.code(result.created ? 201 : 204).send();
+    } catch (error) {
+      if (error instanceof RelayError) {
+        reply.header('connection', 'close');
+        if (error.status >= 500) log.error({ err: error, queue, file: name }, 'upload not stored');
+        return respond(error);
+      }
+      throw error;
+    }
+  }
+
+  return {
+    async start() {
+      if (app) return;
+      app = build();
+      await app.listen({ host: options.listen.host, port: options.listen.port });
+    },
+    async stop() {
+      if (!app) return;
+      const closing = app;
+      app = undefined;
+      // fastify.close() waits for in-flight requests; bound it so a stuck client cannot hold shutdown
+      await Promise.race([
+        closing.close(),
+        new Promise<void>((resolve) =>
+          setTimeout(() => {
+            closing.server.closeAllConnections();
+            resolve();
+          }, options.shutdownTimeoutMs).unref(),
+        ),
+      ]);
+    },
+  };
+}

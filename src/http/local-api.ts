@@ -1,0 +1,70 @@
+// The local API on general.listen (plain HTTP, loopback): relayd's system endpoints and /metrics,
+// with relayd's envelopes and its plain-text 404 (spec-relayd.md §4.1).
+
+import Fastify, { LogController } from 'fastify';
+import type { Logger } from 'pino';
+import type { ListenAddress } from '../config/index.js';
+import { messageOf } from '../errors.js';
+import { envelope, errorEnvelope, type System } from '../system/index.js';
+
+export interface LocalApiDeps {
+  readonly system: System;
+  readonly renderMetrics: () => Promise<{ contentType: string; body: string }>;
+  readonly log: Logger;
+}
+
+export interface LocalApi {
+  start(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+const API = '/rudder/relay-api/1';
+
+export function createLocalApi(listen: ListenAddress, deps: LocalApiDeps): LocalApi {
+  const log = deps.log.child({ module: 'local-api' });
+  const app = Fastify({ loggerInstance: log, logController: new LogController({ disableRequestLogging: true }), routerOptions: { ignoreTrailingSlash: true } });
+  app.addHook('onResponse', async (request, reply) => {
+    log.info(
+      { event: 'access', method: request.method, path: request.url, status: reply.statusCode, ip: request.ip, ms: Math.round(reply.elapsedTime) },
+      'request',
+    );
+  });
+  const json = 'application/json';
+  app.get(`${API}/system/info`, async (_request, reply) => reply.type(json).send(envelope('getSystemInfo', deps.system.info())));
+  app.get(`${API}/system/status`, async (_request, reply) => {
+    try {
+      return reply.type(json).send(envelope('getStatus', await deps.system.status()));
+    } catch (error) {
+      return reply.code(500).type(json).send(errorEnvelope('getStatus', messageOf(error)));
+    }
+  });
+  app.post(`${API}/system/reload`, async (_request, reply) => {
+    try {
+      await deps.system.reload();
+      return reply.type(json).send(envelope('reloadConfiguration'));
+    } catch (error) {
+      return reply.code(500).type(json).send(errorEnvelope('reloadConfiguration', messageOf(error)));
+    }
+  });
+  app.get('/metrics', async (_request, reply) => {
+    const { contentType, body } = await deps.renderMetrics();
+    return reply.type(contentType).send(body);
+  });
+  app.setNotFoundHandler(async (_request, reply) => reply.code(404).type('text/plain; charset=utf-8').send('NOT FOUND'));
+  // POST with a body of an unknown type must not fail before routing
+  app.addContentTypeParser('*', (_request, _payload, done) => done(null, undefined));
+
+  let started = false;
+  return {
+    async start() {
+      if (started) return;
+      await app.listen({ host: listen.host, port: listen.port });
+      started = true;
+    },
+    async stop() {
+      if (!started) return;
+      started = false;
+      await app.close();
+    },
+  };
+}

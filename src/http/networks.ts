@@ -1,0 +1,29 @@
+// Rudder's allowed networks (Apache `Require ip`, spec-https-front-cfserverd-sync.md §1.4) as a BlockList.
+
+import { BlockList, isIP } from 'node:net';
+
+export interface NetworkAcl {
+  allows(address: string | undefined): boolean;
+}
+
+export function createNetworkAcl(cidrs: readonly string[]): NetworkAcl {
+  const list = new BlockList();
+  let everything = false;
+  for (const cidr of cidrs) {
+    const [address = '', prefix] = cidr.split('/');
+    const family = isIP(address) === 6 ? 'ipv6' : 'ipv4';
+    const bits = prefix === undefined ? (family === 'ipv4' ? 32 : 128) : Number(prefix);
+    if (bits === 0) everything = true;
+    else list.addSubnet(address, bits, family);
+  }
+  return {
+    allows(address) {
+      if (address === undefined) return false;
+      if (everything) return true;
+      // a dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d
+      const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
+      if (mapped?.[1] !== undefined) return list.check(mapped[1], 'ipv4');
+      return list.check(address, isIP(address) === 6 ? 'ipv6' : 'ipv4');
+    },
+  };
+}

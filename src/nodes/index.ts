@@ -1,0 +1,62 @@
+// Face of the nodes module: nodeslist.json + nodes certificates → registry (spec-relayd.md §3).
+
+import type { X509Certificate } from 'node:crypto';
+
+export interface KeyHash {
+  readonly type: 'sha256' | 'sha512';
+  readonly bytes: Buffer;
+}
+
+export interface NodeEntry {
+  readonly id: string;
+  readonly hostname: string;
+  readonly policyServer: string;
+  readonly keyHash: KeyHash | undefined;
+}
+
+export type CertificateMatch =
+  | { readonly kind: 'match'; readonly nodeId: string }
+  | { readonly kind: 'no-uid' }
+  | { readonly kind: 'unknown-node'; readonly nodeId: string }
+  | { readonly kind: 'mismatch'; readonly nodeId: string }
+  | { readonly kind: 'no-pin'; readonly nodeId: string }
+  | { readonly kind: 'expired'; readonly nodeId: string };
+
+export interface NodesStatus {
+  readonly ok: boolean;
+  readonly nodes: number;
+  readonly certificates: number;
+  readonly managedNodes: number;
+  readonly loadedAt: string | undefined;
+  /** last reload error, kept until a reload succeeds */
+  readonly error: string | undefined;
+}
+
+export interface NodesRegistry {
+  readonly myId: string;
+  get(id: string): NodeEntry | undefined;
+  certificatesOf(id: string): readonly X509Certificate[];
+  findByPublicKey(spkiDer: Buffer): NodeEntry | undefined;
+  /** attribute a client certificate to a node by its subject UID and check it against the node's pin */
+  matchCertificate(certificateDer: Buffer): CertificateMatch;
+  isSubNode(id: string): boolean;
+  isNeighbor(id: string): boolean;
+  neighbors(): readonly NodeEntry[];
+  subRelays(): readonly NodeEntry[];
+  /** undefined when the node is handled here; throws RelayError for unknown nodes and loops */
+  nextHop(id: string): NodeEntry | undefined;
+  status(): NodesStatus;
+  /** re-read both files; on error keeps the last good data and rethrows */
+  reload(): Promise<void>;
+  /** watch both files and reload on change */
+  start(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export interface NodesOptions {
+  readonly myId: string;
+  readonly nodesListFile: string;
+  readonly nodesCertsFile: string;
+}
+
+export { createNodesRegistry, parseKeyHash } from './registry.js';

@@ -1,0 +1,172 @@
+// The nodes registry: the current snapshot of nodeslist.json + nodes certificates, the relations of
+// spec-relayd.md §3.4, client-certificate attribution, and hot reload on file change.
+
+import { createHash } from 'node:crypto';
+import type { Logger } from 'pino';
+import { RelayError, isRelayError, messageOf } from '../errors.js';
+import { parseCertificateFacts, type CertificateFacts } from './der.js';
+import type { CertificateMatch, NodeEntry, NodesOptions, NodesRegistry, NodesStatus } from './index.js';
+import { hashSpki } from './key-hash.js';
+import { emptySnapshot, loadSnapshot, type NodesSnapshot } from './snapshot.js';
+import { watchFiles, type FilesWatcher } from './watch.js';
+
+export { parseKeyHash } from './key-hash.js';
+
+/** relayd's limit on the policy-server chain walked by next hop (§3.4) */
+const MAX_DEPTH = 20;
+const DEBOUNCE_MS = 200;
+const WATCH_RETRY_MS = 2000;
+
+export function createNodesRegistry(options: NodesOptions & { log: Logger }): NodesRegistry {
+  const log = options.log.child({ module: 'nodes' });
+  const { myId } = options;
+  let snapshot: NodesSnapshot = emptySnapshot();
+  let loadedAt: string | undefined;
+  let lastError: string | undefined;
+  let queue: Promise<void> = Promise.resolve();
+  let watcher: FilesWatcher | undefined;
+
+  const load = async (): Promise<void> => {
+    try {
+      const next = await loadSnapshot(options, log);
+      snapshot = next;
+      loadedAt = new Date().toISOString();
+      if (lastError !== undefined) log.info('nodes data valid again, error cleared');
+      lastError = undefined;
+      log.info(
+        { nodes: next.nodes.size, certificates: next.certificateCount, managedNodes: next.neighbors.length },
+        'nodes loaded',
+      );
+    } catch (error) {
+      const code = isRelayError(error) ? error.code : 'RELAY_ERR_INTERNAL';
+      lastError = `${code}: ${messageOf(error)}`;
+      log.error({ code, err: messageOf(error) }, 'nodes reload failed, keeping previous data');
+      throw error;
+    }
+  };
+
+  // reloads run one after the other, never interleaved
+  const reload = (): Promise<void> => {
+    const run = queue.then(load);
+    queue = run.catch(() => undefined);
+    return run;
+  };
+
+  const entry = (id: string): NodeEntry => {
+    const node = snapshot.nodes.get(id);
+    if (node === undefined) throw new RelayError('RELAY_ERR_NOT_FOUND', `unknown node: ${id}`);
+    return node;
+  };
+
+  const registry: NodesRegistry = {
+    myId,
+
+    get: (id) => snapshot.nodes.get(id),
+
+    certificatesOf: (id) => snapshot.certificates.get(id) ?? [],
+
+    findByPublicKey(spkiDer) {
+      const current = snapshot;
+      const sha256 = hashSpki('sha256', spkiDer).toString('hex');
+      const found = current.byKeyHash.get(`sha256:${sha256}`) ?? current.byCertificateKey.get(sha256);
+      if (found !== undefined || !current.hasSha512KeyHash) return found;
+      return current.byKeyHash.get(`sha512:${hashSpki('sha512', spkiDer).toString('hex')}`);
+    },
+
+    matchCertificate(certificateDer): CertificateMatch {
+      let facts: CertificateFacts;
+      try {
+        facts = parseCertificateFacts(certificateDer);
+      } catch (error) {
+        throw new RelayError('RELAY_ERR_AUTH_CERTIFICATE', `client certificate is not valid X.509 DER: ${messageOf(error)}`, {
+          cause: error,
+        });
+      }
+      if (facts.uid === undefined) return { kind: 'no-uid' };
+      const nodeId = facts.uid;
+      const current = snapshot;
+      const node = current.nodes.get(nodeId);
+      if (node === undefined) return { kind: 'unknown-node', nodeId };
+      const now = Date.now();
+      if (now < facts.notBefore.getTime() || now > facts.notAfter.getTime()) return { kind: 'expired', nodeId };
+      // the nodes-list key-hash is the pin when present; certificates pin only nodes without one
+      if (node.keyHash !== undefined) {
+        const presented = hashSpki(node.keyHash.type, facts.spki);
+        return presented.equals(node.keyHash.bytes) ? { kind: 'match', nodeId } : { kind: 'mismatch', nodeId };
+      }
+      const keys = current.certificateKeys.get(nodeId);
+      if (keys === undefined || keys.size === 0) return { kind: 'no-pin', nodeId };
+      const presented = createHash('sha256').update(facts.spki).digest('hex');
+      return keys.has(presented) ? { kind: 'match', nodeId } : { kind: 'mismatch', nodeId };
+    },
+
+    isSubNode: (id) => snapshot.nodes.has(id),
+
+    /** throws RelayError RELAY_ERR_NOT_FOUND for a node absent from the list (§3.4) */
+    isNeighbor: (id) => entry(id).policyServer === myId,
+
+    neighbors: () => snapshot.neighbors,
+
+    subRelays: () => snapshot.subRelays,
+
+    nextHop(id) {
+      const current = snapshot;
+      const target = entry(id);
+      if (target.policyServer === myId) return undefined;
+      let node = target;
+      for (let depth = 0; depth < MAX_DEPTH; depth += 1) {
+        if (node.policyServer === myId) return node;
+        const parent = current.nodes.get(node.policyServer);
+        if (parent === undefined) {
+          throw new RelayError(
+            'RELAY_ERR_NOT_FOUND',
+            `unknown node: ${node.policyServer} (policy server of ${node.id}, on the way to ${id})`,
+          );
+        }
+        node = parent;
+      }
+      throw new RelayError(
+        'RELAY_ERR_NODES_LIST',
+        `next hop not found for ${id}: no node with policy-server ${myId} within ${MAX_DEPTH} levels (loop in the nodes list?)`,
+      );
+    },
+
+    status(): NodesStatus {
+      return {
+        ok: lastError === undefined,
+        nodes: snapshot.nodes.size,
+        certificates: snapshot.certificateCount,
+        managedNodes: snapshot.neighbors.length,
+        loadedAt,
+        error: lastError,
+      };
+    },
+
+    reload,
+
+    async start() {
+      if (watcher !== undefined) return;
+      if (loadedAt === undefined) await reload();
+      if (watcher !== undefined) return; // started concurrently
+      watcher = watchFiles({
+        files: [options.nodesListFile, options.nodesCertsFile],
+        debounceMs: DEBOUNCE_MS,
+        retryMs: WATCH_RETRY_MS,
+        log,
+        onChange: () => {
+          log.info('nodes files changed, reloading');
+          // failures are logged and kept in status(); the previous data stays in use
+          reload().catch(() => undefined);
+        },
+      });
+    },
+
+    async stop() {
+      if (watcher === undefined) return;
+      watcher.close();
+      watcher = undefined;
+      await queue;
+    },
+  };
+  return registry;
+}

@@ -1,0 +1,203 @@
+// One load of nodeslist.json + the nodes certificates file into immutable indexes (spec-relayd.md §3).
+// Everything a lookup needs is computed here, once per load, so lookups are O(1) at 50k nodes.
+
+import { X509Certificate, createHash } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import type { Logger } from 'pino';
+import { RelayError, messageOf } from '../errors.js';
+import { parseCertificateFacts } from './der.js';
+import type { NodeEntry, NodesOptions } from './index.js';
+import { keyHashIndexKey, parseKeyHash } from './key-hash.js';
+
+export interface NodesSnapshot {
+  readonly nodes: ReadonlyMap<string, NodeEntry>;
+  readonly certificates: ReadonlyMap<string, readonly X509Certificate[]>;
+  /** per node: sha256 hex of the SPKI of each of its certificates */
+  readonly certificateKeys: ReadonlyMap<string, ReadonlySet<string>>;
+  readonly certificateCount: number;
+  /** `<type>:<hex>` of a key-hash → node */
+  readonly byKeyHash: ReadonlyMap<string, NodeEntry>;
+  /** sha256 hex of a certificate SPKI → node, only for nodes pinned by certificates (no key-hash) */
+  readonly byCertificateKey: ReadonlyMap<string, NodeEntry>;
+  readonly hasSha512KeyHash: boolean;
+  readonly neighbors: readonly NodeEntry[];
+  readonly subRelays: readonly NodeEntry[];
+}
+
+export function emptySnapshot(): NodesSnapshot {
+  return buildSnapshot(new Map(), new Map(), '');
+}
+
+export async function loadSnapshot(options: NodesOptions, log: Logger): Promise<NodesSnapshot> {
+  const listText = await readOptional(options.nodesListFile, 'RELAY_ERR_NODES_LIST');
+  let nodes: Map<string, NodeEntry>;
+  if (listText === undefined) {
+    log.info({ file: options.nodesListFile }, 'Nodes list file does not exist, considering it as empty');
+    nodes = new Map();
+  } else {
+    nodes = parseNodesList(listText, options.nodesListFile);
+  }
+
+  const certsText = await readOptional(options.nodesCertsFile, 'RELAY_ERR_NODES_CERTS');
+  let certificates = new Map<string, NodeCertificate[]>();
+  if (certsText === undefined) {
+    log.info({ file: options.nodesCertsFile }, 'Nodes certificates file does not exist, skipping');
+  } else {
+    certificates = parseNodesCertificates(certsText, options.nodesCertsFile, nodes, log);
+  }
+  return buildSnapshot(nodes, certificates, options.myId);
+}
+
+export function parseNodesList(text: string, file: string): Map<string, NodeEntry> {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (error) {
+    throw new RelayError('RELAY_ERR_NODES_LIST', `invalid nodes list ${file}: ${messageOf(error)}`, { cause: error });
+  }
+  if (!isObject(parsed)) {
+    throw new RelayError('RELAY_ERR_NODES_LIST', `invalid nodes list ${file}: expected a JSON object of node id → node`);
+  }
+  const nodes = new Map<string, NodeEntry>();
+  for (const [id, value] of Object.entries(parsed)) {
+    if (!isObject(value)) {
+      throw new RelayError('RELAY_ERR_NODES_LIST', `invalid nodes list ${file}: node ${id} is not an object`);
+    }
+    const hostname = value['hostname'];
+    const policyServer = value['policy-server'];
+    const keyHash = value['key-hash'];
+    if (typeof hostname !== 'string') {
+      throw new RelayError('RELAY_ERR_NODES_LIST', `invalid nodes list ${file}: node ${id} has no "hostname" string`);
+    }
+    if (typeof policyServer !== 'string') {
+      throw new RelayError('RELAY_ERR_NODES_LIST', `invalid nodes list ${file}: node ${id} has no "policy-server" string`);
+    }
+    // anything unparseable (including "sha256:" of nodes without a key) counts as absent (§3.1)
+    nodes.set(id, { id, hostname, policyServer, keyHash: typeof keyHash === 'string' ? parseKeyHash(keyHash) : undefined });
+  }
+  return nodes;
+}
+
+interface NodeCertificate {
+  readonly certificate: X509Certificate;
+  /** sha256 hex of its SubjectPublicKeyInfo */
+  readonly spkiSha256: string;
+}
+
+const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g;
+
+export function parseNodesCertificates(
+  text: string,
+  file: string,
+  nodes: ReadonlyMap<string, NodeEntry>,
+  log: Logger,
+): Map<string, NodeCertificate[]> {
+  const blocks = text.match(PEM_CERTIFICATE) ?? [];
+  if (blocks.length === 0 && text.trim() !== '') {
+    throw new RelayError('RELAY_ERR_NODES_CERTS', `invalid nodes certificates file ${file}: no PEM certificate found`);
+  }
+  const certificates = new Map<string, NodeCertificate[]>();
+  blocks.forEach((block, index) => {
+    let certificate: X509Certificate;
+    let uid: string | undefined;
+    let spkiSha256: string;
+    try {
+      certificate = new X509Certificate(block);
+      const facts = parseCertificateFacts(certificate.raw);
+      uid = facts.uid;
+      spkiSha256 = createHash('sha256').update(facts.spki).digest('hex');
+    } catch (error) {
+      throw new RelayError(
+        'RELAY_ERR_NODES_CERTS',
+        `invalid nodes certificates file ${file}: certificate #${index + 1}: ${messageOf(error)}`,
+        { cause: error },
+      );
+    }
+    if (uid === undefined) {
+      log.warn({ file, certificate: index + 1, subject: certificate.subject }, 'missing id in certificate');
+      return;
+    }
+    if (!nodes.has(uid)) {
+      log.warn({ file, certificate: index + 1, nodeId: uid }, 'certificate for unknown node');
+      return;
+    }
+    const list = certificates.get(uid);
+    if (list === undefined) certificates.set(uid, [{ certificate, spkiSha256 }]);
+    else list.push({ certificate, spkiSha256 });
+  });
+  return certificates;
+}
+
+function buildSnapshot(
+  nodes: Map<string, NodeEntry>,
+  nodeCertificates: Map<string, NodeCertificate[]>,
+  myId: string,
+): NodesSnapshot {
+  const byKeyHash = new Map<string, NodeEntry>();
+  const byCertificateKey = new Map<string, NodeEntry>();
+  const certificateKeys = new Map<string, Set<string>>();
+  const certificates = new Map<string, X509Certificate[]>();
+  const neighbors: NodeEntry[] = [];
+  const parents = new Set<string>();
+  let hasSha512KeyHash = false;
+  let certificateCount = 0;
+
+  for (const node of nodes.values()) {
+    if (node.policyServer === myId) neighbors.push(node);
+    parents.add(node.policyServer);
+    if (node.keyHash !== undefined) {
+      const key = keyHashIndexKey(node.keyHash);
+      if (!byKeyHash.has(key)) byKeyHash.set(key, node);
+      if (node.keyHash.type === 'sha512') hasSha512KeyHash = true;
+    }
+  }
+
+  for (const [id, list] of nodeCertificates) {
+    const node = nodes.get(id);
+    if (node === undefined) continue;
+    const keys = new Set<string>();
+    for (const { spkiSha256 } of list) {
+      keys.add(spkiSha256);
+      // the key-hash, when present, is the node's pin; its certificates only pin nodes without one
+      if (node.keyHash === undefined && !byCertificateKey.has(spkiSha256)) byCertificateKey.set(spkiSha256, node);
+    }
+    certificateKeys.set(id, keys);
+    certificates.set(id, list.map((c) => c.certificate));
+    certificateCount += list.length;
+  }
+
+  // §3.4: S has children, is itself an entry, is not me, and is my direct child
+  const subRelays: NodeEntry[] = [];
+  for (const id of parents) {
+    const relay = nodes.get(id);
+    if (relay !== undefined && id !== myId && relay.policyServer === myId) subRelays.push(relay);
+  }
+
+  return {
+    nodes,
+    certificates,
+    certificateKeys,
+    certificateCount,
+    byKeyHash,
+    byCertificateKey,
+    hasSha512KeyHash,
+    neighbors,
+    subRelays,
+  };
+}
+
+async function readOptional(
+  file: string,
+  code: 'RELAY_ERR_NODES_LIST' | 'RELAY_ERR_NODES_CERTS',
+): Promise<string | undefined> {
+  try {
+    return await fs.readFile(file, 'utf8');
+  } catch (error) {
+    if (typeof error === 'object' && error !== null && (error as { code?: unknown }).code === 'ENOENT') return undefined;
+    throw new RelayError(code, `cannot read ${file}: ${messageOf(error)}`, { cause: error });
+  }
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}

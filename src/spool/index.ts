@@ -1,0 +1,91 @@
+// Face of the spool module: the durable directory queues of reports and inventories
+// (ARCHITECTURE.md disk layout). Writers call `receive`; processors (later) consume `incoming/`.
+
+import { mkdir, readdir, rm, stat, access, constants } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import type { Logger } from 'pino';
+import { receiveInto, type ReceiveResult } from './receive.js';
+
+export type { ReceiveResult };
+
+/** Where an upload lands: the three WebDAV endpoints of a Rudder relay. */
+export type SpoolQueue = 'reports' | 'inventories' | 'inventory-updates';
+
+export interface SpoolOptions {
+  readonly reportsDirectory: string;
+  readonly inventoriesDirectory: string;
+}
+
+export interface SpoolDirectoryStatus {
+  readonly path: string;
+  readonly files: number;
+  readonly writable: boolean;
+  readonly error: string | undefined;
+}
+
+export interface Spool {
+  /** the directory a queue's uploads land in */
+  incomingOf(queue: SpoolQueue): string;
+  /** create every directory; removes temp files left by a crash when `cleanTmp` (primary only, before workers start) */
+  prepare(options: { cleanTmp: boolean }): Promise<void>;
+  receive(queue: SpoolQueue, name: string, body: Readable, maxBytes: number): Promise<ReceiveResult>;
+  /** file counts and writability of every spool directory (status page, metrics) */
+  inspect(): Promise<SpoolDirectoryStatus[]>;
+}
+
+const TMP = '.tmp';
+
+export function createSpool(options: SpoolOptions, log: Logger): Spool {
+  const spoolLog = log.child({ module: 'spool' });
+  const incoming: Record<SpoolQueue, string> = {
+    reports: join(options.reportsDirectory, 'incoming'),
+    inventories: join(options.inventoriesDirectory, 'incoming'),
+    'inventory-updates': join(options.inventoriesDirectory, 'accepted-nodes-updates'),
+  };
+  const tmpOf: Record<SpoolQueue, string> = {
+    reports: join(options.reportsDirectory, TMP),
+    inventories: join(options.inventoriesDirectory, TMP),
+    'inventory-updates': join(options.inventoriesDirectory, TMP),
+  };
+  const directories = [
+    incoming.reports,
+    join(options.reportsDirectory, 'failed'),
+    incoming.inventories,
+    incoming['inventory-updates'],
+    join(options.inventoriesDirectory, 'failed'),
+  ];
+
+  return {
+    incomingOf: (queue) => incoming[queue],
+
+    async prepare({ cleanTmp }) {
+      for (const tmp of new Set(Object.values(tmpOf))) {
+        if (cleanTmp) {
+          const left = await readdir(tmp).catch(() => [] as string[]);
+          if (left.length > 0) spoolLog.warn({ directory: tmp, files: left.length }, 'removing partial uploads left by an earlier stop');
+          await rm(tmp, { recursive: true, force: true });
+        }
+        await mkdir(tmp, { recursive: true, mode: 0o770 });
+      }
+      for (const directory of directories) await mkdir(directory, { recursive: true, mode: 0o770 });
+    },
+
+    receive: (queue, name, body, maxBytes) => receiveInto(tmpOf[queue], incoming[queue], name, body, maxBytes),
+
+    async inspect() {
+      return Promise.all(
+        directories.map(async (path): Promise<SpoolDirectoryStatus> => {
+          try {
+            await stat(path);
+            await access(path, constants.W_OK);
+            const files = (await readdir(path)).filter((n) => !n.startsWith('.')).length;
+            return { path, files, writable: true, error: undefined };
+          } catch (error) {
+            return { path, files: 0, writable: false, error: (error as Error).message };
+          }
+        }),
+      );
+    },
+  };
+}

@@ -1,0 +1,208 @@
+// Starts onerelay as a user does (`node dist/cli.js start --config FILE`) in a temp directory,
+// with free ports and the fixture relay identity (37817c4d…, a real RSA-4096 key made by cf-key),
+// and collects its JSON log lines.
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import { copyFile, mkdir, writeFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { freePort, tempDir, type Teardownable } from './tmp.js';
+
+export const ROOT = resolve(import.meta.dirname, '..', '..');
+export const CLI = join(ROOT, 'dist', 'cli.js');
+export const FIXTURES = resolve(ROOT, '..', 'shared', 'fixtures', 'relayd');
+export const FIXTURE_KEYS = join(FIXTURES, 'files', 'keys');
+export const RELAY_ID = '37817c4d-fbf7-4850-a985-50021f4e8f41';
+export const DAV_PASSWORD = 'dav-secret';
+
+export interface LogLine {
+  readonly level: number;
+  readonly msg: string;
+  readonly event?: string;
+  readonly [key: string]: unknown;
+}
+
+export interface RelayOptions {
+  /** extra TOML appended to the generated configuration (may add keys to the last section only if you know what you do; prefer `sections`) */
+  readonly extraToml?: string;
+  /** nodeslist.json content; default: empty list */
+  readonly nodesList?: Record<string, { hostname: string; 'key-hash'?: string; 'policy-server': string }>;
+  /** nodescerts.pem content */
+  readonly nodesCerts?: string;
+  readonly workers?: number;
+  readonly peerAuthentication?: 'cert_pinning' | 'cert_validation';
+  readonly maxUploadSize?: number;
+  readonly allowedNetworks?: readonly string[];
+  /** do not wait for readiness (for start-failure tests) */
+  readonly expectFailure?: boolean;
+  /** reuse a directory (restart tests) */
+  readonly dir?: string;
+}
+
+export interface RunningRelay {
+  readonly dir: string;
+  readonly configFile: string;
+  readonly httpsPort: number;
+  readonly apiPort: number;
+  readonly httpsUrl: string;
+  readonly apiUrl: string;
+  readonly reportsIncoming: string;
+  readonly inventoriesIncoming: string;
+  readonly inventoryUpdatesIncoming: string;
+  readonly nodesListFile: string;
+  readonly nodesCertsFile: string;
+  readonly child: ChildProcess;
+  readonly logs: LogLine[];
+  readonly output: () => string;
+  /** resolves with the exit code */
+  readonly exited: Promise<number | null>;
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+  waitForLog(predicate: (line: LogLine) => boolean, timeoutMs?: number): Promise<LogLine>;
+}
+
+export function relayConfigToml(dir: string, ports: { https: number; api: number }, options: RelayOptions): string {
+  const networks = (options.allowedNetworks ?? ['127.0.0.0/8', '::1/128']).map((n) => JSON.stringify(n)).join(', ');
+  return `
+[general]
+node_id_file = "${dir}/uuid.hive"
+nodes_list_file = "${dir}/nodeslist.json"
+nodes_certs_file = "${dir}/nodescerts.pem"
+listen = "127.0.0.1:${ports.api}"
+peer_authentication = "${options.peerAuthentication ?? 'cert_pinning'}"
+
+[processing.inventory]
+directory = "${dir}/inventories/"
+output = "upstream"
+
+[processing.reporting]
+directory = "${dir}/reports/"
+output = "upstream"
+
+[output.upstream]
+host = "127.0.0.1"
+user = "rudder"
+password = "${DAV_PASSWORD}"
+server_certificate_file = "${dir}/policy_server.pem"
+
+[https]
+listen = "127.0.0.1:${ports.https}"
+allowed_networks = [${networks}]
+workers = ${options.workers ?? 2}
+max_upload_size = ${options.maxUploadSize ?? 1048576}
+shutdown_timeout = "5s"
+
+[identity]
+private_key_file = "${dir}/ppkeys/localhost.priv"
+certificate_file = "${dir}/agent.cert"
+
+[policies]
+directory = "${dir}/share"
+${options.extraToml ?? ''}
+`;
+}
+
+export async function startRelay(t: Teardownable, options: RelayOptions = {}): Promise<RunningRelay> {
+  const dir = options.dir ?? tempDir(t, 'onerelay-e2e-');
+  const httpsPort = await freePort();
+  const apiPort = await freePort();
+  await mkdir(join(dir, 'ppkeys'), { recursive: true, mode: 0o700 });
+  if (options.dir === undefined) {
+    await writeFile(join(dir, 'uuid.hive'), `${RELAY_ID}\n`);
+    await copyFile(join(FIXTURE_KEYS, `${RELAY_ID}.nopass.priv`), join(dir, 'ppkeys', 'localhost.priv'));
+    await copyFile(join(FIXTURE_KEYS, `${RELAY_ID}.pub`), join(dir, 'ppkeys', 'localhost.pub'));
+    await copyFile(join(FIXTURE_KEYS, `${RELAY_ID}.cert`), join(dir, 'agent.cert'));
+  }
+  await writeFile(join(dir, 'nodeslist.json'), JSON.stringify(options.nodesList ?? {}, null, 2));
+  await writeFile(join(dir, 'nodescerts.pem'), options.nodesCerts ?? '');
+  const configFile = join(dir, 'onerelay.toml');
+  await writeFile(configFile, relayConfigToml(dir, { https: httpsPort, api: apiPort }, options));
+
+  const child = spawn(process.execPath, [CLI, 'start', '--config', configFile], {
+    cwd: dir,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const logs: LogLine[] = [];
+  let raw = '';
+  const waiters = new Set<() => void>();
+  let pending = '';
+  child.stdout?.setEncoding('utf8');
+  child.stdout?.on('data', (chunk: string) => {
+    raw += chunk;
+    pending += chunk;
+    let newline: number;
+    while ((newline = pending.indexOf('\n')) >= 0) {
+      const line = pending.slice(0, newline);
+      pending = pending.slice(newline + 1);
+      try {
+        logs.push(JSON.parse(line) as LogLine);
+      } catch {
+        // not JSON: kept in raw output only
+      }
+    }
+    for (const wake of waiters) wake();
+  });
+  child.stderr?.setEncoding('utf8');
+  child.stderr?.on('data', (chunk: string) => {
+    raw += chunk;
+  });
+  const exited = new Promise<number | null>((resolveExit) => child.on('exit', (code) => resolveExit(code)));
+  let hasExited = false;
+  void exited.then(() => {
+    hasExited = true;
+    for (const wake of waiters) wake();
+  });
+  t.teardown(async () => {
+    if (!hasExited) {
+      child.kill('SIGKILL');
+      await exited;
+    }
+  });
+
+  const waitForLog = (predicate: (line: LogLine) => boolean, timeoutMs = 20_000): Promise<LogLine> =>
+    new Promise((resolveLog, reject) => {
+      const check = () => {
+        const found = logs.find(predicate);
+        if (found) {
+          cleanup();
+          resolveLog(found);
+        } else if (hasExited) {
+          cleanup();
+          reject(new Error(`relay exited before the expected log line; output:\n${raw}`));
+        }
+      };
+      const timer = setTimeout(() => {
+        cleanup();
+        reject(new Error(`timed out waiting for a log line; output:\n${raw}`));
+      }, timeoutMs);
+      const cleanup = () => {
+        clearTimeout(timer);
+        waiters.delete(check);
+      };
+      waiters.add(check);
+      check();
+    });
+
+  const relay: RunningRelay = {
+    dir,
+    configFile,
+    httpsPort,
+    apiPort,
+    httpsUrl: `https://127.0.0.1:${httpsPort}`,
+    apiUrl: `http://127.0.0.1:${apiPort}`,
+    reportsIncoming: join(dir, 'reports', 'incoming'),
+    inventoriesIncoming: join(dir, 'inventories', 'incoming'),
+    inventoryUpdatesIncoming: join(dir, 'inventories', 'accepted-nodes-updates'),
+    nodesListFile: join(dir, 'nodeslist.json'),
+    nodesCertsFile: join(dir, 'nodescerts.pem'),
+    child,
+    logs,
+    output: () => raw,
+    exited,
+    async stop(signal = 'SIGTERM') {
+      if (!hasExited) child.kill(signal);
+      return exited;
+    },
+    waitForLog,
+  };
+  if (!options.expectFailure) await waitForLog((line) => line.event === 'ready', 30_000);
+  return relay;
+}
