@@ -13,7 +13,7 @@ import { gzipSync } from 'node:zlib';
 import { cachedIdentities, cacheDirectory, type NodeIdentity } from './lib/identities.js';
 import { nginxVersion, startNginxUploads } from './lib/nginx.js';
 import { onerelayMissing, startOnerelayUploads } from './lib/onerelay.js';
-import { freePort, type Server } from './lib/processes.js';
+import { freePort, waitForQuietMachine, type Server } from './lib/processes.js';
 import { fixed, median, percentile, table } from './lib/stats.js';
 import { basicAuthorization, runlogFileName, upload, uploadingAgent } from './lib/upload-client.js';
 import { runUploadLoad, type LoadResult } from './lib/upload-load.js';
@@ -32,6 +32,8 @@ const settings = {
   targetRatio: 0.8,
   /** CPU % used by other processes during a run above which the run is repeated once */
   disturbedOtherCpuPercent: 25,
+  /** before each run, wait up to this long (in all) for other work on the machine to calm down */
+  quietWaitBudgetMs: 60_000,
 } as const;
 
 const outFile = fileURLToPath(new URL('./out/uploads.json', import.meta.url));
@@ -115,11 +117,14 @@ export async function run(): Promise<void> {
     if (reports.onerelay.note !== undefined) console.log(`  onerelay not measured: ${reports.onerelay.note}`);
 
     let firstSecond = firstBenchSecond;
+    let quietWaitLeftMs: number = settings.quietWaitBudgetMs;
     for (let runIndex = 0; runIndex < settings.runs; runIndex++) {
       for (const target of measured) {
         // a run disturbed by other work on the machine is repeated once; the repeat is kept either way
         for (let attempt = 1; attempt <= 2; attempt++) {
           firstSecond += 10_000_000; // fresh file names for every run
+          const waitedMs = await waitForQuietMachine(settings.disturbedOtherCpuPercent / 2, quietWaitLeftMs);
+          quietWaitLeftMs -= waitedMs;
           const result = await runUploadLoad({
             port: target.port,
             agents,
@@ -139,7 +144,9 @@ export async function run(): Promise<void> {
             `  ${target.name.padEnd(8)} run ${runIndex + 1}/${settings.runs}: ${fixed(figures.uploadsPerSecond)} uploads/s, ` +
               `p50 ${fixed(figures.p50Ms)} ms, p99 ${fixed(figures.p99Ms)} ms, ${failureCount(figures)} errors, ` +
               `CPU server ${fixed(figures.serverCpuPercent, 0)}% load ${fixed(figures.loadCpuPercent, 0)}% ` +
-              `other ${fixed(figures.otherCpuPercent, 0)}%${willRepeat ? ' (disturbed by other work: repeated)' : ''}`,
+              `other ${fixed(figures.otherCpuPercent, 0)}%` +
+              (waitedMs > 1500 ? ` (waited ${fixed(waitedMs / 1000, 0)} s for a quiet machine)` : '') +
+              (willRepeat ? ' (disturbed by other work: repeated)' : ''),
           );
           if (willRepeat) {
             reports[target.name].discardedRuns.push(figures);
@@ -152,7 +159,8 @@ export async function run(): Promise<void> {
     }
   } finally {
     await Promise.all(targets.map((target) => target.server.stop()));
-    await rm(directory, { recursive: true, force: true });
+    if (process.env['BENCH_KEEP'] === undefined) await rm(directory, { recursive: true, force: true });
+    else console.log(`  kept ${directory} (servers' configs and logs)`);
   }
 
   const summary = summarize(reports);

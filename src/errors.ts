@@ -19,6 +19,7 @@ export type ErrorCode =
   | 'RELAY_ERR_AUTH_CERTIFICATE'
   | 'RELAY_ERR_SPOOL_WRITE'
   | 'RELAY_ERR_NOT_FOUND'
+  | 'RELAY_ERR_BAD_REQUEST'
   | 'RELAY_ERR_INTERNAL';
 
 interface CatalogueEntry {
@@ -44,6 +45,7 @@ const catalogue: Record<ErrorCode, CatalogueEntry> = {
   RELAY_ERR_AUTH_CERTIFICATE: { status: 403, transient: false },
   RELAY_ERR_SPOOL_WRITE: { status: 500, transient: true },
   RELAY_ERR_NOT_FOUND: { status: 404, transient: false },
+  RELAY_ERR_BAD_REQUEST: { status: 400, transient: false },
   RELAY_ERR_INTERNAL: { status: 500, transient: true },
 };
 

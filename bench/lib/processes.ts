@@ -147,3 +147,18 @@ export function machineBusyCpuTimeMs(): number {
   const [user = 0, nice = 0, system = 0, , , irq = 0, softirq = 0, steal = 0] = fields;
   return ((user + nice + system + irq + softirq + steal) * 1000) / clockTicksPerSecond;
 }
+
+/**
+ * Wait until the machine is quiet (under `maxBusyPercent` of one core busy over a 1 s sample), for at
+ * most `budgetMs`. Returns the time waited; benches sharing a machine with other work call it between runs.
+ */
+export async function waitForQuietMachine(maxBusyPercent: number, budgetMs: number): Promise<number> {
+  const started = performance.now();
+  for (;;) {
+    const before = machineBusyCpuTimeMs();
+    await sleep(1000);
+    const busyPercent = (machineBusyCpuTimeMs() - before) / 10;
+    const waited = performance.now() - started;
+    if (busyPercent <= maxBusyPercent || waited >= budgetMs) return waited;
+  }
+}

@@ -91,6 +91,12 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
       keepAliveTimeout: 5_000,
       requestTimeout: 0,
       return503OnClosing: true,
+      // undecodable URLs and the like: our error format, not fastify's JSON
+      frameworkErrors: (error: Error, request: FastifyRequest, reply: FastifyReply) => {
+        const relayError = new RelayError('RELAY_ERR_BAD_REQUEST', `bad request: ${error.message}`);
+        request.relayError = relayError;
+        return reply.code(400).type('text/plain; charset=utf-8').send(`${relayError.code}: ${relayError.message}\n`);
+      },
     });
 
     for (const method of WEBDAV_METHODS) fastify.addHttpMethod(method, { hasBody: true });

@@ -30,20 +30,20 @@ export function createLocalApi(listen: ListenAddress, deps: LocalApiDeps): Local
     );
   });
   const json = 'application/json';
-  app.get(`${API}/system/info`, async (_request, reply) => reply.type(json).send(envelope('getSystemInfo', deps.system.info())));
+  app.get(`${API}/system/info`, async (_request, reply) => reply.header('content-type', json).send(envelope('getSystemInfo', deps.system.info())));
   app.get(`${API}/system/status`, async (_request, reply) => {
     try {
-      return reply.type(json).send(envelope('getStatus', await deps.system.status()));
+      return reply.header('content-type', json).send(envelope('getStatus', await deps.system.status()));
     } catch (error) {
-      return reply.code(500).type(json).send(errorEnvelope('getStatus', messageOf(error)));
+      return reply.code(500).header('content-type', json).send(errorEnvelope('getStatus', messageOf(error)));
     }
   });
   app.post(`${API}/system/reload`, async (_request, reply) => {
     try {
       await deps.system.reload();
-      return reply.type(json).send(envelope('reloadConfiguration'));
+      return reply.header('content-type', json).send(envelope('reloadConfiguration'));
     } catch (error) {
-      return reply.code(500).type(json).send(errorEnvelope('reloadConfiguration', messageOf(error)));
+      return reply.code(500).header('content-type', json).send(errorEnvelope('reloadConfiguration', messageOf(error)));
     }
   });
   app.get('/metrics', async (_request, reply) => {

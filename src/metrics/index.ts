@@ -89,6 +89,8 @@ export function createPrimaryMetrics(sources: { spool: SpoolGaugeSource; nodes: 
 export function createFrontDoorMetrics(): FrontDoorMetrics {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
+  // constructing one installs the worker side of prom-client's cluster protocol (answers the primary)
+  new AggregatorRegistry();
   AggregatorRegistry.setRegistries([registry]);
   return {
     uploads: new Counter({

@@ -15,6 +15,7 @@ const UID_OID = Buffer.from([0x09, 0x92, 0x26, 0x89, 0x93, 0xf2, 0x2c, 0x64, 0x0
 
 const TAG = {
   integer: 0x02,
+  bitString: 0x03,
   oid: 0x06,
   utf8String: 0x0c,
   printableString: 0x13,
@@ -72,7 +73,12 @@ function expect(tlv: Tlv | undefined, tag: number, what: string): Tlv {
 
 export function parseCertificateFacts(der: Buffer): CertificateFacts {
   const certificate = expect(readTlv(der, 0, der.length), TAG.sequence, 'certificate');
-  const tbs = expect(children(der, certificate)[0], TAG.sequence, 'tbsCertificate');
+  if (certificate.end !== der.length) throw new Error('malformed certificate: trailing bytes');
+  const [tbsTlv, signatureAlgorithm, signature, ...extra] = children(der, certificate);
+  expect(signatureAlgorithm, TAG.sequence, 'signatureAlgorithm');
+  expect(signature, TAG.bitString, 'signatureValue');
+  if (extra.length > 0) throw new Error('malformed certificate: extra fields');
+  const tbs = expect(tbsTlv, TAG.sequence, 'tbsCertificate');
   const fields = children(der, tbs);
   let index = fields[0]?.tag === TAG.version ? 1 : 0;
   expect(fields[index++], TAG.integer, 'serialNumber');

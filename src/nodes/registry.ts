@@ -1,7 +1,7 @@
 // The nodes registry: the current snapshot of nodeslist.json + nodes certificates, the relations of
 // spec-relayd.md §3.4, client-certificate attribution, and hot reload on file change.
 
-import { createHash } from 'node:crypto';
+import { X509Certificate, createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import { RelayError, isRelayError, messageOf } from '../errors.js';
 import { parseCertificateFacts, type CertificateFacts } from './der.js';
@@ -21,6 +21,8 @@ export function createNodesRegistry(options: NodesOptions & { log: Logger }): No
   const log = options.log.child({ module: 'nodes' });
   const { myId } = options;
   let snapshot: NodesSnapshot = emptySnapshot();
+  /** X509Certificate objects of the current snapshot, built when first asked for */
+  let certificateObjects = new Map<string, readonly X509Certificate[]>();
   let loadedAt: string | undefined;
   let lastError: string | undefined;
   let queue: Promise<void> = Promise.resolve();
@@ -30,6 +32,7 @@ export function createNodesRegistry(options: NodesOptions & { log: Logger }): No
     try {
       const next = await loadSnapshot(options, log);
       snapshot = next;
+      certificateObjects = new Map();
       loadedAt = new Date().toISOString();
       if (lastError !== undefined) log.info('nodes data valid again, error cleared');
       lastError = undefined;
@@ -63,7 +66,21 @@ export function createNodesRegistry(options: NodesOptions & { log: Logger }): No
 
     get: (id) => snapshot.nodes.get(id),
 
-    certificatesOf: (id) => snapshot.certificates.get(id) ?? [],
+    certificatesOf(id) {
+      const cached = certificateObjects.get(id);
+      if (cached !== undefined) return cached;
+      const certificates: X509Certificate[] = [];
+      for (const der of snapshot.certificates.get(id) ?? []) {
+        try {
+          certificates.push(new X509Certificate(der));
+        } catch (error) {
+          // the DER walk at load accepted it but OpenSSL does not: leave it out rather than fail the caller
+          log.warn({ nodeId: id, err: messageOf(error) }, 'unusable node certificate skipped');
+        }
+      }
+      certificateObjects.set(id, certificates);
+      return certificates;
+    },
 
     findByPublicKey(spkiDer) {
       const current = snapshot;

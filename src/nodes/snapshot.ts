@@ -1,7 +1,7 @@
 // One load of nodeslist.json + the nodes certificates file into immutable indexes (spec-relayd.md §3).
 // Everything a lookup needs is computed here, once per load, so lookups are O(1) at 50k nodes.
 
-import { X509Certificate, createHash } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import type { Logger } from 'pino';
 import { RelayError, messageOf } from '../errors.js';
@@ -11,7 +11,8 @@ import { keyHashIndexKey, parseKeyHash } from './key-hash.js';
 
 export interface NodesSnapshot {
   readonly nodes: ReadonlyMap<string, NodeEntry>;
-  readonly certificates: ReadonlyMap<string, readonly X509Certificate[]>;
+  /** per node: DER of its certificates, in file order */
+  readonly certificates: ReadonlyMap<string, readonly Buffer[]>;
   /** per node: sha256 hex of the SPKI of each of its certificates */
   readonly certificateKeys: ReadonlyMap<string, ReadonlySet<string>>;
   readonly certificateCount: number;
@@ -43,7 +44,7 @@ export async function loadSnapshot(options: NodesOptions, log: Logger): Promise<
   if (certsText === undefined) {
     log.info({ file: options.nodesCertsFile }, 'Nodes certificates file does not exist, skipping');
   } else {
-    certificates = parseNodesCertificates(certsText, options.nodesCertsFile, nodes, log);
+    certificates = await parseNodesCertificates(certsText, options.nodesCertsFile, nodes, log);
   }
   return buildSnapshot(nodes, certificates, options.myId);
 }
@@ -79,52 +80,59 @@ export function parseNodesList(text: string, file: string): Map<string, NodeEntr
 }
 
 interface NodeCertificate {
-  readonly certificate: X509Certificate;
+  /** DER; X509Certificate objects are built on demand (≈0.3 ms each: too slow for 50k per reload) */
+  readonly der: Buffer;
   /** sha256 hex of its SubjectPublicKeyInfo */
   readonly spkiSha256: string;
 }
 
-const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g;
+const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----([\s\S]*?)-----END CERTIFICATE-----/g;
+const PEM_BODY = /^[A-Za-z0-9+/=\s]*$/;
+/** certificates parsed between two yields to the event loop */
+const CERTIFICATES_PER_SLICE = 2000;
 
-export function parseNodesCertificates(
+export async function parseNodesCertificates(
   text: string,
   file: string,
   nodes: ReadonlyMap<string, NodeEntry>,
   log: Logger,
-): Map<string, NodeCertificate[]> {
-  const blocks = text.match(PEM_CERTIFICATE) ?? [];
-  if (blocks.length === 0 && text.trim() !== '') {
-    throw new RelayError('RELAY_ERR_NODES_CERTS', `invalid nodes certificates file ${file}: no PEM certificate found`);
-  }
+): Promise<Map<string, NodeCertificate[]>> {
   const certificates = new Map<string, NodeCertificate[]>();
-  blocks.forEach((block, index) => {
-    let certificate: X509Certificate;
+  let index = 0;
+  for (const [, body] of text.matchAll(PEM_CERTIFICATE)) {
+    index += 1;
+    if (index % CERTIFICATES_PER_SLICE === 0) await new Promise((resolve) => setImmediate(resolve));
+    let der: Buffer;
     let uid: string | undefined;
     let spkiSha256: string;
     try {
-      certificate = new X509Certificate(block);
-      const facts = parseCertificateFacts(certificate.raw);
+      if (body === undefined || !PEM_BODY.test(body)) throw new Error('invalid base64 in PEM');
+      der = Buffer.from(body, 'base64');
+      const facts = parseCertificateFacts(der);
       uid = facts.uid;
       spkiSha256 = createHash('sha256').update(facts.spki).digest('hex');
     } catch (error) {
       throw new RelayError(
         'RELAY_ERR_NODES_CERTS',
-        `invalid nodes certificates file ${file}: certificate #${index + 1}: ${messageOf(error)}`,
+        `invalid nodes certificates file ${file}: certificate #${index}: ${messageOf(error)}`,
         { cause: error },
       );
     }
     if (uid === undefined) {
-      log.warn({ file, certificate: index + 1, subject: certificate.subject }, 'missing id in certificate');
-      return;
+      log.warn({ file, certificate: index }, 'missing id in certificate');
+      continue;
     }
     if (!nodes.has(uid)) {
-      log.warn({ file, certificate: index + 1, nodeId: uid }, 'certificate for unknown node');
-      return;
+      log.warn({ file, certificate: index, nodeId: uid }, 'certificate for unknown node');
+      continue;
     }
     const list = certificates.get(uid);
-    if (list === undefined) certificates.set(uid, [{ certificate, spkiSha256 }]);
-    else list.push({ certificate, spkiSha256 });
-  });
+    if (list === undefined) certificates.set(uid, [{ der, spkiSha256 }]);
+    else list.push({ der, spkiSha256 });
+  }
+  if (index === 0 && text.trim() !== '') {
+    throw new RelayError('RELAY_ERR_NODES_CERTS', `invalid nodes certificates file ${file}: no PEM certificate found`);
+  }
   return certificates;
 }
 
@@ -136,7 +144,7 @@ function buildSnapshot(
   const byKeyHash = new Map<string, NodeEntry>();
   const byCertificateKey = new Map<string, NodeEntry>();
   const certificateKeys = new Map<string, Set<string>>();
-  const certificates = new Map<string, X509Certificate[]>();
+  const certificates = new Map<string, Buffer[]>();
   const neighbors: NodeEntry[] = [];
   const parents = new Set<string>();
   let hasSha512KeyHash = false;
@@ -162,7 +170,7 @@ function buildSnapshot(
       if (node.keyHash === undefined && !byCertificateKey.has(spkiSha256)) byCertificateKey.set(spkiSha256, node);
     }
     certificateKeys.set(id, keys);
-    certificates.set(id, list.map((c) => c.certificate));
+    certificates.set(id, list.map((c) => c.der));
     certificateCount += list.length;
   }
 

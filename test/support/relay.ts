@@ -36,6 +36,27 @@ export interface RelayOptions {
   readonly expectFailure?: boolean;
   /** reuse a directory (restart tests) */
   readonly dir?: string;
+  /** let the relay generate its own identity instead of using the fixture one */
+  readonly freshIdentity?: boolean;
+}
+
+export interface CliResult {
+  readonly code: number | null;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+/** runs `node dist/cli.js ARGS` to completion */
+export function runCli(args: readonly string[], cwd = ROOT): Promise<CliResult> {
+  return new Promise((resolveRun, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
+    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+    child.on('error', reject);
+    child.on('exit', (code) => resolveRun({ code, stdout, stderr }));
+  });
 }
 
 export interface RunningRelay {
@@ -53,10 +74,20 @@ export interface RunningRelay {
   readonly child: ChildProcess;
   readonly logs: LogLine[];
   readonly output: () => string;
+  /** SIGKILL to the primary and every worker */
+  killAll(): Promise<number | null>;
   /** resolves with the exit code */
   readonly exited: Promise<number | null>;
   stop(signal?: NodeJS.Signals): Promise<number | null>;
   waitForLog(predicate: (line: LogLine) => boolean, timeoutMs?: number): Promise<LogLine>;
+}
+
+function killGroup(child: ChildProcess, signal: NodeJS.Signals): void {
+  try {
+    if (child.pid !== undefined) process.kill(-child.pid, signal);
+  } catch {
+    child.kill(signal);
+  }
 }
 
 export function relayConfigToml(dir: string, ports: { https: number; api: number }, options: RelayOptions): string {
@@ -105,7 +136,7 @@ export async function startRelay(t: Teardownable, options: RelayOptions = {}): P
   const httpsPort = await freePort();
   const apiPort = await freePort();
   await mkdir(join(dir, 'ppkeys'), { recursive: true, mode: 0o700 });
-  if (options.dir === undefined) {
+  if (options.dir === undefined && !options.freshIdentity) {
     await writeFile(join(dir, 'uuid.hive'), `${RELAY_ID}\n`);
     await copyFile(join(FIXTURE_KEYS, `${RELAY_ID}.nopass.priv`), join(dir, 'ppkeys', 'localhost.priv'));
     await copyFile(join(FIXTURE_KEYS, `${RELAY_ID}.pub`), join(dir, 'ppkeys', 'localhost.pub'));
@@ -116,9 +147,11 @@ export async function startRelay(t: Teardownable, options: RelayOptions = {}): P
   const configFile = join(dir, 'onerelay.toml');
   await writeFile(configFile, relayConfigToml(dir, { https: httpsPort, api: apiPort }, options));
 
+  // its own process group, so that a test can kill the primary and its workers at once
   const child = spawn(process.execPath, [CLI, 'start', '--config', configFile], {
     cwd: dir,
     stdio: ['ignore', 'pipe', 'pipe'],
+    detached: true,
   });
   const logs: LogLine[] = [];
   let raw = '';
@@ -152,7 +185,7 @@ export async function startRelay(t: Teardownable, options: RelayOptions = {}): P
   });
   t.teardown(async () => {
     if (!hasExited) {
-      child.kill('SIGKILL');
+      killGroup(child, 'SIGKILL');
       await exited;
     }
   });
@@ -202,6 +235,10 @@ export async function startRelay(t: Teardownable, options: RelayOptions = {}): P
       return exited;
     },
     waitForLog,
+    async killAll() {
+      killGroup(child, 'SIGKILL');
+      return exited;
+    },
   };
   if (!options.expectFailure) await waitForLog((line) => line.event === 'ready', 30_000);
   return relay;
