@@ -14,20 +14,31 @@ import { createFrontDoor, createLocalApi, type UploadAuthOptions } from './http/
 import { ensureIdentity, loadIdentity, type Identity } from './identity/index.js';
 import { identityPaths } from './paths.js';
 import { createLogger, pinoLevel } from './log.js';
-import { createFrontDoorMetrics, createPrimaryMetrics } from './metrics/index.js';
+import { createFrontDoorMetrics, createPrimaryMetrics, type MetricsSnapshot } from './metrics/index.js';
 import { createNodesRegistry, type NodesRegistry } from './nodes/index.js';
-import { createSpool, type Spool } from './spool/index.js';
+import { createSpool, type Spool, type SpoolQueue } from './spool/index.js';
+import { createPipelines } from './pipelines.js';
+import { createSharedFilesForwarder } from './forwarders.js';
+import { createSharedFiles, type SharedFiles } from './shared-files/index.js';
+import type { ServiceMetrics } from './metrics/index.js';
 import { createSystem } from './system/index.js';
 import { VERSION } from './version.js';
-import { checkInstallation } from './check.js';
+import { DATABASE_REFUSED, checkInstallation } from './check.js';
 
 export interface StartOptions {
   readonly configPath: string;
   readonly logLevel: LogLevel | undefined;
 }
 
-type WorkerMessage = { type: 'ready' } | { type: 'failed'; message: string; exitCode: number };
-type PrimaryMessage = { type: 'reload'; level: LogLevel } | { type: 'shutdown' };
+type WorkerMessage =
+  | { type: 'ready' }
+  | { type: 'failed'; message: string; exitCode: number }
+  | { type: 'metrics'; id: number; snapshot: MetricsSnapshot };
+type PrimaryMessage =
+  | { type: 'reload'; level: LogLevel }
+  | { type: 'shutdown' }
+  | { type: 'spool-full'; queue: SpoolQueue; full: boolean }
+  | { type: 'metrics-request'; id: number };
 
 const ENV_CONFIG = 'ONERELAY_CONFIG';
 const ENV_LOG_LEVEL = 'ONERELAY_LOG_LEVEL';
@@ -89,6 +100,26 @@ async function uploadAuth(config: Config): Promise<UploadAuthOptions> {
   };
 }
 
+function sharedFilesOf(config: Config, nodes: NodesRegistry, metrics: ServiceMetrics, log: Logger): SharedFiles {
+  return createSharedFiles(
+    {
+      path: config.sharedFiles.path,
+      maxBodySize: config.sharedFiles.maxBodySize,
+      cleanupFrequencyMs: config.sharedFiles.cleanup.frequencyMs,
+    },
+    {
+      nodes,
+      forwarder: createSharedFilesForwarder(config, nodes),
+      counters: {
+        stored: () => metrics.sharedFiles.inc({ event: 'stored' }),
+        forwarded: () => metrics.sharedFiles.inc({ event: 'forwarded' }),
+        expired: () => metrics.sharedFiles.inc({ event: 'expired' }),
+      },
+      log,
+    },
+  );
+}
+
 /** exit code of a start failure, as relayd's (spec-relayd.md §1.3) */
 export function exitCodeOf(error: unknown): number {
   if (error instanceof ConfigError) return error.exitCode;
@@ -109,6 +140,11 @@ export async function runPrimary(options: StartOptions): Promise<void> {
   }
   const { config } = loaded;
   const log = createLogger(options.logLevel ?? config.logging.level, { role: 'primary' });
+  if (config.processing.reporting.output === 'database') {
+    log.fatal({ event: 'start_failed' }, DATABASE_REFUSED);
+    process.exitCode = 3;
+    return;
+  }
   log.info({ event: 'starting', version: VERSION, config: loaded.source.mainFile }, `Starting onerelay ${VERSION}`);
   for (const warning of loaded.warnings) log.warn({ event: 'config_warning' }, warning);
 
@@ -128,10 +164,45 @@ export async function runPrimary(options: StartOptions): Promise<void> {
     const spool = spoolOf(config, log);
     await spool.prepare({ cleanTmp: true });
 
-    const metrics = createPrimaryMetrics({ spool, nodes });
     const broadcast = (message: PrimaryMessage) => {
       for (const worker of workers) if (worker.isConnected()) worker.send(message);
     };
+    // created below; the metrics collectors only read it at scrape time
+    let pipelines: ReturnType<typeof createPipelines> | undefined;
+    let metricsRequest = 0;
+    const metricsWaiters = new Map<number, (snapshot: MetricsSnapshot) => void>();
+    /** every worker's metrics over IPC; a worker that does not answer within 2 s is left out */
+    const workerSnapshots = async (): Promise<MetricsSnapshot[]> => {
+      const answers = [...workers]
+        .filter((worker) => worker.isConnected())
+        .map(
+          (worker) =>
+            new Promise<MetricsSnapshot | undefined>((resolve) => {
+              const id = (metricsRequest += 1);
+              const timer = setTimeout(() => {
+                metricsWaiters.delete(id);
+                resolve(undefined);
+              }, 2_000);
+              metricsWaiters.set(id, (snapshot) => {
+                clearTimeout(timer);
+                metricsWaiters.delete(id);
+                resolve(snapshot);
+              });
+              worker.send({ type: 'metrics-request', id } satisfies PrimaryMessage);
+            }),
+        );
+      return (await Promise.all(answers)).filter((s): s is MetricsSnapshot => s !== undefined);
+    };
+    const metrics = createPrimaryMetrics({ spool, nodes, queues: { queues: () => pipelines?.queues() ?? [] }, workers: workerSnapshots });
+    pipelines = createPipelines(config, {
+      myId: identity.nodeId,
+      nodes,
+      spool,
+      metrics,
+      onFullChange: (queue, full) => broadcast({ type: 'spool-full', queue, full }),
+      log,
+    });
+    const activePipelines = pipelines;
     const system = createSystem({
       identity,
       nodes,
@@ -145,10 +216,20 @@ export async function runPrimary(options: StartOptions): Promise<void> {
           log.level = pinoLevel(level);
         }
         broadcast({ type: 'reload', level });
+        await activePipelines.reload();
       },
+      extraStatus: () => activePipelines.status(),
       frontDoor: () => ({ workers: workers.size, ready: readyWorkers }),
     });
-    const api = createLocalApi(config.general.listen, { system, renderMetrics: () => metrics.render(), log });
+    // the primary runs the TTL cleanup; every process stores and answers
+    const sharedFiles = sharedFilesOf(config, nodes, metrics, log);
+    const api = createLocalApi(config.general.listen, {
+      system,
+      sharedFiles,
+      sharedFolderPath: config.sharedFolder.path,
+      renderMetrics: () => metrics.render(),
+      log,
+    });
     try {
       await api.start();
     } catch (error) {
@@ -157,6 +238,10 @@ export async function runPrimary(options: StartOptions): Promise<void> {
     stoppers.push(() => api.stop());
     await nodes.start();
     stoppers.push(() => nodes.stop());
+    await activePipelines.start();
+    stoppers.push(() => activePipelines.stop());
+    await sharedFiles.start();
+    stoppers.push(() => sharedFiles.stop());
 
     const count = config.https.workers > 0 ? config.https.workers : availableParallelism();
     cluster.setupPrimary({ silent: false });
@@ -172,7 +257,12 @@ export async function runPrimary(options: StartOptions): Promise<void> {
           if (message.type === 'ready') {
             ready = true;
             readyWorkers += 1;
+            for (const queue of ['reports', 'inventories', 'inventory-updates'] as const) {
+              if (activePipelines.isFull(queue)) worker.send({ type: 'spool-full', queue, full: true } satisfies PrimaryMessage);
+            }
             resolve();
+          } else if (message.type === 'metrics') {
+            metricsWaiters.get(message.id)?.(message.snapshot);
           } else if (message.type === 'failed') {
             reject(new RelayError('RELAY_ERR_LISTEN', message.message));
           }
@@ -251,9 +341,11 @@ export async function runWorker(): Promise<void> {
     const { config } = await loadConfig(configPath);
     log = createLogger(levelOverride ?? config.logging.level, { role: 'front-door', worker: cluster.worker?.id });
     const identity = await loadIdentity(identityPaths(config));
+    const fullQueues = new Set<SpoolQueue>();
     const nodes = nodesOf(config, identity.nodeId, log);
     await nodes.reload();
     await nodes.start();
+    const frontDoorMetrics = createFrontDoorMetrics();
     const frontDoor = createFrontDoor(
       {
         listen: config.https.listen,
@@ -264,8 +356,17 @@ export async function runWorker(): Promise<void> {
         auth: await uploadAuth(config),
         proxy: config.https.proxy,
         shutdownTimeoutMs: config.https.shutdownTimeoutMs,
+        policiesDirectory: config.policies.directory,
+        sharedFolderPath: config.sharedFolder.path,
       },
-      { nodes, spool: spoolOf(config, log), metrics: createFrontDoorMetrics(), log },
+      {
+        nodes,
+        spool: spoolOf(config, log),
+        metrics: frontDoorMetrics,
+        isSpoolFull: (queue) => fullQueues.has(queue),
+        sharedFiles: sharedFilesOf(config, nodes, frontDoorMetrics, log),
+        log,
+      },
     );
     try {
       await frontDoor.start();
@@ -282,7 +383,12 @@ export async function runWorker(): Promise<void> {
     };
     process.on('message', (message: PrimaryMessage) => {
       if (message.type === 'shutdown') void stop();
-      else if (message.type === 'reload') {
+      else if (message.type === 'metrics-request') {
+        void frontDoorMetrics.snapshot().then((snapshot) => send({ type: 'metrics', id: message.id, snapshot }));
+      } else if (message.type === 'spool-full') {
+        if (message.full) fullQueues.add(message.queue);
+        else fullQueues.delete(message.queue);
+      } else if (message.type === 'reload') {
         log.level = pinoLevel(message.level);
         nodes.reload().catch(() => undefined);
       }

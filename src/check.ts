@@ -11,6 +11,9 @@ import { loadIdentity } from './identity/index.js';
 import { createNodesRegistry } from './nodes/index.js';
 import { identityPaths } from './paths.js';
 
+export const DATABASE_REFUSED =
+  'processing.reporting.output = "database" is rudder-relayd\'s root-server mode: onerelay forwards reports upstream; set it to "upstream" (or "disabled")';
+
 export interface CheckResult {
   readonly problems: string[];
   readonly warnings: string[];
@@ -62,6 +65,7 @@ async function checkCertificateFile(path: string, what: string, problems: string
 }
 
 async function checkData(config: Config, problems: string[], warnings: string[]): Promise<void> {
+  if (config.processing.reporting.output === 'database') problems.push(DATABASE_REFUSED);
   let nodeId: string | undefined;
   try {
     const identity = await loadIdentity(identityPaths(config));

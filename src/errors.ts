@@ -18,6 +18,11 @@ export type ErrorCode =
   | 'RELAY_ERR_AUTH_NETWORK'
   | 'RELAY_ERR_AUTH_CERTIFICATE'
   | 'RELAY_ERR_SPOOL_WRITE'
+  | 'RELAY_ERR_SPOOL_READ'
+  | 'RELAY_ERR_UPSTREAM_UNAVAILABLE'
+  | 'RELAY_ERR_UPSTREAM_CERTIFICATE'
+  | 'RELAY_ERR_UPSTREAM_REFUSED'
+  | 'RELAY_ERR_SPOOL_FULL'
   | 'RELAY_ERR_NOT_FOUND'
   | 'RELAY_ERR_BAD_REQUEST'
   | 'RELAY_ERR_INTERNAL';
@@ -44,6 +49,12 @@ const catalogue: Record<ErrorCode, CatalogueEntry> = {
   RELAY_ERR_AUTH_NETWORK: { status: 403, transient: false },
   RELAY_ERR_AUTH_CERTIFICATE: { status: 403, transient: false },
   RELAY_ERR_SPOOL_WRITE: { status: 500, transient: true },
+  RELAY_ERR_SPOOL_READ: { status: 500, transient: false },
+  // upstream forwarding (src/upstream): network/timeout/408/429/5xx, TLS trust refused, other 4xx
+  RELAY_ERR_UPSTREAM_UNAVAILABLE: { status: 502, transient: true },
+  RELAY_ERR_UPSTREAM_CERTIFICATE: { status: 502, transient: true },
+  RELAY_ERR_UPSTREAM_REFUSED: { status: 502, transient: false },
+  RELAY_ERR_SPOOL_FULL: { status: 507, transient: true },
   RELAY_ERR_NOT_FOUND: { status: 404, transient: false },
   RELAY_ERR_BAD_REQUEST: { status: 400, transient: false },
   RELAY_ERR_INTERNAL: { status: 500, transient: true },

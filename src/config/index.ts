@@ -11,6 +11,6 @@ export type {
   ProxyRoute,
   QueueTiming,
 } from './types.js';
-export { ConfigError, RELAY_PATHS, isCidr, loadConfig, parseListen, readConfig, resolveSource } from './load.js';
+export { ConfigError, RELAY_PATHS, isCidr, loadConfig, parseListen, parseSize, readConfig, resolveSource } from './load.js';
 export type { ConfigProblem } from './load.js';
 export { parseDuration } from './duration.js';

@@ -149,6 +149,18 @@ class Reader {
     return ms;
   }
 
+  /** bytes: an integer, or a string with a unit ("10GiB", "500 MB", "64k") */
+  size(path: string, fallback: number): number {
+    const value = this.raw(path);
+    if (value === undefined) return fallback;
+    const bytes = parseSize(value);
+    if (bytes === undefined) {
+      this.bad(path, value, 'a size in bytes: an integer or a string such as "10GiB", "500MB", "64KiB"');
+      return fallback;
+    }
+    return bytes;
+  }
+
   stringArray(path: string, fallback: readonly string[]): readonly string[] {
     const value = this.raw(path);
     if (value === undefined) return fallback;
@@ -193,6 +205,28 @@ class Reader {
     walk(this.root, '');
     return unknown;
   }
+}
+
+const SIZE_UNITS: Record<string, number> = {
+  '': 1, b: 1,
+  k: 1024, kb: 1000, kib: 1024,
+  m: 1024 ** 2, mb: 1000 ** 2, mib: 1024 ** 2,
+  g: 1024 ** 3, gb: 1000 ** 3, gib: 1024 ** 3,
+  t: 1024 ** 4, tb: 1000 ** 4, tib: 1024 ** 4,
+};
+
+export function parseSize(value: unknown): number | undefined {
+  if (typeof value === 'number' || typeof value === 'bigint') {
+    const n = Number(value);
+    return Number.isSafeInteger(n) && n >= 0 ? n : undefined;
+  }
+  if (typeof value !== 'string') return undefined;
+  const match = /^\s*(\d+)\s*([a-zA-Z]*)\s*$/.exec(value);
+  if (!match) return undefined;
+  const factor = SIZE_UNITS[(match[2] ?? '').toLowerCase()];
+  if (factor === undefined) return undefined;
+  const n = Number(match[1]) * factor;
+  return Number.isSafeInteger(n) ? n : undefined;
 }
 
 export function parseListen(value: string): ListenAddress | undefined {
@@ -270,7 +304,9 @@ function buildConfig(main: Reader, logging: Reader | undefined): Config {
     cleanup: {
       frequencyMs: r.duration(`${base}.cleanup.frequency`, 3_600_000),
       retentionMs: r.duration(`${base}.cleanup.retention`, retentionDays * 86_400_000),
+      failedRetentionMs: r.duration(`${base}.cleanup.failed_retention`, 30 * 86_400_000),
     },
+    maxSpoolSize: r.size(`${base}.max_spool_size`, 10 * 1024 ** 3),
   });
   const logSource = logging ?? r;
   const logPrefix = logging ? 'general' : 'logging';
@@ -296,12 +332,15 @@ function buildConfig(main: Reader, logging: Reader | undefined): Config {
       inventory: {
         directory: r.path('processing.inventory.directory', '/var/rudder/inventories/'),
         output: r.oneOf('processing.inventory.output', ['upstream', 'disabled'] as const, 'disabled'),
+        signatureWaitMs: r.duration('processing.inventory.signature_wait', 10_000),
         ...queue('processing.inventory', 7),
       },
       reporting: {
         directory: r.path('processing.reporting.directory', '/var/rudder/reports/'),
         output: r.oneOf('processing.reporting.output', ['database', 'upstream', 'disabled'] as const, 'disabled'),
         skipEventTypes: r.stringArray('processing.reporting.skip_event_types', []),
+        verifySignature: r.oneOf('processing.reporting.verify_signature', ['direct', 'required', 'off'] as const, 'direct'),
+        maxDecodedSize: r.size('processing.reporting.max_decoded_size', 64 * 1024 ** 2),
         ...queue('processing.reporting', 7),
       },
     },
@@ -317,6 +356,10 @@ function buildConfig(main: Reader, logging: Reader | undefined): Config {
         password: r.string('output.upstream.password', undefined),
         defaultPassword: r.string('output.upstream.default_password', 'rudder'),
         serverCertificateFile: r.path('output.upstream.server_certificate_file', '/var/rudder/lib/ssl/policy_server.pem'),
+        maxConcurrency: r.integer('output.upstream.max_concurrency', 8, 1, 256),
+        connectTimeoutMs: r.duration('output.upstream.connect_timeout', 10_000),
+        idleTimeoutMs: r.duration('output.upstream.idle_timeout', 30_000),
+        requestTimeoutMs: r.duration('output.upstream.request_timeout', 300_000),
       },
     },
     remoteRun: {
@@ -336,7 +379,7 @@ function buildConfig(main: Reader, logging: Reader | undefined): Config {
       keyFile: r.path('https.key_file', undefined),
       allowedNetworks: r.networks('https.allowed_networks', ['127.0.0.0/8', '::1/128']),
       policyServerNetworks: r.networks('https.policy_server_networks', ['127.0.0.1/32', '::1/128']),
-      maxUploadSize: r.integer('https.max_upload_size', 50 * 1024 * 1024, 1),
+      maxUploadSize: r.size('https.max_upload_size', 50 * 1024 * 1024),
       workers: r.integer('https.workers', 0, 0, 256),
       shutdownTimeoutMs: r.duration('https.shutdown_timeout', 10_000),
       proxy: readProxyRoutes(r),

@@ -12,7 +12,14 @@ export interface ListenAddress {
 
 export interface QueueTiming {
   readonly catchup: { readonly frequencyMs: number; readonly limit: number };
-  readonly cleanup: { readonly frequencyMs: number; readonly retentionMs: number };
+  readonly cleanup: {
+    readonly frequencyMs: number;
+    readonly retentionMs: number;
+    /** cleanup.failed_retention: failed/ keeps evidence longer than incoming/ */
+    readonly failedRetentionMs: number;
+  };
+  /** max_spool_size: disk budget of each spool directory in bytes (0 = none); over it uploads get 507 */
+  readonly maxSpoolSize: number;
 }
 
 export interface ProxyRoute {
@@ -41,11 +48,17 @@ export interface Config {
     readonly inventory: QueueTiming & {
       readonly directory: string;
       readonly output: 'upstream' | 'disabled';
+      /** signature_wait: how long an inventory waits for its .sign (and the reverse) */
+      readonly signatureWaitMs: number;
     };
     readonly reporting: QueueTiming & {
       readonly directory: string;
       readonly output: 'database' | 'upstream' | 'disabled';
       readonly skipEventTypes: readonly string[];
+      /** verify_signature: S/MIME verification at the first hop */
+      readonly verifySignature: 'direct' | 'required' | 'off';
+      /** max_decoded_size: bound on a decompressed run log (zip bombs) */
+      readonly maxDecodedSize: number;
     };
   };
   readonly output: {
@@ -60,6 +73,10 @@ export interface Config {
       readonly password: string | undefined;
       readonly defaultPassword: string;
       readonly serverCertificateFile: string;
+      readonly maxConcurrency: number;
+      readonly connectTimeoutMs: number;
+      readonly idleTimeoutMs: number;
+      readonly requestTimeoutMs: number;
     };
   };
   readonly remoteRun: {

@@ -14,6 +14,8 @@ import type { NodesRegistry } from '../nodes/index.js';
 import type { Spool, SpoolQueue } from '../spool/index.js';
 import { authenticateUpload, mayUploadReportOf, type UploadAuthOptions } from './client-auth.js';
 import { createNetworkAcl } from './networks.js';
+import { downloadRoutes } from './downloads.js';
+import type { SharedFiles } from '../shared-files/index.js';
 import { decodeUploadName, reportNodeId } from './upload-name.js';
 
 export interface FrontDoorOptions {
@@ -25,12 +27,17 @@ export interface FrontDoorOptions {
   readonly auth: UploadAuthOptions;
   readonly proxy: readonly ProxyRoute[];
   readonly shutdownTimeoutMs: number;
+  readonly policiesDirectory: string;
+  readonly sharedFolderPath: string;
 }
 
 export interface FrontDoorDeps {
   readonly nodes: NodesRegistry;
   readonly spool: Spool;
   readonly metrics: FrontDoorMetrics;
+  /** the primary says when a queue is over its disk budget */
+  readonly isSpoolFull: (queue: SpoolQueue) => boolean;
+  readonly sharedFiles: SharedFiles;
   readonly log: Logger;
 }
 
@@ -52,9 +59,10 @@ declare module 'fastify' {
 
 function peerCertificateDer(request: FastifyRequest): Buffer | undefined {
   const socket = request.raw.socket as TLSSocket;
-  if (typeof socket.getPeerCertificate !== 'function') return undefined;
-  const certificate = socket.getPeerCertificate(false);
-  return certificate && certificate.raw && certificate.raw.length > 0 ? certificate.raw : undefined;
+  // getPeerX509Certificate parses lazily; getPeerCertificate() would build a whole JS object with
+  // three fingerprints on every handshake, and only the DER is needed
+  if (typeof socket.getPeerX509Certificate !== 'function') return undefined;
+  return socket.getPeerX509Certificate()?.raw;
 }
 
 function pathOf(url: string): string {
@@ -159,6 +167,15 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
       }
     });
 
+    fastify.register(downloadRoutes, {
+      options: {
+        policiesDirectory: options.policiesDirectory,
+        sharedFolderPath: options.sharedFolderPath,
+        requireCertificate: options.auth.mode === 'certificate',
+      },
+      deps: { acl, nodes: deps.nodes, metrics: deps.metrics, sharedFiles: deps.sharedFiles, fail },
+    });
+
     // Apache's `Require all denied` for every relay-api path not opened explicitly (spec §1.2).
     fastify.all('/rudder/relay-api/*', async (request, reply) =>
       fail(request, reply, new RelayError('RELAY_ERR_AUTH_NETWORK', 'this relay API path is not available on the public endpoint')),
@@ -203,6 +220,9 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
       const reportNode = queue === 'reports' ? reportNodeId(name) : undefined;
       if (identity.nodeId !== undefined && reportNode !== undefined && !mayUploadReportOf(identity.nodeId, reportNode, deps.nodes)) {
         throw new RelayError('RELAY_ERR_AUTH_CERTIFICATE', `node ${identity.nodeId} may not upload reports of node ${reportNode}`);
+      }
+      if (deps.isSpoolFull(queue)) {
+        throw new RelayError('RELAY_ERR_SPOOL_FULL', `the ${queue} spool is over its disk budget (max_spool_size): try again later`);
       }
       const declared = Number(request.headers['content-length']);
       if (Number.isFinite(declared) && declared > options.maxUploadSize) {

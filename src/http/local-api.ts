@@ -6,9 +6,13 @@ import type { Logger } from 'pino';
 import type { ListenAddress } from '../config/index.js';
 import { messageOf } from '../errors.js';
 import { envelope, errorEnvelope, type System } from '../system/index.js';
+import type { SharedFiles } from '../shared-files/index.js';
+import { sharedFolderRoutes } from '../shared-folder/index.js';
 
 export interface LocalApiDeps {
   readonly system: System;
+  readonly sharedFiles: SharedFiles;
+  readonly sharedFolderPath: string;
   readonly renderMetrics: () => Promise<{ contentType: string; body: string }>;
   readonly log: Logger;
 }
@@ -30,6 +34,9 @@ export function createLocalApi(listen: ListenAddress, deps: LocalApiDeps): Local
     );
   });
   const json = 'application/json';
+  // relayd performs no authentication on its API: the local API listens on loopback only
+  app.register(sharedFolderRoutes, { prefix: `${API}/shared-folder`, path: deps.sharedFolderPath });
+  app.register(deps.sharedFiles.routes, { prefix: `${API}/shared-files` });
   app.get(`${API}/system/info`, async (_request, reply) => reply.header('content-type', json).send(envelope('getSystemInfo', deps.system.info())));
   app.get(`${API}/system/status`, async (_request, reply) => {
     try {
@@ -51,8 +58,6 @@ export function createLocalApi(listen: ListenAddress, deps: LocalApiDeps): Local
     return reply.type(contentType).send(body);
   });
   app.setNotFoundHandler(async (_request, reply) => reply.code(404).type('text/plain; charset=utf-8').send('NOT FOUND'));
-  // POST with a body of an unknown type must not fail before routing
-  app.addContentTypeParser('*', (_request, _payload, done) => done(null, undefined));
 
   let started = false;
   return {

@@ -1,9 +1,42 @@
 // Face of the metrics module. The primary process owns relayd's metric names and the gauges it can
-// compute; each front-door worker owns its request counters, which the primary aggregates over the
-// cluster at scrape time (prom-client AggregatorRegistry). Names: relayd's where they exist
-// (spec-relayd.md §10), then onerelay_<module>_<what>_<unit>.
+// compute; every process (primary and front-door workers) has the service counters (requests,
+// downloads, shared files); at scrape time the primary gathers every worker's registry over IPC and
+// aggregates them with its own (prom-client AggregatorRegistry.aggregate: counters summed).
+// Names: relayd's where they exist (spec-relayd.md §10), then onerelay_<module>_<what>_<unit>.
 
-import { AggregatorRegistry, Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, collectDefaultMetrics, type MetricObjectWithValues, type MetricValue } from 'prom-client';
+
+export type MetricsSnapshot = Array<MetricObjectWithValues<MetricValue<string>>>;
+
+/** counters every process that serves requests has */
+export interface ServiceMetrics {
+  readonly downloads: Counter<'kind' | 'status'>;
+  readonly downloadBytes: Counter<'kind'>;
+  readonly sharedFiles: Counter<'event'>;
+}
+
+function createServiceMetrics(registry: Registry): ServiceMetrics {
+  return {
+    downloads: new Counter({
+      name: 'onerelay_http_downloads_total',
+      help: 'Downloads (policies, common, shared-folder) by kind and HTTP status; 304s show the cache ratio',
+      labelNames: ['kind', 'status'] as const,
+      registers: [registry],
+    }),
+    downloadBytes: new Counter({
+      name: 'onerelay_http_download_bytes_total',
+      help: 'Bytes of downloads by kind',
+      labelNames: ['kind'] as const,
+      registers: [registry],
+    }),
+    sharedFiles: new Counter({
+      name: 'onerelay_shared_files_total',
+      help: 'Shared files by event: stored, forwarded, expired',
+      labelNames: ['event'] as const,
+      registers: [registry],
+    }),
+  };
+}
 
 export interface SpoolGaugeSource {
   inspect(): Promise<ReadonlyArray<{ readonly path: string; readonly files: number }>>;
@@ -13,31 +46,48 @@ export interface NodesGaugeSource {
   status(): { readonly nodes: number; readonly managedNodes: number };
 }
 
-export interface PrimaryMetrics {
+export interface QueueGaugeSource {
+  queues(): ReadonlyArray<{ readonly queue: string; readonly files: number; readonly bytes: number; readonly oldestMtimeMs: number | undefined }>;
+}
+
+export interface PrimaryMetrics extends ServiceMetrics {
   readonly reports: Counter<'status'>;
   readonly inventories: Counter<'status'>;
+  readonly reportsProcessing: Histogram;
+  readonly reportsSize: Histogram;
+  readonly expired: Counter<'queue' | 'directory'>;
+  readonly failed: Counter<'queue' | 'reason'>;
+  readonly upstreamRequests: Histogram<'endpoint' | 'result'>;
   /** Prometheus text of the primary and of every worker */
   render(): Promise<{ contentType: string; body: string }>;
 }
 
-export interface FrontDoorMetrics {
+export interface FrontDoorMetrics extends ServiceMetrics {
+  /** what the primary asks for at scrape time */
+  snapshot(): Promise<MetricsSnapshot>;
   readonly uploads: Counter<'endpoint' | 'status'>;
   readonly uploadBytes: Counter<'endpoint'>;
   readonly requests: Counter<'route' | 'status'>;
   readonly tlsFailures: Counter<'reason'>;
 }
 
-export function createPrimaryMetrics(sources: { spool: SpoolGaugeSource; nodes: NodesGaugeSource }): PrimaryMetrics {
+export function createPrimaryMetrics(sources: {
+  spool: SpoolGaugeSource;
+  nodes: NodesGaugeSource;
+  queues: QueueGaugeSource;
+  /** every worker's snapshot (workers that do not answer in time are left out) */
+  workers: () => Promise<MetricsSnapshot[]>;
+}): PrimaryMetrics {
   const registry = new Registry();
-  const aggregator = new AggregatorRegistry();
-  collectDefaultMetrics({ register: registry, prefix: 'onerelay_primary_' });
+  collectDefaultMetrics({ register: registry });
+  const service = createServiceMetrics(registry);
   const reports = new Counter({
     name: 'rudder_relayd_reports_total',
     help: 'Agent run reports',
     labelNames: ['status'] as const,
     registers: [registry],
   });
-  for (const status of ['invalid', 'ok', 'error', 'forward_ok', 'forward_error']) reports.inc({ status }, 0);
+  for (const status of ['invalid', 'ok', 'error', 'forward_ok', 'forward_error', 'skipped']) reports.inc({ status }, 0);
   const inventories = new Counter({
     name: 'rudder_relayd_inventories_total',
     help: 'Agent inventories',
@@ -70,29 +120,91 @@ export function createPrimaryMetrics(sources: { spool: SpoolGaugeSource; nodes: 
       for (const directory of await sources.spool.inspect()) this.set({ directory: directory.path }, directory.files);
     },
   });
+  const reportsProcessing = new Histogram({
+    name: 'rudder_relayd_reports_processing_duration_seconds',
+    help: 'Reports processing',
+    registers: [registry],
+  });
+  // relayd observes this one but never registers it (spec-relayd.md §10)
+  const reportsSize = new Histogram({
+    name: 'rudder_relayd_reports_size_bytes',
+    help: 'Reports size',
+    buckets: [1_024, 4_096, 16_384, 65_536, 262_144, 1_048_576, 4_194_304, 16_777_216],
+    registers: [registry],
+  });
+  const expired = new Counter({
+    name: 'onerelay_spool_expired_total',
+    help: 'Files removed by retention, by queue and directory (incoming or failed)',
+    labelNames: ['queue', 'directory'] as const,
+    registers: [registry],
+  });
+  const failed = new Counter({
+    name: 'onerelay_spool_failed_total',
+    help: 'Files moved to failed/, by queue and reason',
+    labelNames: ['queue', 'reason'] as const,
+    registers: [registry],
+  });
+  const upstreamRequests = new Histogram({
+    name: 'onerelay_upstream_request_duration_seconds',
+    help: 'Forwarding requests to the upstream server, by endpoint and result (ok, transient, permanent)',
+    labelNames: ['endpoint', 'result'] as const,
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+    registers: [registry],
+  });
+  new Gauge({
+    name: 'onerelay_spool_queue_files',
+    help: 'Files waiting in each queue (incoming, retrying or deferred)',
+    labelNames: ['queue'] as const,
+    registers: [registry],
+    collect() {
+      for (const queue of sources.queues.queues()) this.set({ queue: queue.queue }, queue.files);
+    },
+  });
+  new Gauge({
+    name: 'onerelay_spool_queue_bytes',
+    help: 'Bytes waiting in each queue',
+    labelNames: ['queue'] as const,
+    registers: [registry],
+    collect() {
+      for (const queue of sources.queues.queues()) this.set({ queue: queue.queue }, queue.bytes);
+    },
+  });
+  new Gauge({
+    name: 'onerelay_spool_oldest_file_age_seconds',
+    help: 'Age of the oldest file waiting in each queue (0 when empty)',
+    labelNames: ['queue'] as const,
+    registers: [registry],
+    collect() {
+      const now = Date.now();
+      for (const queue of sources.queues.queues()) {
+        this.set({ queue: queue.queue }, queue.oldestMtimeMs === undefined ? 0 : Math.max(0, (now - queue.oldestMtimeMs) / 1000));
+      }
+    },
+  });
   return {
     reports,
     inventories,
+    reportsProcessing,
+    reportsSize,
+    expired,
+    failed,
+    upstreamRequests,
     async render() {
-      const own = await registry.metrics();
-      let workers = '';
-      try {
-        workers = await aggregator.clusterMetrics();
-      } catch {
-        // no worker answered (none running yet): the primary's own figures still count
-      }
-      return { contentType: registry.contentType, body: `${own}\n${workers}` };
+      const own = await registry.getMetricsAsJSON();
+      const workers = await sources.workers().catch(() => [] as MetricsSnapshot[]);
+      const aggregated = AggregatorRegistry.aggregate([own, ...workers] as Parameters<typeof AggregatorRegistry.aggregate>[0]);
+      return { contentType: registry.contentType, body: await aggregated.metrics() };
     },
+    ...service,
   };
 }
 
 export function createFrontDoorMetrics(): FrontDoorMetrics {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
-  // constructing one installs the worker side of prom-client's cluster protocol (answers the primary)
-  new AggregatorRegistry();
-  AggregatorRegistry.setRegistries([registry]);
   return {
+    ...createServiceMetrics(registry),
+    snapshot: () => registry.getMetricsAsJSON() as Promise<MetricsSnapshot>,
     uploads: new Counter({
       name: 'onerelay_http_uploads_total',
       help: 'WebDAV uploads by endpoint and HTTP status',

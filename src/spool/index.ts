@@ -8,6 +8,8 @@ import type { Logger } from 'pino';
 import { receiveInto, type ReceiveResult } from './receive.js';
 
 export type { ReceiveResult };
+export { createQueue } from './queue.js';
+export type { Queue, QueueContext, QueueEvents, QueueFile, QueueHandler, QueueOptions, QueueOutcome, QueueStats } from './queue.js';
 
 /** Where an upload lands: the three WebDAV endpoints of a Rudder relay. */
 export type SpoolQueue = 'reports' | 'inventories' | 'inventory-updates';
@@ -27,6 +29,8 @@ export interface SpoolDirectoryStatus {
 export interface Spool {
   /** the directory a queue's uploads land in */
   incomingOf(queue: SpoolQueue): string;
+  /** where a queue's refused files go */
+  failedOf(queue: SpoolQueue): string;
   /** create every directory; removes temp files left by a crash when `cleanTmp` (primary only, before workers start) */
   prepare(options: { cleanTmp: boolean }): Promise<void>;
   receive(queue: SpoolQueue, name: string, body: Readable, maxBytes: number): Promise<ReceiveResult>;
@@ -58,6 +62,7 @@ export function createSpool(options: SpoolOptions, log: Logger): Spool {
 
   return {
     incomingOf: (queue) => incoming[queue],
+    failedOf: (queue) => join(queue === 'reports' ? options.reportsDirectory : options.inventoriesDirectory, 'failed'),
 
     async prepare({ cleanTmp }) {
       for (const tmp of new Set(Object.values(tmpOf))) {

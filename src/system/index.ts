@@ -23,6 +23,8 @@ export interface SystemDeps {
   /** applies what a reload changes besides the nodes list (log level, workers) */
   readonly reloadOthers: () => Promise<void>;
   readonly frontDoor: () => { readonly workers: number; readonly ready: number };
+  /** sub-statuses of the pipelines (upstream, queues) */
+  readonly extraStatus: () => Record<string, SubStatus>;
   readonly log: Logger;
 }
 
@@ -79,6 +81,7 @@ export function createSystem(deps: SystemDeps): System {
           workers: workers.workers,
           ready: workers.ready,
         },
+        ...deps.extraStatus(),
       };
     },
 

@@ -38,6 +38,14 @@ export interface RelayOptions {
   readonly dir?: string;
   /** let the relay generate its own identity instead of using the fixture one */
   readonly freshIdentity?: boolean;
+  /** forward to this upstream (outputs "upstream"); without it both outputs are "disabled" */
+  readonly upstream?: { readonly port: number; readonly certificateFile: string };
+  /** [processing.reporting] verify_signature */
+  readonly verifySignature?: 'direct' | 'required' | 'off';
+  /** max_spool_size of both spools */
+  readonly maxSpoolSize?: number;
+  /** extra lines in [output.upstream] */
+  readonly upstreamToml?: string;
 }
 
 export interface CliResult {
@@ -92,6 +100,8 @@ function killGroup(child: ChildProcess, signal: NodeJS.Signals): void {
 
 export function relayConfigToml(dir: string, ports: { https: number; api: number }, options: RelayOptions): string {
   const networks = (options.allowedNetworks ?? ['127.0.0.0/8', '::1/128']).map((n) => JSON.stringify(n)).join(', ');
+  const output = options.upstream ? 'upstream' : 'disabled';
+  const budget = options.maxSpoolSize === undefined ? '' : `max_spool_size = ${options.maxSpoolSize}\n`;
   return `
 [general]
 node_id_file = "${dir}/uuid.hive"
@@ -99,20 +109,32 @@ nodes_list_file = "${dir}/nodeslist.json"
 nodes_certs_file = "${dir}/nodescerts.pem"
 listen = "127.0.0.1:${ports.api}"
 peer_authentication = "${options.peerAuthentication ?? 'cert_pinning'}"
+https_port = ${options.upstream?.port ?? 443}
 
 [processing.inventory]
 directory = "${dir}/inventories/"
-output = "upstream"
+output = "${output}"
+signature_wait = "2s"
+${budget}
+[processing.inventory.catchup]
+frequency = "1s"
 
 [processing.reporting]
 directory = "${dir}/reports/"
-output = "upstream"
+output = "${output}"
+verify_signature = "${options.verifySignature ?? 'direct'}"
+${budget}
+[processing.reporting.catchup]
+frequency = "1s"
 
 [output.upstream]
 host = "127.0.0.1"
 user = "rudder"
 password = "${DAV_PASSWORD}"
-server_certificate_file = "${dir}/policy_server.pem"
+server_certificate_file = "${options.upstream?.certificateFile ?? `${dir}/policy_server.pem`}"
+connect_timeout = "2s"
+idle_timeout = "5s"
+${options.upstreamToml ?? ''}
 
 [https]
 listen = "127.0.0.1:${ports.https}"

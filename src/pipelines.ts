@@ -1,0 +1,191 @@
+// Part of the composition root: builds the store-and-forward pipelines (spool queues → reports /
+// inventories handlers → upstream client) from the configuration, in the primary process.
+
+import type { Logger } from 'pino';
+import type { Config } from './config/index.js';
+import { createInventoryHandler } from './inventories/index.js';
+import type { PrimaryMetrics } from './metrics/index.js';
+import type { NodesRegistry } from './nodes/index.js';
+import { createReportInspector } from './reports/index.js';
+import { createReportHandler } from './reports/queue-handler.js';
+import { createQueue, type Queue, type Spool, type SpoolQueue } from './spool/index.js';
+import { createUpstream, type Upstream, type UpstreamEndpoint } from './upstream/index.js';
+import type { SubStatus } from './system/index.js';
+
+export interface Pipelines {
+  start(): Promise<void>;
+  stop(): Promise<void>;
+  reload(): Promise<void>;
+  isFull(queue: SpoolQueue): boolean;
+  queues(): Array<{ queue: SpoolQueue; files: number; bytes: number; oldestMtimeMs: number | undefined; inFlight: number; paused: boolean; full: boolean }>;
+  status(): Record<string, SubStatus>;
+}
+
+export function createPipelines(
+  config: Config,
+  deps: {
+    myId: string;
+    nodes: NodesRegistry;
+    spool: Spool;
+    metrics: PrimaryMetrics;
+    onFullChange: (queue: SpoolQueue, full: boolean) => void;
+    log: Logger;
+  },
+): Pipelines {
+  const { reporting, inventory } = config.processing;
+  const needsUpstream = reporting.output === 'upstream' || inventory.output === 'upstream';
+  const rawUpstream: Upstream | undefined = needsUpstream
+    ? createUpstream(
+        {
+          host: config.output.upstream.host,
+          port: config.general.httpsPort,
+          peerAuthentication: config.general.peerAuthentication,
+          serverCertificateFile: config.output.upstream.serverCertificateFile,
+          caPath: config.general.caPath,
+          user: config.output.upstream.user,
+          password: config.output.upstream.password,
+          defaultPassword: config.output.upstream.defaultPassword,
+          maxConcurrency: config.output.upstream.maxConcurrency,
+          connectTimeoutMs: config.output.upstream.connectTimeoutMs,
+          idleTimeoutMs: config.output.upstream.idleTimeoutMs,
+          requestTimeoutMs: config.output.upstream.requestTimeoutMs,
+          keepAliveMs: config.general.httpsIdleTimeoutMs,
+        },
+        deps.log,
+      )
+    : undefined;
+  // every forward observed in one place: latency by endpoint and result
+  const upstream: Upstream | undefined = rawUpstream && {
+    ...rawUpstream,
+    forward: async (endpoint: UpstreamEndpoint, name: string, file: { path: string; size: number }) => {
+      const result = await rawUpstream.forward(endpoint, name, file);
+      deps.metrics.upstreamRequests.observe({ endpoint, result: result.kind }, result.ms / 1000);
+      return result;
+    },
+  };
+
+  const inspector = createReportInspector(
+    {
+      myId: deps.myId,
+      verifyMode: reporting.verifySignature,
+      skipEventTypes: reporting.skipEventTypes,
+      maxDecodedBytes: reporting.maxDecodedSize,
+    },
+    deps.nodes,
+  );
+
+  const queues = new Map<SpoolQueue, Queue>();
+  const make = (queue: SpoolQueue, timing: Config['processing']['inventory'] | Config['processing']['reporting'], handler: Parameters<typeof createQueue>[1]) => {
+    queues.set(
+      queue,
+      createQueue(
+        {
+          name: queue,
+          directory: deps.spool.incomingOf(queue),
+          failedDirectory: deps.spool.failedOf(queue),
+          catchupFrequencyMs: timing.catchup.frequencyMs,
+          catchupLimit: timing.catchup.limit,
+          cleanupFrequencyMs: timing.cleanup.frequencyMs,
+          retentionMs: timing.cleanup.retentionMs,
+          failedRetentionMs: timing.cleanup.failedRetentionMs,
+          concurrency: config.output.upstream.maxConcurrency,
+          maxBytes: timing.maxSpoolSize,
+        },
+        handler,
+        {
+          onOutcome: (_file, outcome) => {
+            if (outcome.kind === 'failed') deps.metrics.failed.inc({ queue, reason: outcome.code });
+          },
+          onExpired: (_name, directory) => deps.metrics.expired.inc({ queue, directory }),
+          onFullChange: (full) => deps.onFullChange(queue, full),
+        },
+        deps.log,
+      ),
+    );
+  };
+
+  make(
+    'reports',
+    reporting,
+    createReportHandler(
+      {
+        inspector,
+        upstream: reporting.output === 'upstream' ? upstream : undefined,
+        counters: {
+          count: (status) => deps.metrics.reports.inc({ status }),
+          observeInspection: (seconds, bytes) => {
+            deps.metrics.reportsProcessing.observe(seconds);
+            deps.metrics.reportsSize.observe(bytes);
+          },
+        },
+        maxFileBytes: config.https.maxUploadSize,
+      },
+      deps.log,
+    ),
+  );
+  for (const queue of ['inventories', 'inventory-updates'] as const) {
+    make(
+      queue,
+      inventory,
+      createInventoryHandler(
+        { endpoint: queue, directory: deps.spool.incomingOf(queue), signatureWaitMs: inventory.signatureWaitMs },
+        {
+          upstream: inventory.output === 'upstream' ? upstream : undefined,
+          counters: { count: (status) => deps.metrics.inventories.inc({ status }) },
+        },
+        deps.log,
+      ),
+    );
+  }
+
+  return {
+    async start() {
+      for (const queue of queues.values()) await queue.start();
+    },
+    async stop() {
+      for (const queue of queues.values()) await queue.stop();
+      await rawUpstream?.close();
+    },
+    async reload() {
+      await rawUpstream?.reload();
+    },
+    isFull: (queue) => queues.get(queue)?.stats().full ?? false,
+    queues: () => [...queues].map(([queue, q]) => ({ queue, ...q.stats() })),
+    status() {
+      const result: Record<string, SubStatus> = {};
+      if (rawUpstream) {
+        const s = rawUpstream.status();
+        const problem = s.blocked ?? (s.reachable === false ? s.lastError?.reason : undefined);
+        result['upstream'] = {
+          ...(problem === undefined ? { status: 'success' } : { status: 'error', details: problem }),
+          host: s.host,
+          port: s.port,
+          reachable: s.reachable,
+          last_success: s.lastSuccessAt,
+          last_error: s.lastError,
+        };
+      }
+      const now = Date.now();
+      const list = [...queues].map(([queue, q]) => {
+        const stats = q.stats();
+        return {
+          queue,
+          files: stats.files,
+          bytes: stats.bytes,
+          oldest_age_s: stats.oldestMtimeMs === undefined ? 0 : Math.round((now - stats.oldestMtimeMs) / 1000),
+          in_flight: stats.inFlight,
+          paused: stats.paused,
+          full: stats.full,
+        };
+      });
+      const fullQueues = list.filter((q) => q.full).map((q) => q.queue);
+      result['queues'] = {
+        ...(fullQueues.length === 0 ? { status: 'success' } : { status: 'error', details: `over max_spool_size: ${fullQueues.join(', ')}` }),
+        queues: list,
+        reporting_output: reporting.output,
+        inventory_output: inventory.output,
+      };
+      return result;
+    },
+  };
+}

@@ -1,0 +1,284 @@
+// Read-only file serving below a root with Apache's caching semantics (spec-https-front-cfserverd-sync.md
+// §1.2): strong ETag `"<size-hex>-<mtime-µs-hex>"` (FileETag MTime Size), Last-Modified, conditional
+// requests, a single Range, streaming from the one fd that was stat'ed. Path safety lives here only.
+
+import { constants as fsConstants } from 'node:fs';
+import { open, realpath, type FileHandle } from 'node:fs/promises';
+import path from 'node:path';
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import { RelayError } from '../errors.js';
+import type { OpenedFile, RefusalCause, ServeOptions, ServeOutcome, StaticFiles } from './index.js';
+
+const CONTROL = /[\u0000-\u001f\u007f]/;
+
+/**
+ * Percent-decodes each `/`-separated segment of `encoded` (no query string) and refuses what could leave
+ * the directory or confuse a file system: empty, `.` and `..` segments (encoded or not), `/` or `\` inside
+ * a segment, control characters, invalid percent-encoding or UTF-8. Throws RelayError RELAY_ERR_BAD_REQUEST.
+ */
+export function decodeSafePath(encoded: string): string[] {
+  const segments = encoded.split('/');
+  return segments.map((raw) => {
+    let segment: string;
+    try {
+      segment = decodeURIComponent(raw);
+    } catch {
+      throw new RelayError('RELAY_ERR_BAD_REQUEST', `invalid percent-encoding in path segment "${raw}"`);
+    }
+    if (segment === '' || segment === '.' || segment === '..') {
+      throw new RelayError('RELAY_ERR_BAD_REQUEST', `path segment "${raw}" refused: expected a file or directory name`);
+    }
+    if (segment.includes('/') || segment.includes('\\') || CONTROL.test(segment)) {
+      throw new RelayError('RELAY_ERR_BAD_REQUEST', `path segment "${raw}" refused: slash, backslash or control character`);
+    }
+    return segment;
+  });
+}
+
+/**
+ * The still percent-encoded part of the URL matched by the `*` of the current route (fastify hands the
+ * wildcard already decoded, which would hide `%2F` and `%2e%2e`).
+ */
+export function wildcardPath(request: FastifyRequest): string {
+  const pattern = request.routeOptions.url ?? '';
+  const star = pattern.lastIndexOf('*');
+  const slashes = (star < 0 ? pattern : pattern.slice(0, star)).split('/').length - 1;
+  const query = request.url.indexOf('?');
+  const urlPath = query < 0 ? request.url : request.url.slice(0, query);
+  let index = 0;
+  for (let i = 0; i < slashes; i += 1) {
+    const next = urlPath.indexOf('/', index);
+    if (next < 0) return '';
+    index = next + 1;
+  }
+  return urlPath.slice(index);
+}
+
+/** longest suffix first; Apache's mime.types values for what relays serve */
+const CONTENT_TYPES: ReadonlyArray<readonly [string, string]> = [
+  ['.tar.bz2', 'application/x-bzip2'],
+  ['.tar.gz', 'application/gzip'],
+  ['.bz2', 'application/x-bzip2'],
+  ['.gz', 'application/gzip'],
+  ['.tar', 'application/x-tar'],
+  ['.zip', 'application/zip'],
+  ['.json', 'application/json'],
+  ['.txt', 'text/plain'],
+  ['.html', 'text/html'],
+  ['.xml', 'application/xml'],
+  ['.pem', 'application/x-pem-file'],
+];
+
+export function contentTypeOf(fileName: string): string {
+  const lower = fileName.toLowerCase();
+  for (const [suffix, type] of CONTENT_TYPES) if (lower.endsWith(suffix)) return type;
+  return 'application/octet-stream';
+}
+
+/** Apache FileETag MTime Size: `"<size-hex>-<mtime-µs-hex>"`, lowercase */
+export function etagOf(size: bigint, mtimeNs: bigint): string {
+  return `"${size.toString(16)}-${(mtimeNs / 1000n).toString(16)}"`;
+}
+
+/** opaque tags of an If-None-Match / If-Match value; `*` as the single element `*` */
+function entityTags(header: string): { tag: string; weak: boolean }[] | '*' {
+  if (header.trim() === '*') return '*';
+  const tags: { tag: string; weak: boolean }[] = [];
+  const re = /\s*(W\/)?("[^"]*")\s*(?:,|$)/gy;
+  let match: RegExpExecArray | null;
+  while (re.lastIndex < header.length && (match = re.exec(header)) !== null) {
+    tags.push({ tag: match[2] ?? '', weak: match[1] !== undefined });
+  }
+  return tags;
+}
+
+function headerValue(request: FastifyRequest, name: string): string | undefined {
+  const value = request.headers[name];
+  return typeof value === 'string' ? value : undefined;
+}
+
+function parseHttpDate(value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const ms = Date.parse(value);
+  return Number.isNaN(ms) ? undefined : Math.floor(ms / 1000);
+}
+
+type ByteRange = { start: number; end: number } | 'unsatisfiable' | undefined;
+
+/** a single `bytes=` range; anything else (several ranges, bad syntax) is ignored and the whole file served */
+function parseRange(header: string | undefined, size: number): ByteRange {
+  if (header === undefined) return undefined;
+  const match = /^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$/.exec(header);
+  if (match === null) return undefined;
+  const [, first = '', last = ''] = match;
+  if (first === '' && last === '') return undefined;
+  if (first === '') {
+    const suffix = Number(last);
+    if (suffix === 0 || size === 0) return 'unsatisfiable';
+    return { start: Math.max(0, size - suffix), end: size - 1 };
+  }
+  const start = Number(first);
+  const end = last === '' ? size - 1 : Math.min(Number(last), size - 1);
+  if (last !== '' && Number(last) < start) return undefined; // invalid: ignore
+  if (start >= size) return 'unsatisfiable';
+  return { start, end };
+}
+
+const REFUSAL_BODY: Record<number, string> = {
+  400: 'BAD REQUEST',
+  403: 'FORBIDDEN',
+  404: 'NOT FOUND',
+  500: 'INTERNAL SERVER ERROR',
+};
+
+function refuse(reply: FastifyReply, status: number, options: ServeOptions | undefined): ServeOutcome {
+  const sent = options?.refusalsAsNotFound === true ? 404 : status;
+  const body = REFUSAL_BODY[sent] ?? '';
+  reply.code(sent).header('content-type', 'text/plain; charset=utf-8').send(body);
+  return { status: sent, bytes: 0 };
+}
+
+function isBelow(real: string, realRoot: string): boolean {
+  if (real === realRoot) return true;
+  const base = realRoot.endsWith(path.sep) ? realRoot : realRoot + path.sep;
+  return real.startsWith(base);
+}
+
+function errnoOf(error: unknown): string | undefined {
+  return typeof error === 'object' && error !== null && 'code' in error && typeof error.code === 'string' ? error.code : undefined;
+}
+
+const NOT_FOUND_ERRNO = new Set(['ENOENT', 'ENOTDIR', 'ENAMETOOLONG', 'ELOOP']);
+const FORBIDDEN_ERRNO = new Set(['EACCES', 'EPERM']);
+
+const STATUS_OF: Record<RefusalCause, number> = { path: 400, outside: 403, permission: 403, absent: 404, 'not-a-file': 404, error: 500 };
+
+function refused(cause: RefusalCause, reason: string): OpenedFile {
+  return { kind: 'refused', cause, status: STATUS_OF[cause], reason };
+}
+
+function refusedByErrno(error: unknown, what: string): OpenedFile {
+  const code = errnoOf(error);
+  if (code !== undefined && NOT_FOUND_ERRNO.has(code)) return refused('absent', code);
+  if (code !== undefined && FORBIDDEN_ERRNO.has(code)) return refused('permission', code);
+  return refused('error', code ?? `${what} error`);
+}
+
+/** decodes, resolves below the real root (symlinks included), opens once and fstat's; the caller closes */
+export async function openBelow(root: string, encodedPath: string): Promise<OpenedFile> {
+  let segments: string[];
+  try {
+    segments = decodeSafePath(encodedPath);
+  } catch (error) {
+    return refused('path', error instanceof Error ? error.message : String(error));
+  }
+  let real: string;
+  let realRoot: string;
+  try {
+    realRoot = await realpath(root);
+    real = await realpath(path.join(realRoot, ...segments));
+  } catch (error) {
+    return refusedByErrno(error, 'resolve');
+  }
+  if (!isBelow(real, realRoot)) return refused('outside', 'resolves outside of the served directory');
+  let handle: FileHandle;
+  try {
+    // O_NONBLOCK: opening a FIFO must not hang; O_NOFOLLOW: the resolved path must not turn into a symlink
+    handle = await open(real, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK);
+  } catch (error) {
+    return refusedByErrno(error, 'open');
+  }
+  try {
+    const big = await handle.stat({ bigint: true });
+    if (!big.isFile()) {
+      await handle.close();
+      return refused('not-a-file', big.isDirectory() ? 'directory' : 'not a regular file');
+    }
+    return { kind: 'file', handle, size: big.size, mtimeNs: big.mtimeNs, name: segments.at(-1) ?? path.basename(real) };
+  } catch (error) {
+    await handle.close().catch(() => undefined);
+    return refusedByErrno(error, 'stat');
+  }
+}
+
+/**
+ * Sends the opened file (GET/HEAD) with Apache's caching semantics and closes the handle when done.
+ * Returns once the response is handed to fastify (the body may still be streaming).
+ */
+export function sendFile(file: Extract<OpenedFile, { kind: 'file' }>, request: FastifyRequest, reply: FastifyReply): ServeOutcome {
+  const { handle } = file;
+  const size = Number(file.size);
+  const etag = etagOf(file.size, file.mtimeNs);
+  const mtimeSec = Number(file.mtimeNs / 1_000_000_000n);
+  const lastModified = new Date(mtimeSec * 1000).toUTCString();
+  const nowSec = Math.floor(Date.now() / 1000);
+  const close = (): void => void handle.close().catch(() => undefined);
+
+  const finish = (status: number): ServeOutcome => {
+    close();
+    reply.code(status).header('etag', etag).header('last-modified', lastModified).send();
+    return { status, bytes: 0 };
+  };
+
+  // RFC 9110 §13.2.2 order: If-Match, If-Unmodified-Since, If-None-Match, If-Modified-Since, Range
+  const ifMatch = headerValue(request, 'if-match');
+  if (ifMatch !== undefined) {
+    const tags = entityTags(ifMatch);
+    if (tags !== '*' && !tags.some((t) => !t.weak && t.tag === etag)) return finish(412);
+  } else {
+    const ius = parseHttpDate(headerValue(request, 'if-unmodified-since'));
+    if (ius !== undefined && mtimeSec > ius) return finish(412);
+  }
+  const ifNoneMatch = headerValue(request, 'if-none-match');
+  if (ifNoneMatch !== undefined) {
+    // weak comparison; `""` (curl --etag-compare without a saved etag) never equals a real tag
+    const tags = entityTags(ifNoneMatch);
+    if (tags === '*' || tags.some((t) => t.tag === etag)) return finish(304);
+  } else {
+    const ims = parseHttpDate(headerValue(request, 'if-modified-since'));
+    if (ims !== undefined && ims <= nowSec && mtimeSec <= ims) return finish(304);
+  }
+
+  reply
+    .header('etag', etag)
+    .header('last-modified', lastModified)
+    .header('accept-ranges', 'bytes')
+    .header('content-type', contentTypeOf(file.name));
+
+  let range = parseRange(headerValue(request, 'range'), size);
+  const ifRange = headerValue(request, 'if-range');
+  if (range !== undefined && ifRange !== undefined) {
+    const stillValid = ifRange.trim().startsWith('"') ? ifRange.trim() === etag : parseHttpDate(ifRange) === mtimeSec;
+    if (!stillValid) range = undefined;
+  }
+  if (range === 'unsatisfiable') {
+    close();
+    reply.code(416).header('content-range', `bytes */${size}`).header('content-length', '0').send();
+    return { status: 416, bytes: 0 };
+  }
+  const start = range?.start ?? 0;
+  const end = range?.end ?? size - 1;
+  const length = size === 0 ? 0 : end - start + 1;
+  const status = range === undefined ? 200 : 206;
+  reply.code(status).header('content-length', String(length));
+  if (range !== undefined) reply.header('content-range', `bytes ${start}-${end}/${size}`);
+  if (request.method === 'HEAD' || length === 0) {
+    close();
+    if (request.method === 'HEAD') reply.send();
+    else reply.send(Buffer.alloc(0));
+    return { status, bytes: 0 };
+  }
+  // the stream owns the handle from here (autoClose), also when the client goes away
+  reply.send(handle.createReadStream({ start, end }));
+  return { status, bytes: length };
+}
+
+export function createStaticFiles(): StaticFiles {
+  return {
+    async serve(root, encodedPath, request, reply, options) {
+      const opened = await openBelow(root, encodedPath);
+      if (opened.kind === 'refused') return refuse(reply, opened.status, options);
+      return sendFile(opened, request, reply);
+    },
+  };
+}

@@ -1,0 +1,156 @@
+// What the reporting queue decides about one uploaded run log before forwarding it unchanged
+// (spec-relayd.md §7.2–7.9): run info from the name, known node, bounded decompression, S/MIME
+// signature (per verify mode), run log grammar and run-level checks, skip_event_types.
+
+import type { X509Certificate } from 'node:crypto';
+import type { NodesRegistry } from '../nodes/index.js';
+import { parseRelaxedRfc3339, parseRfc3339 } from './dates.js';
+import { decodeReport } from './decode.js';
+import type { Inspection, RejectReason, ReportInspector, ReportInspectorOptions, RunInfo } from './index.js';
+import { isReportError } from './report-error.js';
+import { parseRunlog } from './runlog.js';
+import { readSmime, stripTextHeader, verifySignedPart, verifySignedPartAsync, type SmimeParts } from './smime.js';
+
+/**
+ * Run info from a report file name (§7.3), undefined when the name has none. Tried in order:
+ * v1 `<timestamp>@<nodeId>.log[.gz]…` (anything after is ignored; `_` in the timestamp stands for `:`),
+ * v2 `<nodeId>_<timestamp>.log[.gz][.zip]` (must end there).
+ */
+export function parseRunInfo(name: string): RunInfo | undefined {
+  // v1 (Rudder 6.0–8.0)
+  const at = name.indexOf('@');
+  if (at >= 0) {
+    const timestamp = name.slice(0, at).replaceAll('_', ':');
+    if (parseRfc3339(timestamp) !== undefined) {
+      const dot = name.indexOf('.', at + 1);
+      if (dot >= 0 && name.startsWith('.log', dot)) {
+        const nodeId = name.slice(at + 1, dot);
+        // relayd fails hard here (nom Failure): an empty node id does not fall back to v2
+        return nodeId === '' ? undefined : { nodeId, timestamp };
+      }
+    }
+  }
+  // v2 (Rudder 8.1+)
+  const underscore = name.indexOf('_');
+  if (underscore < 0) return undefined;
+  const dot = name.indexOf('.', underscore + 1);
+  if (dot < 0) return undefined;
+  const timestamp = name.slice(underscore + 1, dot).replaceAll('_', ':');
+  if (parseRelaxedRfc3339(timestamp) === undefined) return undefined;
+  if (!name.startsWith('.log', dot)) return undefined;
+  let rest = name.slice(dot + 4);
+  if (rest.startsWith('.gz')) rest = rest.slice(3);
+  if (rest.startsWith('.zip')) rest = rest.slice(4);
+  const nodeId = name.slice(0, underscore);
+  if (rest !== '' || nodeId === '') return undefined;
+  return { nodeId, timestamp };
+}
+
+export function createReportInspector(options: ReportInspectorOptions, nodes: NodesRegistry): ReportInspector {
+  const skipEventTypes = new Set(options.skipEventTypes);
+  // alone, an inspection verifies on the event loop (lowest latency); when others are in flight, the
+  // RSA operations go to libuv's thread pool so a second core works while this one parses run logs
+  let inFlight = 0;
+  const verifySignature = (parts: SmimeParts, certificates: readonly X509Certificate[]): Promise<string | undefined> | string | undefined =>
+    inFlight > 1 ? verifySignedPartAsync(parts, certificates) : verifySignedPart(parts, certificates);
+  return {
+    async inspect(name: string, bytes: Buffer): Promise<Inspection> {
+      inFlight++;
+      try {
+        return await inspectReport(options, skipEventTypes, nodes, verifySignature, name, bytes);
+      } catch (error) {
+        // inspect never throws: an unexpected failure is reported as the file being unreadable
+        const message = error instanceof Error ? error.message : String(error);
+        return reject('undecodable', parseRunInfo(name)?.nodeId, `unexpected error while inspecting ${name}: ${message}`);
+      } finally {
+        inFlight--;
+      }
+    },
+  };
+}
+
+function reject(reason: RejectReason, nodeId: string | undefined, message: string): Inspection {
+  return { kind: 'reject', reason, nodeId, message };
+}
+
+async function inspectReport(
+  options: ReportInspectorOptions,
+  skipEventTypes: ReadonlySet<string>,
+  nodes: NodesRegistry,
+  verifySignature: (parts: SmimeParts, certificates: readonly X509Certificate[]) => Promise<string | undefined> | string | undefined,
+  name: string,
+  bytes: Buffer,
+): Promise<Inspection> {
+  const info = parseRunInfo(name);
+  if (info === undefined) {
+    return reject(
+      'bad-name',
+      undefined,
+      `file name "${name}" carries no run info; expected <timestamp>@<node id>.log[.gz] or <node id>_<timestamp>.log[.gz]`,
+    );
+  }
+  const nodeId = info.nodeId;
+  const node = nodes.get(nodeId);
+  if (node === undefined) return reject('unknown-node', nodeId, `report from "${nodeId}", a node id absent from the nodes list`);
+
+  let decoded: Buffer;
+  try {
+    decoded = decodeReport(name, bytes, options.maxDecodedBytes);
+  } catch (error) {
+    if (isReportError(error)) return reject(error.reason, nodeId, error.message);
+    throw error;
+  }
+
+  // which certificates, if any, the signature is checked with
+  let certificates: readonly X509Certificate[] | undefined;
+  if (options.verifyMode !== 'off') {
+    const known = nodes.certificatesOf(nodeId);
+    if (options.verifyMode === 'required') {
+      if (known.length === 0) {
+        return reject(
+          'unverifiable',
+          nodeId,
+          `no certificate known here for node "${nodeId}", and verify_signature = "required"; expected its certificate in the nodes certificates file`,
+        );
+      }
+      certificates = known;
+    } else if (node.policyServer === options.myId && known.length > 0) {
+      // direct: deeper nodes were verified by their own relay, pre-9.0 roots list only some certificates
+      certificates = known;
+    }
+  }
+
+  const smime = readSmime(decoded);
+  let content: Buffer;
+  if (smime.kind === 'smime') {
+    if (certificates !== undefined) {
+      const failure = await verifySignature(smime.parts, certificates);
+      if (failure !== undefined) return reject('bad-signature', nodeId, `S/MIME signature of node "${nodeId}" refused: ${failure}`);
+    }
+    const text = stripTextHeader(smime.parts.signedPart);
+    if (typeof text === 'string') return reject('invalid-runlog', nodeId, text);
+    content = text;
+  } else if (smime.kind === 'malformed') {
+    return reject('undecodable', nodeId, `not a readable S/MIME run log: ${smime.reason}`);
+  } else if (certificates !== undefined) {
+    return reject(
+      'undecodable',
+      nodeId,
+      `run log of node "${nodeId}" is not S/MIME signed; expected the output of openssl smime -sign -text (a signature is checked for this node)`,
+    );
+  } else {
+    content = decoded; // unsigned plain text, acceptable when nothing is verified here
+  }
+
+  let reports: readonly { readonly event_type: string }[];
+  try {
+    reports = parseRunlog(content.toString('utf8'), info).reports;
+  } catch (error) {
+    if (isReportError(error)) return reject(error.reason, nodeId, error.message);
+    throw error;
+  }
+  if (skipEventTypes.size > 0 && reports.every((r) => skipEventTypes.has(r.event_type))) {
+    return reject('skipped', nodeId, `every report is of a skipped event type (${[...skipEventTypes].join(', ')})`);
+  }
+  return { kind: 'forward', nodeId, verified: certificates !== undefined, reports: reports.length, decodedBytes: decoded.length };
+}

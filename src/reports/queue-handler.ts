@@ -1,0 +1,74 @@
+// The reporting queue's handler: inspect a run log (name → node, decode, S/MIME at the first hop,
+// parse), then forward the original bytes upstream. Outcomes map to the spool's (issue 3 "Outcomes").
+
+import { readFile } from 'node:fs/promises';
+import type { Logger } from 'pino';
+import type { QueueHandler } from '../spool/index.js';
+import type { Upstream } from '../upstream/index.js';
+import type { Inspection, ReportInspector } from './index.js';
+
+export interface ReportCounters {
+  /** rudder_relayd_reports_total{status} */
+  count(status: 'invalid' | 'ok' | 'error' | 'forward_ok' | 'forward_error' | 'skipped'): void;
+  observeInspection(seconds: number, bytes: number): void;
+}
+
+const REPORT_EXTENSIONS = /\.(log|gz|zip)$/;
+
+export function createReportHandler(
+  deps: { inspector: ReportInspector; upstream: Upstream | undefined; counters: ReportCounters; maxFileBytes: number },
+  parentLog: Logger,
+): QueueHandler {
+  const log = parentLog.child({ module: 'reports' });
+  // a file that failed to forward transiently is not inspected again on retry
+  const inspected = new Map<string, Inspection & { kind: 'forward' }>();
+
+  return async (file) => {
+    if (deps.upstream === undefined) return { kind: 'ignore' };
+    if (!REPORT_EXTENSIONS.test(file.name)) {
+      log.debug({ file: file.name }, 'not a run log name, left for the cleaner');
+      return { kind: 'ignore' };
+    }
+    const key = `${file.name}:${file.size}:${file.mtimeMs}`;
+    let inspection = inspected.get(key);
+    if (inspection === undefined) {
+      if (file.size > deps.maxFileBytes) {
+        deps.counters.count('error');
+        return { kind: 'failed', code: 'too-large', reason: `${file.size} bytes is over the limit of ${deps.maxFileBytes}` };
+      }
+      let bytes: Buffer;
+      try {
+        bytes = await readFile(file.path);
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code === 'ENOENT') return { kind: 'gone' };
+        throw error;
+      }
+      const started = process.hrtime.bigint();
+      const result = await deps.inspector.inspect(file.name, bytes);
+      deps.counters.observeInspection(Number(process.hrtime.bigint() - started) / 1e9, bytes.length);
+      if (result.kind === 'reject') {
+        if (result.reason === 'skipped') {
+          deps.counters.count('skipped');
+          log.info({ event: 'skipped', file: file.name, node: result.nodeId }, result.message);
+          return { kind: 'done' };
+        }
+        deps.counters.count(result.reason === 'unknown-node' || result.reason === 'bad-name' ? 'invalid' : 'error');
+        if (result.reason === 'unknown-node') log.error({ event: 'refused', file: file.name, node: result.nodeId }, `refused: report from ${JSON.stringify(result.nodeId)}, unknown id`);
+        return { kind: 'failed', code: result.reason, reason: result.message };
+      }
+      deps.counters.count('ok');
+      inspection = result;
+      inspected.set(key, result);
+    }
+    const forwarded = await deps.upstream.forward('reports', file.name, file);
+    if (forwarded.kind === 'transient') return { kind: 'retry', reason: forwarded.reason };
+    inspected.delete(key);
+    if (forwarded.kind === 'permanent') {
+      deps.counters.count('forward_error');
+      return { kind: 'failed', code: 'upstream-refused', reason: `upstream answered ${forwarded.status}: ${forwarded.reason}` };
+    }
+    deps.counters.count('forward_ok');
+    log.debug({ event: 'forwarded', file: file.name, node: inspection.nodeId, verified: inspection.verified, ms: forwarded.ms }, 'report forwarded');
+    return { kind: 'done' };
+  };
+}

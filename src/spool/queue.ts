@@ -1,0 +1,453 @@
+// A durable directory queue (spec-relayd.md §5, with its weaknesses fixed): fs.watch plus a
+// catch-up scan (oldest first) so nothing is missed after a restart or a lost event; bounded
+// concurrency; per-file exponential backoff for transient failures and a queue-wide pause when the
+// peer keeps failing; failed/ with a .reason sidecar; retention that logs and counts every removal.
+// A file leaves incoming/ only when its handler said so: a crash at any instant loses nothing.
+
+import { watch, type FSWatcher } from 'node:fs';
+import { mkdir, readdir, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import { messageOf } from '../errors.js';
+
+export interface QueueFile {
+  readonly name: string;
+  readonly path: string;
+  readonly size: number;
+  readonly mtimeMs: number;
+  /** transient failures so far */
+  readonly attempts: number;
+}
+
+export type QueueOutcome =
+  /** handled: delete the file (and the partners the handler claimed and handled with it) */
+  | { readonly kind: 'done'; readonly also?: readonly string[] }
+  /** transient: keep the file, try again later */
+  | { readonly kind: 'retry'; readonly reason: string }
+  /** not ready yet (e.g. waiting for its signature): look again after delayMs */
+  | { readonly kind: 'defer'; readonly delayMs: number }
+  /** permanent: move to failed/ with the reason beside it */
+  | { readonly kind: 'failed'; readonly code: string; readonly reason: string }
+  /** leave it where it is and do not look again until it changes (output disabled, unknown extension) */
+  | { readonly kind: 'ignore' }
+  /** already handled together with a partner; nothing to do */
+  | { readonly kind: 'gone' };
+
+export interface QueueContext {
+  /** take a partner file (e.g. an inventory's .sign) out of the queue while handling this one */
+  claim(name: string): QueueFile | undefined;
+}
+
+export type QueueHandler = (file: QueueFile, context: QueueContext) => Promise<QueueOutcome>;
+
+export interface QueueEvents {
+  onOutcome?(file: QueueFile, outcome: QueueOutcome): void;
+  onExpired?(name: string, where: 'incoming' | 'failed'): void;
+  onFullChange?(full: boolean): void;
+}
+
+export interface QueueOptions {
+  readonly name: string;
+  readonly directory: string;
+  readonly failedDirectory: string;
+  readonly catchupFrequencyMs: number;
+  /** entries taken per catch-up tick; 0 = all (relayd's 0 disables catch-up and loses files: not here) */
+  readonly catchupLimit: number;
+  readonly cleanupFrequencyMs: number;
+  readonly retentionMs: number;
+  readonly failedRetentionMs: number;
+  readonly concurrency: number;
+  /** disk budget of this directory in bytes; 0 = none */
+  readonly maxBytes: number;
+  /** quiet time after the last watch event before a file is taken (files not written atomically) */
+  readonly settleMs?: number;
+}
+
+export interface QueueStats {
+  readonly files: number;
+  readonly bytes: number;
+  readonly oldestMtimeMs: number | undefined;
+  readonly inFlight: number;
+  readonly paused: boolean;
+  readonly full: boolean;
+}
+
+export interface Queue {
+  start(): Promise<void>;
+  stop(): Promise<void>;
+  stats(): QueueStats;
+  /** scan now (tests, reload) */
+  scan(): Promise<void>;
+}
+
+interface Tracked {
+  size: number;
+  mtimeMs: number;
+  attempts: number;
+  state: 'pending' | 'in-flight' | 'deferred' | 'ignored' | 'claimed';
+  timer?: NodeJS.Timeout;
+}
+
+const BASE_BACKOFF_MS = 500;
+const MAX_FILE_BACKOFF_MS = 5 * 60_000;
+const MAX_QUEUE_PAUSE_MS = 30_000;
+/** consecutive transient failures before the whole queue pauses (the peer is down, not one file) */
+const PAUSE_AFTER = 3;
+
+function backoff(attempt: number, max: number): number {
+  const ideal = Math.min(max, BASE_BACKOFF_MS * 2 ** Math.max(0, attempt - 1));
+  return Math.round(ideal * (0.5 + Math.random() * 0.5));
+}
+
+export function createQueue(options: QueueOptions, handler: QueueHandler, events: QueueEvents, parentLog: Logger): Queue {
+  const log = parentLog.child({ module: 'spool', queue: options.name });
+  const settleMs = options.settleMs ?? 100;
+  const files = new Map<string, Tracked>();
+  /** dispatch order: oldest first as discovered */
+  const ready = new Set<string>();
+  const settling = new Map<string, NodeJS.Timeout>();
+  let inFlight = 0;
+  let consecutiveFailures = 0;
+  let pausedUntil = 0;
+  let pauseTimer: NodeJS.Timeout | undefined;
+  let halfOpen = false;
+  let bytes = 0;
+  let full = false;
+  let running = false;
+  let watcher: FSWatcher | undefined;
+  const timers: NodeJS.Timeout[] = [];
+  let scanning: Promise<void> | undefined;
+  const idle: Array<() => void> = [];
+
+  const pathOf = (name: string) => join(options.directory, name);
+
+  function updateFull(): void {
+    const now = options.maxBytes > 0 && bytes >= options.maxBytes;
+    if (now !== full) {
+      full = now;
+      log.warn({ event: now ? 'spool_full' : 'spool_not_full', bytes, max: options.maxBytes }, now ? 'spool budget reached: new uploads are refused' : 'spool back under budget');
+      events.onFullChange?.(now);
+    }
+  }
+
+  function forget(name: string): void {
+    const tracked = files.get(name);
+    if (!tracked) return;
+    if (tracked.timer) clearTimeout(tracked.timer);
+    bytes -= tracked.size;
+    files.delete(name);
+    ready.delete(name);
+    updateFull();
+  }
+
+  function track(name: string, size: number, mtimeMs: number): Tracked {
+    let tracked = files.get(name);
+    if (tracked) {
+      bytes += size - tracked.size;
+      tracked.size = size;
+      tracked.mtimeMs = mtimeMs;
+    } else {
+      tracked = { size, mtimeMs, attempts: 0, state: 'pending' };
+      files.set(name, tracked);
+      bytes += size;
+    }
+    updateFull();
+    return tracked;
+  }
+
+  function makeReady(name: string): void {
+    const tracked = files.get(name);
+    if (!tracked) return;
+    tracked.state = 'pending';
+    ready.add(name);
+    pump();
+  }
+
+  function pause(): void {
+    const delay = backoff(consecutiveFailures - PAUSE_AFTER + 1, MAX_QUEUE_PAUSE_MS);
+    pausedUntil = Date.now() + delay;
+    halfOpen = false;
+    if (pauseTimer) clearTimeout(pauseTimer);
+    pauseTimer = setTimeout(() => {
+      pauseTimer = undefined;
+      halfOpen = true;
+      pump();
+    }, delay);
+    pauseTimer.unref();
+    log.warn({ event: 'queue_paused', ms: delay, failures: consecutiveFailures }, 'upstream keeps failing: pausing this queue');
+  }
+
+  function pump(): void {
+    if (!running) return;
+    if (Date.now() < pausedUntil && !halfOpen) return;
+    const limit = halfOpen ? 1 : options.concurrency;
+    for (const name of ready) {
+      if (inFlight >= limit) break;
+      ready.delete(name);
+      const tracked = files.get(name);
+      if (!tracked || tracked.state !== 'pending') continue;
+      void dispatch(name, tracked);
+    }
+    if (inFlight === 0 && ready.size === 0) for (const wake of idle.splice(0)) wake();
+  }
+
+  async function dispatch(name: string, tracked: Tracked): Promise<void> {
+    tracked.state = 'in-flight';
+    inFlight += 1;
+    const claimed: string[] = [];
+    const file: QueueFile = { name, path: pathOf(name), size: tracked.size, mtimeMs: tracked.mtimeMs, attempts: tracked.attempts };
+    const context: QueueContext = {
+      claim(partner) {
+        const other = files.get(partner);
+        if (!other || (other.state !== 'pending' && other.state !== 'deferred' && other.state !== 'ignored')) return undefined;
+        if (other.timer) clearTimeout(other.timer);
+        ready.delete(partner);
+        other.state = 'claimed';
+        claimed.push(partner);
+        return { name: partner, path: pathOf(partner), size: other.size, mtimeMs: other.mtimeMs, attempts: other.attempts };
+      },
+    };
+    let outcome: QueueOutcome;
+    try {
+      outcome = await handler(file, context);
+    } catch (error) {
+      outcome = { kind: 'retry', reason: `internal error: ${messageOf(error)}` };
+      log.error({ event: 'handler_error', file: name, err: error }, 'queue handler failed');
+    }
+    inFlight -= 1;
+    const releaseClaims = () => {
+      for (const partner of claimed) makeReady(partner);
+    };
+    try {
+      await settle(name, tracked, outcome, claimed, releaseClaims);
+    } catch (error) {
+      log.error({ event: 'outcome_error', file: name, error: messageOf(error) }, 'could not apply the outcome; will look again');
+      if (files.get(name) === tracked) makeReady(name);
+    }
+    events.onOutcome?.(file, outcome);
+    pump();
+  }
+
+  async function settle(name: string, tracked: Tracked, outcome: QueueOutcome, claimed: string[], releaseClaims: () => void): Promise<void> {
+    switch (outcome.kind) {
+      case 'done': {
+        consecutiveFailures = 0;
+        halfOpen = false;
+        pausedUntil = 0;
+        for (const done of [name, ...(outcome.also ?? [])]) {
+          await unlink(pathOf(done)).catch((error: NodeJS.ErrnoException) => {
+            if (error.code !== 'ENOENT') throw error;
+          });
+          forget(done);
+        }
+        for (const partner of claimed) if (!(outcome.also ?? []).includes(partner)) makeReady(partner);
+        return;
+      }
+      case 'gone':
+        forget(name);
+        releaseClaims();
+        return;
+      case 'ignore':
+        tracked.state = 'ignored';
+        releaseClaims();
+        return;
+      case 'defer':
+        releaseClaims();
+        tracked.state = 'deferred';
+        tracked.timer = setTimeout(() => {
+          tracked.timer = undefined;
+          if (files.get(name) === tracked) makeReady(name);
+        }, outcome.delayMs);
+        tracked.timer.unref();
+        return;
+      case 'retry': {
+        releaseClaims();
+        tracked.attempts += 1;
+        consecutiveFailures += 1;
+        const delay = backoff(tracked.attempts, MAX_FILE_BACKOFF_MS);
+        log.warn({ event: 'retry_later', file: name, attempts: tracked.attempts, ms: delay, reason: outcome.reason }, 'transient error, will retry');
+        tracked.state = 'deferred';
+        tracked.timer = setTimeout(() => {
+          tracked.timer = undefined;
+          if (files.get(name) === tracked) makeReady(name);
+        }, delay);
+        tracked.timer.unref();
+        if (halfOpen || (consecutiveFailures >= PAUSE_AFTER && Date.now() >= pausedUntil)) pause();
+        return;
+      }
+      case 'failed': {
+        releaseClaims();
+        await mkdir(options.failedDirectory, { recursive: true });
+        const reason = `${outcome.code}: ${outcome.reason}\nfile: ${name}\nat: ${new Date().toISOString()}\n`;
+        await writeFile(join(options.failedDirectory, `${name}.reason`), reason);
+        await rename(pathOf(name), join(options.failedDirectory, name)).catch((error: NodeJS.ErrnoException) => {
+          if (error.code !== 'ENOENT') throw error;
+        });
+        log.error({ event: 'failed', file: name, code: outcome.code, reason: outcome.reason }, 'moved to failed/');
+        forget(name);
+        return;
+      }
+    }
+  }
+
+  async function consider(name: string): Promise<void> {
+    if (name.startsWith('.')) return;
+    const existing = files.get(name);
+    if (existing && existing.state !== 'ignored') return;
+    let info;
+    try {
+      info = await stat(pathOf(name));
+    } catch {
+      forget(name);
+      return;
+    }
+    if (!info.isFile()) return;
+    if (existing && existing.mtimeMs === info.mtimeMs && existing.size === info.size) return;
+    track(name, info.size, info.mtimeMs);
+    makeReady(name);
+  }
+
+  function onWatchEvent(name: string | null): void {
+    if (!name || name.startsWith('.')) return;
+    const previous = settling.get(name);
+    if (previous) clearTimeout(previous);
+    const timer = setTimeout(() => {
+      settling.delete(name);
+      void consider(name);
+    }, settleMs);
+    timer.unref();
+    settling.set(name, timer);
+  }
+
+  function startWatcher(): void {
+    if (!running || watcher) return;
+    try {
+      watcher = watch(options.directory, { persistent: false }, (_event, name) => onWatchEvent(name));
+      watcher.on('error', (error) => {
+        log.error({ event: 'watch_error', error: messageOf(error) }, 'directory watch failed; restarting it');
+        watcher?.close();
+        watcher = undefined;
+        const retry = setTimeout(() => {
+          startWatcher();
+          void scan();
+        }, 1_000);
+        retry.unref();
+      });
+    } catch (error) {
+      log.error({ event: 'watch_error', error: messageOf(error) }, 'cannot watch directory; relying on catch-up');
+    }
+  }
+
+  /** list the directory, resync sizes, take untracked files oldest first */
+  async function scanOnce(limit: number): Promise<void> {
+    let names: string[];
+    try {
+      names = (await readdir(options.directory)).filter((n) => !n.startsWith('.'));
+    } catch (error) {
+      log.error({ event: 'scan_error', error: messageOf(error) }, 'cannot list spool directory');
+      return;
+    }
+    const present = new Set(names);
+    for (const name of [...files.keys()]) {
+      const tracked = files.get(name);
+      if (!present.has(name) && tracked && tracked.state !== 'in-flight' && tracked.state !== 'claimed') forget(name);
+    }
+    const found: Array<{ name: string; size: number; mtimeMs: number }> = [];
+    for (const name of names) {
+      if (files.has(name)) continue;
+      try {
+        const info = await stat(pathOf(name));
+        if (info.isFile()) found.push({ name, size: info.size, mtimeMs: info.mtimeMs });
+      } catch {
+        // vanished meanwhile
+      }
+    }
+    found.sort((a, b) => a.mtimeMs - b.mtimeMs);
+    const take = limit > 0 ? found.slice(0, limit) : found;
+    for (const entry of take) {
+      if (files.has(entry.name)) continue;
+      track(entry.name, entry.size, entry.mtimeMs);
+      ready.add(entry.name);
+    }
+    pump();
+  }
+
+  function scan(limit = options.catchupLimit): Promise<void> {
+    scanning ??= scanOnce(limit).finally(() => {
+      scanning = undefined;
+    });
+    return scanning;
+  }
+
+  async function expire(directory: string, retentionMs: number, where: 'incoming' | 'failed'): Promise<void> {
+    let names: string[];
+    try {
+      names = await readdir(directory);
+    } catch {
+      return;
+    }
+    const limit = Date.now() - retentionMs;
+    for (const name of names) {
+      if (name.startsWith('.')) continue;
+      const tracked = where === 'incoming' ? files.get(name) : undefined;
+      if (tracked && (tracked.state === 'in-flight' || tracked.state === 'claimed')) continue;
+      try {
+        const info = await stat(join(directory, name));
+        if (!info.isFile() || info.mtimeMs >= limit) continue;
+        await unlink(join(directory, name));
+        if (where === 'incoming') forget(name);
+        if (!name.endsWith('.reason')) {
+          log.warn({ event: 'expired', file: name, directory: where, age_s: Math.round((Date.now() - info.mtimeMs) / 1000) }, `removing old file: ${name}`);
+          events.onExpired?.(name, where);
+        }
+      } catch {
+        // vanished meanwhile
+      }
+    }
+  }
+
+  async function cleanup(): Promise<void> {
+    await expire(options.directory, options.retentionMs, 'incoming');
+    await expire(options.failedDirectory, options.failedRetentionMs, 'failed');
+  }
+
+  function every(ms: number, job: () => Promise<void>): void {
+    const timer = setInterval(() => void job(), Math.max(ms, 100));
+    timer.unref();
+    timers.push(timer);
+  }
+
+  return {
+    async start() {
+      if (running) return;
+      running = true;
+      await mkdir(options.directory, { recursive: true });
+      startWatcher();
+      // the first scan takes everything, whatever the limit: a restart must not lose files
+      await scan(0);
+      every(options.catchupFrequencyMs, () => scan());
+      await cleanup();
+      every(options.cleanupFrequencyMs, cleanup);
+    },
+
+    async stop() {
+      if (!running) return;
+      running = false;
+      watcher?.close();
+      watcher = undefined;
+      for (const timer of timers.splice(0)) clearInterval(timer);
+      for (const timer of settling.values()) clearTimeout(timer);
+      if (pauseTimer) clearTimeout(pauseTimer);
+      for (const tracked of files.values()) if (tracked.timer) clearTimeout(tracked.timer);
+      if (inFlight > 0) await new Promise<void>((resolve) => idle.push(resolve));
+    },
+
+    stats() {
+      let oldest: number | undefined;
+      for (const tracked of files.values()) if (oldest === undefined || tracked.mtimeMs < oldest) oldest = tracked.mtimeMs;
+      return { files: files.size, bytes, oldestMtimeMs: oldest, inFlight, paused: Date.now() < pausedUntil, full };
+    },
+
+    scan: () => scan(),
+  };
+}

@@ -1,0 +1,94 @@
+// What an upstream answer or failure means for the file (spec-relayd.md §15.6: permanent 4xx are not
+// retried here, unlike relayd) and a one-line reason a user can act on.
+
+import { STATUS_CODES } from 'node:http';
+import { messageOf, type ErrorCode } from '../errors.js';
+import { PinRefusedError } from './trust.js';
+
+export type Outcome = 'ok' | 'transient' | 'permanent';
+
+export function outcomeOfStatus(status: number): Outcome {
+  if (status >= 200 && status < 300) return 'ok';
+  if (status === 408 || status === 429 || status >= 500) return 'transient';
+  // 1xx/3xx never end a request here (no redirects followed): the upstream will not take it as is
+  return 'permanent';
+}
+
+export const REASON_BODY_CHARS = 200;
+
+/** `HTTP 404 Not Found: <first 200 characters of the body, markup stripped>` */
+export function reasonOfResponse(status: number, contentType: string | undefined, body: string): string {
+  let text = body;
+  if (contentType !== undefined && /html/i.test(contentType)) {
+    // Apache error pages: keep what a human reads, not the DOCTYPE
+    text = text.replace(/<head>[\s\S]*?<\/head>/i, ' ').replace(/<[^>]*>/g, ' ');
+  }
+  text = text.replace(/\s+/g, ' ').trim().slice(0, REASON_BODY_CHARS);
+  const line = `HTTP ${status} ${STATUS_CODES[status] ?? ''}`.trimEnd();
+  return text === '' ? line : `${line}: ${text}`;
+}
+
+export function codeOfStatus(status: number): ErrorCode {
+  return outcomeOfStatus(status) === 'transient' ? 'RELAY_ERR_UPSTREAM_UNAVAILABLE' : 'RELAY_ERR_UPSTREAM_REFUSED';
+}
+
+/** The abort reason of the total-request timer. */
+export class RequestTimeoutError extends Error {
+  constructor(ms: number) {
+    super(`request timeout (${ms} ms)`);
+    this.name = 'RequestTimeoutError';
+  }
+}
+
+export interface FailureDescription {
+  readonly code: ErrorCode;
+  readonly reason: string;
+}
+
+const TLS_VERIFY_CODES = new Set([
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'CERT_HAS_EXPIRED',
+  'CERT_NOT_YET_VALID',
+  'CERT_UNTRUSTED',
+  'CERT_REJECTED',
+  'INVALID_CA',
+]);
+
+function codeOf(error: unknown): string | undefined {
+  if (typeof error !== 'object' || error === null) return undefined;
+  const code = (error as { code?: unknown }).code;
+  return typeof code === 'string' ? code : undefined;
+}
+
+/** Every thrown failure of a request is transient: network, timeouts, TLS, pin refusal. */
+export function describeFailure(error: unknown, timeouts: { connectMs: number; idleMs: number; requestMs: number }): FailureDescription {
+  if (error instanceof PinRefusedError) return { code: 'RELAY_ERR_UPSTREAM_CERTIFICATE', reason: error.message };
+  const code = codeOf(error);
+  if (error instanceof RequestTimeoutError) {
+    return { code: 'RELAY_ERR_UPSTREAM_UNAVAILABLE', reason: `no complete answer within ${timeouts.requestMs} ms (request timeout)` };
+  }
+  switch (code) {
+    case 'UND_ERR_CONNECT_TIMEOUT':
+      return { code: 'RELAY_ERR_UPSTREAM_UNAVAILABLE', reason: `connection not established within ${timeouts.connectMs} ms (connect timeout)` };
+    case 'UND_ERR_HEADERS_TIMEOUT':
+      return { code: 'RELAY_ERR_UPSTREAM_UNAVAILABLE', reason: `no answer for ${timeouts.idleMs} ms (idle timeout, waiting for headers)` };
+    case 'UND_ERR_BODY_TIMEOUT':
+      return { code: 'RELAY_ERR_UPSTREAM_UNAVAILABLE', reason: `no byte received for ${timeouts.idleMs} ms (idle timeout, reading the body)` };
+    default:
+      break;
+  }
+  let message = messageOf(error);
+  if (error instanceof AggregateError && error.errors.length > 0) {
+    message = error.errors.map((inner) => messageOf(inner)).join('; ');
+  }
+  if (code !== undefined && !message.includes(code)) message = `${code}: ${message}`;
+  if (code !== undefined && (TLS_VERIFY_CODES.has(code) || code.startsWith('ERR_SSL_') || code.startsWith('ERR_TLS_'))) {
+    return { code: 'RELAY_ERR_UPSTREAM_CERTIFICATE', reason: `TLS: ${message}` };
+  }
+  return { code: 'RELAY_ERR_UPSTREAM_UNAVAILABLE', reason: message };
+}

@@ -1,0 +1,265 @@
+// The upstream client: one undici Pool per trusted upstream identity, PUT of spool files streamed from
+// disk, timeouts on every request (spec-relayd.md §9, §15.7), FIFO limit on requests in flight.
+
+import { open, type FileHandle } from 'node:fs/promises';
+import { Pool, type Dispatcher } from 'undici';
+import { messageOf, type ErrorCode } from '../errors.js';
+import type { Logger } from '../log.js';
+import { VERSION } from '../version.js';
+import {
+  RequestTimeoutError,
+  codeOfStatus,
+  describeFailure,
+  outcomeOfStatus,
+  reasonOfResponse,
+} from './classify.js';
+import { createFifoLimit } from './fifo-limit.js';
+import type { ForwardResult, Upstream, UpstreamEndpoint, UpstreamOptions, UpstreamStatus } from './index.js';
+import {
+  buildTrustingConnector,
+  isSamePin,
+  readCaPath,
+  readPinnedCertificate,
+  readPinnedCertificateSync,
+  type PinnedCertificate,
+} from './trust.js';
+
+/** the dispatcher built for one pinned certificate (or the only one, outside cert_pinning) */
+interface Generation {
+  readonly pool: Pool | undefined;
+  readonly pinned: PinnedCertificate | undefined;
+  /** why nothing can be sent, when pool is undefined */
+  readonly blocked: string | undefined;
+}
+
+/** bytes of an error body kept to build the reason (the rest is read and dropped) */
+const KEPT_BODY_BYTES = 8 * 1024;
+
+export function createUpstream(options: UpstreamOptions, parentLog: Logger): Upstream {
+  const log = parentLog.child({ module: 'upstream' });
+  const hostInUrl = options.host.includes(':') ? `[${options.host}]` : options.host;
+  const origin = `https://${hostInUrl}:${options.port}`;
+  const userAgent = `onerelay/${VERSION}`;
+  const isPinning = options.peerAuthentication === 'cert_pinning';
+  const extraCa =
+    options.peerAuthentication === 'cert_validation' && options.caPath !== undefined ? readCaPath(options.caPath) : undefined;
+  const timeouts = { connectMs: options.connectTimeoutMs, idleMs: options.idleTimeoutMs, requestMs: options.requestTimeoutMs };
+  const limit = createFifoLimit(options.maxConcurrency);
+
+  if (options.peerAuthentication === 'dangerous_none') {
+    log.warn(
+      { event: 'upstream-insecure', host: options.host, port: options.port },
+      'peer_authentication = "dangerous_none": the upstream certificate is NOT verified; anyone on the path can read and alter forwarded reports and inventories',
+    );
+  }
+
+  function buildGeneration(pinned: PinnedCertificate | undefined): Generation {
+    if (pinned?.problem !== undefined) return { pool: undefined, pinned, blocked: pinned.problem };
+    const keepAlive = Math.max(1, options.keepAliveMs);
+    const pool = new Pool(origin, {
+      connections: options.maxConcurrency,
+      pipelining: 1,
+      allowH2: false,
+      keepAliveTimeout: keepAlive,
+      // an upstream `Keep-Alive: timeout=` hint may shorten our keep-alive, never lengthen it
+      keepAliveMaxTimeout: keepAlive,
+      headersTimeout: options.idleTimeoutMs,
+      bodyTimeout: options.idleTimeoutMs,
+      connect: buildTrustingConnector(options, pinned, extraCa),
+    });
+    return { pool, pinned, blocked: undefined };
+  }
+
+  let current = buildGeneration(isPinning ? readPinnedCertificateSync(options.serverCertificateFile) : undefined);
+  if (current.blocked !== undefined) log.warn({ event: 'upstream-blocked', code: 'RELAY_ERR_UPSTREAM_CERTIFICATE' }, current.blocked);
+
+  const draining = new Set<Promise<void>>();
+  function retire(generation: Generation): void {
+    if (generation.pool === undefined) return;
+    // close() lets requests already dispatched finish on the old connections
+    const closing = generation.pool.close().catch((error: unknown) => {
+      log.debug({ err: messageOf(error) }, 'closing a previous upstream pool failed');
+    });
+    draining.add(closing);
+    void closing.finally(() => draining.delete(closing));
+  }
+
+  let reachable: boolean | undefined;
+  let lastSuccessAt: string | undefined;
+  let lastError: { at: string; reason: string } | undefined;
+  let closing: Promise<void> | undefined;
+  let reloading: Promise<void> = Promise.resolve();
+
+  function fail(
+    kind: 'transient' | 'permanent',
+    code: ErrorCode,
+    endpoint: UpstreamEndpoint,
+    name: string,
+    status: number | undefined,
+    reason: string,
+    startedAt: number,
+    isUpstreamError = true,
+  ): ForwardResult {
+    const ms = Math.round(performance.now() - startedAt);
+    if (isUpstreamError) lastError = { at: new Date().toISOString(), reason };
+    const fields = { event: 'upstream-forward-failed', code, kind, endpoint, file: name, status, reason, ms };
+    if (kind === 'transient') log.warn(fields, 'forward to upstream failed, will retry');
+    else log.error(fields, 'forward to upstream refused');
+    return kind === 'transient'
+      ? { kind, status, reason, ms }
+      : // status 0: nothing was sent (local problem: no password configured, unreadable spool file)
+        { kind, status: status ?? 0, reason, ms };
+  }
+
+  async function forward(
+    endpoint: UpstreamEndpoint,
+    name: string,
+    file: { readonly path: string; readonly size: number },
+  ): Promise<ForwardResult> {
+    const queuedAt = performance.now();
+    const password = endpoint === 'inventories' ? options.defaultPassword : options.password;
+    if (password === undefined) {
+      const reason = `output.upstream.password is not set: cannot forward to /${endpoint}/`;
+      return fail('permanent', 'RELAY_ERR_CONFIG_VALUE', endpoint, name, undefined, reason, queuedAt);
+    }
+    const release = await limit.acquire();
+    const startedAt = performance.now();
+    let handle: FileHandle | undefined;
+    try {
+      if (closing !== undefined) {
+        return fail('transient', 'RELAY_ERR_UPSTREAM_UNAVAILABLE', endpoint, name, undefined, 'upstream client is closed', startedAt, false);
+      }
+      if (current.pool === undefined) {
+        return fail('transient', 'RELAY_ERR_UPSTREAM_CERTIFICATE', endpoint, name, undefined, current.blocked ?? 'blocked', startedAt);
+      }
+      let size: number;
+      try {
+        handle = await open(file.path, 'r');
+        // the spool file is immutable: its size on disk is the truth if the caller's differs
+        size = (await handle.stat()).size;
+      } catch (error) {
+        const reason = `cannot read spool file ${file.path}: ${messageOf(error)}`;
+        return fail('permanent', 'RELAY_ERR_SPOOL_READ', endpoint, name, undefined, reason, startedAt, false);
+      }
+      return await send(current.pool, endpoint, name, password, handle, size, startedAt);
+    } finally {
+      await handle?.close().catch(() => undefined);
+      release();
+    }
+  }
+
+  async function send(
+    pool: Pool,
+    endpoint: UpstreamEndpoint,
+    name: string,
+    password: string,
+    handle: FileHandle,
+    size: number,
+    startedAt: number,
+  ): Promise<ForwardResult> {
+    // `end` makes the stream finish with its last chunk: no EOF read still pending when the answer comes
+    const body = size === 0 ? Buffer.alloc(0) : handle.createReadStream({ autoClose: false, start: 0, end: size - 1 });
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(new RequestTimeoutError(options.requestTimeoutMs)), options.requestTimeoutMs);
+    let response: Dispatcher.ResponseData;
+    try {
+      try {
+        response = await pool.request({
+          method: 'PUT',
+          // single slash: relayd's `//` (spec-relayd.md §15.2) is dropped; Apache decodes %3A %40 %2B
+          path: `/${endpoint}/${encodeURIComponent(name)}`,
+          headers: {
+            'user-agent': userAgent,
+            accept: '*/*',
+            authorization: `Basic ${Buffer.from(`${options.user}:${password}`).toString('base64')}`,
+            'content-length': String(size),
+          },
+          body,
+          signal: abort.signal,
+          headersTimeout: options.idleTimeoutMs,
+          bodyTimeout: options.idleTimeoutMs,
+        });
+      } catch (error) {
+        reachable = false;
+        const { code, reason } = describeFailure(error, timeouts);
+        return fail('transient', code, endpoint, name, undefined, reason, startedAt);
+      }
+      const status = response.statusCode;
+      const outcome = outcomeOfStatus(status);
+      let text = '';
+      try {
+        // always read to the end so the connection goes back to the pool
+        text = await readStart(response.body, outcome === 'ok' ? 0 : KEPT_BODY_BYTES);
+      } catch (error) {
+        // the answer itself is what matters; a broken body only costs the connection
+        log.debug({ endpoint, file: name, status, err: messageOf(error) }, 'upstream answer body not fully read');
+      }
+      reachable = true;
+      if (outcome === 'ok') {
+        lastSuccessAt = new Date().toISOString();
+        const ms = Math.round(performance.now() - startedAt);
+        log.debug({ event: 'upstream-forward-ok', endpoint, file: name, status, ms, bytes: size }, 'forwarded to upstream');
+        return { kind: 'ok', status, ms };
+      }
+      const contentType = response.headers['content-type'];
+      const reason = reasonOfResponse(status, Array.isArray(contentType) ? contentType[0] : contentType, text);
+      return fail(outcome, codeOfStatus(status), endpoint, name, status, reason, startedAt);
+    } finally {
+      clearTimeout(timer);
+      // destroying a stream undici is still reading would make it drop the (reusable) connection
+      if (!Buffer.isBuffer(body) && !body.readableEnded) body.destroy();
+    }
+  }
+
+  async function reloadPin(): Promise<void> {
+    if (!isPinning || closing !== undefined) return;
+    const pinned = await readPinnedCertificate(options.serverCertificateFile);
+    if (closing !== undefined || isSamePin(pinned, current.pinned)) return;
+    const previous = current;
+    current = buildGeneration(pinned);
+    retire(previous);
+    if (current.blocked !== undefined) {
+      log.warn({ event: 'upstream-blocked', code: 'RELAY_ERR_UPSTREAM_CERTIFICATE' }, current.blocked);
+    } else {
+      log.info(
+        { event: 'upstream-pin-changed', file: options.serverCertificateFile },
+        'pinned upstream certificate changed: new connections trust the new certificate',
+      );
+    }
+  }
+
+  return {
+    forward,
+    reload() {
+      // serialized: two reloads never build two pools from the same change
+      reloading = reloading.then(reloadPin, reloadPin);
+      return reloading;
+    },
+    status(): UpstreamStatus {
+      return { host: options.host, port: options.port, reachable, lastSuccessAt, lastError, blocked: current.blocked };
+    },
+    close() {
+      closing ??= (async () => {
+        await reloading.catch(() => undefined);
+        retire(current);
+        await Promise.all([...draining]);
+      })();
+      return closing;
+    },
+  };
+}
+
+/** Reads a response body to its end, keeping its first `keep` bytes as text. */
+function readStart(body: Dispatcher.ResponseData['body'], keep: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let kept = 0;
+    body.on('data', (chunk: Buffer) => {
+      if (kept >= keep) return;
+      chunks.push(chunk);
+      kept += chunk.length;
+    });
+    body.once('end', () => resolve(Buffer.concat(chunks).subarray(0, keep).toString('utf8')));
+    body.once('error', reject);
+  });
+}

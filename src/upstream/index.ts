@@ -1,0 +1,63 @@
+// Face of the upstream module: one pinned HTTPS client per peer (undici), PUT forwarding of spool
+// files, and the classification of what came back (spec-relayd.md §9; issue 3 "Forwarding").
+
+import type { PeerAuthentication } from '../config/index.js';
+
+export type UpstreamEndpoint = 'reports' | 'inventories' | 'inventory-updates';
+
+export interface UpstreamOptions {
+  readonly host: string;
+  /** general.https_port */
+  readonly port: number;
+  readonly peerAuthentication: PeerAuthentication;
+  /** cert_pinning: the only trust anchor; exactly this certificate must be presented */
+  readonly serverCertificateFile: string;
+  /** cert_validation: extra CA (system CAs otherwise) */
+  readonly caPath: string | undefined;
+  readonly user: string;
+  /** reports and inventory updates */
+  readonly password: string | undefined;
+  /** new inventories */
+  readonly defaultPassword: string;
+  /** parallel requests in flight, and keep-alive connections (output.upstream.max_concurrency) */
+  readonly maxConcurrency: number;
+  readonly connectTimeoutMs: number;
+  /** no byte received for this long → transient failure */
+  readonly idleTimeoutMs: number;
+  /** whole request, body upload included */
+  readonly requestTimeoutMs: number;
+  /** keep-alive of pooled connections (general.https_idle_timeout) */
+  readonly keepAliveMs: number;
+}
+
+export type ForwardResult =
+  | { readonly kind: 'ok'; readonly status: number; readonly ms: number }
+  /** network error, timeout, 408, 429, 5xx, TLS pin refused: keep the file, retry later */
+  | { readonly kind: 'transient'; readonly status: number | undefined; readonly reason: string; readonly ms: number }
+  /** other 4xx: the upstream will never take it */
+  | { readonly kind: 'permanent'; readonly status: number; readonly reason: string; readonly ms: number };
+
+export interface UpstreamStatus {
+  readonly host: string;
+  readonly port: number;
+  /** undefined until a request was tried */
+  readonly reachable: boolean | undefined;
+  readonly lastSuccessAt: string | undefined;
+  readonly lastError: { readonly at: string; readonly reason: string } | undefined;
+  /** why nothing can be sent at all (e.g. pinned certificate missing), if so */
+  readonly blocked: string | undefined;
+}
+
+export interface Upstream {
+  /** PUT the file (streamed from disk) to /<endpoint>/<name> with the right Basic credentials */
+  forward(endpoint: UpstreamEndpoint, name: string, file: { readonly path: string; readonly size: number }): Promise<ForwardResult>;
+  /** re-read the pinned certificate; rebuild the pool only if it changed (spec-relayd.md §2.7 step 3) */
+  reload(): Promise<void>;
+  status(): UpstreamStatus;
+  close(): Promise<void>;
+}
+
+export { createUpstream } from './client.js';
+export { createPeerClient } from './peer.js';
+export type { PeerClient, PeerClientOptions, PeerResponse } from './peer.js';
+export { readPinnedCertificate } from './trust.js';

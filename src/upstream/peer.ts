@@ -1,0 +1,69 @@
+// A pinned HTTPS client to any peer relay API (upstream or a sub-relay), for requests that are not
+// spool forwarding: shared-files now, remote-run later. Same trust model as the upstream client
+// (spec-relayd.md §9.2): cert_pinning = exactly the given certificates, no hostname check.
+
+import type { X509Certificate } from 'node:crypto';
+import { Pool, type Dispatcher } from 'undici';
+import type { PeerAuthentication } from '../config/index.js';
+import { VERSION } from '../version.js';
+import { buildTrustingConnector, readCaPath, type PinnedCertificate } from './trust.js';
+
+export interface PeerClientOptions {
+  readonly host: string;
+  readonly port: number;
+  readonly peerAuthentication: PeerAuthentication;
+  /** cert_pinning: the certificates this peer may present (from a file, or the nodes certificates) */
+  readonly pinned: { readonly description: string; readonly certificates: readonly X509Certificate[] };
+  readonly caPath: string | undefined;
+  readonly connectTimeoutMs: number;
+  readonly idleTimeoutMs: number;
+  readonly keepAliveMs: number;
+}
+
+export interface PeerResponse {
+  readonly status: number;
+  readonly body: Dispatcher.ResponseData['body'];
+}
+
+export interface PeerClient {
+  /** pathAndQuery starts with "/"; the caller consumes or dumps the body */
+  request(method: 'GET' | 'HEAD' | 'PUT' | 'POST', pathAndQuery: string, body?: Buffer | string, headers?: Record<string, string>): Promise<PeerResponse>;
+  close(): Promise<void>;
+}
+
+export function createPeerClient(options: PeerClientOptions): PeerClient {
+  const hostInUrl = options.host.includes(':') ? `[${options.host}]` : options.host;
+  const pinned: PinnedCertificate = {
+    file: options.pinned.description,
+    bytes: undefined,
+    certificates: options.pinned.certificates,
+    problem: options.pinned.certificates.length === 0 ? `no certificate known for ${options.pinned.description}` : undefined,
+  };
+  const extraCa = options.peerAuthentication === 'cert_validation' && options.caPath !== undefined ? readCaPath(options.caPath) : undefined;
+  const pool = new Pool(`https://${hostInUrl}:${options.port}`, {
+    connections: 4,
+    allowH2: false,
+    keepAliveTimeout: Math.max(1, options.keepAliveMs),
+    keepAliveMaxTimeout: Math.max(1, options.keepAliveMs),
+    headersTimeout: options.idleTimeoutMs,
+    bodyTimeout: options.idleTimeoutMs,
+    connect: buildTrustingConnector(
+      { peerAuthentication: options.peerAuthentication, caPath: options.caPath, connectTimeoutMs: options.connectTimeoutMs },
+      options.peerAuthentication === 'cert_pinning' ? pinned : undefined,
+      extraCa,
+    ),
+  });
+  return {
+    async request(method, pathAndQuery, body, headers = {}) {
+      if (options.peerAuthentication === 'cert_pinning' && pinned.problem !== undefined) throw new Error(pinned.problem);
+      const response = await pool.request({
+        method,
+        path: pathAndQuery,
+        headers: { 'user-agent': `onerelay/${VERSION}`, ...headers },
+        ...(body === undefined ? {} : { body }),
+      });
+      return { status: response.statusCode, body: response.body };
+    },
+    close: () => pool.close(),
+  };
+}

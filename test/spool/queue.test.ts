@@ -1,0 +1,138 @@
+// The spool queue on real directories: intake by watch and by scan, outcomes, retention.
+
+import { mkdir, readdir, readFile, utimes, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { pino } from 'pino';
+import t from 'tap';
+import { createQueue, type QueueFile, type QueueHandler, type QueueOptions } from '../../src/spool/index.js';
+import { tempDir } from '../support/tmp.js';
+
+const log = pino({ level: 'silent' });
+
+function options(dir: string, overrides: Partial<QueueOptions> = {}): QueueOptions {
+  return {
+    name: 'test',
+    directory: join(dir, 'incoming'),
+    failedDirectory: join(dir, 'failed'),
+    catchupFrequencyMs: 200,
+    catchupLimit: 50,
+    cleanupFrequencyMs: 200,
+    retentionMs: 60_000,
+    failedRetentionMs: 120_000,
+    concurrency: 4,
+    maxBytes: 0,
+    settleMs: 20,
+    ...overrides,
+  };
+}
+
+async function until(predicate: () => Promise<boolean> | boolean, timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await predicate())) {
+    if (Date.now() > deadline) throw new Error('timed out');
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+t.test('files present before start and files arriving later are handled, oldest first', async (t) => {
+  const dir = tempDir(t);
+  await mkdir(join(dir, 'incoming'), { recursive: true });
+  for (const [name, age] of [['b', 50], ['a', 100], ['c', 10]] as const) {
+    await writeFile(join(dir, 'incoming', name), name);
+    const when = new Date(Date.now() - age * 1000);
+    await utimes(join(dir, 'incoming', name), when, when);
+  }
+  const seen: string[] = [];
+  const queue = createQueue(options(dir, { concurrency: 1 }), async (file) => {
+    seen.push(file.name);
+    return { kind: 'done' };
+  }, {}, log);
+  await queue.start();
+  t.teardown(() => queue.stop());
+  await until(() => seen.length === 3);
+  t.same(seen, ['a', 'b', 'c'], 'the start scan takes everything, oldest first');
+  await writeFile(join(dir, 'incoming', 'd'), 'd');
+  await until(() => seen.length === 4);
+  t.same(await readdir(join(dir, 'incoming')), [], 'done files are deleted');
+  await writeFile(join(dir, 'incoming', '.hidden-tmp'), 'x');
+  await new Promise((r) => setTimeout(r, 300));
+  t.equal(seen.length, 4, 'dot files are never taken');
+});
+
+t.test('failed: moved with a .reason sidecar; retry: kept and tried again; ignore: left alone', async (t) => {
+  const dir = tempDir(t);
+  await mkdir(join(dir, 'incoming'), { recursive: true });
+  const attempts = new Map<string, number>();
+  const handler: QueueHandler = async (file: QueueFile) => {
+    attempts.set(file.name, (attempts.get(file.name) ?? 0) + 1);
+    if (file.name === 'bad') return { kind: 'failed', code: 'bad-signature', reason: 'does not verify' };
+    if (file.name === 'flaky') return (attempts.get('flaky') ?? 0) < 3 ? { kind: 'retry', reason: '503' } : { kind: 'done' };
+    return { kind: 'ignore' };
+  };
+  const queue = createQueue(options(dir), handler, {}, log);
+  await queue.start();
+  t.teardown(() => queue.stop());
+  for (const name of ['bad', 'flaky', 'other.txt']) await writeFile(join(dir, 'incoming', name), name);
+  await until(async () => (await readdir(join(dir, 'failed')).catch(() => [])).length === 2);
+  t.match(await readFile(join(dir, 'failed', 'bad.reason'), 'utf8'), /^bad-signature: does not verify\nfile: bad\nat: /);
+  t.equal(await readFile(join(dir, 'failed', 'bad'), 'utf8'), 'bad');
+  await until(() => attempts.get('flaky') === 3, 10_000);
+  await until(async () => !(await readdir(join(dir, 'incoming'))).includes('flaky'));
+  t.pass('a transient failure is retried until it succeeds');
+  await new Promise((r) => setTimeout(r, 600));
+  t.equal(attempts.get('other.txt'), 1, 'an ignored file is not handled again by catch-up');
+  t.same(await readdir(join(dir, 'incoming')), ['other.txt']);
+});
+
+t.test('retention removes only files older than retention, logged and counted', async (t) => {
+  const dir = tempDir(t);
+  await mkdir(join(dir, 'incoming'), { recursive: true });
+  await mkdir(join(dir, 'failed'), { recursive: true });
+  const old = new Date(Date.now() - 3_600_000);
+  await writeFile(join(dir, 'incoming', 'old'), 'old');
+  await utimes(join(dir, 'incoming', 'old'), old, old);
+  await writeFile(join(dir, 'failed', 'old-failed'), 'x');
+  await writeFile(join(dir, 'failed', 'old-failed.reason'), 'x');
+  await utimes(join(dir, 'failed', 'old-failed'), old, old);
+  await utimes(join(dir, 'failed', 'old-failed.reason'), old, old);
+  await writeFile(join(dir, 'failed', 'recent-failed'), 'x');
+  const expired: string[] = [];
+  const lines: Array<Record<string, unknown>> = [];
+  const capture = pino({ level: 'info' }, { write: (line: string) => lines.push(JSON.parse(line) as Record<string, unknown>) });
+  const queue = createQueue(
+    options(dir, { retentionMs: 60_000, failedRetentionMs: 120_000 }),
+    async () => ({ kind: 'retry', reason: 'upstream down' }),
+    { onExpired: (name, where) => expired.push(`${where}/${name}`) },
+    capture,
+  );
+  await writeFile(join(dir, 'incoming', 'fresh'), 'fresh');
+  await queue.start();
+  t.teardown(() => queue.stop());
+  await until(() => expired.length === 2);
+  t.same(expired.sort(), ['failed/old-failed', 'incoming/old']);
+  t.same((await readdir(join(dir, 'incoming'))).sort(), ['fresh'], 'a fresh file stays, even while failing');
+  t.same((await readdir(join(dir, 'failed'))).sort(), ['recent-failed']);
+  t.ok(lines.some((l) => l['event'] === 'expired' && l['file'] === 'old'), 'every removal is logged with the file name');
+});
+
+t.test('the disk budget turns full and back', async (t) => {
+  const dir = tempDir(t);
+  await mkdir(join(dir, 'incoming'), { recursive: true });
+  const changes: boolean[] = [];
+  let release = false;
+  const queue = createQueue(
+    options(dir, { maxBytes: 100 }),
+    async () => (release ? { kind: 'done' } : { kind: 'retry', reason: 'down' }),
+    { onFullChange: (full) => changes.push(full) },
+    log,
+  );
+  await queue.start();
+  t.teardown(() => queue.stop());
+  await writeFile(join(dir, 'incoming', 'x'), Buffer.alloc(150));
+  await until(() => changes.length === 1);
+  t.same(changes, [true]);
+  t.equal(queue.stats().full, true);
+  release = true;
+  await until(() => changes.length === 2, 10_000);
+  t.same(changes, [true, false]);
+});
