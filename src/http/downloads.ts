@@ -65,20 +65,24 @@ export const downloadRoutes: FastifyPluginAsync<{ options: DownloadRoutesOptions
     return reply;
   };
 
-  const guard = (request: FastifyRequest, reply: FastifyReply, certificate: boolean): { nodeId: string | undefined } | FastifyReply => {
+  const guard = (request: FastifyRequest, reply: FastifyReply, certificate: boolean, kind?: string): { nodeId: string | undefined } | FastifyReply => {
+    const refuse = (error: RelayError) => {
+      if (kind !== undefined) metrics.downloads.inc({ kind, status: String(error.status) });
+      return fail(request, reply, error);
+    };
     if (!acl.allows(request.socket.remoteAddress)) {
-      return fail(request, reply, new RelayError('RELAY_ERR_AUTH_NETWORK', `client ${request.socket.remoteAddress} is not in https.allowed_networks`));
+      return refuse(new RelayError('RELAY_ERR_AUTH_NETWORK', `client ${request.socket.remoteAddress} is not in https.allowed_networks`));
     }
     if (!certificate) return { nodeId: undefined };
     const node = clientNode(request, nodes);
-    if (node instanceof RelayError) return fail(request, reply, node);
+    if (node instanceof RelayError) return refuse(node);
     request.relayNode = node.nodeId;
     return node;
   };
 
   // a node reads only its own policies: certificate pinned to a known node AND its UID = <uuid>
   const policies = async (request: FastifyRequest, reply: FastifyReply, uuid: string, rest: string) => {
-    const allowed = guard(request, reply, true);
+    const allowed = guard(request, reply, true, 'policies');
     if ('statusCode' in allowed) return allowed;
     if (!NODE_ID.test(uuid) || allowed.nodeId !== uuid) {
       metrics.downloads.inc({ kind: 'policies', status: '403' });
@@ -105,7 +109,7 @@ export const downloadRoutes: FastifyPluginAsync<{ options: DownloadRoutesOptions
     method: ['GET', 'HEAD'],
     url: '/common/*',
     handler: async (request, reply) => {
-      const allowed = guard(request, reply, options.requireCertificate);
+      const allowed = guard(request, reply, options.requireCertificate, 'common');
       if ('statusCode' in allowed) return allowed;
       return serve('common', request, reply, join(options.policiesDirectory, 'common'), restAfter(request, 1));
     },

@@ -46,6 +46,10 @@ export interface RelayOptions {
   readonly maxSpoolSize?: number;
   /** extra lines in [output.upstream] */
   readonly upstreamToml?: string;
+  /** another fixture identity than 37817c4d… (e.g. e745a140… for a second relay) */
+  readonly relayId?: string;
+  /** general.https_port: the port of peers' HTTPS (sub-relays), when there is no upstream option */
+  readonly peerHttpsPort?: number;
 }
 
 export interface CliResult {
@@ -109,7 +113,7 @@ nodes_list_file = "${dir}/nodeslist.json"
 nodes_certs_file = "${dir}/nodescerts.pem"
 listen = "127.0.0.1:${ports.api}"
 peer_authentication = "${options.peerAuthentication ?? 'cert_pinning'}"
-https_port = ${options.upstream?.port ?? 443}
+https_port = ${options.upstream?.port ?? options.peerHttpsPort ?? 443}
 
 [processing.inventory]
 directory = "${dir}/inventories/"
@@ -149,6 +153,12 @@ certificate_file = "${dir}/agent.cert"
 
 [policies]
 directory = "${dir}/share"
+
+[shared_files]
+path = "${dir}/shared-files/"
+
+[shared_folder]
+path = "${dir}/shared-folder/"
 ${options.extraToml ?? ''}
 `;
 }
@@ -159,10 +169,11 @@ export async function startRelay(t: Teardownable, options: RelayOptions = {}): P
   const apiPort = await freePort();
   await mkdir(join(dir, 'ppkeys'), { recursive: true, mode: 0o700 });
   if (options.dir === undefined && !options.freshIdentity) {
-    await writeFile(join(dir, 'uuid.hive'), `${RELAY_ID}\n`);
-    await copyFile(join(FIXTURE_KEYS, `${RELAY_ID}.nopass.priv`), join(dir, 'ppkeys', 'localhost.priv'));
-    await copyFile(join(FIXTURE_KEYS, `${RELAY_ID}.pub`), join(dir, 'ppkeys', 'localhost.pub'));
-    await copyFile(join(FIXTURE_KEYS, `${RELAY_ID}.cert`), join(dir, 'agent.cert'));
+    const id = options.relayId ?? RELAY_ID;
+    await writeFile(join(dir, 'uuid.hive'), `${id}\n`);
+    await copyFile(join(FIXTURE_KEYS, `${id}.nopass.priv`), join(dir, 'ppkeys', 'localhost.priv'));
+    await copyFile(join(FIXTURE_KEYS, `${id}.pub`), join(dir, 'ppkeys', 'localhost.pub'));
+    await copyFile(join(FIXTURE_KEYS, `${id}.cert`), join(dir, 'agent.cert'));
   }
   await writeFile(join(dir, 'nodeslist.json'), JSON.stringify(options.nodesList ?? {}, null, 2));
   await writeFile(join(dir, 'nodescerts.pem'), options.nodesCerts ?? '');
