@@ -18,9 +18,11 @@ import { createFrontDoorMetrics, createPrimaryMetrics, type MetricsSnapshot } fr
 import { createNodesRegistry, type NodesRegistry } from './nodes/index.js';
 import { createSpool, type Spool, type SpoolQueue } from './spool/index.js';
 import { createPipelines } from './pipelines.js';
-import { createSharedFilesForwarder } from './forwarders.js';
+import { createPeers, sharedFilesForwarder, type Peers } from './forwarders.js';
 import { createSharedFiles, type SharedFiles } from './shared-files/index.js';
 import type { ServiceMetrics } from './metrics/index.js';
+import { createCommandRunner, createRemoteRun, type NodeRunner, type RemoteRun } from './remote-run/index.js';
+import { remoteRunCaller } from './forwarders.js';
 import { createSystem } from './system/index.js';
 import { VERSION } from './version.js';
 import { DATABASE_REFUSED, checkInstallation } from './check.js';
@@ -32,6 +34,7 @@ export interface StartOptions {
 
 type WorkerMessage =
   | { type: 'ready' }
+  | { type: 'remote-run-error'; message: string }
   | { type: 'failed'; message: string; exitCode: number }
   | { type: 'metrics'; id: number; snapshot: MetricsSnapshot };
 type PrimaryMessage =
@@ -100,7 +103,7 @@ async function uploadAuth(config: Config): Promise<UploadAuthOptions> {
   };
 }
 
-function sharedFilesOf(config: Config, nodes: NodesRegistry, metrics: ServiceMetrics, log: Logger): SharedFiles {
+function sharedFilesOf(config: Config, nodes: NodesRegistry, peers: Peers, metrics: ServiceMetrics, log: Logger): SharedFiles {
   return createSharedFiles(
     {
       path: config.sharedFiles.path,
@@ -109,12 +112,30 @@ function sharedFilesOf(config: Config, nodes: NodesRegistry, metrics: ServiceMet
     },
     {
       nodes,
-      forwarder: createSharedFilesForwarder(config, nodes),
+      forwarder: sharedFilesForwarder(peers),
       counters: {
         stored: () => metrics.sharedFiles.inc({ event: 'stored' }),
         forwarded: () => metrics.sharedFiles.inc({ event: 'forwarded' }),
         expired: () => metrics.sharedFiles.inc({ event: 'expired' }),
       },
+      log,
+    },
+  );
+}
+
+function nodeRunnerOf(config: Config): NodeRunner {
+  return createCommandRunner({ command: config.remoteRun.command, useSudo: config.remoteRun.useSudo });
+}
+
+function remoteRunOf(config: Config, nodes: NodesRegistry, peers: Peers, metrics: ServiceMetrics, log: Logger, onError?: (message: string) => void): RemoteRun {
+  return createRemoteRun(
+    { enabled: config.remoteRun.enabled, maxParallel: config.remoteRun.maxParallel, timeoutMs: config.remoteRun.timeoutMs },
+    {
+      nodes,
+      runner: nodeRunnerOf(config),
+      subRelays: remoteRunCaller(peers),
+      counters: { run: (result, seconds) => metrics.remoteRuns.observe({ result }, seconds) },
+      ...(onError ? { onError } : {}),
       log,
     },
   );
@@ -203,6 +224,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
       log,
     });
     const activePipelines = pipelines;
+    let remoteRun: RemoteRun | undefined;
     const system = createSystem({
       identity,
       nodes,
@@ -216,16 +238,30 @@ export async function runPrimary(options: StartOptions): Promise<void> {
           log.level = pinoLevel(level);
         }
         broadcast({ type: 'reload', level });
+        peers.reload();
         await activePipelines.reload();
       },
-      extraStatus: () => activePipelines.status(),
+      extraStatus: () => ({
+        ...activePipelines.status(),
+        remote_run: {
+          status: 'success',
+          enabled: config.remoteRun.enabled,
+          mode: config.remoteRun.mode,
+          runs_here: remoteRun?.status().runs ?? 0,
+          last_errors: remoteRun?.status().lastErrors ?? [],
+        },
+      }),
       frontDoor: () => ({ workers: workers.size, ready: readyWorkers }),
     });
     // the primary runs the TTL cleanup; every process stores and answers
-    const sharedFiles = sharedFilesOf(config, nodes, metrics, log);
+    const peers = createPeers(config, nodes);
+    stoppers.push(() => peers.close());
+    const sharedFiles = sharedFilesOf(config, nodes, peers, metrics, log);
+    remoteRun = remoteRunOf(config, nodes, peers, metrics, log);
     const api = createLocalApi(config.general.listen, {
       system,
       sharedFiles,
+      remoteRun,
       sharedFolderPath: config.sharedFolder.path,
       renderMetrics: () => metrics.render(),
       log,
@@ -261,6 +297,8 @@ export async function runPrimary(options: StartOptions): Promise<void> {
               if (activePipelines.isFull(queue)) worker.send({ type: 'spool-full', queue, full: true } satisfies PrimaryMessage);
             }
             resolve();
+          } else if (message.type === 'remote-run-error') {
+            remoteRun?.recordError(message.message);
           } else if (message.type === 'metrics') {
             metricsWaiters.get(message.id)?.(message.snapshot);
           } else if (message.type === 'failed') {
@@ -346,6 +384,7 @@ export async function runWorker(): Promise<void> {
     await nodes.reload();
     await nodes.start();
     const frontDoorMetrics = createFrontDoorMetrics();
+    const peers = createPeers(config, nodes);
     const frontDoor = createFrontDoor(
       {
         listen: config.https.listen,
@@ -358,13 +397,15 @@ export async function runWorker(): Promise<void> {
         shutdownTimeoutMs: config.https.shutdownTimeoutMs,
         policiesDirectory: config.policies.directory,
         sharedFolderPath: config.sharedFolder.path,
+        policyServerNetworks: config.https.policyServerNetworks,
       },
       {
         nodes,
         spool: spoolOf(config, log),
         metrics: frontDoorMetrics,
         isSpoolFull: (queue) => fullQueues.has(queue),
-        sharedFiles: sharedFilesOf(config, nodes, frontDoorMetrics, log),
+        sharedFiles: sharedFilesOf(config, nodes, peers, frontDoorMetrics, log),
+        remoteRun: remoteRunOf(config, nodes, peers, frontDoorMetrics, log, (message) => send({ type: 'remote-run-error', message })),
         log,
       },
     );
@@ -383,14 +424,15 @@ export async function runWorker(): Promise<void> {
     };
     process.on('message', (message: PrimaryMessage) => {
       if (message.type === 'shutdown') void stop();
-      else if (message.type === 'metrics-request') {
+      else if (message.type === 'reload') {
+        log.level = pinoLevel(message.level);
+        peers.reload();
+        nodes.reload().catch(() => undefined);
+      } else if (message.type === 'metrics-request') {
         void frontDoorMetrics.snapshot().then((snapshot) => send({ type: 'metrics', id: message.id, snapshot }));
       } else if (message.type === 'spool-full') {
         if (message.full) fullQueues.add(message.queue);
         else fullQueues.delete(message.queue);
-      } else if (message.type === 'reload') {
-        log.level = pinoLevel(message.level);
-        nodes.reload().catch(() => undefined);
       }
     });
     // systemd signals the whole control group; the primary also asks over IPC

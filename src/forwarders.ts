@@ -1,14 +1,27 @@
-// Part of the composition root: the shared-files forwarder, over a pinned HTTPS client per next hop
-// (upstream: output.upstream.server_certificate_file; a sub-relay: its certificates in the nodes
-// certificates file, as relayd pins them; spec-relayd.md §9.2).
+// Part of the composition root: pinned HTTPS clients to peers (upstream, sub-relays) for the relay
+// API calls that are not spool forwarding — shared files, remote-run forwarding, data sync — and the
+// small adapters each module takes. Trust as relayd (spec-relayd.md §9.2): upstream pinned to
+// output.upstream.server_certificate_file, a sub-relay to its certificates in the nodes certificates.
 
-import { createHash } from 'node:crypto';
+import { createHash, type X509Certificate } from 'node:crypto';
+import { readPinnedCertificateSync } from './upstream/trust.js';
 import type { Config } from './config/index.js';
-import type { NodesRegistry } from './nodes/index.js';
+import type { NodeEntry, NodesRegistry } from './nodes/index.js';
+import type { SubRelayCaller } from './remote-run/index.js';
+import { RELAY_PATH_HEADER } from './remote-run/remote-run.js';
 import type { SharedFilesForwarder } from './shared-files/index.js';
-import { createPeerClient, readPinnedCertificate, type PeerClient } from './upstream/index.js';
+import { createPeerClient, type PeerClient } from './upstream/index.js';
 
-export function createSharedFilesForwarder(config: Config, nodes: NodesRegistry): SharedFilesForwarder {
+export interface Peers {
+  /** undefined when the pinned upstream certificate is missing or unreadable (cert_pinning) */
+  upstream(): PeerClient | undefined;
+  subRelay(relay: NodeEntry): PeerClient;
+  /** re-read the pinned upstream certificate (system/reload) */
+  reload(): void;
+  close(): Promise<void>;
+}
+
+export function createPeers(config: Config, nodes: NodesRegistry): Peers {
   const clients = new Map<string, { key: string; client: PeerClient }>();
   const common = {
     port: config.general.httpsPort,
@@ -18,9 +31,10 @@ export function createSharedFilesForwarder(config: Config, nodes: NodesRegistry)
     idleTimeoutMs: config.output.upstream.idleTimeoutMs,
     keepAliveMs: config.general.httpsIdleTimeoutMs,
   };
+  let upstreamPin = readPinnedCertificateSync(config.output.upstream.serverCertificateFile);
 
-  /** one client per peer, rebuilt when its pinned certificates change (reload semantics of §2.7) */
-  function clientFor(id: string, host: string, certificates: readonly import('node:crypto').X509Certificate[], description: string): PeerClient {
+  /** one client per peer, rebuilt when its pinned certificates or address change */
+  function clientFor(id: string, host: string, certificates: readonly X509Certificate[], description: string): PeerClient {
     const key = createHash('sha256').update(Buffer.concat(certificates.map((c) => c.raw))).update(host).digest('hex');
     const cached = clients.get(id);
     if (cached?.key === key) return cached.client;
@@ -31,18 +45,49 @@ export function createSharedFilesForwarder(config: Config, nodes: NodesRegistry)
   }
 
   return {
+    upstream() {
+      if (config.output.upstream.host === '') return undefined;
+      if (config.general.peerAuthentication === 'cert_pinning' && upstreamPin.problem !== undefined) return undefined;
+      return clientFor('\0upstream', config.output.upstream.host, upstreamPin.certificates, config.output.upstream.serverCertificateFile);
+    },
+    subRelay: (relay) => clientFor(relay.id, relay.hostname, nodes.certificatesOf(relay.id), `the certificates of sub-relay ${relay.id}`),
+    reload() {
+      upstreamPin = readPinnedCertificateSync(config.output.upstream.serverCertificateFile);
+    },
+    async close() {
+      await Promise.all([...clients.values()].map(({ client }) => client.close().catch(() => undefined)));
+      clients.clear();
+    },
+  };
+}
+
+export function sharedFilesForwarder(peers: Peers): SharedFilesForwarder {
+  return {
     async forward(nextHop, method, pathAndQuery, body) {
-      let client: PeerClient;
-      if (nextHop.kind === 'upstream') {
-        const pinned = await readPinnedCertificate(config.output.upstream.serverCertificateFile);
-        if (config.general.peerAuthentication === 'cert_pinning' && pinned.problem !== undefined) throw new Error(pinned.problem);
-        client = clientFor(' upstream', config.output.upstream.host, pinned.certificates, config.output.upstream.serverCertificateFile);
-      } else {
-        client = clientFor(nextHop.nodeId, nextHop.hostname, nodes.certificatesOf(nextHop.nodeId), `the certificates of sub-relay ${nextHop.nodeId}`);
-      }
+      const client = nextHop.kind === 'upstream' ? peers.upstream() : peers.subRelay({ id: nextHop.nodeId, hostname: nextHop.hostname, policyServer: '', keyHash: undefined });
+      if (client === undefined) throw new Error('no usable upstream (host or pinned certificate missing)');
       const response = await client.request(method, pathAndQuery, body, body === undefined ? {} : { 'content-type': 'application/octet-stream' });
       await response.body.dump();
       return response.status;
+    },
+  };
+}
+
+export function remoteRunCaller(peers: Peers): SubRelayCaller {
+  return {
+    async call(relay, target, form, path, signal) {
+      const response = await peers.subRelay(relay).request(
+        'POST',
+        `/rudder/relay-api/remote-run/${target}`,
+        new URLSearchParams(form).toString(),
+        { 'content-type': 'application/x-www-form-urlencoded', [RELAY_PATH_HEADER]: path.join(',') },
+      );
+      if (response.status < 200 || response.status > 299) {
+        await response.body.dump();
+        throw new Error(`sub-relay answered ${response.status}`);
+      }
+      signal.addEventListener('abort', () => response.body.destroy(new Error('remote run timed out')), { once: true });
+      return response.body as AsyncIterable<Buffer>;
     },
   };
 }

@@ -366,6 +366,11 @@ function buildConfig(main: Reader, logging: Reader | undefined): Config {
       enabled: r.boolean('remote_run.enabled', true),
       command: r.path('remote_run.command', '/opt/rudder/bin/rudder'),
       useSudo: r.boolean('remote_run.use_sudo', true),
+      mode: r.oneOf('remote_run.mode', ['native', 'command'] as const, 'native'),
+      port: r.integer('remote_run.port', 5309, 1, 65535),
+      maxParallel: r.integer('remote_run.max_parallel', 32, 1, 1024),
+      connectTimeoutMs: r.duration('remote_run.connect_timeout', 10_000),
+      timeoutMs: r.duration('remote_run.timeout', 300_000),
     },
     sharedFiles: {
       path: r.path('shared_files.path', '/var/rudder/shared-files/'),

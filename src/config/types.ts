@@ -83,6 +83,13 @@ export interface Config {
     readonly enabled: boolean;
     readonly command: string;
     readonly useSudo: boolean;
+    /** remote_run.mode: "native" = CFEngine EXEC from this process; "command" = relayd's `rudder remote run` */
+    readonly mode: 'native' | 'command';
+    /** remote_run.port: the nodes' cf-serverd port */
+    readonly port: number;
+    readonly maxParallel: number;
+    readonly connectTimeoutMs: number;
+    readonly timeoutMs: number;
   };
   readonly sharedFiles: {
     readonly path: string;

@@ -16,6 +16,7 @@ import { authenticateUpload, mayUploadReportOf, type UploadAuthOptions } from '.
 import { createNetworkAcl } from './networks.js';
 import { downloadRoutes } from './downloads.js';
 import type { SharedFiles } from '../shared-files/index.js';
+import type { RemoteRun } from '../remote-run/index.js';
 import { decodeUploadName, reportNodeId } from './upload-name.js';
 
 export interface FrontDoorOptions {
@@ -29,6 +30,8 @@ export interface FrontDoorOptions {
   readonly shutdownTimeoutMs: number;
   readonly policiesDirectory: string;
   readonly sharedFolderPath: string;
+  /** may call remote-run (Apache's rudder-networks-policy-server-24.conf) */
+  readonly policyServerNetworks: readonly string[];
 }
 
 export interface FrontDoorDeps {
@@ -38,6 +41,7 @@ export interface FrontDoorDeps {
   /** the primary says when a queue is over its disk budget */
   readonly isSpoolFull: (queue: SpoolQueue) => boolean;
   readonly sharedFiles: SharedFiles;
+  readonly remoteRun: RemoteRun;
   readonly log: Logger;
 }
 
@@ -175,6 +179,28 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
       },
       deps: { acl, nodes: deps.nodes, metrics: deps.metrics, sharedFiles: deps.sharedFiles, fail },
     });
+
+    // remote-run: only from the policy server's networks (and with a verified certificate in cert_validation)
+    const policyServers = createNetworkAcl(options.policyServerNetworks);
+    for (const prefix of ['/rudder/relay-api/remote-run', '/rudder/relay-api/1/remote-run']) {
+      fastify.register(
+        async (remote) => {
+          remote.addHook('onRequest', async (request, reply) => {
+            if (!policyServers.allows(request.socket.remoteAddress)) {
+              return fail(request, reply, new RelayError('RELAY_ERR_AUTH_NETWORK', `client ${request.socket.remoteAddress} is not in https.policy_server_networks`));
+            }
+            if (options.auth.mode === 'certificate') {
+              const der = peerCertificateDer(request);
+              const match = der === undefined ? undefined : deps.nodes.matchCertificate(der);
+              if (match?.kind !== 'match') return fail(request, reply, new RelayError('RELAY_ERR_AUTH_CERTIFICATE', 'remote-run needs a verified client certificate'));
+            }
+            return undefined;
+          });
+          await remote.register(deps.remoteRun.routes);
+        },
+        { prefix },
+      );
+    }
 
     // Apache's `Require all denied` for every relay-api path not opened explicitly (spec §1.2).
     fastify.all('/rudder/relay-api/*', async (request, reply) =>

@@ -7,11 +7,13 @@ import type { ListenAddress } from '../config/index.js';
 import { messageOf } from '../errors.js';
 import { envelope, errorEnvelope, type System } from '../system/index.js';
 import type { SharedFiles } from '../shared-files/index.js';
+import type { RemoteRun } from '../remote-run/index.js';
 import { sharedFolderRoutes } from '../shared-folder/index.js';
 
 export interface LocalApiDeps {
   readonly system: System;
   readonly sharedFiles: SharedFiles;
+  readonly remoteRun: RemoteRun;
   readonly sharedFolderPath: string;
   readonly renderMetrics: () => Promise<{ contentType: string; body: string }>;
   readonly log: Logger;
@@ -37,6 +39,7 @@ export function createLocalApi(listen: ListenAddress, deps: LocalApiDeps): Local
   // relayd performs no authentication on its API: the local API listens on loopback only
   app.register(sharedFolderRoutes, { prefix: `${API}/shared-folder`, path: deps.sharedFolderPath });
   app.register(deps.sharedFiles.routes, { prefix: `${API}/shared-files` });
+  app.register(deps.remoteRun.routes, { prefix: `${API}/remote-run` });
   app.get(`${API}/system/info`, async (_request, reply) => reply.header('content-type', json).send(envelope('getSystemInfo', deps.system.info())));
   app.get(`${API}/system/status`, async (_request, reply) => {
     try {

@@ -13,6 +13,7 @@ export interface ServiceMetrics {
   readonly downloads: Counter<'kind' | 'status'>;
   readonly downloadBytes: Counter<'kind'>;
   readonly sharedFiles: Counter<'event'>;
+  readonly remoteRuns: Histogram<'result'>;
 }
 
 function createServiceMetrics(registry: Registry): ServiceMetrics {
@@ -33,6 +34,13 @@ function createServiceMetrics(registry: Registry): ServiceMetrics {
       name: 'onerelay_shared_files_total',
       help: 'Shared files by event: stored, forwarded, expired',
       labelNames: ['event'] as const,
+      registers: [registry],
+    }),
+    remoteRuns: new Histogram({
+      name: 'onerelay_remote_run_duration_seconds',
+      help: 'Remote-run requests by result (ok, error: a node or sub-relay failed), and their duration',
+      labelNames: ['result'] as const,
+      buckets: [0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300],
       registers: [registry],
     }),
   };
