@@ -398,6 +398,7 @@ export async function runWorker(): Promise<void> {
         policiesDirectory: config.policies.directory,
         sharedFolderPath: config.sharedFolder.path,
         policyServerNetworks: config.https.policyServerNetworks,
+        localApiUrl: `http://${config.general.listen.host === '0.0.0.0' ? '127.0.0.1' : config.general.listen.host.includes(':') ? `[${config.general.listen.host}]` : config.general.listen.host}:${config.general.listen.port}`,
       },
       {
         nodes,

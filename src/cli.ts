@@ -23,6 +23,8 @@ Usage: onerelay <command> [--config PATH] [--log-level LEVEL]
 
 Commands:
   start   run the relay (default)
+  reload  ask the running relay to reload (POST system/reload on general.listen): nodes list,
+          certificates, log level; what systemd's ExecReload runs
   init    create the identity (node id, RSA key pair, certificate) and the state directories,
           then print the key digests to paste elsewhere; safe to run again
   check   validate the configuration and the data files it names, print every problem
@@ -59,6 +61,26 @@ async function init(configPath: string, level: LogLevel | undefined): Promise<nu
     ].join('\n'),
   );
   return 0;
+}
+
+async function reload(configPath: string): Promise<number> {
+  const { config } = await loadConfig(configPath);
+  const host = config.general.listen.host.includes(':') ? `[${config.general.listen.host}]` : config.general.listen.host;
+  const url = `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${config.general.listen.port}/rudder/relay-api/1/system/reload`;
+  let response: Response;
+  try {
+    response = await fetch(url, { method: 'POST', signal: AbortSignal.timeout(30_000) });
+  } catch (error) {
+    process.stderr.write(`error: cannot reach the relay at ${url}: ${messageOf(error)}\n`);
+    return 3;
+  }
+  const body = await response.text();
+  if (response.ok) {
+    process.stdout.write('reloaded\n');
+    return 0;
+  }
+  process.stderr.write(`error: reload failed (${response.status}): ${body}\n`);
+  return 3;
 }
 
 async function check(configPath: string): Promise<number> {
@@ -121,6 +143,13 @@ async function main(argv: string[]): Promise<number | undefined> {
       }
     case 'check':
       return check(configPath);
+    case 'reload':
+      try {
+        return await reload(configPath);
+      } catch (error) {
+        process.stderr.write(`error: ${messageOf(error)}\n`);
+        return exitCodeOf(error);
+      }
     default:
       process.stderr.write(`unknown command ${command}\n\n${HELP}`);
       return 2;

@@ -23,6 +23,7 @@ export type ErrorCode =
   | 'RELAY_ERR_UPSTREAM_CERTIFICATE'
   | 'RELAY_ERR_UPSTREAM_REFUSED'
   | 'RELAY_ERR_SPOOL_FULL'
+  | 'RELAY_ERR_STATE_FORMAT'
   | 'RELAY_ERR_NOT_FOUND'
   | 'RELAY_ERR_BAD_REQUEST'
   | 'RELAY_ERR_INTERNAL';
@@ -55,6 +56,7 @@ const catalogue: Record<ErrorCode, CatalogueEntry> = {
   RELAY_ERR_UPSTREAM_CERTIFICATE: { status: 502, transient: true },
   RELAY_ERR_UPSTREAM_REFUSED: { status: 502, transient: false },
   RELAY_ERR_SPOOL_FULL: { status: 507, transient: true },
+  RELAY_ERR_STATE_FORMAT: { status: 500, transient: false },
   RELAY_ERR_NOT_FOUND: { status: 404, transient: false },
   RELAY_ERR_BAD_REQUEST: { status: 400, transient: false },
   RELAY_ERR_INTERNAL: { status: 500, transient: true },

@@ -162,6 +162,7 @@ export function createPipelines(
           port: s.port,
           reachable: s.reachable,
           last_success: s.lastSuccessAt,
+          last_request_ms: s.lastRequestMs,
           last_error: s.lastError,
         };
       }

@@ -30,8 +30,10 @@ export interface FrontDoorOptions {
   readonly shutdownTimeoutMs: number;
   readonly policiesDirectory: string;
   readonly sharedFolderPath: string;
-  /** may call remote-run (Apache's rudder-networks-policy-server-24.conf) */
+  /** may call remote-run (Apache's rudder-networks-policy-server-24.conf) and see the status page */
   readonly policyServerNetworks: readonly string[];
+  /** the local API, which renders the status page (it lives in the primary process) */
+  readonly localApiUrl: string;
 }
 
 export interface FrontDoorDeps {
@@ -201,6 +203,14 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
         { prefix },
       );
     }
+
+    fastify.get('/', async (request, reply) => {
+      if (!policyServers.allows(request.socket.remoteAddress)) {
+        return fail(request, reply, new RelayError('RELAY_ERR_AUTH_NETWORK', `client ${request.socket.remoteAddress} is not in https.policy_server_networks`));
+      }
+      const page = await fetch(`${options.localApiUrl}/`, { signal: AbortSignal.timeout(10_000) });
+      return reply.code(page.status).header('content-type', 'text/html; charset=utf-8').send(await page.text());
+    });
 
     // Apache's `Require all denied` for every relay-api path not opened explicitly (spec §1.2).
     fastify.all('/rudder/relay-api/*', async (request, reply) =>

@@ -56,6 +56,7 @@ export function createLocalApi(listen: ListenAddress, deps: LocalApiDeps): Local
       return reply.code(500).header('content-type', json).send(errorEnvelope('reloadConfiguration', messageOf(error)));
     }
   });
+  app.get('/', async (_request, reply) => reply.header('content-type', 'text/html; charset=utf-8').send(await deps.system.statusPage()));
   app.get('/metrics', async (_request, reply) => {
     const { contentType, body } = await deps.renderMetrics();
     return reply.type(contentType).send(body);

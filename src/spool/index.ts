@@ -1,7 +1,8 @@
 // Face of the spool module: the durable directory queues of reports and inventories
 // (ARCHITECTURE.md disk layout). Writers call `receive`; processors (later) consume `incoming/`.
 
-import { mkdir, readdir, rm, stat, access, constants } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, stat, access, constants, writeFile } from 'node:fs/promises';
+import { RelayError } from '../errors.js';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
@@ -39,6 +40,34 @@ export interface Spool {
 }
 
 const TMP = '.tmp';
+/**
+ * Version of the on-disk layout onerelay keeps in a spool (incoming/, failed/ with .reason sidecars,
+ * .tmp/). relayd's spools are format 0 and are used as they are; a newer format than this build
+ * knows is refused, so that a downgrade never misreads data.
+ */
+export const SPOOL_FORMAT = 1;
+const FORMAT_FILE = '.onerelay-format';
+
+async function checkFormat(base: string): Promise<'written' | 'current'> {
+  const file = join(base, FORMAT_FILE);
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch {
+    await mkdir(base, { recursive: true });
+    await writeFile(file, `${JSON.stringify({ format: SPOOL_FORMAT })}\n`);
+    return 'written';
+  }
+  const format = Number((JSON.parse(text) as { format?: unknown }).format);
+  if (!Number.isInteger(format) || format > SPOOL_FORMAT) {
+    throw new RelayError(
+      'RELAY_ERR_STATE_FORMAT',
+      `${file} says spool format ${String(format)}, newer than this onerelay (${SPOOL_FORMAT}): upgrade onerelay, or move the spool aside`,
+    );
+  }
+  // formats older than SPOOL_FORMAT would be migrated here; 1 is the first
+  return 'current';
+}
 
 export function createSpool(options: SpoolOptions, log: Logger): Spool {
   const spoolLog = log.child({ module: 'spool' });
@@ -65,6 +94,9 @@ export function createSpool(options: SpoolOptions, log: Logger): Spool {
     failedOf: (queue) => join(queue === 'reports' ? options.reportsDirectory : options.inventoriesDirectory, 'failed'),
 
     async prepare({ cleanTmp }) {
+      for (const base of new Set([options.reportsDirectory, options.inventoriesDirectory])) {
+        if ((await checkFormat(base)) === 'written') spoolLog.info({ directory: base, format: SPOOL_FORMAT }, 'spool format marked');
+      }
       for (const tmp of new Set(Object.values(tmpOf))) {
         if (cleanTmp) {
           const left = await readdir(tmp).catch(() => [] as string[]);

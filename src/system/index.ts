@@ -7,6 +7,8 @@ import type { Identity } from '../identity/index.js';
 import type { NodesRegistry } from '../nodes/index.js';
 import type { Spool } from '../spool/index.js';
 import { VERSION } from '../version.js';
+import { recentErrors } from '../log.js';
+import { renderStatusPage } from './status-page.js';
 
 export interface SubStatus {
   readonly status: 'success' | 'error';
@@ -32,6 +34,8 @@ export interface System {
   info(): { 'major-version': string; 'full-version': string };
   status(): Promise<Record<string, SubStatus>>;
   reload(): Promise<void>;
+  /** the HTML status page */
+  statusPage(): Promise<string>;
 }
 
 export function envelope(action: string, data?: unknown): string {
@@ -45,7 +49,13 @@ export function errorEnvelope(action: string, details: string): string {
 export function createSystem(deps: SystemDeps): System {
   const log = deps.log.child({ module: 'system' });
   const [major = '0', minor = '0'] = VERSION.split('.');
+  const startedAt = new Date();
   return {
+    async statusPage() {
+      const status = await this.status();
+      const failed = (await deps.spool.inspect()).filter((d) => d.path.endsWith('/failed'));
+      return renderStatusPage({ version: VERSION, startedAt, status, failed, recentErrors: recentErrors(), refreshSeconds: 10 });
+    },
     info: () => ({ 'major-version': `${major}.${minor}`, 'full-version': VERSION }),
 
     async status() {

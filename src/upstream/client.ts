@@ -86,6 +86,7 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
 
   let reachable: boolean | undefined;
   let lastSuccessAt: string | undefined;
+  let lastRequestMs: number | undefined;
   let lastError: { at: string; reason: string } | undefined;
   let closing: Promise<void> | undefined;
   let reloading: Promise<void> = Promise.resolve();
@@ -198,6 +199,7 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
       if (outcome === 'ok') {
         lastSuccessAt = new Date().toISOString();
         const ms = Math.round(performance.now() - startedAt);
+        lastRequestMs = ms;
         log.debug({ event: 'upstream-forward-ok', endpoint, file: name, status, ms, bytes: size }, 'forwarded to upstream');
         return { kind: 'ok', status, ms };
       }
@@ -236,7 +238,7 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
       return reloading;
     },
     status(): UpstreamStatus {
-      return { host: options.host, port: options.port, reachable, lastSuccessAt, lastError, blocked: current.blocked };
+      return { host: options.host, port: options.port, reachable, lastSuccessAt, lastRequestMs, lastError, blocked: current.blocked };
     },
     close() {
       closing ??= (async () => {

@@ -43,6 +43,8 @@ export interface UpstreamStatus {
   /** undefined until a request was tried */
   readonly reachable: boolean | undefined;
   readonly lastSuccessAt: string | undefined;
+  /** duration of the last successful forward (round trip + upload), for the status page */
+  readonly lastRequestMs: number | undefined;
   readonly lastError: { readonly at: string; readonly reason: string } | undefined;
   /** why nothing can be sent at all (e.g. pinned certificate missing), if so */
   readonly blocked: string | undefined;
