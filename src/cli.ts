@@ -13,6 +13,7 @@ import { createLogger } from './log.js';
 import { identityPaths } from './paths.js';
 import { VERSION } from './version.js';
 import { mkdir } from 'node:fs/promises';
+import { containerConfig } from './container.js';
 
 const DEFAULT_CONFIG = '/opt/rudder/etc/relayd';
 const LEVELS: readonly LogLevel[] = ['off', 'error', 'warn', 'info', 'debug', 'trace'];
@@ -23,6 +24,9 @@ Usage: onerelay <command> [--config PATH] [--log-level LEVEL]
 
 Commands:
   start   run the relay (default)
+  container  the container entry point: start with /etc/onerelay/onerelay.toml if mounted, else with
+          a configuration generated from RUDDER_RELAY_* / ONERELAY_* variables (README "Container")
+  health  exit 0 when the running relay's status answers (container HEALTHCHECK)
   reload  ask the running relay to reload (POST system/reload on general.listen): nodes list,
           certificates, log level; what systemd's ExecReload runs
   init    create the identity (node id, RSA key pair, certificate) and the state directories,
@@ -63,10 +67,29 @@ async function init(configPath: string, level: LogLevel | undefined): Promise<nu
   return 0;
 }
 
-async function reload(configPath: string): Promise<number> {
+async function localApi(configPath: string): Promise<string> {
   const { config } = await loadConfig(configPath);
   const host = config.general.listen.host.includes(':') ? `[${config.general.listen.host}]` : config.general.listen.host;
-  const url = `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${config.general.listen.port}/rudder/relay-api/1/system/reload`;
+  return `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${config.general.listen.port}`;
+}
+
+async function health(configPath: string | undefined): Promise<number> {
+  const apiPort = process.env['ONERELAY_API_PORT'];
+  const base = configPath === undefined && apiPort !== undefined ? `http://127.0.0.1:${apiPort}` : await localApi(configPath ?? DEFAULT_CONFIG);
+  try {
+    const response = await fetch(`${base}/rudder/relay-api/1/system/status`, { signal: AbortSignal.timeout(5_000) });
+    const body = (await response.json()) as { data?: { https?: { status?: string } } };
+    if (response.ok && body.data?.https?.status === 'success') return 0;
+    process.stderr.write(`unhealthy: ${JSON.stringify(body.data?.https ?? body)}\n`);
+    return 1;
+  } catch (error) {
+    process.stderr.write(`unhealthy: ${messageOf(error)}\n`);
+    return 1;
+  }
+}
+
+async function reload(configPath: string): Promise<number> {
+  const url = `${await localApi(configPath)}/rudder/relay-api/1/system/reload`;
   let response: Response;
   try {
     response = await fetch(url, { method: 'POST', signal: AbortSignal.timeout(30_000) });
@@ -143,6 +166,16 @@ async function main(argv: string[]): Promise<number | undefined> {
       }
     case 'check':
       return check(configPath);
+    case 'container':
+      try {
+        await runPrimary({ configPath: await containerConfig(), logLevel });
+        return undefined;
+      } catch (error) {
+        process.stderr.write(`error: ${messageOf(error)}\n`);
+        return exitCodeOf(error);
+      }
+    case 'health':
+      return health(values.config);
     case 'reload':
       try {
         return await reload(configPath);
