@@ -14,6 +14,7 @@ import { identityPaths } from './paths.js';
 import { VERSION } from './version.js';
 import { mkdir } from 'node:fs/promises';
 import { containerConfig } from './container.js';
+import { migrateFromRudder } from './migrate.js';
 
 const DEFAULT_CONFIG = '/opt/rudder/etc/relayd';
 const LEVELS: readonly LogLevel[] = ['off', 'error', 'warn', 'info', 'debug', 'trace'];
@@ -26,6 +27,10 @@ Commands:
   start   run the relay (default)
   container  the container entry point: start with /etc/onerelay/onerelay.toml if mounted, else with
           a configuration generated from RUDDER_RELAY_* / ONERELAY_* variables (README "Container")
+  migrate --from-rudder [--root DIR] [--output FILE]
+          write an onerelay configuration from an existing Rudder relay (relayd's main.conf, Apache's
+          networks and port, the same identity), using its data in place (default output
+          /opt/rudder/etc/onerelay.toml); then run \`onerelay check\`
   health  exit 0 when the running relay's status answers (container HEALTHCHECK)
   reload  ask the running relay to reload (POST system/reload on general.listen): nodes list,
           certificates, log level; what systemd's ExecReload runs
@@ -126,6 +131,9 @@ async function main(argv: string[]): Promise<number | undefined> {
         test: { type: 'boolean', short: 't' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean', short: 'V' },
+        'from-rudder': { type: 'boolean' },
+        root: { type: 'string' },
+        output: { type: 'string' },
       },
     });
   } catch (error) {
@@ -176,6 +184,21 @@ async function main(argv: string[]): Promise<number | undefined> {
       }
     case 'health':
       return health(values.config);
+    case 'migrate': {
+      if (!values['from-rudder']) {
+        process.stderr.write('migrate: only --from-rudder is supported\n');
+        return 2;
+      }
+      try {
+        const result = await migrateFromRudder({ root: values.root ?? '/', output: values.output ?? '/opt/rudder/etc/onerelay.toml' });
+        for (const note of result.notes) process.stdout.write(`${note}\n`);
+        process.stdout.write(`next: onerelay check --config ${result.output}\n`);
+        return 0;
+      } catch (error) {
+        process.stderr.write(`error: ${messageOf(error)}\n`);
+        return exitCodeOf(error);
+      }
+    }
     case 'reload':
       try {
         return await reload(configPath);
