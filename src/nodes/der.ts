@@ -2,6 +2,12 @@
 // SubjectPublicKeyInfo bytes exactly as encoded (what curl hashes for --pinnedpubkey). Reading the DER
 // avoids parsing X509Certificate.subject, a display string with escaping and multi-value quirks.
 
+import { childrenOf as children, expectTag, readTlv, type Tlv } from '../der/index.js';
+
+function expect(tlv: Tlv | undefined, tag: number, what: string): Tlv {
+  return expectTag(tlv, tag, `malformed certificate: ${what}`);
+}
+
 export interface CertificateFacts {
   /** first subject attribute 0.9.2342.19200300.100.1.1 (userId), the node id in Rudder agent certificates */
   readonly uid: string | undefined;
@@ -28,48 +34,6 @@ const TAG = {
   set: 0x31,
   version: 0xa0,
 } as const;
-
-interface Tlv {
-  readonly tag: number;
-  readonly start: number;
-  readonly contentStart: number;
-  readonly end: number;
-}
-
-function readTlv(der: Buffer, offset: number, limit: number): Tlv {
-  if (offset + 2 > limit) throw new Error('truncated DER');
-  const tag = der[offset] as number;
-  if ((tag & 0x1f) === 0x1f) throw new Error('unsupported DER tag');
-  let length = der[offset + 1] as number;
-  let contentStart = offset + 2;
-  if (length & 0x80) {
-    const octets = length & 0x7f;
-    if (octets === 0 || octets > 4) throw new Error('unsupported DER length');
-    if (contentStart + octets > limit) throw new Error('truncated DER');
-    length = 0;
-    for (let i = 0; i < octets; i += 1) length = length * 256 + (der[contentStart + i] as number);
-    contentStart += octets;
-  }
-  const end = contentStart + length;
-  if (end > limit) throw new Error('truncated DER');
-  return { tag, start: offset, contentStart, end };
-}
-
-function children(der: Buffer, parent: Tlv): Tlv[] {
-  const result: Tlv[] = [];
-  let offset = parent.contentStart;
-  while (offset < parent.end) {
-    const child = readTlv(der, offset, parent.end);
-    result.push(child);
-    offset = child.end;
-  }
-  return result;
-}
-
-function expect(tlv: Tlv | undefined, tag: number, what: string): Tlv {
-  if (tlv === undefined || tlv.tag !== tag) throw new Error(`malformed certificate: ${what}`);
-  return tlv;
-}
 
 export function parseCertificateFacts(der: Buffer): CertificateFacts {
   const certificate = expect(readTlv(der, 0, der.length), TAG.sequence, 'certificate');
@@ -102,8 +66,8 @@ function findUid(der: Buffer, name: Tlv): string | undefined {
       if (attribute.tag !== TAG.sequence) continue;
       const [type, value] = children(der, attribute);
       if (type === undefined || value === undefined || type.tag !== TAG.oid) continue;
-      if (der.subarray(type.contentStart, type.end).equals(UID_OID)) {
-        return decodeString(der.subarray(value.contentStart, value.end), value.tag);
+      if (der.subarray(type.contentStart, type.contentEnd).equals(UID_OID)) {
+        return decodeString(der.subarray(value.contentStart, value.contentEnd), value.tag);
       }
     }
   }
@@ -127,7 +91,7 @@ function decodeString(bytes: Buffer, tag: number): string | undefined {
 
 function readTime(der: Buffer, tlv: Tlv | undefined): Date {
   if (tlv === undefined) throw new Error('malformed certificate: validity');
-  const text = der.toString('latin1', tlv.contentStart, tlv.end);
+  const text = der.toString('latin1', tlv.contentStart, tlv.contentEnd);
   let match: RegExpExecArray | null;
   let year: number;
   if (tlv.tag === TAG.utcTime && (match = /^(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})Z$/.exec(text))) {

@@ -19,7 +19,7 @@ import {
   integerMagnitude,
   oidOf,
   readTlv,
-} from './der.js';
+} from '../der/index.js';
 
 export type SmimeVerification = { ok: true; content: Buffer } | { ok: false; reason: string };
 

@@ -1,6 +1,6 @@
-// Minimal BER/DER reader for the few structures S/MIME verification needs (PKCS#7 SignedData, X.509
-// issuer + serial). asn1js 4 + pkijs take ~1.8 ms per signature here (asn1js alone ~0.35 ms for 1 KB),
-// more than the whole per-report budget; walking the TLVs directly takes a few microseconds.
+// A minimal BER/DER reader, shared by the S/MIME verification (reports) and the certificate facts
+// the nodes registry needs. asn1js 4 + pkijs take ~1.8 ms per signature here (asn1js alone ~0.35 ms
+// for 1 KB), more than the whole per-report budget; walking the TLVs directly takes microseconds.
 
 export const TAG_INTEGER = 0x02;
 export const TAG_OCTET_STRING = 0x04;
