@@ -23,6 +23,7 @@ import { createSharedFiles, type SharedFiles } from './shared-files/index.js';
 import type { ServiceMetrics } from './metrics/index.js';
 import { createCommandRunner, createRemoteRun, type NodeRunner, type RemoteRun } from './remote-run/index.js';
 import { remoteRunCaller } from './forwarders.js';
+import { createCfengineServer, type CfengineServer } from './cfengine/index.js';
 import { createSystem } from './system/index.js';
 import { VERSION } from './version.js';
 import { DATABASE_REFUSED, checkInstallation } from './check.js';
@@ -225,6 +226,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
     });
     const activePipelines = pipelines;
     let remoteRun: RemoteRun | undefined;
+    let cfengine: CfengineServer | undefined;
     const system = createSystem({
       identity,
       nodes,
@@ -243,6 +245,9 @@ export async function runPrimary(options: StartOptions): Promise<void> {
       },
       extraStatus: () => ({
         ...activePipelines.status(),
+        ...(config.cfengine.enabled
+          ? { cfengine: { status: cfengine ? 'success' : 'error', listen: `${config.cfengine.listen.host}:${cfengine?.port() ?? config.cfengine.listen.port}` } }
+          : {}),
         remote_run: {
           status: 'success',
           enabled: config.remoteRun.enabled,
@@ -278,6 +283,38 @@ export async function runPrimary(options: StartOptions): Promise<void> {
     stoppers.push(() => activePipelines.stop());
     await sharedFiles.start();
     stoppers.push(() => sharedFiles.stop());
+    if (config.cfengine.enabled) {
+      cfengine = createCfengineServer(
+        {
+          listen: config.cfengine.listen,
+          privateKey: identity.privateKey,
+          nodeId: identity.nodeId,
+          policiesDirectory: config.policies.directory,
+          sharedFolderPath: config.sharedFolder.path,
+          allowedNetworks: config.https.allowedNetworks,
+          publicRoots: config.cfengine.publicRoots,
+          maxConnections: config.cfengine.maxConnections,
+          idleTimeoutMs: config.cfengine.idleTimeoutMs,
+          denyBadClocks: config.cfengine.denyBadClocks,
+        },
+        {
+          nodes,
+          counters: {
+            connection: (result) => metrics.cfengineConnections.inc({ result }),
+            command: (command, result) => metrics.cfengineCommands.inc({ command, result }),
+            bytesSent: (bytes) => metrics.cfengineBytes.inc(bytes),
+          },
+          log,
+        },
+      );
+      try {
+        await cfengine.start();
+      } catch (error) {
+        throw new RelayError('RELAY_ERR_LISTEN', `CFEngine server on ${config.cfengine.listen.host}:${config.cfengine.listen.port} (cfengine.listen): ${messageOf(error)}`);
+      }
+      const running = cfengine;
+      stoppers.push(() => running.stop());
+    }
 
     const count = config.https.workers > 0 ? config.https.workers : availableParallelism();
     cluster.setupPrimary({ silent: false });

@@ -395,7 +395,19 @@ function buildConfig(main: Reader, logging: Reader | undefined): Config {
       certificateFile: r.path('identity.certificate_file', '/opt/rudder/etc/ssl/agent.cert'),
     },
     policies: { directory: r.path('policies.directory', '/var/rudder/share') },
-    cfengine: { listen: r.listen('cfengine.listen', '0.0.0.0:5309') },
+    cfengine: {
+      listen: r.listen('cfengine.listen', '0.0.0.0:5309'),
+      enabled: r.boolean('cfengine.enabled', true),
+      // spec-https-front-cfserverd-sync.md §2.3: bootstrap policies, the ncf library and local techniques
+      publicRoots: r.stringArray('cfengine.public_roots', [
+        '/var/rudder/cfengine-community/masterfiles',
+        '/usr/share/ncf/tree',
+        '/var/rudder/configuration-repository/ncf',
+      ]).map((p) => resolve(p)),
+      maxConnections: r.integer('cfengine.max_connections', 500, 1, 100_000),
+      idleTimeoutMs: r.duration('cfengine.idle_timeout', 30_000),
+      denyBadClocks: r.boolean('cfengine.deny_bad_clocks', true),
+    },
     logging: {
       level: logSource.oneOf(`${logPrefix}.level`, LOG_LEVELS, 'info'),
       filter: logSource.string(`${logPrefix}.filter`, ''),

@@ -120,7 +120,16 @@ export interface Config {
     readonly certificateFile: string;
   };
   readonly policies: { readonly directory: string };
-  readonly cfengine: { readonly listen: ListenAddress };
+  readonly cfengine: {
+    readonly listen: ListenAddress;
+    /** cfengine.enabled: serve the CFEngine protocol (HTTPS-only installations turn it off) */
+    readonly enabled: boolean;
+    /** cfengine.public_roots: readable by any client in allowed_networks (Rudder's def.acl entries) */
+    readonly publicRoots: readonly string[];
+    readonly maxConnections: number;
+    readonly idleTimeoutMs: number;
+    readonly denyBadClocks: boolean;
+  };
   readonly logging: { readonly level: LogLevel; readonly filter: string };
 }
 

@@ -66,6 +66,9 @@ export interface PrimaryMetrics extends ServiceMetrics {
   readonly expired: Counter<'queue' | 'directory'>;
   readonly failed: Counter<'queue' | 'reason'>;
   readonly upstreamRequests: Histogram<'endpoint' | 'result'>;
+  readonly cfengineConnections: Counter<'result'>;
+  readonly cfengineCommands: Counter<'command' | 'result'>;
+  readonly cfengineBytes: Counter;
   /** Prometheus text of the primary and of every worker */
   render(): Promise<{ contentType: string; body: string }>;
 }
@@ -189,7 +192,23 @@ export function createPrimaryMetrics(sources: {
       }
     },
   });
+  const cfengineConnections = new Counter({
+    name: 'onerelay_cfengine_connections_total',
+    help: 'CFEngine protocol connections by result (accepted, refused-network, refused-limit, closed-error)',
+    labelNames: ['result'] as const,
+    registers: [registry],
+  });
+  const cfengineCommands = new Counter({
+    name: 'onerelay_cfengine_commands_total',
+    help: 'CFEngine protocol commands by type and result (ok, denied, absent, error)',
+    labelNames: ['command', 'result'] as const,
+    registers: [registry],
+  });
+  const cfengineBytes = new Counter({ name: 'onerelay_cfengine_sent_bytes_total', help: 'Bytes sent by the CFEngine server', registers: [registry] });
   return {
+    cfengineConnections,
+    cfengineCommands,
+    cfengineBytes,
     reports,
     inventories,
     reportsProcessing,

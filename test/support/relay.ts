@@ -76,6 +76,7 @@ export interface RunningRelay {
   readonly configFile: string;
   readonly httpsPort: number;
   readonly apiPort: number;
+  readonly cfenginePort: number;
   readonly httpsUrl: string;
   readonly apiUrl: string;
   readonly reportsIncoming: string;
@@ -102,7 +103,7 @@ function killGroup(child: ChildProcess, signal: NodeJS.Signals): void {
   }
 }
 
-export function relayConfigToml(dir: string, ports: { https: number; api: number }, options: RelayOptions): string {
+export function relayConfigToml(dir: string, ports: { https: number; api: number; cfengine?: number }, options: RelayOptions): string {
   const networks = (options.allowedNetworks ?? ['127.0.0.0/8', '::1/128']).map((n) => JSON.stringify(n)).join(', ');
   const output = options.upstream ? 'upstream' : 'disabled';
   const budget = options.maxSpoolSize === undefined ? '' : `max_spool_size = ${options.maxSpoolSize}\n`;
@@ -157,6 +158,9 @@ directory = "${dir}/share"
 [shared_files]
 path = "${dir}/shared-files/"
 
+[cfengine]
+${ports.cfengine === undefined ? 'enabled = false' : `listen = "127.0.0.1:${ports.cfengine}"`}
+
 [shared_folder]
 path = "${dir}/shared-folder/"
 ${options.extraToml ?? ''}
@@ -167,6 +171,7 @@ export async function startRelay(t: Teardownable, options: RelayOptions = {}): P
   const dir = options.dir ?? tempDir(t, 'onerelay-e2e-');
   const httpsPort = await freePort();
   const apiPort = await freePort();
+  const cfenginePort = await freePort();
   await mkdir(join(dir, 'ppkeys'), { recursive: true, mode: 0o700 });
   if (options.dir === undefined && !options.freshIdentity) {
     const id = options.relayId ?? RELAY_ID;
@@ -178,7 +183,7 @@ export async function startRelay(t: Teardownable, options: RelayOptions = {}): P
   await writeFile(join(dir, 'nodeslist.json'), JSON.stringify(options.nodesList ?? {}, null, 2));
   await writeFile(join(dir, 'nodescerts.pem'), options.nodesCerts ?? '');
   const configFile = join(dir, 'onerelay.toml');
-  await writeFile(configFile, relayConfigToml(dir, { https: httpsPort, api: apiPort }, options));
+  await writeFile(configFile, relayConfigToml(dir, { https: httpsPort, api: apiPort, cfengine: cfenginePort }, options));
 
   // its own process group, so that a test can kill the primary and its workers at once
   const child = spawn(process.execPath, [CLI, 'start', '--config', configFile], {
@@ -252,6 +257,7 @@ export async function startRelay(t: Teardownable, options: RelayOptions = {}): P
     configFile,
     httpsPort,
     apiPort,
+    cfenginePort,
     httpsUrl: `https://127.0.0.1:${httpsPort}`,
     apiUrl: `http://127.0.0.1:${apiPort}`,
     reportsIncoming: join(dir, 'reports', 'incoming'),
