@@ -24,6 +24,7 @@ import type { ServiceMetrics } from './metrics/index.js';
 import { createCommandRunner, createRemoteRun, type NodeRunner, type RemoteRun } from './remote-run/index.js';
 import { remoteRunCaller } from './forwarders.js';
 import { createCfengineServer, type CfengineServer } from './cfengine/index.js';
+import { clientCertificateRequester, createSyncPuller, createSyncServing, type SyncPaths, type SyncPuller, type SyncServing } from './sync/index.js';
 import { createSystem } from './system/index.js';
 import { VERSION } from './version.js';
 import { DATABASE_REFUSED, checkInstallation } from './check.js';
@@ -124,6 +125,17 @@ function sharedFilesOf(config: Config, nodes: NodesRegistry, peers: Peers, metri
   );
 }
 
+function syncPaths(config: Config): SyncPaths {
+  return {
+    policiesDirectory: config.policies.directory,
+    sharedFolderPath: config.sharedFolder.path,
+    sharedFilesPath: config.sharedFiles.path,
+    nodesListFile: config.general.nodesListFile,
+    nodesCertsFile: config.general.nodesCertsFile,
+    stateDirectory: config.sync.stateDirectory,
+  };
+}
+
 function nodeRunnerOf(config: Config): NodeRunner {
   return createCommandRunner({ command: config.remoteRun.command, useSudo: config.remoteRun.useSudo });
 }
@@ -140,6 +152,21 @@ function remoteRunOf(config: Config, nodes: NodesRegistry, peers: Peers, metrics
       log,
     },
   );
+}
+
+function syncStatus(puller: SyncPuller) {
+  const s = puller.status();
+  return {
+    ...(s.lastError === undefined ? { status: 'success' as const } : { status: 'error' as const, details: s.lastError }),
+    running: s.running,
+    last_success: s.lastSuccessAt,
+    last_attempt: s.lastAttemptAt,
+    lag_s: s.lastSuccessAt === undefined ? undefined : Math.round((Date.now() - Date.parse(s.lastSuccessAt)) / 1000),
+    generation: s.generation,
+    last_duration_ms: s.lastDurationMs,
+    last_files: s.lastFiles,
+    last_bytes: s.lastBytes,
+  };
 }
 
 /** exit code of a start failure, as relayd's (spec-relayd.md §1.3) */
@@ -227,6 +254,8 @@ export async function runPrimary(options: StartOptions): Promise<void> {
     const activePipelines = pipelines;
     let remoteRun: RemoteRun | undefined;
     let cfengine: CfengineServer | undefined;
+    let puller: SyncPuller | undefined;
+    let currentLevel: LogLevel = options.logLevel ?? config.logging.level;
     const system = createSystem({
       identity,
       nodes,
@@ -239,12 +268,16 @@ export async function runPrimary(options: StartOptions): Promise<void> {
           level = (await loadConfig(options.configPath)).config.logging.level;
           log.level = pinoLevel(level);
         }
+        currentLevel = level;
         broadcast({ type: 'reload', level });
+        // a reload also pulls from upstream at once (issue 7)
+        if (puller) void puller.trigger().catch(() => undefined);
         peers.reload();
         await activePipelines.reload();
       },
       extraStatus: () => ({
         ...activePipelines.status(),
+        ...(puller ? { sync: syncStatus(puller) } : {}),
         ...(config.cfengine.enabled
           ? { cfengine: { status: cfengine ? 'success' : 'error', listen: `${config.cfengine.listen.host}:${cfengine?.port() ?? config.cfengine.listen.port}` } }
           : {}),
@@ -259,14 +292,36 @@ export async function runPrimary(options: StartOptions): Promise<void> {
       frontDoor: () => ({ workers: workers.size, ready: readyWorkers }),
     });
     // the primary runs the TTL cleanup; every process stores and answers
-    const peers = createPeers(config, nodes);
+    const peers = createPeers(config, nodes, { key: identity.privateKeyPem, cert: identity.certificatePem });
     stoppers.push(() => peers.close());
     const sharedFiles = sharedFilesOf(config, nodes, peers, metrics, log);
     remoteRun = remoteRunOf(config, nodes, peers, metrics, log);
+    if (config.sync.upstream) {
+      puller = createSyncPuller(
+        { paths: syncPaths(config), myId: identity.nodeId, frequencyMs: config.sync.frequencyMs },
+        {
+          upstream: () => peers.upstream(),
+          onNodesChanged: async () => {
+            await nodes.reload();
+            broadcast({ type: 'reload', level: currentLevel });
+          },
+          counters: {
+            synced: (result, durationMs, bytes, files) => {
+              metrics.syncs.observe({ result }, durationMs / 1000);
+              metrics.syncBytes.inc(bytes);
+              metrics.syncFiles.inc(files);
+              if (result !== 'error') metrics.syncLastSuccess.set(Date.now() / 1000);
+            },
+          },
+          log,
+        },
+      );
+    }
     const api = createLocalApi(config.general.listen, {
       system,
       sharedFiles,
       remoteRun,
+      puller,
       sharedFolderPath: config.sharedFolder.path,
       renderMetrics: () => metrics.render(),
       log,
@@ -279,6 +334,11 @@ export async function runPrimary(options: StartOptions): Promise<void> {
     stoppers.push(() => api.stop());
     await nodes.start();
     stoppers.push(() => nodes.stop());
+    if (puller) {
+      const running = puller;
+      await running.start();
+      stoppers.push(() => running.stop());
+    }
     await activePipelines.start();
     stoppers.push(() => activePipelines.stop());
     await sharedFiles.start();
@@ -421,7 +481,7 @@ export async function runWorker(): Promise<void> {
     await nodes.reload();
     await nodes.start();
     const frontDoorMetrics = createFrontDoorMetrics();
-    const peers = createPeers(config, nodes);
+    const peers = createPeers(config, nodes, { key: identity.privateKeyPem, cert: identity.certificatePem });
     const frontDoor = createFrontDoor(
       {
         listen: config.https.listen,
@@ -444,6 +504,9 @@ export async function runWorker(): Promise<void> {
         isSpoolFull: (queue) => fullQueues.has(queue),
         sharedFiles: sharedFilesOf(config, nodes, peers, frontDoorMetrics, log),
         remoteRun: remoteRunOf(config, nodes, peers, frontDoorMetrics, log, (message) => send({ type: 'remote-run-error', message })),
+        syncServing: config.sync.serve
+          ? createSyncServing({ paths: syncPaths(config), manifestTtlMs: config.sync.manifestTtlMs }, { nodes, requesterOf: clientCertificateRequester(nodes), log })
+          : undefined,
         log,
       },
     );

@@ -21,7 +21,7 @@ export interface Peers {
   close(): Promise<void>;
 }
 
-export function createPeers(config: Config, nodes: NodesRegistry): Peers {
+export function createPeers(config: Config, nodes: NodesRegistry, clientCertificate: { key: string; cert: string }): Peers {
   const clients = new Map<string, { key: string; client: PeerClient }>();
   const common = {
     port: config.general.httpsPort,
@@ -30,6 +30,7 @@ export function createPeers(config: Config, nodes: NodesRegistry): Peers {
     connectTimeoutMs: config.output.upstream.connectTimeoutMs,
     idleTimeoutMs: config.output.upstream.idleTimeoutMs,
     keepAliveMs: config.general.httpsIdleTimeoutMs,
+    clientCertificate,
   };
   let upstreamPin = readPinnedCertificateSync(config.output.upstream.serverCertificateFile);
 

@@ -14,3 +14,5 @@ export type {
 export { ConfigError, RELAY_PATHS, isCidr, loadConfig, parseListen, parseSize, readConfig, resolveSource } from './load.js';
 export type { ConfigProblem } from './load.js';
 export { parseDuration } from './duration.js';
+export { createNetworkAcl } from './networks.js';
+export type { NetworkAcl } from './networks.js';

@@ -408,6 +408,13 @@ function buildConfig(main: Reader, logging: Reader | undefined): Config {
       idleTimeoutMs: r.duration('cfengine.idle_timeout', 30_000),
       denyBadClocks: r.boolean('cfengine.deny_bad_clocks', true),
     },
+    sync: {
+      serve: r.boolean('sync.serve', false),
+      upstream: r.boolean('sync.upstream', false),
+      frequencyMs: r.duration('sync.frequency', 60_000),
+      manifestTtlMs: r.duration('sync.manifest_ttl', 10_000),
+      stateDirectory: r.path('sync.state_directory', '/var/rudder/onerelay/sync'),
+    },
     logging: {
       level: logSource.oneOf(`${logPrefix}.level`, LOG_LEVELS, 'info'),
       filter: logSource.string(`${logPrefix}.filter`, ''),

@@ -131,6 +131,17 @@ export interface Config {
     readonly denyBadClocks: boolean;
   };
   readonly logging: { readonly level: LogLevel; readonly filter: string };
+  readonly sync: {
+    /** sync.serve: answer sub-relays' sync requests (manifest, blobs) */
+    readonly serve: boolean;
+    /** sync.upstream: pull this relay's data from an upstream onerelay */
+    readonly upstream: boolean;
+    readonly frequencyMs: number;
+    /** sync.manifest_ttl: how long the serving side reuses a computed manifest (cheap polls) */
+    readonly manifestTtlMs: number;
+    /** sync.state_directory: blob store and staging (same filesystem as the synchronised trees) */
+    readonly stateDirectory: string;
+  };
 }
 
 /** Where a configuration came from: a TOML file, or a relayd-style directory. */

@@ -11,7 +11,7 @@ import type { NodesRegistry } from '../nodes/index.js';
 import { createStaticFiles } from '../policies/index.js';
 import { sharedFolderRoutes } from '../shared-folder/index.js';
 import type { SharedFiles } from '../shared-files/index.js';
-import type { NetworkAcl } from './networks.js';
+import type { NetworkAcl } from '../config/index.js';
 
 export interface DownloadRoutesOptions {
   readonly policiesDirectory: string;

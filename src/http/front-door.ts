@@ -13,10 +13,11 @@ import type { FrontDoorMetrics } from '../metrics/index.js';
 import type { NodesRegistry } from '../nodes/index.js';
 import type { Spool, SpoolQueue } from '../spool/index.js';
 import { authenticateUpload, mayUploadReportOf, type UploadAuthOptions } from './client-auth.js';
-import { createNetworkAcl } from './networks.js';
+import { createNetworkAcl } from '../config/index.js';
 import { downloadRoutes } from './downloads.js';
 import type { SharedFiles } from '../shared-files/index.js';
 import type { RemoteRun } from '../remote-run/index.js';
+import type { SyncServing } from '../sync/index.js';
 import { decodeUploadName, reportNodeId } from './upload-name.js';
 
 export interface FrontDoorOptions {
@@ -44,6 +45,8 @@ export interface FrontDoorDeps {
   readonly isSpoolFull: (queue: SpoolQueue) => boolean;
   readonly sharedFiles: SharedFiles;
   readonly remoteRun: RemoteRun;
+  /** serving side of the data sync, when sync.serve */
+  readonly syncServing: SyncServing | undefined;
   readonly log: Logger;
 }
 
@@ -202,6 +205,25 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
         },
         { prefix },
       );
+    }
+
+    // data sync for sub-relays: allowed networks here, the pinned relay certificate in the routes
+    if (deps.syncServing) {
+      const serving = deps.syncServing;
+      for (const prefix of ['/rudder/relay-api/sync', '/rudder/relay-api/1/sync']) {
+        fastify.register(
+          async (sync) => {
+            sync.addHook('onRequest', async (request, reply) => {
+              if (!acl.allows(request.socket.remoteAddress)) {
+                return fail(request, reply, new RelayError('RELAY_ERR_AUTH_NETWORK', `client ${request.socket.remoteAddress} is not in https.allowed_networks`));
+              }
+              return undefined;
+            });
+            await sync.register(serving.routes);
+          },
+          { prefix },
+        );
+      }
     }
 
     fastify.get('/', async (request, reply) => {

@@ -8,12 +8,15 @@ import { messageOf } from '../errors.js';
 import { envelope, errorEnvelope, type System } from '../system/index.js';
 import type { SharedFiles } from '../shared-files/index.js';
 import type { RemoteRun } from '../remote-run/index.js';
+import { syncTriggerRoutes, type SyncPuller } from '../sync/index.js';
 import { sharedFolderRoutes } from '../shared-folder/index.js';
 
 export interface LocalApiDeps {
   readonly system: System;
   readonly sharedFiles: SharedFiles;
   readonly remoteRun: RemoteRun;
+  /** the data sync puller, when this relay pulls from an upstream onerelay */
+  readonly puller: SyncPuller | undefined;
   readonly sharedFolderPath: string;
   readonly renderMetrics: () => Promise<{ contentType: string; body: string }>;
   readonly log: Logger;
@@ -40,6 +43,7 @@ export function createLocalApi(listen: ListenAddress, deps: LocalApiDeps): Local
   app.register(sharedFolderRoutes, { prefix: `${API}/shared-folder`, path: deps.sharedFolderPath });
   app.register(deps.sharedFiles.routes, { prefix: `${API}/shared-files` });
   app.register(deps.remoteRun.routes, { prefix: `${API}/remote-run` });
+  if (deps.puller) app.register(syncTriggerRoutes, { prefix: `${API}/sync`, puller: deps.puller });
   app.get(`${API}/system/info`, async (_request, reply) => reply.header('content-type', json).send(envelope('getSystemInfo', deps.system.info())));
   app.get(`${API}/system/status`, async (_request, reply) => {
     try {

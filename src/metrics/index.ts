@@ -69,6 +69,10 @@ export interface PrimaryMetrics extends ServiceMetrics {
   readonly cfengineConnections: Counter<'result'>;
   readonly cfengineCommands: Counter<'command' | 'result'>;
   readonly cfengineBytes: Counter;
+  readonly syncs: Histogram<'result'>;
+  readonly syncBytes: Counter;
+  readonly syncFiles: Counter;
+  readonly syncLastSuccess: Gauge;
   /** Prometheus text of the primary and of every worker */
   render(): Promise<{ contentType: string; body: string }>;
 }
@@ -205,7 +209,21 @@ export function createPrimaryMetrics(sources: {
     registers: [registry],
   });
   const cfengineBytes = new Counter({ name: 'onerelay_cfengine_sent_bytes_total', help: 'Bytes sent by the CFEngine server', registers: [registry] });
+  const syncs = new Histogram({
+    name: 'onerelay_sync_duration_seconds',
+    help: 'Data syncs from upstream by result (ok, unchanged, error) and their duration',
+    labelNames: ['result'] as const,
+    buckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
+    registers: [registry],
+  });
+  const syncBytes = new Counter({ name: 'onerelay_sync_bytes_total', help: 'Bytes fetched by data sync', registers: [registry] });
+  const syncFiles = new Counter({ name: 'onerelay_sync_files_total', help: 'Files changed by data sync', registers: [registry] });
+  const syncLastSuccess = new Gauge({ name: 'onerelay_sync_last_success_timestamp_seconds', help: 'When the last data sync succeeded (lag = now - this)', registers: [registry] });
   return {
+    syncs,
+    syncBytes,
+    syncFiles,
+    syncLastSuccess,
     cfengineConnections,
     cfengineCommands,
     cfengineBytes,

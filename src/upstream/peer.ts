@@ -18,6 +18,8 @@ export interface PeerClientOptions {
   readonly connectTimeoutMs: number;
   readonly idleTimeoutMs: number;
   readonly keepAliveMs: number;
+  /** the relay's key and certificate, for peers that identify relays by client certificate (sync) */
+  readonly clientCertificate?: { readonly key: string; readonly cert: string };
 }
 
 export interface PeerResponse {
@@ -48,7 +50,7 @@ export function createPeerClient(options: PeerClientOptions): PeerClient {
     headersTimeout: options.idleTimeoutMs,
     bodyTimeout: options.idleTimeoutMs,
     connect: buildTrustingConnector(
-      { peerAuthentication: options.peerAuthentication, caPath: options.caPath, connectTimeoutMs: options.connectTimeoutMs },
+      { peerAuthentication: options.peerAuthentication, caPath: options.caPath, connectTimeoutMs: options.connectTimeoutMs, clientCertificate: options.clientCertificate },
       options.peerAuthentication === 'cert_pinning' ? pinned : undefined,
       extraCa,
     ),

@@ -87,6 +87,8 @@ export interface TrustOptions {
   readonly peerAuthentication: PeerAuthentication;
   readonly caPath: string | undefined;
   readonly connectTimeoutMs: number;
+  /** presented to peers that ask (the relay's agent key and certificate) */
+  readonly clientCertificate?: { readonly key: string; readonly cert: string } | undefined;
 }
 
 /** Extra roots for cert_validation; unreadable ca_path is a start failure like relayd (spec-relayd.md §9.2). */
@@ -107,7 +109,12 @@ export function buildTrustingConnector(
   pinned: PinnedCertificate | undefined,
   extraCa: string | undefined,
 ): buildConnector.connector {
-  const common = { minVersion: 'TLSv1.3', allowH2: false, timeout: options.connectTimeoutMs } as const;
+  const common = {
+    minVersion: 'TLSv1.3',
+    allowH2: false,
+    timeout: options.connectTimeoutMs,
+    ...(options.clientCertificate ? { key: options.clientCertificate.key, cert: options.clientCertificate.cert } : {}),
+  } as const;
   switch (options.peerAuthentication) {
     case 'cert_validation':
       return buildConnector({

@@ -1,4 +1,5 @@
-// Rudder's allowed networks (Apache `Require ip`, spec-https-front-cfserverd-sync.md §1.4) as a BlockList.
+// Rudder's allowed networks (Apache `Require ip`, cf-serverd allowconnects; spec-https-front-cfserverd-sync.md §1.4, §2.2)
+// as a BlockList, shared by the HTTPS front door and the CFEngine server.
 
 import { BlockList, isIP } from 'node:net';
 

@@ -1,0 +1,506 @@
+// One client connection after TCP admission: TLS, the identification lines, then strictly sequential
+// requests (spec-cfengine-protocol.md §3–7). Every transaction is one Buffer written with one
+// socket.write, and the next write waits for the previous one's callback, so Node never merges frames
+// into a write that OpenSSL would cut across TLS records (§13 pitfall 2).
+
+import type { KeyObject } from 'node:crypto';
+import { open, type FileHandle } from 'node:fs/promises';
+import type { TLSSocket } from 'node:tls';
+import type { Logger } from 'pino';
+import { keyDigests } from '../identity/index.js';
+import type { NodesRegistry } from '../nodes/index.js';
+import type { CfengineCounters } from './index.js';
+import { displayPath, fsPath, type PathAcl, type Reader } from './access.js';
+import {
+  CFD_TERMINATOR,
+  CodecError,
+  FAILED,
+  FileType,
+  FILE_CHANGED,
+  FrameDecoder,
+  GET_BLOCK_SIZE,
+  REQUEST_DENIED,
+  SERVER_PROTOCOL_VERSION,
+  SERVER_VERSION,
+  encodeFrame,
+  encodeOpendirReply,
+  encodeStatLine,
+  md5Answer,
+  parseIdentityLine,
+  parseRequest,
+  parseVersionLine,
+  serverHello,
+  welcomeLine,
+  type Request,
+} from './codec.js';
+import {
+  OPEN_FOR_READING,
+  OPEN_RESOLVED_FOR_READING,
+  fileVersion,
+  listDirectory,
+  lstatQuietly,
+  md5OfFile,
+  resolveRequestPath,
+  statForReply,
+  type DigestCache,
+} from './files.js';
+
+/** cf-serverd reads the identification lines into a 1024-byte buffer */
+const MAX_IDENTIFICATION_BYTES = 1024;
+/** CLOCK_DRIFT: SYNCH refused when client and server clocks differ by more (denybadclocks) */
+const CLOCK_DRIFT_S = 3600;
+/** paths resolved and sizes announced by STAT, for the MD5 and GET that follow (one agent run STATs each path once) */
+const MAX_REMEMBERED_STATS = 4096;
+/** after a protocol error: how long the peer has to close before we drop the socket */
+const CLOSE_GRACE_MS = 2000;
+/** denial lines logged per connection; the rest are only counted (in the connection's closing line) */
+const MAX_DENIAL_LINES = 50;
+/** GET reads this much per file-system call (a multiple of the 2048-byte block) */
+const GET_READ_BYTES = 32 * GET_BLOCK_SIZE;
+
+export interface ConnectionContext {
+  readonly nodes: NodesRegistry;
+  readonly counters: CfengineCounters;
+  readonly log: Logger;
+  readonly acl: PathAcl;
+  readonly denyBadClocks: boolean;
+  readonly maxInputBytes: number;
+  readonly digests: DigestCache;
+}
+
+type Outcome = 'continue' | 'close';
+
+/** what a STAT resolved and announced */
+interface Statted {
+  readonly resolved: string;
+  readonly size: bigint;
+  readonly isFile: boolean;
+}
+
+export class CfengineConnection {
+  private phase: 'handshake' | 'identification' | 'requests' | 'closing' | 'closed' = 'handshake';
+  private identification = '';
+  private readonly decoder: FrameDecoder;
+  private busy = false;
+  private reader: Reader = { nodeId: undefined };
+  private key = '';
+  private username = '';
+  private readonly statted = new Map<string, Statted>();
+  private readonly startedAt = Date.now();
+  private requests = 0;
+  private denials = 0;
+  private sent = 0;
+  private closeReason = 'client closed';
+  private failed = false;
+  private log: Logger;
+  private writing = false;
+  private lastWrite: Promise<void> = Promise.resolve();
+
+  constructor(
+    private readonly socket: TLSSocket,
+    private readonly peer: string,
+    private readonly ctx: ConnectionContext,
+    private readonly onClosed: (connection: CfengineConnection) => void,
+  ) {
+    this.log = ctx.log.child({ peer });
+    this.decoder = new FrameDecoder(ctx.maxInputBytes);
+    socket.on('secure', () => this.onSecure());
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('error', (error) => this.fail(`socket error: ${error.message}`));
+    socket.on('timeout', () => this.fail(this.phase === 'handshake' ? 'TLS handshake timeout' : 'idle timeout'));
+    socket.on('close', () => this.onClose());
+  }
+
+  /** stop(): close at once */
+  destroy(reason: string): void {
+    this.closeReason = reason;
+    this.socket.destroy();
+  }
+
+  private fail(reason: string): void {
+    if (this.phase === 'closed') return;
+    if (this.phase === 'closing') {
+      this.socket.destroy();
+      return;
+    }
+    this.failed = true;
+    this.closeReason = reason;
+    this.socket.destroy();
+  }
+
+  private onClose(): void {
+    if (this.phase === 'closed') return;
+    this.phase = 'closed';
+    if (this.failed) this.ctx.counters.connection('closed-error');
+    const fields = {
+      known: this.reader.nodeId !== undefined,
+      requests: this.requests,
+      denials: this.denials,
+      bytes: this.sent,
+      durationMs: Date.now() - this.startedAt,
+      reason: this.closeReason,
+    };
+    if (this.failed) this.log.info(fields, 'cfengine connection closed on error');
+    else this.log.info(fields, 'cfengine connection closed');
+    this.onClosed(this);
+  }
+
+  // ---- TLS and identification (§5.3, §6.1) ----
+
+  private onSecure(): void {
+    const certificate = this.socket.getPeerX509Certificate();
+    if (certificate === undefined) return this.fail('no client certificate');
+    const publicKey: KeyObject = certificate.publicKey;
+    if (publicKey.asymmetricKeyType !== 'rsa') return this.fail(`client key is ${publicKey.asymmetricKeyType ?? 'unknown'}, not RSA`);
+    try {
+      this.key = keyDigests(publicKey).cfengineMd5;
+    } catch (error) {
+      return this.fail(`client key unusable: ${(error as Error).message}`);
+    }
+    const node = this.ctx.nodes.findByPublicKey(publicKey.export({ type: 'spki', format: 'der' }));
+    this.reader = { nodeId: node?.id };
+    this.log = this.log.child({ node: node?.id, key: this.key });
+    this.phase = 'identification';
+    this.writeLine(serverHello());
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.phase === 'identification') {
+      this.identification += chunk.toString('latin1');
+      if (this.identification.length > MAX_IDENTIFICATION_BYTES) return this.fail('identification lines too long');
+      this.identify();
+      return;
+    }
+    if (this.phase !== 'requests') return;
+    try {
+      this.decoder.push(chunk);
+    } catch (error) {
+      return this.fail((error as Error).message);
+    }
+    this.pump();
+  }
+
+  private identify(): void {
+    const lines = this.identification.split('\n');
+    if (lines.length < 3) return; // two complete lines not there yet
+    const [versionLine = '', identityLine = ''] = lines;
+    const rest = lines.slice(2).join('\n');
+    const version = parseVersionLine(versionLine);
+    if (version === undefined || version < 2 || version > SERVER_PROTOCOL_VERSION) {
+      return this.fail(`protocol version refused: ${JSON.stringify(versionLine.slice(0, 64))}`);
+    }
+    const identity = parseIdentityLine(identityLine);
+    if (identity === undefined) return this.fail(`invalid IDENTITY: ${JSON.stringify(identityLine.slice(0, 64))}`);
+    this.username = identity.username;
+    this.phase = 'requests';
+    this.identification = '';
+    this.writeLine(welcomeLine(identity.username));
+    if (rest !== '') this.onData(Buffer.from(rest, 'latin1')); // a request sent right after IDENTITY
+  }
+
+  /** identification lines are not framed; a failed write shows as the socket's error */
+  private writeLine(line: string): void {
+    this.write(Buffer.from(line, 'latin1')).catch(() => undefined);
+  }
+
+  // ---- requests ----
+
+  private pump(): void {
+    if (this.busy || this.phase !== 'requests') return;
+    this.busy = true;
+    void (async () => {
+      try {
+        for (;;) {
+          if (this.phase !== 'requests') return;
+          const frame = this.decoder.next();
+          if (frame === undefined) return;
+          this.requests += 1;
+          const outcome = await this.handle(parseRequest(frame.payload));
+          if (outcome === 'close') {
+            // protocol error or a stream out of step: what was written goes out, then the connection ends
+            this.failed = true;
+            this.phase = 'closing';
+            this.socket.end();
+            this.socket.setTimeout(CLOSE_GRACE_MS);
+            return;
+          }
+        }
+      } catch (error) {
+        const message = error instanceof CodecError ? error.message : `internal error: ${(error as Error).message}`;
+        this.fail(message);
+      } finally {
+        this.busy = false;
+      }
+    })();
+  }
+
+  private async handle(request: Request): Promise<Outcome> {
+    switch (request.command) {
+      case 'EMPTY':
+        return 'continue';
+      case 'STAT':
+        return this.stat(request.path, request.clientTime);
+      case 'OPENDIR':
+        return this.opendir(request.path);
+      case 'GET':
+        return this.get(request.path);
+      case 'MD5':
+        return this.md5(request.path, request.digest);
+      case 'VERSION':
+        this.ctx.counters.command('VERSION', 'ok');
+        await this.write(encodeFrame(`OK: ${SERVER_VERSION}`));
+        return 'continue';
+      case 'EXEC':
+        // no cfruncommand on this server: refusal, terminator, close (DoExec2 step 0)
+        this.denied('EXEC', {}, 'cfengine EXEC refused: no remote run command here');
+        await this.write(encodeFrame(FAILED));
+        await this.write(encodeFrame(`${CFD_TERMINATOR}\0`));
+        this.closeReason = 'EXEC refused';
+        return 'close';
+      case 'BAD':
+        this.ctx.counters.command(knownOrBad(request.word), 'error');
+        return this.protocolError(`illegal request ${JSON.stringify(request.word)}`);
+      default:
+        this.ctx.counters.command(request.command, 'error');
+        return this.protocolError(`unsupported request ${request.command}`);
+    }
+  }
+
+  private async protocolError(reason: string): Promise<Outcome> {
+    this.closeReason = reason;
+    await this.write(encodeFrame(REQUEST_DENIED));
+    return 'close';
+  }
+
+  /**
+   * Resolve (realpath), then check the ACL on the resolved path; sends the refusal itself and returns
+   * undefined when not allowed.
+   */
+  private async admit(command: string, requested: string): Promise<string | undefined> {
+    const resolved = await resolveRequestPath(requested);
+    if (resolved.kind === 'absent') {
+      this.ctx.counters.command(command, 'absent');
+      await this.write(encodeFrame(FAILED));
+      return undefined;
+    }
+    return this.authorise(command, resolved.path);
+  }
+
+  private async authorise(command: string, path: string): Promise<string | undefined> {
+    const rule = await this.ctx.acl.check(path, this.reader);
+    if (rule === undefined) {
+      this.denied(command, { path: displayPath(path) });
+      await this.write(encodeFrame(FAILED));
+      return undefined;
+    }
+    return path;
+  }
+
+  /** counts a denial and logs it (node and key are fields of this connection's logger) */
+  private denied(command: string, fields: Record<string, unknown>, message = 'cfengine access denied'): void {
+    this.ctx.counters.command(command, 'denied');
+    this.denials += 1;
+    if (this.denials <= MAX_DENIAL_LINES) this.log.warn({ command, ...fields }, message);
+    else if (this.denials === MAX_DENIAL_LINES + 1) this.log.warn({ command }, 'cfengine: further denials on this connection are only counted');
+  }
+
+  private async stat(requested: string, clientTime: number): Promise<Outcome> {
+    const early = lstatQuietly(requested);
+    const path = await this.admit('STAT', requested);
+    if (path === undefined) return 'continue';
+    const now = Math.floor(Date.now() / 1000);
+    if (this.ctx.denyBadClocks && Math.abs(now - clientTime) > CLOCK_DRIFT_S) {
+      this.denied('STAT', { clientTime, serverTime: now }, 'cfengine clocks too far apart');
+      await this.write(encodeFrame(`BAD: Clocks are too far unsynchronized ${now}/${clientTime}`));
+      return 'continue';
+    }
+    const result = await statForReply(path, await early);
+    if (result.kind === 'error') {
+      this.ctx.counters.command('STAT', 'absent');
+      await this.write(encodeFrame(result.message.slice(0, 4088)));
+      return 'continue';
+    }
+    this.remember(requested, {
+      resolved: path,
+      size: result.fields.size,
+      isFile: result.fields.type === FileType.regular,
+    });
+    this.ctx.counters.command('STAT', 'ok');
+    await this.write(encodeFrame(encodeStatLine(result.fields)));
+    await this.write(encodeFrame(`OK:${result.linkTarget}`.slice(0, 4088)));
+    return 'continue';
+  }
+
+  /** what STAT resolved and announced, for the MD5/GET of the same path that follow it */
+  private remember(requested: string, statted: Statted): void {
+    this.statted.delete(requested);
+    this.statted.set(requested, statted);
+    if (this.statted.size > MAX_REMEMBERED_STATS) {
+      const oldest = this.statted.keys().next().value;
+      if (oldest !== undefined) this.statted.delete(oldest);
+    }
+  }
+
+  private async opendir(requested: string): Promise<Outcome> {
+    // list alongside the realpath (names only, sent after the ACL check): one file-system round trip
+    const listing = listDirectory(requested);
+    const path = await this.admit('OPENDIR', requested);
+    if (path === undefined) return 'continue';
+    const names = await listing;
+    if (names === undefined) {
+      this.ctx.counters.command('OPENDIR', 'absent');
+      await this.write(encodeFrame(`BAD: cfengine, couldn't open dir ${path}/`.slice(0, 4088)));
+      return 'continue';
+    }
+    this.ctx.counters.command('OPENDIR', 'ok');
+    for (const frame of encodeOpendirReply(names)) await this.write(frame);
+    return 'continue';
+  }
+
+  private async md5(requested: string, digest: Buffer): Promise<Outcome> {
+    // the path its STAT resolved, opened without following a final symlink; realpath again otherwise
+    // and the digest of the file's current version when already known: one lstat instead of reading it
+    const statted = this.statted.get(requested);
+    let local: Buffer | undefined;
+    if (statted !== undefined && (await this.ctx.acl.check(statted.resolved, this.reader)) !== undefined) {
+      const current = await lstatQuietly(statted.resolved);
+      if (current?.isFile() === true) {
+        const version = fileVersion(current);
+        const { resolved } = statted;
+        local = this.ctx.digests.get(resolved, version);
+        if (local === undefined) {
+          const hashed = await md5OfFile(resolved, OPEN_RESOLVED_FOR_READING);
+          local = hashed?.digest;
+          // cached only if what was read is still that version (any write changes the ctime)
+          void hashed?.version.then((read) => read === version && this.ctx.digests.set(resolved, version, hashed.digest));
+        }
+      }
+    }
+    if (local === undefined) {
+      const path = await this.admit('MD5', requested);
+      if (path === undefined) return 'continue';
+      local = (await md5OfFile(path))?.digest ?? Buffer.alloc(16);
+    }
+    this.ctx.counters.command('MD5', 'ok');
+    await this.write(encodeFrame(md5Answer(local.equals(digest))));
+    return 'continue';
+  }
+
+  /**
+   * Raw file bytes, exactly the size the earlier STAT announced, in 2048-byte blocks each written
+   * alone as cf-serverd's TLSSend does (so each block is its own TLS record); nothing for an empty file.
+   * Anything that would put the stream out of step closes the connection (§13 pitfall 3).
+   */
+  private async get(requested: string): Promise<Outcome> {
+    // the path its STAT resolved, opened without following a final symlink; realpath again otherwise
+    const statted = this.statted.get(requested);
+    let path: string | undefined;
+    let handle: FileHandle | undefined;
+    if (statted !== undefined && (await this.ctx.acl.check(statted.resolved, this.reader)) !== undefined) {
+      path = statted.resolved;
+      handle = await open(fsPath(path), OPEN_RESOLVED_FOR_READING).catch(() => undefined);
+    }
+    let announced = statted !== undefined && statted.resolved === path && statted.isFile ? statted.size : undefined;
+    if (handle === undefined) {
+      path = await this.admit('GET', requested);
+      if (path === undefined) return 'continue';
+      handle = await open(fsPath(path), OPEN_FOR_READING).catch(() => undefined);
+      announced = statted?.resolved === path && statted.isFile ? statted.size : undefined;
+    }
+    if (handle === undefined || path === undefined) {
+      this.ctx.counters.command('GET', 'absent');
+      this.closeReason = 'GET: file vanished';
+      await this.write(rawBlock(FAILED, GET_BLOCK_SIZE));
+      return 'close';
+    }
+    try {
+      return await this.sendFile(handle, path, announced);
+    } finally {
+      void handle.close().catch(() => undefined); // off the path of the next request
+    }
+  }
+
+  private async sendFile(handle: FileHandle, path: string, announced: bigint | undefined): Promise<Outcome> {
+    if (announced === undefined || this.username !== 'root') {
+      const info = await handle.stat({ bigint: true });
+      if (this.username !== 'root' && (info.mode & 0o004n) === 0n) {
+        // TransferRights: only root (what Rudder agents send) may read files that are not world-readable
+        this.denied('GET', { path: displayPath(path), user: this.username });
+        await this.write(encodeFrame(FAILED));
+        this.closeReason = 'GET refused to non-root user';
+        return 'close';
+      }
+      if (!info.isFile() || (announced !== undefined && info.size !== announced)) return this.fileChanged(path);
+      announced = info.size;
+    }
+    const size = Number(announced);
+    if (size === 0) {
+      this.ctx.counters.command('GET', 'ok');
+      return 'continue';
+    }
+    // the first read asks for one byte more than announced: a file changed since STAT is caught before
+    // anything is sent; a later change shows as a short read (the client's verify digest catches growth)
+    let buffer = Buffer.allocUnsafe(Math.min(size + 1, GET_READ_BYTES));
+    let { bytesRead } = await handle.read(buffer, 0, buffer.length, 0);
+    if (bytesRead > size || (bytesRead < buffer.length && bytesRead !== size)) return this.fileChanged(path);
+    let sent = 0;
+    for (;;) {
+      for (let offset = 0; offset < bytesRead; offset += GET_BLOCK_SIZE) {
+        await this.write(buffer.subarray(offset, Math.min(offset + GET_BLOCK_SIZE, bytesRead)));
+      }
+      sent += bytesRead;
+      if (sent >= size || bytesRead === 0) break;
+      buffer = Buffer.allocUnsafe(Math.min(size - sent, GET_READ_BYTES));
+      ({ bytesRead } = await handle.read(buffer, 0, buffer.length, sent));
+    }
+    if (sent !== size) {
+      this.ctx.counters.command('GET', 'error');
+      this.closeReason = 'GET: file shrank while sending';
+      return 'close';
+    }
+    this.ctx.counters.command('GET', 'ok');
+    return 'continue';
+  }
+
+  /** cf-serverd's raw "File changed" block, then close: the client's byte count is now wrong */
+  private async fileChanged(path: string): Promise<Outcome> {
+    this.ctx.counters.command('GET', 'error');
+    this.closeReason = 'GET: file changed since STAT';
+    await this.write(rawBlock(`${FILE_CHANGED}: ${path}`, GET_BLOCK_SIZE));
+    return 'close';
+  }
+
+  /**
+   * One transaction (or GET block) per socket.write. A write starts only once the previous one's callback
+   * has fired, so Node never merges queued chunks into one SSL_write that OpenSSL would cut across TLS
+   * records; the last frame of a reply is not waited for (the next request comes after the client read it).
+   */
+  private async write(buffer: Buffer): Promise<void> {
+    while (this.writing) await this.lastWrite;
+    if (this.socket.destroyed || !this.socket.writable) throw new Error('connection closed');
+    this.writing = true;
+    this.sent += buffer.length;
+    this.ctx.counters.bytesSent(buffer.length);
+    this.lastWrite = new Promise((resolve, reject) => {
+      this.socket.write(buffer, (error) => {
+        this.writing = false;
+        if (error) reject(error);
+        else resolve();
+      });
+    });
+    this.lastWrite.catch(() => undefined); // the socket's 'error' handler reports it
+  }
+}
+
+/** the counter name of a request that did not parse: its command, or BAD for an unknown word */
+function knownOrBad(word: string): string {
+  if (word === 'SYNCH') return 'STAT';
+  return ['GET', 'OPENDIR', 'MD5', 'EXEC'].includes(word) ? word : 'BAD';
+}
+
+/** cf-serverd's raw (unframed) GET failure: the text NUL-padded to a whole block */
+function rawBlock(text: string, size: number): Buffer {
+  const block = Buffer.alloc(size);
+  block.write(text.slice(0, size), 0, 'latin1');
+  return block;
+}

@@ -1,0 +1,85 @@
+// Face of the cfengine module: the CFEngine protocol (version 2, "TLS") as cf-serverd 3.21 speaks it,
+// a read-only file server for stock cf-agent (spec-https-front-cfserverd-sync.md §2,
+// spec-cfengine-protocol.md). The codec is shared with the remote-run client (a later issue).
+
+import type { KeyObject } from 'node:crypto';
+import type { Logger } from 'pino';
+import type { ListenAddress } from '../config/index.js';
+import type { NodesRegistry } from '../nodes/index.js';
+
+export interface CfengineServerOptions {
+  readonly listen: ListenAddress;
+  /** the relay's identity: the server's TLS certificate is made from this key */
+  readonly privateKey: KeyObject;
+  readonly nodeId: string;
+  /** policies.directory: /var/rudder/share */
+  readonly policiesDirectory: string;
+  /** shared_folder.path */
+  readonly sharedFolderPath: string;
+  /** https.allowed_networks: only these clients may connect */
+  readonly allowedNetworks: readonly string[];
+  /** extra read-only roots readable by every known node (Rudder's tools, ncf library…), absolute paths */
+  readonly commonRoots?: readonly string[];
+  /** roots readable by any client in allowed networks, even unknown (initial policies) */
+  readonly publicRoots?: readonly string[];
+  readonly maxConnections?: number;
+  readonly idleTimeoutMs?: number;
+  /** cf-serverd's denybadclocks (default true): refuse STAT when the client clock is off by > 3600 s */
+  readonly denyBadClocks?: boolean;
+}
+
+export interface CfengineCounters {
+  connection(result: 'accepted' | 'refused-network' | 'refused-limit' | 'closed-error'): void;
+  command(command: string, result: 'ok' | 'denied' | 'absent' | 'error'): void;
+  bytesSent(bytes: number): void;
+}
+
+export interface CfengineServer {
+  start(): Promise<void>;
+  stop(): Promise<void>;
+  /** the bound port (useful with port 0 in tests) */
+  port(): number;
+}
+
+export interface CfengineServerDeps {
+  readonly nodes: NodesRegistry;
+  readonly counters: CfengineCounters;
+  readonly log: Logger;
+}
+
+export { createCfengineServer } from './server.js';
+/** the protocol codec, for the remote-run client */
+export {
+  CFD_FALSE,
+  CFD_TERMINATOR,
+  CFD_TRUE,
+  CodecError,
+  FAILED,
+  FrameDecoder,
+  GET_BLOCK_SIZE,
+  HEADER_SIZE,
+  MAX_PAYLOAD,
+  REQUEST_DENIED,
+  decodeHeader,
+  decodeOpendirPacket,
+  encodeFrame,
+  encodeGetRequest,
+  encodeMd5Request,
+  encodeOpendirRequest,
+  encodeOpendirReply,
+  encodeStatLine,
+  encodeStatRequest,
+  md5Answer,
+  md5AnswerMeansDifferent,
+  parseIdentityLine,
+  parseRequest,
+  parseStatLine,
+  parseVersionLine,
+  serverHello,
+  welcomeLine,
+} from './codec.js';
+export type { Frame, FrameStatus, IdentityLine, Request, StatFields } from './codec.js';
+export { makeServerCertificate } from './certificate.js';
+/** the access rules (spec-https-front-cfserverd-sync.md §2.3), exported for tests and the sync's own checks */
+export { createNetworkAcl, createPathAcl, isWithin } from './access.js';
+export type { AccessDecision, NetworkAcl, PathAcl, PathAclOptions, Reader } from './access.js';

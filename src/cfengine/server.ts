@@ -1,0 +1,137 @@
+// The CFEngine file server: a TCP listener that admits clients by network and connection count, turns
+// on TCP_NODELAY (spec-cfengine-protocol.md §13 pitfall 1), then speaks TLS with a certificate made
+// from the relay's key and hands each connection to CfengineConnection.
+
+import { createServer, type Server, type Socket } from 'node:net';
+import { TLSSocket, createSecureContext, type SecureContext } from 'node:tls';
+import type { Logger } from 'pino';
+import { RelayError } from '../errors.js';
+import { createNetworkAcl, createPathAcl } from './access.js';
+import { makeServerCertificate } from './certificate.js';
+import { HEADER_SIZE, MAX_PAYLOAD } from './codec.js';
+import { CfengineConnection, type ConnectionContext } from './connection.js';
+import { DigestCache } from './files.js';
+import type { CfengineServer, CfengineServerDeps, CfengineServerOptions } from './index.js';
+
+const DEFAULT_MAX_CONNECTIONS = 500;
+const DEFAULT_IDLE_TIMEOUT_MS = 30_000;
+/** a client is at most one request ahead; a few whole transactions of slack, then it is cut off */
+const MAX_INPUT_BYTES = 4 * (HEADER_SIZE + MAX_PAYLOAD);
+/** cf-serverd's default allowciphers: TLS 1.3 TLS_AES_256_GCM_SHA384; TLS 1.2 AES256-GCM-SHA384, AES256-SHA */
+const CIPHERS = 'TLS_AES_256_GCM_SHA384:AES256-GCM-SHA384:AES256-SHA';
+
+/** one refusal line per peer and reason per window; the others are counted into the next line */
+const REFUSAL_LOG_WINDOW_MS = 10_000;
+
+function refusalLogger(log: Logger): (peer: string, message: string, fields?: Record<string, unknown>) => void {
+  const seen = new Map<string, { at: number; suppressed: number }>();
+  return (peer, message, fields = {}) => {
+    const key = `${peer} ${message}`;
+    const now = Date.now();
+    const last = seen.get(key);
+    if (last !== undefined && now - last.at < REFUSAL_LOG_WINDOW_MS) {
+      last.suppressed += 1;
+      return;
+    }
+    if (seen.size > 1000) seen.clear();
+    seen.set(key, { at: now, suppressed: 0 });
+    log.warn({ peer, ...fields, ...(last?.suppressed ? { suppressed: last.suppressed } : {}) }, message);
+  };
+}
+
+export function createCfengineServer(options: CfengineServerOptions, deps: CfengineServerDeps): CfengineServer {
+  const log = deps.log.child({ module: 'cfengine' });
+  const maxConnections = options.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+  const idleTimeoutMs = options.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
+  const networks = createNetworkAcl(options.allowedNetworks);
+  const logRefusal = refusalLogger(log);
+  const context: ConnectionContext = {
+    nodes: deps.nodes,
+    counters: deps.counters,
+    log,
+    acl: createPathAcl({
+      policiesDirectory: options.policiesDirectory,
+      sharedFolderPath: options.sharedFolderPath,
+      commonRoots: options.commonRoots ?? [],
+      publicRoots: options.publicRoots ?? [],
+    }),
+    denyBadClocks: options.denyBadClocks ?? true,
+    maxInputBytes: MAX_INPUT_BYTES,
+    digests: new DigestCache(),
+  };
+  /** admitted connections, for maxConnections and stop() */
+  const connections = new Set<CfengineConnection>();
+  let server: Server | undefined;
+  let secureContext: SecureContext | undefined;
+  let boundPort = 0;
+
+  const onConnection = (socket: Socket): void => {
+    socket.on('error', () => undefined); // reported by the TLS socket wrapping it (or nothing to report)
+    const peer = socket.remoteAddress ?? 'unknown';
+    if (!networks.allows(socket.remoteAddress)) {
+      deps.counters.connection('refused-network');
+      logRefusal(peer, 'cfengine connection refused: address not in allowed networks');
+      socket.destroy();
+      return;
+    }
+    if (connections.size >= maxConnections || secureContext === undefined) {
+      deps.counters.connection('refused-limit');
+      logRefusal(peer, 'cfengine connection refused: too many connections', { maxConnections });
+      socket.destroy();
+      return;
+    }
+    deps.counters.connection('accepted');
+    socket.setNoDelay(true);
+    const tls = new TLSSocket(socket, {
+      isServer: true,
+      secureContext,
+      requestCert: true,
+      rejectUnauthorized: false, // cf-serverd accepts any certificate; the key is checked afterwards (§4)
+    });
+    tls.setTimeout(idleTimeoutMs);
+    const connection = new CfengineConnection(tls, peer, context, (closed) => connections.delete(closed));
+    connections.add(connection);
+  };
+
+  return {
+    async start() {
+      if (server !== undefined) return;
+      secureContext = createSecureContext({
+        key: options.privateKey.export({ type: 'pkcs1', format: 'pem' }),
+        cert: makeServerCertificate(options.privateKey),
+        ciphers: CIPHERS,
+        minVersion: 'TLSv1.2',
+      });
+      const listener = createServer({ noDelay: true }, onConnection);
+      await new Promise<void>((resolve, reject) => {
+        listener.once('error', (error) =>
+          reject(
+            new RelayError('RELAY_ERR_LISTEN', `cfengine: cannot listen on ${options.listen.host}:${options.listen.port}: ${error.message}`, {
+              cause: error,
+            }),
+          ),
+        );
+        listener.listen(options.listen.port, options.listen.host, () => resolve());
+      });
+      listener.on('error', (error) => log.error({ err: error }, 'cfengine listener error'));
+      const address = listener.address();
+      boundPort = address !== null && typeof address === 'object' ? address.port : options.listen.port;
+      server = listener;
+      log.info({ host: options.listen.host, port: boundPort, node: options.nodeId }, 'cfengine server listening');
+    },
+
+    async stop() {
+      const listener = server;
+      server = undefined;
+      if (listener === undefined) return;
+      const closed = new Promise<void>((resolve) => listener.close(() => resolve()));
+      for (const connection of connections) connection.destroy('server stopping');
+      await closed;
+      log.info('cfengine server stopped');
+    },
+
+    port() {
+      return boundPort;
+    },
+  };
+}

@@ -1,0 +1,332 @@
+// Serving side of the data sync (issue 7): for the relay proven by the client certificate, a manifest of
+// everything it is entitled to and its blobs, batched in one streamed response. Routes, relative to the
+// prefix the plugin is mounted at (/rudder/relay-api/sync and /rudder/relay-api/1/sync):
+//   GET  /manifest        200 text manifest (gzip if accepted), ETag "<generation>"; 304 on If-None-Match
+//   POST /blobs           {"hashes":[…]} → framed blobs (frames.ts), gzip if accepted
+//   GET  /blobs/<sha256>  one blob (for curl and debugging)
+// What a relay R is entitled to (spec-https-front-cfserverd-sync.md §3.2):
+//   share/<node>/…          <policies>/<path to R>/share/<node>/ for each node whose policy server is R; inside,
+//                           a sub-relay's share/ only holds nodes of the nodes list below it, recursively
+//   common/…                <policies>/common/
+//   shared-folder/…         the shared folder
+//   shared-files/<entry>/…  <shared files>/<path to R>/shared-files/<entry>/ (§3.2 c: becomes the relay's root)
+//   nodeslist.json          the nodes below R, as in our nodeslist.json
+//   nodescerts.pem          the certificates of those nodes
+
+import { createHash, type X509Certificate } from 'node:crypto';
+import { constants as fsConstants } from 'node:fs';
+import { open, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Readable, pipeline } from 'node:stream';
+import type { TLSSocket } from 'node:tls';
+import { createGzip, gzipSync } from 'node:zlib';
+import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
+import { RelayError, isRelayError, messageOf } from '../errors.js';
+import type { NodesRegistry } from '../nodes/index.js';
+import { descendantsOf, loadNodesTree, mtimeMsOf, nodesListFor, shareSegments, type NodesTree } from './entitlement.js';
+import { END_FRAME, MAX_BLOBS_PER_BATCH, blobHeader, missingFrame } from './frames.js';
+import type { SyncServingDeps, SyncServingOptions, SyncServingRoutes } from './index.js';
+import { COMMON_NAME, NODES_CERTS_UNIT, NODES_LIST_UNIT, isSafeSegment, isSha256Hex, serializeManifest, type Manifest, type ManifestEntry } from './manifest.js';
+import { createTreeWalker, type SubtreeFilter, type TreeWalker } from './walk.js';
+
+const DEFAULT_MANIFEST_TTL_MS = 10_000;
+const GENERATED_FILE_MODE = 0o640;
+const TEXT = 'text/plain; charset=utf-8';
+
+type BlobSource =
+  | { readonly kind: 'file'; readonly absolute: string; readonly ino: bigint; readonly size: bigint; readonly mtimeNs: bigint }
+  | { readonly kind: 'buffer'; readonly data: Buffer };
+
+interface RelayView {
+  readonly manifest: Manifest;
+  readonly blobs: ReadonlyMap<string, BlobSource>;
+  readonly computedAt: number;
+  readonly nodesLoadedAt: string | undefined;
+  gzip: Buffer | undefined;
+  /** a served file no longer matched: recompute at the next manifest request */
+  stale: boolean;
+}
+
+export interface SyncServing {
+  /** the routes; register this one plugin at each prefix so both share one cache */
+  readonly routes: FastifyPluginAsync;
+  /** the manifest of `relayId` as it would be served (tests, status) */
+  manifestFor(relayId: string): Promise<Manifest>;
+  /** drop cached manifests (the trees changed and waiting for the TTL is not wanted) */
+  invalidate(): void;
+}
+
+/** requesterOf for the front door: the node whose pinned certificate the client presented */
+export function clientCertificateRequester(nodes: NodesRegistry): (request: FastifyRequest) => string | undefined {
+  return (request) => {
+    const socket = request.raw.socket as Partial<TLSSocket>;
+    if (typeof socket.getPeerX509Certificate !== 'function') return undefined;
+    const der = socket.getPeerX509Certificate()?.raw;
+    if (der === undefined) return undefined;
+    try {
+      const match = nodes.matchCertificate(der);
+      return match.kind === 'match' ? match.nodeId : undefined;
+    } catch {
+      return undefined;
+    }
+  };
+}
+
+export function createSyncServing(options: SyncServingOptions, deps: SyncServingDeps): SyncServing {
+  const log = deps.log.child({ module: 'sync' });
+  const { paths } = options;
+  const ttlMs = options.manifestTtlMs ?? DEFAULT_MANIFEST_TTL_MS;
+  const walker: TreeWalker = createTreeWalker(log);
+  const views = new Map<string, RelayView>();
+  const computing = new Map<string, Promise<RelayView>>();
+  let nodesTree: NodesTree | undefined;
+
+  async function compute(relayId: string): Promise<RelayView> {
+    const started = Date.now();
+    const nodesLoadedAt = deps.nodes.status().loadedAt;
+    const tree = await loadNodesTree(paths.nodesListFile, nodesTree);
+    nodesTree = tree;
+    const segments = shareSegments(tree, deps.nodes.myId, relayId);
+    if (segments === undefined) {
+      throw new RelayError('RELAY_ERR_AUTH_CERTIFICATE', `node ${relayId} is not a relay below this one in the nodes list`);
+    }
+    const entries: ManifestEntry[] = [];
+    const blobs = new Map<string, BlobSource>();
+    const add = (walked: { entries: ManifestEntry[]; files: { entry: { sha256: string }; absolute: string; ino: bigint; size: bigint; mtimeNs: bigint }[] }): void => {
+      entries.push(...walked.entries);
+      for (const file of walked.files) {
+        if (!blobs.has(file.entry.sha256)) blobs.set(file.entry.sha256, { kind: 'file', absolute: file.absolute, ino: file.ino, size: file.size, mtimeNs: file.mtimeNs });
+      }
+    };
+
+    // share/<node>: below a node directory, share/ only lists the nodes that node serves (recursively)
+    const shareRoot = join(paths.policiesDirectory, ...segments);
+    const nodeFilter =
+      (nodeId: string): SubtreeFilter =>
+      (inside) => {
+        // inside = path segments below the node directory: [] the node dir, ['share'], ['share', X], …
+        let owner = nodeId;
+        let index = 0;
+        while (index + 1 < inside.length && inside[index] === 'share') {
+          owner = inside[index + 1] ?? owner;
+          index += 2;
+        }
+        if (index === inside.length - 1 && inside[index] === 'share') return new Set(tree.children.get(owner) ?? []);
+        return undefined;
+      };
+    for (const child of tree.children.get(relayId) ?? []) {
+      if (!isSafeSegment(child) || child === COMMON_NAME) continue;
+      add(await walker.walkUnit(join(shareRoot, child), `share/${child}`, nodeFilter(child)));
+    }
+    add(await walker.walkUnit(join(paths.policiesDirectory, COMMON_NAME), COMMON_NAME));
+    add(await walker.walkUnit(paths.sharedFolderPath, 'shared-folder'));
+    const sharedFilesRoot = join(paths.sharedFilesPath, ...segments.map((s, i) => (i % 2 === 1 ? 'shared-files' : s)));
+    const sharedFiles = await walker.walkUnit(sharedFilesRoot, 'shared-files');
+    // the walked root itself is not a unit: each directory directly in it is one; files directly in it are left out
+    add({
+      entries: sharedFiles.entries.filter((e) => e.path !== 'shared-files' && (e.kind === 'd' || e.path.indexOf('/', 'shared-files/'.length) >= 0)),
+      files: sharedFiles.files.filter((f) => f.entry.path.indexOf('/', 'shared-files/'.length) >= 0),
+    });
+
+    const descendants = descendantsOf(tree, relayId);
+    const generated = async (name: string, data: Buffer, mtimeMs: number): Promise<void> => {
+      const sha256 = createHash('sha256').update(data).digest('hex');
+      entries.push({ kind: 'f', path: name, sha256, size: data.length, mode: GENERATED_FILE_MODE, mtimeMs });
+      blobs.set(sha256, { kind: 'buffer', data });
+    };
+    await generated(NODES_LIST_UNIT, nodesListFor(tree, descendants), tree.mtimeMs);
+    const certificates = descendants.flatMap((id) => deps.nodes.certificatesOf(id).map((c: X509Certificate) => c.toString().trimEnd() + '\n'));
+    await generated(NODES_CERTS_UNIT, Buffer.from(certificates.join(''), 'latin1'), await mtimeMsOf(paths.nodesCertsFile));
+
+    const manifest = serializeManifest(entries);
+    const files = entries.filter((e) => e.kind === 'f').length;
+    log.debug({ relay: relayId, generation: manifest.generation, files, blobs: blobs.size, ms: Date.now() - started }, 'sync manifest computed');
+    return { manifest, blobs, computedAt: Date.now(), nodesLoadedAt, gzip: undefined, stale: false };
+  }
+
+  /** fresh: recompute after the TTL; otherwise the last view (blob requests follow their manifest) */
+  function viewFor(relayId: string, fresh: boolean): Promise<RelayView> {
+    const cached = views.get(relayId);
+    if (
+      cached !== undefined &&
+      (!fresh || (!cached.stale && Date.now() - cached.computedAt < ttlMs && cached.nodesLoadedAt === deps.nodes.status().loadedAt))
+    ) {
+      return Promise.resolve(cached);
+    }
+    const inFlight = computing.get(relayId);
+    if (inFlight !== undefined) return inFlight;
+    const run = compute(relayId)
+      .then((view) => {
+        views.set(relayId, view);
+        return view;
+      })
+      .finally(() => computing.delete(relayId));
+    computing.set(relayId, run);
+    return run;
+  }
+
+  function fail(reply: FastifyReply, error: unknown): FastifyReply {
+    const relayError = isRelayError(error) ? error : new RelayError('RELAY_ERR_INTERNAL', messageOf(error), { cause: error });
+    if (relayError.status >= 500) log.error({ code: relayError.code, err: relayError.message }, 'sync request failed');
+    return reply.code(relayError.status).type(TEXT).send(`${relayError.code}: ${relayError.message}\n`);
+  }
+
+  function requester(request: FastifyRequest): string {
+    const relayId = deps.requesterOf(request);
+    if (relayId === undefined) {
+      throw new RelayError('RELAY_ERR_AUTH_CERTIFICATE', 'data sync needs the client certificate of a known relay');
+    }
+    return relayId;
+  }
+
+  /** opens a file blob if it is still what was hashed; undefined otherwise (and the view is marked stale) */
+  async function openBlob(view: RelayView, source: Extract<BlobSource, { kind: 'file' }>): Promise<FileHandle | undefined> {
+    let handle: FileHandle | undefined;
+    try {
+      handle = await open(source.absolute, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK);
+      const s = await handle.stat({ bigint: true });
+      if (s.isFile() && s.ino === source.ino && s.size === source.size && s.mtimeNs === source.mtimeNs) return handle;
+    } catch {
+      // vanished: answered as missing
+    }
+    await handle?.close().catch(() => undefined);
+    view.stale = true;
+    return undefined;
+  }
+
+  /** the frames of a batch, reading each file as the response drains (no file is held in memory) */
+  async function* batch(view: RelayView, hashes: readonly string[]): AsyncGenerator<Buffer> {
+    for (const sha256 of hashes) {
+      const source = view.blobs.get(sha256);
+      if (source === undefined) {
+        yield missingFrame(sha256);
+        continue;
+      }
+      if (source.kind === 'buffer') {
+        yield blobHeader(sha256, source.data.length);
+        yield source.data;
+        continue;
+      }
+      const handle = await openBlob(view, source);
+      if (handle === undefined) {
+        yield missingFrame(sha256);
+        continue;
+      }
+      try {
+        yield blobHeader(sha256, Number(source.size));
+        if (source.size === 0n) continue;
+        const check = createHash('sha256');
+        let sent = 0n;
+        for await (const chunk of handle.createReadStream({ autoClose: false, start: 0, end: Number(source.size) - 1, highWaterMark: 256 * 1024 })) {
+          const buffer = chunk as Buffer;
+          check.update(buffer);
+          sent += BigInt(buffer.length);
+          yield buffer;
+        }
+        if (sent !== source.size) throw new Error(`${source.absolute} shrank while sent`);
+        if (check.digest('hex') !== sha256) {
+          // rewritten in place with the same size and mtime: the client rejects it; hash it again next time
+          log.warn({ path: source.absolute }, 'file changed while served, manifest will be recomputed');
+          walker.forget(source.absolute);
+          view.stale = true;
+        }
+      } finally {
+        await handle.close().catch(() => undefined);
+      }
+    }
+    yield END_FRAME;
+  }
+
+  /** Accept-Encoding lists `encoding` without q=0 */
+  const accepts = (request: FastifyRequest, encoding: string): boolean =>
+    String(request.headers['accept-encoding'] ?? '')
+      .split(',')
+      .some((token) => {
+        const [name = '', ...parameters] = token.split(';').map((part) => part.trim().toLowerCase());
+        return name === encoding && !parameters.some((p) => /^q=0(\.0*)?$/.test(p));
+      });
+
+  const routes: FastifyPluginAsync = async (app) => {
+    app.get('/manifest', async (request, reply) => {
+      let relayId: string;
+      let view: RelayView;
+      try {
+        relayId = requester(request);
+        view = await viewFor(relayId, true);
+      } catch (error) {
+        if (isRelayError(error) && error.status === 403) log.info({ client: request.socket.remoteAddress, err: error.message }, 'sync manifest refused');
+        return fail(reply, error);
+      }
+      const etag = `"${view.manifest.generation}"`;
+      reply.header('etag', etag).header('cache-control', 'no-cache').header('vary', 'accept-encoding');
+      const ifNoneMatch = request.headers['if-none-match'];
+      if (typeof ifNoneMatch === 'string' && ifNoneMatch.split(',').some((tag) => tag.trim().replace(/^W\//, '') === etag)) {
+        return reply.code(304).send();
+      }
+      reply.type(TEXT);
+      if (accepts(request, 'gzip')) {
+        view.gzip ??= gzipSync(view.manifest.text);
+        return reply.header('content-encoding', 'gzip').send(view.gzip);
+      }
+      return reply.send(view.manifest.text);
+    });
+
+    app.post('/blobs', { bodyLimit: 4 * 1024 * 1024 }, async (request, reply) => {
+      let view: RelayView;
+      let hashes: string[];
+      try {
+        const relayId = requester(request);
+        const body = request.body as { hashes?: unknown } | undefined;
+        if (!Array.isArray(body?.hashes) || body.hashes.length > MAX_BLOBS_PER_BATCH || !body.hashes.every((h) => typeof h === 'string' && isSha256Hex(h))) {
+          throw new RelayError('RELAY_ERR_BAD_REQUEST', `expected {"hashes": [at most ${MAX_BLOBS_PER_BATCH} lowercase sha256 hex strings]}`);
+        }
+        hashes = body.hashes as string[];
+        view = await viewFor(relayId, false);
+      } catch (error) {
+        return fail(reply, error);
+      }
+      const frames = Readable.from(batch(view, hashes), { objectMode: false });
+      reply.type('application/octet-stream').header('cache-control', 'no-store');
+      if (!accepts(request, 'gzip')) return reply.send(frames);
+      const gzip = createGzip();
+      pipeline(frames, gzip, () => undefined);
+      return reply.header('content-encoding', 'gzip').send(gzip);
+    });
+
+    app.get<{ Params: { sha256: string } }>('/blobs/:sha256', async (request, reply) => {
+      let view: RelayView;
+      try {
+        const relayId = requester(request);
+        if (!isSha256Hex(request.params.sha256)) throw new RelayError('RELAY_ERR_BAD_REQUEST', 'expected a lowercase sha256 hex');
+        view = await viewFor(relayId, false);
+      } catch (error) {
+        return fail(reply, error);
+      }
+      const source = view.blobs.get(request.params.sha256);
+      const handle = source?.kind === 'file' ? await openBlob(view, source) : undefined;
+      if (source === undefined || (source.kind === 'file' && handle === undefined)) {
+        return fail(reply, new RelayError('RELAY_ERR_NOT_FOUND', `no blob ${request.params.sha256} in this relay's manifest`));
+      }
+      reply.type('application/octet-stream').header('etag', `"${request.params.sha256}"`);
+      if (source.kind === 'buffer') return reply.send(source.data);
+      if (handle === undefined || source.size === 0n) {
+        await handle?.close();
+        return reply.send(Buffer.alloc(0));
+      }
+      return reply.header('content-length', String(source.size)).send(handle.createReadStream({ start: 0, end: Number(source.size) - 1 }));
+    });
+  };
+
+  return {
+    routes,
+    manifestFor: async (relayId) => (await viewFor(relayId, true)).manifest,
+    invalidate() {
+      views.clear();
+    },
+  };
+}
+
+/** the face's plugin: `{ options, deps }` → the routes (one cache per registration) */
+export const syncServingRoutes: SyncServingRoutes = async (app, { options, deps }) => {
+  await app.register(createSyncServing(options, deps).routes);
+};

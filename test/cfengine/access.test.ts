@@ -1,0 +1,158 @@
+// Access control with the stock cf-agent (spec-https-front-cfserverd-sync.md §2.3): a node reads only its own
+// folder, the common roots and the shared folder; an unknown key only the public roots; a symlink cannot lead
+// out; clients outside the allowed networks are refused at connect.
+
+import { mkdir, readFile, stat, symlink, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import t from 'tap';
+import {
+  createCfWorkdir,
+  errorLines,
+  hasCfengine,
+  runCopy,
+  startCfengineFixture,
+  type CfengineFixture,
+  type CfWorkdir,
+} from '../support/cfengine.js';
+import { tempDir } from '../support/tmp.js';
+
+const NODE_A = 'aaaaaaaa-1111-4000-8000-000000000001';
+const NODE_B = 'bbbbbbbb-2222-4000-8000-000000000002';
+const skip = hasCfengine() ? false : 'skipped: /usr/bin/cf-agent is not installed (Debian package cfengine3)';
+
+async function exists(path: string): Promise<boolean> {
+  return stat(path).then(
+    () => true,
+    () => false,
+  );
+}
+
+t.test('who may read what', { skip }, async (t) => {
+  const base = tempDir(t, 'onerelay-cfaccess-');
+  const [a, b, stranger] = await Promise.all([
+    createCfWorkdir(join(base, 'node-a')),
+    createCfWorkdir(join(base, 'node-b')),
+    createCfWorkdir(join(base, 'stranger')),
+  ]);
+  const common = join(base, 'ncf-common');
+  const publicRoot = join(base, 'initial-policies');
+  const fixture: CfengineFixture = await startCfengineFixture({
+    base,
+    nodes: [
+      { id: NODE_A, work: a },
+      { id: NODE_B, work: b },
+    ],
+    server: { commonRoots: [common], publicRoots: [publicRoot] },
+  });
+  t.teardown(() => fixture.server.stop());
+  for (const [id, text] of [
+    [NODE_A, 'policies of A\n'],
+    [NODE_B, 'secret policies of B\n'],
+  ] as const) {
+    await mkdir(join(fixture.share, id, 'rules'), { recursive: true });
+    await writeFile(join(fixture.share, id, 'rules', 'promises.cf'), text);
+  }
+  await mkdir(common, { recursive: true });
+  await writeFile(join(common, 'ncf_hash_file'), 'hash\n');
+  await mkdir(publicRoot, { recursive: true });
+  await writeFile(join(publicRoot, 'failsafe.cf'), 'initial\n');
+  await writeFile(join(fixture.sharedFolder, 'shared.txt'), 'shared\n');
+  const port = fixture.port();
+  const copyOne = (work: CfWorkdir, source: string, dest: string, onPort = port) =>
+    runCopy(work, { port: onPort, copies: [{ source, dest }] });
+
+  await t.test('a node reads its folder, the common roots and the shared folder', async (t) => {
+    const dest = join(base, 'a-ok');
+    const run = await runCopy(a, {
+      port,
+      copies: [
+        { source: join(fixture.share, NODE_A, 'rules'), dest: join(dest, 'rules') },
+        { source: common, dest: join(dest, 'ncf') },
+        { source: fixture.sharedFolder, dest: join(dest, 'shared') },
+        { source: publicRoot, dest: join(dest, 'public') },
+      ],
+    });
+    t.same(errorLines(run.stdout), []);
+    t.equal(await readFile(join(dest, 'rules', 'promises.cf'), 'utf8'), 'policies of A\n');
+    t.equal(await readFile(join(dest, 'ncf', 'ncf_hash_file'), 'utf8'), 'hash\n');
+    t.equal(await readFile(join(dest, 'shared', 'shared.txt'), 'utf8'), 'shared\n');
+    t.equal(await readFile(join(dest, 'public', 'failsafe.cf'), 'utf8'), 'initial\n');
+  });
+
+  await t.test("a node's key reading another node's folder is denied", async (t) => {
+    const denials = fixture.counters.count('STAT', 'denied');
+    const dest = join(base, 'a-steals-b');
+    const run = await copyOne(a, join(fixture.share, NODE_B, 'rules'), dest);
+    const errors = errorLines(run.stdout);
+    t.match(errors.join('\n'), /Can't stat file '.*\/bbbbbbbb-2222-4000-8000-000000000002\/rules' on '127\.0\.0\.1'/, 'cf-agent reports it');
+    t.notOk(await exists(dest), 'nothing copied');
+    t.equal(fixture.counters.count('GET'), fixture.counters.count('GET', 'ok'), 'no GET was even tried');
+    t.ok(fixture.counters.count('STAT', 'denied') > denials, 'counted as a denial');
+    const line = fixture.logs.find((l) => l['msg'] === 'cfengine access denied' && String(l['path']).includes(NODE_B));
+    t.equal(line?.['node'], NODE_A, 'logged with the node id');
+    t.equal(line?.['key'], a.md5, 'and its key digest');
+    t.equal(line?.['module'], 'cfengine');
+    // the other node's file by its exact name, too
+    const single = await runCopy(a, { port, copies: [{ source: join(fixture.share, NODE_B, 'rules', 'promises.cf'), dest: join(base, 'b.cf'), recurse: false }] });
+    t.match(errorLines(single.stdout).join('\n'), /Can't stat file/);
+    t.notOk(await exists(join(base, 'b.cf')));
+  });
+
+  await t.test('an unknown key reads the public roots only', async (t) => {
+    const dest = join(base, 'stranger');
+    const run = await runCopy(stranger, {
+      port,
+      copies: [
+        { source: publicRoot, dest: join(dest, 'public') },
+        { source: join(fixture.share, NODE_A, 'rules'), dest: join(dest, 'node-a') },
+        { source: common, dest: join(dest, 'ncf') },
+        { source: fixture.sharedFolder, dest: join(dest, 'shared') },
+      ],
+    });
+    t.equal(await readFile(join(dest, 'public', 'failsafe.cf'), 'utf8'), 'initial\n', 'public roots copied');
+    const errors = errorLines(run.stdout).join('\n');
+    t.match(errors, /Can't stat file '.*aaaaaaaa-1111-4000-8000-000000000001\/rules'/, 'node folder denied');
+    t.match(errors, /Can't stat file '.*ncf-common'/, 'common roots denied');
+    t.match(errors, /Can't stat file '.*shared-folder'/, 'shared folder denied');
+    for (const sub of ['node-a', 'ncf', 'shared']) t.notOk(await exists(join(dest, sub)), `${sub} not copied`);
+    const closed = fixture.logs.find((l) => l['msg'] === 'cfengine connection closed' && l['key'] === stranger.md5);
+    t.equal(closed?.['known'], false, 'the connection line says the key is unknown');
+    t.equal(closed?.['node'], undefined);
+    t.equal(closed?.['denials'], 3);
+  });
+
+  await t.test('a symlink cannot lead out of a node folder', async (t) => {
+    const rules = join(fixture.share, NODE_A, 'rules');
+    await symlink(join(fixture.share, NODE_B, 'rules', 'promises.cf'), join(rules, 'stolen.cf'));
+    await symlink(join(fixture.share, NODE_B), join(rules, 'stolen-dir'));
+    await symlink(join(common, 'ncf_hash_file'), join(rules, 'common-link'));
+    const dest = join(base, 'a-links');
+    const run = await copyOne(a, rules, dest);
+    t.equal(run.code, 0);
+    // inside a recursive copy cf-agent skips an entry it cannot STAT without a message, as with cf-serverd
+    const denied = fixture.logs.filter((l) => l['msg'] === 'cfengine access denied' && l['node'] === NODE_A).map((l) => String(l['path']));
+    t.ok(denied.includes(join(fixture.share, NODE_B, 'rules', 'promises.cf')), 'link to another node denied on its target');
+    t.ok(denied.includes(join(fixture.share, NODE_B)), 'link to another node folder denied on its target');
+    t.notOk(await exists(join(dest, 'stolen.cf')));
+    t.notOk(await exists(join(dest, 'stolen-dir')));
+    t.equal(await readFile(join(dest, 'promises.cf'), 'utf8'), 'policies of A\n', 'the rest is copied');
+    t.equal(await readFile(join(dest, 'common-link'), 'utf8'), 'hash\n', 'a link to an allowed root is served as a file');
+  });
+
+  await t.test('clients outside the allowed networks are refused at connect', async (t) => {
+    const closed = await startCfengineFixture({
+      base: join(base, 'closed'),
+      nodes: [{ id: NODE_A, work: a }],
+      server: { allowedNetworks: ['10.0.0.0/8'] },
+    });
+    t.teardown(() => closed.server.stop());
+    await mkdir(join(closed.share, NODE_A), { recursive: true });
+    await writeFile(join(closed.share, NODE_A, 'x'), 'x');
+    const run = await copyOne(a, join(closed.share, NODE_A), join(base, 'never'), closed.port());
+    t.match(errorLines(run.stdout).join('\n'), /No suitable server found/);
+    t.notOk(await exists(join(base, 'never')));
+    t.ok((closed.counters.connections['refused-network'] ?? 0) >= 1);
+    t.equal(closed.counters.connections['accepted'], undefined);
+    t.ok(closed.logs.some((l) => l['msg'] === 'cfengine connection refused: address not in allowed networks' && l['peer'] === '127.0.0.1'));
+  });
+});

@@ -1,0 +1,132 @@
+// Bounded resources: bad clients are disconnected (garbage, a huge header, half a command then silence, a
+// silent TCP connection) while a stock cf-agent copies in parallel; the connection limit; stop().
+
+import { randomBytes } from 'node:crypto';
+import { mkdir } from 'node:fs/promises';
+import { connect, type Socket } from 'node:net';
+import { join } from 'node:path';
+import t from 'tap';
+import {
+  compareTrees,
+  connectCfengine,
+  createCfWorkdir,
+  errorLines,
+  hasCfengine,
+  makeTree,
+  runCopy,
+  sha256PinOf,
+  startCfengineFixture,
+} from '../support/cfengine.js';
+import { tempDir } from '../support/tmp.js';
+
+const NODE = 'cccccccc-3333-4000-8000-000000000003';
+const skip = hasCfengine() ? false : 'skipped: /usr/bin/cf-agent is not installed (Debian package cfengine3)';
+
+function rawConnect(port: number): Promise<Socket & { closedAt?: number }> {
+  return new Promise((resolve, reject) => {
+    const socket: Socket & { closedAt?: number } = connect(port, '127.0.0.1', () => resolve(socket));
+    socket.on('error', reject);
+    socket.on('close', () => {
+      socket.closedAt = Date.now();
+    });
+  });
+}
+
+function closedWithin(socket: Socket, ms: number): Promise<boolean> {
+  if (socket.destroyed) return Promise.resolve(true);
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => resolve(false), ms);
+    socket.once('close', () => {
+      clearTimeout(timer);
+      resolve(true);
+    });
+  });
+}
+
+t.test('bad clients are cut off without hurting a good copy', { skip }, async (t) => {
+  const base = tempDir(t, 'onerelay-cfrobust-');
+  const node = await createCfWorkdir(join(base, 'node'));
+  const idleTimeoutMs = 4000;
+  const fixture = await startCfengineFixture({ base, nodes: [{ id: NODE, work: node }], server: { idleTimeoutMs } });
+  t.teardown(() => fixture.server.stop());
+  const source = join(fixture.share, NODE, 'rules', 'cfengine-community');
+  await mkdir(source, { recursive: true });
+  await makeTree(source, 300);
+  const port = fixture.port();
+
+  // 1. garbage instead of a TLS ClientHello
+  const garbage = await rawConnect(port);
+  garbage.on('error', () => undefined);
+  garbage.write(randomBytes(64 * 1024));
+  // 2. a silent TCP connection (never starts TLS)
+  const silent = await rawConnect(port);
+  silent.on('error', () => undefined);
+  // 3. identified, then half a transaction and silence
+  const half = await connectCfengine(port, node.privateKey);
+  half.sendRaw(Buffer.from('t 60\0\0\0\0SYNCH 17955', 'latin1'));
+  // 4. identified, then a header announcing far more than 4088 bytes
+  const huge = await connectCfengine(port, node.privateKey);
+  huge.sendRaw(Buffer.from('t 999999', 'latin1'));
+  // 5. an identification "line" that never ends
+  const endless = await connectCfengine(port, node.privateKey, { identify: false });
+  endless.sendRaw(Buffer.alloc(4096, 0x41));
+
+  t.ok(await closedWithin(garbage, 2000), 'garbage: disconnected at once (TLS handshake fails)');
+  await huge.closed;
+  t.pass('huge header: disconnected at once');
+  await endless.closed;
+  t.pass('endless identification line: disconnected at once');
+  t.notOk(half.isClosed(), 'half a command: still connected, waiting');
+  t.notOk(silent.destroyed, 'silent TCP client: still connected, waiting');
+
+  const started = Date.now();
+  const dest = join(base, 'inputs');
+  const run = await runCopy(node, { port, copies: [{ source, dest, preserve: true }] });
+  const copyMs = Date.now() - started;
+  t.equal(run.code, 0);
+  t.same(errorLines(run.stdout), [], 'the good copy has no error');
+  t.same(await compareTrees(source, dest, { modes: true }), [], 'and is complete');
+  t.ok(!half.isClosed() || copyMs > idleTimeoutMs, `the stalled clients were connected during the copy (${copyMs} ms)`);
+
+  t.ok(await closedWithin(half.socket, idleTimeoutMs + 3000), 'half a command: closed by the idle timeout');
+  t.ok(await closedWithin(silent, idleTimeoutMs + 3000), 'silent TCP client: closed by the idle timeout');
+  const closedOnError = () => fixture.logs.filter((l) => l['msg'] === 'cfengine connection closed on error');
+  // the server's own 'close' may run just after the client saw the connection end
+  for (let i = 0; i < 50 && closedOnError().length < 5; i += 1) await new Promise((resolve) => setTimeout(resolve, 20));
+  const reasons = closedOnError().map((l) => String(l['reason']));
+  t.ok(reasons.some((r) => r.includes('idle timeout')), 'idle timeout logged');
+  t.ok(reasons.some((r) => r.includes('TLS handshake timeout')), 'handshake timeout logged');
+  t.ok(reasons.some((r) => r.includes('transaction length')), 'bad header logged');
+  t.ok((fixture.counters.connections['closed-error'] ?? 0) >= 5, 'counted as closed-error');
+});
+
+t.test('connection limit and stop()', async (t) => {
+  const base = tempDir(t, 'onerelay-cflimit-');
+  const { generateKeyPairSync } = await import('node:crypto');
+  const key = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey;
+  const fixture = await startCfengineFixture({ base, nodes: [{ id: NODE, sha256Pin: sha256PinOf(key) }], server: { maxConnections: 2 } });
+  t.teardown(() => fixture.server.stop());
+  const port = fixture.port();
+  const first = await connectCfengine(port, key);
+  const second = await rawConnect(port);
+  second.on('error', () => undefined);
+  const third = await rawConnect(port);
+  third.on('error', () => undefined);
+  t.ok(await closedWithin(third, 2000), 'a third connection is refused');
+  t.equal(fixture.counters.connections['refused-limit'], 1);
+  t.ok(fixture.logs.some((l) => l['msg'] === 'cfengine connection refused: too many connections'));
+  second.destroy();
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  const fourth = await connectCfengine(port, key);
+  fourth.send('VERSION');
+  t.equal((await fourth.readFrame()).payload.toString(), 'OK: 3.21.0', 'a slot freed is usable again');
+
+  await fixture.server.stop();
+  await Promise.all([first.closed, fourth.closed]);
+  t.pass('stop() closes the open connections');
+  const refused = await rawConnect(port).then(
+    () => false,
+    () => true,
+  );
+  t.ok(refused, 'and the listener');
+});
