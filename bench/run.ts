@@ -8,6 +8,9 @@ interface Bench {
 
 const benches: Record<string, () => Promise<Bench>> = {
   uploads: () => import('./uploads.js'),
+  pipeline: () => import('./pipeline.js'),
+  policies: () => import('./policies.js'),
+  'remote-run': () => import('./remote-run.js'),
 };
 
 async function main(names: readonly string[]): Promise<number> {

@@ -11,7 +11,7 @@ import type { Logger } from 'pino';
 import { ConfigError, loadConfig, type Config, type LoadedConfig, type LogLevel } from './config/index.js';
 import { RelayError, messageOf } from './errors.js';
 import { createFrontDoor, createLocalApi, type UploadAuthOptions } from './http/index.js';
-import { ensureIdentity, loadIdentity, type Identity } from './identity/index.js';
+import { ensureIdentity, keyDigests, loadIdentity, type Identity } from './identity/index.js';
 import { identityPaths } from './paths.js';
 import { createLogger, pinoLevel } from './log.js';
 import { createFrontDoorMetrics, createPrimaryMetrics, type MetricsSnapshot } from './metrics/index.js';
@@ -21,7 +21,7 @@ import { createPipelines } from './pipelines.js';
 import { createPeers, sharedFilesForwarder, type Peers } from './forwarders.js';
 import { createSharedFiles, type SharedFiles } from './shared-files/index.js';
 import type { ServiceMetrics } from './metrics/index.js';
-import { createCommandRunner, createRemoteRun, type NodeRunner, type RemoteRun } from './remote-run/index.js';
+import { createCommandRunner, createNativeRunner, createRemoteRun, type NodeRunner, type RemoteRun } from './remote-run/index.js';
 import { remoteRunCaller } from './forwarders.js';
 import { createCfengineServer, type CfengineServer } from './cfengine/index.js';
 import { clientCertificateRequester, createSyncPuller, createSyncServing, type SyncPaths, type SyncPuller, type SyncServing } from './sync/index.js';
@@ -136,16 +136,24 @@ function syncPaths(config: Config): SyncPaths {
   };
 }
 
-function nodeRunnerOf(config: Config): NodeRunner {
-  return createCommandRunner({ command: config.remoteRun.command, useSudo: config.remoteRun.useSudo });
+function nodeRunnerOf(config: Config, identity: Identity, log: Logger): NodeRunner {
+  if (config.remoteRun.mode !== 'native') return createCommandRunner({ command: config.remoteRun.command, useSudo: config.remoteRun.useSudo });
+  // CFEngine EXEC to the node's cf-serverd with the relay's own key (spec §2.5 "Outbound")
+  return createNativeRunner({
+    privateKey: identity.privateKey,
+    port: config.remoteRun.port,
+    connectTimeoutMs: config.remoteRun.connectTimeoutMs,
+    maxParallel: config.remoteRun.maxParallel,
+    log,
+  });
 }
 
-function remoteRunOf(config: Config, nodes: NodesRegistry, peers: Peers, metrics: ServiceMetrics, log: Logger, onError?: (message: string) => void): RemoteRun {
+function remoteRunOf(config: Config, identity: Identity, nodes: NodesRegistry, peers: Peers, metrics: ServiceMetrics, log: Logger, onError?: (message: string) => void): RemoteRun {
   return createRemoteRun(
     { enabled: config.remoteRun.enabled, maxParallel: config.remoteRun.maxParallel, timeoutMs: config.remoteRun.timeoutMs },
     {
       nodes,
-      runner: nodeRunnerOf(config),
+      runner: nodeRunnerOf(config, identity, log),
       subRelays: remoteRunCaller(peers),
       counters: { run: (result, seconds) => metrics.remoteRuns.observe({ result }, seconds) },
       ...(onError ? { onError } : {}),
@@ -295,7 +303,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
     const peers = createPeers(config, nodes, { key: identity.privateKeyPem, cert: identity.certificatePem });
     stoppers.push(() => peers.close());
     const sharedFiles = sharedFilesOf(config, nodes, peers, metrics, log);
-    remoteRun = remoteRunOf(config, nodes, peers, metrics, log);
+    remoteRun = remoteRunOf(config, identity, nodes, peers, metrics, log);
     if (config.sync.upstream) {
       puller = createSyncPuller(
         { paths: syncPaths(config), myId: identity.nodeId, frequencyMs: config.sync.frequencyMs },
@@ -356,6 +364,29 @@ export async function runPrimary(options: StartOptions): Promise<void> {
           maxConnections: config.cfengine.maxConnections,
           idleTimeoutMs: config.cfengine.idleTimeoutMs,
           denyBadClocks: config.cfengine.denyBadClocks,
+          // inbound remote run (spec §2.5): EXEC only from the upstream's key, mapped to "sync now"
+          execKeys: await readFile(config.output.upstream.serverCertificateFile, 'utf8').then(
+            (pem) => {
+              const blocks = pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+              return blocks.map((block) => keyDigests(new X509Certificate(block).publicKey).sha256Pin);
+            },
+            () => [],
+          ),
+          onExec: async (classes, writeLine) => {
+            const running = puller;
+            if (running === undefined) {
+              writeLine('onerelay: no data sync from upstream is configured here (sync.upstream): nothing to run');
+              return 0;
+            }
+            writeLine(`onerelay: data sync from upstream triggered${classes.length > 0 ? ` (classes: ${classes.join(',')})` : ''}`);
+            const s = await running.trigger();
+            if (s.lastError !== undefined) {
+              writeLine(`onerelay: data sync failed: ${s.lastError}`);
+              return 1;
+            }
+            writeLine(`onerelay: data sync done: generation ${s.generation ?? 'none'}, ${s.lastFiles} files, ${s.lastBytes} bytes, ${s.lastChangedUnits} units changed, ${s.lastRequests ?? 0} requests, ${s.lastDurationMs ?? 0} ms`);
+            return 0;
+          },
         },
         {
           nodes,
@@ -503,7 +534,7 @@ export async function runWorker(): Promise<void> {
         metrics: frontDoorMetrics,
         isSpoolFull: (queue) => fullQueues.has(queue),
         sharedFiles: sharedFilesOf(config, nodes, peers, frontDoorMetrics, log),
-        remoteRun: remoteRunOf(config, nodes, peers, frontDoorMetrics, log, (message) => send({ type: 'remote-run-error', message })),
+        remoteRun: remoteRunOf(config, identity, nodes, peers, frontDoorMetrics, log, (message) => send({ type: 'remote-run-error', message })),
         syncServing: config.sync.serve
           ? createSyncServing({ paths: syncPaths(config), manifestTtlMs: config.sync.manifestTtlMs }, { nodes, requesterOf: clientCertificateRequester(nodes), log })
           : undefined,

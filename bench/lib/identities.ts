@@ -24,6 +24,12 @@ export interface NodeIdentity {
   readonly keyHash: string;
 }
 
+/** Where the identity cached under `name` keeps its files (localhost.priv, agent.cert), for openssl. */
+export function identityFiles(name: string): { readonly privateKeyFile: string; readonly certificateFile: string } {
+  const directory = join(cacheDirectory, name);
+  return { privateKeyFile: join(directory, 'localhost.priv'), certificateFile: join(directory, 'agent.cert') };
+}
+
 /** The identity cached under `name`, made with openssl on first use. */
 export async function cachedIdentity(name: string): Promise<NodeIdentity> {
   const directory = join(cacheDirectory, name);

@@ -1,6 +1,7 @@
 // onerelay started as a user starts it: `node dist/cli.js start --config <toml>`, with a config, a
-// nodes list and nodes certificates written for the bench's agents. Ready when the local API's
-// status answers 200; stopped with SIGTERM.
+// nodes list and nodes certificates written for the bench's agents; optionally forwarding to an upstream
+// (pinned certificate) and serving a policies directory. Ready when the local API's status answers 200
+// and the HTTPS front door accepts connections; stopped with SIGTERM.
 
 import { existsSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
@@ -23,6 +24,22 @@ export interface OnerelayOptions {
   readonly password: string;
   /** [https] workers; 0 = one per core */
   readonly workers: number;
+  /** forward reports (and inventories) to this HTTPS upstream, whose certificate is pinned; default: outputs disabled */
+  readonly upstream?: {
+    readonly port: number;
+    /** PEM file of the upstream's certificate (output.upstream.server_certificate_file) */
+    readonly certificateFile: string;
+    /** output.upstream.max_concurrency; default: onerelay's */
+    readonly maxConcurrency?: number;
+  };
+  /** processing.reporting.verify_signature; default: onerelay's ("direct") */
+  readonly verifySignature?: 'direct' | 'required' | 'off';
+  /** [policies] directory; default: onerelay's */
+  readonly policiesDirectory?: string;
+  /** called once the config is written, before the process is spawned, e.g. to place files in `<reports>/incoming/` (the start scan takes them) */
+  readonly beforeStart?: (paths: { readonly reportsIncoming: string }) => Promise<void>;
+  /** called right after the process is spawned, before it is ready */
+  readonly onSpawned?: (server: Server) => void;
 }
 
 export interface OnerelayUploads {
@@ -30,6 +47,9 @@ export interface OnerelayUploads {
   /** where `PUT /reports/<file>` lands */
   readonly reportsDirectory: string;
   readonly apiPort: number;
+  /** performance.timeOrigin + performance.now() when the process was spawned, and when it answered ready */
+  readonly spawnedAt: number;
+  readonly readyAt: number;
 }
 
 /** Why onerelay cannot be benched from this tree, or undefined when its CLI is built. */
@@ -38,9 +58,17 @@ export function onerelayMissing(): string | undefined {
   return undefined;
 }
 
+/** A high-resolution wall clock comparable between processes (ms since the epoch). */
+export function epochNow(): number {
+  return performance.timeOrigin + performance.now();
+}
+
 export async function startOnerelayUploads(options: OnerelayOptions): Promise<OnerelayUploads> {
   const at = (name: string): string => join(options.directory, name);
   const apiPort = await freePort();
+  // the CFEngine protocol server (when built in) listens on 0.0.0.0:5309 by default: keep it on loopback, on a
+  // port of its own, so that it neither faces the network nor collides with another relay on this machine
+  const cfenginePort = await freePort();
   await mkdir(at('ppkeys'), { recursive: true });
   await writeFile(at('ppkeys/localhost.priv'), options.relay.privateKeyPem, { mode: 0o600 });
   await writeFile(at('ppkeys/localhost.pub'), options.relay.publicKeyPem);
@@ -53,22 +81,26 @@ export async function startOnerelayUploads(options: OnerelayOptions): Promise<On
   );
   await writeFile(at('nodeslist.json'), `${JSON.stringify(nodesList, null, 2)}\n`);
   await writeFile(at('nodescerts.pem'), options.agents.map((agent) => agent.certificatePem).join(''));
+  const upstream = options.upstream;
+  const output = upstream === undefined ? '' : 'output = "upstream"\n';
   const config = `[general]
 node_id = "${options.relay.nodeId}"
 nodes_list_file = "${at('nodeslist.json')}"
 nodes_certs_file = "${at('nodescerts.pem')}"
 listen = "127.0.0.1:${apiPort}"
-
+${upstream === undefined ? '' : `https_port = ${upstream.port}\n`}
 [processing.reporting]
 directory = "${at('reports')}/"
-
+${output}${options.verifySignature === undefined ? '' : `verify_signature = "${options.verifySignature}"\n`}
 [processing.inventory]
 directory = "${at('inventories')}/"
-
+${output}
 [output.upstream]
 host = "127.0.0.1"
 password = "${options.password}"
-
+${upstream === undefined ? '' : `server_certificate_file = "${upstream.certificateFile}"\n`}${
+    upstream?.maxConcurrency === undefined ? '' : `max_concurrency = ${upstream.maxConcurrency}\n`
+  }
 [identity]
 private_key_file = "${at('ppkeys/localhost.priv')}"
 certificate_file = "${at('agent.cert')}"
@@ -77,9 +109,18 @@ certificate_file = "${at('agent.cert')}"
 listen = "127.0.0.1:${options.httpsPort}"
 allowed_networks = ["127.0.0.0/8"]
 workers = ${options.workers}
-`;
+
+[cfengine]
+listen = "127.0.0.1:${cfenginePort}"
+${options.policiesDirectory === undefined ? '' : `\n[policies]\ndirectory = "${options.policiesDirectory}"\n`}`;
   const configFile = at('onerelay.toml');
   await writeFile(configFile, config);
+  const reportsIncoming = at('reports/incoming');
+  if (options.beforeStart !== undefined) {
+    await mkdir(reportsIncoming, { recursive: true });
+    await options.beforeStart({ reportsIncoming });
+  }
+  const spawnedAt = epochNow();
   const server = startServer({
     name: 'onerelay',
     command: process.execPath,
@@ -88,6 +129,7 @@ workers = ${options.workers}
     logFile: at('onerelay.log'),
     stopSignal: 'SIGTERM',
   });
+  options.onSpawned?.(server);
   try {
     // the status may answer before the HTTPS front door listens
     await waitUntilReady(server, async () => (await statusIsOk(apiPort)) && acceptsConnections(options.httpsPort), 20_000);
@@ -95,7 +137,7 @@ workers = ${options.workers}
     await server.stop();
     throw error;
   }
-  return { server, reportsDirectory: at('reports/incoming'), apiPort };
+  return { server, reportsDirectory: reportsIncoming, apiPort, spawnedAt, readyAt: epochNow() };
 }
 
 function statusIsOk(apiPort: number): Promise<boolean> {

@@ -1,6 +1,7 @@
-// A load process (forked by upload-load.ts): keeps `concurrency` agent uploads in flight, each on
-// its own connection, and counts those that complete inside the measuring window.
+// A load process (forked by upload-load.ts): keeps `concurrency` agent uploads (or downloads) in
+// flight, each on its own connection, and counts those that complete inside the measuring window.
 
+import { download } from './download-client.js';
 import { runlogFileName, upload, uploadingAgent, type UploadingAgent } from './upload-client.js';
 import type { WorkerMessage, WorkerPlan, WorkerStart } from './upload-load.js';
 
@@ -17,8 +18,10 @@ process.on('message', (message: WorkerPlan | WorkerStart) => {
     agents = message.agents.map(uploadingAgent);
     send({ type: 'ready' });
   } else if (plan !== undefined) {
+    // after the result, stay (idle) until the bench kills us: its CPU reading at the end of the window,
+    // when its timer fires late on a busy machine, must still find this process
     void measure(plan).then(
-      () => process.disconnect(),
+      () => undefined,
       (error: unknown) => {
         console.error(error);
         process.exit(1);
@@ -28,7 +31,7 @@ process.on('message', (message: WorkerPlan | WorkerStart) => {
 });
 
 async function measure(plan: WorkerPlan): Promise<void> {
-  const body = Buffer.from(plan.body.buffer, plan.body.byteOffset, plan.body.byteLength);
+  const bodies = plan.bodies.map((body) => Buffer.from(body.buffer, body.byteOffset, body.byteLength));
   const nextSecond = agents.map(() => plan.firstSecond);
   let nextAgent = 0;
   const started = performance.now();
@@ -37,6 +40,7 @@ async function measure(plan: WorkerPlan): Promise<void> {
   const latenciesMs: number[] = [];
   const failures: Record<string, number> = {};
   let uploads = 0;
+  let allUploads = 0;
 
   const lane = async (): Promise<void> => {
     while (performance.now() < windowEnd) {
@@ -45,24 +49,46 @@ async function measure(plan: WorkerPlan): Promise<void> {
       const agent = agents[agentIndex]!;
       const second = nextSecond[agentIndex]!;
       nextSecond[agentIndex] = second + 1;
-      const outcome = await upload({
-        port: plan.port,
-        agent,
-        fileName: runlogFileName(second, agent.nodeId),
-        body,
-        authorization: plan.authorization,
-      });
+      const task = plan.downloads?.[agentIndex];
+      let status: number | undefined;
+      let error: string | undefined;
+      let latencyMs: number;
+      if (task === undefined) {
+        const outcome = await upload({
+          port: plan.port,
+          agent,
+          fileName: runlogFileName(second, agent.nodeId),
+          body: bodies[agentIndex]!,
+          authorization: plan.authorization,
+        });
+        ({ status, error, latencyMs } = outcome);
+        if (status !== undefined && (status < 200 || status >= 300)) error = `HTTP ${status}`;
+      } else {
+        const outcome = await download({
+          port: plan.port,
+          agent,
+          path: task.path,
+          ...(task.ifNoneMatch === undefined ? {} : { ifNoneMatch: task.ifNoneMatch }),
+        });
+        ({ status, error, latencyMs } = outcome);
+        if (status !== undefined && status !== task.expectedStatus) error = `HTTP ${status}`;
+        else if (status === 200 && task.expectedBytes !== undefined && outcome.bytes !== task.expectedBytes) {
+          error = `body of ${outcome.bytes} bytes, expected ${task.expectedBytes}`;
+        }
+      }
+      const ok = status !== undefined && error === undefined;
+      if (ok) allUploads++;
       const ended = performance.now();
       if (ended < windowStart || ended > windowEnd) continue;
-      if (outcome.status !== undefined && outcome.status >= 200 && outcome.status < 300) {
+      if (ok) {
         uploads++;
-        latenciesMs.push(outcome.latencyMs);
+        latenciesMs.push(latencyMs);
       } else {
-        const what = outcome.status !== undefined ? `HTTP ${outcome.status}` : (outcome.error ?? 'unknown error');
+        const what = error ?? 'unknown error';
         failures[what] = (failures[what] ?? 0) + 1;
       }
     }
   };
   await Promise.all(Array.from({ length: plan.concurrency }, lane));
-  send({ type: 'result', uploads, latenciesMs, failures });
+  send({ type: 'result', uploads, allUploads, latenciesMs, failures });
 }

@@ -1,6 +1,9 @@
 // Upload load: a fixed number of agents in flight, spread over a few load processes (each its own
 // event loop and core share), a warm-up, then a fixed measuring window. Completions inside the
 // window are counted; 2xx are uploads, anything else is reported as a failure.
+// The same load can be downloads instead (`downloads`): fresh TLS connections with client certificates,
+// GETs whose expected status (200 with the whole body, or 304) counts as success; then "uploads" in the
+// result means successful requests.
 
 import { fork, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -11,7 +14,12 @@ export interface LoadPlan {
   readonly port: number;
   readonly agents: readonly AgentKeys[];
   readonly authorization: string;
-  readonly body: Buffer;
+  /** the upload body of every agent, unless `bodies` gives each its own */
+  readonly body?: Buffer;
+  /** per agent (same order as `agents`): its own upload body, e.g. a run log signed with its key */
+  readonly bodies?: readonly Buffer[];
+  /** per agent (same order as `agents`): GET this instead of uploading */
+  readonly downloads?: readonly DownloadTask[];
   readonly processes: number;
   /** uploads in flight overall, split evenly between the processes */
   readonly concurrency: number;
@@ -21,10 +29,22 @@ export interface LoadPlan {
   readonly firstSecond: number;
   /** process trees whose CPU use is reported (the server measured) */
   readonly serverPids: readonly number[];
+  /** called at the start and the end of the measuring window, e.g. to read other counters at the same instants */
+  readonly onWindowEdge?: (edge: 'start' | 'end') => void;
+}
+
+/** a GET an agent repeats: success is `expectedStatus`, and for 200 exactly `expectedBytes` of body */
+export interface DownloadTask {
+  readonly path: string;
+  readonly ifNoneMatch?: string;
+  readonly expectedStatus: number;
+  readonly expectedBytes?: number;
 }
 
 export interface LoadResult {
   readonly uploads: number;
+  /** successful requests overall, warm-up and the requests finishing after the window included */
+  readonly allUploads: number;
   readonly uploadsPerSecond: number;
   readonly latenciesMs: readonly number[];
   /** non-2xx answers by status, and transport errors by message */
@@ -42,7 +62,10 @@ export interface WorkerPlan {
   readonly port: number;
   readonly agents: readonly AgentKeys[];
   readonly authorization: string;
-  readonly body: Uint8Array;
+  /** per agent: its upload body */
+  readonly bodies: readonly Uint8Array[];
+  /** per agent, when downloading */
+  readonly downloads: readonly DownloadTask[] | undefined;
   readonly concurrency: number;
   readonly warmupMs: number;
   readonly durationMs: number;
@@ -57,6 +80,7 @@ export interface WorkerReady {
 export interface WorkerResult {
   readonly type: 'result';
   readonly uploads: number;
+  readonly allUploads: number;
   readonly latenciesMs: readonly number[];
   readonly failures: Readonly<Record<string, number>>;
 }
@@ -65,6 +89,8 @@ export type WorkerMessage = WorkerReady | WorkerResult;
 const workerScript = fileURLToPath(new URL('./upload-load-worker.ts', import.meta.url));
 
 export async function runUploadLoad(plan: LoadPlan): Promise<LoadResult> {
+  const bodyOf = (index: number): Buffer => plan.bodies?.[index] ?? plan.body ?? Buffer.alloc(0);
+  if (plan.downloads === undefined && plan.bodies === undefined && plan.body === undefined) throw new Error('upload load without a body');
   // inherits process.execArgv, i.e. the tsx loader the bench itself runs under
   const workers = Array.from({ length: plan.processes }, () =>
     fork(workerScript, [], { serialization: 'advanced', stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }),
@@ -72,14 +98,16 @@ export async function runUploadLoad(plan: LoadPlan): Promise<LoadResult> {
   try {
     const readiness = workers.map((worker) => nextMessage(worker, 'ready'));
     workers.forEach((worker, index) => {
-      const agents = plan.agents.filter((_, agentIndex) => agentIndex % plan.processes === index);
+      const mine = (_: unknown, agentIndex: number): boolean => agentIndex % plan.processes === index;
+      const agents = plan.agents.filter(mine);
       const concurrency = Math.floor(plan.concurrency / plan.processes) + (index < plan.concurrency % plan.processes ? 1 : 0);
       const message: WorkerPlan = {
         type: 'plan',
         port: plan.port,
         agents,
         authorization: plan.authorization,
-        body: plan.body,
+        bodies: plan.agents.map((_, agentIndex) => bodyOf(agentIndex)).filter(mine),
+        downloads: plan.downloads?.filter(mine),
         concurrency,
         warmupMs: plan.warmupMs,
         durationMs: plan.durationMs,
@@ -94,8 +122,14 @@ export async function runUploadLoad(plan: LoadPlan): Promise<LoadResult> {
     for (const worker of workers) worker.send(start);
     const loadPids = workers.map((worker) => worker.pid ?? -1);
     // CPU readings at the edges of the window, which every load process times the same way
-    const cpuAtStart = await after(plan.warmupMs, () => cpuReading(plan.serverPids, loadPids));
-    const cpuAtEnd = await after(plan.durationMs, () => cpuReading(plan.serverPids, loadPids));
+    const cpuAtStart = await after(plan.warmupMs, () => {
+      plan.onWindowEdge?.('start');
+      return cpuReading(plan.serverPids, loadPids);
+    });
+    const cpuAtEnd = await after(plan.durationMs, () => {
+      plan.onWindowEdge?.('end');
+      return cpuReading(plan.serverPids, loadPids);
+    });
     const finished = (await Promise.all(results)) as WorkerResult[];
 
     const latenciesMs = finished.flatMap((result) => result.latenciesMs);
@@ -104,9 +138,11 @@ export async function runUploadLoad(plan: LoadPlan): Promise<LoadResult> {
       for (const [what, count] of Object.entries(result.failures)) failures[what] = (failures[what] ?? 0) + count;
     }
     const uploads = finished.reduce((sum, result) => sum + result.uploads, 0);
+    const allUploads = finished.reduce((sum, result) => sum + result.allUploads, 0);
     const windowMs = cpuAtEnd.at - cpuAtStart.at;
     return {
       uploads,
+      allUploads,
       uploadsPerSecond: uploads / (plan.durationMs / 1000),
       latenciesMs,
       failures,

@@ -9,7 +9,7 @@ import type { TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import { keyDigests } from '../identity/index.js';
 import type { NodesRegistry } from '../nodes/index.js';
-import type { CfengineCounters } from './index.js';
+import type { CfengineCounters, ExecHandler } from './index.js';
 import { displayPath, fsPath, type PathAcl, type Reader } from './access.js';
 import {
   CFD_TERMINATOR,
@@ -65,8 +65,18 @@ export interface ConnectionContext {
   readonly acl: PathAcl;
   readonly denyBadClocks: boolean;
   readonly maxInputBytes: number;
+  readonly idleTimeoutMs: number;
   readonly digests: DigestCache;
+  /** inbound remote run: admitted keys (sha256 pins), the command shown, what runs (absent: EXEC refused) */
+  readonly exec: { readonly keys: ReadonlySet<string>; readonly command: string; readonly run?: ExecHandler };
 }
+
+/** cf-serverd's MatchClasses reads at most this many class-selection transactions */
+const MAX_EXEC_SELECT_FRAMES = 10;
+/** CharsetAcceptable for EXEC -D/-b tokens */
+const EXEC_TOKEN = /^[A-Za-z0-9_:]+$/;
+/** "> " + line + "\n" must fit one transaction */
+const MAX_EXEC_LINE_BYTES = 4088 - 3;
 
 type Outcome = 'continue' | 'close';
 
@@ -84,7 +94,11 @@ export class CfengineConnection {
   private busy = false;
   private reader: Reader = { nodeId: undefined };
   private key = '';
+  /** sha256//… of the client's SPKI: what execKeys pins */
+  private keyPin = '';
   private username = '';
+  /** wakes a handler waiting for the next transaction (EXEC's class frames) */
+  private frameWaiter: (() => void) | undefined;
   private readonly statted = new Map<string, Statted>();
   private readonly startedAt = Date.now();
   private requests = 0;
@@ -131,6 +145,7 @@ export class CfengineConnection {
   private onClose(): void {
     if (this.phase === 'closed') return;
     this.phase = 'closed';
+    this.frameWaiter?.();
     if (this.failed) this.ctx.counters.connection('closed-error');
     const fields = {
       known: this.reader.nodeId !== undefined,
@@ -153,7 +168,9 @@ export class CfengineConnection {
     const publicKey: KeyObject = certificate.publicKey;
     if (publicKey.asymmetricKeyType !== 'rsa') return this.fail(`client key is ${publicKey.asymmetricKeyType ?? 'unknown'}, not RSA`);
     try {
-      this.key = keyDigests(publicKey).cfengineMd5;
+      const digests = keyDigests(publicKey);
+      this.key = digests.cfengineMd5;
+      this.keyPin = digests.sha256Pin;
     } catch (error) {
       return this.fail(`client key unusable: ${(error as Error).message}`);
     }
@@ -176,6 +193,11 @@ export class CfengineConnection {
       this.decoder.push(chunk);
     } catch (error) {
       return this.fail((error as Error).message);
+    }
+    if (this.frameWaiter !== undefined) {
+      const wake = this.frameWaiter;
+      this.frameWaiter = undefined;
+      wake();
     }
     this.pump();
   }
@@ -251,12 +273,7 @@ export class CfengineConnection {
         await this.write(encodeFrame(`OK: ${SERVER_VERSION}`));
         return 'continue';
       case 'EXEC':
-        // no cfruncommand on this server: refusal, terminator, close (DoExec2 step 0)
-        this.denied('EXEC', {}, 'cfengine EXEC refused: no remote run command here');
-        await this.write(encodeFrame(FAILED));
-        await this.write(encodeFrame(`${CFD_TERMINATOR}\0`));
-        this.closeReason = 'EXEC refused';
-        return 'close';
+        return this.exec(request.args);
       case 'BAD':
         this.ctx.counters.command(knownOrBad(request.word), 'error');
         return this.protocolError(`illegal request ${JSON.stringify(request.word)}`);
@@ -264,6 +281,100 @@ export class CfengineConnection {
         this.ctx.counters.command(request.command, 'error');
         return this.protocolError(`unsupported request ${request.command}`);
     }
+  }
+
+  /** the next transaction, waiting for it; undefined when the connection ends first */
+  private async nextFrame(): Promise<Buffer | undefined> {
+    for (;;) {
+      if (this.phase !== 'requests') return undefined;
+      const frame = this.decoder.next();
+      if (frame !== undefined) return frame.payload;
+      await new Promise<void>((resolve) => {
+        this.frameWaiter = resolve;
+      });
+    }
+  }
+
+  /**
+   * Inbound remote run (spec-https-front-cfserverd-sync.md §2.5, cf-serverd's DoExec2): only a key in
+   * execKeys; the client's class-selection frames up to the terminator; only -D and -b with
+   * [A-Za-z0-9_:] tokens (-b has no meaning here and is refused); then "cf-serverd executing
+   * cfruncommand: …", one "> line" per output line, "(exit code: N)", and always the terminator.
+   */
+  private async exec(args: string): Promise<Outcome> {
+    const { exec } = this.ctx;
+    if (exec.run === undefined || !exec.keys.has(this.keyPin)) {
+      // like a cfruncommand path not admitted for this key: refusal, terminator, close
+      this.denied('EXEC', {}, exec.run === undefined ? 'cfengine EXEC refused: no remote run here' : 'cfengine EXEC refused: key not admitted');
+      await this.write(encodeFrame(FAILED));
+      await this.write(encodeFrame(`${CFD_TERMINATOR}\0`));
+      this.closeReason = 'EXEC refused';
+      return 'close';
+    }
+    const terminate = async (): Promise<Outcome> => {
+      await this.write(encodeFrame(`${CFD_TERMINATOR}\0`));
+      return 'continue';
+    };
+    const refuse = async (line: string): Promise<Outcome> => {
+      this.denied('EXEC', { args: args.slice(0, 200) }, `cfengine ${line}`);
+      await this.write(encodeFrame(line.slice(0, 4088)));
+      return terminate();
+    };
+    // MatchClasses: class-selection frames (cf-runagent -s) until the terminator
+    let selected = 0;
+    for (let count = 0; count < MAX_EXEC_SELECT_FRAMES; count++) {
+      const payload = await this.nextFrame();
+      if (payload === undefined) return 'close';
+      if (payload.toString('latin1').startsWith(CFD_TERMINATOR)) break;
+      selected += 1;
+    }
+    if (selected > 0) {
+      // no class of this relay can match a selection: cf-serverd's ReplyNothing, then the denial
+      await this.write(encodeFrame(`Hello ${this.peer} (${this.peer}), nothing relevant to do here...\n\n`));
+      return refuse('EXEC denied due to failed class match (check cf-serverd verbose output)');
+    }
+    const classes: string[] = [];
+    let rest = args.replace(/^[ \t]+/, '');
+    while (rest !== '') {
+      const option = rest.slice(0, 2);
+      if (option !== '-D' && option !== '-b') return refuse(`EXEC denied: invalid arguments: ${rest}`);
+      const list = rest.slice(2).replace(/^[ \t]+/, '');
+      const end = list.search(/[ \t]/);
+      const tokens = (end === -1 ? list : list.slice(0, end)).split(',');
+      rest = (end === -1 ? '' : list.slice(end)).replace(/^[ \t]+/, '');
+      if (tokens.length === 1 && tokens[0] === '') continue;
+      if (option === '-b') return refuse('EXEC denied bundle activation (check cf-serverd verbose output)');
+      if (!tokens.every((token) => EXEC_TOKEN.test(token))) return refuse('EXEC denied role activation (check cf-serverd verbose output)');
+      classes.push(...tokens);
+    }
+    const command = classes.length > 0 ? `${exec.command} -D ${classes.join(',')}` : exec.command;
+    this.ctx.counters.command('EXEC', 'ok');
+    this.log.info({ command: 'EXEC', classes }, `cfengine EXEC: running ${command}`);
+    await this.write(encodeFrame(`cf-serverd executing cfruncommand: ${command}\n`.slice(0, 4088)));
+    // lines in order, each one transaction; the socket stays quiet while the command is (a sync may be slow)
+    let chain: Promise<void> = Promise.resolve();
+    const writeLine = (text: string): void => {
+      for (const line of text.split('\n')) {
+        let bytes = Buffer.from(line, 'utf8');
+        if (bytes.length > MAX_EXEC_LINE_BYTES) bytes = bytes.subarray(0, MAX_EXEC_LINE_BYTES);
+        const frame = encodeFrame(Buffer.concat([Buffer.from('> '), bytes, Buffer.from('\n')]));
+        chain = chain.then(() => this.write(frame)).catch(() => undefined);
+      }
+    };
+    this.socket.setTimeout(0);
+    let exitCode: number;
+    try {
+      exitCode = await exec.run(classes, writeLine);
+    } catch (error) {
+      writeLine(`error: ${(error as Error).message}`);
+      exitCode = 1;
+    } finally {
+      this.socket.setTimeout(this.ctx.idleTimeoutMs);
+    }
+    await chain;
+    await this.write(encodeFrame(`(exit code: ${exitCode})\n`));
+    this.log.info({ command: 'EXEC', exitCode }, 'cfengine EXEC done');
+    return terminate();
   }
 
   private async protocolError(reason: string): Promise<Outcome> {

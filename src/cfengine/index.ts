@@ -26,7 +26,19 @@ export interface CfengineServerOptions {
   readonly idleTimeoutMs?: number;
   /** cf-serverd's denybadclocks (default true): refuse STAT when the client clock is off by > 3600 s */
   readonly denyBadClocks?: boolean;
+  /**
+   * keys admitted for EXEC (inbound remote run, spec §2.5), as sha256//<base64 of SHA-256(SPKI DER)>:
+   * the upstream's key. Any other key gets cf-serverd's refusal. Empty or absent: EXEC refused to all.
+   */
+  readonly execKeys?: readonly string[];
+  /** what EXEC runs: classes (already checked) and a line writer; resolves with the exit code */
+  readonly onExec?: ExecHandler;
+  /** the command named in "cf-serverd executing cfruncommand: …" (default "onerelay sync") */
+  readonly execCommand?: string;
 }
+
+/** runs an inbound remote run; each writeLine() goes out as one "> line" transaction */
+export type ExecHandler = (classes: readonly string[], writeLine: (line: string) => void) => Promise<number>;
 
 export interface CfengineCounters {
   connection(result: 'accepted' | 'refused-network' | 'refused-limit' | 'closed-error'): void;
@@ -80,6 +92,9 @@ export {
 } from './codec.js';
 export type { Frame, FrameStatus, IdentityLine, Request, StatFields } from './codec.js';
 export { makeServerCertificate } from './certificate.js';
+/** the client half (remote run) */
+export { CLIENT_PROTOCOL_VERSION, CfengineClientError, connectCfengineServer, execRequest, runExec } from './client.js';
+export type { CfengineClient, CfengineClientOptions, ExecResult } from './client.js';
 /** the access rules (spec-https-front-cfserverd-sync.md §2.3), exported for tests and the sync's own checks */
 export { createNetworkAcl, createPathAcl, isWithin } from './access.js';
 export type { AccessDecision, NetworkAcl, PathAcl, PathAclOptions, Reader } from './access.js';

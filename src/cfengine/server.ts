@@ -57,7 +57,13 @@ export function createCfengineServer(options: CfengineServerOptions, deps: Cfeng
     }),
     denyBadClocks: options.denyBadClocks ?? true,
     maxInputBytes: MAX_INPUT_BYTES,
+    idleTimeoutMs,
     digests: new DigestCache(),
+    exec: {
+      keys: new Set(options.execKeys ?? []),
+      command: options.execCommand ?? 'onerelay sync',
+      ...(options.onExec ? { run: options.onExec } : {}),
+    },
   };
   /** admitted connections, for maxConnections and stop() */
   const connections = new Set<CfengineConnection>();

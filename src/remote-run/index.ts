@@ -55,3 +55,4 @@ export interface RemoteRunStatus {
 export { createRemoteRun, validateConditions } from './remote-run.js';
 export type { RemoteRun } from './remote-run.js';
 export { createCommandRunner } from './command-runner.js';
+export { createNativeRunner } from './native-runner.js';

@@ -564,3 +564,120 @@ export async function startCfengineFixture(options: FixtureOptions): Promise<Cfe
   await server.start();
   return { base: options.base, share, sharedFolder, counters, logs, server, relayKey, port: () => server.port() };
 }
+
+// ---- a node for remote runs: stock cf-serverd with a cfruncommand, on its own loopback address ----
+
+export function hasCfRunagent(): boolean {
+  return hasCfengine() && existsSync(`${CF_BIN}/cf-serverd`) && existsSync(`${CF_BIN}/cf-runagent`);
+}
+
+/** cf-key -t <ip>:<file>: `work` trusts `publicKey` in advance (as a node trusts its relay after its first update) */
+export async function trustKey(work: CfWorkdir, key: KeyObject, ip = '127.0.0.1'): Promise<void> {
+  const publicKey = key.type === 'private' ? createPublicKey(key) : key;
+  const file = join(work.dir, `trust-${createHash('sha256').update(publicKey.export({ type: 'spki', format: 'der' })).digest('hex').slice(0, 16)}.pub`);
+  await writeFile(file, publicKey.export({ type: 'pkcs1', format: 'pem' }));
+  const result = await runCf(`${CF_BIN}/cf-key`, ['-t', `${ip}:${file}`], work.dir);
+  if (result.code !== 0) throw new Error(`cf-key -t failed (${result.code}): ${result.stdout}${result.stderr}`);
+}
+
+export interface CfRunNodeOptions {
+  /** the loopback address cf-serverd binds to (bindtointerface), e.g. 127.0.0.2 */
+  readonly address: string;
+  readonly port: number;
+  /** MD5=… keys admitted for the cfruncommand script */
+  readonly admitKeys: readonly string[];
+  /** keys made trusted with cf-key -t before starting */
+  readonly trust?: readonly KeyObject[];
+  /** extra lines the script prints after "args: …" */
+  readonly lines?: readonly string[];
+  readonly exitCode?: number;
+  /** seconds the script sleeps before its last line */
+  readonly sleep?: number;
+}
+
+export interface RunningCfRunNode extends RunningCfServerd {
+  readonly address: string;
+  readonly script: string;
+  /** one line per run: the script's arguments */
+  readonly runsLog: string;
+  readonly work: CfWorkdir;
+}
+
+/** cf-serverd -F on address:port whose cfruncommand is a script printing "args: <its arguments>" */
+export async function startCfRunNode(work: CfWorkdir, options: CfRunNodeOptions): Promise<RunningCfRunNode> {
+  for (const key of options.trust ?? []) await trustKey(work, key);
+  const script = join(work.dir, 'run-agent.sh');
+  const lines = (options.lines ?? ['agent run done']).map((l) => `echo '${l.replace(/'/g, `'\\''`)}'\n`).join('');
+  await writeFile(
+    script,
+    `#!/bin/sh\necho "$*" >> '${join(work.dir, 'runs.log')}'\necho "args: $*"\n${options.sleep ? `sleep ${options.sleep}\n` : ''}${lines}exit ${options.exitCode ?? 0}\n`,
+    { mode: 0o755 },
+  );
+  const policy = `body common control
+{
+  bundlesequence => { "main" };
+}
+bundle agent main
+{
+}
+body server control
+{
+  port => "${options.port}";
+  bindtointerface => "${options.address}";
+  allowconnects => { "127.0.0.0/8" };
+  allowallconnects => { "127.0.0.0/8" };
+  allowusers => { "root" };
+  cfruncommand => "${script}";
+  maxconnections => "1000";
+}
+bundle server access_rules
+{
+  access:
+    "${script}"
+      admit_keys => { ${options.admitKeys.map((k) => `"${k}"`).join(', ')} };
+  roles:
+    ".*"
+      authorize => { "root" };
+}
+`;
+  const file = join(work.dir, 'inputs', 'promises.cf');
+  await writeFile(file, policy, { mode: 0o600 });
+  const child: ChildProcess = spawn(`${CF_BIN}/cf-serverd`, ['-F', '-f', file], {
+    env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin', LANG: 'C', CFENGINE_TEST_OVERRIDE_WORKDIR: work.dir },
+    stdio: 'ignore',
+  });
+  const deadline = Date.now() + 15_000;
+  for (;;) {
+    const up = await new Promise<boolean>((resolve) => {
+      const s = tcpConnect(options.port, options.address, () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.on('error', () => resolve(false));
+    });
+    if (up) break;
+    if (Date.now() > deadline || child.exitCode !== null) {
+      child.kill('SIGKILL');
+      throw new Error(`cf-serverd did not start on ${options.address}:${options.port}`);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return {
+    address: options.address,
+    port: options.port,
+    script,
+    runsLog: join(work.dir, 'runs.log'),
+    work,
+    stop: () =>
+      new Promise<void>((resolve) => {
+        if (child.exitCode !== null || child.signalCode !== null) return resolve();
+        child.once('exit', () => resolve());
+        child.kill('SIGTERM');
+      }),
+  };
+}
+
+/** sha256 pin of a work dir's key as NodeEntry.keyHash */
+export function keyHashOf(work: CfWorkdir): { type: 'sha256'; bytes: Buffer } {
+  return { type: 'sha256', bytes: createHash('sha256').update(work.publicKey.export({ type: 'spki', format: 'der' })).digest() };
+}
