@@ -88,7 +88,8 @@ export function createPipelines(
           cleanupFrequencyMs: timing.cleanup.frequencyMs,
           retentionMs: timing.cleanup.retentionMs,
           failedRetentionMs: timing.cleanup.failedRetentionMs,
-          concurrency: config.output.upstream.maxConcurrency,
+          // more files in hand than requests in flight: inspection (decompress, verify) overlaps forwarding
+          concurrency: config.output.upstream.maxConcurrency * 4,
           maxBytes: timing.maxSpoolSize,
         },
         handler,
