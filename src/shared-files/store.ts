@@ -1,8 +1,8 @@
 // Shared-files storage in relayd's layout `<root>/<target>/files/<source>/<fileId>` + `<fileId>.metadata`
 // (spec-relayd.md §4.7), written atomically, and the expiry walk (§8).
 
-import { randomBytes } from 'node:crypto';
-import { mkdir, open, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
+import { mkdir, readdir, readFile, stat, unlink } from 'node:fs/promises';
+import { fsyncDirectory, writeFileAtomically } from '../spool/index.js';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { messageOf } from '../errors.js';
@@ -20,36 +20,6 @@ export function metadataPath(root: string, target: string, source: string, fileI
   return path.join(shareDirectory(root, target, source), `${fileId}.metadata`);
 }
 
-/** temp file in the same directory (short name, never ending in `.metadata`), fsync, rename */
-async function writeAtomically(directory: string, name: string, data: Buffer | string): Promise<void> {
-  const temp = path.join(directory, `${TEMP_PREFIX}${randomBytes(8).toString('hex')}.part`);
-  const handle = await open(temp, 'wx', 0o644);
-  try {
-    await handle.writeFile(data);
-    await handle.sync();
-  } catch (error) {
-    await handle.close().catch(() => undefined);
-    await unlink(temp).catch(() => undefined);
-    throw error;
-  }
-  await handle.close();
-  try {
-    await rename(temp, path.join(directory, name));
-  } catch (error) {
-    await unlink(temp).catch(() => undefined);
-    throw error;
-  }
-}
-
-async function syncDirectory(directory: string): Promise<void> {
-  const handle = await open(directory, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
-
 /**
  * Stores a share: content first, metadata last, each atomically, so a HEAD never answers yes for content
  * that is not complete on disk (relayd writes metadata first, non-atomically: §15.13).
@@ -62,9 +32,11 @@ export async function writeShare(
 ): Promise<void> {
   const directory = shareDirectory(root, share.target, share.source);
   await mkdir(directory, { recursive: true });
-  await writeAtomically(directory, share.fileId, content);
-  await writeAtomically(directory, `${share.fileId}.metadata`, metadataText);
-  await syncDirectory(directory);
+  // temp names never end in `.metadata`, and carry TEMP_PREFIX so the cleanup removes leftovers
+  const options = { mode: 0o644, tempPrefix: TEMP_PREFIX, syncDirectory: false };
+  await writeFileAtomically(path.join(directory, share.fileId), content, options);
+  await writeFileAtomically(path.join(directory, `${share.fileId}.metadata`), metadataText, options);
+  await fsyncDirectory(directory);
 }
 
 export interface CleanupResult {

@@ -10,6 +10,8 @@ import { receiveInto, type ReceiveResult } from './receive.js';
 
 export type { ReceiveResult };
 export { createQueue } from './queue.js';
+export { fsyncDirectory, writeFileAtomically } from './durable.js';
+export type { AtomicWriteOptions } from './durable.js';
 export type { Queue, QueueContext, QueueEvents, QueueFile, QueueHandler, QueueOptions, QueueOutcome, QueueStats } from './queue.js';
 
 /** Where an upload lands: the three WebDAV endpoints of a Rudder relay. */

@@ -7,21 +7,13 @@ import { link, open, rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { RelayError } from '../errors.js';
+import { fsyncDirectory } from './durable.js';
 
 export interface ReceiveResult {
   /** true: a new file; false: an existing file of that name was replaced (WebDAV 204) */
   readonly created: boolean;
   readonly bytes: number;
   readonly path: string;
-}
-
-export async function fsyncDirectory(directory: string): Promise<void> {
-  const handle = await open(directory, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
 }
 
 export async function receiveInto(

@@ -1,39 +1,14 @@
 // Small file-system habits of the sync module (CONVENTIONS.md "Data on disk"): fsync of files and
 // directories, atomic small-file writes, bounded parallelism.
 
-import { randomBytes } from 'node:crypto';
-import { open, rename, rm, unlink } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { rm } from 'node:fs/promises';
 
 /** beside a unit being installed: its new tree while built, its old tree while switched (install.ts) */
 export const BUILD_PREFIX = '.sync-build.';
 export const OLD_PREFIX = '.sync-old.';
 
-export async function fsyncDirectory(directory: string): Promise<void> {
-  const handle = await open(directory, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
-
-/** temp file beside the target, fsync, rename, fsync of the directory */
-export async function writeFileAtomically(path: string, data: Buffer | string, mode = 0o640): Promise<void> {
-  const temp = join(dirname(path), `.${randomBytes(6).toString('hex')}.tmp`);
-  const handle = await open(temp, 'wx', mode);
-  try {
-    await handle.writeFile(data);
-    await handle.sync();
-    await handle.close();
-    await rename(temp, path);
-  } catch (error) {
-    await handle.close().catch(() => undefined);
-    await unlink(temp).catch(() => undefined);
-    throw error;
-  }
-  await fsyncDirectory(dirname(path));
-}
+// durability primitives are the spool module's, shared by every writer of state
+export { fsyncDirectory, writeFileAtomically } from '../spool/index.js';
 
 export async function removeTree(path: string): Promise<void> {
   await rm(path, { recursive: true, force: true, maxRetries: 3 });

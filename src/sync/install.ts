@@ -198,7 +198,7 @@ export async function installDirectory(target: UnitTarget, entries: readonly Man
 export async function installFile(target: UnitTarget, file: ManifestFile, store: BlobStore): Promise<void> {
   await mkdir(dirname(target.destination), { recursive: true });
   const data = await readFile(await store.linkSource(file));
-  await writeFileAtomically(target.destination, data, file.mode);
+  await writeFileAtomically(target.destination, data, { mode: file.mode });
 }
 
 /** a unit gone upstream: aside (one rename, so it disappears whole), then removed */

@@ -339,9 +339,9 @@ export function createSyncPuller(options: SyncPullerOptions, deps: SyncPullerDep
   }
 
   async function saveState(manifest: Manifest): Promise<void> {
-    await writeFileAtomically(join(paths.stateDirectory, MANIFEST_FILE), manifest.text, 0o600);
+    await writeFileAtomically(join(paths.stateDirectory, MANIFEST_FILE), manifest.text, { mode: 0o600 });
     const saved: SavedState = { format: STATE_FORMAT, generation: manifest.generation, appliedAt: new Date().toISOString() };
-    await writeFileAtomically(join(paths.stateDirectory, STATE_FILE), `${JSON.stringify(saved)}\n`, 0o600);
+    await writeFileAtomically(join(paths.stateDirectory, STATE_FILE), `${JSON.stringify(saved)}\n`, { mode: 0o600 });
   }
 
   async function pull(signal: AbortSignal): Promise<PullResult> {
