@@ -11,6 +11,8 @@ const benches: Record<string, () => Promise<Bench>> = {
   pipeline: () => import('./pipeline.js'),
   policies: () => import('./policies.js'),
   'remote-run': () => import('./remote-run.js'),
+  cfengine: () => import('./cfengine.js'),
+  sync: () => import('./sync.js'),
 };
 
 async function main(names: readonly string[]): Promise<number> {

@@ -57,7 +57,7 @@ export function createPipelines(
   // every forward observed in one place: latency by endpoint and result
   const upstream: Upstream | undefined = rawUpstream && {
     ...rawUpstream,
-    forward: async (endpoint: UpstreamEndpoint, name: string, file: { path: string; size: number }) => {
+    forward: async (endpoint: UpstreamEndpoint, name: string, file: { path: string; size: number; content?: Buffer }) => {
       const result = await rawUpstream.forward(endpoint, name, file);
       deps.metrics.upstreamRequests.observe({ endpoint, result: result.kind }, result.ms / 1000);
       return result;

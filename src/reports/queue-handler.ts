@@ -31,6 +31,7 @@ export function createReportHandler(
     }
     const key = `${file.name}:${file.size}:${file.mtimeMs}`;
     let inspection = inspected.get(key);
+    let content: Buffer | undefined;
     if (inspection === undefined) {
       if (file.size > deps.maxFileBytes) {
         deps.counters.count('error');
@@ -59,8 +60,9 @@ export function createReportHandler(
       deps.counters.count('ok');
       inspection = result;
       inspected.set(key, result);
+      content = bytes;
     }
-    const forwarded = await deps.upstream.forward('reports', file.name, file);
+    const forwarded = await deps.upstream.forward('reports', file.name, content === undefined ? file : { ...file, content });
     if (forwarded.kind === 'transient') return { kind: 'retry', reason: forwarded.reason };
     inspected.delete(key);
     if (forwarded.kind === 'permanent') {

@@ -115,7 +115,7 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
   async function forward(
     endpoint: UpstreamEndpoint,
     name: string,
-    file: { readonly path: string; readonly size: number },
+    file: { readonly path: string; readonly size: number; readonly content?: Buffer },
   ): Promise<ForwardResult> {
     const queuedAt = performance.now();
     const password = endpoint === 'inventories' ? options.defaultPassword : options.password;
@@ -132,6 +132,10 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
       }
       if (current.pool === undefined) {
         return fail('transient', 'RELAY_ERR_UPSTREAM_CERTIFICATE', endpoint, name, undefined, current.blocked ?? 'blocked', startedAt);
+      }
+      if (file.content !== undefined) {
+        // the caller already holds the (immutable) file's bytes: no second read from disk
+        return await send(current.pool, endpoint, name, password, file.content, file.content.length, startedAt);
       }
       let size: number;
       try {
@@ -154,12 +158,17 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
     endpoint: UpstreamEndpoint,
     name: string,
     password: string,
-    handle: FileHandle,
+    source: FileHandle | Buffer,
     size: number,
     startedAt: number,
   ): Promise<ForwardResult> {
     // `end` makes the stream finish with its last chunk: no EOF read still pending when the answer comes
-    const body = size === 0 ? Buffer.alloc(0) : handle.createReadStream({ autoClose: false, start: 0, end: size - 1 });
+    const body =
+      Buffer.isBuffer(source) || size === 0
+        ? Buffer.isBuffer(source)
+          ? source
+          : Buffer.alloc(0)
+        : source.createReadStream({ autoClose: false, start: 0, end: size - 1 });
     const abort = new AbortController();
     const timer = setTimeout(() => abort.abort(new RequestTimeoutError(options.requestTimeoutMs)), options.requestTimeoutMs);
     let response: Dispatcher.ResponseData;

@@ -52,7 +52,11 @@ export interface UpstreamStatus {
 
 export interface Upstream {
   /** PUT the file (streamed from disk) to /<endpoint>/<name> with the right Basic credentials */
-  forward(endpoint: UpstreamEndpoint, name: string, file: { readonly path: string; readonly size: number }): Promise<ForwardResult>;
+  forward(
+    endpoint: UpstreamEndpoint,
+    name: string,
+    file: { readonly path: string; readonly size: number; /** the bytes, when the caller already read them */ readonly content?: Buffer },
+  ): Promise<ForwardResult>;
   /** re-read the pinned certificate; rebuild the pool only if it changed (spec-relayd.md §2.7 step 3) */
   reload(): Promise<void>;
   status(): UpstreamStatus;

@@ -1,0 +1,119 @@
+// Bench: stock cf-agent (Debian cfengine3 3.21) copying the same 300-file / ~3 MB policy tree from onerelay's
+// CFEngine server (the real relay: `node dist/cli.js start` with a [cfengine] listen) and from Debian's
+// cf-serverd, in the same run: cold copy (empty destination) and no-change re-run, `compare => "digest"`,
+// recursive, purge (Rudder's update). Whole cf-agent wall time; targets alternate round by round; medians of
+// the runs are quoted. Figures also go to bench/out/cfengine.json. (Was test/cfengine/measure.ts.)
+
+import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { compareTrees, createCfWorkdir, hasCfengine, makeTree, runCopy, startCfServerd, type CopySpec } from '../test/support/cfengine.js';
+import { RELAY_ID, startRelay } from '../test/support/relay.js';
+import { freePort, tempDir } from '../test/support/tmp.js';
+import { onerelayMissing } from './lib/onerelay.js';
+import { waitForQuietMachine } from './lib/processes.js';
+import { fixed, median, table } from './lib/stats.js';
+
+export const description = 'stock cf-agent copy_from of a 300-file tree, cold and no-change: onerelay CFEngine server vs cf-serverd';
+
+const settings = {
+  files: 300,
+  runs: Number(process.env['BENCH_CFENGINE_RUNS'] ?? 5),
+  targetRatio: 1.0,
+  quietWaitBudgetMs: 60_000,
+} as const;
+
+const outFile = fileURLToPath(new URL('./out/cfengine.json', import.meta.url));
+const NODE = 'aaaaaaaa-0000-4000-8000-000000000001';
+type TargetName = 'onerelay' | 'cf-serverd';
+type Scenario = 'cold' | 'no change';
+const scenarios: readonly Scenario[] = ['cold', 'no change'];
+
+export async function run(): Promise<void> {
+  if (!hasCfengine()) throw new Error('cf-agent not installed (apt-get install -y cfengine3)');
+  const missing = onerelayMissing();
+  if (missing !== undefined) throw new Error(missing);
+  const teardowns: Array<() => unknown> = [];
+  const t = { teardown: (fn: () => unknown) => void teardowns.push(fn) };
+  try {
+    const base = tempDir(t, 'onerelay-bench-cf-');
+    const [client, serverd] = await Promise.all([
+      createCfWorkdir(join(base, 'client'), 4096),
+      createCfWorkdir(join(base, 'serverd'), 4096),
+    ]);
+    // the real relay (fixture identity, RSA 4096), its [policies] directory holding the node's tree
+    const relay = await startRelay(t, {
+      workers: 1,
+      nodesList: { [NODE]: { hostname: 'node1', 'key-hash': client.sha256Pin, 'policy-server': RELAY_ID } },
+    });
+    teardowns.push(() => relay.stop());
+    const share = join(relay.dir, 'share');
+    const source = join(share, NODE, 'rules', 'cfengine-community');
+    await mkdir(source, { recursive: true });
+    const files = await makeTree(source, settings.files);
+    const stock = await startCfServerd(serverd, await freePort(), { keys: [{ path: `${share}/${NODE}/`, admit: [client.md5] }] });
+    teardowns.push(() => stock.stop());
+    const targets: ReadonlyArray<{ name: TargetName; port: number }> = [
+      { name: 'onerelay', port: relay.cfenginePort },
+      { name: 'cf-serverd', port: stock.port },
+    ];
+    console.log(
+      `${files.length} files, ${settings.runs} runs per target (alternating), RSA-4096 keys, TLS 1.3, compare digest, ` +
+        'whole cf-agent wall time',
+    );
+
+    const times: Record<string, number[]> = {};
+    const record = (key: string, ms: number): void => void (times[key] ??= []).push(ms);
+    for (let round = 0; round < settings.runs; round += 1) {
+      await waitForQuietMachine(25, settings.quietWaitBudgetMs / settings.runs);
+      const order = round % 2 === 0 ? targets : [...targets].reverse();
+      for (const target of order) {
+        const dest = join(base, `dest-${target.name}`);
+        await rm(dest, { recursive: true, force: true });
+        const copy: CopySpec = { source, dest, compare: 'digest' };
+        const options = { port: target.port, copies: [copy] };
+        const cold = await runCopy(client, options, 'bench.cf');
+        if (cold.code !== 0) throw new Error(`${target.name} cold copy failed (${cold.code}): ${cold.stdout}${cold.stderr}`);
+        record(`${target.name} cold`, cold.durationMs);
+        const same = await runCopy(client, options, 'bench.cf');
+        if (same.code !== 0) throw new Error(`${target.name} no-change copy failed (${same.code}): ${same.stdout}${same.stderr}`);
+        record(`${target.name} no change`, same.durationMs);
+        if (round === 0) {
+          const problems = await compareTrees(source, dest);
+          if (problems.length > 0) throw new Error(`${target.name} copy differs: ${problems.slice(0, 5).join(', ')}`);
+        }
+      }
+    }
+
+    const rows: string[][] = [];
+    const results: Record<string, unknown>[] = [];
+    for (const scenario of scenarios) {
+      const ours = times[`onerelay ${scenario}`] ?? [];
+      const theirs = times[`cf-serverd ${scenario}`] ?? [];
+      const ratio = median(ours) / median(theirs);
+      const range = (values: number[]): string => `${fixed(Math.min(...values), 0)}–${fixed(Math.max(...values), 0)}`;
+      rows.push([
+        scenario,
+        fixed(median(ours), 0),
+        range(ours),
+        fixed(median(theirs), 0),
+        range(theirs),
+        `${fixed(ratio, 2)}×`,
+        ratio <= settings.targetRatio ? 'met' : 'MISSED',
+      ]);
+      results.push({ scenario, onerelayMs: ours, cfServerdMs: theirs, onerelayMedianMs: median(ours), cfServerdMedianMs: median(theirs), ratio });
+    }
+    console.log(
+      table(['scenario', 'onerelay ms', 'range', 'cf-serverd ms', 'range', 'ratio', 'target'], rows),
+    );
+    console.log(`target: onerelay ≤ ${fixed(settings.targetRatio, 1)}× cf-serverd's time (ratio = median onerelay / median cf-serverd)`);
+    await mkdir(dirname(outFile), { recursive: true });
+    await writeFile(
+      outFile,
+      `${JSON.stringify({ bench: 'cfengine', date: new Date().toISOString(), settings, files: files.length, results }, null, 2)}\n`,
+    );
+    console.log(`figures: ${outFile}`);
+  } finally {
+    for (const fn of teardowns.reverse()) await Promise.resolve(fn()).catch(() => undefined);
+  }
+}

@@ -1,0 +1,212 @@
+// Bench (issue 7): relay data sync over a high-latency link. Every client talks through a user-space TCP proxy on
+// loopback holding every chunk 50 ms in each direction (100 ms RTT, bench/lib/latency-proxy.ts).
+// onerelay: two real processes (`node dist/cli.js start`): an upstream with `[sync] serve = true` holding 20 nodes ×
+// 400 files below `share/<relay>/share/<node>/`, and a relay with `[sync] upstream = true` whose https_port is the
+// proxy's; each sync is `POST /rudder/relay-api/1/sync` on the relay's local API, which answers once the pull is
+// done: cold sync (fresh relay), no-change sync, one-file change. Several rounds, a fresh relay each; medians.
+// Classic, in the same run: Debian's cf-agent copy_from (digest, recursive, purge: Rudder's relay update) of the same
+// tree from Debian's cf-serverd through the same kind of proxy — about 2 RTT per file, so ~27 min per copy of the
+// whole 8000 files: by default only BENCH_SYNC_CLASSIC_NODES (1) node's 400 files are copied, cold once and no-change
+// once, and the time is extrapolated linearly to 20 nodes (said in the output). BENCH_SYNC_CLASSIC_NODES=20 copies
+// everything. Figures also go to bench/out/sync.json.
+
+import { randomBytes } from 'node:crypto';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { compareTrees, createCfWorkdir, hasCfengine, runCopy, startCfServerd, type CopySpec } from '../test/support/cfengine.js';
+import { FIXTURE_KEYS, RELAY_ID, startRelay, type RunningRelay } from '../test/support/relay.js';
+import { freePort, tempDir } from '../test/support/tmp.js';
+import { startLatencyProxy } from './lib/latency-proxy.js';
+import { onerelayMissing } from './lib/onerelay.js';
+import { waitForQuietMachine } from './lib/processes.js';
+import { fixed, median, table } from './lib/stats.js';
+
+export const description = '20 nodes × 400 files synced over a 100 ms RTT link: onerelay HTTP sync vs cf-agent copy_from from cf-serverd';
+
+const env = (name: string, fallback: number): number => Number(process.env[name] ?? fallback);
+
+const settings = {
+  nodes: 20,
+  filesPerNode: 400,
+  delaySeconds: 0.05,
+  rttSeconds: 0.1,
+  rounds: env('BENCH_SYNC_RUNS', 3),
+  classicNodes: Math.min(20, Math.max(1, env('BENCH_SYNC_CLASSIC_NODES', 1))),
+  targets: { coldSpeedup: 50, noChangeRtt: 2, oneFileRtt: 4 },
+  /** the upstream's manifest_ttl is 1 s: wait past it before each sync after the first */
+  pastManifestTtlMs: 1_200,
+} as const;
+
+const outFile = fileURLToPath(new URL('./out/sync.json', import.meta.url));
+/** the fixture relay identity (e745a140…) and its pin, as in test/e2e/sync.test.ts */
+const RELAY = 'e745a140-40bc-4b86-b6dc-084488fc906b';
+const RELAY_PIN = 'sha256//I8utFWGj+OpqpbiAIZ/s8qRC4fQXxQ8IRVjFe0X1Lug=';
+const nodeId = (index: number): string => `aaaaaaaa-0000-4000-8000-${String(index + 1).padStart(12, '0')}`;
+
+/** A node's policy-like tree: 400 files of 200 B – 9 KB of random bytes over a few nested directories. */
+async function makeNodeTree(root: string, files: number): Promise<void> {
+  for (let i = 0; i < files; i += 1) {
+    const dir = i % 5 === 0 ? '' : join(`dir${i % 7}`, i % 3 === 0 ? `sub${i % 4}` : '');
+    await mkdir(join(root, dir), { recursive: true });
+    await writeFile(join(root, dir, `file-${i}.cf`), randomBytes(200 + ((i * 7919) % 9_000)));
+  }
+}
+
+async function syncNow(relay: RunningRelay): Promise<number> {
+  const started = performance.now();
+  const response = await fetch(`${relay.apiUrl}/rudder/relay-api/1/sync`, { method: 'POST' });
+  const body = (await response.json()) as { result?: string };
+  const elapsed = performance.now() - started;
+  if (body.result !== 'success') throw new Error(`sync failed: ${JSON.stringify(body)}`);
+  return elapsed;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+export async function run(): Promise<void> {
+  if (!hasCfengine()) throw new Error('cf-agent not installed (apt-get install -y cfengine3)');
+  const missing = onerelayMissing();
+  if (missing !== undefined) throw new Error(missing);
+  const teardowns: Array<() => unknown> = [];
+  const t = { teardown: (fn: () => unknown) => void teardowns.push(fn) };
+  try {
+    const base = tempDir(t, 'onerelay-bench-sync-');
+    const nodes = Array.from({ length: settings.nodes }, (_, index) => nodeId(index));
+    const nodesList: Record<string, { hostname: string; 'key-hash'?: string; 'policy-server': string }> = {
+      [RELAY]: { hostname: '127.0.0.1', 'key-hash': RELAY_PIN, 'policy-server': RELAY_ID },
+    };
+    for (const [index, node] of nodes.entries()) nodesList[node] = { hostname: `n${index}`, 'policy-server': RELAY };
+    const upstream = await startRelay(t, { workers: 1, nodesList, extraToml: '[sync]\nserve = true\nmanifest_ttl = "1s"\n' });
+    teardowns.push(() => upstream.stop());
+    const relayShare = join(upstream.dir, 'share', RELAY, 'share');
+    for (const node of nodes) await makeNodeTree(join(relayShare, node, 'rules', 'cfengine-community'), settings.filesPerNode);
+    const totalFiles = settings.nodes * settings.filesPerNode;
+    const httpProxy = await startLatencyProxy(base, upstream.httpsPort, settings.delaySeconds);
+    teardowns.push(() => httpProxy.server.stop());
+    console.log(
+      `${settings.nodes} nodes × ${settings.filesPerNode} files (${totalFiles}), every client through a latency proxy ` +
+        `holding each chunk ${settings.delaySeconds * 1000} ms per direction (${settings.rttSeconds * 1000} ms RTT)`,
+    );
+
+    // ---- onerelay: HTTP sync, a fresh relay per round ----
+    const times: Record<'cold' | 'no change' | 'one file', number[]> = { cold: [], 'no change': [], 'one file': [] };
+    for (let round = 0; round < settings.rounds; round += 1) {
+      await waitForQuietMachine(25, 10_000);
+      const relay = await startRelay(t, {
+        workers: 1,
+        relayId: RELAY,
+        upstream: { port: httpProxy.port, certificateFile: join(FIXTURE_KEYS, `${RELAY_ID}.cert`) },
+        extraToml: `[sync]\nupstream = true\nfrequency = "1h"\nstate_directory = "${join(base, `sync-state-${round}`)}"\n`,
+      });
+      try {
+        await sleep(settings.pastManifestTtlMs);
+        times.cold.push(await syncNow(relay));
+        if (round === 0) {
+          for (const node of nodes) {
+            const problems = await compareTrees(join(relayShare, node), join(relay.dir, 'share', node));
+            if (problems.length > 0) throw new Error(`HTTP sync of ${node} differs: ${problems.slice(0, 5).join(', ')}`);
+          }
+        }
+        await sleep(settings.pastManifestTtlMs);
+        times['no change'].push(await syncNow(relay));
+        const changed = join(relayShare, nodes[round % nodes.length]!, 'rules', 'cfengine-community', 'file-7.cf');
+        await writeFile(changed, randomBytes(4_000));
+        await sleep(settings.pastManifestTtlMs);
+        times['one file'].push(await syncNow(relay));
+        if (round === 0) {
+          const problems = await compareTrees(join(relayShare, nodes[0]!), join(relay.dir, 'share', nodes[0]!));
+          if (problems.length > 0) throw new Error(`one-file change not synced: ${problems.slice(0, 5).join(', ')}`);
+        }
+      } finally {
+        await relay.stop();
+      }
+      console.log(
+        `  onerelay round ${round + 1}/${settings.rounds}: cold ${fixed(times.cold.at(-1)!, 0)} ms, no change ` +
+          `${fixed(times['no change'].at(-1)!, 0)} ms, one file ${fixed(times['one file'].at(-1)!, 0)} ms`,
+      );
+    }
+
+    // ---- classic: cf-agent copy_from from cf-serverd, same tree, same kind of link ----
+    const [client, serverd] = await Promise.all([
+      createCfWorkdir(join(base, 'cf-client'), 4096),
+      createCfWorkdir(join(base, 'cf-serverd'), 4096),
+    ]);
+    const stock = await startCfServerd(serverd, await freePort(), { keys: [{ path: `${relayShare}/`, admit: [client.md5] }] });
+    teardowns.push(() => stock.stop());
+    const cfProxy = await startLatencyProxy(base, stock.port, settings.delaySeconds);
+    teardowns.push(() => cfProxy.server.stop());
+    const classicDest = join(base, 'classic-share');
+    const copies: CopySpec[] =
+      settings.classicNodes === settings.nodes
+        ? [{ source: relayShare, dest: classicDest, compare: 'digest' }]
+        : nodes.slice(0, settings.classicNodes).map((node) => ({ source: join(relayShare, node), dest: join(classicDest, node), compare: 'digest' }));
+    const classicFiles = settings.classicNodes * settings.filesPerNode;
+    const scale = settings.nodes / settings.classicNodes;
+    console.log(
+      `  classic: cf-agent copy_from of ${settings.classicNodes} node(s) / ${classicFiles} files through the proxy, ` +
+        'cold once and no-change once (about 2 RTT per file)…',
+    );
+    const classic: Record<'cold' | 'no change', number> = { cold: Number.NaN, 'no change': Number.NaN };
+    for (const scenario of ['cold', 'no change'] as const) {
+      await waitForQuietMachine(25, 10_000);
+      const result = await runCopy(client, { port: cfProxy.port, copies, timeoutS: 60 }, 'classic.cf', { timeoutMs: 3 * 3600_000 });
+      if (result.code !== 0) throw new Error(`classic ${scenario} copy failed (${result.code}): ${result.stdout}${result.stderr}`);
+      classic[scenario] = result.durationMs;
+      console.log(`  classic ${scenario}: ${fixed(result.durationMs / 1000, 1)} s for ${classicFiles} files`);
+    }
+    for (const copy of copies) {
+      const problems = await compareTrees(copy.source, copy.dest);
+      if (problems.length > 0) throw new Error(`classic copy differs: ${problems.slice(0, 5).join(', ')}`);
+    }
+
+    // ---- report ----
+    const rtt = (ms: number): number => ms / 1000 / settings.rttSeconds;
+    const classicCold = classic.cold * scale;
+    const classicSame = classic['no change'] * scale;
+    const m = { cold: median(times.cold), same: median(times['no change']), one: median(times['one file']) };
+    const coldSpeedup = classicCold / m.cold;
+    const verdict = (ok: boolean): string => (ok ? 'met' : 'MISSED');
+    const extrapolated = scale === 1 ? '' : ` (×${scale} extrap.)`;
+    console.log(
+      table(
+        ['scenario', 'onerelay ms', 'RTT', `classic ms${extrapolated}`, 'RTT', 'classic/onerelay', 'target', ''],
+        [
+          ['cold', fixed(m.cold, 0), fixed(rtt(m.cold), 1), fixed(classicCold, 0), fixed(rtt(classicCold), 0), `${fixed(coldSpeedup, 0)}×`, `≥ ${settings.targets.coldSpeedup}× faster`, verdict(coldSpeedup >= settings.targets.coldSpeedup)],
+          ['no change', fixed(m.same, 0), fixed(rtt(m.same), 1), fixed(classicSame, 0), fixed(rtt(classicSame), 0), `${fixed(classicSame / m.same, 0)}×`, `≤ ${settings.targets.noChangeRtt} RTT`, verdict(rtt(m.same) <= settings.targets.noChangeRtt)],
+          ['one-file change', fixed(m.one, 0), fixed(rtt(m.one), 1), '', '', '', `≤ ${settings.targets.oneFileRtt} RTT`, verdict(rtt(m.one) <= settings.targets.oneFileRtt)],
+        ],
+      ),
+    );
+    console.log(
+      `onerelay: medians of ${settings.rounds} rounds (fresh relay each); RTT = time / ${settings.rttSeconds} s. Classic: one run each` +
+        (scale === 1 ? '.' : `, ${classicFiles} of ${totalFiles} files measured (${fixed(classic.cold / 1000, 1)} s cold, ${fixed(classic['no change'] / 1000, 1)} s no change) and scaled ×${scale}; BENCH_SYNC_CLASSIC_NODES=20 measures all.`),
+    );
+    await mkdir(dirname(outFile), { recursive: true });
+    await writeFile(
+      outFile,
+      `${JSON.stringify(
+        {
+          bench: 'sync',
+          date: new Date().toISOString(),
+          settings,
+          onerelayMs: times,
+          onerelayMedianMs: { cold: m.cold, noChange: m.same, oneFile: m.one },
+          onerelayRtt: { cold: rtt(m.cold), noChange: rtt(m.same), oneFile: rtt(m.one) },
+          classic: { nodesMeasured: settings.classicNodes, filesMeasured: classicFiles, measuredMs: classic, scale, extrapolatedMs: { cold: classicCold, noChange: classicSame } },
+          coldSpeedup,
+          targetsMet: {
+            coldSpeedup: coldSpeedup >= settings.targets.coldSpeedup,
+            noChangeRtt: rtt(m.same) <= settings.targets.noChangeRtt,
+            oneFileRtt: rtt(m.one) <= settings.targets.oneFileRtt,
+          },
+        },
+        null,
+        2,
+      )}\n`,
+    );
+    console.log(`figures: ${outFile}`);
+  } finally {
+    for (const fn of teardowns.reverse()) await Promise.resolve(fn()).catch(() => undefined);
+  }
+}
