@@ -347,8 +347,6 @@ export async function runPrimary(options: StartOptions): Promise<void> {
       await running.start();
       stoppers.push(() => running.stop());
     }
-    await activePipelines.start();
-    stoppers.push(() => activePipelines.stop());
     await sharedFiles.start();
     stoppers.push(() => sharedFiles.stop());
     if (config.cfengine.enabled) {
@@ -448,6 +446,10 @@ export async function runPrimary(options: StartOptions): Promise<void> {
         });
       });
     await Promise.all(Array.from({ length: count }, fork));
+    // the queues start once the front door accepts uploads: a backlog after a restart must not keep
+    // agents waiting (the start scan keeps the primary busy for a while)
+    await activePipelines.start();
+    stoppers.push(() => activePipelines.stop());
 
     const shutdown = async (signal: string) => {
       if (shuttingDown) return;
