@@ -7,6 +7,7 @@
 // Targets alternate run by run; medians of the runs are quoted; figures also go to bench/out/policies.json.
 
 import { createHash, randomBytes } from 'node:crypto';
+import { writeFigures } from './lib/output.js';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -189,26 +190,19 @@ export async function run(): Promise<void> {
 
   const summary = summarize(reports);
   printSummary(reports, summary);
-  await mkdir(join(outFile, '..'), { recursive: true });
-  await writeFile(
+  await writeFigures(
     outFile,
-    `${JSON.stringify(
-      {
-        bench: 'policies',
-        date: new Date().toISOString(),
-        machine: { cores: availableParallelism(), node: process.version, nginx: version },
-        settings,
-        targets: reports,
-        medians: summary.medians,
-        ratios: summary.ratios,
-        cpuPerRequestRatios: summary.cpuPerRequestRatios,
-        target: settings.targetRatio,
-      },
-      null,
-      2,
-    )}\n`,
+    'policies',
+    {
+    settings,
+    targets: reports,
+    medians: summary.medians,
+    ratios: summary.ratios,
+    cpuPerRequestRatios: summary.cpuPerRequestRatios,
+    target: settings.targetRatio,
+    },
+    { nginx: version },
   );
-  console.log(`  figures written to ${outFile}`);
 }
 
 async function nginxTarget(directory: string, relay: NodeIdentity, policiesDirectory: string): Promise<Target> {

@@ -4,6 +4,7 @@
 // Targets alternate run by run; medians of the runs are quoted; figures also go to bench/out/uploads.json.
 
 import { randomBytes } from 'node:crypto';
+import { writeFigures } from './lib/output.js';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -165,26 +166,19 @@ export async function run(): Promise<void> {
 
   const summary = summarize(reports);
   printSummary(reports, summary);
-  await mkdir(join(outFile, '..'), { recursive: true });
-  await writeFile(
+  await writeFigures(
     outFile,
-    `${JSON.stringify(
-      {
-        bench: 'uploads',
-        date: new Date().toISOString(),
-        machine: { cores: availableParallelism(), node: process.version, nginx: version },
-        settings,
-        targets: reports,
-        medians: summary.medians,
-        ratio: summary.ratio,
-        cpuPerUploadRatio: summary.cpuPerUploadRatio,
-        target: settings.targetRatio,
-      },
-      null,
-      2,
-    )}\n`,
+    'uploads',
+    {
+    settings,
+    targets: reports,
+    medians: summary.medians,
+    ratio: summary.ratio,
+    cpuPerUploadRatio: summary.cpuPerUploadRatio,
+    target: settings.targetRatio,
+    },
+    { nginx: version },
   );
-  console.log(`  figures written to ${outFile}`);
 }
 
 async function nginxTarget(directory: string, relay: NodeIdentity, password: string): Promise<Target> {
