@@ -334,6 +334,12 @@ bundle server access_rules
   access:
 ${rules}}
 `;
+  const stop = await spawnCfServerd(work, policy, '127.0.0.1', port);
+  return { port, stop };
+}
+
+/** writes `policy` as the work dir's promises.cf, runs `cf-serverd -F` on it, waits until address:port accepts */
+async function spawnCfServerd(work: CfWorkdir, policy: string, address: string, port: number): Promise<() => Promise<void>> {
   const file = join(work.dir, 'inputs', 'promises.cf');
   await writeFile(file, policy, { mode: 0o600 });
   const child: ChildProcess = spawn(`${CF_BIN}/cf-serverd`, ['-F', '-f', file], {
@@ -343,28 +349,25 @@ ${rules}}
   const deadline = Date.now() + 15_000;
   for (;;) {
     const up = await new Promise<boolean>((resolve) => {
-      const s = tcpConnect(port, '127.0.0.1', () => {
-        s.destroy();
+      const socket = tcpConnect(port, address, () => {
+        socket.destroy();
         resolve(true);
       });
-      s.on('error', () => resolve(false));
+      socket.on('error', () => resolve(false));
     });
     if (up) break;
     if (Date.now() > deadline || child.exitCode !== null) {
       child.kill('SIGKILL');
-      throw new Error('cf-serverd did not start');
+      throw new Error(`cf-serverd did not start on ${address}:${port}`);
     }
-    await new Promise((r) => setTimeout(r, 100));
+    await new Promise((r) => setTimeout(r, 50));
   }
-  return {
-    port,
-    stop: () =>
-      new Promise<void>((resolve) => {
-        if (child.exitCode !== null) return resolve();
-        child.once('exit', () => resolve());
-        child.kill('SIGTERM');
-      }),
-  };
+  return () =>
+    new Promise<void>((resolve) => {
+      if (child.exitCode !== null || child.signalCode !== null) return resolve();
+      child.once('exit', () => resolve());
+      child.kill('SIGTERM');
+    });
 }
 
 // ---- a scriptable protocol client (Node TLS), for what cf-agent never sends ----
@@ -640,40 +643,14 @@ bundle server access_rules
       authorize => { "root" };
 }
 `;
-  const file = join(work.dir, 'inputs', 'promises.cf');
-  await writeFile(file, policy, { mode: 0o600 });
-  const child: ChildProcess = spawn(`${CF_BIN}/cf-serverd`, ['-F', '-f', file], {
-    env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin', LANG: 'C', CFENGINE_TEST_OVERRIDE_WORKDIR: work.dir },
-    stdio: 'ignore',
-  });
-  const deadline = Date.now() + 15_000;
-  for (;;) {
-    const up = await new Promise<boolean>((resolve) => {
-      const s = tcpConnect(options.port, options.address, () => {
-        s.destroy();
-        resolve(true);
-      });
-      s.on('error', () => resolve(false));
-    });
-    if (up) break;
-    if (Date.now() > deadline || child.exitCode !== null) {
-      child.kill('SIGKILL');
-      throw new Error(`cf-serverd did not start on ${options.address}:${options.port}`);
-    }
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  const stop = await spawnCfServerd(work, policy, options.address, options.port);
   return {
     address: options.address,
     port: options.port,
     script,
     runsLog: join(work.dir, 'runs.log'),
     work,
-    stop: () =>
-      new Promise<void>((resolve) => {
-        if (child.exitCode !== null || child.signalCode !== null) return resolve();
-        child.once('exit', () => resolve());
-        child.kill('SIGTERM');
-      }),
+    stop,
   };
 }
 
