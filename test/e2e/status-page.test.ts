@@ -20,7 +20,8 @@ t.test('status page in headless Chromium', { skip: existsSync(CHROMIUM) ? false 
   for (let i = 0; i < 3; i += 1) {
     await putFile({ port: relay.httpsPort, endpoint: 'inventories', name: `n_2026-11-25T10:00:0${i}+00:00.ocs.gz`, body: Buffer.from('x'), password: 'rudder' });
   }
-  await new Promise((r) => setTimeout(r, 1_500));
+  // the page is read once forwarding has failed: a fixed sleep was too short on a loaded CI machine
+  await relay.waitForLog((line) => line.msg === 'forward to upstream failed, will retry', 30_000);
   const browser = await chromium.launch({
     executablePath: CHROMIUM,
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
