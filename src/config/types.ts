@@ -137,7 +137,7 @@ export interface Config {
     /** sync.upstream: pull this relay's data from an upstream onerelay */
     readonly upstream: boolean;
     readonly frequencyMs: number;
-    /** sync.manifest_ttl: how long the serving side reuses a computed manifest (cheap polls) */
+    /** sync.manifest_ttl: how long the serving side reuses the walk of a tree it cannot watch with inotify */
     readonly manifestTtlMs: number;
     /** sync.state_directory: blob store and staging (same filesystem as the synchronised trees) */
     readonly stateDirectory: string;

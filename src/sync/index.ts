@@ -27,8 +27,10 @@ export interface SyncPaths {
 
 export interface SyncServingOptions {
   readonly paths: SyncPaths;
-  /** how long a computed manifest is answered without walking the trees again (default 10 s) */
+  /** how long the walk of a tree that cannot be watched (inotify full or unavailable) is reused (default 10 s) */
   readonly manifestTtlMs?: number;
+  /** bound on inotify watches (tests; default unit-cache.ts DEFAULT_MAX_WATCHES) */
+  readonly maxWatches?: number;
 }
 
 export interface SyncServingDeps {

@@ -90,18 +90,79 @@ export function isFileUnit(unit: string): boolean {
 
 const byPath = (a: ManifestEntry, b: ManifestEntry): number => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0);
 
+const entryLine = (entry: ManifestEntry): string =>
+  entry.kind === 'd'
+    ? `d ${entry.mode.toString(8)} ${encodePath(entry.path)}`
+    : `f ${entry.sha256} ${entry.size} ${entry.mode.toString(8)} ${entry.mtimeMs} ${encodePath(entry.path)}`;
+
 export function serializeManifest(entries: ManifestEntry[]): Manifest {
   entries.sort(byPath);
   const lines = [MANIFEST_HEADER];
-  for (const entry of entries) {
-    lines.push(
-      entry.kind === 'd'
-        ? `d ${entry.mode.toString(8)} ${encodePath(entry.path)}`
-        : `f ${entry.sha256} ${entry.size} ${entry.mode.toString(8)} ${entry.mtimeMs} ${encodePath(entry.path)}`,
-    );
-  }
+  for (const entry of entries) lines.push(entryLine(entry));
   const text = Buffer.from(`${lines.join('\n')}\n`, 'utf8');
   return { generation: generationOf(text), entries, text };
+}
+
+// A delta from a generation the puller has (GET manifest?base=<generation>), so that a small change does
+// not cost the whole manifest:
+//
+//   onerelay-sync-delta 1 <base generation> <new generation> <n>\n
+//   <n bytes: "- <unit>" for every unit dropped or replaced, then the manifest lines of the replaced units>
+//   <a blob batch (frames.ts): new blobs of those units, possibly not all of them>
+//
+// The puller rebuilds the whole manifest from its own and checks the new generation (the sha256 of the
+// rebuilt text), so a delta can never make it install something the upstream did not describe.
+
+export const DELTA_MAGIC = 'onerelay-sync-delta 1 ';
+const DELTA_LINE = /^onerelay-sync-delta 1 ([0-9a-f]{64}) ([0-9a-f]{64}) (\d{1,10})$/;
+/** the delta's first line is at most this long */
+export const MAX_DELTA_HEADER = 160;
+
+export function serializeDelta(base: string, generation: string, dropped: readonly string[], entries: readonly ManifestEntry[]): Buffer {
+  const lines = [...dropped.map((unit) => `- ${encodePath(unit)}`), ...entries.map(entryLine)];
+  const body = Buffer.from(lines.length === 0 ? '' : `${lines.join('\n')}\n`, 'utf8');
+  return Buffer.concat([Buffer.from(`${DELTA_MAGIC}${base} ${generation} ${body.length}\n`, 'latin1'), body]);
+}
+
+export interface DeltaHeader {
+  readonly base: string;
+  readonly generation: string;
+  readonly length: number;
+}
+
+export function parseDeltaHeader(line: string): DeltaHeader {
+  const match = DELTA_LINE.exec(line);
+  if (match === null) throw new Error(`malformed delta header ${JSON.stringify(line.slice(0, 80))}`);
+  return { base: match[1] ?? '', generation: match[2] ?? '', length: Number(match[3]) };
+}
+
+/** `base` with the delta's changes, checked against the generation the delta announces */
+export function applyDelta(base: Manifest, header: DeltaHeader, body: Buffer): Manifest {
+  if (base.generation !== header.base) throw new Error('delta from another generation');
+  const dropped = new Set<string>();
+  const lines = body.toString('utf8').split('\n');
+  if (lines.at(-1) !== '') throw new Error('delta truncated (no final newline)');
+  let first = 0;
+  while (first < lines.length - 1 && (lines[first] ?? '').startsWith('- ')) {
+    dropped.add(decodePath((lines[first] ?? '').slice(2)));
+    first += 1;
+  }
+  // the same validation as a whole manifest
+  const added = parseManifest(Buffer.from(`${MANIFEST_HEADER}\n${lines.slice(first).join('\n')}`, 'utf8'));
+  for (const entry of added.entries) {
+    if (!dropped.has(unitOf(entry.path)?.unit ?? '')) throw new Error(`delta: ${entry.path} is in a unit the delta does not replace`);
+  }
+  const entries = base.entries.filter((entry) => !dropped.has(unitNameOf(entry.path)));
+  const rebuilt = serializeManifest([...entries, ...added.entries]);
+  if (rebuilt.generation !== header.generation) throw new Error('delta does not rebuild the announced generation');
+  // both parts were validated when parsed; what remains is a file of one part above an entry of the other
+  const files = new Set<string>();
+  for (const entry of rebuilt.entries) if (entry.kind === 'f') files.add(entry.path);
+  checkNothingBelowFiles(added.entries, files);
+  const addedFiles = new Set<string>();
+  for (const entry of added.entries) if (entry.kind === 'f') addedFiles.add(entry.path);
+  checkNothingBelowFiles(entries, addedFiles);
+  return rebuilt;
 }
 
 export function generationOf(text: Buffer): string {
@@ -148,26 +209,45 @@ export function parseManifest(text: Buffer): Manifest {
     }
     entries.push(entry);
   }
-  // a file cannot also be a directory on the way to another entry
+  checkNothingBelowFiles(entries, files);
+  return { generation: generationOf(text), entries, text };
+}
+
+/** a file cannot also be a directory on the way to another entry */
+function checkNothingBelowFiles(entries: readonly ManifestEntry[], files: ReadonlySet<string>): void {
   for (const entry of entries) {
     for (let slash = entry.path.indexOf('/'); slash >= 0; slash = entry.path.indexOf('/', slash + 1)) {
       if (files.has(entry.path.slice(0, slash))) throw new Error(`manifest: ${entry.path} lies below the file ${entry.path.slice(0, slash)}`);
     }
   }
-  return { generation: generationOf(text), entries, text };
 }
 
-/** entries grouped by unit, in manifest order, with a digest of each unit's lines to spot unchanged units */
+/** the unit of a path of a parsed (validated) manifest: the first one or two segments */
+export function unitNameOf(path: string): string {
+  const first = path.indexOf('/');
+  if (first < 0) return path;
+  const top = path.slice(0, first);
+  if (top !== 'share' && top !== 'shared-files') return top;
+  const second = path.indexOf('/', first + 1);
+  return second < 0 ? path : path.slice(0, second);
+}
+
+/** entries grouped, in manifest order, with a digest of each unit's lines to spot unchanged units */
 export interface ManifestUnit {
   readonly name: string;
   readonly entries: ManifestEntry[];
   readonly digest: string;
 }
 
+const unitsCache = new WeakMap<Manifest, Map<string, ManifestUnit>>();
+
+/** the units of a manifest (computed once per manifest object; callers must not change the result) */
 export function unitsOf(manifest: Manifest): Map<string, ManifestUnit> {
+  const known = unitsCache.get(manifest);
+  if (known !== undefined) return new Map(known);
   const grouped = new Map<string, ManifestEntry[]>();
   for (const entry of manifest.entries) {
-    const name = unitOf(entry.path)?.unit ?? '';
+    const name = unitNameOf(entry.path);
     const list = grouped.get(name);
     if (list === undefined) grouped.set(name, [entry]);
     else list.push(entry);
@@ -178,5 +258,6 @@ export function unitsOf(manifest: Manifest): Map<string, ManifestUnit> {
     for (const e of entries) hash.update(e.kind === 'd' ? `d ${e.mode} ${e.path}\n` : `f ${e.sha256} ${e.size} ${e.mode} ${e.mtimeMs} ${e.path}\n`);
     units.set(name, { name, entries, digest: hash.digest('hex') });
   }
-  return units;
+  unitsCache.set(manifest, units);
+  return new Map(units);
 }

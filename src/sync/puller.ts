@@ -11,8 +11,7 @@
 import { mkdir, readdir, readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { Readable } from 'node:stream';
-import { promisify } from 'node:util';
-import { createGunzip, gunzip as gunzipCallback } from 'node:zlib';
+import { createGunzip } from 'node:zlib';
 import { RelayError, isRelayError, messageOf } from '../errors.js';
 import type { PeerClient, PeerResponse } from '../upstream/index.js';
 import { createBlobStore, type BlobStore } from './blob-store.js';
@@ -22,6 +21,10 @@ import type { SyncPuller, SyncPullerDeps, SyncPullerOptions, SyncStatus } from '
 import { exists, installDirectory, installFile, localPathOf, recover, removeUnit, targetOf } from './install.js';
 import {
   COMMON_NAME,
+  DELTA_MAGIC,
+  MAX_DELTA_HEADER,
+  applyDelta,
+  parseDeltaHeader,
   NODES_CERTS_UNIT,
   NODES_LIST_UNIT,
   isFileUnit,
@@ -33,7 +36,6 @@ import {
   type ManifestUnit,
 } from './manifest.js';
 
-const gunzip = promisify(gunzipCallback);
 
 export const DEFAULT_SYNC_BASE_PATH = '/rudder/relay-api/sync';
 const STATE_FILE = 'sync-state.json';
@@ -173,10 +175,24 @@ export function createSyncPuller(options: SyncPullerOptions, deps: SyncPullerDep
     for await (const chunk of gunzipStream) yield chunk as Buffer;
   }
 
-  async function fetchManifest(client: PeerClient, signal: AbortSignal, known: string | undefined): Promise<Manifest | 'not-modified'> {
-    const response = await request(client, signal, 'GET', '/manifest', undefined, {
+  interface FetchedManifest {
+    readonly manifest: Manifest;
+    /** a delta from the applied generation (only the changed units came), with some of their blobs */
+    readonly delta: boolean;
+    readonly inlineBlobs: number;
+    readonly inlineBytes: number;
+  }
+
+  /**
+   * The manifest; with `base` (the generation applied here), the upstream may answer a delta (manifest.ts)
+   * rebuilt here against the applied manifest. 'full' asks the caller to fetch the whole manifest: the delta
+   * did not rebuild (a bug or a race upstream, never trusted).
+   */
+  async function fetchManifest(client: PeerClient, signal: AbortSignal, base: Manifest | undefined): Promise<FetchedManifest | 'not-modified' | 'full'> {
+    const query = base === undefined ? '' : `?base=${base.generation}`;
+    const response = await request(client, signal, 'GET', `/manifest${query}`, undefined, {
       'accept-encoding': 'gzip',
-      ...(known === undefined ? {} : { 'if-none-match': `"${known}"` }),
+      ...(base === undefined ? {} : { 'if-none-match': `"${base.generation}"` }),
     });
     if (response.status === 304) {
       await response.body.dump();
@@ -186,25 +202,95 @@ export function createSyncPuller(options: SyncPullerOptions, deps: SyncPullerDep
       await response.body.dump();
       throw new RelayError('RELAY_ERR_UPSTREAM_REFUSED', `sync manifest: unexpected status ${response.status}`);
     }
+    const iterator = decoded(response.body as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
     const chunks: Buffer[] = [];
     let size = 0;
+    /** one more decoded chunk into `chunks`; false at the end */
+    const more = async (): Promise<boolean> => {
+      const next = await iterator.next();
+      if (next.done === true) return false;
+      size += next.value.length;
+      if (size > MAX_MANIFEST_BYTES) throw new Error(`manifest larger than ${MAX_MANIFEST_BYTES} bytes`);
+      chunks.push(next.value);
+      return true;
+    };
+    const joined = (): Buffer => {
+      const all = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
+      chunks.length = 0;
+      if (all.length > 0) chunks.push(all);
+      return all;
+    };
     try {
-      for await (const chunk of response.body as AsyncIterable<Buffer>) {
-        size += chunk.length;
-        if (size > MAX_MANIFEST_BYTES) throw new Error(`manifest larger than ${MAX_MANIFEST_BYTES} bytes`);
-        chunks.push(chunk);
+      while (size < DELTA_MAGIC.length && (await more()));
+      let head = joined();
+      if (base === undefined || head.subarray(0, DELTA_MAGIC.length).toString('latin1') !== DELTA_MAGIC) {
+        while (await more());
+        try {
+          return { manifest: parseManifest(joined()), delta: false, inlineBlobs: 0, inlineBytes: 0 };
+        } catch (error) {
+          throw new RelayError('RELAY_ERR_UPSTREAM_REFUSED', `sync manifest unusable: ${messageOf(error)}`, { cause: error });
+        }
       }
+      for (let newline = head.indexOf(0x0a); newline < 0; newline = head.indexOf(0x0a)) {
+        if (head.length > MAX_DELTA_HEADER || !(await more())) throw new Error('delta header truncated');
+        head = joined();
+      }
+      const newline = head.indexOf(0x0a);
+      const header = parseDeltaHeader(head.subarray(0, newline).toString('latin1'));
+      while (head.length < newline + 1 + header.length) {
+        if (!(await more())) throw new Error('delta truncated');
+        head = joined();
+      }
+      let manifest: Manifest;
+      try {
+        manifest = applyDelta(base, header, head.subarray(newline + 1, newline + 1 + header.length));
+      } catch (error) {
+        response.body.destroy();
+        log.warn({ err: messageOf(error) }, 'sync: the upstream delta is unusable, fetching the whole manifest');
+        return 'full';
+      }
+      // the blobs sent along: verified into the store like any batch; what is missing is asked for later
+      const expected = new Set<string>();
+      for (const entry of manifest.entries) if (entry.kind === 'f') expected.add(entry.sha256);
+      let inlineBlobs = 0;
+      let inlineBytes = 0;
+      const receiver = store.receiver({
+        rejected(sha256) {
+          state.rejectedBlobs += 1;
+          log.warn({ blob: sha256 }, 'sync: blob failed verification, fetching it again');
+        },
+        unavailable: () => undefined,
+        received(_sha256, bytes) {
+          inlineBlobs += 1;
+          inlineBytes += bytes;
+        },
+      });
+      const rest = head.subarray(newline + 1 + header.length);
+      chunks.length = 0;
+      async function* frames(): AsyncGenerator<Buffer> {
+        if (rest.length > 0) yield rest;
+        for (let next = await iterator.next(); next.done !== true; next = await iterator.next()) yield next.value;
+      }
+      try {
+        await readFrames(frames(), {
+          blob(sha256, blobSize) {
+            if (!expected.has(sha256)) throw new Error(`upstream sent blob ${sha256} that is in no changed unit`);
+            return receiver.blob(sha256, blobSize);
+          },
+          missing: (sha256) => receiver.missing(sha256),
+        });
+      } catch (error) {
+        await receiver.abandon();
+        throw error;
+      }
+      await receiver.flush();
+      return { manifest, delta: true, inlineBlobs, inlineBytes };
     } catch (error) {
       response.body.destroy();
       if (signal.aborted) throw new PullAborted();
+      if (isRelayError(error)) throw error;
+      if (isErrno(error, 'ENOSPC', 'EIO', 'EACCES', 'EROFS')) throw new RelayError('RELAY_ERR_SPOOL_WRITE', `sync: cannot store blobs: ${messageOf(error)}`, { cause: error });
       throw new RelayError('RELAY_ERR_UPSTREAM_UNAVAILABLE', `sync manifest: ${messageOf(error)}`, { cause: error });
-    }
-    let text = Buffer.concat(chunks);
-    try {
-      if (text[0] === 0x1f && text[1] === 0x8b) text = await gunzip(text, { maxOutputLength: MAX_MANIFEST_BYTES });
-      return parseManifest(text);
-    } catch (error) {
-      throw new RelayError('RELAY_ERR_UPSTREAM_REFUSED', `sync manifest unusable: ${messageOf(error)}`, { cause: error });
     }
   }
 
@@ -351,13 +437,30 @@ export function createSyncPuller(options: SyncPullerOptions, deps: SyncPullerDep
       throw new RelayError('RELAY_ERR_UPSTREAM_UNAVAILABLE', 'sync: no usable upstream (host or pinned certificate missing)');
     }
     let requests = 0;
+    let useBase = true;
     for (let round = 1; round <= MANIFEST_ROUNDS; round += 1) {
       requests += 1;
-      const manifest = await fetchManifest(client, signal, round === 1 ? applied?.generation : undefined);
-      if (manifest === 'not-modified') return { kind: 'unchanged', generation: applied?.generation ?? '', requests };
+      const fetchedManifest = await fetchManifest(client, signal, useBase ? applied : undefined);
+      if (fetchedManifest === 'not-modified') return { kind: 'unchanged', generation: applied?.generation ?? '', requests };
+      if (fetchedManifest === 'full') {
+        useBase = false;
+        round -= 1;
+        continue;
+      }
+      useBase = false;
+      const { manifest } = fetchedManifest;
 
-      // what the store lacks; a file already on disk with the right content is taken as is
-      const files = [...unitsToInstall(manifest).values()].flatMap((unit) => unit.entries.filter((e): e is ManifestFile => e.kind === 'f'));
+      // what the store lacks, in the units that changed (or are missing here); a file already on disk with
+      // the right content is taken as is. Unchanged units keep their blobs in the store (collect keeps them).
+      const previousUnits = applied === undefined ? new Map<string, ManifestUnit>() : unitsToInstall(applied);
+      const files: ManifestFile[] = [];
+      const allFiles: ManifestFile[] = [];
+      for (const unit of unitsToInstall(manifest).values()) {
+        const unitFiles = unit.entries.filter((e): e is ManifestFile => e.kind === 'f');
+        allFiles.push(...unitFiles);
+        if (previousUnits.get(unit.name)?.digest === unit.digest && (await exists(targetOf(unit.name, paths).destination))) continue;
+        files.push(...unitFiles);
+      }
       const byHash = new Map<string, { size: number; paths: string[] }>();
       for (const file of files) {
         const known = byHash.get(file.sha256);
@@ -376,6 +479,8 @@ export function createSyncPuller(options: SyncPullerOptions, deps: SyncPullerDep
 
       const fetchStarted = Date.now();
       const fetched = await fetchBlobs(client, signal, wanted);
+      fetched.blobs += fetchedManifest.inlineBlobs;
+      fetched.bytes += fetchedManifest.inlineBytes;
       requests += fetched.requests;
       await store.sync();
       log.debug({ blobs: fetched.blobs, bytes: fetched.bytes, ms: Date.now() - fetchStarted }, 'sync: blobs fetched');
@@ -388,7 +493,7 @@ export function createSyncPuller(options: SyncPullerOptions, deps: SyncPullerDep
       log.debug({ changed: changed.length, removed: removed.length, ms: Date.now() - applyStarted }, 'sync: units switched');
       await saveState(manifest);
       applied = manifest;
-      const collected = await store.collect(files);
+      const collected = await store.collect(allFiles);
       if (collected > 0) log.debug({ blobs: collected }, 'sync: unused blobs removed');
       if (changed.includes(NODES_LIST_UNIT) || changed.includes(NODES_CERTS_UNIT)) {
         try {

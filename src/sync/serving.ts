@@ -26,10 +26,28 @@ import type { NodesRegistry } from '../nodes/index.js';
 import { descendantsOf, loadNodesTree, mtimeMsOf, nodesListFor, shareSegments, type NodesTree } from './entitlement.js';
 import { END_FRAME, MAX_BLOBS_PER_BATCH, blobHeader, missingFrame } from './frames.js';
 import type { SyncServingDeps, SyncServingOptions, SyncServingRoutes } from './index.js';
-import { COMMON_NAME, NODES_CERTS_UNIT, NODES_LIST_UNIT, isSafeSegment, isSha256Hex, serializeManifest, type Manifest, type ManifestEntry } from './manifest.js';
-import { createTreeWalker, type SubtreeFilter, type TreeWalker } from './walk.js';
+import {
+  COMMON_NAME,
+  NODES_CERTS_UNIT,
+  NODES_LIST_UNIT,
+  isSafeSegment,
+  isSha256Hex,
+  serializeDelta,
+  serializeManifest,
+  unitNameOf,
+  unitsOf,
+  type Manifest,
+  type ManifestEntry,
+} from './manifest.js';
+import { createUnitCache, type UnitCache } from './unit-cache.js';
+import { createTreeWalker, type SubtreeFilter, type TreeWalker, type Walked } from './walk.js';
 
 const DEFAULT_MANIFEST_TTL_MS = 10_000;
+/** earlier generations per relay a delta can start from (a puller is normally one generation behind) */
+const DELTA_BASES = 3;
+/** new blobs sent along with a delta, so that a small change is one request */
+const DELTA_INLINE_BYTES = 4 * 1024 * 1024;
+const DELTA_INLINE_BLOBS = 1024;
 const GENERATED_FILE_MODE = 0o640;
 const TEXT = 'text/plain; charset=utf-8';
 
@@ -39,10 +57,16 @@ type BlobSource =
 
 interface RelayView {
   readonly manifest: Manifest;
+  /** what it was made of: the same walks, nodes tree and certificates make the same view */
+  readonly walks: readonly Walked[];
+  readonly treeVersion: number;
+  readonly certsMtimeMs: number;
   readonly blobs: ReadonlyMap<string, BlobSource>;
   readonly computedAt: number;
   readonly nodesLoadedAt: string | undefined;
   gzip: Buffer | undefined;
+  /** unit name → digest, computed when a delta from or to this view is asked for */
+  unitDigests: Map<string, string> | undefined;
   /** a served file no longer matched: recompute at the next manifest request */
   stale: boolean;
 }
@@ -77,23 +101,34 @@ export function createSyncServing(options: SyncServingOptions, deps: SyncServing
   const { paths } = options;
   const ttlMs = options.manifestTtlMs ?? DEFAULT_MANIFEST_TTL_MS;
   const walker: TreeWalker = createTreeWalker(log);
+  const unitCache: UnitCache = createUnitCache(walker, log, { ttlMs, ...(options.maxWatches === undefined ? {} : { maxWatches: options.maxWatches }) });
   const views = new Map<string, RelayView>();
+  /** the views served before the current one, newest first: bases for deltas */
+  const history = new Map<string, RelayView[]>();
   const computing = new Map<string, Promise<RelayView>>();
   let nodesTree: NodesTree | undefined;
+  /** bumped when the nodes tree object changes: node units' filters depend on it */
+  let treeVersion = 0;
 
-  async function compute(relayId: string): Promise<RelayView> {
+  async function compute(relayId: string, previous: RelayView | undefined): Promise<RelayView> {
     const started = Date.now();
+    await unitCache.settle();
+    if (previous?.stale === true) unitCache.invalidate();
     const nodesLoadedAt = deps.nodes.status().loadedAt;
     const tree = await loadNodesTree(paths.nodesListFile, nodesTree);
+    if (tree !== nodesTree) treeVersion += 1;
     nodesTree = tree;
+    const variant = String(treeVersion);
     const segments = shareSegments(tree, deps.nodes.myId, relayId);
     if (segments === undefined) {
       throw new RelayError('RELAY_ERR_AUTH_CERTIFICATE', `node ${relayId} is not a relay below this one in the nodes list`);
     }
     const entries: ManifestEntry[] = [];
     const blobs = new Map<string, BlobSource>();
-    const add = (walked: { entries: ManifestEntry[]; files: { entry: { sha256: string }; absolute: string; ino: bigint; size: bigint; mtimeNs: bigint }[] }): void => {
-      entries.push(...walked.entries);
+    const walks: Walked[] = [];
+    const add = (walked: Walked, same = true): void => {
+      if (same) walks.push(walked);
+      for (const entry of walked.entries) entries.push(entry);
       for (const file of walked.files) {
         if (!blobs.has(file.entry.sha256)) blobs.set(file.entry.sha256, { kind: 'file', absolute: file.absolute, ino: file.ino, size: file.size, mtimeNs: file.mtimeNs });
       }
@@ -116,17 +151,32 @@ export function createSyncServing(options: SyncServingOptions, deps: SyncServing
       };
     for (const child of tree.children.get(relayId) ?? []) {
       if (!isSafeSegment(child) || child === COMMON_NAME) continue;
-      add(await walker.walkUnit(join(shareRoot, child), `share/${child}`, nodeFilter(child)));
+      add(await unitCache.walk(join(shareRoot, child), `share/${child}`, nodeFilter(child), variant));
     }
-    add(await walker.walkUnit(join(paths.policiesDirectory, COMMON_NAME), COMMON_NAME));
-    add(await walker.walkUnit(paths.sharedFolderPath, 'shared-folder'));
+    add(await unitCache.walk(join(paths.policiesDirectory, COMMON_NAME), COMMON_NAME));
+    add(await unitCache.walk(paths.sharedFolderPath, 'shared-folder'));
     const sharedFilesRoot = join(paths.sharedFilesPath, ...segments.map((s, i) => (i % 2 === 1 ? 'shared-files' : s)));
-    const sharedFiles = await walker.walkUnit(sharedFilesRoot, 'shared-files');
+    const sharedFiles = await unitCache.walk(sharedFilesRoot, 'shared-files');
     // the walked root itself is not a unit: each directory directly in it is one; files directly in it are left out
+    walks.push(sharedFiles);
     add({
       entries: sharedFiles.entries.filter((e) => e.path !== 'shared-files' && (e.kind === 'd' || e.path.indexOf('/', 'shared-files/'.length) >= 0)),
       files: sharedFiles.files.filter((f) => f.entry.path.indexOf('/', 'shared-files/'.length) >= 0),
-    });
+      directories: sharedFiles.directories,
+    }, false);
+
+    const certsMtimeMs = await mtimeMsOf(paths.nodesCertsFile);
+    if (
+      previous !== undefined &&
+      !previous.stale &&
+      previous.treeVersion === treeVersion &&
+      previous.certsMtimeMs === certsMtimeMs &&
+      previous.nodesLoadedAt === nodesLoadedAt &&
+      previous.walks.length === walks.length &&
+      previous.walks.every((walked, index) => walked === walks[index])
+    ) {
+      return previous;
+    }
 
     const descendants = descendantsOf(tree, relayId);
     const generated = async (name: string, data: Buffer, mtimeMs: number): Promise<void> => {
@@ -136,33 +186,64 @@ export function createSyncServing(options: SyncServingOptions, deps: SyncServing
     };
     await generated(NODES_LIST_UNIT, nodesListFor(tree, descendants), tree.mtimeMs);
     const certificates = descendants.flatMap((id) => deps.nodes.certificatesOf(id).map((c: X509Certificate) => c.toString().trimEnd() + '\n'));
-    await generated(NODES_CERTS_UNIT, Buffer.from(certificates.join(''), 'latin1'), await mtimeMsOf(paths.nodesCertsFile));
+    await generated(NODES_CERTS_UNIT, Buffer.from(certificates.join(''), 'latin1'), certsMtimeMs);
 
     const manifest = serializeManifest(entries);
     const files = entries.filter((e) => e.kind === 'f').length;
     log.debug({ relay: relayId, generation: manifest.generation, files, blobs: blobs.size, ms: Date.now() - started }, 'sync manifest computed');
-    return { manifest, blobs, computedAt: Date.now(), nodesLoadedAt, gzip: undefined, stale: false };
+    return { manifest, walks, treeVersion, certsMtimeMs, blobs, computedAt: Date.now(), nodesLoadedAt, gzip: undefined, unitDigests: undefined, stale: false };
   }
 
-  /** fresh: recompute after the TTL; otherwise the last view (blob requests follow their manifest) */
+  /** fresh: as the trees are now (units nothing changed in are not walked again); otherwise the last view (blob requests follow their manifest) */
   function viewFor(relayId: string, fresh: boolean): Promise<RelayView> {
     const cached = views.get(relayId);
-    if (
-      cached !== undefined &&
-      (!fresh || (!cached.stale && Date.now() - cached.computedAt < ttlMs && cached.nodesLoadedAt === deps.nodes.status().loadedAt))
-    ) {
-      return Promise.resolve(cached);
-    }
+    if (cached !== undefined && !fresh) return Promise.resolve(cached);
     const inFlight = computing.get(relayId);
     if (inFlight !== undefined) return inFlight;
-    const run = compute(relayId)
+    const run = compute(relayId, cached)
       .then((view) => {
+        if (cached !== undefined && cached !== view && cached.manifest.generation !== view.manifest.generation) {
+          history.set(relayId, [cached, ...(history.get(relayId) ?? [])].slice(0, DELTA_BASES));
+        }
         views.set(relayId, view);
         return view;
       })
       .finally(() => computing.delete(relayId));
     computing.set(relayId, run);
     return run;
+  }
+
+  const digestsOf = (view: RelayView): Map<string, string> => {
+    view.unitDigests ??= new Map([...unitsOf(view.manifest).values()].map((unit) => [unit.name, unit.digest]));
+    return view.unitDigests;
+  };
+
+  /**
+   * The change from `base` to `view` (manifest.ts DELTA_HEADER): the units to drop, the entries of the units
+   * that changed, then the new blobs of those units as a batch (up to DELTA_INLINE_*; the puller asks for
+   * any other one). Undefined when `base` is not among the last generations served to this relay.
+   */
+  function delta(relayId: string, baseGeneration: string, view: RelayView): AsyncGenerator<Buffer> | undefined {
+    const base = history.get(relayId)?.find((v) => v.manifest.generation === baseGeneration);
+    if (base === undefined) return undefined;
+    const before = digestsOf(base);
+    const after = digestsOf(view);
+    const dropped = [...before.keys()].filter((name) => after.get(name) !== before.get(name));
+    const changed = new Set([...after.keys()].filter((name) => before.get(name) !== after.get(name)));
+    const entries = view.manifest.entries.filter((entry) => changed.has(unitNameOf(entry.path)));
+    const inline: string[] = [];
+    let inlineBytes = 0;
+    for (const entry of entries) {
+      if (entry.kind !== 'f' || base.blobs.has(entry.sha256) || inline.includes(entry.sha256)) continue;
+      if (inline.length >= DELTA_INLINE_BLOBS || inlineBytes + entry.size > DELTA_INLINE_BYTES) break;
+      inline.push(entry.sha256);
+      inlineBytes += entry.size;
+    }
+    const text = serializeDelta(baseGeneration, view.manifest.generation, dropped, entries);
+    return (async function* () {
+      yield text;
+      yield* batch(view, inline);
+    })();
   }
 
   function fail(reply: FastifyReply, error: unknown): FastifyReply {
@@ -247,6 +328,7 @@ export function createSyncServing(options: SyncServingOptions, deps: SyncServing
       });
 
   const routes: FastifyPluginAsync = async (app) => {
+    app.addHook('onClose', async () => unitCache.close());
     app.get('/manifest', async (request, reply) => {
       let relayId: string;
       let view: RelayView;
@@ -262,6 +344,16 @@ export function createSyncServing(options: SyncServingOptions, deps: SyncServing
       const ifNoneMatch = request.headers['if-none-match'];
       if (typeof ifNoneMatch === 'string' && ifNoneMatch.split(',').some((tag) => tag.trim().replace(/^W\//, '') === etag)) {
         return reply.code(304).send();
+      }
+      const base = (request.query as { base?: unknown } | undefined)?.base;
+      const changes = typeof base === 'string' && isSha256Hex(base) ? delta(relayId, base, view) : undefined;
+      if (changes !== undefined) {
+        const frames = Readable.from(changes, { objectMode: false });
+        reply.type('application/octet-stream');
+        if (!accepts(request, 'gzip')) return reply.send(frames);
+        const gzip = createGzip();
+        pipeline(frames, gzip, () => undefined);
+        return reply.header('content-encoding', 'gzip').send(gzip);
       }
       reply.type(TEXT);
       if (accepts(request, 'gzip')) {
@@ -322,6 +414,7 @@ export function createSyncServing(options: SyncServingOptions, deps: SyncServing
     manifestFor: async (relayId) => (await viewFor(relayId, true)).manifest,
     invalidate() {
       views.clear();
+      history.clear();
     },
   };
 }

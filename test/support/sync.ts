@@ -128,6 +128,9 @@ export async function startSyncServer(options: {
   nodes: NodesRegistry;
   log?: Logger;
   requesterOf?: (request: FastifyRequest) => string | undefined;
+  /** default 0: a tree that cannot be watched is walked at every manifest request */
+  manifestTtlMs?: number;
+  maxWatches?: number;
 }): Promise<TestSyncServer> {
   const log = options.log ?? pino({ level: 'silent' });
   const app = Fastify({
@@ -137,7 +140,7 @@ export async function startSyncServer(options: {
   const requests: RecordedRequest[] = [];
   const faults: SyncFaults = {};
   const serving = createSyncServing(
-    { paths: options.paths, manifestTtlMs: 0 },
+    { paths: options.paths, manifestTtlMs: options.manifestTtlMs ?? 0, ...(options.maxWatches === undefined ? {} : { maxWatches: options.maxWatches }) },
     { nodes: options.nodes, requesterOf: options.requesterOf ?? clientCertificateRequester(options.nodes), log },
   );
   const faulty = new WeakSet<FastifyRequest>();
