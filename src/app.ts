@@ -24,7 +24,7 @@ import type { ServiceMetrics } from './metrics/index.js';
 import { createCommandRunner, createNativeRunner, createRemoteRun, type NodeRunner, type RemoteRun } from './remote-run/index.js';
 import { remoteRunCaller } from './forwarders.js';
 import { createCfengineServer, type CfengineServer } from './cfengine/index.js';
-import { clientCertificateRequester, createSyncPuller, createSyncServing, type SyncPaths, type SyncPuller, type SyncServing } from './sync/index.js';
+import { clientCertificateRequester, createCfenginePuller, createSyncPuller, createSyncServing, type SyncPaths, type SyncPuller, type SyncServing } from './sync/index.js';
 import { createSystem } from './system/index.js';
 import { VERSION } from './version.js';
 import { DATABASE_REFUSED, checkInstallation } from './check.js';
@@ -305,25 +305,39 @@ export async function runPrimary(options: StartOptions): Promise<void> {
     const sharedFiles = sharedFilesOf(config, nodes, peers, metrics, log);
     remoteRun = remoteRunOf(config, identity, nodes, peers, metrics, log);
     if (config.sync.upstream) {
-      puller = createSyncPuller(
-        { paths: syncPaths(config), myId: identity.nodeId, frequencyMs: config.sync.frequencyMs },
-        {
-          upstream: () => peers.upstream(),
-          onNodesChanged: async () => {
-            await nodes.reload();
-            broadcast({ type: 'reload', level: currentLevel });
-          },
-          counters: {
-            synced: (result, durationMs, bytes, files) => {
-              metrics.syncs.observe({ result }, durationMs / 1000);
-              metrics.syncBytes.inc(bytes);
-              metrics.syncFiles.inc(files);
-              if (result !== 'error') metrics.syncLastSuccess.set(Date.now() / 1000);
-            },
-          },
-          log,
+      const onNodesChanged = async (): Promise<void> => {
+        await nodes.reload();
+        broadcast({ type: 'reload', level: currentLevel });
+      };
+      const counters = {
+        synced: (result: 'ok' | 'unchanged' | 'error', durationMs: number, bytes: number, files: number) => {
+          metrics.syncs.observe({ result }, durationMs / 1000);
+          metrics.syncBytes.inc(bytes);
+          metrics.syncFiles.inc(files);
+          if (result !== 'error') metrics.syncLastSuccess.set(Date.now() / 1000);
         },
-      );
+      };
+      puller =
+        config.sync.protocol === 'cfengine'
+          ? createCfenginePuller(
+              {
+                paths: syncPaths(config),
+                myId: identity.nodeId,
+                frequencyMs: config.sync.frequencyMs,
+                host: config.output.upstream.host,
+                port: config.sync.cfenginePort,
+                privateKey: identity.privateKey,
+                pinnedCertificateFile: config.output.upstream.serverCertificateFile,
+                upstreamPrefix: config.sync.cfenginePathPrefix,
+                libraryRoots: config.cfengine.publicRoots,
+                connections: config.sync.cfengineConnections,
+              },
+              { upstreamHttps: () => peers.upstream(), onNodesChanged, counters, log },
+            )
+          : createSyncPuller(
+              { paths: syncPaths(config), myId: identity.nodeId, frequencyMs: config.sync.frequencyMs },
+              { upstream: () => peers.upstream(), onNodesChanged, counters, log },
+            );
     }
     const api = createLocalApi(config.general.listen, {
       system,

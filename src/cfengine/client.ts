@@ -8,15 +8,15 @@ import type { KeyObject } from 'node:crypto';
 import { connect as tcpConnect } from 'node:net';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { makeServerCertificate } from './certificate.js';
-import { CFD_TERMINATOR, FrameDecoder, HEADER_SIZE, MAX_PAYLOAD, encodeFrame, parseVersionLine, type Frame } from './codec.js';
+import { CFD_TERMINATOR, HEADER_SIZE, decodeHeader, encodeFrame, parseVersionLine, type Frame } from './codec.js';
 
 /** what this client asks for (CF_PROTOCOL_LATEST of 3.21); it drops to the server's if lower and ≥ 2 */
 export const CLIENT_PROTOCOL_VERSION = 3;
 export const CLIENT_VERSION = '3.21.0';
 /** TLSRecvLines reads the identification lines into a 1024-byte buffer */
 const MAX_LINE_BYTES = 1024;
-/** frames queued unread before the socket is paused */
-const MAX_QUEUED_FRAMES = 256;
+/** bytes received and not read yet before the socket is paused */
+const MAX_PENDING_BYTES = 1024 * 1024;
 
 export class CfengineClientError extends Error {
   constructor(message: string) {
@@ -50,8 +50,15 @@ export interface CfengineClient {
   readonly serverKey: KeyObject;
   /** one transaction, written alone (never merged past a TLS record with others) */
   send(payload: Buffer | string): Promise<void>;
+  /**
+   * several transactions in one write, for pipelining (each still a whole frame: cf-serverd reads a header
+   * then a body, one SSL_read each, so the caller keeps a batch within one TLS record, ≤ 16 KiB)
+   */
+  sendMany(payloads: ReadonlyArray<Buffer | string>): Promise<void>;
   /** the next transaction; rejects when the connection ends or `signal` aborts */
   readFrame(): Promise<Frame>;
+  /** 1 to `max` bytes of the raw (unframed) stream: a GET reply, sized by the STAT before it */
+  readRaw(max: number): Promise<Buffer>;
   close(): void;
 }
 
@@ -164,26 +171,54 @@ export async function connectCfengineServer(options: CfengineClientOptions): Pro
     if (!welcome.startsWith('OK WELCOME')) throw new CfengineClientError(`the server did not accept our identity: ${JSON.stringify(welcome.slice(0, 80))}`);
     clearTimeout(timer);
 
-    // framed transactions from here on
-    const decoder = new FrameDecoder(4 * (HEADER_SIZE + MAX_PAYLOAD) + 64 * 1024);
-    const frames: Frame[] = [];
-    let decodeError: string | undefined;
-    const drain = (): void => {
-      try {
-        decoder.push(buffer);
-        buffer = Buffer.alloc(0);
-        for (let frame = decoder.next(); frame !== undefined; frame = decoder.next()) frames.push({ status: frame.status, payload: Buffer.from(frame.payload) });
-      } catch (error) {
-        decodeError = (error as Error).message;
-        tls.destroy();
-      }
-      if (frames.length >= MAX_QUEUED_FRAMES) tls.pause();
+    // framed transactions from here on. Bytes are kept as they come and cut into transactions (or raw
+    // GET data, which is not framed) only when read, so both kinds can follow each other on one stream.
+    const pending: Buffer[] = [];
+    let pendingBytes = 0;
+    const append = (chunk: Buffer): void => {
+      if (chunk.length === 0) return;
+      pending.push(chunk);
+      pendingBytes += chunk.length;
+      if (pendingBytes >= MAX_PENDING_BYTES) tls.pause();
     };
-    drain();
+    /** the first `n` pending bytes (n ≤ pendingBytes), removed */
+    const take = (n: number): Buffer => {
+      const parts: Buffer[] = [];
+      let wanted = n;
+      while (wanted > 0) {
+        const head = pending[0]!;
+        if (head.length <= wanted) {
+          parts.push(head);
+          pending.shift();
+          wanted -= head.length;
+        } else {
+          parts.push(head.subarray(0, wanted));
+          pending[0] = head.subarray(wanted);
+          wanted = 0;
+        }
+      }
+      pendingBytes -= n;
+      if (pendingBytes < MAX_PENDING_BYTES / 2 && tls.isPaused()) tls.resume();
+      return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+    };
+    const peek = (n: number): Buffer => {
+      const head = pending[0]!;
+      if (head.length >= n) return head.subarray(0, n);
+      const joined = Buffer.concat(pending);
+      pending.length = 0;
+      pending.push(joined);
+      return joined.subarray(0, n);
+    };
+    const waitMore = async (): Promise<void> => {
+      if (signal?.aborted) throw new CfengineClientError(abortReason(signal));
+      if (ended !== undefined) throw new CfengineClientError(ended);
+      await waitData();
+    };
+    append(buffer);
+    buffer = Buffer.alloc(0);
     tls.removeAllListeners('data');
     tls.on('data', (chunk: Buffer) => {
-      buffer = chunk;
-      drain();
+      append(chunk);
       wakeUp();
     });
     // while the connection is in use, an abort (destroying the sockets) also wakes a pending read
@@ -195,17 +230,32 @@ export async function connectCfengineServer(options: CfengineClientOptions): Pro
         if (ended !== undefined) return Promise.reject(new CfengineClientError(ended));
         return writeRaw(encodeFrame(payload));
       },
+      sendMany: (payloads) => {
+        if (ended !== undefined) return Promise.reject(new CfengineClientError(ended));
+        return writeRaw(Buffer.concat(payloads.map((payload) => encodeFrame(payload))));
+      },
       async readFrame() {
         for (;;) {
-          const frame = frames.shift();
-          if (frame !== undefined) {
-            if (frames.length < MAX_QUEUED_FRAMES / 2 && tls.isPaused()) tls.resume();
-            return frame;
+          if (pendingBytes >= HEADER_SIZE) {
+            let length: number;
+            try {
+              ({ length } = decodeHeader(peek(HEADER_SIZE)));
+            } catch (error) {
+              tls.destroy();
+              throw new CfengineClientError(`protocol error: ${(error as Error).message}`);
+            }
+            if (pendingBytes >= HEADER_SIZE + length) {
+              const header = take(HEADER_SIZE);
+              return { status: header[0] === 0x6d ? 'm' : 't', payload: Buffer.from(take(length)) };
+            }
           }
-          if (decodeError !== undefined) throw new CfengineClientError(`protocol error: ${decodeError}`);
-          if (signal?.aborted) throw new CfengineClientError(abortReason(signal));
-          if (ended !== undefined) throw new CfengineClientError(ended);
-          await waitData();
+          await waitMore();
+        }
+      },
+      async readRaw(max) {
+        for (;;) {
+          if (pendingBytes > 0) return take(Math.min(max, pending[0]!.length));
+          await waitMore();
         }
       },
       close() {

@@ -261,6 +261,17 @@ function shadowsRelayPath(prefix: string): string | undefined {
   return RELAY_PATHS.find((path) => withSlash(prefix).startsWith(withSlash(path)));
 }
 
+/** "" or an absolute directory (no trailing slash): where the Rudder paths live on a relocated upstream */
+function readPathPrefix(reader: Reader, path: string): string {
+  const value = reader.string(path, '');
+  if (value === '') return '';
+  if (!value.startsWith('/') || value.includes('\0') || value.split('/').includes('..')) {
+    reader.problems.push({ exitCode: 2, message: `${path} = ${JSON.stringify(value)}: expected "" or an absolute directory without ".."` });
+    return '';
+  }
+  return value.replace(/\/+$/, '');
+}
+
 function readProxyRoutes(reader: Reader): readonly ProxyRoute[] {
   const value = reader.raw('https.proxy');
   if (value === undefined) return [];
@@ -414,6 +425,10 @@ function buildConfig(main: Reader, logging: Reader | undefined): Config {
       frequencyMs: r.duration('sync.frequency', 60_000),
       manifestTtlMs: r.duration('sync.manifest_ttl', 10_000),
       stateDirectory: r.path('sync.state_directory', '/var/rudder/onerelay/sync'),
+      protocol: r.oneOf('sync.protocol', ['https', 'cfengine'] as const, 'https'),
+      cfenginePort: r.integer('sync.cfengine_port', 5309, 1, 65535),
+      cfengineConnections: r.integer('sync.cfengine_connections', 16, 1, 256),
+      cfenginePathPrefix: readPathPrefix(r, 'sync.cfengine_path_prefix'),
     },
     logging: {
       level: logSource.oneOf(`${logPrefix}.level`, LOG_LEVELS, 'info'),
@@ -429,6 +444,9 @@ function validate(config: Config, nodeId: string | undefined): ConfigProblem[] {
     config.processing.reporting.output === 'upstream' || config.processing.inventory.output === 'upstream';
   if (nodeId !== undefined && nodeId !== 'root' && config.output.upstream.host === '') {
     problems.push({ exitCode: 3, message: 'missing upstream server configuration: output.upstream.host is required on a relay' });
+  }
+  if (config.sync.upstream && config.sync.protocol === 'cfengine' && config.output.upstream.host === '') {
+    problems.push({ exitCode: 3, message: 'sync.protocol = "cfengine": expected output.upstream.host (the root whose cf-serverd is pulled from)' });
   }
   if (upstreamNeeded && config.output.upstream.password === undefined) {
     problems.push({ exitCode: 3, message: 'missing upstream password configuration: output.upstream.password is required when an output is "upstream"' });

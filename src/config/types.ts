@@ -141,6 +141,14 @@ export interface Config {
     readonly manifestTtlMs: number;
     /** sync.state_directory: blob store and staging (same filesystem as the synchronised trees) */
     readonly stateDirectory: string;
+    /** sync.protocol: "https" = the upstream is onerelay (sync API); "cfengine" = a stock Rudder root's cf-serverd */
+    readonly protocol: 'https' | 'cfengine';
+    /** sync.cfengine_port: the upstream cf-serverd's port (protocol "cfengine") */
+    readonly cfenginePort: number;
+    /** sync.cfengine_connections: parallel connections to the upstream cf-serverd */
+    readonly cfengineConnections: number;
+    /** sync.cfengine_path_prefix: prepended to the Rudder paths asked of the upstream cf-serverd ("" on a real root) */
+    readonly cfenginePathPrefix: string;
   };
 }
 

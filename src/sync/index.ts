@@ -99,6 +99,9 @@ export interface SyncPuller {
 export { syncServingRoutes, createSyncServing, clientCertificateRequester } from './serving.js';
 export type { SyncServing } from './serving.js';
 export { createSyncPuller, DEFAULT_SYNC_BASE_PATH } from './puller.js';
+/** the pulling side when the upstream is a stock Rudder root (cf-serverd, CFEngine protocol) */
+export { createCfenginePuller, DEFAULT_CFENGINE_PORT } from './cfengine-puller.js';
+export type { CfenginePullerOptions, CfenginePullerDeps } from './cfengine-puller.js';
 export { syncTriggerRoutes } from './trigger.js';
 export { parseManifest, MANIFEST_HEADER } from './manifest.js';
 export type { Manifest, ManifestEntry, ManifestFile, ManifestDirectory } from './manifest.js';

@@ -64,8 +64,13 @@ export async function exists(path: string): Promise<boolean> {
 
 /** after a crash: put back a unit left aside mid-switch, drop half-built trees and old trees */
 export async function recover(paths: SyncPaths): Promise<string[]> {
+  return recoverParents(parentsOf(paths));
+}
+
+/** recover() in the given directories (units installed elsewhere, e.g. the library trees of a CFEngine pull) */
+export async function recoverParents(parents: readonly string[]): Promise<string[]> {
   const actions: string[] = [];
-  for (const parent of parentsOf(paths)) {
+  for (const parent of parents) {
     let names: string[];
     try {
       names = await readdir(parent);
@@ -169,7 +174,6 @@ export async function installDirectory(target: UnitTarget, entries: readonly Man
   const parent = dirname(target.destination);
   const name = basename(target.destination);
   const build = join(parent, `${BUILD_PREFIX}${name}`);
-  const old = join(parent, `${OLD_PREFIX}${name}`);
   await mkdir(parent, { recursive: true });
   await removeTree(build);
   try {
@@ -179,14 +183,26 @@ export async function installDirectory(target: UnitTarget, entries: readonly Man
     throw error;
   }
 
+  await switchDirectory(target.destination, build);
+}
+
+/** where the new tree of `destination` is built before switchDirectory() */
+export function buildPathOf(destination: string): string {
+  return join(dirname(destination), `${BUILD_PREFIX}${basename(destination)}`);
+}
+
+/** puts the whole tree built at `build` (buildPathOf) in place of `destination`, the old one aside then removed */
+export async function switchDirectory(destination: string, build: string): Promise<void> {
+  const parent = dirname(destination);
+  const old = join(parent, `${OLD_PREFIX}${basename(destination)}`);
   await removeTree(old);
-  const hadOld = await exists(target.destination);
-  if (hadOld) await rename(target.destination, old);
+  const hadOld = await exists(destination);
+  if (hadOld) await rename(destination, old);
   try {
-    await rename(build, target.destination);
+    await rename(build, destination);
   } catch (error) {
     // the old tree goes back rather than leaving the unit absent
-    if (hadOld) await rename(old, target.destination).catch(() => undefined);
+    if (hadOld) await rename(old, destination).catch(() => undefined);
     await removeTree(build);
     throw error;
   }

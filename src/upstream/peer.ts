@@ -25,6 +25,8 @@ export interface PeerClientOptions {
 export interface PeerResponse {
   readonly status: number;
   readonly body: Dispatcher.ResponseData['body'];
+  /** the response headers (lower-case names), for validators such as ETag */
+  readonly headers?: Dispatcher.ResponseData['headers'];
 }
 
 export interface PeerClient {
@@ -64,7 +66,7 @@ export function createPeerClient(options: PeerClientOptions): PeerClient {
         headers: { 'user-agent': `onerelay/${VERSION}`, ...headers },
         ...(body === undefined ? {} : { body }),
       });
-      return { status: response.statusCode, body: response.body };
+      return { status: response.statusCode, body: response.body, headers: response.headers };
     },
     close: () => pool.close(),
   };
