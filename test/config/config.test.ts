@@ -161,3 +161,33 @@ t.test('a proxy prefix may not shadow a relay path', async (t) => {
   await writeFile(file, '[general]\nnode_id = "root"\n[[https.proxy]]\nprefix = "/rudder/"\ntarget = "http://127.0.0.1:1"\n');
   t.same((await readConfig(file)).problems, [], 'a prefix above a relay path is fine: relay routes are more specific');
 });
+
+t.test('sync.protocol "cfengine": its keys, validated', async (t) => {
+  const dir = tempDir(t);
+  const file = join(dir, 'onerelay.toml');
+  await writeFile(file, '[general]\nnode_id = "root"\n[sync]\nupstream = true\nprotocol = "cfengine"\ncfengine_port = 15309\ncfengine_connections = 4\ncfengine_path_prefix = "/srv/root/"\n[output.upstream]\nhost = "root.example"\n');
+  const { config } = await loadConfig(file);
+  t.equal(config.sync.protocol, 'cfengine');
+  t.equal(config.sync.cfenginePort, 15309);
+  t.equal(config.sync.cfengineConnections, 4);
+  t.equal(config.sync.cfenginePathPrefix, '/srv/root');
+
+  await writeFile(file, '[general]\nnode_id = "root"\n');
+  const defaults = (await loadConfig(file)).config;
+  t.equal(defaults.sync.protocol, 'https');
+  t.equal(defaults.sync.cfenginePort, 5309);
+  t.equal(defaults.sync.cfenginePathPrefix, '');
+
+  await writeFile(file, '[general]\nnode_id = "root"\n[sync]\nprotocol = "rsync"\ncfengine_port = 70000\ncfengine_path_prefix = "relative/dir"\n');
+  const error = (await loadConfig(file).catch((e: unknown) => e)) as ConfigError;
+  t.type(error, ConfigError);
+  const problems = error.problems.map((p) => p.message).join('\n');
+  t.match(problems, /sync\.protocol = "rsync": expected one of "https", "cfengine"/);
+  t.match(problems, /sync\.cfengine_port = 70000/);
+  t.match(problems, /sync\.cfengine_path_prefix = "relative\/dir": expected "" or an absolute directory/);
+
+  await writeFile(file, '[general]\nnode_id = "root"\n[sync]\nupstream = true\nprotocol = "cfengine"\n');
+  const invalid = (await loadConfig(file).catch((e: unknown) => e)) as ConfigError;
+  t.equal(invalid.exitCode, 3);
+  t.match(invalid.message, /sync\.protocol = "cfengine": expected output\.upstream\.host/);
+});
