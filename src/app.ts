@@ -315,6 +315,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
           metrics.syncBytes.inc(bytes);
           metrics.syncFiles.inc(files);
           if (result !== 'error') metrics.syncLastSuccess.set(Date.now() / 1000);
+          metrics.syncOutcome(result !== 'error', Date.now() - durationMs);
         },
       };
       puller =

@@ -73,6 +73,8 @@ export interface PrimaryMetrics extends ServiceMetrics {
   readonly syncBytes: Counter;
   readonly syncFiles: Counter;
   readonly syncLastSuccess: Gauge;
+  /** records a pull's outcome for onerelay_sync_lag_seconds */
+  syncOutcome(ok: boolean, attemptStartedMs: number): void;
   /** Prometheus text of the primary and of every worker */
   render(): Promise<{ contentType: string; body: string }>;
 }
@@ -218,8 +220,22 @@ export function createPrimaryMetrics(sources: {
   });
   const syncBytes = new Counter({ name: 'onerelay_sync_bytes_total', help: 'Bytes fetched by data sync', registers: [registry] });
   const syncFiles = new Counter({ name: 'onerelay_sync_files_total', help: 'Files changed by data sync', registers: [registry] });
-  const syncLastSuccess = new Gauge({ name: 'onerelay_sync_last_success_timestamp_seconds', help: 'When the last data sync succeeded (lag = now - this)', registers: [registry] });
+  const syncLastSuccess = new Gauge({ name: 'onerelay_sync_last_success_timestamp_seconds', help: 'When the last data sync succeeded', registers: [registry] });
+  // in step with upstream as of the last successful pull; behind since the first failed pull after it
+  let syncBehindSinceMs: number | undefined;
+  new Gauge({
+    name: 'onerelay_sync_lag_seconds',
+    help: 'How long the data sync has been failing to bring the relay in step with upstream (0 while pulls succeed)',
+    registers: [registry],
+    collect() {
+      this.set(syncBehindSinceMs === undefined ? 0 : (Date.now() - syncBehindSinceMs) / 1000);
+    },
+  });
   return {
+    syncOutcome(ok, attemptStartedMs) {
+      if (ok) syncBehindSinceMs = undefined;
+      else syncBehindSinceMs ??= attemptStartedMs;
+    },
     syncs,
     syncBytes,
     syncFiles,

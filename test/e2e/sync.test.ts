@@ -29,7 +29,7 @@ t.test('an onerelay relay pulls its nodes from an onerelay upstream', async (t) 
     [N2]: { hostname: 'n2', 'policy-server': RELAY },
     [SIBLING]: { hostname: 'n3', 'policy-server': RELAY_ID },
   };
-  const upstream = await startRelay(t, { workers: 1, nodesList, extraToml: '[sync]\nserve = true\nmanifest_ttl = "1s"\n' });
+  const upstream = await startRelay(t, { workers: 1, nodesList, extraToml: '[sync]\nserve = true\nmanifest_ttl = "1h"\n' });
   const share = join(upstream.dir, 'share');
   for (const node of [N1, N2]) {
     for (let i = 0; i < 20; i += 1) await write(join(share, RELAY, 'share', node, 'rules', 'cfengine-community', `file-${i}.cf`), `${node} ${i}\n`);
@@ -57,7 +57,7 @@ t.test('an onerelay relay pulls its nodes from an onerelay upstream', async (t) 
 
   await write(join(share, RELAY, 'share', N1, 'rules', 'cfengine-community', 'file-3.cf'), 'changed\n');
   await rm(join(share, RELAY, 'share', N2), { recursive: true });
-  await new Promise((r) => setTimeout(r, 1_200)); // past the upstream's manifest cache
+  // no wait: the upstream sees the change through inotify, not after its (1 h) manifest_ttl
   const second = await syncNow(relay.apiUrl);
   t.equal(second.result, 'success');
   t.equal(await readFile(join(local, N1, 'rules', 'cfengine-community', 'file-3.cf'), 'utf8'), 'changed\n', 'a changed file arrives');
@@ -68,4 +68,12 @@ t.test('an onerelay relay pulls its nodes from an onerelay upstream', async (t) 
   t.ok(status.data.sync.last_success);
   const metrics = await (await fetch(`${relay.apiUrl}/metrics`)).text();
   t.match(metrics, /onerelay_sync_duration_seconds_count\{result="ok"\} [1-9]/);
+  t.match(metrics, /\nonerelay_sync_lag_seconds 0\n/, 'in step with upstream');
+
+  await upstream.stop();
+  const failed = await syncNow(relay.apiUrl);
+  t.equal(failed.result, 'error', 'upstream gone');
+  await new Promise((r) => setTimeout(r, 1_100));
+  const behind = /\nonerelay_sync_lag_seconds ([0-9.]+)\n/.exec(await (await fetch(`${relay.apiUrl}/metrics`)).text());
+  t.ok(Number(behind?.[1]) >= 1, `lag grows while pulls fail (${behind?.[1]} s)`);
 });
