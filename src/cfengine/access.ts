@@ -38,28 +38,16 @@ class Root {
 
   constructor(readonly configured: string) {}
 
-  /** the realpath once known, without waiting */
-  get known(): string | undefined {
-    return this.resolved;
-  }
-
   async path(): Promise<string> {
     if (this.resolved !== undefined) return this.resolved;
-    // absent for now: look again at most once per ROOT_RETRY_MS, not on every request
-    if (Date.now() < this.retryAt) return this.configured;
     try {
       this.resolved = await realpath(fsPath(this.configured), { encoding: 'latin1' });
       return this.resolved;
     } catch {
-      this.retryAt = Date.now() + ROOT_RETRY_MS;
       return this.configured;
     }
   }
-
-  private retryAt = 0;
 }
-
-const ROOT_RETRY_MS = 1000;
 
 export interface Reader {
   /** undefined for a key that no node of nodeslist.json has */
@@ -94,35 +82,21 @@ export function createPathAcl(options: PathAclOptions): PathAcl {
   const shared = normalisedRoot(options.sharedFolderPath);
   const common = options.commonRoots.map(normalisedRoot);
   const publics = options.publicRoots.map(normalisedRoot);
-  const all = [policies, shared, ...common, ...publics];
-  /** each node's own folder, by node id (checked on every request of every connection) */
-  const ownFolders = new Map<string, string>();
-  const within = (path: string, roots: readonly Root[]): boolean => roots.some((root) => isWithin(path, root.known ?? root.configured));
-  const decide = (path: string, reader: Reader): AccessDecision => {
-    if (reader.nodeId !== undefined && isSafeNodeId(reader.nodeId)) {
-      const base = policies.known ?? policies.configured;
-      let own = ownFolders.get(reader.nodeId);
-      if (own === undefined || !own.startsWith(base)) {
-        own = posix.join(base, toBinaryPath(reader.nodeId));
-        if (ownFolders.size > 10_000) ownFolders.clear();
-        ownFolders.set(reader.nodeId, own);
-      }
-      if (isWithin(path, own)) return 'node';
-      if (within(path, common)) return 'common';
-      if (isWithin(path, shared.known ?? shared.configured)) return 'shared-folder';
-    }
-    if (within(path, publics)) return 'public';
-    return undefined;
+  const within = async (path: string, roots: readonly Root[]): Promise<boolean> => {
+    for (const root of roots) if (isWithin(path, await root.path())) return true;
+    return false;
   };
   return {
     async check(path, reader) {
-      if (!path.startsWith('/') || DOT_DOT.test(path)) return undefined;
-      // roots not realpath'd yet (absent at start, or just created): try again before deciding
-      for (const root of all) if (root.known === undefined) await root.path();
-      return decide(path, reader);
+      if (!path.startsWith('/') || path.split('/').includes('..')) return undefined;
+      if (reader.nodeId !== undefined && isSafeNodeId(reader.nodeId)) {
+        const own = posix.join(await policies.path(), toBinaryPath(reader.nodeId));
+        if (isWithin(path, own)) return 'node';
+        if (await within(path, common)) return 'common';
+        if (isWithin(path, await shared.path())) return 'shared-folder';
+      }
+      if (await within(path, publics)) return 'public';
+      return undefined;
     },
   };
 }
-
-/** a '..' component */
-const DOT_DOT = /(?:^|\/)\.\.(?:\/|$)/;
