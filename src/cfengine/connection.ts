@@ -3,8 +3,7 @@
 // socket.write, and the next write waits for the previous one's callback, so Node never merges frames
 // into a write that OpenSSL would cut across TLS records (§13 pitfall 2).
 
-import type { KeyObject } from 'node:crypto';
-import { open, type FileHandle } from 'node:fs/promises';
+import { createHash, type KeyObject } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import { keyDigests } from '../identity/index.js';
@@ -36,10 +35,14 @@ import {
 import {
   OPEN_FOR_READING,
   OPEN_RESOLVED_FOR_READING,
+  closeQuietly,
   fileVersion,
+  fstatBig,
   listDirectory,
   lstatQuietly,
   md5OfFile,
+  openForReading,
+  readAt,
   resolveRequestPath,
   statForReply,
   type DigestCache,
@@ -55,8 +58,10 @@ const MAX_REMEMBERED_STATS = 4096;
 const CLOSE_GRACE_MS = 2000;
 /** denial lines logged per connection; the rest are only counted (in the connection's closing line) */
 const MAX_DENIAL_LINES = 50;
-/** GET reads this much per file-system call (a multiple of the 2048-byte block) */
+/** GET reads (and writes) this much per call (a multiple of the 2048-byte block) */
 const GET_READ_BYTES = 32 * GET_BLOCK_SIZE;
+/** the plaintext of one TLS record: whole transactions up to this total may share one write (§6.2) */
+const TLS_RECORD_BYTES = 16384;
 
 export interface ConnectionContext {
   readonly nodes: NodesRegistry;
@@ -85,6 +90,8 @@ interface Statted {
   readonly resolved: string;
   readonly size: bigint;
   readonly isFile: boolean;
+  /** fileVersion of what STAT described (regular files only): a GET that sends that version caches its digest */
+  readonly version: string | undefined;
 }
 
 export class CfengineConnection {
@@ -431,14 +438,17 @@ export class CfengineConnection {
       await this.write(encodeFrame(result.message.slice(0, 4088)));
       return 'continue';
     }
+    const lstatted = await early;
+    const isFile = result.fields.type === FileType.regular;
     this.remember(requested, {
       resolved: path,
       size: result.fields.size,
-      isFile: result.fields.type === FileType.regular,
+      isFile,
+      version: isFile && lstatted?.isFile() === true ? fileVersion(lstatted) : undefined,
     });
     this.ctx.counters.command('STAT', 'ok');
-    await this.write(encodeFrame(encodeStatLine(result.fields)));
-    await this.write(encodeFrame(`OK:${result.linkTarget}`.slice(0, 4088)));
+    // both transactions in one write: ≤ 2 × 4096 bytes, one TLS record, one TCP segment
+    await this.writeTransactions([encodeFrame(encodeStatLine(result.fields)), encodeFrame(`OK:${result.linkTarget}`.slice(0, 4088))]);
     return 'continue';
   }
 
@@ -464,7 +474,7 @@ export class CfengineConnection {
       return 'continue';
     }
     this.ctx.counters.command('OPENDIR', 'ok');
-    for (const frame of encodeOpendirReply(names)) await this.write(frame);
+    await this.writeTransactions(encodeOpendirReply(names));
     return 'continue';
   }
 
@@ -506,34 +516,41 @@ export class CfengineConnection {
     // the path its STAT resolved, opened without following a final symlink; realpath again otherwise
     const statted = this.statted.get(requested);
     let path: string | undefined;
-    let handle: FileHandle | undefined;
+    let fd: number | undefined;
     if (statted !== undefined && (await this.ctx.acl.check(statted.resolved, this.reader)) !== undefined) {
       path = statted.resolved;
-      handle = await open(fsPath(path), OPEN_RESOLVED_FOR_READING).catch(() => undefined);
+      fd = await openForReading(path, OPEN_RESOLVED_FOR_READING).catch(() => undefined);
     }
     let announced = statted !== undefined && statted.resolved === path && statted.isFile ? statted.size : undefined;
-    if (handle === undefined) {
+    if (fd === undefined) {
       path = await this.admit('GET', requested);
       if (path === undefined) return 'continue';
-      handle = await open(fsPath(path), OPEN_FOR_READING).catch(() => undefined);
+      fd = await openForReading(path, OPEN_FOR_READING).catch(() => undefined);
       announced = statted?.resolved === path && statted.isFile ? statted.size : undefined;
     }
-    if (handle === undefined || path === undefined) {
+    if (fd === undefined || path === undefined) {
       this.ctx.counters.command('GET', 'absent');
       this.closeReason = 'GET: file vanished';
       await this.write(rawBlock(FAILED, GET_BLOCK_SIZE));
       return 'close';
     }
     try {
-      return await this.sendFile(handle, path, announced);
+      const version = statted?.resolved === path ? statted.version : undefined;
+      return await this.sendFile(fd, path, announced, version);
     } finally {
-      void handle.close().catch(() => undefined); // off the path of the next request
+      closeQuietly(fd);
     }
   }
 
-  private async sendFile(handle: FileHandle, path: string, announced: bigint | undefined): Promise<Outcome> {
+  /**
+   * The file's bytes in writes of up to GET_READ_BYTES: GET data is a raw stream that the client reads in
+   * pieces of at most its buffer size, so record boundaries do not matter there (§6.2, §7 GET). The bytes
+   * are hashed on the way: cf-agent's verify asks for this file's MD5 next, and a file still at the version
+   * its STAT saw (fstat after sending) gets that digest cached instead of being read again.
+   */
+  private async sendFile(fd: number, path: string, announced: bigint | undefined, version: string | undefined): Promise<Outcome> {
     if (announced === undefined || this.username !== 'root') {
-      const info = await handle.stat({ bigint: true });
+      const info = await fstatBig(fd);
       if (this.username !== 'root' && (info.mode & 0o004n) === 0n) {
         // TransferRights: only root (what Rudder agents send) may read files that are not world-readable
         this.denied('GET', { path: displayPath(path), user: this.username });
@@ -552,22 +569,27 @@ export class CfengineConnection {
     // the first read asks for one byte more than announced: a file changed since STAT is caught before
     // anything is sent; a later change shows as a short read (the client's verify digest catches growth)
     let buffer = Buffer.allocUnsafe(Math.min(size + 1, GET_READ_BYTES));
-    let { bytesRead } = await handle.read(buffer, 0, buffer.length, 0);
+    let bytesRead = await readAt(fd, buffer, buffer.length, 0);
     if (bytesRead > size || (bytesRead < buffer.length && bytesRead !== size)) return this.fileChanged(path);
+    const hash = version === undefined ? undefined : createHash('md5');
     let sent = 0;
     for (;;) {
-      for (let offset = 0; offset < bytesRead; offset += GET_BLOCK_SIZE) {
-        await this.write(buffer.subarray(offset, Math.min(offset + GET_BLOCK_SIZE, bytesRead)));
-      }
+      const chunk = buffer.subarray(0, bytesRead);
+      hash?.update(chunk);
+      await this.write(chunk);
       sent += bytesRead;
       if (sent >= size || bytesRead === 0) break;
       buffer = Buffer.allocUnsafe(Math.min(size - sent, GET_READ_BYTES));
-      ({ bytesRead } = await handle.read(buffer, 0, buffer.length, sent));
+      bytesRead = await readAt(fd, buffer, buffer.length, sent);
     }
     if (sent !== size) {
       this.ctx.counters.command('GET', 'error');
       this.closeReason = 'GET: file shrank while sending';
       return 'close';
+    }
+    if (hash !== undefined && version !== undefined) {
+      const after = await fstatBig(fd).catch(() => undefined);
+      if (after !== undefined && fileVersion(after) === version) this.ctx.digests.set(path, version, hash.digest());
     }
     this.ctx.counters.command('GET', 'ok');
     return 'continue';
@@ -579,6 +601,25 @@ export class CfengineConnection {
     this.closeReason = 'GET: file changed since STAT';
     await this.write(rawBlock(`${FILE_CHANGED}: ${path}`, GET_BLOCK_SIZE));
     return 'close';
+  }
+
+  /**
+   * Whole transactions, packed into writes of at most one TLS record's plaintext (§6.2: a transaction
+   * never straddles a record; several whole ones may share a record, the receiver reads them one by one).
+   */
+  private async writeTransactions(frames: readonly Buffer[]): Promise<void> {
+    let batch: Buffer[] = [];
+    let length = 0;
+    for (const frame of frames) {
+      if (length + frame.length > TLS_RECORD_BYTES && batch.length > 0) {
+        await this.write(batch.length === 1 ? (batch[0] as Buffer) : Buffer.concat(batch, length));
+        batch = [];
+        length = 0;
+      }
+      batch.push(frame);
+      length += frame.length;
+    }
+    if (batch.length > 0) await this.write(batch.length === 1 ? (batch[0] as Buffer) : Buffer.concat(batch, length));
   }
 
   /**

@@ -10,7 +10,7 @@ import { createNetworkAcl, createPathAcl } from './access.js';
 import { makeServerCertificate } from './certificate.js';
 import { HEADER_SIZE, MAX_PAYLOAD } from './codec.js';
 import { CfengineConnection, type ConnectionContext } from './connection.js';
-import { DigestCache } from './files.js';
+import { DigestCache, onSlowFileSystem } from './files.js';
 import type { CfengineServer, CfengineServerDeps, CfengineServerOptions } from './index.js';
 
 const DEFAULT_MAX_CONNECTIONS = 500;
@@ -108,6 +108,9 @@ export function createCfengineServer(options: CfengineServerOptions, deps: Cfeng
         ciphers: CIPHERS,
         minVersion: 'TLSv1.2',
       });
+      onSlowFileSystem((ms) =>
+        log.warn({ ms: Math.round(ms) }, 'cfengine: slow file system call, file access goes through the thread pool for a while'),
+      );
       const listener = createServer({ noDelay: true }, onConnection);
       await new Promise<void>((resolve, reject) => {
         listener.once('error', (error) =>
@@ -133,6 +136,7 @@ export function createCfengineServer(options: CfengineServerOptions, deps: Cfeng
       const closed = new Promise<void>((resolve) => listener.close(() => resolve()));
       for (const connection of connections) connection.destroy('server stopping');
       await closed;
+      onSlowFileSystem(undefined);
       log.info('cfengine server stopped');
     },
 
