@@ -2,16 +2,10 @@
 // fields, directory listings, file reads and digests. Paths are binary strings (latin1); fsPath() gives the
 // bytes to the fs calls.
 //
-// Synchronous calls, bounded. cf-agent sends one request at a time and waits for the reply, so the agent's
-// run time is the sum of our per-request latencies. On the local disk a policy tree lives on, with warm
-// caches, realpath/lstat/readdir/open/a small read take a few microseconds each; the same call through the
-// libuv thread pool costs a thread wake-up, an eventfd and an event-loop turn, ~50-100 µs per call
-// (measured with strace and per-request timings: STAT 250 µs vs cf-serverd's 140 µs). cf-serverd itself
-// makes blocking calls. So these calls run synchronously, with two bounds so that a slow disk cannot stall
-// the other connections: reads are synchronous only up to SYNC_READ_MAX_BYTES per call, and every
-// synchronous call is timed: one slower than SLOW_CALL_MS (a disk under pressure, a network file system)
-// sends every call to the thread pool for ASYNC_HOLD_MS. A slow disk thus costs the event loop at most one
-// slow call per hold period.
+// Synchronous calls, bounded (src/fs-direct). cf-agent sends one request at a time and waits for the reply,
+// so the agent's run time is the sum of our per-request latencies; through the thread pool a call costs
+// ~50-100 µs more (measured with strace and per-request timings: STAT 250 µs vs cf-serverd's 140 µs, and
+// cf-serverd itself makes blocking calls).
 
 import { createHash } from 'node:crypto';
 import {
@@ -40,6 +34,7 @@ import { posix } from 'node:path';
 import { promisify } from 'node:util';
 import { FileType, type StatFields } from './codec.js';
 import { fsPath } from './access.js';
+import { direct, inThreadPoolMode } from '../fs-direct/index.js';
 
 const HASH_READ_BYTES = 64 * 1024;
 /** O_NONBLOCK: opening a FIFO that sits in a served tree must not hold a thread (or the event loop) forever */
@@ -47,35 +42,8 @@ export const OPEN_FOR_READING = constants.O_RDONLY | constants.O_NONBLOCK;
 /** for a path resolved by an earlier STAT: fail (ELOOP) if its last component has become a symlink */
 export const OPEN_RESOLVED_FOR_READING = OPEN_FOR_READING | constants.O_NOFOLLOW;
 
-/** a synchronous call slower than this means the file system is not the fast local one we assumed */
-const SLOW_CALL_MS = 10;
-/** then everything goes through the thread pool for this long */
-const ASYNC_HOLD_MS = 60_000;
-/** larger reads always go through the thread pool */
-export const SYNC_READ_MAX_BYTES = 256 * 1024;
-
-let asyncUntil = 0;
-let onSlow: ((ms: number) => void) | undefined;
-
-/** called (once per hold period) when a synchronous call was slow and calls switch to the thread pool */
-export function onSlowFileSystem(listener: ((ms: number) => void) | undefined): void {
-  onSlow = listener;
-}
-
-/** runs `sync` on the event loop while the file system is fast, else `async` through the thread pool */
-async function call<T>(sync: () => T, async: () => Promise<T>, size = 0): Promise<T> {
-  if (size > SYNC_READ_MAX_BYTES || (asyncUntil !== 0 && performance.now() < asyncUntil)) return async();
-  const start = performance.now();
-  try {
-    return sync();
-  } finally {
-    const took = performance.now() - start;
-    if (took > SLOW_CALL_MS) {
-      asyncUntil = performance.now() + ASYNC_HOLD_MS;
-      onSlow?.(took);
-    }
-  }
-}
+export { SYNC_READ_MAX_BYTES, onSlowFileSystem } from '../fs-direct/index.js';
+const call = direct;
 
 const lstatAsync = promisify(lstat);
 const statAsync = promisify(stat);
@@ -131,7 +99,7 @@ export function fstatBig(fd: number): Promise<BigIntStats> {
 }
 
 export function closeQuietly(fd: number): void {
-  if (asyncUntil !== 0 && performance.now() < asyncUntil) {
+  if (inThreadPoolMode()) {
     close(fd, () => undefined);
     return;
   }

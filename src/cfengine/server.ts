@@ -68,6 +68,7 @@ export function createCfengineServer(options: CfengineServerOptions, deps: Cfeng
   /** admitted connections, for maxConnections and stop() */
   const connections = new Set<CfengineConnection>();
   let server: Server | undefined;
+  let unsubscribeSlow: (() => void) | undefined;
   let secureContext: SecureContext | undefined;
   let boundPort = 0;
 
@@ -108,7 +109,7 @@ export function createCfengineServer(options: CfengineServerOptions, deps: Cfeng
         ciphers: CIPHERS,
         minVersion: 'TLSv1.2',
       });
-      onSlowFileSystem((ms) =>
+      unsubscribeSlow = onSlowFileSystem((ms) =>
         log.warn({ ms: Math.round(ms) }, 'cfengine: slow file system call, file access goes through the thread pool for a while'),
       );
       const listener = createServer({ noDelay: true }, onConnection);
@@ -136,7 +137,8 @@ export function createCfengineServer(options: CfengineServerOptions, deps: Cfeng
       const closed = new Promise<void>((resolve) => listener.close(() => resolve()));
       for (const connection of connections) connection.destroy('server stopping');
       await closed;
-      onSlowFileSystem(undefined);
+      unsubscribeSlow?.();
+      unsubscribeSlow = undefined;
       log.info('cfengine server stopped');
     },
 

@@ -37,11 +37,11 @@ export interface StaticFiles {
 /** why a path was not opened; `not-a-file` is a directory, FIFO, device… */
 export type RefusalCause = 'path' | 'outside' | 'permission' | 'absent' | 'not-a-file' | 'error';
 
-/** a regular file opened below a root (the caller closes `handle`), or why not */
+/** a regular file opened below a root (the caller closes `fd`, see closeFile), or why not */
 export type OpenedFile =
   | {
       readonly kind: 'file';
-      readonly handle: FileHandle;
+      readonly fd: number;
       readonly size: bigint;
       readonly mtimeNs: bigint;
       /** the requested file name (last segment), for the content type */
@@ -56,4 +56,4 @@ export type OpenedFile =
       readonly reason: string;
     };
 
-export { createStaticFiles, decodeSafePath, wildcardPath, openBelow, etagOf, contentTypeOf } from './static-files.js';
+export { createStaticFiles, decodeSafePath, wildcardPath, openBelow, etagOf, contentTypeOf, closeFile, fileStream } from './static-files.js';

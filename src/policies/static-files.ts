@@ -2,9 +2,11 @@
 // §1.2): strong ETag `"<size-hex>-<mtime-µs-hex>"` (FileETag MTime Size), Last-Modified, conditional
 // requests, a single Range, streaming from the one fd that was stat'ed. Path safety lives here only.
 
-import { constants as fsConstants } from 'node:fs';
-import { open, realpath, type FileHandle } from 'node:fs/promises';
+import { close, closeSync, constants as fsConstants, fstat, fstatSync, open, openSync, read, readSync, realpath, realpathSync } from 'node:fs';
 import path from 'node:path';
+import { Readable } from 'node:stream';
+import { promisify } from 'node:util';
+import { direct, inThreadPoolMode, SYNC_READ_MAX_BYTES } from '../fs-direct/index.js';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { RelayError } from '../errors.js';
 import type { OpenedFile, RefusalCause, ServeOptions, ServeOutcome, StaticFiles } from './index.js';
@@ -164,6 +166,91 @@ function refusedByErrno(error: unknown, what: string): OpenedFile {
   return refused('error', code ?? `${what} error`);
 }
 
+const realpathAsync = promisify(realpath.native);
+const openAsync = promisify(open);
+const fstatAsync = promisify(fstat);
+const readAsync = promisify(read);
+
+/** closes a descriptor from openBelow; errors are moot (the descriptor is gone either way) */
+export function closeFile(fd: number): void {
+  if (inThreadPoolMode()) {
+    close(fd, () => undefined);
+    return;
+  }
+  try {
+    closeSync(fd);
+  } catch {
+    // already closed
+  }
+}
+
+/** reads per chunk: a 400 KB policy archive goes out in two reads and two socket writes */
+const CHUNK_BYTES = SYNC_READ_MAX_BYTES;
+
+/**
+ * Bytes `start`..`end` (inclusive) of `fd`, read as the consumer drains (never the whole file in memory),
+ * with the bounded direct reads of src/fs-direct; closes `fd` at the end or on destroy when `autoClose`.
+ */
+export function fileStream(fd: number, start: number, end: number, autoClose = true): Readable {
+  let position = start;
+  let closed = false;
+  /** a read in flight (thread-pool mode): the descriptor is closed after it, never under it */
+  let reading = false;
+  let closeAfterRead = false;
+  const release = (): void => {
+    if (!autoClose || closed) return;
+    if (reading) {
+      closeAfterRead = true;
+      return;
+    }
+    closed = true;
+    closeFile(fd);
+  };
+  return new Readable({
+    highWaterMark: CHUNK_BYTES,
+    read() {
+      const length = Math.min(CHUNK_BYTES, end - position + 1);
+      if (length <= 0) {
+        release();
+        this.push(null);
+        return;
+      }
+      const buffer = Buffer.allocUnsafe(length);
+      reading = true;
+      const settled = (): void => {
+        reading = false;
+        if (closeAfterRead) release();
+      };
+      direct(
+        () => readSync(fd, buffer, 0, length, position),
+        () => readAsync(fd, buffer, 0, length, position).then((r) => r.bytesRead),
+        length,
+      ).then(
+        (bytesRead) => {
+          settled();
+          if (this.destroyed) return;
+          if (bytesRead === 0) {
+            // the file shrank since its fstat: end early (the client sees a short body, as from Apache)
+            release();
+            this.destroy(new Error('file shorter than its size when opened'));
+            return;
+          }
+          position += bytesRead;
+          this.push(bytesRead === length ? buffer : buffer.subarray(0, bytesRead));
+        },
+        (error: unknown) => {
+          settled();
+          this.destroy(error instanceof Error ? error : new Error(String(error)));
+        },
+      );
+    },
+    destroy(error, callback) {
+      release();
+      callback(error);
+    },
+  });
+}
+
 /** decodes, resolves below the real root (symlinks included), opens once and fstat's; the caller closes */
 export async function openBelow(root: string, encodedPath: string): Promise<OpenedFile> {
   let segments: string[];
@@ -175,28 +262,30 @@ export async function openBelow(root: string, encodedPath: string): Promise<Open
   let real: string;
   let realRoot: string;
   try {
-    realRoot = await realpath(root);
-    real = await realpath(path.join(realRoot, ...segments));
+    realRoot = await direct(() => realpathSync.native(root), () => realpathAsync(root));
+    const requested = path.join(realRoot, ...segments);
+    real = await direct(() => realpathSync.native(requested), () => realpathAsync(requested));
   } catch (error) {
     return refusedByErrno(error, 'resolve');
   }
   if (!isBelow(real, realRoot)) return refused('outside', 'resolves outside of the served directory');
-  let handle: FileHandle;
+  let fd: number;
+  // O_NONBLOCK: opening a FIFO must not hang; O_NOFOLLOW: the resolved path must not turn into a symlink
+  const flags = fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK;
   try {
-    // O_NONBLOCK: opening a FIFO must not hang; O_NOFOLLOW: the resolved path must not turn into a symlink
-    handle = await open(real, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK);
+    fd = await direct(() => openSync(real, flags), () => openAsync(real, flags));
   } catch (error) {
     return refusedByErrno(error, 'open');
   }
   try {
-    const big = await handle.stat({ bigint: true });
+    const big = await direct(() => fstatSync(fd, { bigint: true }), () => fstatAsync(fd, { bigint: true }));
     if (!big.isFile()) {
-      await handle.close();
+      closeFile(fd);
       return refused('not-a-file', big.isDirectory() ? 'directory' : 'not a regular file');
     }
-    return { kind: 'file', handle, size: big.size, mtimeNs: big.mtimeNs, name: segments.at(-1) ?? path.basename(real) };
+    return { kind: 'file', fd, size: big.size, mtimeNs: big.mtimeNs, name: segments.at(-1) ?? path.basename(real) };
   } catch (error) {
-    await handle.close().catch(() => undefined);
+    closeFile(fd);
     return refusedByErrno(error, 'stat');
   }
 }
@@ -206,13 +295,13 @@ export async function openBelow(root: string, encodedPath: string): Promise<Open
  * Returns once the response is handed to fastify (the body may still be streaming).
  */
 export function sendFile(file: Extract<OpenedFile, { kind: 'file' }>, request: FastifyRequest, reply: FastifyReply): ServeOutcome {
-  const { handle } = file;
+  const { fd } = file;
   const size = Number(file.size);
   const etag = etagOf(file.size, file.mtimeNs);
   const mtimeSec = Number(file.mtimeNs / 1_000_000_000n);
   const lastModified = new Date(mtimeSec * 1000).toUTCString();
   const nowSec = Math.floor(Date.now() / 1000);
-  const close = (): void => void handle.close().catch(() => undefined);
+  const close = (): void => closeFile(fd);
 
   const finish = (status: number): ServeOutcome => {
     close();
@@ -268,8 +357,8 @@ export function sendFile(file: Extract<OpenedFile, { kind: 'file' }>, request: F
     else reply.send(Buffer.alloc(0));
     return { status, bytes: 0 };
   }
-  // the stream owns the handle from here (autoClose), also when the client goes away
-  reply.send(handle.createReadStream({ start, end }));
+  // the stream owns the descriptor from here, also when the client goes away
+  reply.send(fileStream(fd, start, end));
   return { status, bytes: length };
 }
 

@@ -3,7 +3,7 @@
 
 import { createHash } from 'node:crypto';
 import type { FastifyReply } from 'fastify';
-import { createStaticFiles, openBelow, wildcardPath } from '../policies/index.js';
+import { closeFile, createStaticFiles, fileStream, openBelow, wildcardPath } from '../policies/index.js';
 import type { SharedFolderRoutes } from './index.js';
 
 const TEXT = 'text/plain; charset=utf-8';
@@ -48,13 +48,13 @@ export const sharedFolderRoutes: SharedFolderRoutes = async (app, options) => {
       if (typeof expected === 'string') return answer(reply, 400, expected);
       const hasher = createHash(expected.type);
       // streamed: shared-folder files can be large; relayd reads them whole
-      for await (const chunk of opened.handle.createReadStream({ autoClose: false })) hasher.update(chunk as Buffer);
+      for await (const chunk of fileStream(opened.fd, 0, Number(opened.size) - 1, false)) hasher.update(chunk as Buffer);
       return answer(reply, hasher.digest().equals(expected.bytes) ? 304 : 200);
     } catch (error) {
       log.error({ url: request.url, err: error instanceof Error ? error.message : String(error) }, 'shared folder read error');
       return answer(reply, 500);
     } finally {
-      await opened.handle.close().catch(() => undefined);
+      closeFile(opened.fd);
     }
   });
 
