@@ -34,7 +34,10 @@ export interface ThreadRequest {
   readonly name: string;
   readonly path: string;
   readonly info: RunInfo;
-  readonly certificates: ReadonlyArray<{ readonly key: number; readonly der: Uint8Array }> | undefined;
+  /** drop every cached certificate before this request (bounds the cache across nodes reloads) */
+  readonly forgetCertificates?: true;
+  /** the DER only the first time a thread is sent a certificate */
+  readonly certificates: ReadonlyArray<{ readonly key: number; readonly der?: Uint8Array }> | undefined;
 }
 /** @internal */
 export type ThreadReply =
@@ -71,6 +74,8 @@ interface Pending {
 interface Thread {
   readonly worker: Worker;
   readonly pending: Map<number, Pending>;
+  /** certificate keys whose DER this thread already holds */
+  readonly certificatesSent: Set<number>;
 }
 
 // dist/ runs the compiled thread; the tests run the TypeScript sources, whose thread must load tsx itself
@@ -83,6 +88,8 @@ function newThread(setup: ThreadSetup): Worker {
   const bootstrap = `import('tsx/esm/api').then((tsx) => { tsx.register(); return import(${JSON.stringify(threadFile.href)}); })`;
   return new Worker(bootstrap, { eval: true, workerData: setup, name: 'onerelay-inspect' });
 }
+
+const MAX_CERTIFICATES_PER_THREAD = 50_000;
 
 export function createThreadedFileInspector(
   options: ReportInspectorOptions,
@@ -107,9 +114,16 @@ export function createThreadedFileInspector(
     return key;
   };
 
+  /** a nodes reload makes new certificate objects, so new keys: start the thread's cache over now and then */
+  const forgetCertificates = (thread: Thread): boolean => {
+    if (thread.certificatesSent.size < MAX_CERTIFICATES_PER_THREAD) return false;
+    thread.certificatesSent.clear();
+    return true;
+  };
+
   function spawn(): Thread {
     const worker = newThread(setup);
-    const thread: Thread = { worker, pending: new Map() };
+    const thread: Thread = { worker, pending: new Map(), certificatesSent: new Set() };
     worker.on('message', (reply: ThreadReply) => {
       const waiting = thread.pending.get(reply.id);
       if (waiting === undefined) return;
@@ -149,7 +163,13 @@ export function createThreadedFileInspector(
         name,
         path,
         info: plan.info,
-        certificates: plan.certificates?.map((certificate) => ({ key: keyOf(certificate), der: certificate.raw })),
+        ...(forgetCertificates(thread) ? { forgetCertificates: true } : {}),
+        certificates: plan.certificates?.map((certificate) => {
+          const key = keyOf(certificate);
+          if (thread.certificatesSent.has(key)) return { key };
+          thread.certificatesSent.add(key);
+          return { key, der: certificate.raw };
+        }),
       };
       return new Promise<FileInspection>((resolve, reject) => {
         thread.pending.set(request.id, { resolve, reject });

@@ -12,14 +12,13 @@ import { verifySignedPart } from './smime.js';
 
 const setup = workerData as ThreadSetup;
 const skipEventTypes = new Set(setup.skipEventTypes);
-/** certificates by the primary's key; a nodes reload makes new keys, so the map is bounded and simply dropped when full */
+/** certificates by the primary's key; the primary says when to forget them (see forgetCertificates) */
 const certificates = new Map<number, X509Certificate>();
-const MAX_CACHED_CERTIFICATES = 20_000;
 
-function certificateOf(key: number, der: Uint8Array): X509Certificate {
+function certificateOf(key: number, der: Uint8Array | undefined): X509Certificate {
   let certificate = certificates.get(key);
   if (certificate === undefined) {
-    if (certificates.size >= MAX_CACHED_CERTIFICATES) certificates.clear();
+    if (der === undefined) throw new Error(`certificate ${key} was never sent to this thread`);
     certificate = new X509Certificate(der);
     certificates.set(key, certificate);
   }
@@ -56,6 +55,7 @@ function readWhole(path: string): Buffer | undefined {
 }
 
 async function handle(request: ThreadRequest): Promise<{ reply: ThreadReply; transfer: ArrayBuffer[] }> {
+  if (request.forgetCertificates === true) certificates.clear();
   let bytes: Buffer | undefined;
   try {
     bytes = readWhole(request.path);
