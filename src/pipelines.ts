@@ -6,11 +6,14 @@ import type { Config } from './config/index.js';
 import { createInventoryHandler } from './inventories/index.js';
 import type { PrimaryMetrics } from './metrics/index.js';
 import type { NodesRegistry } from './nodes/index.js';
-import { createReportInspector } from './reports/index.js';
+import { availableParallelism } from 'node:os';
+import { createThreadedFileInspector } from './reports/index.js';
 import { createReportHandler } from './reports/queue-handler.js';
 import { createQueue, type Queue, type Spool, type SpoolQueue } from './spool/index.js';
 import { createUpstream, type Upstream, type UpstreamEndpoint } from './upstream/index.js';
 import type { SubStatus } from './system/index.js';
+
+const INSPECTION_THREADS = Math.max(1, availableParallelism() - 1);
 
 export interface Pipelines {
   start(): Promise<void>;
@@ -64,7 +67,9 @@ export function createPipelines(
     },
   };
 
-  const inspector = createReportInspector(
+  // decode + S/MIME + run log parse on threads, one per core beside the event loop's: the event loop keeps the queue and the
+  // upstream requests, which were the other half of a report's cost (bench/pipeline)
+  const inspector = createThreadedFileInspector(
     {
       myId: deps.myId,
       verifyMode: reporting.verifySignature,
@@ -72,6 +77,8 @@ export function createPipelines(
       maxDecodedBytes: reporting.maxDecodedSize,
     },
     deps.nodes,
+    INSPECTION_THREADS,
+    deps.log,
   );
 
   const queues = new Map<SpoolQueue, Queue>();
@@ -141,10 +148,12 @@ export function createPipelines(
 
   return {
     async start() {
+      if (reporting.output === 'upstream') await inspector.start();
       for (const queue of queues.values()) await queue.start();
     },
     async stop() {
       for (const queue of queues.values()) await queue.stop();
+      await inspector.stop();
       await rawUpstream?.close();
     },
     async reload() {

@@ -50,6 +50,8 @@ export interface ReportInspector {
 }
 
 export { createReportInspector, parseRunInfo } from './inspect.js';
+export { createInlineFileInspector, createThreadedFileInspector } from './inspect-pool.js';
+export type { FileInspection, FileInspector } from './inspect-pool.js';
 export { decodeReport } from './decode.js';
 export { verifySmime } from './smime.js';
 export { parseRunlog } from './runlog.js';

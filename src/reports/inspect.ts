@@ -73,33 +73,24 @@ function reject(reason: RejectReason, nodeId: string | undefined, message: strin
   return { kind: 'reject', reason, nodeId, message };
 }
 
-async function inspectReport(
-  options: ReportInspectorOptions,
-  skipEventTypes: ReadonlySet<string>,
-  nodes: NodesRegistry,
-  verifySignature: (parts: SmimeParts, certificates: readonly X509Certificate[]) => Promise<string | undefined> | string | undefined,
-  name: string,
-  bytes: Buffer,
-): Promise<Inspection> {
+/** What the main thread settles from the name alone (nodes registry, verify mode) before the bytes are looked at. */
+export type InspectionPlan =
+  | { readonly kind: 'inspect'; readonly info: RunInfo; readonly certificates: readonly X509Certificate[] | undefined }
+  | (Inspection & { readonly kind: 'reject' });
+
+export function planInspection(options: ReportInspectorOptions, nodes: NodesRegistry, name: string): InspectionPlan {
   const info = parseRunInfo(name);
   if (info === undefined) {
-    return reject(
-      'bad-name',
-      undefined,
-      `file name "${name}" carries no run info; expected <timestamp>@<node id>.log[.gz] or <node id>_<timestamp>.log[.gz]`,
-    );
+    return {
+      kind: 'reject',
+      reason: 'bad-name',
+      nodeId: undefined,
+      message: `file name "${name}" carries no run info; expected <timestamp>@<node id>.log[.gz] or <node id>_<timestamp>.log[.gz]`,
+    };
   }
   const nodeId = info.nodeId;
   const node = nodes.get(nodeId);
-  if (node === undefined) return reject('unknown-node', nodeId, `report from "${nodeId}", a node id absent from the nodes list`);
-
-  let decoded: Buffer;
-  try {
-    decoded = decodeReport(name, bytes, options.maxDecodedBytes);
-  } catch (error) {
-    if (isReportError(error)) return reject(error.reason, nodeId, error.message);
-    throw error;
-  }
+  if (node === undefined) return { kind: 'reject', reason: 'unknown-node', nodeId, message: `report from "${nodeId}", a node id absent from the nodes list` };
 
   // which certificates, if any, the signature is checked with
   let certificates: readonly X509Certificate[] | undefined;
@@ -107,17 +98,54 @@ async function inspectReport(
     const known = nodes.certificatesOf(nodeId);
     if (options.verifyMode === 'required') {
       if (known.length === 0) {
-        return reject(
-          'unverifiable',
+        return {
+          kind: 'reject',
+          reason: 'unverifiable',
           nodeId,
-          `no certificate known here for node "${nodeId}", and verify_signature = "required"; expected its certificate in the nodes certificates file`,
-        );
+          message: `no certificate known here for node "${nodeId}", and verify_signature = "required"; expected its certificate in the nodes certificates file`,
+        };
       }
       certificates = known;
     } else if (node.policyServer === options.myId && known.length > 0) {
       // direct: deeper nodes were verified by their own relay, pre-9.0 roots list only some certificates
       certificates = known;
     }
+  }
+  return { kind: 'inspect', info, certificates };
+}
+
+export type SignatureVerifier = (parts: SmimeParts, certificates: readonly X509Certificate[]) => Promise<string | undefined> | string | undefined;
+
+async function inspectReport(
+  options: ReportInspectorOptions,
+  skipEventTypes: ReadonlySet<string>,
+  nodes: NodesRegistry,
+  verifySignature: SignatureVerifier,
+  name: string,
+  bytes: Buffer,
+): Promise<Inspection> {
+  const plan = planInspection(options, nodes, name);
+  if (plan.kind === 'reject') return reject(plan.reason, plan.nodeId, plan.message);
+  return inspectContent(options, skipEventTypes, plan.info, plan.certificates, verifySignature, name, bytes);
+}
+
+/** The part of an inspection that needs only the bytes (decode, S/MIME, run log): no registry, so it also runs in an inspection thread. */
+export async function inspectContent(
+  options: Pick<ReportInspectorOptions, 'maxDecodedBytes'>,
+  skipEventTypes: ReadonlySet<string>,
+  info: RunInfo,
+  certificates: readonly X509Certificate[] | undefined,
+  verifySignature: SignatureVerifier,
+  name: string,
+  bytes: Buffer,
+): Promise<Inspection> {
+  const nodeId = info.nodeId;
+  let decoded: Buffer;
+  try {
+    decoded = decodeReport(name, bytes, options.maxDecodedBytes);
+  } catch (error) {
+    if (isReportError(error)) return reject(error.reason, nodeId, error.message);
+    throw error;
   }
 
   const smime = readSmime(decoded);

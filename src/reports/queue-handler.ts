@@ -1,11 +1,11 @@
 // The reporting queue's handler: inspect a run log (name → node, decode, S/MIME at the first hop,
 // parse), then forward the original bytes upstream. Outcomes map to the spool's (issue 3 "Outcomes").
 
-import { readFile } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import type { QueueHandler } from '../spool/index.js';
 import type { Upstream } from '../upstream/index.js';
-import type { Inspection, ReportInspector } from './index.js';
+import type { Inspection } from './index.js';
+import type { FileInspector } from './inspect-pool.js';
 
 export interface ReportCounters {
   /** rudder_relayd_reports_total{status} */
@@ -16,7 +16,7 @@ export interface ReportCounters {
 const REPORT_EXTENSIONS = /\.(log|gz|zip)$/;
 
 export function createReportHandler(
-  deps: { inspector: ReportInspector; upstream: Upstream | undefined; counters: ReportCounters; maxFileBytes: number },
+  deps: { inspector: FileInspector; upstream: Upstream | undefined; counters: ReportCounters; maxFileBytes: number },
   parentLog: Logger,
 ): QueueHandler {
   const log = parentLog.child({ module: 'reports' });
@@ -37,16 +37,10 @@ export function createReportHandler(
         deps.counters.count('error');
         return { kind: 'failed', code: 'too-large', reason: `${file.size} bytes is over the limit of ${deps.maxFileBytes}` };
       }
-      let bytes: Buffer;
-      try {
-        bytes = await readFile(file.path);
-      } catch (error) {
-        if ((error as NodeJS.ErrnoException).code === 'ENOENT') return { kind: 'gone' };
-        throw error;
-      }
-      const started = process.hrtime.bigint();
-      const result = await deps.inspector.inspect(file.name, bytes);
-      deps.counters.observeInspection(Number(process.hrtime.bigint() - started) / 1e9, bytes.length);
+      const read = await deps.inspector.inspectFile(file.name, file.path);
+      if (read.kind === 'gone') return { kind: 'gone' };
+      const { inspection: result, bytes } = read;
+      deps.counters.observeInspection(read.seconds, file.size);
       if (result.kind === 'reject') {
         if (result.reason === 'skipped') {
           deps.counters.count('skipped');

@@ -109,6 +109,15 @@ const LEVELS: ReadonlyArray<readonly [string, string]> = [
   ['R: DEBUG', 'log_warn'], // CFEngine stdlib debug output, classified log_warn by relayd (sic)
 ];
 
+/** LEVELS grouped by first character, order kept: only literals that can match are tried */
+const LEVELS_BY_FIRST = new Map<number, Array<readonly [string, string]>>();
+for (const level of LEVELS) {
+  const first = level[0].charCodeAt(0);
+  const group = LEVELS_BY_FIRST.get(first) ?? [];
+  group.push(level);
+  LEVELS_BY_FIRST.set(first, group);
+}
+
 const CHAR_CR = 0x0d;
 const CHAR_LF = 0x0a;
 const CHAR_SPACE = 0x20;
@@ -334,10 +343,12 @@ class RunlogParser {
   /** agent_log_level := LEVEL [":"] " "* */
   private agentLogLevel(p: number): number {
     const s = this.s;
-    const first = s.charCodeAt(p);
-    if (first !== 0x43 && first !== 0x20 && first !== 0x72 && first !== 0x52) return FAIL; // C, space, r, R
+    const levels = LEVELS_BY_FIRST.get(s.charCodeAt(p)); // C, space, r, R
+    if (levels === undefined) return FAIL;
+    // a report line: no level starts with "R: @", and the untagged form below excludes it
+    if (s.startsWith('R: @@', p)) return FAIL;
     let q = FAIL;
-    for (const [literal, type] of LEVELS) {
+    for (const [literal, type] of levels) {
       if (s.startsWith(literal, p)) {
         q = p + literal.length;
         this.levelType = type;

@@ -4,9 +4,10 @@
 // peer keeps failing; failed/ with a .reason sidecar; retention that logs and counts every removal.
 // A file leaves incoming/ only when its handler said so: a crash at any instant loses nothing.
 
-import { watch, type FSWatcher } from 'node:fs';
+import { statSync, watch, type FSWatcher } from 'node:fs';
 import { mkdir, readdir, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { messageOf } from '../errors.js';
 
@@ -94,6 +95,28 @@ const MAX_QUEUE_PAUSE_MS = 30_000;
 /** consecutive transient failures before the whole queue pauses (the peer is down, not one file) */
 const PAUSE_AFTER = 3;
 
+/** files stat'ed synchronously between two turns of the event loop (a few µs each: far cheaper than a promise per file) */
+const STAT_BATCH = 256;
+
+interface Listed {
+  readonly name: string;
+  readonly size: number;
+  readonly mtimeMs: number;
+}
+
+/** regular files among `names`, with size and mtime; vanished ones are left out */
+async function statFiles(directory: string, names: readonly string[]): Promise<Listed[]> {
+  const listed: Listed[] = [];
+  for (let start = 0; start < names.length; start += STAT_BATCH) {
+    if (start > 0) await yieldToLoop();
+    for (const name of names.slice(start, start + STAT_BATCH)) {
+      const info = statSync(join(directory, name), { throwIfNoEntry: false });
+      if (info?.isFile()) listed.push({ name, size: info.size, mtimeMs: info.mtimeMs });
+    }
+  }
+  return listed;
+}
+
 function backoff(attempt: number, max: number): number {
   const ideal = Math.min(max, BASE_BACKOFF_MS * 2 ** Math.max(0, attempt - 1));
   return Math.round(ideal * (0.5 + Math.random() * 0.5));
@@ -118,6 +141,8 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
   const timers: NodeJS.Timeout[] = [];
   let scanning: Promise<void> | undefined;
   const idle: Array<() => void> = [];
+  /** names this queue removed from the directory itself: their watch event needs no stat (cleared at each catch-up) */
+  const removedHere = new Set<string>();
 
   const pathOf = (name: string) => join(options.directory, name);
 
@@ -235,8 +260,12 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
         halfOpen = false;
         pausedUntil = 0;
         for (const done of [name, ...(outcome.also ?? [])]) {
+          // before the unlink: its watch event may be handled before the unlink's own completion
+          removedHere.add(done);
           await unlink(pathOf(done)).catch((error: NodeJS.ErrnoException) => {
-            if (error.code !== 'ENOENT') throw error;
+            if (error.code === 'ENOENT') return;
+            removedHere.delete(done);
+            throw error;
           });
           forget(done);
         }
@@ -280,8 +309,11 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
         await mkdir(options.failedDirectory, { recursive: true });
         const reason = `${outcome.code}: ${outcome.reason}\nfile: ${name}\nat: ${new Date().toISOString()}\n`;
         await writeFile(join(options.failedDirectory, `${name}.reason`), reason);
+        removedHere.add(name);
         await rename(pathOf(name), join(options.failedDirectory, name)).catch((error: NodeJS.ErrnoException) => {
-          if (error.code !== 'ENOENT') throw error;
+          if (error.code === 'ENOENT') return;
+          removedHere.delete(name);
+          throw error;
         });
         log.error({ event: 'failed', file: name, code: outcome.code, reason: outcome.reason }, 'moved to failed/');
         forget(name);
@@ -298,10 +330,14 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
     try {
       info = await stat(pathOf(name));
     } catch {
-      forget(name);
+      const now = files.get(name);
+      if (now === existing && now?.state !== 'in-flight' && now?.state !== 'claimed') forget(name);
       return;
     }
     if (!info.isFile()) return;
+    // a scan may have taken it during the stat: one owner per file, never a second dispatch
+    const now = files.get(name);
+    if (now !== existing || (now && now.state !== 'ignored')) return;
     if (existing && existing.mtimeMs === info.mtimeMs && existing.size === info.size) return;
     track(name, info.size, info.mtimeMs);
     makeReady(name);
@@ -309,6 +345,9 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
 
   function onWatchEvent(name: string | null): void {
     if (!name || name.startsWith('.')) return;
+    // the event of our own unlink or move to failed/; a file arriving under the same name meanwhile is
+    // at worst seen by the next catch-up scan
+    if (removedHere.delete(name)) return;
     const previous = settling.get(name);
     if (previous) clearTimeout(previous);
     const timer = setTimeout(() => {
@@ -352,16 +391,11 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
       const tracked = files.get(name);
       if (!present.has(name) && tracked && tracked.state !== 'in-flight' && tracked.state !== 'claimed') forget(name);
     }
-    const found: Array<{ name: string; size: number; mtimeMs: number }> = [];
-    for (const name of names) {
-      if (files.has(name)) continue;
-      try {
-        const info = await stat(pathOf(name));
-        if (info.isFile()) found.push({ name, size: info.size, mtimeMs: info.mtimeMs });
-      } catch {
-        // vanished meanwhile
-      }
-    }
+    removedHere.clear();
+    const found = await statFiles(
+      options.directory,
+      names.filter((name) => !files.has(name)),
+    );
     found.sort((a, b) => a.mtimeMs - b.mtimeMs);
     const take = limit > 0 ? found.slice(0, limit) : found;
     for (const entry of take) {
@@ -387,8 +421,13 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
       return;
     }
     const limit = Date.now() - retentionMs;
-    for (const name of names) {
-      if (name.startsWith('.')) continue;
+    const candidates = names.filter((name) => {
+      if (name.startsWith('.')) return false;
+      const tracked = where === 'incoming' ? files.get(name) : undefined;
+      // a tracked file's mtime is known: only old ones are looked at again
+      return tracked === undefined || (tracked.state !== 'in-flight' && tracked.state !== 'claimed' && tracked.mtimeMs < limit);
+    });
+    for (const { name } of (await statFiles(directory, candidates)).filter((entry) => entry.mtimeMs < limit)) {
       const tracked = where === 'incoming' ? files.get(name) : undefined;
       if (tracked && (tracked.state === 'in-flight' || tracked.state === 'claimed')) continue;
       try {

@@ -136,3 +136,62 @@ t.test('the disk budget turns full and back', async (t) => {
   await until(() => changes.length === 2, 10_000);
   t.same(changes, [true, false]);
 });
+
+t.test('a file arriving again under the name of one just handled is handled again', async (t) => {
+  // the queue skips the watch event of its own unlink; a new file of the same name must still be taken
+  const dir = tempDir(t);
+  await mkdir(join(dir, 'incoming'), { recursive: true });
+  const contents: string[] = [];
+  const queue = createQueue(
+    options(dir, { catchupFrequencyMs: 60_000 }),
+    async (file) => {
+      contents.push(await readFile(file.path, 'utf8'));
+      return { kind: 'done' };
+    },
+    {},
+    log,
+  );
+  await queue.start();
+  t.teardown(() => queue.stop());
+  for (let round = 1; round <= 20; round++) {
+    await writeFile(join(dir, 'incoming', 'same'), `round ${round}`);
+    await until(() => contents.length === round, 3_000);
+  }
+  t.same(contents, Array.from({ length: 20 }, (_, i) => `round ${i + 1}`), 'every arrival handled once, by the watch alone');
+  await until(async () => (await readdir(join(dir, 'incoming'))).length === 0);
+});
+
+t.test('one owner per file: watch events and catch-up scans racing never hand a file out twice', async (t) => {
+  const dir = tempDir(t);
+  await mkdir(join(dir, 'incoming'), { recursive: true });
+  const calls = new Map<string, number>();
+  let inFlight = 0;
+  let concurrentSame = 0;
+  const busy = new Set<string>();
+  const queue = createQueue(
+    options(dir, { catchupFrequencyMs: 100, catchupLimit: 0, settleMs: 1, concurrency: 8 }),
+    async (file) => {
+      if (busy.has(file.name)) concurrentSame++;
+      busy.add(file.name);
+      inFlight++;
+      calls.set(file.name, (calls.get(file.name) ?? 0) + 1);
+      await new Promise((r) => setTimeout(r, 2));
+      inFlight--;
+      busy.delete(file.name);
+      return { kind: 'done' };
+    },
+    {},
+    log,
+  );
+  await queue.start();
+  t.teardown(() => queue.stop());
+  const total = 600;
+  for (let i = 0; i < total; i += 20) {
+    await Promise.all(Array.from({ length: 20 }, (_, j) => writeFile(join(dir, 'incoming', `f${i + j}`), 'x')));
+    await new Promise((r) => setTimeout(r, 3));
+  }
+  await until(() => calls.size === total && inFlight === 0, 20_000);
+  await new Promise((r) => setTimeout(r, 300));
+  t.equal(concurrentSame, 0, 'never two handlers on one file at once');
+  t.same([...calls.values()].filter((n) => n !== 1).length, 0, 'every file handled exactly once');
+});

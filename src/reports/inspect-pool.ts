@@ -1,0 +1,192 @@
+// Inspection of spool files for the reporting queue, either inline (read + inspect on the event loop)
+// or spread over worker threads: the primary's single event loop was the store-and-forward bottleneck
+// (decode + S/MIME + run log parse ≈ 40% of its CPU per report), so the byte work goes to threads and
+// the loop keeps only the queue, the registry lookups and the upstream requests. Threads are pure
+// functions of (name, bytes, certificates): the queue stays the one owner of every file.
+
+import type { X509Certificate } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { Worker } from 'node:worker_threads';
+import type { Logger } from 'pino';
+import type { NodesRegistry } from '../nodes/index.js';
+import type { Inspection, ReportInspectorOptions, RunInfo } from './index.js';
+import { createReportInspector, planInspection } from './inspect.js';
+
+export type FileInspection =
+  | { readonly kind: 'gone' }
+  | { readonly kind: 'inspected'; readonly inspection: Inspection; readonly bytes: Buffer; readonly seconds: number };
+
+export interface FileInspector {
+  /** reads the spool file and inspects it; throws only for I/O errors other than the file being gone */
+  inspectFile(name: string, path: string): Promise<FileInspection>;
+  start(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+/** @internal messages between the pool and its threads */
+export interface ThreadSetup {
+  readonly maxDecodedBytes: number;
+  readonly skipEventTypes: readonly string[];
+}
+/** @internal */
+export interface ThreadRequest {
+  readonly id: number;
+  readonly name: string;
+  readonly path: string;
+  readonly info: RunInfo;
+  /** drop every cached certificate before this request (bounds the cache across nodes reloads) */
+  readonly forgetCertificates?: true;
+  /** the DER only the first time a thread is sent a certificate */
+  readonly certificates: ReadonlyArray<{ readonly key: number; readonly der?: Uint8Array }> | undefined;
+}
+/** @internal */
+export type ThreadReply =
+  | { readonly id: number; readonly kind: 'gone' }
+  | { readonly id: number; readonly kind: 'error'; readonly message: string }
+  | { readonly id: number; readonly kind: 'inspected'; readonly inspection: Inspection; readonly bytes: Uint8Array; readonly seconds: number };
+
+/** read with fs/promises and inspect on the event loop (threads = 0) */
+export function createInlineFileInspector(options: ReportInspectorOptions, nodes: NodesRegistry): FileInspector {
+  const inspector = createReportInspector(options, nodes);
+  return {
+    async inspectFile(name, path) {
+      let bytes: Buffer;
+      try {
+        bytes = await readFile(path);
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code === 'ENOENT') return { kind: 'gone' };
+        throw error;
+      }
+      const started = process.hrtime.bigint();
+      const inspection = await inspector.inspect(name, bytes);
+      return { kind: 'inspected', inspection, bytes, seconds: Number(process.hrtime.bigint() - started) / 1e9 };
+    },
+    start: async () => undefined,
+    stop: async () => undefined,
+  };
+}
+
+interface Pending {
+  resolve(result: FileInspection): void;
+  reject(error: Error): void;
+}
+
+interface Thread {
+  readonly worker: Worker;
+  readonly pending: Map<number, Pending>;
+  /** certificate keys whose DER this thread already holds */
+  readonly certificatesSent: Set<number>;
+}
+
+// dist/ runs the compiled thread; the tests run the TypeScript sources, whose thread must load tsx itself
+// (a worker thread does not inherit the parent's --import=tsx hooks on Node 20)
+const fromSources = import.meta.url.endsWith('.ts');
+const threadFile = new URL(fromSources ? './inspect-thread.ts' : './inspect-thread.js', import.meta.url);
+
+function newThread(setup: ThreadSetup): Worker {
+  if (!fromSources) return new Worker(threadFile, { workerData: setup, name: 'onerelay-inspect' });
+  const bootstrap = `import('tsx/esm/api').then((tsx) => { tsx.register(); return import(${JSON.stringify(threadFile.href)}); })`;
+  return new Worker(bootstrap, { eval: true, workerData: setup, name: 'onerelay-inspect' });
+}
+
+const MAX_CERTIFICATES_PER_THREAD = 50_000;
+
+export function createThreadedFileInspector(
+  options: ReportInspectorOptions,
+  nodes: NodesRegistry,
+  threadCount: number,
+  parentLog: Logger,
+): FileInspector {
+  const log = parentLog.child({ module: 'reports' });
+  const setup: ThreadSetup = { maxDecodedBytes: options.maxDecodedBytes, skipEventTypes: options.skipEventTypes };
+  const threads: Thread[] = [];
+  const certificateKeys = new WeakMap<X509Certificate, number>();
+  let nextCertificateKey = 1;
+  let nextId = 1;
+  let running = false;
+
+  const keyOf = (certificate: X509Certificate): number => {
+    let key = certificateKeys.get(certificate);
+    if (key === undefined) {
+      key = nextCertificateKey++;
+      certificateKeys.set(certificate, key);
+    }
+    return key;
+  };
+
+  /** a nodes reload makes new certificate objects, so new keys: start the thread's cache over now and then */
+  const forgetCertificates = (thread: Thread): boolean => {
+    if (thread.certificatesSent.size < MAX_CERTIFICATES_PER_THREAD) return false;
+    thread.certificatesSent.clear();
+    return true;
+  };
+
+  function spawn(): Thread {
+    const worker = newThread(setup);
+    const thread: Thread = { worker, pending: new Map(), certificatesSent: new Set() };
+    worker.on('message', (reply: ThreadReply) => {
+      const waiting = thread.pending.get(reply.id);
+      if (waiting === undefined) return;
+      thread.pending.delete(reply.id);
+      if (reply.kind === 'gone') waiting.resolve({ kind: 'gone' });
+      else if (reply.kind === 'error') waiting.reject(new Error(reply.message));
+      else {
+        const bytes = Buffer.from(reply.bytes.buffer, reply.bytes.byteOffset, reply.bytes.byteLength);
+        waiting.resolve({ kind: 'inspected', inspection: reply.inspection, bytes, seconds: reply.seconds });
+      }
+    });
+    const lost = (why: string) => {
+      const index = threads.indexOf(thread);
+      if (index < 0) return;
+      threads.splice(index, 1);
+      if (running) log.error({ event: 'inspect_thread_died', why, in_flight: thread.pending.size }, 'report inspection thread died; starting another');
+      // the files come back through the queue's retry: nothing is lost, nothing was half-done
+      for (const waiting of thread.pending.values()) waiting.reject(new Error(`inspection thread ${why}`));
+      thread.pending.clear();
+      if (running) threads.push(spawn());
+    };
+    worker.on('error', (error) => lost(`failed: ${error.message}`));
+    worker.on('exit', (code) => lost(`exited with code ${code}`));
+    return thread;
+  }
+
+  return {
+    async inspectFile(name, path) {
+      const plan = planInspection(options, nodes, name);
+      if (plan.kind === 'reject') return { kind: 'inspected', inspection: plan, bytes: Buffer.alloc(0), seconds: 0 };
+      if (!running) throw new Error('report inspection threads are stopped');
+      // the least busy thread
+      let thread = threads[0]!;
+      for (const other of threads) if (other.pending.size < thread.pending.size) thread = other;
+      const request: ThreadRequest = {
+        id: nextId++,
+        name,
+        path,
+        info: plan.info,
+        ...(forgetCertificates(thread) ? { forgetCertificates: true } : {}),
+        certificates: plan.certificates?.map((certificate) => {
+          const key = keyOf(certificate);
+          if (thread.certificatesSent.has(key)) return { key };
+          thread.certificatesSent.add(key);
+          return { key, der: certificate.raw };
+        }),
+      };
+      return new Promise<FileInspection>((resolve, reject) => {
+        thread.pending.set(request.id, { resolve, reject });
+        thread.worker.postMessage(request);
+      });
+    },
+    async start() {
+      if (running) return;
+      running = true;
+      for (let i = 0; i < Math.max(1, threadCount); i++) threads.push(spawn());
+    },
+    async stop() {
+      if (!running) return;
+      running = false;
+      const stopping = threads.splice(0);
+      await Promise.all(stopping.map((thread) => thread.worker.terminate()));
+      for (const thread of stopping) for (const waiting of thread.pending.values()) waiting.reject(new Error('report inspection threads are stopped'));
+    },
+  };
+}

@@ -1,0 +1,76 @@
+// The report inspection of spool files, inline and on worker threads, against a real nodes registry
+// (relayd's fixtures, my id: root) and real files: both give the same verdicts; threads return the bytes read.
+
+import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
+import { pino } from 'pino';
+import t from 'tap';
+import { createNodesRegistry, type NodesRegistry } from '../../src/nodes/index.js';
+import { createInlineFileInspector, createThreadedFileInspector, type FileInspection, type ReportInspectorOptions } from '../../src/reports/index.js';
+import { tempDir } from '../support/tmp.js';
+
+const FILES = '/work/shared/fixtures/relayd/files';
+const E745 = 'e745a140-40bc-4b86-b6dc-084488fc906b';
+const A745 = 'a745a140-40bc-4b86-b6dc-084488fc906b';
+const UNKNOWN = 'f745a140-40bc-4b86-b6dc-084488fc906b';
+const RUN_2018 = `2018-08-24T15_55_01+00_00@${E745}`;
+const log = pino({ level: 'silent' });
+
+const dir = tempDir(t, 'onerelay-inspect-pool-');
+copyFileSync(join(FILES, 'nodeslist.json'), join(dir, 'nodeslist.json'));
+copyFileSync(join(FILES, 'keys', 'nodescerts.pem'), join(dir, 'nodescerts.pem'));
+const registry: NodesRegistry = createNodesRegistry({
+  myId: 'root',
+  nodesListFile: join(dir, 'nodeslist.json'),
+  nodesCertsFile: join(dir, 'nodescerts.pem'),
+  log,
+});
+await registry.reload();
+const options: ReportInspectorOptions = { myId: 'root', verifyMode: 'direct', skipEventTypes: [], maxDecodedBytes: 10 * 1024 * 1024 };
+
+const signed = readFileSync(join(FILES, 'runlogs', `${RUN_2018}.signed`));
+const damaged = Buffer.from(signed);
+const inSignature = damaged.lastIndexOf('\n------') - 100; // a base64 character of the RSA signature value
+damaged[inSignature] = damaged[inSignature] === 0x41 ? 0x42 : 0x41;
+const cases: Array<[string, Buffer]> = [
+  [`${RUN_2018}.log.gz`, gzipSync(signed)],
+  [`${RUN_2018}.log`, damaged],
+  [`2018-08-24T15:55:01+00:00@${E745}.log`, readFileSync(join(FILES, 'smime', 'normal-diff.signed'))],
+  [`2018-08-24T15:55:01+00:00@${UNKNOWN}.log`, signed],
+  ['bob.log', signed],
+  [`2018-08-24T15:55:01+00:00@${A745}.log.gz`, gzipSync(signed).subarray(0, 100)],
+];
+for (const [name, bytes] of cases) writeFileSync(join(dir, name), bytes);
+
+const verdict = (result: FileInspection): string =>
+  result.kind === 'gone' ? 'gone' : result.inspection.kind === 'forward' ? `forward verified=${result.inspection.verified} reports=${result.inspection.reports}` : `${result.inspection.reason}: ${result.inspection.message}`;
+
+t.test('threads and inline give the same verdicts; threads hand back the bytes they read', async (t) => {
+  const inline = createInlineFileInspector(options, registry);
+  const threaded = createThreadedFileInspector(options, registry, 2, log);
+  await threaded.start();
+  t.teardown(() => threaded.stop());
+  const expected = await Promise.all(cases.map(([name]) => inline.inspectFile(name, join(dir, name))));
+  t.same(expected.map(verdict).slice(0, 3), [
+    'forward verified=true reports=72',
+    `bad-signature: S/MIME signature of node "${E745}" refused: signature does not match the node certificate`,
+    `bad-signature: S/MIME signature of node "${E745}" refused: message digest mismatch: the run log was modified after it was signed`,
+  ]);
+  // several rounds at once: spread over both threads, the certificates cached there
+  const rounds = await Promise.all(
+    Array.from({ length: 5 }, () => Promise.all(cases.map(([name]) => threaded.inspectFile(name, join(dir, name))))),
+  );
+  for (const round of rounds) t.same(round.map(verdict), expected.map(verdict));
+  const first = rounds[0]![0]!;
+  t.ok(first.kind === 'inspected' && first.bytes.equals(cases[0]![1]), 'the bytes read are the file, unchanged');
+  t.same(await threaded.inspectFile(`${RUN_2018}.log`, join(dir, 'absent.log')), { kind: 'gone' }, 'a vanished file is gone');
+  await t.rejects(threaded.inspectFile(`${RUN_2018}.log`, dir), /EISDIR|illegal operation/, 'other read errors reach the caller (the queue retries)');
+});
+
+t.test('stopped threads refuse work instead of hanging', async (t) => {
+  const threaded = createThreadedFileInspector(options, registry, 1, log);
+  await threaded.start();
+  await threaded.stop();
+  await t.rejects(threaded.inspectFile(cases[0]![0], join(dir, cases[0]![0])), /stopped/);
+});
