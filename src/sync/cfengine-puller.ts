@@ -232,7 +232,9 @@ export function createCfenginePuller(options: CfenginePullerOptions, deps: Cfeng
     const entries: RemoteEntry[] = [];
     const visit = async (rel: string): Promise<void> => {
       if (signal.aborted) throw new PullAborted();
-      const names = await pool.opendir(rel === '' ? root : `${root}/${rel}`);
+      // a name that could leave the tree (a broken or hostile upstream) or that CFEngine's recurse_visible
+      // skips (dot files) is not copied
+      const names = (await pool.opendir(rel === '' ? root : `${root}/${rel}`)).filter(isSafeSegment);
       const children = await Promise.all(
         names.map(async (name) => {
           const childRel = rel === '' ? name : `${rel}/${name}`;
