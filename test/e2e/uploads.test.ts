@@ -68,7 +68,8 @@ t.test('uploads through the HTTPS front door', async (t) => {
     const again = await curlUpload({ url: `${relay.httpsUrl}/reports/`, file: reportFile, user: 'rudder', password: DAV_PASSWORD, identity: agent });
     t.equal(again.status, 204, 'overwrite answers 204 like mod_dav');
     t.same(await readFile(join(relay.reportsIncoming, report.name)), report.body);
-    const access = relay.logs.find((l) => l.event === 'access' && l.status === 201);
+    // stdout is written in batches (at most 100 ms late)
+    const access = await relay.waitForLog((l) => l.event === 'access' && l.status === 201, 5_000).catch(() => undefined);
     t.ok(access, 'an access log line per request');
     t.equal(access?.['node'], NODE, 'with the node proven by the certificate');
     t.equal(access?.['method'], 'PUT');
