@@ -68,9 +68,21 @@ t.test('a slow synchronous call switches to the thread pool, and files are still
     const stream = fileStream(early.fd, 0, Number(early.size) - 1);
     stream.once('data', () => stream.destroy());
     await new Promise((resolve) => stream.once('close', resolve));
+    // a read in flight when destroyed: the descriptor is closed once that read is back
+    const deadline = Date.now() + 2_000;
+    while (Date.now() < deadline && isOpen(early.fd)) await new Promise((resolve) => setTimeout(resolve, 10));
     t.throws(() => closeFileStrict(early.fd), /EBADF/, 'closed by the stream');
   }
 });
+
+function isOpen(fd: number): boolean {
+  try {
+    fstatSync(fd);
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 function closeFileStrict(fd: number): void {
   // closeFile swallows errors; fstat tells whether the descriptor is still open
