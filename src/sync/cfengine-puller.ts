@@ -22,7 +22,8 @@ import { keyDigests } from '../identity/index.js';
 import type { PeerClient } from '../upstream/index.js';
 import { CfRefused, createCfPool, type CfPool, type RemoteStat } from './cfengine-pool.js';
 import { forEachLimit, isErrno, removeTree, writeFileAtomically } from './fs-util.js';
-import type { SyncCounters, SyncPaths, SyncPuller, SyncStatus } from './index.js';
+import type { SyncCounters, SyncPaths, SyncPuller } from './index.js';
+import { PullAborted, createPullLoop } from './pull-loop.js';
 import { buildPathOf, exists, parentsOf, recoverParents, removeUnit, switchDirectory } from './install.js';
 import { fetchLibraryArchive } from './library-archive.js';
 import { COMMON_NAME, isSafeSegment } from './manifest.js';
@@ -35,7 +36,6 @@ const STATE_FILE = 'cfengine-sync-state.json';
 const STATE_FORMAT = 1;
 const PROGRESS_EVERY_MS = 5_000;
 const VERIFY_ATTEMPTS = 3;
-const REPEATED_ERROR_LOG_MS = 10 * 60_000;
 
 /** the Rudder paths on a root (§3.2), under CfenginePullerOptions.upstreamPrefix */
 const RUDDER = {
@@ -105,13 +105,6 @@ interface UnitResult {
   readonly walked: boolean;
 }
 
-class PullAborted extends Error {
-  constructor() {
-    super('sync stopped');
-    this.name = 'PullAborted';
-  }
-}
-
 /** MD5 of a local file (the digest cf-serverd compares in MD5 requests) */
 async function md5Of(path: string): Promise<Buffer> {
   const hash = createHash('md5');
@@ -133,29 +126,27 @@ export function createCfenginePuller(options: CfenginePullerOptions, deps: Cfeng
 
   let saved: SavedState = { format: STATE_FORMAT, signatures: {} };
   let ready: Promise<void> | undefined;
-  let started = false;
-  let timer: NodeJS.Timeout | undefined;
-  let current: Promise<SyncStatus> | undefined;
-  let queued: Promise<SyncStatus> | undefined;
-  let abort: AbortController | undefined;
-  let stopping = false;
-  let loggedError: { message: string; at: number } | undefined;
   let generation: string | undefined;
-
-  const state = {
-    running: false,
-    lastSuccessAt: undefined as string | undefined,
-    lastAttemptAt: undefined as string | undefined,
-    lastError: undefined as string | undefined,
-    lastDurationMs: undefined as number | undefined,
-    lastBytes: 0,
-    lastFiles: 0,
-    lastRequests: undefined as number | undefined,
-    lastChangedUnits: 0,
-    errors: 0,
-    rejectedBlobs: 0,
-  };
-  const status = (): SyncStatus => ({ enabled: true, generation, ...state });
+  const loop = createPullLoop({
+    frequencyMs: options.frequencyMs,
+    log,
+    counters: deps.counters,
+    prepare: () => prepare(),
+    pull: async (signal) => {
+      const result = await pull(signal);
+      const changedUnits = result.changedUnits + result.removedUnits;
+      return {
+        unchanged: changedUnits === 0 && result.files === 0,
+        requests: result.requests,
+        files: result.files,
+        bytes: result.bytes,
+        changedUnits,
+        fields: { changedUnits: result.changedUnits, removedUnits: result.removedUnits, walkedUnits: result.walkedUnits, skippedUnits: result.skippedUnits },
+      };
+    },
+    generation: () => generation,
+  });
+  const { state } = loop;
 
   function prepare(): Promise<void> {
     ready ??= (async () => {
@@ -605,104 +596,5 @@ export function createCfenginePuller(options: CfenginePullerOptions, deps: Cfeng
     };
   })();
 
-  async function execute(): Promise<SyncStatus> {
-    const controller = new AbortController();
-    abort = controller;
-    const begin = Date.now();
-    state.running = true;
-    state.lastAttemptAt = new Date(begin).toISOString();
-    try {
-      const result = await pull(controller.signal);
-      const durationMs = Date.now() - begin;
-      state.lastSuccessAt = new Date().toISOString();
-      if (state.lastError !== undefined) log.info('sync works again');
-      state.lastError = undefined;
-      loggedError = undefined;
-      state.lastDurationMs = durationMs;
-      state.lastRequests = result.requests;
-      state.lastBytes = result.bytes;
-      state.lastFiles = result.files;
-      state.lastChangedUnits = result.changedUnits + result.removedUnits;
-      const unchanged = state.lastChangedUnits === 0 && result.files === 0;
-      deps.counters.synced(unchanged ? 'unchanged' : 'ok', durationMs, result.bytes, result.files);
-      log[unchanged ? 'debug' : 'info'](
-        {
-          generation,
-          files: result.files,
-          bytes: result.bytes,
-          changedUnits: result.changedUnits,
-          removedUnits: result.removedUnits,
-          walkedUnits: result.walkedUnits,
-          skippedUnits: result.skippedUnits,
-          requests: result.requests,
-          durationMs,
-        },
-        unchanged ? 'sync: unchanged' : 'sync done',
-      );
-    } catch (error) {
-      const durationMs = Date.now() - begin;
-      state.errors += 1;
-      state.lastDurationMs = durationMs;
-      const aborted = error instanceof PullAborted || controller.signal.aborted;
-      const code = aborted ? 'RELAY_ERR_UPSTREAM_UNAVAILABLE' : isRelayError(error) ? error.code : 'RELAY_ERR_INTERNAL';
-      state.lastError = `${code}: ${messageOf(error)}`;
-      deps.counters.synced('error', durationMs, 0, 0);
-      if (aborted) {
-        log.info('sync stopped before the end; the next pull resumes');
-      } else if (loggedError?.message === state.lastError && Date.now() - loggedError.at < REPEATED_ERROR_LOG_MS) {
-        log.debug({ code, err: messageOf(error), durationMs }, 'sync failed again');
-      } else {
-        loggedError = { message: state.lastError, at: Date.now() };
-        log.error({ code, err: messageOf(error), durationMs }, 'sync failed');
-      }
-    } finally {
-      state.running = false;
-      if (abort === controller) abort = undefined;
-    }
-    return status();
-  }
-
-  function runPull(): Promise<SyncStatus> {
-    if (current === undefined) {
-      current = execute().finally(() => {
-        current = undefined;
-      });
-      return current;
-    }
-    queued ??= current.then(() => {
-      queued = undefined;
-      return stopping ? status() : runPull();
-    });
-    return queued;
-  }
-
-  function schedule(delayMs: number): void {
-    if (!started) return;
-    timer = setTimeout(() => {
-      timer = undefined;
-      const run = current === undefined ? runPull() : Promise.resolve(status());
-      void run.finally(() => schedule(options.frequencyMs));
-    }, delayMs);
-    timer.unref();
-  }
-
-  return {
-    async start() {
-      if (started) return;
-      started = true;
-      stopping = false;
-      await prepare();
-      schedule(0);
-    },
-    async stop() {
-      started = false;
-      stopping = true;
-      if (timer !== undefined) clearTimeout(timer);
-      timer = undefined;
-      abort?.abort();
-      await Promise.allSettled([current, queued]);
-    },
-    trigger: () => runPull(),
-    status,
-  };
+  return loop;
 }

@@ -17,7 +17,8 @@ import type { PeerClient, PeerResponse } from '../upstream/index.js';
 import { createBlobStore, type BlobStore } from './blob-store.js';
 import { MAX_BLOBS_PER_BATCH, readFrames } from './frames.js';
 import { forEachLimit, isErrno, writeFileAtomically } from './fs-util.js';
-import type { SyncPuller, SyncPullerDeps, SyncPullerOptions, SyncStatus } from './index.js';
+import type { SyncPuller, SyncPullerDeps, SyncPullerOptions } from './index.js';
+import { PullAborted, createPullLoop, type PullDone } from './pull-loop.js';
 import { exists, installDirectory, installFile, localPathOf, recover, removeUnit, targetOf } from './install.js';
 import {
   COMMON_NAME,
@@ -46,32 +47,11 @@ const BLOB_ATTEMPTS = 3;
 const MANIFEST_ROUNDS = 3;
 const PROGRESS_EVERY_MS = 5_000;
 const INSTALL_CONCURRENCY = 4;
-/** the same failure again is logged at error level at most this often (CONVENTIONS.md "Logs") */
-const REPEATED_ERROR_LOG_MS = 10 * 60_000;
 
 interface SavedState {
   readonly format: number;
   readonly generation: string;
   readonly appliedAt: string;
-}
-
-type PullResult =
-  | { readonly kind: 'unchanged'; readonly generation: string; readonly requests: number }
-  | {
-      readonly kind: 'ok';
-      readonly generation: string;
-      readonly requests: number;
-      readonly files: number;
-      readonly bytes: number;
-      readonly changedUnits: number;
-      readonly removedUnits: number;
-    };
-
-class PullAborted extends Error {
-  constructor() {
-    super('sync stopped');
-    this.name = 'PullAborted';
-  }
 }
 
 export function createSyncPuller(options: SyncPullerOptions, deps: SyncPullerDeps): SyncPuller {
@@ -83,29 +63,15 @@ export function createSyncPuller(options: SyncPullerOptions, deps: SyncPullerDep
 
   let applied: Manifest | undefined;
   let ready: Promise<void> | undefined;
-  let started = false;
-  let timer: NodeJS.Timeout | undefined;
-  let current: Promise<SyncStatus> | undefined;
-  let queued: Promise<SyncStatus> | undefined;
-  let abort: AbortController | undefined;
-  let stopping = false;
-  let loggedError: { message: string; at: number } | undefined;
-
-  const state = {
-    running: false,
-    lastSuccessAt: undefined as string | undefined,
-    lastAttemptAt: undefined as string | undefined,
-    lastError: undefined as string | undefined,
-    lastDurationMs: undefined as number | undefined,
-    lastBytes: 0,
-    lastFiles: 0,
-    lastRequests: undefined as number | undefined,
-    lastChangedUnits: 0,
-    errors: 0,
-    rejectedBlobs: 0,
-  };
-
-  const status = (): SyncStatus => ({ enabled: true, generation: applied?.generation, ...state });
+  const loop = createPullLoop({
+    frequencyMs: options.frequencyMs,
+    log,
+    counters: deps.counters,
+    prepare: () => prepare(),
+    pull: (signal) => pull(signal),
+    generation: () => applied?.generation,
+  });
+  const { state } = loop;
 
   /** once per process: directories, leftovers of a crash, the manifest applied last */
   function prepare(): Promise<void> {
@@ -430,7 +396,7 @@ export function createSyncPuller(options: SyncPullerOptions, deps: SyncPullerDep
     await writeFileAtomically(join(paths.stateDirectory, STATE_FILE), `${JSON.stringify(saved)}\n`, { mode: 0o600 });
   }
 
-  async function pull(signal: AbortSignal): Promise<PullResult> {
+  async function pull(signal: AbortSignal): Promise<PullDone> {
     await prepare();
     const client = deps.upstream();
     if (client === undefined) {
@@ -441,7 +407,7 @@ export function createSyncPuller(options: SyncPullerOptions, deps: SyncPullerDep
     for (let round = 1; round <= MANIFEST_ROUNDS; round += 1) {
       requests += 1;
       const fetchedManifest = await fetchManifest(client, signal, useBase ? applied : undefined);
-      if (fetchedManifest === 'not-modified') return { kind: 'unchanged', generation: applied?.generation ?? '', requests };
+      if (fetchedManifest === 'not-modified') return { unchanged: true, requests, files: 0, bytes: 0, changedUnits: 0 };
       if (fetchedManifest === 'full') {
         useBase = false;
         round -= 1;
@@ -502,115 +468,17 @@ export function createSyncPuller(options: SyncPullerOptions, deps: SyncPullerDep
           log.error({ code: isRelayError(error) ? error.code : 'RELAY_ERR_INTERNAL', err: messageOf(error) }, 'sync: nodes reload after sync failed');
         }
       }
-      return { kind: 'ok', generation: manifest.generation, requests, files: fetched.blobs, bytes: fetched.bytes, changedUnits: changed.length, removedUnits: removed.length };
+      return {
+        unchanged: false,
+        requests,
+        files: fetched.blobs,
+        bytes: fetched.bytes,
+        changedUnits: changed.length + removed.length,
+        fields: { changedUnits: changed.length, removedUnits: removed.length },
+      };
     }
     throw new RelayError('RELAY_ERR_UPSTREAM_UNAVAILABLE', `sync: upstream content kept changing during ${MANIFEST_ROUNDS} manifest rounds`);
   }
 
-  async function execute(): Promise<SyncStatus> {
-    const controller = new AbortController();
-    abort = controller;
-    const begin = Date.now();
-    state.running = true;
-    state.lastAttemptAt = new Date(begin).toISOString();
-    try {
-      const result = await pull(controller.signal);
-      const durationMs = Date.now() - begin;
-      state.lastSuccessAt = new Date().toISOString();
-      if (state.lastError !== undefined) log.info('sync works again');
-      state.lastError = undefined;
-      loggedError = undefined;
-      state.lastDurationMs = durationMs;
-      state.lastRequests = result.requests;
-      if (result.kind === 'unchanged') {
-        state.lastBytes = 0;
-        state.lastFiles = 0;
-        state.lastChangedUnits = 0;
-        deps.counters.synced('unchanged', durationMs, 0, 0);
-        log.debug({ generation: result.generation, durationMs }, 'sync: unchanged');
-      } else {
-        state.lastBytes = result.bytes;
-        state.lastFiles = result.files;
-        state.lastChangedUnits = result.changedUnits + result.removedUnits;
-        deps.counters.synced('ok', durationMs, result.bytes, result.files);
-        log.info(
-          {
-            generation: result.generation,
-            files: result.files,
-            bytes: result.bytes,
-            changedUnits: result.changedUnits,
-            removedUnits: result.removedUnits,
-            requests: result.requests,
-            durationMs,
-          },
-          'sync done',
-        );
-      }
-    } catch (error) {
-      const durationMs = Date.now() - begin;
-      state.errors += 1;
-      state.lastDurationMs = durationMs;
-      const code = error instanceof PullAborted ? 'RELAY_ERR_UPSTREAM_UNAVAILABLE' : isRelayError(error) ? error.code : 'RELAY_ERR_INTERNAL';
-      state.lastError = `${code}: ${messageOf(error)}`;
-      deps.counters.synced('error', durationMs, 0, 0);
-      if (error instanceof PullAborted) {
-        log.info('sync stopped before the end; the next pull resumes');
-      } else if (loggedError?.message === state.lastError && Date.now() - loggedError.at < REPEATED_ERROR_LOG_MS) {
-        log.debug({ code, err: messageOf(error), durationMs }, 'sync failed again');
-      } else {
-        loggedError = { message: state.lastError, at: Date.now() };
-        log.error({ code, err: messageOf(error), durationMs }, 'sync failed');
-      }
-    } finally {
-      state.running = false;
-      if (abort === controller) abort = undefined;
-    }
-    return status();
-  }
-
-  /** one pull at a time; a trigger during a pull runs one more after it (the pull may predate the change) */
-  function runPull(): Promise<SyncStatus> {
-    if (current === undefined) {
-      current = execute().finally(() => {
-        current = undefined;
-      });
-      return current;
-    }
-    queued ??= current.then(() => {
-      queued = undefined;
-      return stopping ? status() : runPull();
-    });
-    return queued;
-  }
-
-  function schedule(delayMs: number): void {
-    if (!started) return;
-    timer = setTimeout(() => {
-      timer = undefined;
-      // a pull already running or queued covers this tick
-      const run = current === undefined ? runPull() : Promise.resolve(status());
-      void run.finally(() => schedule(options.frequencyMs));
-    }, delayMs);
-    timer.unref();
-  }
-
-  return {
-    async start() {
-      if (started) return;
-      started = true;
-      stopping = false;
-      await prepare();
-      schedule(0);
-    },
-    async stop() {
-      started = false;
-      stopping = true;
-      if (timer !== undefined) clearTimeout(timer);
-      timer = undefined;
-      abort?.abort();
-      await Promise.allSettled([current, queued]);
-    },
-    trigger: () => runPull(),
-    status,
-  };
+  return loop;
 }
