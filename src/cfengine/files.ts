@@ -9,8 +9,6 @@
 
 import { createHash } from 'node:crypto';
 import {
-  close,
-  closeSync,
   constants,
   fstat,
   fstatSync,
@@ -34,7 +32,7 @@ import { posix } from 'node:path';
 import { promisify } from 'node:util';
 import { FileType, type StatFields } from './codec.js';
 import { fsPath } from './access.js';
-import { direct, inThreadPoolMode } from '../fs-direct/index.js';
+import { closeQuietly, direct } from '../fs-direct/index.js';
 
 const HASH_READ_BYTES = 64 * 1024;
 /** O_NONBLOCK: opening a FIFO that sits in a served tree must not hold a thread (or the event loop) forever */
@@ -42,8 +40,7 @@ export const OPEN_FOR_READING = constants.O_RDONLY | constants.O_NONBLOCK;
 /** for a path resolved by an earlier STAT: fail (ELOOP) if its last component has become a symlink */
 export const OPEN_RESOLVED_FOR_READING = OPEN_FOR_READING | constants.O_NOFOLLOW;
 
-export { SYNC_READ_MAX_BYTES, onSlowFileSystem } from '../fs-direct/index.js';
-const call = direct;
+export { SYNC_READ_MAX_BYTES, closeQuietly, onSlowFileSystem } from '../fs-direct/index.js';
 
 const lstatAsync = promisify(lstat);
 const statAsync = promisify(stat);
@@ -52,11 +49,10 @@ const readdirAsync = promisify(readdir);
 const openAsync = promisify(open);
 const readAsync = promisify(read);
 const fstatAsync = promisify(fstat);
-const closeAsync = promisify(close);
 
 function realpathLatin1(path: string): Promise<string> {
   const bytes = fsPath(path);
-  return call(
+  return direct(
     () => realpathSync.native(bytes, { encoding: 'latin1' }),
     () =>
       new Promise<string>((resolve, reject) =>
@@ -67,7 +63,7 @@ function realpathLatin1(path: string): Promise<string> {
 
 function lstatBig(path: string): Promise<BigIntStats> {
   const bytes = fsPath(path);
-  return call(
+  return direct(
     () => lstatSync(bytes, { bigint: true }),
     () => lstatAsync(bytes, { bigint: true }),
   );
@@ -76,7 +72,7 @@ function lstatBig(path: string): Promise<BigIntStats> {
 /** open for reading: a file descriptor, to be closed with closeQuietly */
 export function openForReading(path: string, flags: number = OPEN_FOR_READING): Promise<number> {
   const bytes = fsPath(path);
-  return call(
+  return direct(
     () => openSync(bytes, flags),
     () => openAsync(bytes, flags),
   );
@@ -84,7 +80,7 @@ export function openForReading(path: string, flags: number = OPEN_FOR_READING): 
 
 /** pread into buffer[0..length): the number of bytes read */
 export function readAt(fd: number, buffer: Buffer, length: number, position: number): Promise<number> {
-  return call(
+  return direct(
     () => readSync(fd, buffer, 0, length, position),
     () => readAsync(fd, buffer, 0, length, position).then((r) => r.bytesRead),
     length,
@@ -92,23 +88,12 @@ export function readAt(fd: number, buffer: Buffer, length: number, position: num
 }
 
 export function fstatBig(fd: number): Promise<BigIntStats> {
-  return call(
+  return direct(
     () => fstatSync(fd, { bigint: true }),
     () => fstatAsync(fd, { bigint: true }),
   );
 }
 
-export function closeQuietly(fd: number): void {
-  if (inThreadPoolMode()) {
-    close(fd, () => undefined);
-    return;
-  }
-  try {
-    closeSync(fd);
-  } catch {
-    // nothing to do: the descriptor is gone either way
-  }
-}
 
 export type Resolved =
   | { readonly kind: 'ok'; readonly path: string }
@@ -199,7 +184,7 @@ export async function statForReply(path: string, early?: BigIntStats): Promise<S
     linkMode = Number(s.mode & 0o7777n);
     try {
       const bytes = fsPath(path);
-      linkTarget = await call(
+      linkTarget = await direct(
         () => readlinkSync(bytes, { encoding: 'latin1' }),
         () => readlinkAsync(bytes, { encoding: 'latin1' }),
       );
@@ -208,7 +193,7 @@ export async function statForReply(path: string, early?: BigIntStats): Promise<S
     }
     try {
       const bytes = fsPath(path);
-      const target = await call(
+      const target = await direct(
         () => statSync(bytes, { bigint: true }),
         () => statAsync(bytes, { bigint: true }),
       );
@@ -247,7 +232,7 @@ export async function statForReply(path: string, early?: BigIntStats): Promise<S
 export async function listDirectory(path: string): Promise<string[] | undefined> {
   try {
     const bytes = fsPath(path);
-    const names = await call(
+    const names = await direct(
       () => readdirSync(bytes, { encoding: 'latin1' }),
       () => readdirAsync(bytes, { encoding: 'latin1' }),
     );

@@ -10,6 +10,8 @@
 // to the thread pool for ASYNC_HOLD_MS. A slow disk thus costs the event loop at most one slow call per
 // hold period.
 
+import { close, closeSync } from 'node:fs';
+
 /** a synchronous call slower than this means the file system is not the fast local one we assumed */
 const SLOW_CALL_MS = 10;
 /** then everything goes through the thread pool for this long */
@@ -43,6 +45,19 @@ export async function direct<T>(sync: () => T, async: () => Promise<T>, size = 0
       asyncUntil = performance.now() + ASYNC_HOLD_MS;
       for (const listener of listeners) listener(took);
     }
+  }
+}
+
+/** closes a descriptor; errors are moot (the descriptor is gone either way) */
+export function closeQuietly(fd: number): void {
+  if (inThreadPoolMode()) {
+    close(fd, () => undefined);
+    return;
+  }
+  try {
+    closeSync(fd);
+  } catch {
+    // already closed
   }
 }
 

@@ -2,11 +2,11 @@
 // §1.2): strong ETag `"<size-hex>-<mtime-µs-hex>"` (FileETag MTime Size), Last-Modified, conditional
 // requests, a single Range, streaming from the one fd that was stat'ed. Path safety lives here only.
 
-import { close, closeSync, constants as fsConstants, fstat, fstatSync, open, openSync, read, readSync, realpath, realpathSync } from 'node:fs';
+import { constants as fsConstants, fstat, fstatSync, open, openSync, read, readSync, realpath, realpathSync } from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { promisify } from 'node:util';
-import { direct, inThreadPoolMode, SYNC_READ_MAX_BYTES } from '../fs-direct/index.js';
+import { closeQuietly, direct, SYNC_READ_MAX_BYTES } from '../fs-direct/index.js';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { RelayError } from '../errors.js';
 import type { OpenedFile, RefusalCause, ServeOptions, ServeOutcome, StaticFiles } from './index.js';
@@ -171,18 +171,8 @@ const openAsync = promisify(open);
 const fstatAsync = promisify(fstat);
 const readAsync = promisify(read);
 
-/** closes a descriptor from openBelow; errors are moot (the descriptor is gone either way) */
-export function closeFile(fd: number): void {
-  if (inThreadPoolMode()) {
-    close(fd, () => undefined);
-    return;
-  }
-  try {
-    closeSync(fd);
-  } catch {
-    // already closed
-  }
-}
+/** closes a descriptor from openBelow */
+export const closeFile = closeQuietly;
 
 /** reads per chunk: a 400 KB policy archive goes out in two reads and two socket writes */
 const CHUNK_BYTES = SYNC_READ_MAX_BYTES;

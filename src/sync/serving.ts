@@ -231,18 +231,18 @@ export function createSyncServing(options: SyncServingOptions, deps: SyncServing
     const dropped = [...before.keys()].filter((name) => after.get(name) !== before.get(name));
     const changed = new Set([...after.keys()].filter((name) => before.get(name) !== after.get(name)));
     const entries = view.manifest.entries.filter((entry) => changed.has(unitNameOf(entry.path)));
-    const inline: string[] = [];
+    const inline = new Set<string>();
     let inlineBytes = 0;
     for (const entry of entries) {
-      if (entry.kind !== 'f' || base.blobs.has(entry.sha256) || inline.includes(entry.sha256)) continue;
-      if (inline.length >= DELTA_INLINE_BLOBS || inlineBytes + entry.size > DELTA_INLINE_BYTES) break;
-      inline.push(entry.sha256);
+      if (entry.kind !== 'f' || base.blobs.has(entry.sha256) || inline.has(entry.sha256)) continue;
+      if (inline.size >= DELTA_INLINE_BLOBS || inlineBytes + entry.size > DELTA_INLINE_BYTES) break;
+      inline.add(entry.sha256);
       inlineBytes += entry.size;
     }
     const text = serializeDelta(baseGeneration, view.manifest.generation, dropped, entries);
     return (async function* () {
       yield text;
-      yield* batch(view, inline);
+      yield* batch(view, [...inline]);
     })();
   }
 

@@ -91,16 +91,10 @@ export function createTreeWalker(log: Logger): TreeWalker {
   const cache = new Map<string, CachedHash>();
   let lastPrune = Date.now();
 
+  /** the sha256 of a file the walk found new or changed; the cache again after open (it may have been hashed meanwhile) */
   async function hashFile(
     absolute: string,
-    seen: { ino: bigint; size: bigint; mtimeNs: bigint; ctimeNs: bigint },
   ): Promise<{ sha256: string; ino: bigint; size: bigint; mtimeNs: bigint; ctimeNs: bigint } | undefined> {
-    // unchanged since hashed: no open, no read
-    const known = cache.get(absolute);
-    if (known !== undefined && known.ino === seen.ino && known.size === seen.size && known.mtimeNs === seen.mtimeNs && known.ctimeNs === seen.ctimeNs) {
-      known.seenAt = Date.now();
-      return { ...known };
-    }
     let handle;
     try {
       handle = await open(absolute, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK);
@@ -218,7 +212,7 @@ export function createTreeWalker(log: Logger): TreeWalker {
       }
     }
     await forEachLimit(toHash, HASH_CONCURRENCY, async (file) => {
-      const hashed = await hashFile(file.absolute, file.stat);
+      const hashed = await hashFile(file.absolute);
       if (hashed === undefined) throw new UnitMoved(`${file.absolute} vanished`);
       add(file, hashed);
     });
