@@ -7,7 +7,7 @@
 //  - everything else: denied.
 // Paths are binary strings (latin1) and are checked after realpath, so a symlink cannot escape a root.
 
-import { realpath } from 'node:fs/promises';
+import { realpathSync } from 'node:fs';
 import { posix } from 'node:path';
 
 export { createNetworkAcl } from '../config/index.js';
@@ -32,18 +32,25 @@ export function isWithin(path: string, root: string): boolean {
   return path === root || path.startsWith(root.endsWith('/') ? root : `${root}/`);
 }
 
+/** how often a root that does not exist yet is looked for again */
+const ROOT_RETRY_MS = 1000;
+
 /** A root directory, realpath'd once it exists (it may appear after start, e.g. the shared folder). */
 class Root {
   private resolved: string | undefined;
+  private retryAt = 0;
 
   constructor(readonly configured: string) {}
 
-  async path(): Promise<string> {
+  path(): string {
     if (this.resolved !== undefined) return this.resolved;
+    const now = performance.now();
+    if (now < this.retryAt) return this.configured;
     try {
-      this.resolved = await realpath(fsPath(this.configured), { encoding: 'latin1' });
+      this.resolved = realpathSync.native(fsPath(this.configured), { encoding: 'latin1' });
       return this.resolved;
     } catch {
+      this.retryAt = now + ROOT_RETRY_MS;
       return this.configured;
     }
   }
@@ -57,8 +64,8 @@ export interface Reader {
 export type AccessDecision = 'node' | 'common' | 'shared-folder' | 'public' | undefined;
 
 export interface PathAcl {
-  /** which rule admits `resolvedPath` for this reader, undefined when none does */
-  check(resolvedPath: string, reader: Reader): Promise<AccessDecision>;
+  /** which rule admits `resolvedPath` for this reader, undefined when none does (synchronous: one call per request) */
+  check(resolvedPath: string, reader: Reader): AccessDecision;
 }
 
 export interface PathAclOptions {
@@ -82,21 +89,31 @@ export function createPathAcl(options: PathAclOptions): PathAcl {
   const shared = normalisedRoot(options.sharedFolderPath);
   const common = options.commonRoots.map(normalisedRoot);
   const publics = options.publicRoots.map(normalisedRoot);
-  const within = async (path: string, roots: readonly Root[]): Promise<boolean> => {
-    for (const root of roots) if (isWithin(path, await root.path())) return true;
+  const within = (path: string, roots: readonly Root[]): boolean => {
+    for (const root of roots) if (isWithin(path, root.path())) return true;
     return false;
   };
+  let ownFor: { readonly root: string; readonly nodeId: string; readonly path: string } | undefined;
+  const own = (nodeId: string): string => {
+    const root = policies.path();
+    if (ownFor?.root !== root || ownFor.nodeId !== nodeId) ownFor = { root, nodeId, path: posix.join(root, toBinaryPath(nodeId)) };
+    return ownFor.path;
+  };
   return {
-    async check(path, reader) {
-      if (!path.startsWith('/') || path.split('/').includes('..')) return undefined;
+    check(path, reader) {
+      if (!path.startsWith('/') || hasDotDot(path)) return undefined;
       if (reader.nodeId !== undefined && isSafeNodeId(reader.nodeId)) {
-        const own = posix.join(await policies.path(), toBinaryPath(reader.nodeId));
-        if (isWithin(path, own)) return 'node';
-        if (await within(path, common)) return 'common';
-        if (isWithin(path, await shared.path())) return 'shared-folder';
+        if (isWithin(path, own(reader.nodeId))) return 'node';
+        if (within(path, common)) return 'common';
+        if (isWithin(path, shared.path())) return 'shared-folder';
       }
-      if (await within(path, publics)) return 'public';
+      if (within(path, publics)) return 'public';
       return undefined;
     },
   };
+}
+
+/** a '..' segment */
+function hasDotDot(path: string): boolean {
+  return path.includes('/../') || path.endsWith('/..');
 }

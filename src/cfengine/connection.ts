@@ -4,6 +4,7 @@
 // into a write that OpenSSL would cut across TLS records (§13 pitfall 2).
 
 import { createHash, type KeyObject } from 'node:crypto';
+import type { BigIntStats } from 'node:fs';
 import type { TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import { keyDigests } from '../identity/index.js';
@@ -36,17 +37,27 @@ import {
   OPEN_FOR_READING,
   OPEN_RESOLVED_FOR_READING,
   closeQuietly,
+  fileIdentity,
   fileVersion,
   fstatBig,
   listDirectory,
+  listDirectorySync,
   lstatQuietly,
+  lstatQuietlySync,
   md5OfFile,
+  md5OfFileSync,
   openForReading,
   readAt,
+  readWholeSync,
   resolveRequestPath,
+  resolveRequestPathSync,
   statForReply,
+  statForReplySync,
   type DigestCache,
+  type DirectoryCache,
+  type StatResult,
 } from './files.js';
+import { inThreadPoolMode } from '../fs-direct/index.js';
 
 /** cf-serverd reads the identification lines into a 1024-byte buffer */
 const MAX_IDENTIFICATION_BYTES = 1024;
@@ -72,6 +83,7 @@ export interface ConnectionContext {
   readonly maxInputBytes: number;
   readonly idleTimeoutMs: number;
   readonly digests: DigestCache;
+  readonly directories: DirectoryCache;
   /** inbound remote run: admitted keys (sha256 pins), the command shown, what runs (absent: EXEC refused) */
   readonly exec: { readonly keys: ReadonlySet<string>; readonly command: string; readonly run?: ExecHandler };
 }
@@ -90,6 +102,11 @@ interface Statted {
   readonly resolved: string;
   readonly size: bigint;
   readonly isFile: boolean;
+  /**
+   * device:inode of what STAT described: the MD5 and GET that follow use `resolved` only while it still
+   * names that file (a directory on the way swapped for a link would otherwise lead elsewhere)
+   */
+  readonly identity: string;
   /** fileVersion of what STAT described (regular files only): a GET that sends that version caches its digest */
   readonly version: string | undefined;
 }
@@ -234,33 +251,81 @@ export class CfengineConnection {
 
   // ---- requests ----
 
+  /**
+   * Requests in order. While the file system is in direct mode (src/fs-direct) the common ones are answered
+   * synchronously, here, without a promise per step: an agent waits for each reply before it sends the next
+   * request, so its run lasts the sum of our per-request latencies. Anything that must wait (a write still
+   * in flight, a reply of several records, a large file, the thread pool) goes on asynchronously, and the
+   * requests after it wait their turn.
+   */
   private pump(): void {
     if (this.busy || this.phase !== 'requests') return;
-    this.busy = true;
-    void (async () => {
-      try {
-        for (;;) {
-          if (this.phase !== 'requests') return;
-          const frame = this.decoder.next();
-          if (frame === undefined) return;
-          this.requests += 1;
-          const outcome = await this.handle(parseRequest(frame.payload));
-          if (outcome === 'close') {
-            // protocol error or a stream out of step: what was written goes out, then the connection ends
-            this.failed = true;
-            this.phase = 'closing';
-            this.socket.end();
-            this.socket.setTimeout(CLOSE_GRACE_MS);
-            return;
-          }
-        }
-      } catch (error) {
-        const message = error instanceof CodecError ? error.message : `internal error: ${(error as Error).message}`;
-        this.fail(message);
-      } finally {
-        this.busy = false;
+    try {
+      for (;;) {
+        if (this.phase !== 'requests') return;
+        const frame = this.decoder.next();
+        if (frame === undefined) return;
+        this.requests += 1;
+        const request = parseRequest(frame.payload);
+        const answer = this.writing || inThreadPoolMode() ? this.handle(request) : this.answerNow(request);
+        if (answer === 'continue') continue;
+        if (answer === 'close') return this.closeOnError();
+        this.busy = true;
+        void this.finish(answer);
+        return;
       }
-    })();
+    } catch (error) {
+      this.failOn(error);
+    }
+  }
+
+  /** waits for a request answered asynchronously, then serves the ones queued behind it */
+  private async finish(pending: Promise<Outcome>): Promise<void> {
+    try {
+      for (let answer = pending; ; ) {
+        if ((await answer) === 'close') return this.closeOnError();
+        if (this.phase !== 'requests') return;
+        const frame = this.decoder.next();
+        if (frame === undefined) return;
+        this.requests += 1;
+        answer = this.handle(parseRequest(frame.payload));
+      }
+    } catch (error) {
+      this.failOn(error);
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  /** protocol error or a stream out of step: what was written goes out, then the connection ends */
+  private closeOnError(): void {
+    this.failed = true;
+    this.phase = 'closing';
+    this.socket.end();
+    this.socket.setTimeout(CLOSE_GRACE_MS);
+  }
+
+  private failOn(error: unknown): void {
+    const message = error instanceof CodecError ? error.message : `internal error: ${(error as Error).message}`;
+    this.fail(message);
+  }
+
+  /** the synchronous answers (see pump); what cannot be answered now is handed to the asynchronous path */
+  private answerNow(request: Request): Outcome | Promise<Outcome> {
+    switch (request.command) {
+      case 'EMPTY':
+        return 'continue';
+      case 'STAT':
+        return this.statNow(request.path, request.clientTime);
+      case 'OPENDIR':
+        return this.opendirNow(request.path);
+      case 'GET':
+        return this.getNow(request.path);
+      case 'MD5':
+        return this.md5Now(request.path, request.digest);
+      default:
+        return this.handle(request);
+    }
   }
 
   private async handle(request: Request): Promise<Outcome> {
@@ -405,13 +470,29 @@ export class CfengineConnection {
   }
 
   private async authorise(command: string, path: string): Promise<string | undefined> {
-    const rule = await this.ctx.acl.check(path, this.reader);
-    if (rule === undefined) {
-      this.denied(command, { path: displayPath(path) });
-      await this.write(encodeFrame(FAILED));
+    if (this.permitted(command, path)) return path;
+    await this.write(encodeFrame(FAILED));
+    return undefined;
+  }
+
+  /** the ACL's verdict on a resolved path; a refusal is counted and logged (the caller answers it) */
+  private permitted(command: string, path: string): boolean {
+    if (this.ctx.acl.check(path, this.reader) !== undefined) return true;
+    this.denied(command, { path: displayPath(path) });
+    return false;
+  }
+
+  /** admit() for the synchronous answers: the resolved path, or undefined once the refusal is written */
+  private admitNow(command: string, requested: string, early: BigIntStats | undefined): string | undefined {
+    const resolved = resolveRequestPathSync(requested, early, this.ctx.directories);
+    if (resolved.kind === 'absent') {
+      this.ctx.counters.command(command, 'absent');
+      this.writeNow(encodeFrame(FAILED));
       return undefined;
     }
-    return path;
+    if (this.permitted(command, resolved.path)) return resolved.path;
+    this.writeNow(encodeFrame(FAILED));
+    return undefined;
   }
 
   /** counts a denial and logs it (node and key are fields of this connection's logger) */
@@ -423,33 +504,59 @@ export class CfengineConnection {
   }
 
   private async stat(requested: string, clientTime: number): Promise<Outcome> {
+    this.statted.delete(requested);
     const early = lstatQuietly(requested);
     const path = await this.admit('STAT', requested);
     if (path === undefined) return 'continue';
-    const now = Math.floor(Date.now() / 1000);
-    if (this.ctx.denyBadClocks && Math.abs(now - clientTime) > CLOCK_DRIFT_S) {
-      this.denied('STAT', { clientTime, serverTime: now }, 'cfengine clocks too far apart');
-      await this.write(encodeFrame(`BAD: Clocks are too far unsynchronized ${now}/${clientTime}`));
-      return 'continue';
-    }
-    const result = await statForReply(path, await early);
-    if (result.kind === 'error') {
-      this.ctx.counters.command('STAT', 'absent');
-      await this.write(encodeFrame(result.message.slice(0, 4088)));
+    const clocks = this.clockRefusal(clientTime);
+    if (clocks !== undefined) {
+      await this.write(clocks);
       return 'continue';
     }
     const lstatted = await early;
+    await this.write(this.statAnswer(requested, path, await statForReply(path, lstatted), lstatted));
+    return 'continue';
+  }
+
+  private statNow(requested: string, clientTime: number): Outcome {
+    this.statted.delete(requested);
+    const early = lstatQuietlySync(requested);
+    const path = this.admitNow('STAT', requested, early);
+    if (path === undefined) return 'continue';
+    const clocks = this.clockRefusal(clientTime);
+    if (clocks !== undefined) {
+      this.writeNow(clocks);
+      return 'continue';
+    }
+    this.writeNow(this.statAnswer(requested, path, statForReplySync(path, early), early));
+    return 'continue';
+  }
+
+  /** denybadclocks: the refusal to send when the client's clock is too far from ours */
+  private clockRefusal(clientTime: number): Buffer | undefined {
+    const now = Math.floor(Date.now() / 1000);
+    if (!this.ctx.denyBadClocks || Math.abs(now - clientTime) <= CLOCK_DRIFT_S) return undefined;
+    this.denied('STAT', { clientTime, serverTime: now }, 'cfengine clocks too far apart');
+    return encodeFrame(`BAD: Clocks are too far unsynchronized ${now}/${clientTime}`);
+  }
+
+  /** STAT's reply, remembering what it announced; `lstatted` is the lstat of the requested path */
+  private statAnswer(requested: string, path: string, result: StatResult, lstatted: BigIntStats | undefined): Buffer {
+    if (result.kind === 'error') {
+      this.ctx.counters.command('STAT', 'absent');
+      return encodeFrame(result.message.slice(0, 4088));
+    }
     const isFile = result.fields.type === FileType.regular;
     this.remember(requested, {
       resolved: path,
       size: result.fields.size,
       isFile,
+      identity: fileIdentity(result.fields),
       version: isFile && lstatted?.isFile() === true ? fileVersion(lstatted) : undefined,
     });
     this.ctx.counters.command('STAT', 'ok');
     // both transactions in one write: ≤ 2 × 4096 bytes, one TLS record, one TCP segment
-    await this.writeTransactions([encodeFrame(encodeStatLine(result.fields)), encodeFrame(`OK:${result.linkTarget}`.slice(0, 4088))]);
-    return 'continue';
+    return Buffer.concat([encodeFrame(encodeStatLine(result.fields)), encodeFrame(`OK:${result.linkTarget}`.slice(0, 4088))]);
   }
 
   /** what STAT resolved and announced, for the MD5/GET of the same path that follow it */
@@ -478,14 +585,32 @@ export class CfengineConnection {
     return 'continue';
   }
 
+  private opendirNow(requested: string): Outcome | Promise<Outcome> {
+    const path = this.admitNow('OPENDIR', requested, lstatQuietlySync(requested));
+    if (path === undefined) return 'continue';
+    const names = listDirectorySync(path);
+    if (names === undefined) {
+      this.ctx.counters.command('OPENDIR', 'absent');
+      this.writeNow(encodeFrame(`BAD: cfengine, couldn't open dir ${path}/`.slice(0, 4088)));
+      return 'continue';
+    }
+    this.ctx.counters.command('OPENDIR', 'ok');
+    const frames = encodeOpendirReply(names);
+    if (frames.length > 1 && frames.reduce((total, frame) => total + frame.length, 0) > TLS_RECORD_BYTES) {
+      return this.writeTransactions(frames).then(() => 'continue');
+    }
+    this.writeNow(frames.length === 1 ? (frames[0] as Buffer) : Buffer.concat(frames));
+    return 'continue';
+  }
+
   private async md5(requested: string, digest: Buffer): Promise<Outcome> {
     // the path its STAT resolved, opened without following a final symlink; realpath again otherwise
     // and the digest of the file's current version when already known: one lstat instead of reading it
     const statted = this.statted.get(requested);
     let local: Buffer | undefined;
-    if (statted !== undefined && (await this.ctx.acl.check(statted.resolved, this.reader)) !== undefined) {
+    if (statted !== undefined && this.ctx.acl.check(statted.resolved, this.reader) !== undefined) {
       const current = await lstatQuietly(statted.resolved);
-      if (current?.isFile() === true) {
+      if (current?.isFile() === true && fileIdentity(current) === statted.identity) {
         const version = fileVersion(current);
         const { resolved } = statted;
         local = this.ctx.digests.get(resolved, version);
@@ -507,6 +632,69 @@ export class CfengineConnection {
     return 'continue';
   }
 
+  private md5Now(requested: string, digest: Buffer): Outcome {
+    const statted = this.statted.get(requested);
+    let local: Buffer | undefined;
+    if (statted !== undefined && this.ctx.acl.check(statted.resolved, this.reader) !== undefined) {
+      const current = lstatQuietlySync(statted.resolved);
+      if (current?.isFile() === true && fileIdentity(current) === statted.identity) {
+        const version = fileVersion(current);
+        const { resolved } = statted;
+        local = this.ctx.digests.get(resolved, version);
+        if (local === undefined) {
+          const hashed = md5OfFileSync(resolved, OPEN_RESOLVED_FOR_READING);
+          local = hashed?.digest;
+          if (hashed !== undefined && hashed.version === version) this.ctx.digests.set(resolved, version, hashed.digest);
+        }
+      }
+    }
+    if (local === undefined) {
+      const path = this.admitNow('MD5', requested, lstatQuietlySync(requested));
+      if (path === undefined) return 'continue';
+      local = md5OfFileSync(path)?.digest ?? Buffer.alloc(16);
+    }
+    this.ctx.counters.command('MD5', 'ok');
+    this.writeNow(encodeFrame(md5Answer(local.equals(digest))));
+    return 'continue';
+  }
+
+  /**
+   * GET of a file its STAT announced, small enough for one read and one write (most policy files): read,
+   * sent, and its digest cached for the MD5 that follows. Anything else goes the asynchronous way.
+   */
+  private getNow(requested: string): Outcome | Promise<Outcome> {
+    const statted = this.statted.get(requested);
+    if (
+      statted === undefined ||
+      !statted.isFile ||
+      statted.size > BigInt(GET_READ_BYTES) ||
+      this.username !== 'root' ||
+      this.ctx.acl.check(statted.resolved, this.reader) === undefined
+    ) {
+      return this.get(requested);
+    }
+    const size = Number(statted.size);
+    const read = readWholeSync(statted.resolved, OPEN_RESOLVED_FOR_READING, size);
+    if (read === undefined || read.identity !== statted.identity) {
+      // not the file STAT saw: resolved and checked again
+      this.statted.delete(requested);
+      return this.get(requested);
+    }
+    if (read.bytes.length !== size) {
+      this.ctx.counters.command('GET', 'error');
+      this.closeReason = 'GET: file changed since STAT';
+      this.writeNow(rawBlock(`${FILE_CHANGED}: ${statted.resolved}`, GET_BLOCK_SIZE));
+      return 'close';
+    }
+    if (size > 0) this.writeNow(read.bytes);
+    // hashed once the bytes are on their way (same rule as sendFile: only the version STAT described)
+    if (statted.version !== undefined && read.version === statted.version) {
+      this.ctx.digests.set(statted.resolved, statted.version, createHash('md5').update(read.bytes).digest());
+    }
+    this.ctx.counters.command('GET', 'ok');
+    return 'continue';
+  }
+
   /**
    * Raw file bytes, exactly the size the earlier STAT announced, in 2048-byte blocks each written
    * alone as cf-serverd's TLSSend does (so each block is its own TLS record); nothing for an empty file.
@@ -517,9 +705,16 @@ export class CfengineConnection {
     const statted = this.statted.get(requested);
     let path: string | undefined;
     let fd: number | undefined;
-    if (statted !== undefined && (await this.ctx.acl.check(statted.resolved, this.reader)) !== undefined) {
+    if (statted !== undefined && this.ctx.acl.check(statted.resolved, this.reader) !== undefined) {
       path = statted.resolved;
       fd = await openForReading(path, OPEN_RESOLVED_FOR_READING).catch(() => undefined);
+      const opened = fd === undefined ? undefined : await fstatBig(fd).catch(() => undefined);
+      if (fd !== undefined && (opened === undefined || fileIdentity(opened) !== statted.identity)) {
+        // not the file STAT saw: resolved and checked again
+        closeQuietly(fd);
+        fd = undefined;
+        path = undefined;
+      }
     }
     let announced = statted !== undefined && statted.resolved === path && statted.isFile ? statted.size : undefined;
     if (fd === undefined) {
@@ -629,6 +824,11 @@ export class CfengineConnection {
    */
   private async write(buffer: Buffer): Promise<void> {
     while (this.writing) await this.lastWrite;
+    this.writeNow(buffer);
+  }
+
+  /** write() when no write is in flight (the synchronous answers); throws when the connection is gone */
+  private writeNow(buffer: Buffer): void {
     if (this.socket.destroyed || !this.socket.writable) throw new Error('connection closed');
     this.writing = true;
     this.sent += buffer.length;

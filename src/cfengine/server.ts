@@ -10,7 +10,7 @@ import { createNetworkAcl, createPathAcl } from './access.js';
 import { makeServerCertificate } from './certificate.js';
 import { HEADER_SIZE, MAX_PAYLOAD } from './codec.js';
 import { CfengineConnection, type ConnectionContext } from './connection.js';
-import { DigestCache, onSlowFileSystem } from './files.js';
+import { DigestCache, DirectoryCache, onSlowFileSystem } from './files.js';
 import type { CfengineServer, CfengineServerDeps, CfengineServerOptions } from './index.js';
 
 const DEFAULT_MAX_CONNECTIONS = 500;
@@ -59,6 +59,7 @@ export function createCfengineServer(options: CfengineServerOptions, deps: Cfeng
     maxInputBytes: MAX_INPUT_BYTES,
     idleTimeoutMs,
     digests: new DigestCache(),
+    directories: new DirectoryCache(),
     exec: {
       keys: new Set(options.execKeys ?? []),
       command: options.execCommand ?? 'onerelay sync',

@@ -36,6 +36,15 @@ export function inThreadPoolMode(): boolean {
 /** runs `sync` on the event loop while the file system is fast, else `async` through the thread pool */
 export async function direct<T>(sync: () => T, async: () => Promise<T>, size = 0): Promise<T> {
   if (size > SYNC_READ_MAX_BYTES || inThreadPoolMode()) return async();
+  return timed(sync);
+}
+
+/**
+ * For code that has already checked inThreadPoolMode() and answers a whole request synchronously (a promise
+ * per call costs more than the call itself): runs `sync` now and, like direct(), a slow call switches this
+ * process to the thread pool for the requests that follow.
+ */
+export function timed<T>(sync: () => T): T {
   const start = performance.now();
   try {
     return sync();
