@@ -460,11 +460,11 @@ export async function runPrimary(options: StartOptions): Promise<void> {
           }, 1_000).unref();
         });
       });
-    await Promise.all(Array.from({ length: count }, fork));
-    // the queues start once the front door accepts uploads: a backlog after a restart must not keep
-    // agents waiting (the start scan keeps the primary busy for a while)
-    await activePipelines.start();
+    // the queues start while the workers boot: a backlog left by a restart starts draining at once instead of
+    // waiting the second or so that loading the workers takes on a small machine (workers that are not ready
+    // yet learn the spool-full state in their 'ready' handshake above)
     stoppers.push(() => activePipelines.stop());
+    await Promise.all([activePipelines.start(), ...Array.from({ length: count }, fork)]);
 
     const shutdown = async (signal: string) => {
       if (shuttingDown) return;
