@@ -1,15 +1,18 @@
 // The agent certificate, made as Rudder's `openssl req -x509 ... -extensions agent_cert -subj "/UID=<id>"`
 // does (spec-https-front-cfserverd-sync.md §4): self-signed, subject = issuer = UID=<node id>, 10 years.
 
-import { randomBytes, type KeyObject } from 'node:crypto';
-import forge from 'node-forge';
+import { X509Certificate, randomBytes, type KeyObject } from 'node:crypto';
+import type Forge from 'node-forge';
+import { parseCertificateFacts } from '../der/index.js';
 
 /** userId attribute (RFC 4519), the node id in Rudder agent certificates */
 export const UID_OID = '0.9.2342.19200300.100.1.1';
 
 const DAY_MS = 24 * 60 * 60 * 1000;
 
-export function createAgentCertificate(nodeId: string, privateKey: KeyObject, now: Date = new Date()): string {
+export async function createAgentCertificate(nodeId: string, privateKey: KeyObject, now: Date = new Date()): Promise<string> {
+  // loaded here only: every process loads the same bundle, and only a first start makes a certificate
+  const { default: forge } = await import('node-forge');
   const forgeKey = forge.pki.privateKeyFromPem(privateKey.export({ type: 'pkcs1', format: 'pem' }).toString());
   const forgePublicKey = forge.pki.setRsaPublicKey(forgeKey.n, forgeKey.e);
   const cert = forge.pki.createCertificate();
@@ -18,8 +21,8 @@ export function createAgentCertificate(nodeId: string, privateKey: KeyObject, no
   cert.validity.notBefore = new Date(now.getTime() - DAY_MS);
   cert.validity.notAfter = new Date(now.getTime() + 3650 * DAY_MS);
   // @types/node-forge types valueTagClass as asn1.Class, but forge reads it as a universal tag number
-  const utf8String = forge.asn1.Type.UTF8 as number as forge.asn1.Class;
-  const name: forge.pki.CertificateField[] = [{ type: UID_OID, value: nodeId, valueTagClass: utf8String }];
+  const utf8String = forge.asn1.Type.UTF8 as number as Forge.asn1.Class;
+  const name: Forge.pki.CertificateField[] = [{ type: UID_OID, value: nodeId, valueTagClass: utf8String }];
   cert.setSubject(name);
   cert.setIssuer(name);
   // must come after subject, issuer, serial and key: forge derives the identifiers from them
@@ -48,11 +51,6 @@ function randomSerial(): string {
 }
 
 /** The first UID attribute of the certificate subject, undefined when there is none. */
-export function certificateUid(certificatePem: string): string | undefined {
-  const cert = forge.pki.certificateFromPem(certificatePem);
-  const attribute = cert.subject.attributes.find((a) => a.type === UID_OID);
-  const value: unknown = attribute?.value;
-  if (typeof value !== 'string') return undefined;
-  // forge hands back the raw bytes as a binary string
-  return (attribute?.valueTagClass as number | undefined) === forge.asn1.Type.UTF8 ? forge.util.decodeUtf8(value) : value;
+export function certificateUid(certificate: X509Certificate): string | undefined {
+  return parseCertificateFacts(certificate.raw).uid;
 }

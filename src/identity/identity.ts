@@ -74,7 +74,7 @@ export async function ensureIdentity(
 
   if (!(await exists(paths.certificateFile))) {
     await ensureDirectory(path.dirname(paths.certificateFile), 0o755);
-    const pem = createAgentCertificate(nodeId, privateKey);
+    const pem = await createAgentCertificate(nodeId, privateKey);
     if (await createFileAtomically(paths.certificateFile, pem, 0o644)) {
       created.push(paths.certificateFile);
       identityLog.info({ file: paths.certificateFile, nodeId }, 'created agent certificate');
@@ -118,7 +118,7 @@ async function loadIdentityFor(paths: IdentityPaths, nodeId: string): Promise<Id
   let uid: string | undefined;
   try {
     certificate = new X509Certificate(certificatePem);
-    uid = certificateUid(certificatePem);
+    uid = certificateUid(certificate);
   } catch (error) {
     throw new RelayError(
       'RELAY_ERR_CERTIFICATE',

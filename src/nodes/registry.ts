@@ -4,7 +4,7 @@
 import { X509Certificate, createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import { RelayError, isRelayError, messageOf } from '../errors.js';
-import { parseCertificateFacts, type CertificateFacts } from './der.js';
+import { parseCertificateFacts, type CertificateFacts } from '../der/index.js';
 import type { CertificateMatch, NodeEntry, NodesOptions, NodesRegistry, NodesStatus } from './index.js';
 import { hashSpki } from './key-hash.js';
 import { emptySnapshot, loadSnapshot, type NodesSnapshot } from './snapshot.js';

@@ -5,7 +5,7 @@ import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import type { Logger } from 'pino';
 import { RelayError, messageOf } from '../errors.js';
-import { parseCertificateFacts } from './der.js';
+import { parseCertificateFacts } from '../der/index.js';
 import type { NodeEntry, NodesOptions } from './index.js';
 import { keyHashIndexKey, parseKeyHash } from './key-hash.js';
 

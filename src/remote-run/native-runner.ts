@@ -7,8 +7,7 @@
 
 import { createHash, timingSafeEqual, type KeyObject } from 'node:crypto';
 import type { Logger } from 'pino';
-import { makeServerCertificate } from '../cfengine/certificate.js';
-import { CfengineClientError, connectCfengineServer, runExec } from '../cfengine/client.js';
+import { CfengineClientError, connectCfengineServer, makeServerCertificate, runExec } from '../cfengine/index.js';
 import type { KeyHash, NodeEntry } from '../nodes/index.js';
 import type { NodeRunner } from './index.js';
 
@@ -35,7 +34,8 @@ export function checkPin(publicKey: KeyObject, pin: KeyHash | undefined): string
 
 export function createNativeRunner(options: NativeRunnerOptions): NodeRunner {
   const log = options.log.child({ module: 'remote-run-native' });
-  const certificate = makeServerCertificate(options.privateKey);
+  // made on the first run: an RSA-4096 signature every front-door worker would pay at start otherwise
+  let certificate: string | undefined;
   const parallel = Math.max(1, options.maxParallel);
 
   async function runOne(node: NodeEntry, conditions: readonly string[], output: (chunk: Buffer) => void, signal: AbortSignal): Promise<boolean> {
@@ -48,7 +48,7 @@ export function createNativeRunner(options: NativeRunnerOptions): NodeRunner {
         host: node.hostname,
         port: options.port,
         privateKey: options.privateKey,
-        certificate,
+        certificate: (certificate ??= makeServerCertificate(options.privateKey)),
         connectTimeoutMs: options.connectTimeoutMs,
         verifyServerKey: (key) => checkPin(key, node.keyHash),
         signal,

@@ -2,7 +2,7 @@
 // disk, timeouts on every request (spec-relayd.md §9, §15.7), FIFO limit on requests in flight.
 
 import { open, type FileHandle } from 'node:fs/promises';
-import { Pool, type Dispatcher } from 'undici';
+import type { Dispatcher, Pool } from 'undici';
 import { messageOf, type ErrorCode } from '../errors.js';
 import type { Logger } from '../log.js';
 import { VERSION } from '../version.js';
@@ -23,10 +23,12 @@ import {
   readPinnedCertificateSync,
   type PinnedCertificate,
 } from './trust.js';
+import { loadUndici, type Undici } from './undici.js';
 
 /** the dispatcher built for one pinned certificate (or the only one, outside cert_pinning) */
 interface Generation {
-  readonly pool: Pool | undefined;
+  /** made on the first request (see undici.ts) */
+  pool: Pool | undefined;
   readonly pinned: PinnedCertificate | undefined;
   /** why nothing can be sent, when pool is undefined */
   readonly blocked: string | undefined;
@@ -54,9 +56,12 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
   }
 
   function buildGeneration(pinned: PinnedCertificate | undefined): Generation {
-    if (pinned?.problem !== undefined) return { pool: undefined, pinned, blocked: pinned.problem };
+    return { pool: undefined, pinned, blocked: pinned?.problem };
+  }
+
+  function poolOf(generation: Generation, undici: Undici): Pool {
     const keepAlive = Math.max(1, options.keepAliveMs);
-    const pool = new Pool(origin, {
+    generation.pool ??= new undici.Pool(origin, {
       connections: options.maxConcurrency,
       pipelining: 1,
       allowH2: false,
@@ -65,10 +70,11 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
       keepAliveMaxTimeout: keepAlive,
       headersTimeout: options.idleTimeoutMs,
       bodyTimeout: options.idleTimeoutMs,
-      connect: buildTrustingConnector(options, pinned, extraCa),
+      connect: buildTrustingConnector(undici, options, generation.pinned, extraCa),
     });
-    return { pool, pinned, blocked: undefined };
+    return generation.pool;
   }
+  let undici: Undici | undefined;
 
   let current = buildGeneration(isPinning ? readPinnedCertificateSync(options.serverCertificateFile) : undefined);
   if (current.blocked !== undefined) log.warn({ event: 'upstream-blocked', code: 'RELAY_ERR_UPSTREAM_CERTIFICATE' }, current.blocked);
@@ -127,15 +133,17 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
     const startedAt = performance.now();
     let handle: FileHandle | undefined;
     try {
+      undici ??= await loadUndici();
       if (closing !== undefined) {
         return fail('transient', 'RELAY_ERR_UPSTREAM_UNAVAILABLE', endpoint, name, undefined, 'upstream client is closed', startedAt, false);
       }
-      if (current.pool === undefined) {
-        return fail('transient', 'RELAY_ERR_UPSTREAM_CERTIFICATE', endpoint, name, undefined, current.blocked ?? 'blocked', startedAt);
+      if (current.blocked !== undefined) {
+        return fail('transient', 'RELAY_ERR_UPSTREAM_CERTIFICATE', endpoint, name, undefined, current.blocked, startedAt);
       }
+      const pool = poolOf(current, undici);
       if (file.content !== undefined) {
         // the caller already holds the (immutable) file's bytes: no second read from disk
-        return await send(current.pool, endpoint, name, password, file.content, file.content.length, startedAt);
+        return await send(pool, endpoint, name, password, file.content, file.content.length, startedAt);
       }
       let size: number;
       try {
@@ -146,7 +154,7 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
         const reason = `cannot read spool file ${file.path}: ${messageOf(error)}`;
         return fail('permanent', 'RELAY_ERR_SPOOL_READ', endpoint, name, undefined, reason, startedAt, false);
       }
-      return await send(current.pool, endpoint, name, password, handle, size, startedAt);
+      return await send(pool, endpoint, name, password, handle, size, startedAt);
     } finally {
       await handle?.close().catch(() => undefined);
       release();

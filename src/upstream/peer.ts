@@ -3,10 +3,11 @@
 // (spec-relayd.md §9.2): cert_pinning = exactly the given certificates, no hostname check.
 
 import type { X509Certificate } from 'node:crypto';
-import { Pool, type Dispatcher } from 'undici';
+import type { Dispatcher, Pool } from 'undici';
 import type { PeerAuthentication } from '../config/index.js';
 import { VERSION } from '../version.js';
 import { buildTrustingConnector, readCaPath, type PinnedCertificate } from './trust.js';
+import { loadUndici } from './undici.js';
 
 export interface PeerClientOptions {
   readonly host: string;
@@ -44,23 +45,30 @@ export function createPeerClient(options: PeerClientOptions): PeerClient {
     problem: options.pinned.certificates.length === 0 ? `no certificate known for ${options.pinned.description}` : undefined,
   };
   const extraCa = options.peerAuthentication === 'cert_validation' && options.caPath !== undefined ? readCaPath(options.caPath) : undefined;
-  const pool = new Pool(`https://${hostInUrl}:${options.port}`, {
-    connections: 4,
-    allowH2: false,
-    keepAliveTimeout: Math.max(1, options.keepAliveMs),
-    keepAliveMaxTimeout: Math.max(1, options.keepAliveMs),
-    headersTimeout: options.idleTimeoutMs,
-    bodyTimeout: options.idleTimeoutMs,
-    connect: buildTrustingConnector(
-      { peerAuthentication: options.peerAuthentication, caPath: options.caPath, connectTimeoutMs: options.connectTimeoutMs, clientCertificate: options.clientCertificate },
-      options.peerAuthentication === 'cert_pinning' ? pinned : undefined,
-      extraCa,
-    ),
-  });
+  // made on the first request (see undici.ts)
+  let pool: Promise<Pool> | undefined;
+  const poolOf = (): Promise<Pool> =>
+    (pool ??= loadUndici().then(
+      (undici) =>
+        new undici.Pool(`https://${hostInUrl}:${options.port}`, {
+          connections: 4,
+          allowH2: false,
+          keepAliveTimeout: Math.max(1, options.keepAliveMs),
+          keepAliveMaxTimeout: Math.max(1, options.keepAliveMs),
+          headersTimeout: options.idleTimeoutMs,
+          bodyTimeout: options.idleTimeoutMs,
+          connect: buildTrustingConnector(
+            undici,
+            { peerAuthentication: options.peerAuthentication, caPath: options.caPath, connectTimeoutMs: options.connectTimeoutMs, clientCertificate: options.clientCertificate },
+            options.peerAuthentication === 'cert_pinning' ? pinned : undefined,
+            extraCa,
+          ),
+        }),
+    ));
   return {
     async request(method, pathAndQuery, body, headers = {}) {
       if (options.peerAuthentication === 'cert_pinning' && pinned.problem !== undefined) throw new Error(pinned.problem);
-      const response = await pool.request({
+      const response = await (await poolOf()).request({
         method,
         path: pathAndQuery,
         headers: { 'user-agent': `onerelay/${VERSION}`, ...headers },
@@ -68,6 +76,8 @@ export function createPeerClient(options: PeerClientOptions): PeerClient {
       });
       return { status: response.statusCode, body: response.body, headers: response.headers };
     },
-    close: () => pool.close(),
+    close: async () => {
+      if (pool !== undefined) await (await pool).close();
+    },
   };
 }

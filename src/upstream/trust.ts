@@ -5,7 +5,8 @@ import { X509Certificate } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
 import { rootCertificates, type TLSSocket } from 'node:tls';
-import { buildConnector } from 'undici';
+import type { buildConnector } from 'undici';
+import type { Undici } from './undici.js';
 import type { PeerAuthentication } from '../config/index.js';
 import { RelayError, messageOf } from '../errors.js';
 
@@ -105,6 +106,7 @@ export function readCaPath(caPath: string): string {
  * `pinned` is only used (and required) in cert_pinning mode.
  */
 export function buildTrustingConnector(
+  { buildConnector }: Undici,
   options: TrustOptions,
   pinned: PinnedCertificate | undefined,
   extraCa: string | undefined,

@@ -201,4 +201,8 @@ t.test('server certificate: as cf-serverd makes it from its key', async (t) => {
     createHash('sha256').update(publicKey.export({ type: 'spki', format: 'der' })).digest('hex'),
   );
   t.throws(() => makeServerCertificate(generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey), /RSA/);
+  // from 2050 on, RFC 5280 wants GeneralizedTime, as OpenSSL writes it (a 2-digit UTCTime "55" reads as 1955)
+  const late = new X509Certificate(makeServerCertificate(privateKey, new Date('2045-06-01T12:00:00Z')));
+  t.equal(late.validTo, 'Jun  1 12:00:00 2055 GMT');
+  t.ok(late.raw.includes(Buffer.from('180f32303535303630313132303030305a', 'hex')), 'GeneralizedTime 20550601120000Z');
 });

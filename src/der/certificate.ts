@@ -2,7 +2,7 @@
 // SubjectPublicKeyInfo bytes exactly as encoded (what curl hashes for --pinnedpubkey). Reading the DER
 // avoids parsing X509Certificate.subject, a display string with escaping and multi-value quirks.
 
-import { childrenOf as children, expectTag, readTlv, type Tlv } from '../der/index.js';
+import { childrenOf as children, expectTag, readTlv, type Tlv } from './reader.js';
 
 function expect(tlv: Tlv | undefined, tag: number, what: string): Tlv {
   return expectTag(tlv, tag, `malformed certificate: ${what}`);
