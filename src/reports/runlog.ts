@@ -175,6 +175,10 @@ class RunlogParser {
   private memoEnd = FAIL;
   private memoTimestamp = '';
 
+  // the last line timestamp text parsed, and its result
+  private lastLineStamp = '';
+  private lastLineParsed: string | undefined;
+
   constructor(private readonly s: string) {
     this.space = new Finder(s, ' ');
     this.atat = new Finder(s, '@@');
@@ -378,7 +382,14 @@ class RunlogParser {
     if (c >= 0x30 && c <= 0x39) {
       const space = this.space.next(p);
       if (space !== FAIL) {
-        const parsed = parseRfc3339(this.s, p, space);
+        // consecutive lines mostly carry the same second: compare the text before parsing it again
+        let parsed: string | undefined;
+        if (space - p === this.lastLineStamp.length && this.s.startsWith(this.lastLineStamp, p)) parsed = this.lastLineParsed;
+        else {
+          parsed = parseRfc3339(this.s, p, space);
+          this.lastLineStamp = this.s.slice(p, space);
+          this.lastLineParsed = parsed;
+        }
         if (parsed !== undefined) {
           this.memoEnd = space + 1;
           this.memoTimestamp = parsed;
