@@ -1,8 +1,10 @@
 // The few DER encodings onerelay writes itself (the CFEngine server certificate, S/MIME signed
 // attributes re-tagged as a SET): definite lengths only, what DER requires.
 
+import { TAG_OID } from './reader.js';
+
 /** DER length octets */
-export function encodeLength(length: number): Buffer {
+function encodeLength(length: number): Buffer {
   if (length < 0x80) return Buffer.from([length]);
   const bytes: number[] = [];
   for (let l = length; l > 0; l = Math.floor(l / 256)) bytes.unshift(l & 0xff);
@@ -25,7 +27,7 @@ export function encodeOid(dotted: string): Buffer {
     for (let rest = arc >> 7n; rest > 0n; rest >>= 7n) group.unshift(Number(rest & 0x7fn) | 0x80);
     bytes.push(...group);
   }
-  return encodeTlv(0x06, Buffer.from(bytes));
+  return encodeTlv(TAG_OID, Buffer.from(bytes));
 }
 
 /** Time as RFC 5280 §4.1.2.5 wants it: UTCTime through 2049, GeneralizedTime from 2050 */

@@ -14,7 +14,7 @@ import {
   TAG_SET,
   childrenOf,
   contentOf,
-  encodeLength,
+  encodeTlv,
   expectTag,
   integerMagnitude,
   oidOf,
@@ -353,8 +353,7 @@ function parseSignerInfo(der: Buffer, signerInfo: ReturnType<typeof readTlv>): S
     const attributes = fields[i++]!;
     const children = childrenOf(der, attributes);
     // the signature covers the attributes DER-encoded as a SET OF (tag 0x31), not as [0] IMPLICIT
-    const body = Buffer.concat(children.map((c) => der.subarray(c.start, c.end)));
-    signedAttributes = Buffer.concat([Buffer.from([TAG_SET]), encodeLength(body.length), body]);
+    signedAttributes = encodeTlv(TAG_SET, ...children.map((c) => der.subarray(c.start, c.end)));
     for (const attribute of children) {
       const [attributeType, values] = childrenOf(der, expectTag(attribute, TAG_SEQUENCE, 'Attribute'));
       if (oidOf(der, expectTag(attributeType, TAG_OID, 'Attribute.type')) !== OID_MESSAGE_DIGEST) continue;

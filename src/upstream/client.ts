@@ -30,7 +30,7 @@ interface Generation {
   /** made on the first request (see undici.ts) */
   pool: Pool | undefined;
   readonly pinned: PinnedCertificate | undefined;
-  /** why nothing can be sent, when pool is undefined */
+  /** why nothing can be sent (the pinned certificate is missing or unusable), undefined when it can */
   readonly blocked: string | undefined;
 }
 
