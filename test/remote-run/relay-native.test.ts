@@ -60,10 +60,22 @@ if (!hasCfRunagent()) {
     await t.test('all, synchronous, with output: both nodes ran with the classes', async (t) => {
       const result = await post(`${api}/all`, 'classes=class_x,class_y&keep_output=true&asynchronous=false');
       t.equal(result.status, 200);
+      // Nodes run in parallel: their lines interleave (never mid-line), so each node's lines are
+      // compared in their own order.
+      const lines = result.body.split('\n');
+      t.equal(lines.pop(), '', 'the body ends with a whole line');
       for (const { node } of nodes) {
-        t.match(result.body, `${node.address}> cf-serverd executing cfruncommand: ${node.script} -D class_x,class_y\n`);
-        t.match(result.body, `${node.address}> -> args: -D class_x,class_y\n${node.address}> -> agent on ${node.address} done\n${node.address}> (exit code: 0)\n`);
+        t.same(
+          lines.filter((line) => line.startsWith(`${node.address}> `)),
+          [
+            `${node.address}> cf-serverd executing cfruncommand: ${node.script} -D class_x,class_y`,
+            `${node.address}> -> args: -D class_x,class_y`,
+            `${node.address}> -> agent on ${node.address} done`,
+            `${node.address}> (exit code: 0)`,
+          ],
+        );
       }
+      t.equal(lines.filter((line) => !nodes.some(({ node }) => line.startsWith(`${node.address}> `))).length, 0, 'every line names its node');
       t.notMatch(result.body, '!!');
     });
 
