@@ -32,7 +32,22 @@ export function tempDir(t: Teardownable, prefix = 'onerelay-'): string {
  * A TCP port that was free on 127.0.0.1 a moment ago (the kernel picks it).
  * Prefer listening on port 0 directly when the code under test allows it.
  */
-export function freePort(host = '127.0.0.1'): Promise<number> {
+export async function freePort(host = '127.0.0.1'): Promise<number> {
+  // the kernel may hand the same free port out again right after it was closed: a relay started with
+  // two equal ports fails to bind, so this process never returns a port twice
+  for (let attempt = 0; attempt < 50; attempt += 1) {
+    const port = await unusedPort(host);
+    if (!handedOut.has(port)) {
+      handedOut.add(port);
+      return port;
+    }
+  }
+  throw new Error('freePort: no port that was not handed out already');
+}
+
+const handedOut = new Set<number>();
+
+function unusedPort(host: string): Promise<number> {
   return new Promise((resolve, reject) => {
     const srv = createServer();
     srv.unref();
