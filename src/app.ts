@@ -405,8 +405,8 @@ export async function runPrimary(options: StartOptions): Promise<void> {
           nodes,
           counters: {
             connection: (result) => metrics.cfengineConnections.inc({ result }),
-            command: (command, result) => metrics.cfengineCommands.inc({ command, result }),
-            bytesSent: (bytes) => metrics.cfengineBytes.inc(bytes),
+            command: (command, result) => metrics.cfengineCommand(command, result),
+            bytesSent: (bytes) => metrics.cfengineSent(bytes),
           },
           log,
         },

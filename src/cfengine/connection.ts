@@ -132,7 +132,8 @@ export class CfengineConnection {
   private failed = false;
   private log: Logger;
   private writing = false;
-  private lastWrite: Promise<void> = Promise.resolve();
+  /** write() calls waiting for the write in flight */
+  private writeWaiters: Array<{ resolve: () => void; reject: (error: Error) => void }> = [];
 
   constructor(
     private readonly socket: TLSSocket,
@@ -170,6 +171,7 @@ export class CfengineConnection {
     if (this.phase === 'closed') return;
     this.phase = 'closed';
     this.frameWaiter?.();
+    this.afterWrite(new Error('connection closed')); // a write() still waiting gives up
     if (this.failed) this.ctx.counters.connection('closed-error');
     const fields = {
       known: this.reader.nodeId !== undefined,
@@ -823,25 +825,35 @@ export class CfengineConnection {
    * records; the last frame of a reply is not waited for (the next request comes after the client read it).
    */
   private async write(buffer: Buffer): Promise<void> {
-    while (this.writing) await this.lastWrite;
+    while (this.writing) {
+      await new Promise<void>((resolve, reject) => this.writeWaiters.push({ resolve, reject }));
+    }
     this.writeNow(buffer);
   }
 
-  /** write() when no write is in flight (the synchronous answers); throws when the connection is gone */
+  /**
+   * write() when no write is in flight (the synchronous answers); throws when the connection is gone.
+   * The bytes go to the socket first: the agent is waiting for them.
+   */
   private writeNow(buffer: Buffer): void {
     if (this.socket.destroyed || !this.socket.writable) throw new Error('connection closed');
     this.writing = true;
+    this.socket.write(buffer, this.afterWrite);
     this.sent += buffer.length;
     this.ctx.counters.bytesSent(buffer.length);
-    this.lastWrite = new Promise((resolve, reject) => {
-      this.socket.write(buffer, (error) => {
-        this.writing = false;
-        if (error) reject(error);
-        else resolve();
-      });
-    });
-    this.lastWrite.catch(() => undefined); // the socket's 'error' handler reports it
   }
+
+  /** the socket's callback for the write in flight: wakes what waits to write (a failure is the socket's 'error') */
+  private readonly afterWrite = (error?: Error | null): void => {
+    this.writing = false;
+    if (this.writeWaiters.length === 0) return;
+    const waiters = this.writeWaiters;
+    this.writeWaiters = [];
+    for (const waiter of waiters) {
+      if (error) waiter.reject(error);
+      else waiter.resolve();
+    }
+  };
 }
 
 /** the counter name of a request that did not parse: its command, or BAD for an unknown word */

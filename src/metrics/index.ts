@@ -67,8 +67,12 @@ export interface PrimaryMetrics extends ServiceMetrics {
   readonly failed: Counter<'queue' | 'reason'>;
   readonly upstreamRequests: Histogram<'endpoint' | 'result'>;
   readonly cfengineConnections: Counter<'result'>;
-  readonly cfengineCommands: Counter<'command' | 'result'>;
-  readonly cfengineBytes: Counter;
+  /**
+   * the CFEngine server's per-request counts: plain additions on the request path (an agent waits for
+   * each reply), added to their prom-client counters when scraped
+   */
+  cfengineCommand(command: string, result: string): void;
+  cfengineSent(bytes: number): void;
   readonly syncs: Histogram<'result'>;
   readonly syncBytes: Counter;
   readonly syncFiles: Counter;
@@ -204,13 +208,31 @@ export function createPrimaryMetrics(sources: {
     labelNames: ['result'] as const,
     registers: [registry],
   });
-  const cfengineCommands = new Counter({
+  // keyed by command, then result: two Map lookups, no label hashing or validation per request
+  const commandTallies = new Map<string, Map<string, number>>();
+  new Counter({
     name: 'onerelay_cfengine_commands_total',
     help: 'CFEngine protocol commands by type and result (ok, denied, absent, error)',
     labelNames: ['command', 'result'] as const,
     registers: [registry],
+    collect() {
+      for (const [command, results] of commandTallies) {
+        for (const [result, count] of results) this.inc({ command, result }, count);
+        results.clear();
+      }
+    },
   });
-  const cfengineBytes = new Counter({ name: 'onerelay_cfengine_sent_bytes_total', help: 'Bytes sent by the CFEngine server', registers: [registry] });
+  let sentTally = 0;
+  new Counter({
+    name: 'onerelay_cfengine_sent_bytes_total',
+    help: 'Bytes sent by the CFEngine server',
+    registers: [registry],
+    collect() {
+      // inc(0) still makes the series appear before the first byte, as an eager counter does
+      this.inc(sentTally);
+      sentTally = 0;
+    },
+  });
   const syncs = new Histogram({
     name: 'onerelay_sync_duration_seconds',
     help: 'Data syncs from upstream by result (ok, unchanged, error) and their duration',
@@ -241,8 +263,14 @@ export function createPrimaryMetrics(sources: {
     syncFiles,
     syncLastSuccess,
     cfengineConnections,
-    cfengineCommands,
-    cfengineBytes,
+    cfengineCommand(command, result) {
+      let results = commandTallies.get(command);
+      if (results === undefined) commandTallies.set(command, (results = new Map()));
+      results.set(result, (results.get(result) ?? 0) + 1);
+    },
+    cfengineSent(bytes) {
+      sentTally += bytes;
+    },
     reports,
     inventories,
     reportsProcessing,

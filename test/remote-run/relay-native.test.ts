@@ -116,5 +116,16 @@ if (!hasCfRunagent()) {
       const refused = await runagent(stranger.dir);
       t.equal(refused.stdout, '127.0.0.1> !!  Unspecified server refusal (see verbose server output)\n\n');
     });
+
+    await t.test("the CFEngine server's counters reach the relay's metrics", async (t) => {
+      const metrics = await (await fetch(`${relay.apiUrl}/metrics`)).text();
+      const value = (series: string): number => Number(new RegExp(`^${series.replace(/[{}]/g, '\\$&')} (\\S+)$`, 'm').exec(metrics)?.[1] ?? NaN);
+      t.equal(value('onerelay_cfengine_commands_total{command="EXEC",result="ok"}'), 1, 'the admitted EXEC');
+      t.equal(value('onerelay_cfengine_commands_total{command="EXEC",result="denied"}'), 1, 'the refused one');
+      t.ok(value('onerelay_cfengine_connections_total{result="accepted"}') >= 2, 'both connections counted');
+      t.ok(value('onerelay_cfengine_sent_bytes_total') > 100, 'bytes sent');
+      const again = await (await fetch(`${relay.apiUrl}/metrics`)).text();
+      t.match(again, /^onerelay_cfengine_commands_total\{command="EXEC",result="ok"\} 1$/m, 'a second scrape counts nothing twice');
+    });
   });
 }
