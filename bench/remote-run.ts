@@ -10,6 +10,7 @@ import { keyDigests } from '../src/identity/index.js';
 import { CF_BIN, createCfWorkdir, hasCfRunagent, runCf, startCfRunNode, trustKey, type RunningCfRunNode } from '../test/support/cfengine.js';
 import { FIXTURE_KEYS, RELAY_ID, startRelay } from '../test/support/relay.js';
 import { freePort, tempDir } from '../test/support/tmp.js';
+import { cliFile } from './lib/onerelay.js';
 
 export const description = 'remote run of 50 cf-serverd nodes: onerelay native EXEC (relay API, all) vs a loop of stock cf-runagent -H';
 
@@ -46,6 +47,7 @@ export async function run(): Promise<void> {
     );
     console.log(`[remote-run] ${NODES} cf-serverd nodes up in ${((Date.now() - started) / 1000).toFixed(1)} s`);
     const relay = await startRelay(t, {
+      cli: cliFile,
       workers: 1,
       nodesList: Object.fromEntries(nodes.map(({ id, node, pin }) => [id, { hostname: node.address, 'key-hash': pin, 'policy-server': RELAY_ID }])),
       extraToml: `[remote_run]\nenabled = true\nmode = "native"\nport = ${port}\nmax_parallel = 32\n`,

@@ -22,7 +22,7 @@ import { compareTrees, createCfWorkdir, hasCfengine, loadCfWorkdir, runCopy, sta
 import { FIXTURE_KEYS, RELAY_ID, startRelay, type RunningRelay } from '../test/support/relay.js';
 import { freePort, tempDir } from '../test/support/tmp.js';
 import { startLatencyProxy } from './lib/latency-proxy.js';
-import { onerelayMissing } from './lib/onerelay.js';
+import { cliFile, onerelayMissing } from './lib/onerelay.js';
 import { waitForQuietMachine } from './lib/processes.js';
 import { fixed, median, table } from './lib/stats.js';
 
@@ -82,7 +82,7 @@ export async function run(): Promise<void> {
       [RELAY]: { hostname: '127.0.0.1', 'key-hash': RELAY_PIN, 'policy-server': RELAY_ID },
     };
     for (const [index, node] of nodes.entries()) nodesList[node] = { hostname: `n${index}`, 'policy-server': RELAY };
-    const upstream = await startRelay(t, { workers: 1, nodesList, extraToml: '[sync]\nserve = true\nmanifest_ttl = "1s"\n' });
+    const upstream = await startRelay(t, { cli: cliFile, workers: 1, nodesList, extraToml: '[sync]\nserve = true\nmanifest_ttl = "1s"\n' });
     teardowns.push(() => upstream.stop());
     const relayShare = join(upstream.dir, 'share', RELAY, 'share');
     for (const node of nodes) await makeNodeTree(join(relayShare, node, 'rules', 'cfengine-community'), settings.filesPerNode);
@@ -99,6 +99,7 @@ export async function run(): Promise<void> {
     for (let round = 0; round < settings.rounds; round += 1) {
       await waitForQuietMachine(25, 10_000);
       const relay = await startRelay(t, {
+        cli: cliFile,
         workers: 1,
         relayId: RELAY,
         upstream: { port: httpProxy.port, certificateFile: join(FIXTURE_KEYS, `${RELAY_ID}.cert`) },
@@ -187,6 +188,7 @@ export async function run(): Promise<void> {
     for (let round = 0; round < settings.cfengineRounds; round += 1) {
       await waitForQuietMachine(25, 10_000);
       const relay = await startRelay(t, {
+        cli: cliFile,
         workers: 1,
         relayId: RELAY,
         // https_port: a closed port, so the library-archive fetch (HTTPS, not cf-agent's job) fails at once and is not timed

@@ -22,6 +22,8 @@ export interface LogLine {
 }
 
 export interface RelayOptions {
+  /** the CLI to run instead of dist/cli.js (benches: BENCH_ONERELAY_CLI) */
+  readonly cli?: string;
   /** extra TOML appended to the generated configuration (may add keys to the last section only if you know what you do; prefer `sections`) */
   readonly extraToml?: string;
   /** nodeslist.json content; default: empty list */
@@ -186,7 +188,7 @@ export async function startRelay(t: Teardownable, options: RelayOptions = {}): P
   await writeFile(configFile, relayConfigToml(dir, { https: httpsPort, api: apiPort, cfengine: cfenginePort }, options));
 
   // its own process group, so that a test can kill the primary and its workers at once
-  const child = spawn(process.execPath, [CLI, 'start', '--config', configFile], {
+  const child = spawn(process.execPath, [options.cli ?? CLI, 'start', '--config', configFile], {
     cwd: dir,
     stdio: ['ignore', 'pipe', 'pipe'],
     detached: true,
