@@ -6,6 +6,12 @@
 
 import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, collectDefaultMetrics, type MetricObjectWithValues, type MetricValue } from 'prom-client';
 
+/**
+ * the event-loop lag metrics sample the loop this often: prom-client's default (10 ms) woke every
+ * process of an idle relay 100 times a second
+ */
+const EVENT_LOOP_SAMPLE_MS = 100;
+
 export type MetricsSnapshot = Array<MetricObjectWithValues<MetricValue<string>>>;
 
 /** counters every process that serves requests has */
@@ -100,7 +106,7 @@ export function createPrimaryMetrics(sources: {
   workers: () => Promise<MetricsSnapshot[]>;
 }): PrimaryMetrics {
   const registry = new Registry();
-  collectDefaultMetrics({ register: registry });
+  collectDefaultMetrics({ register: registry, eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS });
   const service = createServiceMetrics(registry);
   const reports = new Counter({
     name: 'rudder_relayd_reports_total',
@@ -290,7 +296,7 @@ export function createPrimaryMetrics(sources: {
 
 export function createFrontDoorMetrics(): FrontDoorMetrics {
   const registry = new Registry();
-  collectDefaultMetrics({ register: registry });
+  collectDefaultMetrics({ register: registry, eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS });
   return {
     ...createServiceMetrics(registry),
     snapshot: () => registry.getMetricsAsJSON() as Promise<MetricsSnapshot>,
