@@ -15,9 +15,11 @@ import {
   type CfWorkdir,
 } from '../support/cfengine.js';
 import { tempDir } from '../support/tmp.js';
+import { execFileSync } from 'node:child_process';
 
 const NODE_A = 'aaaaaaaa-1111-4000-8000-000000000001';
 const NODE_B = 'bbbbbbbb-2222-4000-8000-000000000002';
+const NODE_C = 'cccccccc-3333-4000-8000-000000000003';
 const skip = hasCfengine() ? false : 'skipped: /usr/bin/cf-agent is not installed (Debian package cfengine3)';
 
 async function exists(path: string): Promise<boolean> {
@@ -155,4 +157,24 @@ t.test('who may read what', { skip }, async (t) => {
     t.equal(closed.counters.connections['accepted'], undefined);
     t.ok(closed.logs.some((l) => l['msg'] === 'cfengine connection refused: address not in allowed networks' && l['peer'] === '127.0.0.1'));
   });
+});
+
+t.test('a node pinned by its certificate in nodescerts.pem (no key-hash) is known by its key', { skip }, async (t) => {
+  const base = tempDir(t, 'onerelay-cfcerts-');
+  const c = await createCfWorkdir(join(base, 'node-c'));
+  const fixture = await startCfengineFixture({
+    base,
+    nodes: [{ id: NODE_C }], // no work, no pin: nodeslist.json has no key-hash for it
+    // made as Rudder makes an agent certificate: openssl req -x509 on the agent's key, subject UID=<node id>
+    nodesCerts: execFileSync('openssl', ['req', '-new', '-x509', '-key', join(c.dir, 'ppkeys', 'localhost.priv'), '-subj', `/UID=${NODE_C}`, '-days', '3650', '-sha256'], { encoding: 'utf8' }),
+  });
+  t.teardown(() => fixture.server.stop());
+  await mkdir(join(fixture.share, NODE_C, 'rules'), { recursive: true });
+  await writeFile(join(fixture.share, NODE_C, 'rules', 'promises.cf'), 'policies of C\n');
+  const dest = join(base, 'c-copy');
+  const run = await runCopy(c, { port: fixture.port(), copies: [{ source: join(fixture.share, NODE_C, 'rules'), dest }] });
+  t.same(errorLines(run.stdout), [], 'no error');
+  t.equal(await readFile(join(dest, 'promises.cf'), 'utf8'), 'policies of C\n', 'its own folder copied');
+  const closed = fixture.logs.find((l) => l['msg'] === 'cfengine connection closed');
+  t.equal(closed?.['node'], NODE_C, 'the connection was the node');
 });

@@ -530,6 +530,8 @@ export interface CfengineFixture {
 export interface FixtureOptions {
   readonly base: string;
   readonly nodes: ReadonlyArray<{ readonly id: string; readonly work?: CfWorkdir; readonly sha256Pin?: string }>;
+  /** nodescerts.pem content (nodes pinned by certificate, as Rudder writes it); default: empty */
+  readonly nodesCerts?: string;
   readonly server?: Partial<CfengineServerOptions>;
 }
 
@@ -541,6 +543,7 @@ export async function startCfengineFixture(options: FixtureOptions): Promise<Cfe
   await mkdir(sharedFolder, { recursive: true });
   const nodesListFile = join(options.base, 'nodeslist.json');
   await writeNodesList(nodesListFile, options.nodes);
+  await writeFile(join(options.base, 'nodescerts.pem'), options.nodesCerts ?? '');
   const nodes = createNodesRegistry({
     myId: 'root',
     nodesListFile,
