@@ -71,6 +71,8 @@ const CLOSE_GRACE_MS = 2000;
 const MAX_DENIAL_LINES = 50;
 /** GET reads (and writes) this much per call (a multiple of the 2048-byte block) */
 const GET_READ_BYTES = 32 * GET_BLOCK_SIZE;
+/** the largest file getNow answers at once (a STAT's size is a bigint) */
+const GET_NOW_MAX_SIZE = BigInt(GET_READ_BYTES);
 /** the plaintext of one TLS record: whole transactions up to this total may share one write (§6.2) */
 const TLS_RECORD_BYTES = 16384;
 
@@ -669,7 +671,7 @@ export class CfengineConnection {
     if (
       statted === undefined ||
       !statted.isFile ||
-      statted.size > BigInt(GET_READ_BYTES) ||
+      statted.size > GET_NOW_MAX_SIZE ||
       this.username !== 'root' ||
       this.ctx.acl.check(statted.resolved, this.reader) === undefined
     ) {

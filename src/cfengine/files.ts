@@ -94,7 +94,6 @@ export function fstatBig(fd: number): Promise<BigIntStats> {
   );
 }
 
-
 export type Resolved =
   | { readonly kind: 'ok'; readonly path: string }
   /** the path does not exist, or is relative: cf-serverd answers the generic refusal */
