@@ -156,6 +156,9 @@ export function parseIdentityLine(line: string): IdentityLine | undefined {
   return { username };
 }
 
+/** what the welcome line always begins with, sent ahead of it (src/cfengine/connection.ts, identify) */
+export const WELCOME_START = 'OK';
+
 export function welcomeLine(username: string): string {
   return username === '' ? 'OK WELCOME\n' : `OK WELCOME USERNAME=${username}\n`;
 }

@@ -84,6 +84,31 @@ for (const mode of ['direct', 'thread pool'] as const) {
       }
     });
 
+    await t.test('the welcome line begins when the version line is in, and ends once IDENTITY is checked', async (t) => {
+      // cf-agent's IDENTITY waits (Nagle) until its version line is acknowledged: an early "OK" carries the
+      // ACK, and the agent reads the welcome up to its newline
+      const client = await connectCfengine(port, keyA, { identify: false });
+      client.sendRaw('CFE_v2 cf-agent 3.21.0\n');
+      t.equal((await client.readBytes(2)).toString(), 'OK', 'before IDENTITY is sent');
+      client.sendRaw('IDENTITY USERNAME=root\n');
+      t.equal((await client.readBytes(23)).toString(), ' WELCOME USERNAME=root\n');
+      client.send('VERSION');
+      t.equal((await client.readFrame()).payload.toString(), 'OK: 3.21.0');
+      client.close();
+
+      const refused = await connectCfengine(port, keyA, { identify: false });
+      refused.sendRaw('CFE_v4 cf-agent 3.21.0\n');
+      await refused.closed;
+      await t.rejects(refused.readBytes(1, 100), 'a refused version line gets nothing, not even the start');
+
+      const bad = await connectCfengine(port, keyA, { identify: false });
+      bad.sendRaw('CFE_v2 cf-agent 3.21.0\n');
+      t.equal((await bad.readBytes(2)).toString(), 'OK');
+      bad.sendRaw('IDENTITY USERNAME=../root\n');
+      await bad.closed;
+      await t.rejects(bad.readBytes(1, 100), 'an invalid IDENTITY after the start: closed, the line never ends');
+    });
+
     await t.test('a client without certificate is dropped', async (t) => {
       const socket = connect({ host: '127.0.0.1', port, rejectUnauthorized: false });
       socket.on('error', () => undefined);
