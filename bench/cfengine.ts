@@ -18,7 +18,7 @@ import { compareTrees, createCfWorkdir, hasCfengine, makeTree, runCopy, startCfS
 import { RELAY_ID, startRelay } from '../test/support/relay.js';
 import { freePort, tempDir } from '../test/support/tmp.js';
 import { cliFile, onerelayMissing } from './lib/onerelay.js';
-import { waitForQuietMachine } from './lib/processes.js';
+import { cpuTimeOfTreesMs, waitForQuietMachine } from './lib/processes.js';
 import { fixed, median, table } from './lib/stats.js';
 
 export const description = 'stock cf-agent copy_from of a 300-file tree, cold and no-change: onerelay CFEngine server vs cf-serverd';
@@ -62,9 +62,10 @@ export async function run(): Promise<void> {
     const files = await makeTree(source, settings.files);
     const stock = await startCfServerd(serverd, await freePort(), { keys: [{ path: `${share}/${NODE}/`, admit: [client.md5] }] });
     teardowns.push(() => stock.stop());
-    const targets: ReadonlyArray<{ name: TargetName; port: number }> = [
-      { name: 'onerelay', port: relay.cfenginePort },
-      { name: 'cf-serverd', port: stock.port },
+    // server CPU (user + system, every process and thread of it) per agent run: steadier than wall time
+    const targets: ReadonlyArray<{ name: TargetName; port: number; pid: number }> = [
+      { name: 'onerelay', port: relay.cfenginePort, pid: relay.child.pid ?? 0 },
+      { name: 'cf-serverd', port: stock.port, pid: stock.pid },
     ];
     console.log(
       `${files.length} files, ${settings.runs} runs per target (alternating), RSA-4096 keys, TLS 1.3, compare digest, ` +
@@ -73,6 +74,8 @@ export async function run(): Promise<void> {
 
     const times: Record<string, number[]> = {};
     const record = (key: string, ms: number): void => void (times[key] ??= []).push(ms);
+    const cpu: Record<string, number> = {};
+    const countCpu = (key: string, ms: number): void => void (cpu[key] = (cpu[key] ?? 0) + ms);
     for (let round = -settings.warmupRounds; round < settings.runs; round += 1) {
       await waitForQuietMachine(25, settings.quietWaitBudgetMs / settings.runs);
       const order = round % 2 === 0 ? targets : [...targets].reverse();
@@ -82,12 +85,16 @@ export async function run(): Promise<void> {
         const copy: CopySpec = { source, dest, compare: 'digest' };
         const options = { port: target.port, copies: [copy] };
         const phase = round >= 0 ? '' : ' warm-up';
+        const cpuBefore = cpuTimeOfTreesMs([target.pid]);
         const cold = await runCopy(client, options, 'bench.cf');
         if (cold.code !== 0) throw new Error(`${target.name} cold copy failed (${cold.code}): ${cold.stdout}${cold.stderr}`);
         record(`${target.name} cold${phase}`, cold.durationMs);
+        const cpuBetween = cpuTimeOfTreesMs([target.pid]);
+        countCpu(`${target.name} cold${phase}`, cpuBetween - cpuBefore);
         const same = await runCopy(client, options, 'bench.cf');
         if (same.code !== 0) throw new Error(`${target.name} no-change copy failed (${same.code}): ${same.stdout}${same.stderr}`);
         record(`${target.name} no change${phase}`, same.durationMs);
+        countCpu(`${target.name} no change${phase}`, cpuTimeOfTreesMs([target.pid]) - cpuBetween);
         if (round === -settings.warmupRounds) {
           const problems = await compareTrees(source, dest);
           if (problems.length > 0) throw new Error(`${target.name} copy differs: ${problems.slice(0, 5).join(', ')}`);
@@ -101,6 +108,9 @@ export async function run(): Promise<void> {
       const ours = times[`onerelay ${scenario}`] ?? [];
       const theirs = times[`cf-serverd ${scenario}`] ?? [];
       const ratio = median(ours) / median(theirs);
+      // mean server CPU per run (10 ms clock ticks, summed over the runs)
+      const ourCpu = (cpu[`onerelay ${scenario}`] ?? NaN) / ours.length;
+      const theirCpu = (cpu[`cf-serverd ${scenario}`] ?? NaN) / theirs.length;
       const range = (values: number[]): string => `${fixed(Math.min(...values), 0)}–${fixed(Math.max(...values), 0)}`;
       rows.push([
         scenario,
@@ -110,11 +120,21 @@ export async function run(): Promise<void> {
         range(theirs),
         `${fixed(ratio, 2)}×`,
         ratio <= settings.targetRatio ? 'met' : 'MISSED',
+        `${fixed(ourCpu, 0)} / ${fixed(theirCpu, 0)}`,
       ]);
-      results.push({ scenario, onerelayMs: ours, cfServerdMs: theirs, onerelayMedianMs: median(ours), cfServerdMedianMs: median(theirs), ratio });
+      results.push({
+        scenario,
+        onerelayMs: ours,
+        cfServerdMs: theirs,
+        onerelayMedianMs: median(ours),
+        cfServerdMedianMs: median(theirs),
+        ratio,
+        onerelayCpuMsPerRun: ourCpu,
+        cfServerdCpuMsPerRun: theirCpu,
+      });
     }
     console.log(
-      table(['scenario', 'onerelay ms', 'range', 'cf-serverd ms', 'range', 'ratio', 'target'], rows),
+      table(['scenario', 'onerelay ms', 'range', 'cf-serverd ms', 'range', 'ratio', 'target', 'server CPU ms/run (onerelay / cf-serverd)'], rows),
     );
     // the warm-up rounds, round by round: what agents see in the first seconds after a start
     const warmup: Record<string, unknown>[] = [];

@@ -303,6 +303,8 @@ export interface CfServerdAccess {
 
 export interface RunningCfServerd {
   readonly port: number;
+  /** cf-serverd's process (its connections are threads of it) */
+  readonly pid: number;
   stop(): Promise<void>;
 }
 
@@ -334,12 +336,17 @@ bundle server access_rules
   access:
 ${rules}}
 `;
-  const stop = await spawnCfServerd(work, policy, '127.0.0.1', port);
-  return { port, stop };
+  const { stop, pid } = await spawnCfServerd(work, policy, '127.0.0.1', port);
+  return { port, pid, stop };
 }
 
 /** writes `policy` as the work dir's promises.cf, runs `cf-serverd -F` on it, waits until address:port accepts */
-async function spawnCfServerd(work: CfWorkdir, policy: string, address: string, port: number): Promise<() => Promise<void>> {
+async function spawnCfServerd(
+  work: CfWorkdir,
+  policy: string,
+  address: string,
+  port: number,
+): Promise<{ stop: () => Promise<void>; pid: number }> {
   const file = join(work.dir, 'inputs', 'promises.cf');
   await writeFile(file, policy, { mode: 0o600 });
   const child: ChildProcess = spawn(`${CF_BIN}/cf-serverd`, ['-F', '-f', file], {
@@ -362,12 +369,13 @@ async function spawnCfServerd(work: CfWorkdir, policy: string, address: string, 
     }
     await new Promise((r) => setTimeout(r, 50));
   }
-  return () =>
+  const stop = (): Promise<void> =>
     new Promise<void>((resolve) => {
       if (child.exitCode !== null || child.signalCode !== null) return resolve();
       child.once('exit', () => resolve());
       child.kill('SIGTERM');
     });
+  return { stop, pid: child.pid ?? 0 };
 }
 
 // ---- a scriptable protocol client (Node TLS), for what cf-agent never sends ----
@@ -646,10 +654,11 @@ bundle server access_rules
       authorize => { "root" };
 }
 `;
-  const stop = await spawnCfServerd(work, policy, options.address, options.port);
+  const { stop, pid } = await spawnCfServerd(work, policy, options.address, options.port);
   return {
     address: options.address,
     port: options.port,
+    pid,
     script,
     runsLog: join(work.dir, 'runs.log'),
     work,
