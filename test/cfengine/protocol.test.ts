@@ -96,6 +96,13 @@ for (const mode of ['direct', 'thread pool'] as const) {
       t.equal((await client.readFrame()).payload.toString(), 'OK: 3.21.0');
       client.close();
 
+      const together = await connectCfengine(port, keyA, { identify: false });
+      together.sendRaw('CFE_v2 cf-agent 3.21.0\nIDENTITY USERNAME=root\n');
+      t.equal((await together.readBytes(25)).toString(), 'OK WELCOME USERNAME=root\n', 'both lines in one record: the line once');
+      together.send('VERSION');
+      t.equal((await together.readFrame()).payload.toString(), 'OK: 3.21.0');
+      together.close();
+
       const refused = await connectCfengine(port, keyA, { identify: false });
       refused.sendRaw('CFE_v4 cf-agent 3.21.0\n');
       await refused.closed;
