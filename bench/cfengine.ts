@@ -63,8 +63,9 @@ export async function run(): Promise<void> {
     const stock = await startCfServerd(serverd, await freePort(), { keys: [{ path: `${share}/${NODE}/`, admit: [client.md5] }] });
     teardowns.push(() => stock.stop());
     // server CPU (user + system, every process and thread of it) per agent run: steadier than wall time
+    if (relay.child.pid === undefined) throw new Error('the relay has no process id');
     const targets: ReadonlyArray<{ name: TargetName; port: number; pid: number }> = [
-      { name: 'onerelay', port: relay.cfenginePort, pid: relay.child.pid ?? 0 },
+      { name: 'onerelay', port: relay.cfenginePort, pid: relay.child.pid },
       { name: 'cf-serverd', port: stock.port, pid: stock.pid },
     ];
     console.log(

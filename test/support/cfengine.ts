@@ -375,7 +375,9 @@ async function spawnCfServerd(
       child.once('exit', () => resolve());
       child.kill('SIGTERM');
     });
-  return { stop, pid: child.pid ?? 0 };
+  const { pid } = child;
+  if (pid === undefined) throw new Error('cf-serverd has no process id');
+  return { stop, pid };
 }
 
 // ---- a scriptable protocol client (Node TLS), for what cf-agent never sends ----
