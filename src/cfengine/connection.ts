@@ -634,10 +634,12 @@ export class CfengineConnection {
         const { resolved } = statted;
         local = this.ctx.digests.get(resolved, version);
         if (local === undefined) {
+          // as md5Now: only the digest of that version (any write changes the ctime), else checked again below
           const hashed = await md5OfFile(resolved, OPEN_RESOLVED_FOR_READING);
-          local = hashed?.digest;
-          // cached only if what was read is still that version (any write changes the ctime)
-          void hashed?.version.then((read) => read === version && this.ctx.digests.set(resolved, version, hashed.digest));
+          if (hashed !== undefined && (await hashed.version) === version) {
+            local = hashed.digest;
+            this.ctx.digests.set(resolved, version, hashed.digest);
+          }
         }
       }
     }
@@ -661,9 +663,13 @@ export class CfengineConnection {
         const { resolved } = statted;
         local = this.ctx.digests.get(resolved, version);
         if (local === undefined) {
+          // only the digest of the version just lstatted (same inode: not a file reached through a directory
+          // swapped meanwhile); anything else is resolved and checked again below
           const hashed = md5OfFileSync(resolved, OPEN_RESOLVED_FOR_READING);
-          local = hashed?.digest;
-          if (hashed !== undefined && hashed.version === version) this.ctx.digests.set(resolved, version, hashed.digest);
+          if (hashed !== undefined && hashed.version === version) {
+            local = hashed.digest;
+            this.ctx.digests.set(resolved, version, hashed.digest);
+          }
         }
       }
     }
@@ -693,10 +699,15 @@ export class CfengineConnection {
       return this.get(requested);
     }
     const size = Number(statted.size);
+    if (size === 0) {
+      // nothing to send, as sendFile: the client reads no bytes
+      this.ctx.counters.command('GET', 'ok');
+      return 'continue';
+    }
     const read = readWholeSync(statted.resolved, OPEN_RESOLVED_FOR_READING, size);
     if (read === undefined || read.identity !== statted.identity) {
-      // not the file STAT saw: resolved and checked again
-      this.statted.delete(requested);
+      // not the file STAT saw: get() resolves and checks it again, and still holds it to the size STAT
+      // announced (a file replaced by a rename must not put the client's byte count out of step)
       return this.get(requested);
     }
     if (read.bytes.length !== size) {
@@ -705,7 +716,7 @@ export class CfengineConnection {
       this.writeNow(rawBlock(`${FILE_CHANGED}: ${statted.resolved}`, GET_BLOCK_SIZE));
       return 'close';
     }
-    if (size > 0) this.writeNow(read.bytes);
+    this.writeNow(read.bytes);
     // hashed once the bytes are on their way (same rule as sendFile: only the version STAT described)
     if (statted.version !== undefined && read.version === statted.version) {
       this.ctx.digests.set(statted.resolved, statted.version, createHash('md5').update(read.bytes).digest());

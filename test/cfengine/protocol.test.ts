@@ -264,6 +264,47 @@ for (const mode of ['direct', 'thread pool'] as const) {
       t.pass('the byte stream is out of step: closed');
     });
 
+    await t.test('GET of a file replaced by a rename since its STAT', async (t) => {
+      // what our own sync does when a policy file changes: a new inode under the same name
+      const file = join(rules, 'renamed');
+      const replace = async (content: string): Promise<void> => {
+        await writeFile(`${file}.new`, content);
+        await rename(`${file}.new`, file);
+      };
+      await replace('old content\n');
+      const client = await connectCfengine(port, keyA);
+      client.send(`SYNCH ${now()} STAT ${file}`);
+      await client.readFrame();
+      await client.readFrame();
+      await replace('new content\n');
+      client.send(`GET 2048 ${file}`);
+      t.equal((await client.readBytes(12)).toString(), 'new content\n', 'same size: the new bytes, exactly the announced count');
+      client.send('VERSION');
+      t.equal((await client.readFrame()).payload.toString(), 'OK: 3.21.0', 'the stream is in step');
+      client.send(`SYNCH ${now()} STAT ${file}`);
+      await client.readFrame();
+      await client.readFrame();
+      await replace('a longer new content\n');
+      client.send(`GET 2048 ${file}`);
+      const block = await client.readBytes(2048);
+      t.equal(block.toString('latin1').replace(/\0+$/, ''), `BAD: File changed while copying: ${file}`, 'another size: never the new file at its new size');
+      await client.closed;
+    });
+
+    await t.test('GET of an empty file that grew since its STAT: no bytes, the stream stays in step', async (t) => {
+      const file = join(rules, 'was-empty');
+      await writeFile(file, '');
+      const client = await connectCfengine(port, keyA);
+      client.send(`SYNCH ${now()} STAT ${file}`);
+      await client.readFrame();
+      await client.readFrame();
+      await writeFile(file, 'grown\n');
+      client.send(`GET 2048 ${file}`);
+      client.send('VERSION');
+      t.equal((await client.readFrame()).payload.toString(), 'OK: 3.21.0', 'nothing sent for the announced 0 bytes');
+      client.close();
+    });
+
     await t.test('a FIFO in a served tree blocks nothing', async (t) => {
       const fifo = join(rules, 'fifo');
       execFileSync('mkfifo', [fifo]);
