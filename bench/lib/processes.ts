@@ -3,7 +3,7 @@
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync, readdirSync, readFileSync } from 'node:fs';
-import { createServer, connect } from 'node:net';
+import { connect } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 /** Children still running; killed if the bench dies without stopping them. */
@@ -81,18 +81,9 @@ export function logTail(file: string, lines = 15): string {
   }
 }
 
-/** A port free on 127.0.0.1 right now (the OS picks it). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address !== null ? address.port : 0;
-      server.close(() => resolve(port));
-    });
-  });
-}
+// one port allocator for benches and test support alike: it never hands the same port out twice in a
+// process (the kernel may), and benches mix both (bench/sync: latency proxies and test relays)
+export { freePort } from '../../test/support/tmp.js';
 
 export function acceptsConnections(port: number): Promise<boolean> {
   return new Promise((resolve) => {
