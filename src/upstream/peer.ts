@@ -47,6 +47,7 @@ export function createPeerClient(options: PeerClientOptions): PeerClient {
   const extraCa = options.peerAuthentication === 'cert_validation' && options.caPath !== undefined ? readCaPath(options.caPath) : undefined;
   // made on the first request (see undici.ts)
   let pool: Promise<Pool> | undefined;
+  let closed = false;
   const poolOf = (): Promise<Pool> =>
     (pool ??= loadUndici().then(
       (undici) =>
@@ -68,6 +69,8 @@ export function createPeerClient(options: PeerClientOptions): PeerClient {
   return {
     async request(method, pathAndQuery, body, headers = {}) {
       if (options.peerAuthentication === 'cert_pinning' && pinned.problem !== undefined) throw new Error(pinned.problem);
+      // as a closed undici pool would: no new pool that nothing would close
+      if (closed) throw new Error(`client to ${options.host}:${options.port} is closed`);
       const response = await (await poolOf()).request({
         method,
         path: pathAndQuery,
@@ -77,6 +80,7 @@ export function createPeerClient(options: PeerClientOptions): PeerClient {
       return { status: response.statusCode, body: response.body, headers: response.headers };
     },
     close: async () => {
+      closed = true;
       if (pool !== undefined) await (await pool).close();
     },
   };
