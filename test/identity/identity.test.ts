@@ -7,9 +7,10 @@ import { promisify } from 'node:util';
 import { pino } from 'pino';
 import t from 'tap';
 import { ensureIdentity, keyDigests, loadIdentity, type IdentityPaths } from '../../src/identity/index.js';
+import { FIXTURES } from '../support/fixtures.js';
 
 const run = promisify(execFile);
-const KEYS = '/work/shared/fixtures/relayd/files/keys';
+const KEYS = `${FIXTURES}/files/keys`;
 const E745 = 'e745a140-40bc-4b86-b6dc-084488fc906b';
 const CF_KEY = '/usr/bin/cf-key';
 const UUID = /^[a-f0-9]{8}-[a-f0-9]{4}-4[a-f0-9]{3}-[89ab][a-f0-9]{3}-[a-f0-9]{12}$/;

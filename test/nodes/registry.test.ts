@@ -6,8 +6,9 @@ import forge from 'node-forge';
 import { pino } from 'pino';
 import t from 'tap';
 import { createNodesRegistry, parseKeyHash, type NodesRegistry } from '../../src/nodes/index.js';
+import { FIXTURES as RELAYD_FIXTURES } from '../support/fixtures.js';
 
-const FIXTURES = '/work/shared/fixtures/relayd/files';
+const FIXTURES = `${RELAYD_FIXTURES}/files`;
 const KEYS = path.join(FIXTURES, 'keys');
 const ROOT = 'root';
 const E745 = 'e745a140-40bc-4b86-b6dc-084488fc906b';

@@ -7,8 +7,9 @@ import t from 'tap';
 import { decodeReport, isReportError } from '../../src/reports/index.js';
 import { gzipLikeAgent, run } from '../support/agent.js';
 import { tempDir } from '../support/tmp.js';
+import { FIXTURES } from '../support/fixtures.js';
 
-const GZ = '/work/shared/fixtures/relayd/files/gz';
+const GZ = `${FIXTURES}/files/gz`;
 const reference = readFileSync(join(GZ, 'normal.log'));
 const MiB = 1024 * 1024;
 

@@ -9,8 +9,9 @@ import t from 'tap';
 import { createNodesRegistry, type NodesRegistry } from '../../src/nodes/index.js';
 import { createInlineFileInspector, createThreadedFileInspector, type FileInspection, type ReportInspectorOptions } from '../../src/reports/index.js';
 import { tempDir } from '../support/tmp.js';
+import { FIXTURES } from '../support/fixtures.js';
 
-const FILES = '/work/shared/fixtures/relayd/files';
+const FILES = `${FIXTURES}/files`;
 const E745 = 'e745a140-40bc-4b86-b6dc-084488fc906b';
 const A745 = 'a745a140-40bc-4b86-b6dc-084488fc906b';
 const UNKNOWN = 'f745a140-40bc-4b86-b6dc-084488fc906b';

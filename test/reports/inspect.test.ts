@@ -11,8 +11,9 @@ import { createNodesRegistry, type NodesRegistry } from '../../src/nodes/index.j
 import { createReportInspector, type Inspection, type ReportInspectorOptions } from '../../src/reports/index.js';
 import { makeAgentIdentity, run, sampleRunlog, type AgentIdentity } from '../support/agent.js';
 import { tempDir } from '../support/tmp.js';
+import { FIXTURES } from '../support/fixtures.js';
 
-const FILES = '/work/shared/fixtures/relayd/files';
+const FILES = `${FIXTURES}/files`;
 const KEYS = join(FILES, 'keys');
 const E745 = 'e745a140-40bc-4b86-b6dc-084488fc906b';
 const E745C = 'e745a140-40bc-4b86-b6dc-084488fc906c';

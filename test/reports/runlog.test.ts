@@ -5,8 +5,9 @@ import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { isReportError, parseReports, parseRunInfo, parseRunlog, type Report, type RunLog } from '../../src/reports/index.js';
+import { FIXTURES } from '../support/fixtures.js';
 
-const RUNLOGS = '/work/shared/fixtures/relayd/files/runlogs';
+const RUNLOGS = `${FIXTURES}/files/runlogs`;
 const E745 = 'e745a140-40bc-4b86-b6dc-084488fc906b';
 const TS = '2018-08-24T15:55:01+00:00';
 const START = '2018-08-24 15:55:01+00:00';

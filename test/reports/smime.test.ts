@@ -7,8 +7,9 @@ import t from 'tap';
 import { parseRunlog, verifySmime } from '../../src/reports/index.js';
 import { makeAgentIdentity, run, sampleRunlog, type AgentIdentity } from '../support/agent.js';
 import { tempDir } from '../support/tmp.js';
+import { FIXTURES } from '../support/fixtures.js';
 
-const FILES = '/work/shared/fixtures/relayd/files';
+const FILES = `${FIXTURES}/files`;
 const E745 = 'e745a140-40bc-4b86-b6dc-084488fc906b';
 const e745 = new X509Certificate(readFileSync(join(FILES, 'keys', `${E745}.cert`)));
 const e745Other = new X509Certificate(readFileSync(join(FILES, 'keys', `${E745}-other.cert`)));

@@ -14,8 +14,8 @@ import {
   type SharedFiles,
   type SharedFilesForwarder,
 } from '../../src/shared-files/index.js';
+import { FIXTURES } from '../support/fixtures.js';
 
-const FIXTURES = '/work/shared/fixtures/relayd';
 const ROOT = 'root';
 const E745 = 'e745a140-40bc-4b86-b6dc-084488fc906b';
 const R378 = '37817c4d-fbf7-4850-a985-50021f4e8f41';

@@ -9,8 +9,9 @@ import path from 'node:path';
 import Fastify from 'fastify';
 import t from 'tap';
 import { sharedFolderRoutes } from '../../src/shared-folder/index.js';
+import { FIXTURES } from '../support/fixtures.js';
 
-const FIXTURE = '/work/shared/fixtures/relayd/api_shared_folder';
+const FIXTURE = `${FIXTURES}/api_shared_folder`;
 const DIR = '/rudder/relay-api/1/shared-folder/c745a140-40bc-4b86-b6dc-084488fc906b/37817c4d-fbf7-4850-a985-50021f4e8f41';
 const SHA256 = '181210f8f9c779c26da1d9b2075bde0127302ee0e3fca38c9a83f5b1dd8e5d3b';
 

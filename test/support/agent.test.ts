@@ -22,8 +22,9 @@ import {
   type AgentIdentity,
 } from './agent.js';
 import { freePort, tempDir, type Teardownable } from './tmp.js';
+import { FIXTURES as RELAYD_FIXTURES } from './fixtures.js';
 
-const FIXTURES = '/work/shared/fixtures/relayd/files';
+const FIXTURES = `${RELAYD_FIXTURES}/files`;
 const NODE = '0f8d9e1a-5b6c-4d7e-8f90-a1b2c3d4e5f6';
 const SERVER = 'root';
 

@@ -1,5 +1,5 @@
 // Driving the real CFEngine 3.21 binaries (Debian cfengine3) in tests and measurements
-// (/work/shared/docs/testing-with-real-cfengine.md): one work dir per simulated host through
+// (testing-with-real-cfengine.md in the project docs): one work dir per simulated host through
 // CFENGINE_TEST_OVERRIDE_WORKDIR, keys from cf-key, a copy_from policy like Rudder's update, cf-agent -K -f,
 // and a stock cf-serverd for comparisons. Everything binds/connects to 127.0.0.1 only.
 

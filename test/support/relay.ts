@@ -9,7 +9,8 @@ import { freePort, tempDir, type Teardownable } from './tmp.js';
 
 export const ROOT = resolve(import.meta.dirname, '..', '..');
 export const CLI = join(ROOT, 'dist', 'cli.js');
-export const FIXTURES = resolve(ROOT, '..', 'shared', 'fixtures', 'relayd');
+export { FIXTURES } from './fixtures.js';
+import { FIXTURES } from './fixtures.js';
 export const FIXTURE_KEYS = join(FIXTURES, 'files', 'keys');
 export const RELAY_ID = '37817c4d-fbf7-4850-a985-50021f4e8f41';
 export const DAV_PASSWORD = 'dav-secret';

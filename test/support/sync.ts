@@ -17,8 +17,9 @@ import { createNodesRegistry, type NodesRegistry } from '../../src/nodes/index.j
 import { clientCertificateRequester, createSyncPuller, createSyncServing, type SyncPaths, type SyncPuller, type SyncServing } from '../../src/sync/index.js';
 import type { PeerClient } from '../../src/upstream/index.js';
 import { tempDir } from './tmp.js';
+import { FIXTURES } from './fixtures.js';
 
-export const KEYS = '/work/shared/fixtures/relayd/files/keys';
+export const KEYS = `${FIXTURES}/files/keys`;
 /** the serving (upstream) onerelay */
 export const UPSTREAM_ID = 'e745a140-40bc-4b86-b6dc-084488fc906b';
 /** the pulling relay */

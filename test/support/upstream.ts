@@ -10,8 +10,9 @@ import type { Socket } from 'node:net';
 import { join } from 'node:path';
 import forge from 'node-forge';
 import { tempDir, type Teardownable } from './tmp.js';
+import { FIXTURES } from './fixtures.js';
 
-export const UPSTREAM_FIXTURE_KEYS = '/work/shared/fixtures/relayd/files/keys';
+export const UPSTREAM_FIXTURE_KEYS = `${FIXTURES}/files/keys`;
 /** the default identity the test upstream presents (as the upstream Apache presents its agent.cert) */
 export const UPSTREAM_DEFAULT_ID = 'e745a140-40bc-4b86-b6dc-084488fc906b';
 export const UPSTREAM_DEFAULT_KEY_FILE = join(UPSTREAM_FIXTURE_KEYS, `${UPSTREAM_DEFAULT_ID}.nopass.priv`);
