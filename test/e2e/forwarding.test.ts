@@ -128,7 +128,9 @@ t.test('upstream down 10 s, then up: everything arrives', async (t) => {
   const relay = await startRelay(t, { upstream, nodesList: nodesList(identities), nodesCerts: identities.map((a) => a.certificatePem).join('') });
   const reports = await makeReports(identities, 30, 1000);
   await upload(relay, reports);
-  await new Promise((r) => setTimeout(r, 10_000));
+  // a positive signal that the relay tried and was refused, instead of a fixed wait
+  await until(() => relay.logs.some((l) => l.event === 'retry_later' || l.event === 'queue_paused'), 30_000, 'a forward attempt failed');
+  await until(async () => (await status(relay))['upstream']?.status === 'error', 30_000, 'status says upstream is unreachable');
   t.equal((await readdir(relay.reportsIncoming)).length, 30, 'kept while upstream is down');
   const down = await status(relay);
   t.equal(down['upstream']?.status, 'error', 'status says upstream is unreachable');

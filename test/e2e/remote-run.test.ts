@@ -82,7 +82,9 @@ t.test('remote run: parameters, local command, forwarding to a second onerelay',
     t.equal(result.status, 200);
     t.equal(result.body, '');
     t.ok(result.ms < 300, `answered in ${result.ms} ms`);
-    await new Promise((r) => setTimeout(r, 1_000));
+    // the run happens after the answer: wait for the agent's arguments to be written
+    const deadline = Date.now() + 10_000;
+    while ((await readFile(agent.argsFile, 'utf8')) === '' && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     t.equal(await readFile(agent.argsFile, 'utf8'), 'remote run -D later -- node1.example');
   });
 

@@ -2,7 +2,6 @@
 // e745 and 37817 are direct children with certificates, a745 is e745's child, b745 a745's child.
 
 import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
-import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { createGzip, gzipSync } from 'node:zlib';
 import { pino } from 'pino';
@@ -202,32 +201,4 @@ t.test('never throws', async (t) => {
     const inspection = await inspector().inspect(name, bytes);
     t.equal(inspection.kind, 'reject', `${name}: ${inspection.kind === 'reject' ? `${inspection.reason}: ${inspection.message}` : ''}`);
   }
-});
-
-t.test('inspections per second of a signed gzipped report (informational, one core)', async (t) => {
-  // relayd's 2018 fixture: 17.7 KB run log, 72 reports, S/MIME RSA 4096 SHA-256, gzipped to ~3 KB
-  const name = `${RUN_2018}.log.gz`;
-  const subject = inspector();
-  for (let i = 0; i < 200; i++) await subject.inspect(name, signed2018);
-  for (const concurrency of [1, 8]) {
-    let count = 0;
-    const started = performance.now();
-    const cpu = process.cpuUsage();
-    await Promise.all(
-      Array.from({ length: concurrency }, async () => {
-        while (performance.now() - started < 1500) {
-          await subject.inspect(name, signed2018);
-          count++;
-        }
-      }),
-    );
-    const perSecond = count / ((performance.now() - started) / 1000);
-    const used = process.cpuUsage(cpu);
-    const perCpuSecond = count / ((used.user + used.system) / 1e6);
-    t.comment(
-      `${perSecond.toFixed(0)} inspections/s wall clock, ${perCpuSecond.toFixed(0)} per CPU second ` +
-        `(${signed2018.length} B gzipped, ${concurrency} in flight, load average ${loadavg()[0]!.toFixed(1)})`,
-    );
-  }
-  t.pass();
 });

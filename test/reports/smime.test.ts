@@ -172,12 +172,3 @@ t.test('OpenSSL canonicalisation: long lines, LF/CRLF mix, lone CR, blank lines,
     if (result.ok && verify.code === 0) t.ok(result.content.equals(verify.stdout), `${label}: same content as openssl`);
   }
 });
-
-t.test('verification speed (informational)', async (t) => {
-  const rounds = 500;
-  const started = performance.now();
-  for (let i = 0; i < rounds; i++) verifySmime(normalSigned, [e745Other, e745]);
-  const perSecond = rounds / ((performance.now() - started) / 1000);
-  t.comment(`verifySmime of smime/normal.signed (17 KB, RSA 4096, SHA-256): ${perSecond.toFixed(0)}/s on one core`);
-  t.pass();
-});

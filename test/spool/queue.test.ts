@@ -55,8 +55,10 @@ t.test('files present before start and files arriving later are handled, oldest 
   await until(() => seen.length === 4);
   t.same(await readdir(join(dir, 'incoming')), [], 'done files are deleted');
   await writeFile(join(dir, 'incoming', '.hidden-tmp'), 'x');
-  await new Promise((r) => setTimeout(r, 300));
-  t.equal(seen.length, 4, 'dot files are never taken');
+  // a file written after the dot file is taken: the queue has looked at the directory since
+  await writeFile(join(dir, 'incoming', 'e'), 'e');
+  await until(() => seen.length === 5);
+  t.same(seen, ['a', 'b', 'c', 'd', 'e'], 'dot files are never taken');
 });
 
 t.test('failed: moved with a .reason sidecar; retry: kept and tried again; ignore: left alone', async (t) => {
