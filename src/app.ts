@@ -372,6 +372,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
           nodeId: identity.nodeId,
           policiesDirectory: config.policies.directory,
           sharedFolderPath: config.sharedFolder.path,
+          sharedFilesPath: config.sharedFiles.path,
           allowedNetworks: config.https.allowedNetworks,
           publicRoots: config.cfengine.publicRoots,
           maxConnections: config.cfengine.maxConnections,

@@ -16,6 +16,8 @@ export interface CfengineServerOptions {
   readonly policiesDirectory: string;
   /** shared_folder.path */
   readonly sharedFolderPath: string;
+  /** shared_files.path: `<path>/<uuid>/` readable by that node's key (Rudder's cf-serverd.st) */
+  readonly sharedFilesPath?: string;
   /** https.allowed_networks: only these clients may connect */
   readonly allowedNetworks: readonly string[];
   /** extra read-only roots readable by every known node (Rudder's tools, ncf library…), absolute paths */

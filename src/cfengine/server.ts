@@ -52,6 +52,7 @@ export function createCfengineServer(options: CfengineServerOptions, deps: Cfeng
     acl: createPathAcl({
       policiesDirectory: options.policiesDirectory,
       sharedFolderPath: options.sharedFolderPath,
+      ...(options.sharedFilesPath === undefined ? {} : { sharedFilesPath: options.sharedFilesPath }),
       commonRoots: options.commonRoots ?? [],
       publicRoots: options.publicRoots ?? [],
     }),
