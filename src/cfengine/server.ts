@@ -35,7 +35,7 @@ function refusalLogger(log: Logger): (peer: string, message: string, fields?: Re
     }
     if (seen.size > 1000) seen.clear();
     seen.set(key, { at: now, suppressed: 0 });
-    log.warn({ peer, ...fields, ...(last?.suppressed ? { suppressed: last.suppressed } : {}) }, message);
+    log.warn({ event: 'refused', peer, ...fields, ...(last?.suppressed ? { suppressed: last.suppressed } : {}) }, message);
   };
 }
 

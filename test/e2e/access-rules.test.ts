@@ -86,3 +86,19 @@ t.test('HTTPS rows as Apache answers them: merged slashes, 403 for other methods
   const refused = await relay.waitForLog((l) => l['event'] === 'access' && l['method'] === 'PROPFIND' && l['status'] === 403);
   t.equal(refused['error'], 'RELAY_ERR_UPLOAD_METHOD', 'logged with its code');
 });
+
+t.test('refusals are never hidden by log rate-limiting: every refused request has its access line', async (t) => {
+  const relay = await startRelay(t, { workers: 1 });
+  const refused: string[] = [];
+  // more than the 5 lines a minute a repeated warning gets, from the same client, with several codes
+  for (let i = 0; i < 8; i += 1) refused.push(`/reports/x${i}.log`);
+  for (let i = 0; i < 4; i += 1) refused.push(`/rudder/relay-api/nothing-${i}`);
+  for (let i = 0; i < 4; i += 1) refused.push(`/nowhere-${i}`);
+  for (const path of refused) await run('curl', ['-sk', '-o', '/dev/null', `${relay.httpsUrl}${path}`]);
+  const last = refused[refused.length - 1];
+  await relay.waitForLog((l) => l['event'] === 'access' && l['path'] === last);
+  const lines = relay.logs.filter((l) => l['event'] === 'access' && Number(l['status']) >= 400);
+  t.same(lines.map((l) => l['path']), refused, 'one access line per refused request, in order');
+  t.same([...new Set(lines.map((l) => l['error']))].sort(), ['RELAY_ERR_AUTH_NETWORK', 'RELAY_ERR_NOT_FOUND', 'RELAY_ERR_UPLOAD_METHOD'], 'each with its code');
+  t.notOk(relay.logs.some((l) => l['event'] === 'log_rate_limited' || l['event'] === 'log_suppressed'), 'nothing counted instead of written');
+});
