@@ -376,6 +376,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
           allowedNetworks: config.https.allowedNetworks,
           publicRoots: config.cfengine.publicRoots,
           maxConnections: config.cfengine.maxConnections,
+          maxConnectionsPerAddress: config.cfengine.maxConnectionsPerAddress,
           idleTimeoutMs: config.cfengine.idleTimeoutMs,
           denyBadClocks: config.cfengine.denyBadClocks,
           // inbound remote run (spec §2.5): EXEC only from the upstream's key, mapped to "sync now"

@@ -25,6 +25,8 @@ export interface CfengineServerOptions {
   /** roots readable by any client in allowed networks, even unknown (initial policies) */
   readonly publicRoots?: readonly string[];
   readonly maxConnections?: number;
+  /** connections one client address may hold at once (default 16): one client cannot take every slot */
+  readonly maxConnectionsPerAddress?: number;
   readonly idleTimeoutMs?: number;
   /** cf-serverd's denybadclocks (default true): refuse STAT when the client clock is off by > 3600 s */
   readonly denyBadClocks?: boolean;
@@ -43,7 +45,7 @@ export interface CfengineServerOptions {
 export type ExecHandler = (classes: readonly string[], writeLine: (line: string) => void) => Promise<number>;
 
 export interface CfengineCounters {
-  connection(result: 'accepted' | 'refused-network' | 'refused-limit' | 'closed-error'): void;
+  connection(result: 'accepted' | 'refused-network' | 'refused-limit' | 'refused-address-limit' | 'closed-error'): void;
   command(command: string, result: 'ok' | 'denied' | 'absent' | 'error'): void;
   bytesSent(bytes: number): void;
 }

@@ -14,6 +14,8 @@ import { DigestCache, DirectoryCache, onSlowFileSystem } from './files.js';
 import type { CfengineServer, CfengineServerDeps, CfengineServerOptions } from './index.js';
 
 const DEFAULT_MAX_CONNECTIONS = 500;
+/** an agent run holds one connection; a sub-relay's agent or a NAT of a few agents a handful more */
+const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 16;
 const DEFAULT_IDLE_TIMEOUT_MS = 30_000;
 /** a client is at most one request ahead; a few whole transactions of slack, then it is cut off */
 const MAX_INPUT_BYTES = 4 * (HEADER_SIZE + MAX_PAYLOAD);
@@ -42,6 +44,7 @@ function refusalLogger(log: Logger): (peer: string, message: string, fields?: Re
 export function createCfengineServer(options: CfengineServerOptions, deps: CfengineServerDeps): CfengineServer {
   const log = deps.log.child({ module: 'cfengine' });
   const maxConnections = options.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+  const maxPerAddress = options.maxConnectionsPerAddress ?? DEFAULT_MAX_CONNECTIONS_PER_ADDRESS;
   const idleTimeoutMs = options.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
   const networks = createNetworkAcl(options.allowedNetworks);
   const logRefusal = refusalLogger(log);
@@ -69,6 +72,8 @@ export function createCfengineServer(options: CfengineServerOptions, deps: Cfeng
   };
   /** admitted connections, for maxConnections and stop() */
   const connections = new Set<CfengineConnection>();
+  /** admitted connections by client address, for maxConnectionsPerAddress */
+  const perAddress = new Map<string, number>();
   let server: Server | undefined;
   let unsubscribeSlow: (() => void) | undefined;
   let secureContext: SecureContext | undefined;
@@ -89,6 +94,14 @@ export function createCfengineServer(options: CfengineServerOptions, deps: Cfeng
       socket.destroy();
       return;
     }
+    const held = perAddress.get(peer) ?? 0;
+    if (held >= maxPerAddress) {
+      deps.counters.connection('refused-address-limit');
+      logRefusal(peer, 'cfengine connection refused: too many connections from this address', { maxConnectionsPerAddress: maxPerAddress });
+      socket.destroy();
+      return;
+    }
+    perAddress.set(peer, held + 1);
     deps.counters.connection('accepted');
     socket.setNoDelay(true);
     const tls = new TLSSocket(socket, {
@@ -98,7 +111,12 @@ export function createCfengineServer(options: CfengineServerOptions, deps: Cfeng
       rejectUnauthorized: false, // cf-serverd accepts any certificate; the key is checked afterwards (§4)
     });
     tls.setTimeout(idleTimeoutMs);
-    const connection = new CfengineConnection(tls, peer, context, (closed) => connections.delete(closed));
+    const connection = new CfengineConnection(tls, peer, context, (closed) => {
+      if (!connections.delete(closed)) return;
+      const left = (perAddress.get(peer) ?? 1) - 1;
+      if (left > 0) perAddress.set(peer, left);
+      else perAddress.delete(peer);
+    });
     connections.add(connection);
   };
 
