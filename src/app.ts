@@ -137,7 +137,7 @@ function syncPaths(config: Config): SyncPaths {
 }
 
 function nodeRunnerOf(config: Config, identity: Identity, log: Logger): NodeRunner {
-  if (config.remoteRun.mode !== 'native') return createCommandRunner({ command: config.remoteRun.command, useSudo: config.remoteRun.useSudo });
+  if (config.remoteRun.mode !== 'native') return createCommandRunner({ command: config.remoteRun.command, useSudo: config.remoteRun.useSudo, log });
   // CFEngine EXEC to the node's cf-serverd with the relay's own key (spec §2.5 "Outbound")
   return createNativeRunner({
     privateKey: identity.privateKey,
