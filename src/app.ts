@@ -137,7 +137,7 @@ function syncPaths(config: Config): SyncPaths {
 }
 
 function nodeRunnerOf(config: Config, identity: Identity, log: Logger): NodeRunner {
-  if (config.remoteRun.mode !== 'native') return createCommandRunner({ command: config.remoteRun.command, useSudo: config.remoteRun.useSudo });
+  if (config.remoteRun.mode !== 'native') return createCommandRunner({ command: config.remoteRun.command, useSudo: config.remoteRun.useSudo, log });
   // CFEngine EXEC to the node's cf-serverd with the relay's own key (spec §2.5 "Outbound")
   return createNativeRunner({
     privateKey: identity.privateKey,
@@ -372,9 +372,11 @@ export async function runPrimary(options: StartOptions): Promise<void> {
           nodeId: identity.nodeId,
           policiesDirectory: config.policies.directory,
           sharedFolderPath: config.sharedFolder.path,
+          sharedFilesPath: config.sharedFiles.path,
           allowedNetworks: config.https.allowedNetworks,
           publicRoots: config.cfengine.publicRoots,
           maxConnections: config.cfengine.maxConnections,
+          maxConnectionsPerAddress: config.cfengine.maxConnectionsPerAddress,
           idleTimeoutMs: config.cfengine.idleTimeoutMs,
           denyBadClocks: config.cfengine.denyBadClocks,
           // inbound remote run (spec §2.5): EXEC only from the upstream's key, mapped to "sync now"

@@ -45,7 +45,8 @@ const catalogue: Record<ErrorCode, CatalogueEntry> = {
   RELAY_ERR_UPLOAD_NAME: { status: 400, transient: false },
   RELAY_ERR_UPLOAD_TOO_LARGE: { status: 413, transient: false },
   RELAY_ERR_UPLOAD_INCOMPLETE: { status: 400, transient: false },
-  RELAY_ERR_UPLOAD_METHOD: { status: 405, transient: false },
+  // Apache's <LimitExcept PUT> Require all denied on the upload collections: 403, not mod_dav's 405
+  RELAY_ERR_UPLOAD_METHOD: { status: 403, transient: false },
   RELAY_ERR_AUTH_REQUIRED: { status: 401, transient: false },
   RELAY_ERR_AUTH_NETWORK: { status: 403, transient: false },
   RELAY_ERR_AUTH_CERTIFICATE: { status: 403, transient: false },

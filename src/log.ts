@@ -1,6 +1,8 @@
 // One pino logger per process; modules take `log.child({ module })` (CONVENTIONS.md "Logs").
 // Repeated identical warnings and errors are rate-limited (relayd flooded daemon.log with one line per
-// retry), and the last errors are kept for the status page.
+// retry), and the last errors are kept for the status page. Refusals are never rate-limited: each refused
+// request or access is its own event (another client, path or code), and what an administrator greps for
+// after an attack; only repeats of the same internal error are.
 
 import { pino, type Logger, type LevelWithSilent } from 'pino';
 import type { LogLevel } from './config/index.js';
@@ -22,6 +24,8 @@ export interface RecentError {
 const BURST = 5;
 const WINDOW_MS = 60_000;
 const RECENT = 20;
+/** events that are refusals of a client's request: always written, never counted into a suppressed line */
+const REFUSAL_EVENTS: ReadonlySet<string> = new Set(['access', 'denied', 'refused']);
 /**
  * stdout is written in batches of at least this many bytes, and at least every LOG_FLUSH_MS: one write(2)
  * per access line cost a front-door worker ~10% of its CPU under a download load (bench/policies profile)
@@ -72,6 +76,7 @@ export function createLogger(level: LogLevel, bindings: Record<string, unknown> 
         if (levelNumber < 40) return method.apply(this, args);
         const [first, second] = args as unknown[];
         const fields = typeof first === 'object' && first !== null ? (first as Record<string, unknown>) : {};
+        if (typeof fields['event'] === 'string' && REFUSAL_EVENTS.has(fields['event'])) return method.apply(this, args);
         const message = typeof first === 'string' ? first : typeof second === 'string' ? second : '';
         const module = (this as unknown as { bindings(): Record<string, unknown> }).bindings()['module'];
         const key = `${String(module)}|${levelNumber}|${String(fields['event'] ?? '')}|${message}`;

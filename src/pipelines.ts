@@ -146,12 +146,17 @@ export function createPipelines(
     );
   }
 
+  let unsubscribeNodes: (() => void) | undefined;
   return {
     async start() {
       if (reporting.output === 'upstream') await inspector.start();
       for (const queue of queues.values()) await queue.start();
+      // reports held for a node the list did not name: look again whenever the list changes (issue 15)
+      unsubscribeNodes ??= deps.nodes.onChange(() => queues.get('reports')?.releaseHeld());
     },
     async stop() {
+      unsubscribeNodes?.();
+      unsubscribeNodes = undefined;
       for (const queue of queues.values()) await queue.stop();
       await inspector.stop();
       await rawUpstream?.close();

@@ -1,9 +1,12 @@
 // Who may connect and what each client may read (spec-https-front-cfserverd-sync.md §2.3): the relay's
-// cf-serverd ACL rebuilt from our configuration instead of a rendered cf-serverd.cf.
+// cf-serverd ACL rebuilt from our configuration instead of a rendered cf-serverd.cf. Row by row against
+// Rudder's cf-serverd.st in docs/access-rules.md.
 //  - connect: only clients in allowed networks (allowconnects);
-//  - <policies>/<uuid>/: only the node whose key is that node's (admit_keys MD5=…);
-//  - commonRoots and the shared folder: every known node;
-//  - publicRoots: any client that may connect, even with an unknown key (initial policies, ncf);
+//  - <policies>/<uuid>/ and <shared files>/<uuid>/: only the node whose key is that node's (admit_keys MD5=…);
+//  - commonRoots: every known node;
+//  - publicRoots and the shared folder: any client that may connect, even with an unknown key (admit_ips);
+//  - <public root>/50_techniques: nobody (Rudder's deny_ips 0.0.0.0/0 on <ncf local>/50_techniques, the
+//    most specific rule, so it wins over the root's admit);
 //  - everything else: denied.
 // Paths are binary strings (latin1) and are checked after realpath, so a symlink cannot escape a root.
 
@@ -61,7 +64,7 @@ export interface Reader {
   readonly nodeId: string | undefined;
 }
 
-export type AccessDecision = 'node' | 'common' | 'shared-folder' | 'public' | undefined;
+export type AccessDecision = 'node' | 'node-shared-files' | 'common' | 'shared-folder' | 'public' | undefined;
 
 export interface PathAcl {
   /** which rule admits `resolvedPath` for this reader, undefined when none does (synchronous: one call per request) */
@@ -71,9 +74,14 @@ export interface PathAcl {
 export interface PathAclOptions {
   readonly policiesDirectory: string;
   readonly sharedFolderPath: string;
+  /** shared_files.path: `<path>/<uuid>/` is readable by that node (ncf's sharedfile_from_node copies from it) */
+  readonly sharedFilesPath?: string;
   readonly commonRoots: readonly string[];
   readonly publicRoots: readonly string[];
 }
+
+/** Rudder denies `<ncf local>/50_techniques` to everyone; the other public roots have no such folder */
+const DENIED_IN_PUBLIC_ROOTS = '50_techniques';
 
 /** a node id usable as one path segment (uuid or "root"): never '', '.', '..' or containing '/' */
 function isSafeNodeId(id: string): boolean {
@@ -89,27 +97,40 @@ export function createPathAcl(options: PathAclOptions): PathAcl {
   const shared = normalisedRoot(options.sharedFolderPath);
   const common = options.commonRoots.map(normalisedRoot);
   const publics = options.publicRoots.map(normalisedRoot);
+  const sharedFiles = options.sharedFilesPath === undefined ? undefined : normalisedRoot(options.sharedFilesPath);
+  const deniedIn = (path: string): boolean => {
+    for (const root of publics) if (isWithin(path, posix.join(root.path(), DENIED_IN_PUBLIC_ROOTS))) return true;
+    return false;
+  };
   const within = (path: string, roots: readonly Root[]): boolean => {
     for (const root of roots) if (isWithin(path, root.path())) return true;
     return false;
   };
-  let ownFor: { readonly root: string; readonly nodeId: string; readonly path: string } | undefined;
-  const own = (nodeId: string): string => {
-    const root = policies.path();
-    if (ownFor?.root !== root || ownFor.nodeId !== nodeId) ownFor = { root, nodeId, path: posix.join(root, toBinaryPath(nodeId)) };
-    return ownFor.path;
-  };
+  const own = ownFolder(policies);
+  const ownShares = sharedFiles === undefined ? undefined : ownFolder(sharedFiles);
   return {
     check(path, reader) {
       if (!path.startsWith('/') || hasDotDot(path)) return undefined;
+      if (deniedIn(path)) return undefined;
       if (reader.nodeId !== undefined && isSafeNodeId(reader.nodeId)) {
         if (isWithin(path, own(reader.nodeId))) return 'node';
+        if (ownShares !== undefined && isWithin(path, ownShares(reader.nodeId))) return 'node-shared-files';
         if (within(path, common)) return 'common';
-        if (isWithin(path, shared.path())) return 'shared-folder';
       }
+      if (isWithin(path, shared.path())) return 'shared-folder';
       if (within(path, publics)) return 'public';
       return undefined;
     },
+  };
+}
+
+/** `<root>/<nodeId>`, remembered for the last node asked (one call per request, usually the same node) */
+function ownFolder(root: Root): (nodeId: string) => string {
+  let last: { readonly root: string; readonly nodeId: string; readonly path: string } | undefined;
+  return (nodeId) => {
+    const rootPath = root.path();
+    if (last?.root !== rootPath || last.nodeId !== nodeId) last = { root: rootPath, nodeId, path: posix.join(rootPath, toBinaryPath(nodeId)) };
+    return last.path;
   };
 }
 

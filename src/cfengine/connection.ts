@@ -518,7 +518,7 @@ export class CfengineConnection {
   private denied(command: string, fields: Record<string, unknown>, message = 'cfengine access denied'): void {
     this.ctx.counters.command(command, 'denied');
     this.denials += 1;
-    if (this.denials <= MAX_DENIAL_LINES) this.log.warn({ command, ...fields }, message);
+    if (this.denials <= MAX_DENIAL_LINES) this.log.warn({ event: 'denied', command, ...fields }, message);
     else if (this.denials === MAX_DENIAL_LINES + 1) this.log.warn({ command }, 'cfengine: further denials on this connection are only counted');
   }
 

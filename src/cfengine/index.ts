@@ -16,6 +16,8 @@ export interface CfengineServerOptions {
   readonly policiesDirectory: string;
   /** shared_folder.path */
   readonly sharedFolderPath: string;
+  /** shared_files.path: `<path>/<uuid>/` readable by that node's key (Rudder's cf-serverd.st) */
+  readonly sharedFilesPath?: string;
   /** https.allowed_networks: only these clients may connect */
   readonly allowedNetworks: readonly string[];
   /** extra read-only roots readable by every known node (Rudder's tools, ncf library…), absolute paths */
@@ -23,6 +25,8 @@ export interface CfengineServerOptions {
   /** roots readable by any client in allowed networks, even unknown (initial policies) */
   readonly publicRoots?: readonly string[];
   readonly maxConnections?: number;
+  /** connections one client address may hold at once (default 16): one client cannot take every slot */
+  readonly maxConnectionsPerAddress?: number;
   readonly idleTimeoutMs?: number;
   /** cf-serverd's denybadclocks (default true): refuse STAT when the client clock is off by > 3600 s */
   readonly denyBadClocks?: boolean;
@@ -41,7 +45,7 @@ export interface CfengineServerOptions {
 export type ExecHandler = (classes: readonly string[], writeLine: (line: string) => void) => Promise<number>;
 
 export interface CfengineCounters {
-  connection(result: 'accepted' | 'refused-network' | 'refused-limit' | 'closed-error'): void;
+  connection(result: 'accepted' | 'refused-network' | 'refused-limit' | 'refused-address-limit' | 'closed-error'): void;
   command(command: string, result: 'ok' | 'denied' | 'absent' | 'error'): void;
   bytesSent(bytes: number): void;
 }

@@ -14,6 +14,8 @@ import { DigestCache, DirectoryCache, onSlowFileSystem } from './files.js';
 import type { CfengineServer, CfengineServerDeps, CfengineServerOptions } from './index.js';
 
 const DEFAULT_MAX_CONNECTIONS = 500;
+/** an agent run holds one connection; a sub-relay's agent or a NAT of a few agents a handful more */
+const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 16;
 const DEFAULT_IDLE_TIMEOUT_MS = 30_000;
 /** a client is at most one request ahead; a few whole transactions of slack, then it is cut off */
 const MAX_INPUT_BYTES = 4 * (HEADER_SIZE + MAX_PAYLOAD);
@@ -35,13 +37,14 @@ function refusalLogger(log: Logger): (peer: string, message: string, fields?: Re
     }
     if (seen.size > 1000) seen.clear();
     seen.set(key, { at: now, suppressed: 0 });
-    log.warn({ peer, ...fields, ...(last?.suppressed ? { suppressed: last.suppressed } : {}) }, message);
+    log.warn({ event: 'refused', peer, ...fields, ...(last?.suppressed ? { suppressed: last.suppressed } : {}) }, message);
   };
 }
 
 export function createCfengineServer(options: CfengineServerOptions, deps: CfengineServerDeps): CfengineServer {
   const log = deps.log.child({ module: 'cfengine' });
   const maxConnections = options.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+  const maxPerAddress = options.maxConnectionsPerAddress ?? DEFAULT_MAX_CONNECTIONS_PER_ADDRESS;
   const idleTimeoutMs = options.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
   const networks = createNetworkAcl(options.allowedNetworks);
   const logRefusal = refusalLogger(log);
@@ -52,6 +55,7 @@ export function createCfengineServer(options: CfengineServerOptions, deps: Cfeng
     acl: createPathAcl({
       policiesDirectory: options.policiesDirectory,
       sharedFolderPath: options.sharedFolderPath,
+      ...(options.sharedFilesPath === undefined ? {} : { sharedFilesPath: options.sharedFilesPath }),
       commonRoots: options.commonRoots ?? [],
       publicRoots: options.publicRoots ?? [],
     }),
@@ -68,6 +72,8 @@ export function createCfengineServer(options: CfengineServerOptions, deps: Cfeng
   };
   /** admitted connections, for maxConnections and stop() */
   const connections = new Set<CfengineConnection>();
+  /** admitted connections by client address, for maxConnectionsPerAddress */
+  const perAddress = new Map<string, number>();
   let server: Server | undefined;
   let unsubscribeSlow: (() => void) | undefined;
   let secureContext: SecureContext | undefined;
@@ -88,6 +94,14 @@ export function createCfengineServer(options: CfengineServerOptions, deps: Cfeng
       socket.destroy();
       return;
     }
+    const held = perAddress.get(peer) ?? 0;
+    if (held >= maxPerAddress) {
+      deps.counters.connection('refused-address-limit');
+      logRefusal(peer, 'cfengine connection refused: too many connections from this address', { maxConnectionsPerAddress: maxPerAddress });
+      socket.destroy();
+      return;
+    }
+    perAddress.set(peer, held + 1);
     deps.counters.connection('accepted');
     socket.setNoDelay(true);
     const tls = new TLSSocket(socket, {
@@ -97,7 +111,12 @@ export function createCfengineServer(options: CfengineServerOptions, deps: Cfeng
       rejectUnauthorized: false, // cf-serverd accepts any certificate; the key is checked afterwards (§4)
     });
     tls.setTimeout(idleTimeoutMs);
-    const connection = new CfengineConnection(tls, peer, context, (closed) => connections.delete(closed));
+    const connection = new CfengineConnection(tls, peer, context, (closed) => {
+      if (!connections.delete(closed)) return;
+      const left = (perAddress.get(peer) ?? 1) - 1;
+      if (left > 0) perAddress.set(peer, left);
+      else perAddress.delete(peer);
+    });
     connections.add(connection);
   };
 

@@ -416,6 +416,7 @@ function buildConfig(main: Reader, logging: Reader | undefined): Config {
         '/var/rudder/configuration-repository/ncf',
       ]).map((p) => resolve(p)),
       maxConnections: r.integer('cfengine.max_connections', 500, 1, 100_000),
+      maxConnectionsPerAddress: r.integer('cfengine.max_connections_per_address', 16, 1, 100_000),
       idleTimeoutMs: r.duration('cfengine.idle_timeout', 30_000),
       denyBadClocks: r.boolean('cfengine.deny_bad_clocks', true),
     },

@@ -55,7 +55,7 @@ export interface FrontDoor {
 }
 
 const QUEUES: readonly SpoolQueue[] = ['reports', 'inventories', 'inventory-updates'];
-// answered 405 on the upload collections, as mod_dav's <LimitExcept PUT> does
+// answered 403 on the upload collections, as Apache's <LimitExcept PUT> Require all denied does
 const WEBDAV_METHODS = ['PROPFIND', 'PROPPATCH', 'MKCOL', 'COPY', 'MOVE', 'LOCK', 'UNLOCK'];
 
 declare module 'fastify' {
@@ -168,7 +168,6 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
           method: ['GET', 'HEAD', 'POST', 'DELETE', 'PATCH', 'OPTIONS', ...WEBDAV_METHODS],
           url: `/${queue}/*`,
           handler: async (request, reply) => {
-            reply.header('allow', 'PUT');
             return fail(request, reply, new RelayError('RELAY_ERR_UPLOAD_METHOD', `${request.method} is not allowed here, only PUT`));
           },
         });

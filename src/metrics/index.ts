@@ -210,7 +210,7 @@ export function createPrimaryMetrics(sources: {
   });
   const cfengineConnections = new Counter({
     name: 'onerelay_cfengine_connections_total',
-    help: 'CFEngine protocol connections by result (accepted, refused-network, refused-limit, closed-error)',
+    help: 'CFEngine protocol connections by result (accepted, refused-network, refused-limit, refused-address-limit, closed-error)',
     labelNames: ['result'] as const,
     registers: [registry],
   });

@@ -46,8 +46,10 @@ export interface NodesRegistry {
   /** undefined when the node is handled here; throws RelayError for unknown nodes and loops */
   nextHop(id: string): NodeEntry | undefined;
   status(): NodesStatus;
-  /** re-read both files; on error keeps the last good data and rethrows */
+  /** re-read both files; on error (a broken file, or one that was there and is now missing) keeps the last good data and rethrows */
   reload(): Promise<void>;
+  /** called after each successful (re)load, e.g. to look again at reports of nodes the list did not name; returns the unsubscribe */
+  onChange(listener: () => void): () => void;
   /** watch both files and reload on change */
   start(): Promise<void>;
   stop(): Promise<void>;

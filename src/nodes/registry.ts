@@ -27,11 +27,15 @@ export function createNodesRegistry(options: NodesOptions & { log: Logger }): No
   let lastError: string | undefined;
   let queue: Promise<void> = Promise.resolve();
   let watcher: FilesWatcher | undefined;
+  /** which files the last good snapshot came from: one of them vanishing is an error, not an empty list */
+  let hadFiles = { list: false, certs: false };
+  const changeListeners = new Set<() => void>();
 
   const load = async (): Promise<void> => {
     try {
-      const next = await loadSnapshot(options, log);
+      const next = await loadSnapshot(options, log, hadFiles);
       snapshot = next;
+      hadFiles = next.read;
       certificateObjects = new Map();
       loadedAt = new Date().toISOString();
       if (lastError !== undefined) log.info('nodes data valid again, error cleared');
@@ -40,6 +44,13 @@ export function createNodesRegistry(options: NodesOptions & { log: Logger }): No
         { nodes: next.nodes.size, certificates: next.certificateCount, managedNodes: next.neighbors.length },
         'nodes loaded',
       );
+      for (const listener of changeListeners) {
+        try {
+          listener();
+        } catch (error) {
+          log.error({ code: 'RELAY_ERR_INTERNAL', err: messageOf(error) }, 'nodes change listener failed');
+        }
+      }
     } catch (error) {
       const code = isRelayError(error) ? error.code : 'RELAY_ERR_INTERNAL';
       lastError = `${code}: ${messageOf(error)}`;
@@ -160,6 +171,11 @@ export function createNodesRegistry(options: NodesOptions & { log: Logger }): No
     },
 
     reload,
+
+    onChange(listener) {
+      changeListeners.add(listener);
+      return () => changeListeners.delete(listener);
+    },
 
     async start() {
       if (watcher !== undefined) return;

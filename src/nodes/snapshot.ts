@@ -29,8 +29,20 @@ export function emptySnapshot(): NodesSnapshot {
   return buildSnapshot(new Map(), new Map(), '');
 }
 
-export async function loadSnapshot(options: NodesOptions, log: Logger): Promise<NodesSnapshot> {
+/**
+ * `hadFiles`: which files the last good snapshot was read from. A file that existed and is now missing is
+ * an error (moved away, a sync replacing it, a bad deployment): the caller keeps the last good data, as for
+ * a broken file. Only a file that never existed since start counts as empty (a new relay, relayd's rule).
+ */
+export async function loadSnapshot(
+  options: NodesOptions,
+  log: Logger,
+  hadFiles: { readonly list: boolean; readonly certs: boolean } = { list: false, certs: false },
+): Promise<NodesSnapshot & { readonly read: { readonly list: boolean; readonly certs: boolean } }> {
   const listText = await readOptional(options.nodesListFile, 'RELAY_ERR_NODES_LIST');
+  if (listText === undefined && hadFiles.list) {
+    throw new RelayError('RELAY_ERR_NODES_LIST', `nodes list ${options.nodesListFile} is missing (it was there before): keeping the last good list`);
+  }
   let nodes: Map<string, NodeEntry>;
   if (listText === undefined) {
     log.info({ file: options.nodesListFile }, 'Nodes list file does not exist, considering it as empty');
@@ -40,13 +52,16 @@ export async function loadSnapshot(options: NodesOptions, log: Logger): Promise<
   }
 
   const certsText = await readOptional(options.nodesCertsFile, 'RELAY_ERR_NODES_CERTS');
+  if (certsText === undefined && hadFiles.certs) {
+    throw new RelayError('RELAY_ERR_NODES_CERTS', `nodes certificates ${options.nodesCertsFile} are missing (they were there before): keeping the last good ones`);
+  }
   let certificates = new Map<string, NodeCertificate[]>();
   if (certsText === undefined) {
     log.info({ file: options.nodesCertsFile }, 'Nodes certificates file does not exist, skipping');
   } else {
     certificates = await parseNodesCertificates(certsText, options.nodesCertsFile, nodes, log);
   }
-  return buildSnapshot(nodes, certificates, options.myId);
+  return { ...buildSnapshot(nodes, certificates, options.myId), read: { list: listText !== undefined, certs: certsText !== undefined } };
 }
 
 export function parseNodesList(text: string, file: string): Map<string, NodeEntry> {

@@ -84,7 +84,8 @@ export function createRemoteRun(options: RemoteRunOptions, deps: RemoteRunDeps):
       local.push(...nodes.neighbors());
       for (const relay of nodes.subRelays()) if (!cameThrough.has(relay.id)) forwards.set(relay.id, { relay, ids: [] });
     } else {
-      for (const id of target.ids) {
+      // each node once, however often the request names it (20,000 copies of one id made 20,000 runs)
+      for (const id of new Set(target.ids)) {
         const entry = nodes.get(id);
         if (entry === undefined) {
           log.warn({ event: 'unknown_node', node: id }, `remote run: unknown node ${JSON.stringify(id)}`);
@@ -170,8 +171,9 @@ export function createRemoteRun(options: RemoteRunOptions, deps: RemoteRunDeps):
 
   async function handle(request: FastifyRequest, reply: FastifyReply, target: { all: true } | { ids: readonly string[] } | 'from-form') {
     if (!options.enabled) {
-      log.warn({ event: 'disabled' }, 'received remote-run request but remote-run API is disabled');
-      return text(reply, 403, 'remote-run is disabled on this relay (remote_run.enabled = false)\n');
+      // relayd's answer (remote_run.rs: warp::reject::not_found()): the API is not there at all
+      log.warn({ event: 'refused', code: 'RELAY_ERR_NOT_FOUND', reason: 'remote_run.enabled = false' }, 'received remote-run request but remote-run API is disabled');
+      return text(reply, 404, 'NOT FOUND');
     }
     const form = parseForm(typeof request.body === 'string' ? request.body : '');
     let runRequest: RunRequest;
@@ -182,7 +184,7 @@ export function createRemoteRun(options: RemoteRunOptions, deps: RemoteRunDeps):
       if (target === 'from-form') {
         const nodes = form.get('nodes');
         if (nodes === undefined) throw new ParameterError('Missing nodes');
-        resolved = { ids: nodes.split(',') };
+        resolved = { ids: [...new Set(nodes.split(','))] };
       } else resolved = target;
     } catch (error) {
       if (error instanceof ParameterError) return text(reply, 400, error.message);

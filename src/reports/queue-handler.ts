@@ -47,8 +47,13 @@ export function createReportHandler(
           log.info({ event: 'skipped', file: file.name, node: result.nodeId }, result.message);
           return { kind: 'done' };
         }
-        deps.counters.count(result.reason === 'unknown-node' || result.reason === 'bad-name' ? 'invalid' : 'error');
-        if (result.reason === 'unknown-node') log.error({ event: 'refused', file: file.name, node: result.nodeId }, `refused: report from ${JSON.stringify(result.nodeId)}, unknown id`);
+        if (result.reason === 'unknown-node') {
+          // the list may lag the root (a node accepted a minute ago, a sync in progress): never failed on the
+          // first look; looked at again whenever the nodes list changes, given up at cleanup.retention
+          log.warn({ event: 'held', file: file.name, node: result.nodeId }, 'report from a node absent from the nodes list: held until the list names it');
+          return { kind: 'hold', code: result.reason, reason: result.message };
+        }
+        deps.counters.count(result.reason === 'bad-name' ? 'invalid' : 'error');
         return { kind: 'failed', code: result.reason, reason: result.message };
       }
       deps.counters.count('ok');

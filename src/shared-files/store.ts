@@ -8,7 +8,9 @@ import type { Logger } from 'pino';
 import { messageOf } from '../errors.js';
 import { parseMetadata } from './metadata.js';
 
-const TEMP_PREFIX = '.onerelay-tmp-';
+// '~' is outside relayd's id pattern [A-Za-z0-9._-]: no share id can ever be taken for a temporary file
+// (an id ".onerelay-tmp-keep" was, and the cleanup removed it before its TTL)
+const TEMP_PREFIX = '.onerelay~tmp-';
 /** temp files older than this are leftovers of a crash */
 const STALE_TEMP_MS = 3_600_000;
 

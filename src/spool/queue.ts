@@ -27,6 +27,11 @@ export type QueueOutcome =
   | { readonly kind: 'retry'; readonly reason: string }
   /** not ready yet (e.g. waiting for its signature): look again after delayMs */
   | { readonly kind: 'defer'; readonly delayMs: number }
+  /**
+   * may pass later, on an event rather than a delay (a node the nodes list does not name yet): keep it, look
+   * again at releaseHeld(), and give up only at retention (then failed/ with the reason)
+   */
+  | { readonly kind: 'hold'; readonly code: string; readonly reason: string }
   /** permanent: move to failed/ with the reason beside it */
   | { readonly kind: 'failed'; readonly code: string; readonly reason: string }
   /** leave it where it is and do not look again until it changes (output disabled, unknown extension) */
@@ -71,6 +76,8 @@ export interface QueueStats {
   readonly inFlight: number;
   readonly paused: boolean;
   readonly full: boolean;
+  /** files held until releaseHeld() */
+  readonly held: number;
 }
 
 export interface Queue {
@@ -79,14 +86,18 @@ export interface Queue {
   stats(): QueueStats;
   /** scan now (tests, reload) */
   scan(): Promise<void>;
+  /** look again at every held file (the condition they wait for may have changed); returns how many */
+  releaseHeld(): number;
 }
 
 interface Tracked {
   size: number;
   mtimeMs: number;
   attempts: number;
-  state: 'pending' | 'in-flight' | 'deferred' | 'ignored' | 'claimed';
+  state: 'pending' | 'in-flight' | 'deferred' | 'ignored' | 'claimed' | 'held';
   timer?: NodeJS.Timeout;
+  /** why it is held (state 'held'), for the give-up at retention */
+  held?: { readonly code: string; readonly reason: string; readonly since: number };
 }
 
 const BASE_BACKOFF_MS = 500;
@@ -282,6 +293,12 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
         tracked.state = 'ignored';
         releaseClaims();
         return;
+      case 'hold':
+        releaseClaims();
+        tracked.held = { code: outcome.code, reason: outcome.reason, since: tracked.held?.since ?? Date.now() };
+        tracked.state = 'held';
+        log.warn({ event: 'held', file: name, code: outcome.code, reason: outcome.reason }, 'kept: will look again when the condition may have changed, gives up at cleanup.retention');
+        return;
       case 'defer':
         releaseClaims();
         tracked.state = 'deferred';
@@ -435,6 +452,10 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
       try {
         const info = await stat(join(directory, name));
         if (!info.isFile() || info.mtimeMs >= limit) continue;
+        if (tracked?.state === 'held' && tracked.held !== undefined) {
+          await giveUp(name, tracked, tracked.held);
+          continue;
+        }
         await unlink(join(directory, name));
         if (where === 'incoming') forget(name);
         if (!name.endsWith('.reason')) {
@@ -445,6 +466,18 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
         // vanished meanwhile
       }
     }
+  }
+
+  /** a held file at retention: failed/ with the reason it was held for (the evidence is kept, not deleted) */
+  async function giveUp(name: string, tracked: Tracked, held: { code: string; reason: string; since: number }): Promise<void> {
+    const outcome: QueueOutcome = {
+      kind: 'failed',
+      code: held.code,
+      reason: `${held.reason} (held since ${new Date(held.since).toISOString()}, given up at cleanup.retention)`,
+    };
+    log.error({ event: 'gave_up', file: name, code: held.code, reason: held.reason }, 'held file given up at cleanup.retention');
+    await settle(name, tracked, outcome, [], () => undefined);
+    events.onOutcome?.({ name, path: pathOf(name), size: tracked.size, mtimeMs: tracked.mtimeMs, attempts: tracked.attempts }, outcome);
   }
 
   async function cleanup(): Promise<void> {
@@ -485,10 +518,25 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
 
     stats() {
       let oldest: number | undefined;
-      for (const tracked of files.values()) if (oldest === undefined || tracked.mtimeMs < oldest) oldest = tracked.mtimeMs;
-      return { files: files.size, bytes, oldestMtimeMs: oldest, inFlight, paused: Date.now() < pausedUntil, full };
+      let held = 0;
+      for (const tracked of files.values()) {
+        if (oldest === undefined || tracked.mtimeMs < oldest) oldest = tracked.mtimeMs;
+        if (tracked.state === 'held') held += 1;
+      }
+      return { files: files.size, bytes, oldestMtimeMs: oldest, inFlight, paused: Date.now() < pausedUntil, full, held };
     },
 
     scan: () => scan(),
+
+    releaseHeld() {
+      let released = 0;
+      for (const [name, tracked] of files) {
+        if (tracked.state !== 'held') continue;
+        released += 1;
+        makeReady(name);
+      }
+      if (released > 0) log.info({ event: 'released', files: released }, 'looking again at held files');
+      return released;
+    },
   };
 }

@@ -1,6 +1,7 @@
-// Access control with the stock cf-agent (spec-https-front-cfserverd-sync.md §2.3): a node reads only its own
-// folder, the common roots and the shared folder; an unknown key only the public roots; a symlink cannot lead
-// out; clients outside the allowed networks are refused at connect.
+// Access control with the stock cf-agent (spec-https-front-cfserverd-sync.md §2.3, docs/access-rules.md): a
+// node reads only its own folders (policies, shared files), the common roots, the shared folder and the public
+// roots; an unknown key the public roots and the shared folder; <ncf local>/50_techniques nobody; a symlink
+// cannot lead out; clients outside the allowed networks are refused at connect.
 
 import { mkdir, readFile, stat, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -38,13 +39,15 @@ t.test('who may read what', { skip }, async (t) => {
   ]);
   const common = join(base, 'ncf-common');
   const publicRoot = join(base, 'initial-policies');
+  const ncfLocal = join(base, 'ncf-local');
+  const sharedFiles = join(base, 'shared-files');
   const fixture: CfengineFixture = await startCfengineFixture({
     base,
     nodes: [
       { id: NODE_A, work: a },
       { id: NODE_B, work: b },
     ],
-    server: { commonRoots: [common], publicRoots: [publicRoot] },
+    server: { commonRoots: [common], publicRoots: [publicRoot, ncfLocal], sharedFilesPath: sharedFiles },
   });
   t.teardown(() => fixture.server.stop());
   for (const [id, text] of [
@@ -59,6 +62,14 @@ t.test('who may read what', { skip }, async (t) => {
   await mkdir(publicRoot, { recursive: true });
   await writeFile(join(publicRoot, 'failsafe.cf'), 'initial\n');
   await writeFile(join(fixture.sharedFolder, 'shared.txt'), 'shared\n');
+  await mkdir(join(ncfLocal, '50_techniques', 'secret'), { recursive: true });
+  await writeFile(join(ncfLocal, '50_techniques', 'secret', 'secret.cf'), 'a technique\n');
+  await mkdir(join(ncfLocal, '30_generic_methods'), { recursive: true });
+  await writeFile(join(ncfLocal, '30_generic_methods', 'local.cf'), 'a local method\n');
+  for (const id of [NODE_A, NODE_B]) {
+    await mkdir(join(sharedFiles, id, 'files', NODE_C), { recursive: true });
+    await writeFile(join(sharedFiles, id, 'files', NODE_C, 'payload'), `for ${id}\n`);
+  }
   const port = fixture.port();
   const copyOne = (work: CfWorkdir, source: string, dest: string, onPort = port) =>
     runCopy(work, { port: onPort, copies: [{ source, dest }] });
@@ -100,7 +111,7 @@ t.test('who may read what', { skip }, async (t) => {
     t.notOk(await exists(join(base, 'b.cf')));
   });
 
-  await t.test('an unknown key reads the public roots only', async (t) => {
+  await t.test('an unknown key reads the public roots and the shared folder only (admit_ips)', async (t) => {
     const dest = join(base, 'stranger');
     const run = await runCopy(stranger, {
       port,
@@ -109,18 +120,59 @@ t.test('who may read what', { skip }, async (t) => {
         { source: join(fixture.share, NODE_A, 'rules'), dest: join(dest, 'node-a') },
         { source: common, dest: join(dest, 'ncf') },
         { source: fixture.sharedFolder, dest: join(dest, 'shared') },
+        { source: join(sharedFiles, NODE_A), dest: join(dest, 'shares-a') },
       ],
     });
     t.equal(await readFile(join(dest, 'public', 'failsafe.cf'), 'utf8'), 'initial\n', 'public roots copied');
+    t.equal(await readFile(join(dest, 'shared', 'shared.txt'), 'utf8'), 'shared\n', 'shared folder copied (Rudder admits it by network)');
     const errors = errorLines(run.stdout).join('\n');
     t.match(errors, /Can't stat file '.*aaaaaaaa-1111-4000-8000-000000000001\/rules'/, 'node folder denied');
     t.match(errors, /Can't stat file '.*ncf-common'/, 'common roots denied');
-    t.match(errors, /Can't stat file '.*shared-folder'/, 'shared folder denied');
-    for (const sub of ['node-a', 'ncf', 'shared']) t.notOk(await exists(join(dest, sub)), `${sub} not copied`);
+    t.match(errors, /Can't stat file '.*shared-files\/aaaaaaaa-1111-4000-8000-000000000001'/, "a node's shared files denied");
+    for (const sub of ['node-a', 'ncf', 'shares-a']) t.notOk(await exists(join(dest, sub)), `${sub} not copied`);
     const closed = fixture.logs.find((l) => l['msg'] === 'cfengine connection closed' && l['key'] === stranger.md5);
     t.equal(closed?.['known'], false, 'the connection line says the key is unknown');
     t.equal(closed?.['node'], undefined);
     t.equal(closed?.['denials'], 3);
+  });
+
+  await t.test("a node reads its own shared files (sharedfile_from_node), not another node's", async (t) => {
+    const dest = join(base, 'a-shares');
+    const own = join(sharedFiles, NODE_A, 'files', NODE_C, 'payload');
+    const run = await runCopy(a, {
+      port,
+      copies: [
+        { source: own, dest: join(dest, 'payload'), recurse: false },
+        { source: join(sharedFiles, NODE_B, 'files', NODE_C, 'payload'), dest: join(dest, 'stolen'), recurse: false },
+      ],
+    });
+    t.equal(await readFile(join(dest, 'payload'), 'utf8'), `for ${NODE_A}\n`, 'its own copied');
+    t.match(errorLines(run.stdout).join('\n'), /Can't stat file '.*shared-files\/bbbbbbbb-2222-4000-8000-000000000002\/files/, "B's denied");
+    t.notOk(await exists(join(dest, 'stolen')));
+  });
+
+  await t.test('<ncf local>/50_techniques is denied to everyone, the rest of ncf local is public', async (t) => {
+    for (const [who, work] of [
+      ['known node', a],
+      ['unknown key', stranger],
+    ] as const) {
+      const dest = join(base, `ncf-local-${work === a ? 'a' : 'stranger'}`);
+      const run = await runCopy(work, {
+        port,
+        copies: [
+          { source: ncfLocal, dest: join(dest, 'tree') },
+          { source: join(ncfLocal, '50_techniques'), dest: join(dest, 'techniques') },
+          { source: join(ncfLocal, '50_techniques', 'secret', 'secret.cf'), dest: join(dest, 'secret.cf'), recurse: false },
+        ],
+      });
+      t.equal(await readFile(join(dest, 'tree', '30_generic_methods', 'local.cf'), 'utf8'), 'a local method\n', `${who}: ncf local copied`);
+      t.notOk(await exists(join(dest, 'tree', '50_techniques', 'secret', 'secret.cf')), `${who}: not through the recursive copy`);
+      const errors = errorLines(run.stdout).join('\n');
+      t.match(errors, /Can't stat file '.*ncf-local\/50_techniques'/, `${who}: the folder denied`);
+      t.match(errors, /Can't stat file '.*50_techniques\/secret\/secret\.cf'/, `${who}: a file by name denied`);
+      t.notOk(await exists(join(dest, 'techniques')));
+      t.notOk(await exists(join(dest, 'secret.cf')));
+    }
   });
 
   await t.test('a symlink cannot lead out of a node folder', async (t) => {

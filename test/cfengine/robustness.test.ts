@@ -1,5 +1,6 @@
 // Bounded resources: bad clients are disconnected (garbage, a huge header, half a command then silence, a
-// silent TCP connection) while a stock cf-agent copies in parallel; the connection limit; stop().
+// silent TCP connection) while a stock cf-agent copies in parallel; the connection limits (total, per
+// address); stop().
 
 import { randomBytes } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
@@ -22,9 +23,9 @@ import { tempDir } from '../support/tmp.js';
 const NODE = 'cccccccc-3333-4000-8000-000000000003';
 const skip = hasCfengine() ? false : 'skipped: /usr/bin/cf-agent is not installed (Debian package cfengine3)';
 
-function rawConnect(port: number): Promise<Socket & { closedAt?: number }> {
+function rawConnect(port: number, localAddress?: string): Promise<Socket & { closedAt?: number }> {
   return new Promise((resolve, reject) => {
-    const socket: Socket & { closedAt?: number } = connect(port, '127.0.0.1', () => resolve(socket));
+    const socket: Socket & { closedAt?: number } = connect({ port, host: '127.0.0.1', ...(localAddress === undefined ? {} : { localAddress }) }, () => resolve(socket));
     socket.on('error', reject);
     socket.on('close', () => {
       socket.closedAt = Date.now();
@@ -131,4 +132,55 @@ t.test('connection limit and stop()', async (t) => {
     () => true,
   );
   t.ok(refused, 'and the listener');
+});
+
+t.test('one address holding idle connections does not lock agents out (max_connections_per_address)', { skip }, async (t) => {
+  const base = tempDir(t, 'onerelay-cfperaddr-');
+  const agent = await createCfWorkdir(join(base, 'agent'));
+  const fixture = await startCfengineFixture({
+    base,
+    nodes: [{ id: NODE, work: agent }],
+    server: { maxConnections: 6, maxConnectionsPerAddress: 3 },
+  });
+  t.teardown(() => fixture.server.stop());
+  const port = fixture.port();
+  await mkdir(join(fixture.share, NODE), { recursive: true });
+  await makeTree(join(fixture.share, NODE), 5);
+  // the hog: another loopback address, idle connections until it is refused
+  const hog: Socket[] = [];
+  for (let i = 0; i < 3; i += 1) {
+    const socket = await rawConnect(port, '127.0.0.2');
+    socket.on('error', () => undefined);
+    hog.push(socket);
+  }
+  t.teardown(() => hog.forEach((s) => s.destroy()));
+  const fourth = await rawConnect(port, '127.0.0.2');
+  fourth.on('error', () => undefined);
+  t.ok(await closedWithin(fourth, 2000), 'its 4th connection is refused');
+  t.equal(fixture.counters.connections['refused-address-limit'], 1, 'counted');
+  const line = fixture.logs.find((l) => l['msg'] === 'cfengine connection refused: too many connections from this address');
+  t.equal(line?.['peer'], '127.0.0.2', 'logged with the address');
+  t.equal(line?.['event'], 'refused');
+  t.equal(line?.['maxConnectionsPerAddress'], 3);
+  for (const socket of hog) t.notOk(socket.destroyed, 'the connections it holds stay open (until the idle timeout)');
+
+  // the stock agent, from another address, still copies
+  const dest = join(base, 'copy');
+  const run = await runCopy(agent, { port, copies: [{ source: join(fixture.share, NODE), dest }] });
+  t.same(errorLines(run.stdout), [], 'the agent is served');
+  t.same(await compareTrees(join(fixture.share, NODE), dest), [], 'and has its files');
+  t.equal(fixture.counters.connections['refused-limit'], undefined, 'the total limit was never reached');
+
+  // a slot freed by the hog is its own again
+  const seen = fixture.logs.length;
+  hog.pop()?.destroy();
+  const freed = () => fixture.logs.slice(seen).some((l) => String(l['msg']).startsWith('cfengine connection closed') && l['peer'] === '127.0.0.2');
+  const deadline = Date.now() + 5000;
+  while (!freed() && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+  t.ok(freed(), 'the server saw the close');
+  const again = await rawConnect(port, '127.0.0.2');
+  again.on('error', () => undefined);
+  hog.push(again);
+  t.notOk(await closedWithin(again, 300), 'after one of its connections closed, the address may open one more');
+  t.equal(fixture.counters.connections['refused-address-limit'], 1, 'no new refusal');
 });

@@ -83,7 +83,7 @@ t.test('200 reports from 10 nodes arrive upstream byte-identical; the spool empt
   t.equal(s['upstream']?.['reachable'], true);
 });
 
-t.test('bad signature, unknown node, truncated gzip → failed/ with a reason, nothing forwarded', async (t) => {
+t.test('bad signature, truncated gzip → failed/ with a reason; unknown node held, forwarded once the list names it', async (t) => {
   const identities = await nodes();
   const [a, b] = identities as [AgentIdentity, AgentIdentity];
   const stranger = await cachedAgentIdentity('f0f0f0f0-0000-4000-8000-00000000dead');
@@ -107,18 +107,30 @@ t.test('bad signature, unknown node, truncated gzip → failed/ with a reason, n
   t.equal(await putFile({ port: relay.httpsPort, endpoint: 'reports', name: good.name, body: good.body, password: DAV_PASSWORD }), 201);
   await upstream.waitFor(1, 20_000);
   const failed = join(relay.dir, 'reports', 'failed');
-  await until(async () => (await readdir(failed)).length === 6, 20_000, 'three files and their reasons in failed/');
+  await until(async () => (await readdir(failed)).length === 4, 20_000, 'two files and their reasons in failed/');
   t.match(await readFile(join(failed, `${forgedName}.reason`), 'utf8'), /^bad-signature: /);
-  t.match(await readFile(join(failed, `${unknown.name}.reason`), 'utf8'), /^unknown-node: /);
   t.match(await readFile(join(failed, `${truncatedName}.reason`), 'utf8'), /^undecodable: /);
+  const held = await relay.waitForLog((l) => l.event === 'held' && l['file'] === unknown.name && l['code'] === 'unknown-node');
+  t.ok(held, 'the report of a node absent from the list is held, not failed');
+  t.notOk((await readdir(failed)).includes(unknown.name), 'not in failed/');
+  t.ok((await readdir(relay.reportsIncoming)).includes(unknown.name), 'still in incoming/');
   t.same(await readFile(join(failed, forgedName)), forged.body, 'the evidence is kept as it came');
   await new Promise((r) => setTimeout(r, 500));
   t.same(upstream.files('reports').map((f) => f.name), [good.name], 'only the good report went upstream');
   t.ok(relay.logs.some((l) => l.event === 'failed' && l['code'] === 'bad-signature'), 'a log line per refusal');
   const metrics = await (await fetch(`${relay.apiUrl}/metrics`)).text();
-  t.match(metrics, /rudder_relayd_reports_total\{status="invalid"\} 1/);
   t.match(metrics, /rudder_relayd_reports_total\{status="error"\} 2/);
   t.match(metrics, /onerelay_spool_failed_total\{queue="reports",reason="bad-signature"\} 1/);
+  t.notMatch(metrics, /onerelay_spool_failed_total\{queue="reports",reason="unknown-node"\}/, 'the held report is not counted as failed');
+
+  // the root accepted the node; the list reaches the relay a moment later
+  await writeFile(`${relay.nodesListFile}.new`, JSON.stringify(nodesList([...identities, stranger])));
+  await writeFile(relay.nodesCertsFile, [...identities, stranger].map((x) => x.certificatePem).join(''));
+  await rename(`${relay.nodesListFile}.new`, relay.nodesListFile);
+  await upstream.waitFor(2, 20_000);
+  t.same(upstream.files('reports').map((f) => f.name).sort(), [good.name, unknown.name].sort(), 'the held report went upstream once the list named its node');
+  t.same(upstream.files('reports').find((f) => f.name === unknown.name)?.body, unknown.body, 'byte for byte');
+  await until(async () => !(await readdir(relay.reportsIncoming)).includes(unknown.name), 10_000, 'gone from incoming/');
 });
 
 t.test('upstream down 10 s, then up: everything arrives', async (t) => {

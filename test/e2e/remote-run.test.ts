@@ -111,9 +111,42 @@ t.test('remote run: parameters, local command, forwarding to a second onerelay',
   });
 });
 
-t.test('remote_run.enabled = false: 403 with a clear message', async (t) => {
+t.test('remote_run.enabled = false: 404 as relayd (remote_run.rs rejects with not_found), and a log line saying why', async (t) => {
   const relay = await startRelay(t, { workers: 1, extraToml: '[remote_run]\nenabled = false\n' });
   const result = await post(`${relay.apiUrl}/rudder/relay-api/1/remote-run/all`, 'keep_output=true');
-  t.equal(result.status, 403);
-  t.match(result.body, /remote-run is disabled/);
+  t.equal(result.status, 404);
+  t.equal(result.body, 'NOT FOUND');
+  const line = await relay.waitForLog((l) => l.msg === 'received remote-run request but remote-run API is disabled');
+  t.equal(line['code'], 'RELAY_ERR_NOT_FOUND');
+  t.equal(line['event'], 'refused');
+});
+
+t.test('command mode: each node once however often named; a hostname with "," is refused, not split', async (t) => {
+  const work = tempDir(t);
+  const agent = await fakeAgent(work, 'top');
+  const EVIL = 'c0c0c0c0-0000-4000-8000-000000000066';
+  const relay = await startRelay(t, {
+    workers: 1,
+    nodesList: {
+      [NODE]: { hostname: 'node1.example', 'policy-server': RELAY_ID },
+      [EVIL]: { hostname: 'evil.example,victim.example', 'policy-server': RELAY_ID },
+    },
+    extraToml: remoteRunToml(agent.script),
+  });
+  const api = `${relay.apiUrl}/rudder/relay-api/1/remote-run`;
+  const many = Array.from({ length: 20_000 }, () => NODE).join(',');
+  const once = await post(`${api}/nodes`, `nodes=${many}&keep_output=true&asynchronous=false`);
+  t.equal(once.status, 200);
+  t.equal(once.body, 'top OK\ntop END\n');
+  t.equal(await readFile(agent.argsFile, 'utf8'), 'remote run -- node1.example', '20,000 copies of one id: one host on the command line');
+  const runs = await relay.waitForLog((l) => l['event'] === 'remote_run');
+  t.equal(runs['local'], 1, 'one local run');
+
+  await writeFile(agent.argsFile, '');
+  const split = await post(`${api}/nodes`, `nodes=${EVIL},${NODE}&keep_output=true&asynchronous=false`);
+  t.equal(split.status, 200);
+  t.match(split.body, new RegExp(`^${EVIL}> !! not run: its hostname "evil.example,victim.example" in the nodes list contains ','`, 'm'), 'refused with a line in the output');
+  t.equal(await readFile(agent.argsFile, 'utf8'), 'remote run -- node1.example', 'the other node still runs; victim.example never reaches the command');
+  const refused = await relay.waitForLog((l) => l['event'] === 'refused' && l['node'] === EVIL);
+  t.equal(refused['code'], 'RELAY_ERR_BAD_REQUEST', 'logged with a code');
 });

@@ -88,7 +88,7 @@ t.test('uploads through the HTTPS front door', async (t) => {
     t.equal(wrong.status, 401, 'the new-node password does not open /inventory-updates');
   });
 
-  await t.test('refusals: 401, 403, 405, and nothing written', async (t) => {
+  await t.test('refusals: 401, 403, and nothing written', async (t) => {
     const before = await allFiles(relay);
     const otherName = join(work, `2026-11-25T10:00:00+00:00@${NODE}.log.gz`);
     await writeFile(otherName, report.body);
@@ -104,7 +104,10 @@ t.test('uploads through the HTTPS front door', async (t) => {
     const impersonation = await curlUpload({ url: `${relay.httpsUrl}/reports/`, file: strangerReport, user: 'rudder', password: DAV_PASSWORD, identity: agent });
     t.equal(impersonation.status, 403, "a node may not upload another node's report");
     const get = await curlUpload({ url: `${relay.httpsUrl}/reports/x.log`, file: otherName, user: 'rudder', password: DAV_PASSWORD, extraArgs: ['-X', 'GET'] });
-    t.equal(get.status, 405, 'methods other than PUT: 405');
+    t.equal(get.status, 403, "methods other than PUT: 403 (Apache's <LimitExcept PUT> Require all denied)");
+    t.match(get.stdout, /RELAY_ERR_UPLOAD_METHOD/);
+    const propfind = await curlUpload({ url: `${relay.httpsUrl}/reports/`, file: otherName, user: 'rudder', password: DAV_PASSWORD, extraArgs: ['-X', 'PROPFIND'] });
+    t.equal(propfind.status, 403, 'PROPFIND /reports/: 403');
     t.same(await allFiles(relay), before, 'nothing written');
   });
 

@@ -216,6 +216,9 @@ t.test('PUT checks and stores (it_shares_files)', async (t) => {
     [],
     'no temporary file left behind',
   );
+  // relayd's id pattern allows a leading dot: such an id is a share like any other
+  t.equal((await put(upload(sign2, source2), '.onerelay-tmp-keep')).status, 200, 'an id like an old temporary name is stored');
+  t.same(readFileSync(path.join(path.dirname(stored), '.onerelay-tmp-keep')), source2);
 
   // any content type, no content type
   t.equal((await raw(relay.port, 'PUT', sharePath(R378, E745, 'file3', 'ttl=1d'), upload(sign2, source2))).status, 200, 'no Content-Type');
@@ -325,9 +328,15 @@ t.test('cleanup removes expired shares, keeps the others (processing/shared_file
   chmodSync(path.join(dir, 'application.properties.metadata'), 0o644);
   chmodSync(path.join(other, 'expired.metadata'), 0o644);
   // leftovers of an interrupted atomic write: removed once stale, kept while a write may be going on
-  writeFileSync(path.join(dir, '.onerelay-tmp-0000.part'), 'partial');
-  utimesSync(path.join(dir, '.onerelay-tmp-0000.part'), new Date(Date.now() - 2 * 3_600_000), new Date(Date.now() - 2 * 3_600_000));
-  writeFileSync(path.join(dir, '.onerelay-tmp-1111.part'), 'in progress');
+  writeFileSync(path.join(dir, '.onerelay~tmp-0000.part'), 'partial');
+  utimesSync(path.join(dir, '.onerelay~tmp-0000.part'), new Date(Date.now() - 2 * 3_600_000), new Date(Date.now() - 2 * 3_600_000));
+  writeFileSync(path.join(dir, '.onerelay~tmp-1111.part'), 'in progress');
+  // a share whose id looks like an old temporary name: a share like any other, kept until its TTL
+  const lookalike = '.onerelay-tmp-keep.part';
+  writeFileSync(path.join(dir, lookalike), 'a share\n');
+  cpSync(path.join(dir, 'file.metadata'), path.join(dir, `${lookalike}.metadata`));
+  chmodSync(path.join(dir, `${lookalike}.metadata`), 0o644);
+  for (const f of [lookalike, `${lookalike}.metadata`]) utimesSync(path.join(dir, f), new Date(Date.now() - 2 * 3_600_000), new Date(Date.now() - 2 * 3_600_000));
 
   await relay.shares.start();
   await relay.shares.start(); // idempotent
@@ -345,8 +354,10 @@ t.test('cleanup removes expired shares, keeps the others (processing/shared_file
   t.ok(existsSync(path.join(dir, 'file.metadata')));
   t.ok(existsSync(path.join(dir, 'junk.metadata')), 'unparseable metadata kept');
   t.ok(existsSync(path.join(dir, 'junk')));
-  t.notOk(existsSync(path.join(dir, '.onerelay-tmp-0000.part')), 'stale temporary file removed');
-  t.ok(existsSync(path.join(dir, '.onerelay-tmp-1111.part')), 'fresh temporary file kept');
+  t.notOk(existsSync(path.join(dir, '.onerelay~tmp-0000.part')), 'stale temporary file removed');
+  t.ok(existsSync(path.join(dir, '.onerelay~tmp-1111.part')), 'fresh temporary file kept');
+  t.ok(existsSync(path.join(dir, lookalike)), 'a share named like a temporary file is kept before its TTL');
+  t.ok(existsSync(path.join(dir, `${lookalike}.metadata`)));
   t.equal(relay.counts.expired, 2);
   const removals = relay.logs.filter((line) => line['msg'] === 'removing expired shared-file');
   t.equal(removals.length, 2, 'each removal logged');
