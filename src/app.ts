@@ -28,6 +28,8 @@ import { clientCertificateRequester, createCfenginePuller, createSyncPuller, cre
 import { createSystem } from './system/index.js';
 import { VERSION } from './version.js';
 import { DATABASE_REFUSED, checkInstallation } from './check.js';
+import { runStopSteps, stopStep, type Stopper } from './shutdown.js';
+import { ABORT_SETTLE_MS } from './spool/index.js';
 
 export interface StartOptions {
   readonly configPath: string;
@@ -177,6 +179,15 @@ function syncStatus(puller: SyncPuller) {
   };
 }
 
+/**
+ * How long a stop may take: uploads and forwards in flight get https.shutdown_timeout, then the
+ * workers' SIGKILL margin and the other steps a few seconds (within systemd's TimeoutStopSec=30 at
+ * the default 10 s)
+ */
+export function shutdownBoundMs(shutdownTimeoutMs: number): number {
+  return shutdownTimeoutMs + 15_000;
+}
+
 /** exit code of a start failure, as relayd's (spec-relayd.md §1.3) */
 export function exitCodeOf(error: unknown): number {
   if (error instanceof ConfigError) return error.exitCode;
@@ -205,7 +216,9 @@ export async function runPrimary(options: StartOptions): Promise<void> {
   log.info({ event: 'starting', version: VERSION, config: loaded.source.mainFile }, `Starting onerelay ${VERSION}`);
   for (const warning of loaded.warnings) log.warn({ event: 'config_warning' }, warning);
 
-  const stoppers: Array<() => Promise<void>> = [];
+  const stoppers: Stopper[] = [];
+  // set at SIGTERM: forwards in flight may run until then, as uploads in flight do (https.shutdown_timeout)
+  let forwardDeadline = 0;
   const workers = new Set<Worker>();
   let shuttingDown = false;
   let readyWorkers = 0;
@@ -301,7 +314,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
     });
     // the primary runs the TTL cleanup; every process stores and answers
     const peers = createPeers(config, nodes, { key: identity.privateKeyPem, cert: identity.certificatePem });
-    stoppers.push(() => peers.close());
+    stoppers.push(stopStep('peer clients', () => peers.close()));
     const sharedFiles = sharedFilesOf(config, nodes, peers, metrics, log);
     remoteRun = remoteRunOf(config, identity, nodes, peers, metrics, log);
     if (config.sync.upstream) {
@@ -354,16 +367,16 @@ export async function runPrimary(options: StartOptions): Promise<void> {
     } catch (error) {
       throw new RelayError('RELAY_ERR_LISTEN', `local API on ${config.general.listen.host}:${config.general.listen.port} (general.listen): ${messageOf(error)}`);
     }
-    stoppers.push(() => api.stop());
+    stoppers.push(stopStep('local API', () => api.stop()));
     await nodes.start();
-    stoppers.push(() => nodes.stop());
+    stoppers.push(stopStep('nodes registry', () => nodes.stop()));
     if (puller) {
       const running = puller;
       await running.start();
-      stoppers.push(() => running.stop());
+      stoppers.push(stopStep('data sync', () => running.stop()));
     }
     await sharedFiles.start();
-    stoppers.push(() => sharedFiles.stop());
+    stoppers.push(stopStep('shared files', () => sharedFiles.stop()));
     if (config.cfengine.enabled) {
       cfengine = createCfengineServer(
         {
@@ -417,7 +430,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
         throw new RelayError('RELAY_ERR_LISTEN', `CFEngine server on ${config.cfengine.listen.host}:${config.cfengine.listen.port} (cfengine.listen): ${messageOf(error)}`);
       }
       const running = cfengine;
-      stoppers.push(() => running.stop());
+      stoppers.push(stopStep('CFEngine server', () => running.stop()));
     }
 
     const count = config.https.workers > 0 ? config.https.workers : availableParallelism();
@@ -463,22 +476,43 @@ export async function runPrimary(options: StartOptions): Promise<void> {
     // the queues start while the workers boot: a backlog left by a restart starts draining at once instead of
     // waiting the second or so that loading the workers takes on a small machine (workers that are not ready
     // yet learn the spool-full state in their 'ready' handshake above)
-    stoppers.push(() => activePipelines.stop());
+    stoppers.push(
+      stopStep(
+        'forwarding queues',
+        () => activePipelines.stop({ graceMs: Math.max(0, forwardDeadline - Date.now()) }),
+        // the grace, then the abort, the inspection threads and the upstream pool (bounded 2 s each)
+        config.https.shutdownTimeoutMs + ABORT_SETTLE_MS + 5_000,
+      ),
+    );
     await Promise.all([activePipelines.start(), ...Array.from({ length: count }, fork)]);
 
     const shutdown = async (signal: string) => {
       if (shuttingDown) return;
       shuttingDown = true;
-      log.info({ event: 'stopping', signal }, `${signal} received: shutting down`);
-      const exits = [...workers].map((worker) => new Promise<void>((resolve) => worker.once('exit', () => resolve())));
-      broadcast({ type: 'shutdown' });
-      const deadline = setTimeout(() => {
-        for (const worker of workers) worker.process.kill('SIGKILL');
-      }, config.https.shutdownTimeoutMs + 2_000);
-      await Promise.all(exits);
-      clearTimeout(deadline);
-      for (const stop of stoppers.reverse()) await stop().catch(() => undefined);
-      log.info({ event: 'stopped' }, 'onerelay stopped');
+      const startedAt = Date.now();
+      forwardDeadline = startedAt + config.https.shutdownTimeoutMs;
+      const boundMs = shutdownBoundMs(config.https.shutdownTimeoutMs);
+      log.info({ event: 'stopping', signal, bound_ms: boundMs }, `${signal} received: shutting down`);
+      // the last resort, should a step ignore its own bound: the process ends within the bound
+      setTimeout(() => {
+        log.error({ event: 'stop_overrun', ms: Date.now() - startedAt }, 'shutdown overran its bound: exiting now (queued files stay in the spool)');
+        process.exit(1);
+      }, boundMs);
+      const stopWorkers = stopStep(
+        'front-door workers',
+        async () => {
+          const exits = [...workers].map((worker) => new Promise<void>((resolve) => worker.once('exit', () => resolve())));
+          broadcast({ type: 'shutdown' });
+          const kill = setTimeout(() => {
+            for (const worker of workers) worker.process.kill('SIGKILL');
+          }, config.https.shutdownTimeoutMs + 2_000);
+          await Promise.all(exits);
+          clearTimeout(kill);
+        },
+        config.https.shutdownTimeoutMs + 4_000,
+      );
+      await runStopSteps([stopWorkers, ...stoppers.reverse()], startedAt + boundMs - 500, log);
+      log.info({ event: 'stopped', ms: Date.now() - startedAt }, 'onerelay stopped');
       process.exit(0);
     };
     process.on('SIGTERM', () => void shutdown('SIGTERM'));
@@ -508,7 +542,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
     log.fatal({ event: 'start_failed', error: messageOf(error), code: (error as RelayError).code }, 'could not start');
     shuttingDown = true;
     for (const worker of workers) worker.process.kill('SIGKILL');
-    for (const stop of stoppers.reverse()) await stop().catch(() => undefined);
+    await runStopSteps(stoppers.reverse(), Date.now() + shutdownBoundMs(config.https.shutdownTimeoutMs), log);
     process.exit(exitCodeOf(error));
   }
 }

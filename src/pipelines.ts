@@ -10,14 +10,15 @@ import { availableParallelism } from 'node:os';
 import { createThreadedFileInspector } from './reports/index.js';
 import { createReportHandler } from './reports/queue-handler.js';
 import { createQueue, type Queue, type Spool, type SpoolQueue } from './spool/index.js';
-import { createUpstream, type Upstream, type UpstreamEndpoint } from './upstream/index.js';
+import { createUpstream, type ForwardOptions, type Upstream, type UpstreamEndpoint } from './upstream/index.js';
 import type { SubStatus } from './system/index.js';
 
 const INSPECTION_THREADS = Math.max(1, availableParallelism() - 1);
 
 export interface Pipelines {
   start(): Promise<void>;
-  stop(): Promise<void>;
+  /** files in flight get graceMs to finish, then are interrupted (they stay in the spool) */
+  stop(options?: { graceMs?: number }): Promise<void>;
   reload(): Promise<void>;
   isFull(queue: SpoolQueue): boolean;
   queues(): Array<{ queue: SpoolQueue; files: number; bytes: number; oldestMtimeMs: number | undefined; inFlight: number; paused: boolean; full: boolean }>;
@@ -60,8 +61,8 @@ export function createPipelines(
   // every forward observed in one place: latency by endpoint and result
   const upstream: Upstream | undefined = rawUpstream && {
     ...rawUpstream,
-    forward: async (endpoint: UpstreamEndpoint, name: string, file: { path: string; size: number; content?: Buffer }) => {
-      const result = await rawUpstream.forward(endpoint, name, file);
+    forward: async (endpoint: UpstreamEndpoint, name: string, file: { path: string; size: number; content?: Buffer }, options?: ForwardOptions) => {
+      const result = await rawUpstream.forward(endpoint, name, file, options);
       deps.metrics.upstreamRequests.observe({ endpoint, result: result.kind }, result.ms / 1000);
       return result;
     },
@@ -151,8 +152,8 @@ export function createPipelines(
       if (reporting.output === 'upstream') await inspector.start();
       for (const queue of queues.values()) await queue.start();
     },
-    async stop() {
-      for (const queue of queues.values()) await queue.stop();
+    async stop(options = {}) {
+      await Promise.all([...queues.values()].map((queue) => queue.stop(options)));
       await inspector.stop();
       await rawUpstream?.close();
     },
