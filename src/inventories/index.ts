@@ -56,8 +56,9 @@ export function createInventoryHandler(
       log.debug({ event: 'forwarded', file: file.name, ms: result.ms }, 'inventory file forwarded');
       return undefined;
     }
-    if (result.kind === 'transient') return { kind: 'retry', reason: result.reason };
+    // every failed forward, transient ones included (see reports/queue-handler.ts)
     deps.counters.count('forward_error');
+    if (result.kind === 'transient') return { kind: 'retry', reason: result.reason };
     return { kind: 'failed', code: 'upstream-refused', reason: `upstream answered ${result.status}: ${result.reason}` };
   }
 

@@ -57,7 +57,12 @@ export function createReportHandler(
       content = bytes;
     }
     const forwarded = await deps.upstream.forward('reports', file.name, content === undefined ? file : { ...file, content }, { signal: context.signal });
-    if (forwarded.kind === 'transient') return { kind: 'retry', reason: forwarded.reason };
+    if (forwarded.kind === 'transient') {
+      // every failed forward, as dashboards watching relayd's counter expect (relayd counted only the
+      // permanent ones: its 5xx and network errors were invisible there)
+      deps.counters.count('forward_error');
+      return { kind: 'retry', reason: forwarded.reason };
+    }
     inspected.delete(key);
     if (forwarded.kind === 'permanent') {
       deps.counters.count('forward_error');
