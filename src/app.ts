@@ -10,7 +10,7 @@ import { availableParallelism } from 'node:os';
 import type { Logger } from 'pino';
 import { ConfigError, loadConfig, type Config, type LoadedConfig, type LogLevel } from './config/index.js';
 import { RelayError, messageOf } from './errors.js';
-import { createFrontDoor, createLocalApi, type UploadAuthOptions } from './http/index.js';
+import { createFrontDoor, createLocalApi, type UploadAdmission, type UploadAuthOptions } from './http/index.js';
 import { ensureIdentity, keyDigests, loadIdentity, type Identity } from './identity/index.js';
 import { identityPaths } from './paths.js';
 import { createLogger, pinoLevel } from './log.js';
@@ -40,14 +40,19 @@ type WorkerMessage =
   | { type: 'ready' }
   | { type: 'remote-run-error'; message: string }
   | { type: 'failed'; message: string; exitCode: number }
-  | { type: 'metrics'; id: number; snapshot: MetricsSnapshot };
+  | { type: 'metrics'; id: number; snapshot: MetricsSnapshot }
+  | { type: 'admit'; id: number; queue: SpoolQueue; bytes: number }
+  | { type: 'admit-end'; queue: SpoolQueue; reservation: number; name?: string };
 type PrimaryMessage =
   | { type: 'reload'; level: LogLevel }
   | { type: 'shutdown' }
   | { type: 'spool-full'; queue: SpoolQueue; full: boolean }
-  | { type: 'metrics-request'; id: number };
+  | { type: 'metrics-request'; id: number }
+  | { type: 'admitted'; id: number; queue: SpoolQueue; reservation: number | null };
 
 const ENV_CONFIG = 'ONERELAY_CONFIG';
+/** how long a worker waits for the primary's admission of an upload */
+const ADMIT_TIMEOUT_MS = 2_000;
 const ENV_LOG_LEVEL = 'ONERELAY_LOG_LEVEL';
 
 export function spoolOf(config: Config, log: Logger): Spool {
@@ -443,8 +448,18 @@ export async function runPrimary(options: StartOptions): Promise<void> {
         });
         workers.add(worker);
         let ready = false;
+        // uploads this worker is receiving, counted against the disk budget (released if it dies)
+        const admitted = new Map<number, SpoolQueue>();
         worker.on('message', (message: WorkerMessage) => {
-          if (message.type === 'ready') {
+          if (message.type === 'admit') {
+            const reservation = activePipelines.reserve(message.queue, message.bytes);
+            if (reservation !== undefined) admitted.set(reservation, message.queue);
+            if (worker.isConnected()) worker.send({ type: 'admitted', id: message.id, queue: message.queue, reservation: reservation ?? null } satisfies PrimaryMessage);
+            else if (reservation !== undefined) void activePipelines.release(message.queue, reservation);
+          } else if (message.type === 'admit-end') {
+            admitted.delete(message.reservation);
+            void activePipelines.release(message.queue, message.reservation, message.name);
+          } else if (message.type === 'ready') {
             ready = true;
             readyWorkers += 1;
             for (const queue of ['reports', 'inventories', 'inventory-updates'] as const) {
@@ -461,6 +476,8 @@ export async function runPrimary(options: StartOptions): Promise<void> {
         });
         worker.on('exit', (code, signal) => {
           workers.delete(worker);
+          for (const [reservation, queue] of admitted) void activePipelines.release(queue, reservation);
+          admitted.clear();
           if (ready) readyWorkers -= 1;
           if (!ready) {
             reject(new RelayError('RELAY_ERR_LISTEN', `front-door worker exited during start (code ${code}, signal ${signal})`));
@@ -559,6 +576,29 @@ export async function runWorker(): Promise<void> {
     log = createLogger(levelOverride ?? config.logging.level, { role: 'front-door', worker: cluster.worker?.id });
     const identity = await loadIdentity(identityPaths(config));
     const fullQueues = new Set<SpoolQueue>();
+    let admitRequest = 0;
+    const admitWaiters = new Map<number, (reservation: number | null) => void>();
+    // every upload asks the primary, which holds the budget: uploads in other workers count at once
+    const admit = (queue: SpoolQueue, bytes: number): Promise<UploadAdmission> =>
+      new Promise((resolve) => {
+        const id = (admitRequest += 1);
+        const timer = setTimeout(() => {
+          // a primary too busy to answer must not refuse uploads: its last full/not-full word decides
+          admitWaiters.delete(id);
+          resolve({ admitted: !fullQueues.has(queue), release: () => undefined });
+        }, ADMIT_TIMEOUT_MS);
+        admitWaiters.set(id, (reservation) => {
+          clearTimeout(timer);
+          admitWaiters.delete(id);
+          resolve({
+            admitted: reservation !== null,
+            release: (name) => {
+              if (reservation !== null) send({ type: 'admit-end', queue, reservation, ...(name === undefined ? {} : { name }) });
+            },
+          });
+        });
+        send({ type: 'admit', id, queue, bytes });
+      });
     const nodes = nodesOf(config, identity.nodeId, log);
     await nodes.reload();
     await nodes.start();
@@ -584,6 +624,7 @@ export async function runWorker(): Promise<void> {
         spool: spoolOf(config, log),
         metrics: frontDoorMetrics,
         isSpoolFull: (queue) => fullQueues.has(queue),
+        admit,
         sharedFiles: sharedFilesOf(config, nodes, peers, frontDoorMetrics, log),
         remoteRun: remoteRunOf(config, identity, nodes, peers, frontDoorMetrics, log, (message) => send({ type: 'remote-run-error', message })),
         syncServing: config.sync.serve
@@ -611,6 +652,11 @@ export async function runWorker(): Promise<void> {
         log.level = pinoLevel(message.level);
         peers.reload();
         nodes.reload().catch(() => undefined);
+      } else if (message.type === 'admitted') {
+        const waiter = admitWaiters.get(message.id);
+        if (waiter) waiter(message.reservation);
+        // answered after the timeout: the upload went on without it, give the reservation back
+        else if (message.reservation !== null) send({ type: 'admit-end', queue: message.queue, reservation: message.reservation });
       } else if (message.type === 'metrics-request') {
         void frontDoorMetrics.snapshot().then((snapshot) => send({ type: 'metrics', id: message.id, snapshot }));
       } else if (message.type === 'spool-full') {

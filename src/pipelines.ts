@@ -21,6 +21,9 @@ export interface Pipelines {
   stop(options?: { graceMs?: number }): Promise<void>;
   reload(): Promise<void>;
   isFull(queue: SpoolQueue): boolean;
+  /** admission of an upload against the queue's disk budget (see Queue.reserve); undefined = over budget */
+  reserve(queue: SpoolQueue, bytes: number): number | undefined;
+  release(queue: SpoolQueue, reservation: number, name?: string): Promise<void>;
   queues(): Array<{ queue: SpoolQueue; files: number; bytes: number; oldestMtimeMs: number | undefined; inFlight: number; paused: boolean; full: boolean }>;
   status(): Record<string, SubStatus>;
 }
@@ -161,6 +164,8 @@ export function createPipelines(
       await rawUpstream?.reload();
     },
     isFull: (queue) => queues.get(queue)?.stats().full ?? false,
+    reserve: (queue, bytes) => queues.get(queue)?.reserve(bytes),
+    release: async (queue, reservation, name) => queues.get(queue)?.release(reservation, name),
     queues: () => [...queues].map(([queue, q]) => ({ queue, ...q.stats() })),
     status() {
       const result: Record<string, SubStatus> = {};

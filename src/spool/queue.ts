@@ -87,6 +87,13 @@ export interface Queue {
   stats(): QueueStats;
   /** scan now (tests, reload) */
   scan(): Promise<void>;
+  /**
+   * Admission of an upload of up to `bytes`: counted against the disk budget from now on, so that
+   * uploads received at the same time cannot together overshoot it. Undefined = over budget.
+   */
+  reserve(bytes: number): number | undefined;
+  /** the upload ended; when it was stored as `name`, the file is tracked before its reservation is dropped */
+  release(reservation: number, name?: string): Promise<void>;
 }
 
 interface Tracked {
@@ -147,6 +154,10 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
   let halfOpen = false;
   let bytes = 0;
   let full = false;
+  /** bytes of uploads being received (admitted by reserve(), not yet tracked) */
+  let reserved = 0;
+  const reservations = new Map<number, number>();
+  let lastReservation = 0;
   let running = false;
   let watcher: FSWatcher | undefined;
   const timers: NodeJS.Timeout[] = [];
@@ -539,5 +550,25 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
     },
 
     scan: () => scan(),
+
+    reserve(request) {
+      if (options.maxBytes > 0 && bytes + reserved + request > options.maxBytes) return undefined;
+      lastReservation += 1;
+      reservations.set(lastReservation, request);
+      reserved += request;
+      return lastReservation;
+    },
+
+    async release(reservation, name) {
+      const request = reservations.get(reservation);
+      if (request === undefined) return;
+      try {
+        // tracked at once (not ~settleMs later by the watch event): its bytes move from reserved to the budget without a gap
+        if (name !== undefined && !name.startsWith('.')) await consider(name);
+      } finally {
+        reservations.delete(reservation);
+        reserved -= request;
+      }
+    },
   };
 }
