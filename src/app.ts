@@ -10,7 +10,7 @@ import { availableParallelism } from 'node:os';
 import type { Logger } from 'pino';
 import { ConfigError, loadConfig, type Config, type LoadedConfig, type LogLevel } from './config/index.js';
 import { RelayError, messageOf } from './errors.js';
-import { createFrontDoor, createLocalApi, type UploadAuthOptions } from './http/index.js';
+import { createFrontDoor, createLocalApi, type UploadAdmission, type UploadAuthOptions } from './http/index.js';
 import { ensureIdentity, keyDigests, loadIdentity, type Identity } from './identity/index.js';
 import { identityPaths } from './paths.js';
 import { createLogger, pinoLevel } from './log.js';
@@ -28,6 +28,8 @@ import { clientCertificateRequester, createCfenginePuller, createSyncPuller, cre
 import { createSystem } from './system/index.js';
 import { VERSION } from './version.js';
 import { DATABASE_REFUSED, checkInstallation } from './check.js';
+import { runStopSteps, stopStep, type Stopper } from './shutdown.js';
+import { ABORT_SETTLE_MS } from './spool/index.js';
 
 export interface StartOptions {
   readonly configPath: string;
@@ -38,14 +40,19 @@ type WorkerMessage =
   | { type: 'ready' }
   | { type: 'remote-run-error'; message: string }
   | { type: 'failed'; message: string; exitCode: number }
-  | { type: 'metrics'; id: number; snapshot: MetricsSnapshot };
+  | { type: 'metrics'; id: number; snapshot: MetricsSnapshot }
+  | { type: 'admit'; id: number; queue: SpoolQueue; bytes: number }
+  | { type: 'admit-end'; queue: SpoolQueue; reservation: number; name?: string };
 type PrimaryMessage =
   | { type: 'reload'; level: LogLevel }
   | { type: 'shutdown' }
   | { type: 'spool-full'; queue: SpoolQueue; full: boolean }
-  | { type: 'metrics-request'; id: number };
+  | { type: 'metrics-request'; id: number }
+  | { type: 'admitted'; id: number; queue: SpoolQueue; reservation: number | null };
 
 const ENV_CONFIG = 'ONERELAY_CONFIG';
+/** how long a worker waits for the primary's admission of an upload */
+const ADMIT_TIMEOUT_MS = 2_000;
 const ENV_LOG_LEVEL = 'ONERELAY_LOG_LEVEL';
 
 export function spoolOf(config: Config, log: Logger): Spool {
@@ -177,6 +184,15 @@ function syncStatus(puller: SyncPuller) {
   };
 }
 
+/**
+ * How long a stop may take: uploads and forwards in flight get https.shutdown_timeout, then the
+ * workers' SIGKILL margin and the other steps a few seconds (within systemd's TimeoutStopSec=30 at
+ * the default 10 s)
+ */
+export function shutdownBoundMs(shutdownTimeoutMs: number): number {
+  return shutdownTimeoutMs + 15_000;
+}
+
 /** exit code of a start failure, as relayd's (spec-relayd.md §1.3) */
 export function exitCodeOf(error: unknown): number {
   if (error instanceof ConfigError) return error.exitCode;
@@ -205,7 +221,9 @@ export async function runPrimary(options: StartOptions): Promise<void> {
   log.info({ event: 'starting', version: VERSION, config: loaded.source.mainFile }, `Starting onerelay ${VERSION}`);
   for (const warning of loaded.warnings) log.warn({ event: 'config_warning' }, warning);
 
-  const stoppers: Array<() => Promise<void>> = [];
+  const stoppers: Stopper[] = [];
+  // set at SIGTERM: forwards in flight may run until then, as uploads in flight do (https.shutdown_timeout)
+  let forwardDeadline = 0;
   const workers = new Set<Worker>();
   let shuttingDown = false;
   let readyWorkers = 0;
@@ -301,7 +319,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
     });
     // the primary runs the TTL cleanup; every process stores and answers
     const peers = createPeers(config, nodes, { key: identity.privateKeyPem, cert: identity.certificatePem });
-    stoppers.push(() => peers.close());
+    stoppers.push(stopStep('peer clients', () => peers.close()));
     const sharedFiles = sharedFilesOf(config, nodes, peers, metrics, log);
     remoteRun = remoteRunOf(config, identity, nodes, peers, metrics, log);
     if (config.sync.upstream) {
@@ -354,16 +372,16 @@ export async function runPrimary(options: StartOptions): Promise<void> {
     } catch (error) {
       throw new RelayError('RELAY_ERR_LISTEN', `local API on ${config.general.listen.host}:${config.general.listen.port} (general.listen): ${messageOf(error)}`);
     }
-    stoppers.push(() => api.stop());
+    stoppers.push(stopStep('local API', () => api.stop()));
     await nodes.start();
-    stoppers.push(() => nodes.stop());
+    stoppers.push(stopStep('nodes registry', () => nodes.stop()));
     if (puller) {
       const running = puller;
       await running.start();
-      stoppers.push(() => running.stop());
+      stoppers.push(stopStep('data sync', () => running.stop()));
     }
     await sharedFiles.start();
-    stoppers.push(() => sharedFiles.stop());
+    stoppers.push(stopStep('shared files', () => sharedFiles.stop()));
     if (config.cfengine.enabled) {
       cfengine = createCfengineServer(
         {
@@ -419,7 +437,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
         throw new RelayError('RELAY_ERR_LISTEN', `CFEngine server on ${config.cfengine.listen.host}:${config.cfengine.listen.port} (cfengine.listen): ${messageOf(error)}`);
       }
       const running = cfengine;
-      stoppers.push(() => running.stop());
+      stoppers.push(stopStep('CFEngine server', () => running.stop()));
     }
 
     const count = config.https.workers > 0 ? config.https.workers : availableParallelism();
@@ -432,8 +450,18 @@ export async function runPrimary(options: StartOptions): Promise<void> {
         });
         workers.add(worker);
         let ready = false;
+        // uploads this worker is receiving, counted against the disk budget (released if it dies)
+        const admitted = new Map<number, SpoolQueue>();
         worker.on('message', (message: WorkerMessage) => {
-          if (message.type === 'ready') {
+          if (message.type === 'admit') {
+            const reservation = activePipelines.reserve(message.queue, message.bytes);
+            if (reservation !== undefined) admitted.set(reservation, message.queue);
+            if (worker.isConnected()) worker.send({ type: 'admitted', id: message.id, queue: message.queue, reservation: reservation ?? null } satisfies PrimaryMessage);
+            else if (reservation !== undefined) void activePipelines.release(message.queue, reservation);
+          } else if (message.type === 'admit-end') {
+            admitted.delete(message.reservation);
+            void activePipelines.release(message.queue, message.reservation, message.name);
+          } else if (message.type === 'ready') {
             ready = true;
             readyWorkers += 1;
             for (const queue of ['reports', 'inventories', 'inventory-updates'] as const) {
@@ -450,6 +478,8 @@ export async function runPrimary(options: StartOptions): Promise<void> {
         });
         worker.on('exit', (code, signal) => {
           workers.delete(worker);
+          for (const [reservation, queue] of admitted) void activePipelines.release(queue, reservation);
+          admitted.clear();
           if (ready) readyWorkers -= 1;
           if (!ready) {
             reject(new RelayError('RELAY_ERR_LISTEN', `front-door worker exited during start (code ${code}, signal ${signal})`));
@@ -465,22 +495,43 @@ export async function runPrimary(options: StartOptions): Promise<void> {
     // the queues start while the workers boot: a backlog left by a restart starts draining at once instead of
     // waiting the second or so that loading the workers takes on a small machine (workers that are not ready
     // yet learn the spool-full state in their 'ready' handshake above)
-    stoppers.push(() => activePipelines.stop());
+    stoppers.push(
+      stopStep(
+        'forwarding queues',
+        () => activePipelines.stop({ graceMs: Math.max(0, forwardDeadline - Date.now()) }),
+        // the grace, then the abort, the inspection threads and the upstream pool (bounded 2 s each)
+        config.https.shutdownTimeoutMs + ABORT_SETTLE_MS + 5_000,
+      ),
+    );
     await Promise.all([activePipelines.start(), ...Array.from({ length: count }, fork)]);
 
     const shutdown = async (signal: string) => {
       if (shuttingDown) return;
       shuttingDown = true;
-      log.info({ event: 'stopping', signal }, `${signal} received: shutting down`);
-      const exits = [...workers].map((worker) => new Promise<void>((resolve) => worker.once('exit', () => resolve())));
-      broadcast({ type: 'shutdown' });
-      const deadline = setTimeout(() => {
-        for (const worker of workers) worker.process.kill('SIGKILL');
-      }, config.https.shutdownTimeoutMs + 2_000);
-      await Promise.all(exits);
-      clearTimeout(deadline);
-      for (const stop of stoppers.reverse()) await stop().catch(() => undefined);
-      log.info({ event: 'stopped' }, 'onerelay stopped');
+      const startedAt = Date.now();
+      forwardDeadline = startedAt + config.https.shutdownTimeoutMs;
+      const boundMs = shutdownBoundMs(config.https.shutdownTimeoutMs);
+      log.info({ event: 'stopping', signal, bound_ms: boundMs }, `${signal} received: shutting down`);
+      // the last resort, should a step ignore its own bound: the process ends within the bound
+      setTimeout(() => {
+        log.error({ event: 'stop_overrun', ms: Date.now() - startedAt }, 'shutdown overran its bound: exiting now (queued files stay in the spool)');
+        process.exit(1);
+      }, boundMs);
+      const stopWorkers = stopStep(
+        'front-door workers',
+        async () => {
+          const exits = [...workers].map((worker) => new Promise<void>((resolve) => worker.once('exit', () => resolve())));
+          broadcast({ type: 'shutdown' });
+          const kill = setTimeout(() => {
+            for (const worker of workers) worker.process.kill('SIGKILL');
+          }, config.https.shutdownTimeoutMs + 2_000);
+          await Promise.all(exits);
+          clearTimeout(kill);
+        },
+        config.https.shutdownTimeoutMs + 4_000,
+      );
+      await runStopSteps([stopWorkers, ...stoppers.reverse()], startedAt + boundMs - 500, log);
+      log.info({ event: 'stopped', ms: Date.now() - startedAt }, 'onerelay stopped');
       process.exit(0);
     };
     process.on('SIGTERM', () => void shutdown('SIGTERM'));
@@ -510,7 +561,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
     log.fatal({ event: 'start_failed', error: messageOf(error), code: (error as RelayError).code }, 'could not start');
     shuttingDown = true;
     for (const worker of workers) worker.process.kill('SIGKILL');
-    for (const stop of stoppers.reverse()) await stop().catch(() => undefined);
+    await runStopSteps(stoppers.reverse(), Date.now() + shutdownBoundMs(config.https.shutdownTimeoutMs), log);
     process.exit(exitCodeOf(error));
   }
 }
@@ -527,6 +578,29 @@ export async function runWorker(): Promise<void> {
     log = createLogger(levelOverride ?? config.logging.level, { role: 'front-door', worker: cluster.worker?.id });
     const identity = await loadIdentity(identityPaths(config));
     const fullQueues = new Set<SpoolQueue>();
+    let admitRequest = 0;
+    const admitWaiters = new Map<number, (reservation: number | null) => void>();
+    // every upload asks the primary, which holds the budget: uploads in other workers count at once
+    const admit = (queue: SpoolQueue, bytes: number): Promise<UploadAdmission> =>
+      new Promise((resolve) => {
+        const id = (admitRequest += 1);
+        const timer = setTimeout(() => {
+          // a primary too busy to answer must not refuse uploads: its last full/not-full word decides
+          admitWaiters.delete(id);
+          resolve({ admitted: !fullQueues.has(queue), release: () => undefined });
+        }, ADMIT_TIMEOUT_MS);
+        admitWaiters.set(id, (reservation) => {
+          clearTimeout(timer);
+          admitWaiters.delete(id);
+          resolve({
+            admitted: reservation !== null,
+            release: (name) => {
+              if (reservation !== null) send({ type: 'admit-end', queue, reservation, ...(name === undefined ? {} : { name }) });
+            },
+          });
+        });
+        send({ type: 'admit', id, queue, bytes });
+      });
     const nodes = nodesOf(config, identity.nodeId, log);
     await nodes.reload();
     await nodes.start();
@@ -552,6 +626,7 @@ export async function runWorker(): Promise<void> {
         spool: spoolOf(config, log),
         metrics: frontDoorMetrics,
         isSpoolFull: (queue) => fullQueues.has(queue),
+        admit,
         sharedFiles: sharedFilesOf(config, nodes, peers, frontDoorMetrics, log),
         remoteRun: remoteRunOf(config, identity, nodes, peers, frontDoorMetrics, log, (message) => send({ type: 'remote-run-error', message })),
         syncServing: config.sync.serve
@@ -579,6 +654,11 @@ export async function runWorker(): Promise<void> {
         log.level = pinoLevel(message.level);
         peers.reload();
         nodes.reload().catch(() => undefined);
+      } else if (message.type === 'admitted') {
+        const waiter = admitWaiters.get(message.id);
+        if (waiter) waiter(message.reservation);
+        // answered after the timeout: the upload went on without it, give the reservation back
+        else if (message.reservation !== null) send({ type: 'admit-end', queue: message.queue, reservation: message.reservation });
       } else if (message.type === 'metrics-request') {
         void frontDoorMetrics.snapshot().then((snapshot) => send({ type: 'metrics', id: message.id, snapshot }));
       } else if (message.type === 'spool-full') {

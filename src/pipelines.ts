@@ -10,16 +10,20 @@ import { availableParallelism } from 'node:os';
 import { createThreadedFileInspector } from './reports/index.js';
 import { createReportHandler } from './reports/queue-handler.js';
 import { createQueue, type Queue, type Spool, type SpoolQueue } from './spool/index.js';
-import { createUpstream, type Upstream, type UpstreamEndpoint } from './upstream/index.js';
+import { createUpstream, type ForwardOptions, type Upstream, type UpstreamEndpoint } from './upstream/index.js';
 import type { SubStatus } from './system/index.js';
 
 const INSPECTION_THREADS = Math.max(1, availableParallelism() - 1);
 
 export interface Pipelines {
   start(): Promise<void>;
-  stop(): Promise<void>;
+  /** files in flight get graceMs to finish, then are interrupted (they stay in the spool) */
+  stop(options?: { graceMs?: number }): Promise<void>;
   reload(): Promise<void>;
   isFull(queue: SpoolQueue): boolean;
+  /** admission of an upload against the queue's disk budget (see Queue.reserve); undefined = over budget */
+  reserve(queue: SpoolQueue, bytes: number): number | undefined;
+  release(queue: SpoolQueue, reservation: number, name?: string): Promise<void>;
   queues(): Array<{ queue: SpoolQueue; files: number; bytes: number; oldestMtimeMs: number | undefined; inFlight: number; paused: boolean; full: boolean }>;
   status(): Record<string, SubStatus>;
 }
@@ -60,8 +64,8 @@ export function createPipelines(
   // every forward observed in one place: latency by endpoint and result
   const upstream: Upstream | undefined = rawUpstream && {
     ...rawUpstream,
-    forward: async (endpoint: UpstreamEndpoint, name: string, file: { path: string; size: number; content?: Buffer }) => {
-      const result = await rawUpstream.forward(endpoint, name, file);
+    forward: async (endpoint: UpstreamEndpoint, name: string, file: { path: string; size: number; content?: Buffer }, options?: ForwardOptions) => {
+      const result = await rawUpstream.forward(endpoint, name, file, options);
       deps.metrics.upstreamRequests.observe({ endpoint, result: result.kind }, result.ms / 1000);
       return result;
     },
@@ -154,10 +158,10 @@ export function createPipelines(
       // reports held for a node the list did not name: look again whenever the list changes (issue 15)
       unsubscribeNodes ??= deps.nodes.onChange(() => queues.get('reports')?.releaseHeld());
     },
-    async stop() {
+    async stop(options = {}) {
       unsubscribeNodes?.();
       unsubscribeNodes = undefined;
-      for (const queue of queues.values()) await queue.stop();
+      await Promise.all([...queues.values()].map((queue) => queue.stop(options)));
       await inspector.stop();
       await rawUpstream?.close();
     },
@@ -165,6 +169,8 @@ export function createPipelines(
       await rawUpstream?.reload();
     },
     isFull: (queue) => queues.get(queue)?.stats().full ?? false,
+    reserve: (queue, bytes) => queues.get(queue)?.reserve(bytes),
+    release: async (queue, reservation, name) => queues.get(queue)?.release(reservation, name),
     queues: () => [...queues].map(([queue, q]) => ({ queue, ...q.stats() })),
     status() {
       const result: Record<string, SubStatus> = {};

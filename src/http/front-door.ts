@@ -42,11 +42,22 @@ export interface FrontDoorDeps {
   readonly metrics: FrontDoorMetrics;
   /** the primary says when a queue is over its disk budget */
   readonly isSpoolFull: (queue: SpoolQueue) => boolean;
+  /**
+   * admission of an upload of up to `bytes` against the queue's disk budget, counted from now on
+   * (without it, only isSpoolFull is checked)
+   */
+  readonly admit?: (queue: SpoolQueue, bytes: number) => Promise<UploadAdmission>;
   readonly sharedFiles: SharedFiles;
   readonly remoteRun: RemoteRun;
   /** serving side of the data sync, when sync.serve */
   readonly syncServing: SyncServing | undefined;
   readonly log: Logger;
+}
+
+export interface UploadAdmission {
+  readonly admitted: boolean;
+  /** the upload ended: stored as `name`, or not stored at all */
+  release(name?: string): void;
 }
 
 export interface FrontDoor {
@@ -269,6 +280,7 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
       return respond(new RelayError('RELAY_ERR_AUTH_NETWORK', `client ${request.socket.remoteAddress} is not in https.allowed_networks`));
     }
     let name: string;
+    let admission: UploadAdmission | undefined;
     try {
       const identity = authenticateUpload(queue, request.headers.authorization, peerCertificateDer(request), deps.nodes, options.auth);
       if (identity.nodeId !== undefined) request.relayNode = identity.nodeId;
@@ -278,12 +290,14 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
       if (identity.nodeId !== undefined && reportNode !== undefined && !mayUploadReportOf(identity.nodeId, reportNode, deps.nodes)) {
         throw new RelayError('RELAY_ERR_AUTH_CERTIFICATE', `node ${identity.nodeId} may not upload reports of node ${reportNode}`);
       }
-      if (deps.isSpoolFull(queue)) {
-        throw new RelayError('RELAY_ERR_SPOOL_FULL', `the ${queue} spool is over its disk budget (max_spool_size): try again later`);
-      }
       const declared = Number(request.headers['content-length']);
       if (Number.isFinite(declared) && declared > options.maxUploadSize) {
         throw new RelayError('RELAY_ERR_UPLOAD_TOO_LARGE', `body of ${declared} bytes is larger than https.max_upload_size (${options.maxUploadSize})`);
+      }
+      // a body of unknown length counts as the largest allowed until it is stored
+      admission = deps.admit ? await deps.admit(queue, Number.isFinite(declared) ? declared : options.maxUploadSize) : undefined;
+      if (admission?.admitted === false || (admission === undefined && deps.isSpoolFull(queue))) {
+        throw new RelayError('RELAY_ERR_SPOOL_FULL', `the ${queue} spool is over its disk budget (max_spool_size): try again later`);
       }
     } catch (error) {
       if (error instanceof RelayError) {
@@ -294,8 +308,10 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
       throw error;
     }
     if (String(request.headers.expect).toLowerCase() === '100-continue') reply.raw.writeContinue();
+    let stored = false;
     try {
       const result = await deps.spool.receive(queue, name, request.raw, options.maxUploadSize);
+      stored = true;
       deps.metrics.uploads.inc({ endpoint: queue, status: result.created ? '201' : '204' });
       deps.metrics.uploadBytes.inc({ endpoint: queue }, result.bytes);
       log.debug({ event: 'stored', queue, file: name, bytes: result.bytes, node: request.relayNode }, 'upload stored');
@@ -307,6 +323,8 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
         return respond(error);
       }
       throw error;
+    } finally {
+      admission?.release(stored ? name : undefined);
     }
   }
 

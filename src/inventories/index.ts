@@ -49,15 +49,16 @@ export function createInventoryHandler(
   const log = parentLog.child({ module: 'inventories', endpoint: options.endpoint });
   const waitLeft = (file: QueueFile) => options.signatureWaitMs - (Date.now() - file.mtimeMs);
 
-  async function send(file: QueueFile): Promise<QueueOutcome | undefined> {
-    const result = await deps.upstream!.forward(options.endpoint, file.name, file);
+  async function send(file: QueueFile, signal: AbortSignal): Promise<QueueOutcome | undefined> {
+    const result = await deps.upstream!.forward(options.endpoint, file.name, file, { signal });
     if (result.kind === 'ok') {
       deps.counters.count('forward_ok');
       log.debug({ event: 'forwarded', file: file.name, ms: result.ms }, 'inventory file forwarded');
       return undefined;
     }
-    if (result.kind === 'transient') return { kind: 'retry', reason: result.reason };
+    // every failed forward, transient ones included (see reports/queue-handler.ts)
     deps.counters.count('forward_error');
+    if (result.kind === 'transient') return { kind: 'retry', reason: result.reason };
     return { kind: 'failed', code: 'upstream-refused', reason: `upstream answered ${result.status}: ${result.reason}` };
   }
 
@@ -72,17 +73,17 @@ export function createInventoryHandler(
       }
       if (waitLeft(file) > 0) return { kind: 'defer', delayMs: waitLeft(file) };
       log.warn({ event: 'lone_signature', file: file.name }, 'signature without inventory: forwarding it alone');
-      return (await send(file)) ?? { kind: 'done' };
+      return (await send(file, context.signal)) ?? { kind: 'done' };
     }
     const signature = context.claim(signatureOf(file.name));
     if (signature === undefined && waitLeft(file) > 0) return { kind: 'defer', delayMs: waitLeft(file) };
     if (signature === undefined && !file.name.endsWith('.sign')) {
       log.warn({ event: 'unsigned_inventory', file: file.name }, 'no signature arrived in time: forwarding the inventory alone');
     }
-    const inventoryOutcome = await send(file);
+    const inventoryOutcome = await send(file, context.signal);
     if (inventoryOutcome !== undefined) return inventoryOutcome;
     if (signature === undefined) return { kind: 'done' };
-    const signatureOutcome = await send(signature);
+    const signatureOutcome = await send(signature, context.signal);
     // the inventory went through: it is done even if its signature must be retried alone
     return signatureOutcome === undefined ? { kind: 'done', also: [signature.name] } : { kind: 'done' };
   };

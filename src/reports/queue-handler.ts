@@ -23,7 +23,7 @@ export function createReportHandler(
   // a file that failed to forward transiently is not inspected again on retry
   const inspected = new Map<string, Inspection & { kind: 'forward' }>();
 
-  return async (file) => {
+  return async (file, context) => {
     if (deps.upstream === undefined) return { kind: 'ignore' };
     if (!REPORT_EXTENSIONS.test(file.name)) {
       log.debug({ file: file.name }, 'not a run log name, left for the cleaner');
@@ -61,8 +61,13 @@ export function createReportHandler(
       inspected.set(key, result);
       content = bytes;
     }
-    const forwarded = await deps.upstream.forward('reports', file.name, content === undefined ? file : { ...file, content });
-    if (forwarded.kind === 'transient') return { kind: 'retry', reason: forwarded.reason };
+    const forwarded = await deps.upstream.forward('reports', file.name, content === undefined ? file : { ...file, content }, { signal: context.signal });
+    if (forwarded.kind === 'transient') {
+      // every failed forward, as dashboards watching relayd's counter expect (relayd counted only the
+      // permanent ones: its 5xx and network errors were invisible there)
+      deps.counters.count('forward_error');
+      return { kind: 'retry', reason: forwarded.reason };
+    }
     inspected.delete(key);
     if (forwarded.kind === 'permanent') {
       deps.counters.count('forward_error');

@@ -9,10 +9,10 @@ import type { Logger } from 'pino';
 import { receiveInto, type ReceiveResult } from './receive.js';
 
 export type { ReceiveResult };
-export { createQueue } from './queue.js';
+export { ABORT_SETTLE_MS, createQueue } from './queue.js';
 export { fsyncDirectory, writeFileAtomically } from './durable.js';
 export type { AtomicWriteOptions } from './durable.js';
-export type { Queue, QueueContext, QueueEvents, QueueFile, QueueHandler, QueueOptions, QueueOutcome, QueueStats } from './queue.js';
+export type { Queue, QueueContext, QueueEvents, QueueFile, QueueHandler, QueueOptions, QueueOutcome, QueueStats, QueueStopOptions } from './queue.js';
 
 /** Where an upload lands: the three WebDAV endpoints of a Rudder relay. */
 export type SpoolQueue = 'reports' | 'inventories' | 'inventory-updates';

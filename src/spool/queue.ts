@@ -42,6 +42,8 @@ export type QueueOutcome =
 export interface QueueContext {
   /** take a partner file (e.g. an inventory's .sign) out of the queue while handling this one */
   claim(name: string): QueueFile | undefined;
+  /** aborted when the queue stops and this file's grace is over: give up and answer 'retry' (the file stays) */
+  readonly signal: AbortSignal;
 }
 
 export type QueueHandler = (file: QueueFile, context: QueueContext) => Promise<QueueOutcome>;
@@ -80,14 +82,27 @@ export interface QueueStats {
   readonly held: number;
 }
 
+export interface QueueStopOptions {
+  /** how long files in flight may take to finish before their handlers are aborted (default 10 s) */
+  readonly graceMs?: number;
+}
+
 export interface Queue {
   start(): Promise<void>;
-  stop(): Promise<void>;
+  /** ends within graceMs + ABORT_SETTLE_MS whatever the handlers do; a file interrupted stays in the directory */
+  stop(options?: QueueStopOptions): Promise<void>;
   stats(): QueueStats;
   /** scan now (tests, reload) */
   scan(): Promise<void>;
   /** look again at every held file (the condition they wait for may have changed); returns how many */
   releaseHeld(): number;
+  /**
+   * Admission of an upload of up to `bytes`: counted against the disk budget from now on, so that
+   * uploads received at the same time cannot together overshoot it. Undefined = over budget.
+   */
+  reserve(bytes: number): number | undefined;
+  /** the upload ended; when it was stored as `name`, the file is tracked before its reservation is dropped */
+  release(reservation: number, name?: string): Promise<void>;
 }
 
 interface Tracked {
@@ -105,6 +120,9 @@ const MAX_FILE_BACKOFF_MS = 5 * 60_000;
 const MAX_QUEUE_PAUSE_MS = 30_000;
 /** consecutive transient failures before the whole queue pauses (the peer is down, not one file) */
 const PAUSE_AFTER = 3;
+const DEFAULT_STOP_GRACE_MS = 10_000;
+/** after the abort, how long handlers get to come back before stop() returns without them */
+export const ABORT_SETTLE_MS = 2_000;
 
 /** files stat'ed synchronously between two turns of the event loop (a few µs each: far cheaper than a promise per file) */
 const STAT_BATCH = 256;
@@ -147,11 +165,17 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
   let halfOpen = false;
   let bytes = 0;
   let full = false;
+  /** bytes of uploads being received (admitted by reserve(), not yet tracked) */
+  let reserved = 0;
+  const reservations = new Map<number, number>();
+  let lastReservation = 0;
   let running = false;
   let watcher: FSWatcher | undefined;
   const timers: NodeJS.Timeout[] = [];
   let scanning: Promise<void> | undefined;
   const idle: Array<() => void> = [];
+  /** the abort controller of every file in flight, by name */
+  const aborts = new Map<string, AbortController>();
   /** names this queue removed from the directory itself: their watch event needs no stat (cleared at each catch-up) */
   const removedHere = new Set<string>();
 
@@ -224,13 +248,20 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
       if (!tracked || tracked.state !== 'pending') continue;
       void dispatch(name, tracked);
     }
-    if (inFlight === 0 && ready.size === 0) for (const wake of idle.splice(0)) wake();
+    wakeIfIdle();
+  }
+
+  function wakeIfIdle(): void {
+    // also when stopped: stop() waits here for the files in flight (pump() returns early then)
+    if (inFlight === 0 && (ready.size === 0 || !running)) for (const wake of idle.splice(0)) wake();
   }
 
   async function dispatch(name: string, tracked: Tracked): Promise<void> {
     tracked.state = 'in-flight';
     inFlight += 1;
     const claimed: string[] = [];
+    const abort = new AbortController();
+    aborts.set(name, abort);
     const file: QueueFile = { name, path: pathOf(name), size: tracked.size, mtimeMs: tracked.mtimeMs, attempts: tracked.attempts };
     const context: QueueContext = {
       claim(partner) {
@@ -242,6 +273,7 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
         claimed.push(partner);
         return { name: partner, path: pathOf(partner), size: other.size, mtimeMs: other.mtimeMs, attempts: other.attempts };
       },
+      signal: abort.signal,
     };
     let outcome: QueueOutcome;
     try {
@@ -260,8 +292,10 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
       log.error({ event: 'outcome_error', file: name, error: messageOf(error) }, 'could not apply the outcome; will look again');
       if (files.get(name) === tracked) makeReady(name);
     }
+    aborts.delete(name);
     events.onOutcome?.(file, outcome);
     pump();
+    wakeIfIdle();
   }
 
   async function settle(name: string, tracked: Tracked, outcome: QueueOutcome, claimed: string[], releaseClaims: () => void): Promise<void> {
@@ -485,6 +519,23 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
     await expire(options.failedDirectory, options.failedRetentionMs, 'failed');
   }
 
+  /** true when nothing is in flight any more, false when `ms` passed first */
+  function idleWithin(ms: number): Promise<boolean> {
+    if (inFlight === 0) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        const at = idle.indexOf(wake);
+        if (at >= 0) idle.splice(at, 1);
+        resolve(false);
+      }, ms);
+      const wake = () => {
+        clearTimeout(timer);
+        resolve(true);
+      };
+      idle.push(wake);
+    });
+  }
+
   function every(ms: number, job: () => Promise<void>): void {
     const timer = setInterval(() => void job(), Math.max(ms, 100));
     timer.unref();
@@ -504,7 +555,7 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
       every(options.cleanupFrequencyMs, cleanup);
     },
 
-    async stop() {
+    async stop(stopOptions = {}) {
       if (!running) return;
       running = false;
       watcher?.close();
@@ -513,7 +564,16 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
       for (const timer of settling.values()) clearTimeout(timer);
       if (pauseTimer) clearTimeout(pauseTimer);
       for (const tracked of files.values()) if (tracked.timer) clearTimeout(tracked.timer);
-      if (inFlight > 0) await new Promise<void>((resolve) => idle.push(resolve));
+      if (inFlight === 0) return;
+      const graceMs = stopOptions.graceMs ?? DEFAULT_STOP_GRACE_MS;
+      log.info({ event: 'queue_stopping', in_flight: inFlight, grace_ms: graceMs }, 'waiting for the files in flight');
+      if (await idleWithin(graceMs)) return;
+      // e.g. an upstream that took the request and never answers: the file stays for the next start
+      const interrupted = [...aborts.keys()];
+      log.warn({ event: 'queue_interrupting', files: interrupted, grace_ms: graceMs }, 'files still in flight at the end of the grace: interrupted, they stay in the spool');
+      for (const abort of aborts.values()) abort.abort();
+      if (await idleWithin(ABORT_SETTLE_MS)) return;
+      log.error({ event: 'queue_abandoned', files: [...aborts.keys()] }, 'handlers did not return after the abort: stopping without them (the files stay in the spool)');
     },
 
     stats() {
@@ -537,6 +597,26 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
       }
       if (released > 0) log.info({ event: 'released', files: released }, 'looking again at held files');
       return released;
+    },
+
+    reserve(request) {
+      if (options.maxBytes > 0 && bytes + reserved + request > options.maxBytes) return undefined;
+      lastReservation += 1;
+      reservations.set(lastReservation, request);
+      reserved += request;
+      return lastReservation;
+    },
+
+    async release(reservation, name) {
+      const request = reservations.get(reservation);
+      if (request === undefined) return;
+      try {
+        // tracked at once (not ~settleMs later by the watch event): its bytes move from reserved to the budget without a gap
+        if (name !== undefined && !name.startsWith('.')) await consider(name);
+      } finally {
+        reservations.delete(reservation);
+        reserved -= request;
+      }
     },
   };
 }

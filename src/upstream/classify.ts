@@ -40,6 +40,14 @@ export class RequestTimeoutError extends Error {
   }
 }
 
+/** The abort reason when the caller gave up on the request (the relay is stopping). */
+export class ForwardInterruptedError extends Error {
+  constructor() {
+    super('interrupted: the relay is stopping (the file stays in the spool)');
+    this.name = 'ForwardInterruptedError';
+  }
+}
+
 export interface FailureDescription {
   readonly code: ErrorCode;
   readonly reason: string;
@@ -69,6 +77,7 @@ function codeOf(error: unknown): string | undefined {
 export function describeFailure(error: unknown, timeouts: { connectMs: number; idleMs: number; requestMs: number }): FailureDescription {
   if (error instanceof PinRefusedError) return { code: 'RELAY_ERR_UPSTREAM_CERTIFICATE', reason: error.message };
   const code = codeOf(error);
+  if (error instanceof ForwardInterruptedError) return { code: 'RELAY_ERR_UPSTREAM_UNAVAILABLE', reason: error.message };
   if (error instanceof RequestTimeoutError) {
     return { code: 'RELAY_ERR_UPSTREAM_UNAVAILABLE', reason: `no complete answer within ${timeouts.requestMs} ms (request timeout)` };
   }

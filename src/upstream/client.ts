@@ -7,6 +7,7 @@ import { messageOf, type ErrorCode } from '../errors.js';
 import type { Logger } from '../log.js';
 import { VERSION } from '../version.js';
 import {
+  ForwardInterruptedError,
   RequestTimeoutError,
   codeOfStatus,
   describeFailure,
@@ -14,7 +15,7 @@ import {
   reasonOfResponse,
 } from './classify.js';
 import { createFifoLimit } from './fifo-limit.js';
-import type { ForwardResult, Upstream, UpstreamEndpoint, UpstreamOptions, UpstreamStatus } from './index.js';
+import type { ForwardOptions, ForwardResult, Upstream, UpstreamEndpoint, UpstreamOptions, UpstreamStatus } from './index.js';
 import {
   buildTrustingConnector,
   isSamePin,
@@ -33,6 +34,9 @@ interface Generation {
   /** why nothing can be sent (the pinned certificate is missing or unusable), undefined when it can */
   readonly blocked: string | undefined;
 }
+
+/** how long close() waits for requests still open before it destroys their connections */
+const CLOSE_BOUND_MS = 2_000;
 
 /** bytes of an error body kept to build the reason (the rest is read and dropped) */
 const KEPT_BODY_BYTES = 8 * 1024;
@@ -79,14 +83,15 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
   let current = buildGeneration(isPinning ? readPinnedCertificateSync(options.serverCertificateFile) : undefined);
   if (current.blocked !== undefined) log.warn({ event: 'upstream-blocked', code: 'RELAY_ERR_UPSTREAM_CERTIFICATE' }, current.blocked);
 
-  const draining = new Set<Promise<void>>();
+  const draining = new Map<Promise<void>, Pool>();
   function retire(generation: Generation): void {
     if (generation.pool === undefined) return;
+    const pool = generation.pool;
     // close() lets requests already dispatched finish on the old connections
-    const closing = generation.pool.close().catch((error: unknown) => {
+    const closing = pool.close().catch((error: unknown) => {
       log.debug({ err: messageOf(error) }, 'closing a previous upstream pool failed');
     });
-    draining.add(closing);
+    draining.set(closing, pool);
     void closing.finally(() => draining.delete(closing));
   }
 
@@ -122,8 +127,10 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
     endpoint: UpstreamEndpoint,
     name: string,
     file: { readonly path: string; readonly size: number; readonly content?: Buffer },
+    forwardOptions: ForwardOptions = {},
   ): Promise<ForwardResult> {
     const queuedAt = performance.now();
+    const { signal } = forwardOptions;
     const password = endpoint === 'inventories' ? options.defaultPassword : options.password;
     if (password === undefined) {
       const reason = `output.upstream.password is not set: cannot forward to /${endpoint}/`;
@@ -137,13 +144,16 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
       if (closing !== undefined) {
         return fail('transient', 'RELAY_ERR_UPSTREAM_UNAVAILABLE', endpoint, name, undefined, 'upstream client is closed', startedAt, false);
       }
+      if (signal?.aborted === true) {
+        return fail('transient', 'RELAY_ERR_UPSTREAM_UNAVAILABLE', endpoint, name, undefined, new ForwardInterruptedError().message, startedAt, false);
+      }
       if (current.blocked !== undefined) {
         return fail('transient', 'RELAY_ERR_UPSTREAM_CERTIFICATE', endpoint, name, undefined, current.blocked, startedAt);
       }
       const pool = poolOf(current, undici);
       if (file.content !== undefined) {
         // the caller already holds the (immutable) file's bytes: no second read from disk
-        return await send(pool, endpoint, name, password, file.content, file.content.length, startedAt);
+        return await send(pool, endpoint, name, password, file.content, file.content.length, startedAt, signal);
       }
       let size: number;
       try {
@@ -154,7 +164,7 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
         const reason = `cannot read spool file ${file.path}: ${messageOf(error)}`;
         return fail('permanent', 'RELAY_ERR_SPOOL_READ', endpoint, name, undefined, reason, startedAt, false);
       }
-      return await send(pool, endpoint, name, password, handle, size, startedAt);
+      return await send(pool, endpoint, name, password, handle, size, startedAt, signal);
     } finally {
       await handle?.close().catch(() => undefined);
       release();
@@ -169,6 +179,7 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
     source: FileHandle | Buffer,
     size: number,
     startedAt: number,
+    signal: AbortSignal | undefined,
   ): Promise<ForwardResult> {
     // `end` makes the stream finish with its last chunk: no EOF read still pending when the answer comes
     const body =
@@ -179,6 +190,8 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
         : source.createReadStream({ autoClose: false, start: 0, end: size - 1 });
     const abort = new AbortController();
     const timer = setTimeout(() => abort.abort(new RequestTimeoutError(options.requestTimeoutMs)), options.requestTimeoutMs);
+    const interrupt = () => abort.abort(new ForwardInterruptedError());
+    signal?.addEventListener('abort', interrupt, { once: true });
     let response: Dispatcher.ResponseData;
     try {
       try {
@@ -198,6 +211,10 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
           bodyTimeout: options.idleTimeoutMs,
         });
       } catch (error) {
+        if (abort.signal.reason instanceof ForwardInterruptedError) {
+          // our own doing, not the upstream's: reachability and the last error stay as they were
+          return fail('transient', 'RELAY_ERR_UPSTREAM_UNAVAILABLE', endpoint, name, undefined, abort.signal.reason.message, startedAt, false);
+        }
         reachable = false;
         const { code, reason } = describeFailure(error, timeouts);
         return fail('transient', code, endpoint, name, undefined, reason, startedAt);
@@ -225,6 +242,7 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
       return fail(outcome, codeOfStatus(status), endpoint, name, status, reason, startedAt);
     } finally {
       clearTimeout(timer);
+      signal?.removeEventListener('abort', interrupt);
       // destroying a stream undici is still reading would make it drop the (reusable) connection
       if (!Buffer.isBuffer(body) && !body.readableEnded) body.destroy();
     }
@@ -261,7 +279,17 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
       closing ??= (async () => {
         await reloading.catch(() => undefined);
         retire(current);
-        await Promise.all([...draining]);
+        // bounded: a request the upstream never answers must not hold the relay's shutdown
+        let timer: NodeJS.Timeout | undefined;
+        const closed = await Promise.race([
+          Promise.all([...draining.keys()]).then(() => true),
+          new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), CLOSE_BOUND_MS))),
+        ]);
+        clearTimeout(timer);
+        if (!closed) {
+          log.warn({ event: 'upstream-close-forced', ms: CLOSE_BOUND_MS }, 'requests still open on close: connections destroyed');
+          await Promise.all([...draining.values()].map((pool) => pool.destroy().catch(() => undefined)));
+        }
       })();
       return closing;
     },

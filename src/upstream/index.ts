@@ -50,12 +50,18 @@ export interface UpstreamStatus {
   readonly blocked: string | undefined;
 }
 
+export interface ForwardOptions {
+  /** abort the request (the relay is stopping): the result is transient, the file stays */
+  readonly signal?: AbortSignal;
+}
+
 export interface Upstream {
   /** PUT the file (streamed from disk) to /<endpoint>/<name> with the right Basic credentials */
   forward(
     endpoint: UpstreamEndpoint,
     name: string,
     file: { readonly path: string; readonly size: number; /** the bytes, when the caller already read them */ readonly content?: Buffer },
+    options?: ForwardOptions,
   ): Promise<ForwardResult>;
   /** re-read the pinned certificate; rebuild the pool only if it changed (spec-relayd.md §2.7 step 3) */
   reload(): Promise<void>;

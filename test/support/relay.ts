@@ -47,8 +47,10 @@ export interface RelayOptions {
   readonly verifySignature?: 'direct' | 'required' | 'off';
   /** max_spool_size of both spools */
   readonly maxSpoolSize?: number;
-  /** extra lines in [output.upstream] */
+  /** extra lines in [output.upstream] (an `idle_timeout` here replaces the default 5s) */
   readonly upstreamToml?: string;
+  /** https.shutdown_timeout, default "5s" */
+  readonly shutdownTimeout?: string;
   /** another fixture identity than 37817c4d… (e.g. e745a140… for a second relay) */
   readonly relayId?: string;
   /** general.https_port: the port of peers' HTTPS (sub-relays), when there is no upstream option */
@@ -141,7 +143,7 @@ user = "rudder"
 password = "${DAV_PASSWORD}"
 server_certificate_file = "${options.upstream?.certificateFile ?? `${dir}/policy_server.pem`}"
 connect_timeout = "2s"
-idle_timeout = "5s"
+${options.upstreamToml?.includes('idle_timeout') === true ? '' : 'idle_timeout = "5s"'}
 ${options.upstreamToml ?? ''}
 
 [https]
@@ -149,7 +151,7 @@ listen = "127.0.0.1:${ports.https}"
 allowed_networks = [${networks}]
 workers = ${options.workers ?? 2}
 max_upload_size = ${options.maxUploadSize ?? 1048576}
-shutdown_timeout = "5s"
+shutdown_timeout = "${options.shutdownTimeout ?? '5s'}"
 
 [identity]
 private_key_file = "${dir}/ppkeys/localhost.priv"
