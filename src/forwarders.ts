@@ -5,6 +5,7 @@
 
 import { createHash, type X509Certificate } from 'node:crypto';
 import { readPinnedCertificateSync } from './upstream/trust.js';
+import { relayError } from './errors.js';
 import type { Config } from './config/index.js';
 import type { NodeEntry, NodesRegistry } from './nodes/index.js';
 import type { SubRelayCaller } from './remote-run/index.js';
@@ -66,7 +67,7 @@ export function sharedFilesForwarder(peers: Peers): SharedFilesForwarder {
   return {
     async forward(nextHop, method, pathAndQuery, body) {
       const client = nextHop.kind === 'upstream' ? peers.upstream() : peers.subRelay({ id: nextHop.nodeId, hostname: nextHop.hostname, policyServer: '', keyHash: undefined });
-      if (client === undefined) throw new Error('no usable upstream (host or pinned certificate missing)');
+      if (client === undefined) throw relayError('RELAY_ERR_SHARED_FILES_NO_PEER');
       const response = await client.request(method, pathAndQuery, body, body === undefined ? {} : { 'content-type': 'application/octet-stream' });
       await response.body.dump();
       return response.status;
@@ -85,9 +86,9 @@ export function remoteRunCaller(peers: Peers): SubRelayCaller {
       );
       if (response.status < 200 || response.status > 299) {
         await response.body.dump();
-        throw new Error(`sub-relay answered ${response.status}`);
+        throw relayError('RELAY_ERR_REMOTE_RUN_FORWARD', response.status);
       }
-      signal.addEventListener('abort', () => response.body.destroy(new Error('remote run timed out')), { once: true });
+      signal.addEventListener('abort', () => response.body.destroy(relayError('RELAY_ERR_REMOTE_RUN_TIMEOUT')), { once: true });
       return response.body as AsyncIterable<Buffer>;
     },
   };

@@ -3,6 +3,8 @@
 // the remote-run client. Pure functions on Buffers; paths are "binary" strings (latin1, one char per byte)
 // so that non-UTF-8 file names go through unchanged.
 
+import { RelayError } from '../errors.js';
+
 /** 8-byte header: "<status> <len>" NUL-padded (snprintf(hdr, 8, "%c %d")) */
 export const HEADER_SIZE = 8;
 /** CF_BUFSIZE 4096 − header: the largest legal payload */
@@ -37,9 +39,9 @@ export interface Frame {
   readonly payload: Buffer;
 }
 
-export class CodecError extends Error {
+export class CodecError extends RelayError {
   constructor(message: string) {
-    super(message);
+    super('RELAY_ERR_CFENGINE_CODEC', message);
     this.name = 'CodecError';
   }
 }

@@ -7,6 +7,7 @@ import { createHash, type KeyObject } from 'node:crypto';
 import type { BigIntStats } from 'node:fs';
 import type { TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
+import { messageOf, relayError } from '../errors.js';
 import { keyDigests } from '../identity/index.js';
 import type { NodesRegistry } from '../nodes/index.js';
 import type { CfengineCounters, ExecHandler } from './index.js';
@@ -176,7 +177,7 @@ export class CfengineConnection {
     if (this.phase === 'closed') return;
     this.phase = 'closed';
     this.frameWaiter?.();
-    this.afterWrite(new Error('connection closed')); // a write() still waiting gives up
+    this.afterWrite(relayError('RELAY_ERR_CFENGINE_CLOSED')); // a write() still waiting gives up
     if (this.failed) this.ctx.counters.connection('closed-error');
     const fields = {
       known: this.reader.nodeId !== undefined,
@@ -203,7 +204,7 @@ export class CfengineConnection {
       this.key = digests.cfengineMd5;
       this.keyPin = digests.sha256Pin;
     } catch (error) {
-      return this.fail(`client key unusable: ${(error as Error).message}`);
+      return this.fail(`client key unusable: ${messageOf(error)}`);
     }
     const node = this.ctx.nodes.findByPublicKey(publicKey.export({ type: 'spki', format: 'der' }));
     this.reader = { nodeId: node?.id };
@@ -223,7 +224,7 @@ export class CfengineConnection {
     try {
       this.decoder.push(chunk);
     } catch (error) {
-      return this.fail((error as Error).message);
+      return this.fail(messageOf(error));
     }
     if (this.frameWaiter !== undefined) {
       const wake = this.frameWaiter;
@@ -325,7 +326,7 @@ export class CfengineConnection {
   }
 
   private failOn(error: unknown): void {
-    const message = error instanceof CodecError ? error.message : `internal error: ${(error as Error).message}`;
+    const message = error instanceof CodecError ? error.message : `internal error: ${messageOf(error)}`;
     this.fail(message);
   }
 
@@ -457,7 +458,7 @@ export class CfengineConnection {
     try {
       exitCode = await exec.run(classes, writeLine);
     } catch (error) {
-      writeLine(`error: ${(error as Error).message}`);
+      writeLine(`error: ${messageOf(error)}`);
       exitCode = 1;
     } finally {
       this.socket.setTimeout(this.ctx.idleTimeoutMs);
@@ -518,7 +519,7 @@ export class CfengineConnection {
   private denied(command: string, fields: Record<string, unknown>, message = 'cfengine access denied'): void {
     this.ctx.counters.command(command, 'denied');
     this.denials += 1;
-    if (this.denials <= MAX_DENIAL_LINES) this.log.warn({ command, ...fields }, message);
+    if (this.denials <= MAX_DENIAL_LINES) this.log.warn({ code: 'RELAY_ERR_CFENGINE_ACCESS', command, ...fields }, message);
     else if (this.denials === MAX_DENIAL_LINES + 1) this.log.warn({ command }, 'cfengine: further denials on this connection are only counted');
   }
 
@@ -864,7 +865,7 @@ export class CfengineConnection {
    * The bytes go to the socket first: the agent is waiting for them.
    */
   private writeNow(buffer: Buffer): void {
-    if (this.socket.destroyed || !this.socket.writable) throw new Error('connection closed');
+    if (this.socket.destroyed || !this.socket.writable) throw relayError('RELAY_ERR_CFENGINE_CLOSED');
     this.writing = true;
     this.socket.write(buffer, this.afterWrite);
     this.sent += buffer.length;

@@ -106,7 +106,7 @@ export async function parseNodesCertificates(
     let uid: string | undefined;
     let spkiSha256: string;
     try {
-      if (body === undefined || !PEM_BODY.test(body)) throw new Error('invalid base64 in PEM');
+      if (body === undefined || !PEM_BODY.test(body)) throw new RelayError('RELAY_ERR_NODES_CERTS', 'invalid base64 in PEM');
       der = Buffer.from(body, 'base64');
       const facts = parseCertificateFacts(der);
       uid = facts.uid;

@@ -2,6 +2,7 @@
 // `[sudo] <command> remote run [-D c1,c2] -- host1,host2` (spec-relayd.md §4.6 "Local execution").
 
 import { spawn } from 'node:child_process';
+import { relayError } from '../errors.js';
 import type { NodeRunner } from './index.js';
 
 export function createCommandRunner(options: { command: string; useSudo: boolean }): NodeRunner {
@@ -12,7 +13,7 @@ export function createCommandRunner(options: { command: string; useSudo: boolean
       return new Promise((resolve, reject) => {
         const child = spawn(file, argv, { stdio: ['ignore', 'pipe', 'inherit'], signal });
         child.stdout.on('data', (chunk: Buffer) => output(chunk));
-        child.on('error', (error) => reject(new Error(`cannot run ${file}: ${error.message}`)));
+        child.on('error', (error) => reject(relayError('RELAY_ERR_REMOTE_RUN_COMMAND', file, error.message, { cause: error })));
         child.on('close', (code) => resolve({ failed: code === 0 ? 0 : nodes.length }));
       });
     },

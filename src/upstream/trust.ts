@@ -48,7 +48,7 @@ function unreadablePin(file: string, error: unknown): PinnedCertificate {
 function interpretPinned(file: string, bytes: Buffer): PinnedCertificate {
   try {
     const blocks = bytes.toString('latin1').match(PEM_CERTIFICATE) ?? [];
-    if (blocks.length === 0) throw new Error('no PEM CERTIFICATE block');
+    if (blocks.length === 0) throw new RelayError('RELAY_ERR_UPSTREAM_CERTIFICATE', 'no PEM CERTIFICATE block');
     const certificates = blocks.map((pem) => new X509Certificate(pem));
     return { file, bytes, certificates, problem: undefined };
   } catch (error) {
@@ -64,9 +64,9 @@ export function isSamePin(a: PinnedCertificate | undefined, b: PinnedCertificate
 }
 
 /** Raised by the pinning connector; the message is what status().lastError shows. */
-export class PinRefusedError extends Error {
+export class PinRefusedError extends RelayError {
   constructor(message: string) {
-    super(message);
+    super('RELAY_ERR_UPSTREAM_CERTIFICATE', message);
     this.name = 'PinRefusedError';
   }
 }
@@ -127,7 +127,7 @@ export function buildTrustingConnector(
     case 'dangerous_none':
       return buildConnector({ ...common, rejectUnauthorized: false });
     case 'cert_pinning': {
-      if (pinned === undefined) throw new Error('cert_pinning connector without a pinned certificate');
+      if (pinned === undefined) throw new RelayError('RELAY_ERR_INTERNAL', 'cert_pinning connector without a pinned certificate');
       // no session resumption: every connection shows its certificate and is checked
       const base = buildConnector({ ...common, rejectUnauthorized: false, maxCachedSessions: 0 });
       return (connectOptions, callback) => {
