@@ -9,6 +9,7 @@ import { readFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import type { Logger } from 'pino';
 import { ConfigError, loadConfig, type Config, type LoadedConfig, type LogLevel } from './config/index.js';
+import { pemToDer } from './der/index.js';
 import { RelayError, messageOf } from './errors.js';
 import { createFrontDoor, createLocalApi, type UploadAuthOptions } from './http/index.js';
 import { ensureIdentity, keyDigests, loadIdentity, type Identity } from './identity/index.js';
@@ -380,8 +381,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
           // inbound remote run (spec §2.5): EXEC only from the upstream's key, mapped to "sync now"
           execKeys: await readFile(config.output.upstream.serverCertificateFile, 'utf8').then(
             (pem) => {
-              const blocks = pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
-              return blocks.map((block) => keyDigests(new X509Certificate(block).publicKey).sha256Pin);
+              return pemToDer(pem).map((der) => keyDigests(new X509Certificate(der).publicKey).sha256Pin);
             },
             () => [],
           ),

@@ -8,6 +8,7 @@ import { rootCertificates, type TLSSocket } from 'node:tls';
 import type { buildConnector } from 'undici';
 import type { Undici } from './undici.js';
 import type { PeerAuthentication } from '../config/index.js';
+import { pemToDer } from '../der/index.js';
 import { RelayError, messageOf } from '../errors.js';
 
 /** What was read from `server_certificate_file`; `bytes` undefined = the file is missing. */
@@ -20,7 +21,6 @@ export interface PinnedCertificate {
   readonly problem: string | undefined;
 }
 
-const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g;
 
 export async function readPinnedCertificate(file: string): Promise<PinnedCertificate> {
   try {
@@ -47,9 +47,9 @@ function unreadablePin(file: string, error: unknown): PinnedCertificate {
 
 function interpretPinned(file: string, bytes: Buffer): PinnedCertificate {
   try {
-    const blocks = bytes.toString('latin1').match(PEM_CERTIFICATE) ?? [];
+    const blocks = pemToDer(bytes.toString('latin1'));
     if (blocks.length === 0) throw new RelayError('RELAY_ERR_UPSTREAM_CERTIFICATE', 'no PEM CERTIFICATE block');
-    const certificates = blocks.map((pem) => new X509Certificate(pem));
+    const certificates = blocks.map((der) => new X509Certificate(der));
     return { file, bytes, certificates, problem: undefined };
   } catch (error) {
     const problem = `pinned upstream certificate ${file} is not a PEM certificate (${messageOf(error)}); nothing is forwarded until it is replaced and the relay is reloaded`;
