@@ -258,6 +258,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
       spool,
       metrics,
       onFullChange: (queue, full) => broadcast({ type: 'spool-full', queue, full }),
+      clientCertificate: { key: identity.privateKeyPem, cert: identity.certificatePem },
       log,
     });
     const activePipelines = pipelines;
@@ -301,7 +302,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
       frontDoor: () => ({ workers: workers.size, ready: readyWorkers }),
     });
     // the primary runs the TTL cleanup; every process stores and answers
-    const peers = createPeers(config, nodes, { key: identity.privateKeyPem, cert: identity.certificatePem });
+    const peers = createPeers(config, nodes, { key: identity.privateKeyPem, cert: identity.certificatePem }, activePipelines.upstream);
     stoppers.push(() => peers.close());
     const sharedFiles = sharedFilesOf(config, nodes, peers, metrics, log);
     remoteRun = remoteRunOf(config, identity, nodes, peers, metrics, log);

@@ -22,6 +22,11 @@ export interface Pipelines {
   isFull(queue: SpoolQueue): boolean;
   queues(): Array<{ queue: SpoolQueue; files: number; bytes: number; oldestMtimeMs: number | undefined; inFlight: number; paused: boolean; full: boolean }>;
   status(): Record<string, SubStatus>;
+  /**
+   * the upstream's one client (forwarding and relay API calls), when an output is "upstream"; stop() leaves
+   * it open for the sync and shared files that share it: whoever is given it closes it (createPeers)
+   */
+  readonly upstream: Upstream | undefined;
 }
 
 export function createPipelines(
@@ -32,6 +37,8 @@ export function createPipelines(
     spool: Spool;
     metrics: PrimaryMetrics;
     onFullChange: (queue: SpoolQueue, full: boolean) => void;
+    /** presented to the upstream: the same client also pulls data sync, which identifies relays by it */
+    clientCertificate?: { key: string; cert: string };
     log: Logger;
   },
 ): Pipelines {
@@ -53,6 +60,7 @@ export function createPipelines(
           idleTimeoutMs: config.output.upstream.idleTimeoutMs,
           requestTimeoutMs: config.output.upstream.requestTimeoutMs,
           keepAliveMs: config.general.httpsIdleTimeoutMs,
+          clientCertificate: deps.clientCertificate,
         },
         deps.log,
       )
@@ -154,11 +162,11 @@ export function createPipelines(
     async stop() {
       for (const queue of queues.values()) await queue.stop();
       await inspector.stop();
-      await rawUpstream?.close();
     },
     async reload() {
       await rawUpstream?.reload();
     },
+    upstream: rawUpstream,
     isFull: (queue) => queues.get(queue)?.stats().full ?? false,
     queues: () => [...queues].map(([queue, q]) => ({ queue, ...q.stats() })),
     status() {
