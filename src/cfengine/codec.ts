@@ -61,7 +61,7 @@ export function encodeFrame(payload: Buffer | string, status: FrameStatus = 't')
 /**
  * Parses an 8-byte header as the C receiver does (sscanf "%c %d"): any whitespace between the status and
  * the decimal length, anything after the digits. Throws on a status other than t/m or a length out of
- * 1..4088 (the C receiver then drops the connection).
+ * 1..MAX_PAYLOAD (the C receiver then drops the connection).
  */
 export function decodeHeader(header: Buffer): { status: FrameStatus; length: number } {
   if (header.length < HEADER_SIZE) throw new CodecError('short transaction header');

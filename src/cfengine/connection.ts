@@ -20,6 +20,7 @@ import {
   FILE_CHANGED,
   FrameDecoder,
   GET_BLOCK_SIZE,
+  MAX_PAYLOAD,
   REQUEST_DENIED,
   SERVER_PROTOCOL_VERSION,
   SERVER_VERSION,
@@ -97,7 +98,7 @@ const MAX_EXEC_SELECT_FRAMES = 10;
 /** CharsetAcceptable for EXEC -D/-b tokens */
 const EXEC_TOKEN = /^[A-Za-z0-9_:]+$/;
 /** "> " + line + "\n" must fit one transaction */
-const MAX_EXEC_LINE_BYTES = 4088 - 3;
+const MAX_EXEC_LINE_BYTES = MAX_PAYLOAD - 3;
 
 type Outcome = 'continue' | 'close';
 
@@ -409,7 +410,7 @@ export class CfengineConnection {
     };
     const refuse = async (line: string): Promise<Outcome> => {
       this.denied('EXEC', { args: args.slice(0, 200) }, `cfengine ${line}`);
-      await this.write(encodeFrame(line.slice(0, 4088)));
+      await this.write(encodeFrame(line.slice(0, MAX_PAYLOAD)));
       return terminate();
     };
     // MatchClasses: class-selection frames (cf-runagent -s) until the terminator
@@ -442,7 +443,7 @@ export class CfengineConnection {
     const command = classes.length > 0 ? `${exec.command} -D ${classes.join(',')}` : exec.command;
     this.ctx.counters.command('EXEC', 'ok');
     this.log.info({ command: 'EXEC', classes }, `cfengine EXEC: running ${command}`);
-    await this.write(encodeFrame(`cf-serverd executing cfruncommand: ${command}\n`.slice(0, 4088)));
+    await this.write(encodeFrame(`cf-serverd executing cfruncommand: ${command}\n`.slice(0, MAX_PAYLOAD)));
     // lines in order, each one transaction; the socket stays quiet while the command is (a sync may be slow)
     let chain: Promise<void> = Promise.resolve();
     const writeLine = (text: string): void => {
@@ -564,7 +565,7 @@ export class CfengineConnection {
   private statAnswer(requested: string, path: string, result: StatResult, lstatted: BigIntStats | undefined): Buffer {
     if (result.kind === 'error') {
       this.ctx.counters.command('STAT', 'absent');
-      return encodeFrame(result.message.slice(0, 4088));
+      return encodeFrame(result.message.slice(0, MAX_PAYLOAD));
     }
     const isFile = result.fields.type === FileType.regular;
     this.remember(requested, {
@@ -576,7 +577,7 @@ export class CfengineConnection {
     });
     this.ctx.counters.command('STAT', 'ok');
     // both transactions in one write: ≤ 2 × 4096 bytes, one TLS record, one TCP segment
-    return Buffer.concat([encodeFrame(encodeStatLine(result.fields)), encodeFrame(`OK:${result.linkTarget}`.slice(0, 4088))]);
+    return Buffer.concat([encodeFrame(encodeStatLine(result.fields)), encodeFrame(`OK:${result.linkTarget}`.slice(0, MAX_PAYLOAD))]);
   }
 
   /** what STAT resolved and announced, for the MD5/GET of the same path that follow it */
@@ -597,7 +598,7 @@ export class CfengineConnection {
     const names = await listing;
     if (names === undefined) {
       this.ctx.counters.command('OPENDIR', 'absent');
-      await this.write(encodeFrame(`BAD: cfengine, couldn't open dir ${path}/`.slice(0, 4088)));
+      await this.write(encodeFrame(`BAD: cfengine, couldn't open dir ${path}/`.slice(0, MAX_PAYLOAD)));
       return 'continue';
     }
     this.ctx.counters.command('OPENDIR', 'ok');
@@ -611,7 +612,7 @@ export class CfengineConnection {
     const names = listDirectorySync(path);
     if (names === undefined) {
       this.ctx.counters.command('OPENDIR', 'absent');
-      this.writeNow(encodeFrame(`BAD: cfengine, couldn't open dir ${path}/`.slice(0, 4088)));
+      this.writeNow(encodeFrame(`BAD: cfengine, couldn't open dir ${path}/`.slice(0, MAX_PAYLOAD)));
       return 'continue';
     }
     this.ctx.counters.command('OPENDIR', 'ok');
