@@ -4,7 +4,7 @@
 
 import { PassThrough } from 'node:stream';
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
-import { RelayError, messageOf } from '../errors.js';
+import { RelayError, isRelayError, messageOf } from '../errors.js';
 import type { NodeEntry } from '../nodes/index.js';
 import type { RemoteRunDeps, RemoteRunOptions, RemoteRunStatus, RunRequest } from './index.js';
 
@@ -140,7 +140,7 @@ export function createRemoteRun(options: RemoteRunOptions, deps: RemoteRunDeps):
       } catch (error) {
         failed += 1;
         const message = `forward error to sub-relay ${relay.id} (${relay.hostname}): ${messageOf(error)}`;
-        log.error({ event: 'forward_error', relay: relay.id, error: messageOf(error) }, message);
+        log.error({ event: 'forward_error', code: isRelayError(error) ? error.code : 'RELAY_ERR_UPSTREAM_UNAVAILABLE', relay: relay.id, error: messageOf(error) }, message);
         remember(message);
         if (request.keepOutput) lines.push(Buffer.from(`${relay.hostname}> !! ${message}\n`));
       } finally {
