@@ -9,6 +9,7 @@ import { readFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import type { Logger } from 'pino';
 import { ConfigError, loadConfig, type Config, type LoadedConfig, type LogLevel } from './config/index.js';
+import { pemToDer } from './der/index.js';
 import { RelayError, messageOf } from './errors.js';
 import { createFrontDoor, createLocalApi, type UploadAdmission, type UploadAuthOptions } from './http/index.js';
 import { ensureIdentity, keyDigests, loadIdentity, type Identity } from './identity/index.js';
@@ -275,6 +276,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
       spool,
       metrics,
       onFullChange: (queue, full) => broadcast({ type: 'spool-full', queue, full }),
+      clientCertificate: { key: identity.privateKeyPem, cert: identity.certificatePem },
       log,
     });
     const activePipelines = pipelines;
@@ -318,7 +320,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
       frontDoor: () => ({ workers: workers.size, ready: readyWorkers }),
     });
     // the primary runs the TTL cleanup; every process stores and answers
-    const peers = createPeers(config, nodes, { key: identity.privateKeyPem, cert: identity.certificatePem });
+    const peers = createPeers(config, nodes, { key: identity.privateKeyPem, cert: identity.certificatePem }, activePipelines.upstream);
     stoppers.push(stopStep('peer clients', () => peers.close()));
     const sharedFiles = sharedFilesOf(config, nodes, peers, metrics, log);
     remoteRun = remoteRunOf(config, identity, nodes, peers, metrics, log);
@@ -400,8 +402,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
           // inbound remote run (spec §2.5): EXEC only from the upstream's key, mapped to "sync now"
           execKeys: await readFile(config.output.upstream.serverCertificateFile, 'utf8').then(
             (pem) => {
-              const blocks = pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
-              return blocks.map((block) => keyDigests(new X509Certificate(block).publicKey).sha256Pin);
+              return pemToDer(pem).map((der) => keyDigests(new X509Certificate(der).publicKey).sha256Pin);
             },
             () => [],
           ),

@@ -1,7 +1,9 @@
 // One catalogue of coded errors (CONVENTIONS.md "Errors"): a stable code users can search for,
-// the HTTP status where the error reaches a client, and whether retrying can help.
+// the HTTP status where the error reaches a client, whether retrying can help and, in fastify's style
+// (@fastify/error createError(code, message, statusCode)), a message template the factory fills in.
 
 export type ErrorCode =
+  | TemplatedErrorCode
   | 'RELAY_ERR_CONFIG_SYNTAX'
   | 'RELAY_ERR_CONFIG_VALUE'
   | 'RELAY_ERR_CONFIG_FILE'
@@ -31,9 +33,47 @@ export type ErrorCode =
 interface CatalogueEntry {
   readonly status: number;
   readonly transient: boolean;
+  /** template: each %s takes the next argument of relayError() (codes without one: the message is written where thrown) */
+  readonly message?: string;
 }
 
+/** codes declared with their message template: `relayError(code, ...args)` checks the argument count */
+const templated = {
+  // cfengine (src/cfengine): protocol codec, the client side (remote-run EXEC, sync pull), the server side
+  RELAY_ERR_CFENGINE_CODEC: { status: 400, transient: false, message: '%s' },
+  RELAY_ERR_CFENGINE_CLIENT: { status: 502, transient: true, message: '%s' },
+  RELAY_ERR_CFENGINE_CLOSED: { status: 502, transient: true, message: 'connection closed' },
+  RELAY_ERR_CFENGINE_ACCESS: { status: 403, transient: false, message: 'cfengine access denied' },
+  // der (src/der): DER reader/writer, X.509 structure
+  RELAY_ERR_DER: { status: 400, transient: false, message: '%s' },
+  // reports (src/reports): run log decoding and checking, one code per group of reject reasons
+  RELAY_ERR_REPORT_UNDECODABLE: { status: 400, transient: false, message: '%s' },
+  RELAY_ERR_REPORT_TOO_LARGE: { status: 413, transient: false, message: '%s' },
+  RELAY_ERR_REPORT_SIGNATURE: { status: 400, transient: false, message: '%s' },
+  RELAY_ERR_REPORT_INVALID: { status: 400, transient: false, message: '%s' },
+  RELAY_ERR_REPORT_REJECTED: { status: 400, transient: false, message: '%s' },
+  RELAY_ERR_REPORT_INSPECTION: { status: 500, transient: true, message: '%s' },
+  // sync (src/sync): malformed manifest, delta or blob batch from upstream; a file changed while served
+  RELAY_ERR_SYNC_FORMAT: { status: 502, transient: true, message: '%s' },
+  RELAY_ERR_SYNC_REFUSED: { status: 502, transient: false, message: '%s' },
+  RELAY_ERR_SYNC_STOPPED: { status: 503, transient: true, message: 'sync stopped' },
+  RELAY_ERR_FILE_CHANGED: { status: 500, transient: true, message: '%s' },
+  // remote-run (src/remote-run): request parameters, local command, sub-relay forwarding
+  RELAY_ERR_REMOTE_RUN_PARAMETER: { status: 400, transient: false, message: '%s' },
+  RELAY_ERR_REMOTE_RUN_COMMAND: { status: 500, transient: false, message: 'cannot run %s: %s' },
+  RELAY_ERR_REMOTE_RUN_FORWARD: { status: 502, transient: true, message: 'sub-relay answered %s' },
+  RELAY_ERR_REMOTE_RUN_TIMEOUT: { status: 504, transient: true, message: 'remote run timed out' },
+  // shared-files (src/shared-files): forwarding to the next hop
+  RELAY_ERR_SHARED_FILES_NO_PEER: { status: 502, transient: true, message: 'no usable upstream (host or pinned certificate missing)' },
+  // upstream (src/upstream): a request on a closed client, the request timer
+  RELAY_ERR_UPSTREAM_CLOSED: { status: 503, transient: true, message: 'client to %s is closed' },
+  RELAY_ERR_UPSTREAM_TIMEOUT: { status: 504, transient: true, message: 'request timeout (%s ms)' },
+} as const satisfies Record<string, CatalogueEntry>;
+
+type TemplatedErrorCode = keyof typeof templated;
+
 const catalogue: Record<ErrorCode, CatalogueEntry> = {
+  ...templated,
   RELAY_ERR_CONFIG_SYNTAX: { status: 500, transient: false },
   RELAY_ERR_CONFIG_VALUE: { status: 500, transient: false },
   RELAY_ERR_CONFIG_FILE: { status: 500, transient: false },
@@ -75,6 +115,35 @@ export class RelayError extends Error {
     this.status = catalogue[code].status;
     this.transient = catalogue[code].transient;
   }
+}
+
+/** one argument per %s of the template */
+type TemplateArgs<T extends string> = T extends `${string}%s${infer Rest}` ? [string | number, ...TemplateArgs<Rest>] : [];
+
+/**
+ * The factory of templated codes: `relayError('RELAY_ERR_REMOTE_RUN_FORWARD', response.status)`.
+ * A trailing `{ cause }` object keeps the error that led to this one.
+ */
+export function relayError<C extends TemplatedErrorCode>(
+  code: C,
+  ...args: TemplateArgs<(typeof templated)[C]['message']> | [...TemplateArgs<(typeof templated)[C]['message']>, { cause: unknown }]
+): RelayError {
+  return new RelayError(code, fill(templated[code].message, args), causeOf(args));
+}
+
+/** the message of a templated code (for subclasses of RelayError that keep their own name) */
+export function messageFor<C extends TemplatedErrorCode>(code: C, ...args: TemplateArgs<(typeof templated)[C]['message']>): string {
+  return fill(templated[code].message, args);
+}
+
+function fill(template: string, args: readonly unknown[]): string {
+  let next = 0;
+  return template.replace(/%s/g, () => String(args[next++]));
+}
+
+function causeOf(args: readonly unknown[]): { cause: unknown } | undefined {
+  const last = args.at(-1);
+  return typeof last === 'object' && last !== null && 'cause' in last ? (last as { cause: unknown }) : undefined;
 }
 
 export function isRelayError(error: unknown): error is RelayError {

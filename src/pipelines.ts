@@ -26,6 +26,11 @@ export interface Pipelines {
   release(queue: SpoolQueue, reservation: number, name?: string): Promise<void>;
   queues(): Array<{ queue: SpoolQueue; files: number; bytes: number; oldestMtimeMs: number | undefined; inFlight: number; paused: boolean; full: boolean }>;
   status(): Record<string, SubStatus>;
+  /**
+   * the upstream's one client (forwarding and relay API calls), when an output is "upstream"; stop() leaves
+   * it open for the sync and shared files that share it: whoever is given it closes it (createPeers)
+   */
+  readonly upstream: Upstream | undefined;
 }
 
 export function createPipelines(
@@ -36,6 +41,8 @@ export function createPipelines(
     spool: Spool;
     metrics: PrimaryMetrics;
     onFullChange: (queue: SpoolQueue, full: boolean) => void;
+    /** presented to the upstream: the same client also pulls data sync, which identifies relays by it */
+    clientCertificate?: { key: string; cert: string };
     log: Logger;
   },
 ): Pipelines {
@@ -57,6 +64,7 @@ export function createPipelines(
           idleTimeoutMs: config.output.upstream.idleTimeoutMs,
           requestTimeoutMs: config.output.upstream.requestTimeoutMs,
           keepAliveMs: config.general.httpsIdleTimeoutMs,
+          clientCertificate: deps.clientCertificate,
         },
         deps.log,
       )
@@ -163,11 +171,11 @@ export function createPipelines(
       unsubscribeNodes = undefined;
       await Promise.all([...queues.values()].map((queue) => queue.stop(options)));
       await inspector.stop();
-      await rawUpstream?.close();
     },
     async reload() {
       await rawUpstream?.reload();
     },
+    upstream: rawUpstream,
     isFull: (queue) => queues.get(queue)?.stats().full ?? false,
     reserve: (queue, bytes) => queues.get(queue)?.reserve(bytes),
     release: async (queue, reservation, name) => queues.get(queue)?.release(reservation, name),

@@ -3,6 +3,7 @@
 // sha384WithRSA, valid from now for 10 years, no extensions. Peers only compare its public key.
 
 import { createPublicKey, sign, type KeyObject } from 'node:crypto';
+import { RelayError } from '../errors.js';
 import { TAG_INTEGER, TAG_SEQUENCE, TAG_SET, encodeOid, encodeTime, encodeTlv } from '../der/index.js';
 
 const OID_SHA384_WITH_RSA = '1.2.840.113549.1.1.12';
@@ -15,7 +16,7 @@ const nameCnA = (): Buffer => encodeTlv(TAG_SEQUENCE, encodeTlv(TAG_SET, encodeT
 
 /** PEM certificate for `privateKey` (RSA), built as cf-serverd builds its in-memory one. */
 export function makeServerCertificate(privateKey: KeyObject, now = new Date()): string {
-  if (privateKey.asymmetricKeyType !== 'rsa') throw new Error('the CFEngine server needs an RSA key');
+  if (privateKey.asymmetricKeyType !== 'rsa') throw new RelayError('RELAY_ERR_IDENTITY', 'the CFEngine server needs an RSA key');
   const spki = createPublicKey(privateKey).export({ type: 'spki', format: 'der' });
   const notAfter = new Date(now);
   notAfter.setUTCFullYear(notAfter.getUTCFullYear() + VALIDITY_YEARS);

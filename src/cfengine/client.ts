@@ -7,6 +7,7 @@
 import type { KeyObject } from 'node:crypto';
 import { connect as tcpConnect } from 'node:net';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
+import { RelayError, messageOf, relayError } from '../errors.js';
 import { makeServerCertificate } from './certificate.js';
 import { CFD_TERMINATOR, HEADER_SIZE, decodeHeader, encodeFrame, parseVersionLine, type Frame } from './codec.js';
 
@@ -18,9 +19,9 @@ const MAX_LINE_BYTES = 1024;
 /** bytes received and not read yet before the socket is paused */
 const MAX_PENDING_BYTES = 1024 * 1024;
 
-export class CfengineClientError extends Error {
-  constructor(message: string) {
-    super(message);
+export class CfengineClientError extends RelayError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('RELAY_ERR_CFENGINE_CLIENT', message, options);
     this.name = 'CfengineClientError';
   }
 }
@@ -106,7 +107,7 @@ export async function connectCfengineServer(options: CfengineClientOptions): Pro
       const fail = (error: Error): void => reject(new CfengineClientError(ended ?? (signal?.aborted ? abortReason(signal) : `cannot connect: ${error.message}`)));
       tcp.once('connect', () => resolve());
       tcp.once('error', fail);
-      tcp.once('close', () => fail(new Error('connection closed')));
+      tcp.once('close', () => fail(relayError('RELAY_ERR_CFENGINE_CLOSED')));
     });
     const tls = tlsConnect({
       socket: tcp,
@@ -242,7 +243,7 @@ export async function connectCfengineServer(options: CfengineClientOptions): Pro
               ({ length } = decodeHeader(peek(HEADER_SIZE)));
             } catch (error) {
               tls.destroy();
-              throw new CfengineClientError(`protocol error: ${(error as Error).message}`);
+              throw new CfengineClientError(`protocol error: ${messageOf(error)}`);
             }
             if (pendingBytes >= HEADER_SIZE + length) {
               const header = take(HEADER_SIZE);
@@ -269,7 +270,7 @@ export async function connectCfengineServer(options: CfengineClientOptions): Pro
     signal?.removeEventListener('abort', onAbort);
     destroyAll();
     if (error instanceof CfengineClientError) throw error;
-    throw new CfengineClientError((error as Error).message);
+    throw new CfengineClientError(messageOf(error));
   }
 }
 

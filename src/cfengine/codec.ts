@@ -3,6 +3,8 @@
 // the remote-run client. Pure functions on Buffers; paths are "binary" strings (latin1, one char per byte)
 // so that non-UTF-8 file names go through unchanged.
 
+import { RelayError } from '../errors.js';
+
 /** 8-byte header: "<status> <len>" NUL-padded (snprintf(hdr, 8, "%c %d")) */
 export const HEADER_SIZE = 8;
 /** CF_BUFSIZE 4096 − header: the largest legal payload */
@@ -37,9 +39,9 @@ export interface Frame {
   readonly payload: Buffer;
 }
 
-export class CodecError extends Error {
+export class CodecError extends RelayError {
   constructor(message: string) {
-    super(message);
+    super('RELAY_ERR_CFENGINE_CODEC', message);
     this.name = 'CodecError';
   }
 }
@@ -59,7 +61,7 @@ export function encodeFrame(payload: Buffer | string, status: FrameStatus = 't')
 /**
  * Parses an 8-byte header as the C receiver does (sscanf "%c %d"): any whitespace between the status and
  * the decimal length, anything after the digits. Throws on a status other than t/m or a length out of
- * 1..4088 (the C receiver then drops the connection).
+ * 1..MAX_PAYLOAD (the C receiver then drops the connection).
  */
 export function decodeHeader(header: Buffer): { status: FrameStatus; length: number } {
   if (header.length < HEADER_SIZE) throw new CodecError('short transaction header');

@@ -7,6 +7,7 @@ import { createHash, type KeyObject } from 'node:crypto';
 import type { BigIntStats } from 'node:fs';
 import type { TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
+import { messageOf, relayError } from '../errors.js';
 import { keyDigests } from '../identity/index.js';
 import type { NodesRegistry } from '../nodes/index.js';
 import type { CfengineCounters, ExecHandler } from './index.js';
@@ -19,6 +20,7 @@ import {
   FILE_CHANGED,
   FrameDecoder,
   GET_BLOCK_SIZE,
+  MAX_PAYLOAD,
   REQUEST_DENIED,
   SERVER_PROTOCOL_VERSION,
   SERVER_VERSION,
@@ -96,7 +98,7 @@ const MAX_EXEC_SELECT_FRAMES = 10;
 /** CharsetAcceptable for EXEC -D/-b tokens */
 const EXEC_TOKEN = /^[A-Za-z0-9_:]+$/;
 /** "> " + line + "\n" must fit one transaction */
-const MAX_EXEC_LINE_BYTES = 4088 - 3;
+const MAX_EXEC_LINE_BYTES = MAX_PAYLOAD - 3;
 
 type Outcome = 'continue' | 'close';
 
@@ -176,7 +178,7 @@ export class CfengineConnection {
     if (this.phase === 'closed') return;
     this.phase = 'closed';
     this.frameWaiter?.();
-    this.afterWrite(new Error('connection closed')); // a write() still waiting gives up
+    this.afterWrite(relayError('RELAY_ERR_CFENGINE_CLOSED')); // a write() still waiting gives up
     if (this.failed) this.ctx.counters.connection('closed-error');
     const fields = {
       known: this.reader.nodeId !== undefined,
@@ -203,7 +205,7 @@ export class CfengineConnection {
       this.key = digests.cfengineMd5;
       this.keyPin = digests.sha256Pin;
     } catch (error) {
-      return this.fail(`client key unusable: ${(error as Error).message}`);
+      return this.fail(`client key unusable: ${messageOf(error)}`);
     }
     const node = this.ctx.nodes.findByPublicKey(publicKey.export({ type: 'spki', format: 'der' }));
     this.reader = { nodeId: node?.id };
@@ -223,7 +225,7 @@ export class CfengineConnection {
     try {
       this.decoder.push(chunk);
     } catch (error) {
-      return this.fail((error as Error).message);
+      return this.fail(messageOf(error));
     }
     if (this.frameWaiter !== undefined) {
       const wake = this.frameWaiter;
@@ -325,7 +327,7 @@ export class CfengineConnection {
   }
 
   private failOn(error: unknown): void {
-    const message = error instanceof CodecError ? error.message : `internal error: ${(error as Error).message}`;
+    const message = error instanceof CodecError ? error.message : `internal error: ${messageOf(error)}`;
     this.fail(message);
   }
 
@@ -408,7 +410,7 @@ export class CfengineConnection {
     };
     const refuse = async (line: string): Promise<Outcome> => {
       this.denied('EXEC', { args: args.slice(0, 200) }, `cfengine ${line}`);
-      await this.write(encodeFrame(line.slice(0, 4088)));
+      await this.write(encodeFrame(line.slice(0, MAX_PAYLOAD)));
       return terminate();
     };
     // MatchClasses: class-selection frames (cf-runagent -s) until the terminator
@@ -441,7 +443,7 @@ export class CfengineConnection {
     const command = classes.length > 0 ? `${exec.command} -D ${classes.join(',')}` : exec.command;
     this.ctx.counters.command('EXEC', 'ok');
     this.log.info({ command: 'EXEC', classes }, `cfengine EXEC: running ${command}`);
-    await this.write(encodeFrame(`cf-serverd executing cfruncommand: ${command}\n`.slice(0, 4088)));
+    await this.write(encodeFrame(`cf-serverd executing cfruncommand: ${command}\n`.slice(0, MAX_PAYLOAD)));
     // lines in order, each one transaction; the socket stays quiet while the command is (a sync may be slow)
     let chain: Promise<void> = Promise.resolve();
     const writeLine = (text: string): void => {
@@ -457,7 +459,7 @@ export class CfengineConnection {
     try {
       exitCode = await exec.run(classes, writeLine);
     } catch (error) {
-      writeLine(`error: ${(error as Error).message}`);
+      writeLine(`error: ${messageOf(error)}`);
       exitCode = 1;
     } finally {
       this.socket.setTimeout(this.ctx.idleTimeoutMs);
@@ -518,7 +520,7 @@ export class CfengineConnection {
   private denied(command: string, fields: Record<string, unknown>, message = 'cfengine access denied'): void {
     this.ctx.counters.command(command, 'denied');
     this.denials += 1;
-    if (this.denials <= MAX_DENIAL_LINES) this.log.warn({ event: 'denied', command, ...fields }, message);
+    if (this.denials <= MAX_DENIAL_LINES) this.log.warn({ event: 'denied', code: 'RELAY_ERR_CFENGINE_ACCESS', command, ...fields }, message);
     else if (this.denials === MAX_DENIAL_LINES + 1) this.log.warn({ command }, 'cfengine: further denials on this connection are only counted');
   }
 
@@ -563,7 +565,7 @@ export class CfengineConnection {
   private statAnswer(requested: string, path: string, result: StatResult, lstatted: BigIntStats | undefined): Buffer {
     if (result.kind === 'error') {
       this.ctx.counters.command('STAT', 'absent');
-      return encodeFrame(result.message.slice(0, 4088));
+      return encodeFrame(result.message.slice(0, MAX_PAYLOAD));
     }
     const isFile = result.fields.type === FileType.regular;
     this.remember(requested, {
@@ -575,7 +577,7 @@ export class CfengineConnection {
     });
     this.ctx.counters.command('STAT', 'ok');
     // both transactions in one write: ≤ 2 × 4096 bytes, one TLS record, one TCP segment
-    return Buffer.concat([encodeFrame(encodeStatLine(result.fields)), encodeFrame(`OK:${result.linkTarget}`.slice(0, 4088))]);
+    return Buffer.concat([encodeFrame(encodeStatLine(result.fields)), encodeFrame(`OK:${result.linkTarget}`.slice(0, MAX_PAYLOAD))]);
   }
 
   /** what STAT resolved and announced, for the MD5/GET of the same path that follow it */
@@ -596,7 +598,7 @@ export class CfengineConnection {
     const names = await listing;
     if (names === undefined) {
       this.ctx.counters.command('OPENDIR', 'absent');
-      await this.write(encodeFrame(`BAD: cfengine, couldn't open dir ${path}/`.slice(0, 4088)));
+      await this.write(encodeFrame(`BAD: cfengine, couldn't open dir ${path}/`.slice(0, MAX_PAYLOAD)));
       return 'continue';
     }
     this.ctx.counters.command('OPENDIR', 'ok');
@@ -610,7 +612,7 @@ export class CfengineConnection {
     const names = listDirectorySync(path);
     if (names === undefined) {
       this.ctx.counters.command('OPENDIR', 'absent');
-      this.writeNow(encodeFrame(`BAD: cfengine, couldn't open dir ${path}/`.slice(0, 4088)));
+      this.writeNow(encodeFrame(`BAD: cfengine, couldn't open dir ${path}/`.slice(0, MAX_PAYLOAD)));
       return 'continue';
     }
     this.ctx.counters.command('OPENDIR', 'ok');
@@ -864,7 +866,7 @@ export class CfengineConnection {
    * The bytes go to the socket first: the agent is waiting for them.
    */
   private writeNow(buffer: Buffer): void {
-    if (this.socket.destroyed || !this.socket.writable) throw new Error('connection closed');
+    if (this.socket.destroyed || !this.socket.writable) throw relayError('RELAY_ERR_CFENGINE_CLOSED');
     this.writing = true;
     this.socket.write(buffer, this.afterWrite);
     this.sent += buffer.length;

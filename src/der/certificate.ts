@@ -2,7 +2,7 @@
 // SubjectPublicKeyInfo bytes exactly as encoded (what curl hashes for --pinnedpubkey). Reading the DER
 // avoids parsing X509Certificate.subject, a display string with escaping and multi-value quirks.
 
-import { childrenOf as children, expectTag, readTlv, type Tlv } from './reader.js';
+import { DerError, childrenOf as children, expectTag, readTlv, type Tlv } from './reader.js';
 
 function expect(tlv: Tlv | undefined, tag: number, what: string): Tlv {
   return expectTag(tlv, tag, `malformed certificate: ${what}`);
@@ -37,11 +37,11 @@ const TAG = {
 
 export function parseCertificateFacts(der: Buffer): CertificateFacts {
   const certificate = expect(readTlv(der, 0, der.length), TAG.sequence, 'certificate');
-  if (certificate.end !== der.length) throw new Error('malformed certificate: trailing bytes');
+  if (certificate.end !== der.length) throw new DerError('malformed certificate: trailing bytes');
   const [tbsTlv, signatureAlgorithm, signature, ...extra] = children(der, certificate);
   expect(signatureAlgorithm, TAG.sequence, 'signatureAlgorithm');
   expect(signature, TAG.bitString, 'signatureValue');
-  if (extra.length > 0) throw new Error('malformed certificate: extra fields');
+  if (extra.length > 0) throw new DerError('malformed certificate: extra fields');
   const tbs = expect(tbsTlv, TAG.sequence, 'tbsCertificate');
   const fields = children(der, tbs);
   let index = fields[0]?.tag === TAG.version ? 1 : 0;
@@ -90,7 +90,7 @@ function decodeString(bytes: Buffer, tag: number): string | undefined {
 }
 
 function readTime(der: Buffer, tlv: Tlv | undefined): Date {
-  if (tlv === undefined) throw new Error('malformed certificate: validity');
+  if (tlv === undefined) throw new DerError('malformed certificate: validity');
   const text = der.toString('latin1', tlv.contentStart, tlv.contentEnd);
   let match: RegExpExecArray | null;
   let year: number;
@@ -100,7 +100,7 @@ function readTime(der: Buffer, tlv: Tlv | undefined): Date {
   } else if (tlv.tag === TAG.generalizedTime && (match = /^(\d{4})(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})(?:\.\d+)?Z$/.exec(text))) {
     year = Number(match[1]);
   } else {
-    throw new Error(`malformed certificate: time ${JSON.stringify(text)}`);
+    throw new DerError(`malformed certificate: time ${JSON.stringify(text)}`);
   }
   const [, , month, day, hour, minute, second] = match.map(Number) as number[];
   return new Date(Date.UTC(year, (month ?? 1) - 1, day, hour, minute, second));

@@ -1,5 +1,6 @@
-// Face of the der module: a minimal BER/DER reader and writer, and the X.509 facts read with them.
+// Face of the der module: a minimal BER/DER reader and writer, the X.509 facts read with them, and PEM.
 
 export * from './reader.js';
 export { encodeOid, encodeTime, encodeTlv } from './writer.js';
 export { parseCertificateFacts, type CertificateFacts } from './certificate.js';
+export { pemBodies, pemBodyToDer, pemToDer } from './pem.js';

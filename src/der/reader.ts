@@ -2,6 +2,8 @@
 // the nodes registry needs. asn1js 4 + pkijs take ~1.8 ms per signature here (asn1js alone ~0.35 ms
 // for 1 KB), more than the whole per-report budget; walking the TLVs directly takes microseconds.
 
+import { RelayError } from '../errors.js';
+
 export const TAG_INTEGER = 0x02;
 export const TAG_OCTET_STRING = 0x04;
 export const TAG_OID = 0x06;
@@ -22,9 +24,9 @@ export interface Tlv {
   readonly end: number;
 }
 
-export class DerError extends Error {
+export class DerError extends RelayError {
   constructor(message: string) {
-    super(message);
+    super('RELAY_ERR_DER', message);
     this.name = 'DerError';
   }
 }

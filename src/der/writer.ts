@@ -1,7 +1,7 @@
 // The few DER encodings onerelay writes itself (the CFEngine server certificate, S/MIME signed
 // attributes re-tagged as a SET): definite lengths only, what DER requires.
 
-import { TAG_OID } from './reader.js';
+import { DerError, TAG_OID } from './reader.js';
 
 /** DER length octets */
 function encodeLength(length: number): Buffer {
@@ -20,7 +20,7 @@ export function encodeTlv(tag: number, ...contents: readonly Uint8Array[]): Buff
 /** OBJECT IDENTIFIER from its dotted form */
 export function encodeOid(dotted: string): Buffer {
   const arcs = dotted.split('.').map((arc) => BigInt(arc));
-  if (arcs.length < 2 || arcs[0]! > 2n) throw new Error(`not an object identifier: ${dotted}`);
+  if (arcs.length < 2 || arcs[0]! > 2n) throw new DerError(`not an object identifier: ${dotted}`);
   const bytes: number[] = [];
   for (const arc of [arcs[0]! * 40n + arcs[1]!, ...arcs.slice(2)]) {
     const group: number[] = [Number(arc & 0x7fn)];

@@ -5,7 +5,7 @@ import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import type { Logger } from 'pino';
 import { RelayError, messageOf } from '../errors.js';
-import { parseCertificateFacts } from '../der/index.js';
+import { parseCertificateFacts, pemBodies, pemBodyToDer } from '../der/index.js';
 import type { NodeEntry, NodesOptions } from './index.js';
 import { keyHashIndexKey, parseKeyHash } from './key-hash.js';
 
@@ -101,8 +101,6 @@ interface NodeCertificate {
   readonly spkiSha256: string;
 }
 
-const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----([\s\S]*?)-----END CERTIFICATE-----/g;
-const PEM_BODY = /^[A-Za-z0-9+/=\s]*$/;
 /** certificates parsed between two yields to the event loop */
 const CERTIFICATES_PER_SLICE = 2000;
 
@@ -114,15 +112,14 @@ export async function parseNodesCertificates(
 ): Promise<Map<string, NodeCertificate[]>> {
   const certificates = new Map<string, NodeCertificate[]>();
   let index = 0;
-  for (const [, body] of text.matchAll(PEM_CERTIFICATE)) {
+  for (const body of pemBodies(text)) {
     index += 1;
     if (index % CERTIFICATES_PER_SLICE === 0) await new Promise((resolve) => setImmediate(resolve));
     let der: Buffer;
     let uid: string | undefined;
     let spkiSha256: string;
     try {
-      if (body === undefined || !PEM_BODY.test(body)) throw new Error('invalid base64 in PEM');
-      der = Buffer.from(body, 'base64');
+      der = pemBodyToDer(body);
       const facts = parseCertificateFacts(der);
       uid = facts.uid;
       spkiSha256 = createHash('sha256').update(facts.spki).digest('hex');

@@ -222,7 +222,7 @@ export function fileStream(fd: number, start: number, end: number, autoClose = t
           if (bytesRead === 0) {
             // the file shrank since its fstat: end early (the client sees a short body, as from Apache)
             release();
-            this.destroy(new Error('file shorter than its size when opened'));
+            this.destroy(new RelayError('RELAY_ERR_FILE_CHANGED', 'file shorter than its size when opened'));
             return;
           }
           position += bytesRead;
@@ -230,7 +230,7 @@ export function fileStream(fd: number, start: number, end: number, autoClose = t
         },
         (error: unknown) => {
           settled();
-          this.destroy(error instanceof Error ? error : new Error(String(error)));
+          this.destroy(error instanceof Error ? error : new RelayError('RELAY_ERR_INTERNAL', String(error)));
         },
       );
     },

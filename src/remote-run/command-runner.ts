@@ -4,6 +4,7 @@
 import { spawn } from 'node:child_process';
 import type { Logger } from 'pino';
 import type { NodeEntry } from '../nodes/index.js';
+import { relayError } from '../errors.js';
 import type { NodeRunner } from './index.js';
 
 /**
@@ -40,7 +41,7 @@ export function createCommandRunner(options: { command: string; useSudo: boolean
       return new Promise((resolve, reject) => {
         const child = spawn(file, argv, { stdio: ['ignore', 'pipe', 'inherit'], signal });
         child.stdout.on('data', (chunk: Buffer) => output(chunk));
-        child.on('error', (error) => reject(new Error(`cannot run ${file}: ${error.message}`)));
+        child.on('error', (error) => reject(relayError('RELAY_ERR_REMOTE_RUN_COMMAND', file, error.message, { cause: error })));
         child.on('close', (code) => resolve({ failed: refused + (code === 0 ? 0 : nodes.length) }));
       });
     },

@@ -8,6 +8,7 @@
 import { createHash, timingSafeEqual, type KeyObject } from 'node:crypto';
 import type { Logger } from 'pino';
 import { CfengineClientError, connectCfengineServer, makeServerCertificate, runExec } from '../cfengine/index.js';
+import { messageOf } from '../errors.js';
 import type { KeyHash, NodeEntry } from '../nodes/index.js';
 import type { NodeRunner } from './index.js';
 
@@ -55,7 +56,7 @@ export function createNativeRunner(options: NativeRunnerOptions): NodeRunner {
         ...(options.username !== undefined ? { username: options.username } : {}),
       });
     } catch (error) {
-      const message = error instanceof CfengineClientError ? error.message : `internal error: ${(error as Error).message}`;
+      const message = error instanceof CfengineClientError ? error.message : `internal error: ${messageOf(error)}`;
       log.warn({ event: 'remote_run_node', node: node.id, hostname: node.hostname, error: message, ms: Date.now() - started }, 'remote run: cannot reach node');
       say(`${prefix}> !! cannot run the agent on ${node.hostname}:${options.port}: ${message}\n`);
       return false;
@@ -70,7 +71,7 @@ export function createNativeRunner(options: NativeRunnerOptions): NodeRunner {
       );
       return ok;
     } catch (error) {
-      const message = error instanceof CfengineClientError ? error.message : `internal error: ${(error as Error).message}`;
+      const message = error instanceof CfengineClientError ? error.message : `internal error: ${messageOf(error)}`;
       log.warn({ event: 'remote_run_node', node: node.id, hostname: node.hostname, error: message, ms: Date.now() - started }, 'remote run: node failed');
       say(`${prefix}> !! remote run on ${node.hostname}:${options.port} failed: ${message}\n`);
       return false;

@@ -4,6 +4,7 @@
 
 import { PassThrough } from 'node:stream';
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
+import { RelayError, isRelayError, messageOf } from '../errors.js';
 import type { NodeEntry } from '../nodes/index.js';
 import type { RemoteRunDeps, RemoteRunOptions, RemoteRunStatus, RunRequest } from './index.js';
 
@@ -19,7 +20,11 @@ export interface RemoteRun {
   recordError(message: string): void;
 }
 
-class ParameterError extends Error {}
+class ParameterError extends RelayError {
+  constructor(message: string) {
+    super('RELAY_ERR_REMOTE_RUN_PARAMETER', message);
+  }
+}
 
 /** relayd's condition rules and messages, exactly */
 export function validateConditions(value: string | undefined): string[] {
@@ -99,7 +104,7 @@ export function createRemoteRun(options: RemoteRunOptions, deps: RemoteRunDeps):
         try {
           hop = nodes.nextHop(id);
         } catch (error) {
-          log.warn({ event: 'no_next_hop', node: id, error: (error as Error).message }, 'remote run: node is not below this relay');
+          log.warn({ event: 'no_next_hop', node: id, error: messageOf(error) }, 'remote run: node is not below this relay');
           continue;
         }
         if (hop === undefined || cameThrough.has(hop.id) || hop.id === nodes.myId) continue;
@@ -135,8 +140,8 @@ export function createRemoteRun(options: RemoteRunOptions, deps: RemoteRunDeps):
         for await (const chunk of body) lines.push(chunk);
       } catch (error) {
         failed += 1;
-        const message = `forward error to sub-relay ${relay.id} (${relay.hostname}): ${(error as Error).message}`;
-        log.error({ event: 'forward_error', relay: relay.id, error: (error as Error).message }, message);
+        const message = `forward error to sub-relay ${relay.id} (${relay.hostname}): ${messageOf(error)}`;
+        log.error({ event: 'forward_error', code: isRelayError(error) ? error.code : 'RELAY_ERR_UPSTREAM_UNAVAILABLE', relay: relay.id, error: messageOf(error) }, message);
         remember(message);
         if (request.keepOutput) lines.push(Buffer.from(`${relay.hostname}> !! ${message}\n`));
       } finally {
@@ -152,8 +157,8 @@ export function createRemoteRun(options: RemoteRunOptions, deps: RemoteRunDeps):
             failed += result.failed;
           } catch (error) {
             failed += 1;
-            const message = `remote run error: ${(error as Error).message}`;
-            log.error({ event: 'run_error', error: (error as Error).message }, message);
+            const message = `remote run error: ${messageOf(error)}`;
+            log.error({ event: 'run_error', error: messageOf(error) }, message);
             remember(message);
             lines.push(Buffer.from(`!! ${message}\n`));
           } finally {
@@ -212,7 +217,7 @@ export function createRemoteRun(options: RemoteRunOptions, deps: RemoteRunDeps):
     app.addContentTypeParser('*', { parseAs: 'string', bodyLimit: MAX_BODY }, (request, body, done) => {
       const type = request.headers['content-type'];
       if (type === undefined || type.split(';')[0]?.trim().toLowerCase() === 'application/x-www-form-urlencoded') done(null, body);
-      else done(Object.assign(new Error('NOT FOUND'), { statusCode: 404 }), undefined);
+      else done(Object.assign(new RelayError('RELAY_ERR_NOT_FOUND', 'NOT FOUND'), { statusCode: 404 }), undefined);
     });
     app.addHook('onRequest', async (request, reply) => {
       if (request.headers['content-length'] === undefined && request.headers['transfer-encoding'] !== undefined) {

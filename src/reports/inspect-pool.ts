@@ -8,6 +8,7 @@ import type { X509Certificate } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { Worker } from 'node:worker_threads';
 import type { Logger } from 'pino';
+import { relayError } from '../errors.js';
 import type { NodesRegistry } from '../nodes/index.js';
 import type { Inspection, ReportInspectorOptions, RunInfo } from './index.js';
 import { createReportInspector, planInspection } from './inspect.js';
@@ -129,7 +130,7 @@ export function createThreadedFileInspector(
       if (waiting === undefined) return;
       thread.pending.delete(reply.id);
       if (reply.kind === 'gone') waiting.resolve({ kind: 'gone' });
-      else if (reply.kind === 'error') waiting.reject(new Error(reply.message));
+      else if (reply.kind === 'error') waiting.reject(relayError('RELAY_ERR_REPORT_INSPECTION', reply.message));
       else {
         const bytes = Buffer.from(reply.bytes.buffer, reply.bytes.byteOffset, reply.bytes.byteLength);
         waiting.resolve({ kind: 'inspected', inspection: reply.inspection, bytes, seconds: reply.seconds });
@@ -141,7 +142,7 @@ export function createThreadedFileInspector(
       threads.splice(index, 1);
       if (running) log.error({ event: 'inspect_thread_died', why, in_flight: thread.pending.size }, 'report inspection thread died; starting another');
       // the files come back through the queue's retry: nothing is lost, nothing was half-done
-      for (const waiting of thread.pending.values()) waiting.reject(new Error(`inspection thread ${why}`));
+      for (const waiting of thread.pending.values()) waiting.reject(relayError('RELAY_ERR_REPORT_INSPECTION', `inspection thread ${why}`));
       thread.pending.clear();
       if (running) threads.push(spawn());
     };
@@ -154,7 +155,7 @@ export function createThreadedFileInspector(
     async inspectFile(name, path) {
       const plan = planInspection(options, nodes, name);
       if (plan.kind === 'reject') return { kind: 'inspected', inspection: plan, bytes: Buffer.alloc(0), seconds: 0 };
-      if (!running) throw new Error('report inspection threads are stopped');
+      if (!running) throw relayError('RELAY_ERR_REPORT_INSPECTION', 'report inspection threads are stopped');
       // the least busy thread
       let thread = threads[0]!;
       for (const other of threads) if (other.pending.size < thread.pending.size) thread = other;
@@ -186,7 +187,7 @@ export function createThreadedFileInspector(
       running = false;
       const stopping = threads.splice(0);
       await Promise.all(stopping.map((thread) => thread.worker.terminate()));
-      for (const thread of stopping) for (const waiting of thread.pending.values()) waiting.reject(new Error('report inspection threads are stopped'));
+      for (const thread of stopping) for (const waiting of thread.pending.values()) waiting.reject(relayError('RELAY_ERR_REPORT_INSPECTION', 'report inspection threads are stopped'));
     },
   };
 }

@@ -5,6 +5,7 @@
 import { X509Certificate } from 'node:crypto';
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
+import { RelayError } from '../errors.js';
 import type { Inspection } from './index.js';
 import { inspectContent } from './inspect.js';
 import type { ThreadReply, ThreadRequest, ThreadSetup } from './inspect-pool.js';
@@ -18,7 +19,7 @@ const certificates = new Map<number, X509Certificate>();
 function certificateOf(key: number, der: Uint8Array | undefined): X509Certificate {
   let certificate = certificates.get(key);
   if (certificate === undefined) {
-    if (der === undefined) throw new Error(`certificate ${key} was never sent to this thread`);
+    if (der === undefined) throw new RelayError('RELAY_ERR_INTERNAL', `certificate ${key} was never sent to this thread`);
     certificate = new X509Certificate(der);
     certificates.set(key, certificate);
   }

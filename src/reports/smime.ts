@@ -6,6 +6,7 @@
 
 import { createHash, verify, type KeyObject, type X509Certificate } from 'node:crypto';
 import {
+  DerError,
   TAG_CONTEXT_0,
   TAG_INTEGER,
   TAG_OCTET_STRING,
@@ -324,12 +325,12 @@ function parseSignerInfos(der: Buffer): SignerInfo[] {
   const contentInfo = expectTag(readTlv(der, 0, der.length), TAG_SEQUENCE, 'ContentInfo');
   const [contentType, explicit] = childrenOf(der, contentInfo);
   const type = oidOf(der, expectTag(contentType, TAG_OID, 'ContentInfo.contentType'));
-  if (type !== OID_SIGNED_DATA) throw new Error(`the PKCS#7 structure is ${type}; expected SignedData (${OID_SIGNED_DATA})`);
+  if (type !== OID_SIGNED_DATA) throw new DerError(`the PKCS#7 structure is ${type}; expected SignedData (${OID_SIGNED_DATA})`);
   const signedData = expectTag(childrenOf(der, expectTag(explicit, TAG_CONTEXT_0, 'ContentInfo.content'))[0], TAG_SEQUENCE, 'SignedData');
   const fields = childrenOf(der, signedData);
   // version, digestAlgorithms, contentInfo, [0] certificates?, [1] crls?, signerInfos: the last SET
   const signerInfos = expectTag(fields[fields.length - 1], TAG_SET, 'SignedData.signerInfos');
-  if (fields.length < 4) throw new Error('SignedData is incomplete');
+  if (fields.length < 4) throw new DerError('SignedData is incomplete');
   return childrenOf(der, signerInfos).map((signerInfo) => parseSignerInfo(der, expectTag(signerInfo, TAG_SEQUENCE, 'SignerInfo')));
 }
 
@@ -339,7 +340,7 @@ function parseSignerInfo(der: Buffer, signerInfo: ReturnType<typeof readTlv>): S
   expectTag(fields[i++], TAG_INTEGER, 'SignerInfo.version');
   const sid = fields[i++];
   if (sid !== undefined && sid.tag === 0x80) {
-    throw new Error('the signer is identified by subject key identifier; expected issuer and serial number (PKCS#7)');
+    throw new DerError('the signer is identified by subject key identifier; expected issuer and serial number (PKCS#7)');
   }
   const [issuer, serial] = childrenOf(der, expectTag(sid, TAG_SEQUENCE, 'SignerInfo.issuerAndSerialNumber'));
   const issuerTlv = expectTag(issuer, TAG_SEQUENCE, 'issuer');
@@ -360,7 +361,7 @@ function parseSignerInfo(der: Buffer, signerInfo: ReturnType<typeof readTlv>): S
       const value = childrenOf(der, expectTag(values, TAG_SET, 'Attribute.values'))[0];
       messageDigest = contentOf(der, expectTag(value, TAG_OCTET_STRING, 'messageDigest'));
     }
-    if (messageDigest === undefined) throw new Error('the signed attributes carry no message digest');
+    if (messageDigest === undefined) throw new DerError('the signed attributes carry no message digest');
   }
   const signatureAlgorithm = childrenOf(der, expectTag(fields[i++], TAG_SEQUENCE, 'SignerInfo.signatureAlgorithm'))[0];
   const signatureOid = oidOf(der, expectTag(signatureAlgorithm, TAG_OID, 'signatureAlgorithm.algorithm'));

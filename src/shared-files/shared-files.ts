@@ -5,7 +5,7 @@
 import { createHash, verify } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest, onRequestHookHandler } from 'fastify';
-import { messageOf } from '../errors.js';
+import { isRelayError, messageOf } from '../errors.js';
 import type { SharedFiles, SharedFilesDeps, SharedFilesForwarder, SharedFilesOptions } from './index.js';
 import {
   expiresAt,
@@ -98,7 +98,7 @@ export function createSharedFiles(options: SharedFilesOptions, deps: SharedFiles
       return Number.isInteger(status) && status >= 200 && status <= 599 ? status : 500;
     } catch (error) {
       log.error(
-        { code: 'RELAY_ERR_UPSTREAM_UNAVAILABLE', ...ids, method, nextHop: hop.kind === 'upstream' ? 'upstream' : hop.nodeId, err: messageOf(error) },
+        { code: isRelayError(error) ? error.code : 'RELAY_ERR_UPSTREAM_UNAVAILABLE', ...ids, method, nextHop: hop.kind === 'upstream' ? 'upstream' : hop.nodeId, err: messageOf(error) },
         'shared file forwarding failed',
       );
       return 500;

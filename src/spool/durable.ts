@@ -4,6 +4,7 @@
 import { randomBytes } from 'node:crypto';
 import { open, rename, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
+import { RelayError, messageOf } from '../errors.js';
 
 export async function fsyncDirectory(directory: string): Promise<void> {
   const handle = await open(directory, 'r');
@@ -36,7 +37,7 @@ export async function writeFileAtomically(path: string, data: Buffer | string, o
   } catch (error) {
     await handle.close().catch(() => undefined);
     await unlink(temp).catch(() => undefined);
-    throw new Error(`cannot write ${basename(path)} in ${directory}: ${(error as Error).message}`, { cause: error });
+    throw new RelayError('RELAY_ERR_SPOOL_WRITE', `cannot write ${basename(path)} in ${directory}: ${messageOf(error)}`, { cause: error });
   }
   if (options.syncDirectory ?? true) await fsyncDirectory(directory);
 }

@@ -2,7 +2,7 @@
 // (ARCHITECTURE.md disk layout). Writers call `receive`; processors (later) consume `incoming/`.
 
 import { mkdir, readdir, readFile, rm, stat, access, constants, writeFile } from 'node:fs/promises';
-import { RelayError } from '../errors.js';
+import { RelayError, messageOf } from '../errors.js';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
@@ -121,7 +121,7 @@ export function createSpool(options: SpoolOptions, log: Logger): Spool {
             const files = (await readdir(path)).filter((n) => !n.startsWith('.')).length;
             return { path, files, writable: true, error: undefined };
           } catch (error) {
-            return { path, files: 0, writable: false, error: (error as Error).message };
+            return { path, files: 0, writable: false, error: messageOf(error) };
           }
         }),
       );

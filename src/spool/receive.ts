@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { link, open, rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { RelayError } from '../errors.js';
+import { RelayError, messageOf } from '../errors.js';
 import { fsyncDirectory } from './durable.js';
 
 export interface ReceiveResult {
@@ -66,6 +66,6 @@ export async function receiveInto(
     await handle.close().catch(() => undefined);
     if (!renamed) await unlink(tmpPath).catch(() => undefined);
     if (error instanceof RelayError) throw error;
-    throw new RelayError('RELAY_ERR_SPOOL_WRITE', `could not store ${name}: ${(error as Error).message}`, { cause: error });
+    throw new RelayError('RELAY_ERR_SPOOL_WRITE', `could not store ${name}: ${messageOf(error)}`, { cause: error });
   }
 }

@@ -11,6 +11,7 @@
 import type { KeyObject } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { once } from 'node:events';
+import { RelayError } from '../errors.js';
 import { CFD_FALSE, CFD_TERMINATOR, CFD_TRUE, CfengineClientError, connectCfengineServer, decodeOpendirPacket, parseStatLine, type CfengineClient, type StatFields } from '../cfengine/index.js';
 
 const MAX_BATCH_BYTES = 16_000;
@@ -40,9 +41,9 @@ export interface RemoteStat {
 }
 
 /** a request the server refused (missing file, ACL) — the connection is still usable */
-export class CfRefused extends Error {
+export class CfRefused extends RelayError {
   constructor(message: string) {
-    super(message);
+    super('RELAY_ERR_SYNC_REFUSED', message);
     this.name = 'CfRefused';
   }
 }

@@ -16,7 +16,7 @@ import { createReadStream, readFileSync } from 'node:fs';
 import { copyFile, link, lstat, mkdir, open, readFile, readdir, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Logger } from 'pino';
-import { makeServerCertificate } from '../cfengine/index.js';
+import { CfengineClientError, makeServerCertificate } from '../cfengine/index.js';
 import { RelayError, isRelayError, messageOf } from '../errors.js';
 import { keyDigests } from '../identity/index.js';
 import type { PeerClient } from '../upstream/index.js';
@@ -435,8 +435,9 @@ export function createCfenginePuller(options: CfenginePullerOptions, deps: Cfeng
       return await pullWith(pool, signal, progress);
     } catch (error) {
       if (signal.aborted) throw new PullAborted();
-      if (isRelayError(error) || error instanceof PullAborted) throw error;
       if (error instanceof CfRefused) throw new RelayError('RELAY_ERR_UPSTREAM_REFUSED', `sync: upstream cf-serverd refused ${error.message}`, { cause: error });
+      // the cfengine client's own errors get this puller's context below
+      if (isRelayError(error) && !(error instanceof CfengineClientError)) throw error;
       if (isErrno(error, 'ENOSPC', 'EIO', 'EACCES', 'EROFS')) throw new RelayError('RELAY_ERR_SPOOL_WRITE', `sync: cannot write: ${messageOf(error)}`, { cause: error });
       throw new RelayError('RELAY_ERR_UPSTREAM_UNAVAILABLE', `sync from cf-serverd ${options.host}:${options.port}: ${messageOf(error)}`, { cause: error });
     } finally {

@@ -6,6 +6,8 @@
 //
 // Nothing is buffered whole: the server streams each file, the client hands each chunk to a writer.
 
+import { RelayError } from '../errors.js';
+
 const MAX_HEADER = 128;
 
 /** hashes per POST /blobs (the JSON request body stays well below fastify's default 1 MiB limit) */
@@ -32,9 +34,9 @@ export interface FrameSink {
   missing(sha256: string): void;
 }
 
-export class FrameError extends Error {
+export class FrameError extends RelayError {
   constructor(message: string) {
-    super(message);
+    super('RELAY_ERR_SYNC_FORMAT', message);
     this.name = 'FrameError';
   }
 }

@@ -15,6 +15,7 @@
 
 import { copyFile, link, lstat, mkdir, open, readdir, readFile, rename } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
+import { RelayError } from '../errors.js';
 import type { BlobStore } from './blob-store.js';
 import { BUILD_PREFIX, OLD_PREFIX, forEachLimit, fsyncDirectory, isErrno, removeTree, writeFileAtomically } from './fs-util.js';
 import type { SyncPaths } from './index.js';
@@ -37,7 +38,7 @@ export function targetOf(unit: string, paths: SyncPaths): UnitTarget {
   if (unit === 'shared-folder') return { unit, destination: paths.sharedFolderPath, kind: 'directory' };
   if (unit.startsWith('share/')) return { unit, destination: join(paths.policiesDirectory, unit.slice('share/'.length)), kind: 'directory' };
   if (unit.startsWith('shared-files/')) return { unit, destination: join(paths.sharedFilesPath, unit.slice('shared-files/'.length)), kind: 'directory' };
-  throw new Error(`unknown sync unit ${unit}`);
+  throw new RelayError('RELAY_ERR_INTERNAL', `unknown sync unit ${unit}`);
 }
 
 /** the local path of a manifest path (for reusing files already on disk) */

@@ -10,7 +10,7 @@ import { lstat, mkdir, open, rename, rm } from 'node:fs/promises';
 import { once } from 'node:events';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { RelayError, messageOf } from '../errors.js';
+import { RelayError, messageOf, relayError } from '../errors.js';
 import type { PeerClient } from '../upstream/index.js';
 import { fsyncDirectory } from './fs-util.js';
 
@@ -76,7 +76,7 @@ export async function fetchLibraryArchive(request: LibraryArchiveRequest, signal
   const temporary = join(destination, `.${LIBRARY_ARCHIVE}.${randomBytes(6).toString('hex')}.tmp`);
   let bytes = 0;
   const onAbort = (): void => {
-    response.body.destroy(new Error('sync stopped'));
+    response.body.destroy(relayError('RELAY_ERR_SYNC_STOPPED'));
   };
   signal.addEventListener('abort', onAbort, { once: true });
   try {
@@ -84,7 +84,7 @@ export async function fetchLibraryArchive(request: LibraryArchiveRequest, signal
     try {
       for await (const chunk of response.body) {
         bytes += (chunk as Buffer).length;
-        if (bytes > MAX_ARCHIVE_BYTES) throw new Error(`larger than ${MAX_ARCHIVE_BYTES} bytes`);
+        if (bytes > MAX_ARCHIVE_BYTES) throw relayError('RELAY_ERR_SYNC_FORMAT', `larger than ${MAX_ARCHIVE_BYTES} bytes`);
         if (!out.write(chunk)) await once(out, 'drain');
       }
       out.end();

@@ -9,6 +9,7 @@
 // unit that is switched as a whole on the pulling side (see unitOf).
 
 import { createHash } from 'node:crypto';
+import { relayError } from '../errors.js';
 
 export const MANIFEST_HEADER = 'onerelay-sync-manifest 1';
 export const NODES_LIST_UNIT = 'nodeslist.json';
@@ -132,16 +133,16 @@ export interface DeltaHeader {
 
 export function parseDeltaHeader(line: string): DeltaHeader {
   const match = DELTA_LINE.exec(line);
-  if (match === null) throw new Error(`malformed delta header ${JSON.stringify(line.slice(0, 80))}`);
+  if (match === null) throw relayError('RELAY_ERR_SYNC_FORMAT', `malformed delta header ${JSON.stringify(line.slice(0, 80))}`);
   return { base: match[1] ?? '', generation: match[2] ?? '', length: Number(match[3]) };
 }
 
 /** `base` with the delta's changes, checked against the generation the delta announces */
 export function applyDelta(base: Manifest, header: DeltaHeader, body: Buffer): Manifest {
-  if (base.generation !== header.base) throw new Error('delta from another generation');
+  if (base.generation !== header.base) throw relayError('RELAY_ERR_SYNC_FORMAT', 'delta from another generation');
   const dropped = new Set<string>();
   const lines = body.toString('utf8').split('\n');
-  if (lines.at(-1) !== '') throw new Error('delta truncated (no final newline)');
+  if (lines.at(-1) !== '') throw relayError('RELAY_ERR_SYNC_FORMAT', 'delta truncated (no final newline)');
   let first = 0;
   while (first < lines.length - 1 && (lines[first] ?? '').startsWith('- ')) {
     dropped.add(decodePath((lines[first] ?? '').slice(2)));
@@ -150,11 +151,11 @@ export function applyDelta(base: Manifest, header: DeltaHeader, body: Buffer): M
   // the same validation as a whole manifest
   const added = parseManifest(Buffer.from(`${MANIFEST_HEADER}\n${lines.slice(first).join('\n')}`, 'utf8'));
   for (const entry of added.entries) {
-    if (!dropped.has(unitOf(entry.path)?.unit ?? '')) throw new Error(`delta: ${entry.path} is in a unit the delta does not replace`);
+    if (!dropped.has(unitOf(entry.path)?.unit ?? '')) throw relayError('RELAY_ERR_SYNC_FORMAT', `delta: ${entry.path} is in a unit the delta does not replace`);
   }
   const entries = base.entries.filter((entry) => !dropped.has(unitNameOf(entry.path)));
   const rebuilt = serializeManifest([...entries, ...added.entries]);
-  if (rebuilt.generation !== header.generation) throw new Error('delta does not rebuild the announced generation');
+  if (rebuilt.generation !== header.generation) throw relayError('RELAY_ERR_SYNC_FORMAT', 'delta does not rebuild the announced generation');
   // both parts were validated when parsed; what remains is a file of one part above an entry of the other
   const files = new Set<string>();
   for (const entry of rebuilt.entries) if (entry.kind === 'f') files.add(entry.path);
@@ -175,8 +176,8 @@ const FILE_LINE = /^f ([0-9a-f]{64}) (\d{1,15}) ([0-7]{1,5}) (-?\d{1,15}) (.+)$/
 /** validates everything a puller will turn into paths and links; throws Error with the reason */
 export function parseManifest(text: Buffer): Manifest {
   const lines = text.toString('utf8').split('\n');
-  if (lines[0] !== MANIFEST_HEADER) throw new Error(`not a sync manifest (first line ${JSON.stringify(lines[0]?.slice(0, 60))})`);
-  if (lines.at(-1) !== '') throw new Error('manifest truncated (no final newline)');
+  if (lines[0] !== MANIFEST_HEADER) throw relayError('RELAY_ERR_SYNC_FORMAT', `not a sync manifest (first line ${JSON.stringify(lines[0]?.slice(0, 60))})`);
+  if (lines.at(-1) !== '') throw relayError('RELAY_ERR_SYNC_FORMAT', 'manifest truncated (no final newline)');
   const entries: ManifestEntry[] = [];
   const files = new Set<string>();
   let previous = '';
@@ -198,14 +199,14 @@ export function parseManifest(text: Buffer): Manifest {
       };
       files.add(entry.path);
     } else {
-      throw new Error(`manifest line ${index + 1} malformed`);
+      throw relayError('RELAY_ERR_SYNC_FORMAT', `manifest line ${index + 1} malformed`);
     }
-    if (entry.path <= previous) throw new Error(`manifest line ${index + 1}: paths not sorted or repeated`);
+    if (entry.path <= previous) throw relayError('RELAY_ERR_SYNC_FORMAT', `manifest line ${index + 1}: paths not sorted or repeated`);
     previous = entry.path;
     const unit = unitOf(entry.path);
-    if (unit === undefined) throw new Error(`manifest line ${index + 1}: path not allowed: ${JSON.stringify(entry.path)}`);
+    if (unit === undefined) throw relayError('RELAY_ERR_SYNC_FORMAT', `manifest line ${index + 1}: path not allowed: ${JSON.stringify(entry.path)}`);
     if (isFileUnit(unit.unit) !== (entry.kind === 'f' && unit.rest === '')) {
-      throw new Error(`manifest line ${index + 1}: ${entry.path} has the wrong type`);
+      throw relayError('RELAY_ERR_SYNC_FORMAT', `manifest line ${index + 1}: ${entry.path} has the wrong type`);
     }
     entries.push(entry);
   }
@@ -217,7 +218,7 @@ export function parseManifest(text: Buffer): Manifest {
 function checkNothingBelowFiles(entries: readonly ManifestEntry[], files: ReadonlySet<string>): void {
   for (const entry of entries) {
     for (let slash = entry.path.indexOf('/'); slash >= 0; slash = entry.path.indexOf('/', slash + 1)) {
-      if (files.has(entry.path.slice(0, slash))) throw new Error(`manifest: ${entry.path} lies below the file ${entry.path.slice(0, slash)}`);
+      if (files.has(entry.path.slice(0, slash))) throw relayError('RELAY_ERR_SYNC_FORMAT', `manifest: ${entry.path} lies below the file ${entry.path.slice(0, slash)}`);
     }
   }
 }

@@ -3,16 +3,16 @@
 // fields, counters, and logs (repeated identical failures logged at error level at most every 10 min).
 
 import type { Logger } from 'pino';
-import { isRelayError, messageOf } from '../errors.js';
+import { RelayError, isRelayError, messageOf } from '../errors.js';
 import type { SyncCounters, SyncPuller, SyncStatus } from './index.js';
 
 /** the same failure again is logged at error level at most this often (CONVENTIONS.md "Logs") */
 const REPEATED_ERROR_LOG_MS = 10 * 60_000;
 
 /** thrown by a pull that saw its signal aborted (stop) */
-export class PullAborted extends Error {
+export class PullAborted extends RelayError {
   constructor() {
-    super('sync stopped');
+    super('RELAY_ERR_SYNC_STOPPED', 'sync stopped');
     this.name = 'PullAborted';
   }
 }

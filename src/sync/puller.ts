@@ -12,7 +12,7 @@ import { mkdir, readdir, readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { Readable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
-import { RelayError, isRelayError, messageOf } from '../errors.js';
+import { RelayError, isRelayError, messageOf, relayError } from '../errors.js';
 import type { PeerClient, PeerResponse } from '../upstream/index.js';
 import { createBlobStore, type BlobStore } from './blob-store.js';
 import { MAX_BLOBS_PER_BATCH, readFrames } from './frames.js';
@@ -176,7 +176,7 @@ export function createSyncPuller(options: SyncPullerOptions, deps: SyncPullerDep
       const next = await iterator.next();
       if (next.done === true) return false;
       size += next.value.length;
-      if (size > MAX_MANIFEST_BYTES) throw new Error(`manifest larger than ${MAX_MANIFEST_BYTES} bytes`);
+      if (size > MAX_MANIFEST_BYTES) throw relayError('RELAY_ERR_SYNC_FORMAT', `manifest larger than ${MAX_MANIFEST_BYTES} bytes`);
       chunks.push(next.value);
       return true;
     };
@@ -198,13 +198,13 @@ export function createSyncPuller(options: SyncPullerOptions, deps: SyncPullerDep
         }
       }
       for (let newline = head.indexOf(0x0a); newline < 0; newline = head.indexOf(0x0a)) {
-        if (head.length > MAX_DELTA_HEADER || !(await more())) throw new Error('delta header truncated');
+        if (head.length > MAX_DELTA_HEADER || !(await more())) throw relayError('RELAY_ERR_SYNC_FORMAT', 'delta header truncated');
         head = joined();
       }
       const newline = head.indexOf(0x0a);
       const header = parseDeltaHeader(head.subarray(0, newline).toString('latin1'));
       while (head.length < newline + 1 + header.length) {
-        if (!(await more())) throw new Error('delta truncated');
+        if (!(await more())) throw relayError('RELAY_ERR_SYNC_FORMAT', 'delta truncated');
         head = joined();
       }
       let manifest: Manifest;
@@ -240,7 +240,7 @@ export function createSyncPuller(options: SyncPullerOptions, deps: SyncPullerDep
       try {
         await readFrames(frames(), {
           blob(sha256, blobSize) {
-            if (!expected.has(sha256)) throw new Error(`upstream sent blob ${sha256} that is in no changed unit`);
+            if (!expected.has(sha256)) throw relayError('RELAY_ERR_SYNC_FORMAT', `upstream sent blob ${sha256} that is in no changed unit`);
             return receiver.blob(sha256, blobSize);
           },
           missing: (sha256) => receiver.missing(sha256),
@@ -254,7 +254,7 @@ export function createSyncPuller(options: SyncPullerOptions, deps: SyncPullerDep
     } catch (error) {
       response.body.destroy();
       if (signal.aborted) throw new PullAborted();
-      if (isRelayError(error)) throw error;
+      if (isRelayError(error) && error.code !== 'RELAY_ERR_SYNC_FORMAT') throw error;
       if (isErrno(error, 'ENOSPC', 'EIO', 'EACCES', 'EROFS')) throw new RelayError('RELAY_ERR_SPOOL_WRITE', `sync: cannot store blobs: ${messageOf(error)}`, { cause: error });
       throw new RelayError('RELAY_ERR_UPSTREAM_UNAVAILABLE', `sync manifest: ${messageOf(error)}`, { cause: error });
     }
@@ -312,7 +312,7 @@ export function createSyncPuller(options: SyncPullerOptions, deps: SyncPullerDep
           try {
             await readFrames(decoded(response.body as AsyncIterable<Buffer>), {
               blob(sha256, size) {
-                if (!wanted.has(sha256)) throw new Error(`upstream sent blob ${sha256} that was not asked for`);
+                if (!wanted.has(sha256)) throw relayError('RELAY_ERR_SYNC_FORMAT', `upstream sent blob ${sha256} that was not asked for`);
                 return receiver.blob(sha256, size);
               },
               missing: (sha256) => receiver.missing(sha256),
@@ -322,7 +322,7 @@ export function createSyncPuller(options: SyncPullerOptions, deps: SyncPullerDep
             // what was verified so far stays in the store for the next pull
             await receiver.abandon();
             if (signal.aborted) throw new PullAborted();
-            if (isRelayError(error)) throw error;
+            if (isRelayError(error) && error.code !== 'RELAY_ERR_SYNC_FORMAT') throw error;
             if (isErrno(error, 'ENOSPC', 'EIO', 'EACCES', 'EROFS')) throw new RelayError('RELAY_ERR_SPOOL_WRITE', `sync: cannot store blobs: ${messageOf(error)}`, { cause: error });
             throw new RelayError('RELAY_ERR_UPSTREAM_UNAVAILABLE', `sync blobs: ${messageOf(error)}`, { cause: error });
           }

@@ -304,7 +304,7 @@ export function createSyncServing(options: SyncServingOptions, deps: SyncServing
           sent += BigInt(buffer.length);
           yield buffer;
         }
-        if (sent !== source.size) throw new Error(`${source.absolute} shrank while sent`);
+        if (sent !== source.size) throw new RelayError('RELAY_ERR_FILE_CHANGED', `${source.absolute} shrank while sent`);
         if (check.digest('hex') !== sha256) {
           // rewritten in place with the same size and mtime: the client rejects it; hash it again next time
           log.warn({ path: source.absolute }, 'file changed while served, manifest will be recomputed');

@@ -8,6 +8,7 @@ import { lstat, open } from 'node:fs/promises';
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import { basename, dirname, join } from 'node:path';
 import type { Logger } from 'pino';
+import { RelayError } from '../errors.js';
 import { OLD_PREFIX, forEachLimit, isErrno } from './fs-util.js';
 import { isSafeSegment, type ManifestEntry, type ManifestFile } from './manifest.js';
 
@@ -36,7 +37,11 @@ interface CachedHash {
 }
 
 /** a unit's root changed (swapped by a sync on this relay) or vanished while it was walked: walk it again */
-class UnitMoved extends Error {}
+class UnitMoved extends RelayError {
+  constructor(message: string) {
+    super('RELAY_ERR_FILE_CHANGED', message);
+  }
+}
 
 const HASH_CONCURRENCY = 16;
 const UNIT_ATTEMPTS = 5;

@@ -2,7 +2,7 @@
 // retried here, unlike relayd) and a one-line reason a user can act on.
 
 import { STATUS_CODES } from 'node:http';
-import { messageOf, type ErrorCode } from '../errors.js';
+import { RelayError, messageFor, messageOf, type ErrorCode } from '../errors.js';
 import { PinRefusedError } from './trust.js';
 
 export type Outcome = 'ok' | 'transient' | 'permanent';
@@ -33,9 +33,9 @@ export function codeOfStatus(status: number): ErrorCode {
 }
 
 /** The abort reason of the total-request timer. */
-export class RequestTimeoutError extends Error {
+export class RequestTimeoutError extends RelayError {
   constructor(ms: number) {
-    super(`request timeout (${ms} ms)`);
+    super('RELAY_ERR_UPSTREAM_TIMEOUT', messageFor('RELAY_ERR_UPSTREAM_TIMEOUT', ms));
     this.name = 'RequestTimeoutError';
   }
 }

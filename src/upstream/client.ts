@@ -3,7 +3,7 @@
 
 import { open, type FileHandle } from 'node:fs/promises';
 import type { Dispatcher, Pool } from 'undici';
-import { messageOf, type ErrorCode } from '../errors.js';
+import { RelayError, messageOf, relayError, type ErrorCode } from '../errors.js';
 import type { Logger } from '../log.js';
 import { VERSION } from '../version.js';
 import {
@@ -24,6 +24,7 @@ import {
   readPinnedCertificateSync,
   type PinnedCertificate,
 } from './trust.js';
+import type { PeerClient } from './peer.js';
 import { loadUndici, type Undici } from './undici.js';
 
 /** the dispatcher built for one pinned certificate (or the only one, outside cert_pinning) */
@@ -265,8 +266,26 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
     }
   }
 
+  const peer: PeerClient = {
+    async request(method, pathAndQuery, body, headers = {}) {
+      undici ??= await loadUndici();
+      // read after the await: a reload meanwhile may have retired the generation seen before it
+      if (closing !== undefined) throw relayError('RELAY_ERR_UPSTREAM_CLOSED', `${options.host}:${options.port}`);
+      if (current.blocked !== undefined) throw new RelayError('RELAY_ERR_UPSTREAM_CERTIFICATE', current.blocked);
+      const response = await poolOf(current, undici).request({
+        method,
+        path: pathAndQuery,
+        headers: { 'user-agent': userAgent, ...headers },
+        ...(body === undefined ? {} : { body }),
+      });
+      return { status: response.statusCode, body: response.body, headers: response.headers };
+    },
+    close: () => Promise.resolve(),
+  };
+
   return {
     forward,
+    peer: () => (current.blocked === undefined ? peer : undefined),
     reload() {
       // serialized: two reloads never build two pools from the same change
       reloading = reloading.then(reloadPin, reloadPin);

@@ -1,6 +1,8 @@
 // At most `limit` forwards in flight across every dispatcher (old ones draining after a reload included);
 // the others wait in arrival order.
 
+import { RelayError } from '../errors.js';
+
 export interface FifoLimit {
   /** resolves with a release function once a slot is free */
   acquire(): Promise<() => void>;
@@ -9,7 +11,7 @@ export interface FifoLimit {
 }
 
 export function createFifoLimit(limit: number): FifoLimit {
-  if (!Number.isInteger(limit) || limit < 1) throw new Error(`concurrency limit must be a positive integer, got ${limit}`);
+  if (!Number.isInteger(limit) || limit < 1) throw new RelayError('RELAY_ERR_INTERNAL', `concurrency limit must be a positive integer, got ${limit}`);
   let inFlight = 0;
   const waiters: Array<() => void> = [];
 

@@ -1,7 +1,9 @@
 // Face of the upstream module: one pinned HTTPS client per peer (undici), PUT forwarding of spool
 // files, and the classification of what came back (spec-relayd.md §9; issue 3 "Forwarding").
+// The upstream's one dispatcher also carries the relay API calls to it (sync, shared files): peer().
 
 import type { PeerAuthentication } from '../config/index.js';
+import type { PeerClient } from './peer.js';
 
 export type UpstreamEndpoint = 'reports' | 'inventories' | 'inventory-updates';
 
@@ -28,6 +30,8 @@ export interface UpstreamOptions {
   readonly requestTimeoutMs: number;
   /** keep-alive of pooled connections (general.https_idle_timeout) */
   readonly keepAliveMs: number;
+  /** the relay's key and certificate, presented to an upstream that identifies relays by them (sync) */
+  readonly clientCertificate?: { readonly key: string; readonly cert: string };
 }
 
 export type ForwardResult =
@@ -65,6 +69,11 @@ export interface Upstream {
   ): Promise<ForwardResult>;
   /** re-read the pinned certificate; rebuild the pool only if it changed (spec-relayd.md §2.7 step 3) */
   reload(): Promise<void>;
+  /**
+   * relay API requests to the upstream on the same dispatcher and trust as forward(); undefined while
+   * nothing can be sent (pinned certificate missing or unusable). Its close() does nothing: close() does.
+   */
+  peer(): PeerClient | undefined;
   status(): UpstreamStatus;
   close(): Promise<void>;
 }
@@ -72,4 +81,4 @@ export interface Upstream {
 export { createUpstream } from './client.js';
 export { createPeerClient } from './peer.js';
 export type { PeerClient, PeerClientOptions, PeerResponse } from './peer.js';
-export { readPinnedCertificate } from './trust.js';
+export { readPinnedCertificate, readPinnedCertificateSync } from './trust.js';

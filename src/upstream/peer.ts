@@ -5,6 +5,7 @@
 import type { X509Certificate } from 'node:crypto';
 import type { Dispatcher, Pool } from 'undici';
 import type { PeerAuthentication } from '../config/index.js';
+import { RelayError, relayError } from '../errors.js';
 import { VERSION } from '../version.js';
 import { buildTrustingConnector, readCaPath, type PinnedCertificate } from './trust.js';
 import { loadUndici } from './undici.js';
@@ -68,9 +69,9 @@ export function createPeerClient(options: PeerClientOptions): PeerClient {
     ));
   return {
     async request(method, pathAndQuery, body, headers = {}) {
-      if (options.peerAuthentication === 'cert_pinning' && pinned.problem !== undefined) throw new Error(pinned.problem);
+      if (options.peerAuthentication === 'cert_pinning' && pinned.problem !== undefined) throw new RelayError('RELAY_ERR_UPSTREAM_CERTIFICATE', pinned.problem);
       // as a closed undici pool would: no new pool that nothing would close
-      if (closed) throw new Error(`client to ${options.host}:${options.port} is closed`);
+      if (closed) throw relayError('RELAY_ERR_UPSTREAM_CLOSED', `${options.host}:${options.port}`);
       const response = await (await poolOf()).request({
         method,
         path: pathAndQuery,

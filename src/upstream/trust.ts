@@ -8,6 +8,7 @@ import { rootCertificates, type TLSSocket } from 'node:tls';
 import type { buildConnector } from 'undici';
 import type { Undici } from './undici.js';
 import type { PeerAuthentication } from '../config/index.js';
+import { pemToDer } from '../der/index.js';
 import { RelayError, messageOf } from '../errors.js';
 
 /** What was read from `server_certificate_file`; `bytes` undefined = the file is missing. */
@@ -20,7 +21,6 @@ export interface PinnedCertificate {
   readonly problem: string | undefined;
 }
 
-const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g;
 
 export async function readPinnedCertificate(file: string): Promise<PinnedCertificate> {
   try {
@@ -47,9 +47,9 @@ function unreadablePin(file: string, error: unknown): PinnedCertificate {
 
 function interpretPinned(file: string, bytes: Buffer): PinnedCertificate {
   try {
-    const blocks = bytes.toString('latin1').match(PEM_CERTIFICATE) ?? [];
-    if (blocks.length === 0) throw new Error('no PEM CERTIFICATE block');
-    const certificates = blocks.map((pem) => new X509Certificate(pem));
+    const blocks = pemToDer(bytes.toString('latin1'));
+    if (blocks.length === 0) throw new RelayError('RELAY_ERR_UPSTREAM_CERTIFICATE', 'no PEM CERTIFICATE block');
+    const certificates = blocks.map((der) => new X509Certificate(der));
     return { file, bytes, certificates, problem: undefined };
   } catch (error) {
     const problem = `pinned upstream certificate ${file} is not a PEM certificate (${messageOf(error)}); nothing is forwarded until it is replaced and the relay is reloaded`;
@@ -64,9 +64,9 @@ export function isSamePin(a: PinnedCertificate | undefined, b: PinnedCertificate
 }
 
 /** Raised by the pinning connector; the message is what status().lastError shows. */
-export class PinRefusedError extends Error {
+export class PinRefusedError extends RelayError {
   constructor(message: string) {
-    super(message);
+    super('RELAY_ERR_UPSTREAM_CERTIFICATE', message);
     this.name = 'PinRefusedError';
   }
 }
@@ -127,7 +127,7 @@ export function buildTrustingConnector(
     case 'dangerous_none':
       return buildConnector({ ...common, rejectUnauthorized: false });
     case 'cert_pinning': {
-      if (pinned === undefined) throw new Error('cert_pinning connector without a pinned certificate');
+      if (pinned === undefined) throw new RelayError('RELAY_ERR_INTERNAL', 'cert_pinning connector without a pinned certificate');
       // no session resumption: every connection shows its certificate and is checked
       const base = buildConnector({ ...common, rejectUnauthorized: false, maxCachedSessions: 0 });
       return (connectOptions, callback) => {

@@ -429,6 +429,27 @@ t.test('close() is idempotent; forwards after it are transient', async (t) => {
   t.equal(up.requests.length, 1);
 });
 
+t.test('peer(): relay API requests share the forwarding dispatcher and its pinned trust', async (t) => {
+  const up = await startUpstream(t);
+  const pinned = join(tempDir(t), 'policy-server.pem');
+  const { upstream } = clientFor(t, up, { serverCertificateFile: pinned, maxConcurrency: 1 });
+  t.equal(upstream.peer(), undefined, 'no peer while the pinned certificate is missing');
+  await copyFile(up.certificateFile, pinned);
+  await upstream.reload();
+  const peer = upstream.peer();
+  if (peer === undefined) throw new Error('peer() after the pin appeared');
+  const file = await spoolFile(t, 'x');
+  t.match(await upstream.forward('reports', 'a.log', file), { kind: 'ok' });
+  const response = await peer.request('GET', '/rudder/relay-api/1/system/info');
+  await response.body.dump();
+  t.match(up.requests.at(-1), { method: 'GET', url: '/rudder/relay-api/1/system/info' });
+  t.equal(up.handshakes, 1, 'one TLS connection for the forward and the relay API request');
+  await peer.close();
+  t.match(await upstream.forward('reports', 'b.log', file), { kind: 'ok' }, "the peer's close() leaves the client open");
+  await upstream.close();
+  await t.rejects(peer.request('GET', '/'), { code: 'RELAY_ERR_UPSTREAM_CLOSED' });
+});
+
 t.test('test upstream refuses unauthenticated and non-PUT requests like Apache', async (t) => {
   const up = await startUpstream(t);
   const { request } = await import('undici');
