@@ -9,8 +9,8 @@ import type { NodesRegistry } from './nodes/index.js';
 import { availableParallelism } from 'node:os';
 import { createThreadedFileInspector } from './reports/index.js';
 import { createReportHandler } from './reports/queue-handler.js';
-import { createQueue, type Queue, type Spool, type SpoolQueue } from './spool/index.js';
-import { createUpstream, type Upstream, type UpstreamEndpoint } from './upstream/index.js';
+import { createQueue, type Queue, type QueueOutcome, type Spool, type SpoolQueue } from './spool/index.js';
+import { createUpstream, type Upstream, type UpstreamCredentials, type UpstreamEndpoint } from './upstream/index.js';
 import type { SubStatus } from './system/index.js';
 
 const INSPECTION_THREADS = Math.max(1, availableParallelism() - 1);
@@ -32,6 +32,9 @@ export function createPipelines(
     spool: Spool;
     metrics: PrimaryMetrics;
     onFullChange: (queue: SpoolQueue, full: boolean) => void;
+    /** the relay's own inventory (src/agentless): its credentials for inventory updates, and what became of its files */
+    inventoryCredentials?: (queue: SpoolQueue, name: string) => UpstreamCredentials | undefined;
+    onInventoryOutcome?: (queue: SpoolQueue, name: string, outcome: QueueOutcome) => void;
     log: Logger;
   },
 ): Pipelines {
@@ -60,8 +63,8 @@ export function createPipelines(
   // every forward observed in one place: latency by endpoint and result
   const upstream: Upstream | undefined = rawUpstream && {
     ...rawUpstream,
-    forward: async (endpoint: UpstreamEndpoint, name: string, file: { path: string; size: number; content?: Buffer }) => {
-      const result = await rawUpstream.forward(endpoint, name, file);
+    forward: async (endpoint: UpstreamEndpoint, name: string, file: { path: string; size: number; content?: Buffer }, credentials?: UpstreamCredentials) => {
+      const result = await rawUpstream.forward(endpoint, name, file, credentials);
       deps.metrics.upstreamRequests.observe({ endpoint, result: result.kind }, result.ms / 1000);
       return result;
     },
@@ -101,8 +104,9 @@ export function createPipelines(
         },
         handler,
         {
-          onOutcome: (_file, outcome) => {
+          onOutcome: (file, outcome) => {
             if (outcome.kind === 'failed') deps.metrics.failed.inc({ queue, reason: outcome.code });
+            if (queue !== 'reports') deps.onInventoryOutcome?.(queue, file.name, outcome);
           },
           onExpired: (_name, directory) => deps.metrics.expired.inc({ queue, directory }),
           onFullChange: (full) => deps.onFullChange(queue, full),
@@ -140,6 +144,7 @@ export function createPipelines(
         {
           upstream: inventory.output === 'upstream' ? upstream : undefined,
           counters: { count: (status) => deps.metrics.inventories.inc({ status }) },
+          credentialsOf: (name) => deps.inventoryCredentials?.(queue, name),
         },
         deps.log,
       ),

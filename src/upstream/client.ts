@@ -14,7 +14,7 @@ import {
   reasonOfResponse,
 } from './classify.js';
 import { createFifoLimit } from './fifo-limit.js';
-import type { ForwardResult, Upstream, UpstreamEndpoint, UpstreamOptions, UpstreamStatus } from './index.js';
+import type { ForwardResult, Upstream, UpstreamCredentials, UpstreamEndpoint, UpstreamOptions, UpstreamStatus } from './index.js';
 import {
   buildTrustingConnector,
   isSamePin,
@@ -122,9 +122,11 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
     endpoint: UpstreamEndpoint,
     name: string,
     file: { readonly path: string; readonly size: number; readonly content?: Buffer },
+    credentials?: UpstreamCredentials,
   ): Promise<ForwardResult> {
     const queuedAt = performance.now();
-    const password = endpoint === 'inventories' ? options.defaultPassword : options.password;
+    const user = credentials?.user ?? options.user;
+    const password = credentials?.password ?? (endpoint === 'inventories' ? options.defaultPassword : options.password);
     if (password === undefined) {
       const reason = `output.upstream.password is not set: cannot forward to /${endpoint}/`;
       return fail('permanent', 'RELAY_ERR_CONFIG_VALUE', endpoint, name, undefined, reason, queuedAt);
@@ -143,7 +145,7 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
       const pool = poolOf(current, undici);
       if (file.content !== undefined) {
         // the caller already holds the (immutable) file's bytes: no second read from disk
-        return await send(pool, endpoint, name, password, file.content, file.content.length, startedAt);
+        return await send(pool, endpoint, name, user, password, file.content, file.content.length, startedAt);
       }
       let size: number;
       try {
@@ -154,7 +156,7 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
         const reason = `cannot read spool file ${file.path}: ${messageOf(error)}`;
         return fail('permanent', 'RELAY_ERR_SPOOL_READ', endpoint, name, undefined, reason, startedAt, false);
       }
-      return await send(pool, endpoint, name, password, handle, size, startedAt);
+      return await send(pool, endpoint, name, user, password, handle, size, startedAt);
     } finally {
       await handle?.close().catch(() => undefined);
       release();
@@ -165,6 +167,7 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
     pool: Pool,
     endpoint: UpstreamEndpoint,
     name: string,
+    user: string,
     password: string,
     source: FileHandle | Buffer,
     size: number,
@@ -189,7 +192,7 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
           headers: {
             'user-agent': userAgent,
             accept: '*/*',
-            authorization: `Basic ${Buffer.from(`${options.user}:${password}`).toString('base64')}`,
+            authorization: `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`,
             'content-length': String(size),
           },
           body,

@@ -30,6 +30,11 @@ export interface UpstreamOptions {
   readonly keepAliveMs: number;
 }
 
+export interface UpstreamCredentials {
+  readonly user: string;
+  readonly password: string;
+}
+
 export type ForwardResult =
   | { readonly kind: 'ok'; readonly status: number; readonly ms: number }
   /** network error, timeout, 408, 429, 5xx, TLS pin refused: keep the file, retry later */
@@ -56,6 +61,8 @@ export interface Upstream {
     endpoint: UpstreamEndpoint,
     name: string,
     file: { readonly path: string; readonly size: number; /** the bytes, when the caller already read them */ readonly content?: Buffer },
+    /** other Basic credentials than output.upstream's (the relay's own inventory updates: DAVUSER/DAVPASSWORD) */
+    credentials?: UpstreamCredentials,
   ): Promise<ForwardResult>;
   /** re-read the pinned certificate; rebuild the pool only if it changed (spec-relayd.md §2.7 step 3) */
   reload(): Promise<void>;
