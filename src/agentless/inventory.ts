@@ -162,6 +162,7 @@ export function createOwnInventory(options: OwnInventoryOptions, deps: OwnInvent
   let running: Promise<void> = Promise.resolve();
   let stopped = true;
   let lastCheckError: string | undefined;
+  let checks = 0;
 
   async function save(next: JobState): Promise<void> {
     state = next;
@@ -288,6 +289,9 @@ export function createOwnInventory(options: OwnInventoryOptions, deps: OwnInvent
     timer = setTimeout(() => {
       void serialize(async () => {
         const reason = await dueReason();
+        // the first check after start is worth a line: it says whether a restart sent an inventory
+        log[checks === 0 ? 'info' : 'debug']({ event: 'own_inventory_checked', due: reason ?? null }, reason === undefined ? 'own inventory up to date' : `own inventory due: ${reason}`);
+        checks += 1;
         if (reason !== undefined) await makeInventory(reason);
       }).then(() => schedule(nextDelay()));
     }, delayMs);
