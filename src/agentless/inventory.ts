@@ -9,10 +9,11 @@
 import { createHash } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
 import { Readable } from 'node:stream';
+import { setTimeout as delay } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { gzip } from 'node:zlib';
 import type { Logger } from 'pino';
-import { RelayError, messageOf } from '../errors.js';
+import { RelayError, isRelayError, messageOf, type ErrorCode } from '../errors.js';
 import { loadIdentity, type IdentityPaths } from '../identity/index.js';
 import { writeFileAtomically, type QueueOutcome, type Spool, type SpoolQueue } from '../spool/index.js';
 import type { PeerClient } from '../upstream/index.js';
@@ -98,6 +99,10 @@ interface JobState {
   readonly lastOutcome?: ComponentOutcome;
 }
 
+function codeOf(error: unknown, otherwise: ErrorCode): ErrorCode {
+  return isRelayError(error) ? error.code : otherwise;
+}
+
 /** `date --utc --iso-8601=seconds`, as do-inventory names the file */
 export function isoSeconds(date: Date): string {
   return `${date.toISOString().slice(0, 19)}+00:00`;
@@ -122,8 +127,29 @@ async function readState(file: string): Promise<JobState> {
     return {};
   }
   try {
-    const parsed = JSON.parse(text) as unknown;
-    return typeof parsed === 'object' && parsed !== null ? (parsed as JobState) : {};
+    const parsed = JSON.parse(text) as Record<string, unknown>;
+    const when = (key: string) => (typeof parsed[key] === 'number' ? (parsed[key] as number) : undefined);
+    const text_ = (key: string) => (typeof parsed[key] === 'string' ? (parsed[key] as string) : undefined);
+    const endpoint = (value: unknown) => (value === 'inventories' || value === 'inventory-updates' ? value : undefined);
+    const pending = parsed['pending'] as Partial<PendingInventory> | undefined;
+    const outcome = parsed['lastOutcome'] as Partial<ComponentOutcome> | undefined;
+    return {
+      policyServerId: text_('policyServerId'),
+      fingerprint: text_('fingerprint'),
+      lastQueuedAt: when('lastQueuedAt'),
+      lastSentAt: when('lastSentAt'),
+      lastEndpoint: endpoint(parsed['lastEndpoint']),
+      lastFile: text_('lastFile'),
+      retryAt: when('retryAt'),
+      pending:
+        endpoint(pending?.endpoint) !== undefined && Array.isArray(pending?.names) && Array.isArray(pending?.done)
+          ? { endpoint: endpoint(pending?.endpoint)!, names: pending.names.map(String), done: pending.done.map(String) }
+          : undefined,
+      lastOutcome:
+        typeof outcome?.ok === 'boolean' && typeof outcome.message === 'string' && typeof outcome.at === 'number'
+          ? { ok: outcome.ok, message: outcome.message, at: outcome.at }
+          : undefined,
+    };
   } catch {
     // a state that cannot be read only costs one inventory more
     return {};
@@ -181,6 +207,9 @@ export function createOwnInventory(options: OwnInventoryOptions, deps: OwnInvent
   }
 
   async function makeInventory(reason: string): Promise<void> {
+    // names have second precision: a second inventory in the same second would replace the first in the spool
+    const nextSecond = state.lastQueuedAt === undefined ? 0 : Math.floor(state.lastQueuedAt / 1000) * 1000 + 1000;
+    if (Date.now() < nextSecond) await delay(nextSecond - Date.now());
     const now = new Date();
     let identity;
     let facts: HostFacts;
@@ -188,7 +217,7 @@ export function createOwnInventory(options: OwnInventoryOptions, deps: OwnInvent
       identity = await loadIdentity(options.identityPaths);
       facts = await readFacts();
     } catch (error) {
-      return fail(`Could not read the relay's identity or facts: ${messageOf(error)}`, (error as RelayError).code ?? 'RELAY_ERR_OWN_INVENTORY', retryMs);
+      return fail(`Could not read the relay's identity or facts: ${messageOf(error)}`, codeOf(error, 'RELAY_ERR_OWN_INVENTORY'), retryMs);
     }
     let policyServerId: string;
     try {
@@ -230,7 +259,7 @@ export function createOwnInventory(options: OwnInventoryOptions, deps: OwnInvent
       });
       compressed = await gzipAsync(xml);
     } catch (error) {
-      return fail(`Could not make the inventory: ${messageOf(error)}`, (error as RelayError).code ?? 'RELAY_ERR_OWN_INVENTORY', retryMs);
+      return fail(`Could not make the inventory: ${messageOf(error)}`, codeOf(error, 'RELAY_ERR_OWN_INVENTORY'), retryMs);
     }
     const names = [`${base}.gz`, `${base}.sign`];
     try {
@@ -238,7 +267,7 @@ export function createOwnInventory(options: OwnInventoryOptions, deps: OwnInvent
       await deps.spool.receive(endpoint, `${base}.sign`, Readable.from([Buffer.from(signature)]), options.maxBytes);
       await deps.spool.receive(endpoint, `${base}.gz`, Readable.from([compressed]), options.maxBytes);
     } catch (error) {
-      return fail(`Could not write the inventory into the spool: ${messageOf(error)}`, (error as RelayError).code ?? 'RELAY_ERR_SPOOL_WRITE', retryMs);
+      return fail(`Could not write the inventory into the spool: ${messageOf(error)}`, codeOf(error, 'RELAY_ERR_SPOOL_WRITE'), retryMs);
     }
     log.info(
       { event: 'own_inventory_queued', file: `${base}.gz`, queue: endpoint, reason, policy_server_id: policyServerId, bytes: compressed.length },
@@ -269,7 +298,7 @@ export function createOwnInventory(options: OwnInventoryOptions, deps: OwnInvent
       lastCheckError = undefined;
     } catch (error) {
       if (lastCheckError !== messageOf(error)) {
-        log.error({ event: 'own_inventory_check_failed', code: (error as RelayError).code ?? 'RELAY_ERR_OWN_INVENTORY', error: messageOf(error) }, 'could not read the identity facts');
+        log.error({ event: 'own_inventory_check_failed', code: codeOf(error, 'RELAY_ERR_OWN_INVENTORY'), error: messageOf(error) }, 'could not read the identity facts');
       }
       lastCheckError = messageOf(error);
     }

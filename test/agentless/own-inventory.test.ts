@@ -57,7 +57,7 @@ interface Setup {
   readonly setPolicies: (state: OwnPolicyState | undefined) => void;
 }
 
-async function setup(tt: { teardown(fn: () => unknown): void }): Promise<Setup> {
+async function setup(tt: { teardown(fn: () => unknown): void }, options: { upstreamDown?: boolean } = {}): Promise<Setup> {
   const dir = tempDir(tt, 'onerelay-own-inventory-');
   await mkdir(join(dir, 'ppkeys'), { recursive: true, mode: 0o700 });
   await writeFile(join(dir, 'uuid.hive'), `${RELAY_ID}\n`);
@@ -67,6 +67,7 @@ async function setup(tt: { teardown(fn: () => unknown): void }): Promise<Setup> 
   await writeFile(join(dir, 'nodeslist.json'), '{}');
   await writeFile(join(dir, 'nodescerts.pem'), '');
   const upstream = await startUpstream(tt, { password: OWN_DAV_PASSWORD });
+  if (options.upstreamDown) await upstream.setMode('down');
   const file = join(dir, 'onerelay.toml');
   await writeFile(
     file,
@@ -217,4 +218,18 @@ t.test('a changed identity fact (a new certificate) makes a new inventory at onc
   const result = await rootCheck(latest);
   tt.same(result.problems, []);
   tt.equal(textAt(result.document!, ['REQUEST', 'CONTENT', 'RUDDER', 'AGENT', 'AGENT_CERT']), renewed.trim(), 'the new inventory carries the new certificate');
+});
+
+t.test('first start while the upstream is down: the outcome says why, and the inventory goes once it is back', async (tt) => {
+  const { upstream, job } = await setup(tt, { upstreamDown: true });
+  await waitUntil('the first attempt failed', () => job.lastOutcome() !== undefined);
+  tt.equal(job.lastOutcome()?.ok, false);
+  tt.match(job.lastOutcome()?.message, /^Could not retrieve the UUID of the policy server: /, "the agent's words, with the reason");
+  tt.equal(job.status()['status'], 'error');
+  await upstream.setMode('ok');
+  await upstream.waitFor(2, 20_000);
+  const [pair] = pairs(upstream, 'inventories');
+  tt.ok(pair);
+  if (pair) tt.same((await rootCheck(pair)).problems, []);
+  await waitUntil('the outcome is recorded', () => job.lastOutcome()?.ok === true);
 });
