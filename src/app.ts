@@ -28,7 +28,8 @@ import { clientCertificateRequester, createCfenginePuller, createSyncPuller, cre
 import { createSystem } from './system/index.js';
 import { VERSION } from './version.js';
 import { DATABASE_REFUSED, checkInstallation } from './check.js';
-import { createOwnInventory, type OwnInventory, type OwnPolicies } from './agentless/index.js';
+import { createOwnInventory, type OwnInventory } from './agentless/index.js';
+import type { OwnPolicies } from './agentless/types.js';
 import { join } from 'node:path';
 
 export interface StartOptions {

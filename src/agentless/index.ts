@@ -1,5 +1,5 @@
 // Face of the agentless module: the relay as a Rudder node without an agent (spec-agentless-node.md).
-export type { ComponentOutcome, InventoryStatus, OwnPolicies, OwnPolicyState, ReportMode } from './types.js';
+// The relay's own inventory (registration):
 export { createOwnInventory, fetchPolicyServerId, AGENT_VERSION, SENT_MESSAGE, type OwnInventory, type OwnInventoryDeps, type OwnInventoryOptions } from './inventory.js';
 export { buildInventoryXml, type InventoryDocument } from './inventory-xml.js';
 export { readHostFacts, type HostFacts } from './inventory-facts.js';
