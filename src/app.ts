@@ -31,6 +31,9 @@ import { VERSION } from './version.js';
 import { DATABASE_REFUSED, checkInstallation } from './check.js';
 import { runStopSteps, stopStep, type Stopper } from './shutdown.js';
 import { ABORT_SETTLE_MS } from './spool/index.js';
+import { createOwnInventory, type OwnInventory } from './agentless/index.js';
+import type { OwnPolicies } from './agentless/types.js';
+import { join } from 'node:path';
 
 export interface StartOptions {
   readonly configPath: string;
@@ -54,6 +57,8 @@ type PrimaryMessage =
 const ENV_CONFIG = 'ONERELAY_CONFIG';
 /** how long a worker waits for the primary's admission of an upload */
 const ADMIT_TIMEOUT_MS = 2_000;
+/** the relay's own policies before anything reads them: none yet (spec-agentless-node.md §A.7, first inventory) */
+const NO_OWN_POLICIES: OwnPolicies = { current: () => undefined, onChange: () => () => undefined };
 const ENV_LOG_LEVEL = 'ONERELAY_LOG_LEVEL';
 
 export function spoolOf(config: Config, log: Logger): Spool {
@@ -270,6 +275,8 @@ export async function runPrimary(options: StartOptions): Promise<void> {
       return (await Promise.all(answers)).filter((s): s is MetricsSnapshot => s !== undefined);
     };
     const metrics = createPrimaryMetrics({ spool, nodes, queues: { queues: () => pipelines?.queues() ?? [] }, workers: workerSnapshots });
+    // the relay's own inventory (issue 18), made below once the upstream client exists
+    let ownInventory: OwnInventory | undefined;
     pipelines = createPipelines(config, {
       myId: identity.nodeId,
       nodes,
@@ -277,6 +284,8 @@ export async function runPrimary(options: StartOptions): Promise<void> {
       metrics,
       onFullChange: (queue, full) => broadcast({ type: 'spool-full', queue, full }),
       clientCertificate: { key: identity.privateKeyPem, cert: identity.certificatePem },
+      inventoryCredentials: (queue, name) => ownInventory?.credentialsFor(queue, name),
+      onInventoryOutcome: (queue, name, outcome) => ownInventory?.noteQueueOutcome(queue, name, outcome),
       log,
     });
     const activePipelines = pipelines;
@@ -306,6 +315,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
       extraStatus: () => ({
         ...activePipelines.status(),
         ...(puller ? { sync: syncStatus(puller) } : {}),
+        ...(ownInventory ? { own_inventory: ownInventory.status() } : {}),
         ...(config.cfengine.enabled
           ? { cfengine: { status: cfengine ? 'success' : 'error', listen: `${config.cfengine.listen.host}:${cfengine?.port() ?? config.cfengine.listen.port}` } }
           : {}),
@@ -323,6 +333,20 @@ export async function runPrimary(options: StartOptions): Promise<void> {
     const peers = createPeers(config, nodes, { key: identity.privateKeyPem, cert: identity.certificatePem }, activePipelines.upstream);
     stoppers.push(stopStep('peer clients', () => peers.close()));
     const sharedFiles = sharedFilesOf(config, nodes, peers, metrics, log);
+    // the root registers the relay from its inventory; a root server (id root) has none to send upstream
+    if (config.node.inventory && config.processing.inventory.output === 'upstream' && identity.nodeId !== 'root') {
+      ownInventory = createOwnInventory(
+        {
+          nodeId: identity.nodeId,
+          identityPaths: identityPaths(config),
+          policyServerHostname: config.output.upstream.host,
+          stateFile: join(config.processing.inventory.directory, '.onerelay-own-inventory.json'),
+          maxBytes: config.https.maxUploadSize,
+        },
+        // until the relay's own policies are wired in (own-policies.ts), none: the first inventory path
+        { spool, ownPolicies: NO_OWN_POLICIES, upstream: () => peers.upstream(), log },
+      );
+    }
     remoteRun = remoteRunOf(config, identity, nodes, peers, metrics, log);
     if (config.sync.upstream) {
       const onNodesChanged = async (): Promise<void> => {
@@ -505,6 +529,11 @@ export async function runPrimary(options: StartOptions): Promise<void> {
       ),
     );
     await Promise.all([activePipelines.start(), ...Array.from({ length: count }, fork)]);
+    if (ownInventory) {
+      const job = ownInventory;
+      await job.start();
+      stoppers.push(stopStep('own inventory', () => job.stop()));
+    }
 
     const shutdown = async (signal: string) => {
       if (shuttingDown) return;

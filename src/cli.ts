@@ -67,9 +67,30 @@ async function init(configPath: string, level: LogLevel | undefined): Promise<nu
       `public key:       ${config.identity.publicKeyFile}`,
       `certificate:      ${config.identity.certificateFile}`,
       '',
+      ...registrationSteps(config, configPath, identity.nodeId),
     ].join('\n'),
   );
   return 0;
+}
+
+/** how a new relay becomes a relay on the root (README "The relay as a Rudder node") */
+function registrationSteps(config: Awaited<ReturnType<typeof loadConfig>>['config'], configPath: string, nodeId: string): string[] {
+  if (nodeId === 'root') return [];
+  const upstream = `https://${config.output.upstream.host}:${config.general.httpsPort}`;
+  const sends = config.node.inventory && config.processing.inventory.output === 'upstream';
+  return [
+    `To register relay ${nodeId} with its Rudder server:`,
+    `  1. start it: onerelay start --config ${configPath} (or systemctl enable --now onerelay).`,
+    sends
+      ? `     Within a minute it sends its signed inventory to ${upstream}/inventories/ (first inventory, default password).`
+      : '     It sends no inventory of its own ([node] inventory = false or inventory output disabled): send one as a Rudder agent would.',
+    `  2. on the root, accept the new node ${nodeId}: web interface, Node management > Pending nodes,`,
+    `     or POST /rudder/api/latest/nodes/pending/${nodeId} with {"status":"accepted"}.`,
+    `  3. on the root, make it a relay: rudder server node-to-relay ${nodeId}`,
+    '  4. the relay picks up its own policies at its next sync; from then on it sends its inventory to',
+    '     /inventory-updates/ with the DAV credentials of those policies, once a day and when its identity changes.',
+    '',
+  ];
 }
 
 async function localApi(configPath: string): Promise<string> {

@@ -28,7 +28,9 @@ export type ErrorCode =
   | 'RELAY_ERR_STATE_FORMAT'
   | 'RELAY_ERR_NOT_FOUND'
   | 'RELAY_ERR_BAD_REQUEST'
-  | 'RELAY_ERR_INTERNAL';
+  | 'RELAY_ERR_INTERNAL'
+  | 'RELAY_ERR_OWN_INVENTORY'
+  | 'RELAY_ERR_POLICY_SERVER_UUID';
 
 interface CatalogueEntry {
   readonly status: number;
@@ -101,6 +103,10 @@ const catalogue: Record<ErrorCode, CatalogueEntry> = {
   RELAY_ERR_NOT_FOUND: { status: 404, transient: false },
   RELAY_ERR_BAD_REQUEST: { status: 400, transient: false },
   RELAY_ERR_INTERNAL: { status: 500, transient: true },
+  // the relay's own inventory (src/agentless): facts the root would refuse (e.g. hostname localhost), a file not written
+  RELAY_ERR_OWN_INVENTORY: { status: 500, transient: true },
+  // GET /uuid on the upstream failed or answered something that is not a node id (the agent's do-inventory check)
+  RELAY_ERR_POLICY_SERVER_UUID: { status: 502, transient: true },
 };
 
 export class RelayError extends Error {

@@ -9,8 +9,8 @@ import type { NodesRegistry } from './nodes/index.js';
 import { availableParallelism } from 'node:os';
 import { createThreadedFileInspector } from './reports/index.js';
 import { createReportHandler } from './reports/queue-handler.js';
-import { createQueue, type Queue, type Spool, type SpoolQueue } from './spool/index.js';
-import { createUpstream, type ForwardOptions, type Upstream, type UpstreamEndpoint } from './upstream/index.js';
+import { createQueue, type Queue, type QueueOutcome, type Spool, type SpoolQueue } from './spool/index.js';
+import { createUpstream, type ForwardOptions, type Upstream, type UpstreamCredentials, type UpstreamEndpoint } from './upstream/index.js';
 import type { SubStatus } from './system/index.js';
 
 const INSPECTION_THREADS = Math.max(1, availableParallelism() - 1);
@@ -43,6 +43,9 @@ export function createPipelines(
     onFullChange: (queue: SpoolQueue, full: boolean) => void;
     /** presented to the upstream: the same client also pulls data sync, which identifies relays by it */
     clientCertificate?: { key: string; cert: string };
+    /** the relay's own inventory (src/agentless): its credentials for inventory updates, and what became of its files */
+    inventoryCredentials?: (queue: SpoolQueue, name: string) => UpstreamCredentials | undefined;
+    onInventoryOutcome?: (queue: SpoolQueue, name: string, outcome: QueueOutcome) => void;
     log: Logger;
   },
 ): Pipelines {
@@ -113,8 +116,9 @@ export function createPipelines(
         },
         handler,
         {
-          onOutcome: (_file, outcome) => {
+          onOutcome: (file, outcome) => {
             if (outcome.kind === 'failed') deps.metrics.failed.inc({ queue, reason: outcome.code });
+            if (queue !== 'reports') deps.onInventoryOutcome?.(queue, file.name, outcome);
           },
           onExpired: (_name, directory) => deps.metrics.expired.inc({ queue, directory }),
           onFullChange: (full) => deps.onFullChange(queue, full),
@@ -152,6 +156,7 @@ export function createPipelines(
         {
           upstream: inventory.output === 'upstream' ? upstream : undefined,
           counters: { count: (status) => deps.metrics.inventories.inc({ status }) },
+          credentialsOf: (name) => deps.inventoryCredentials?.(queue, name),
         },
         deps.log,
       ),

@@ -431,6 +431,7 @@ function buildConfig(main: Reader, logging: Reader | undefined): Config {
       cfengineConnections: r.integer('sync.cfengine_connections', 16, 1, 256),
       cfenginePathPrefix: readPathPrefix(r, 'sync.cfengine_path_prefix'),
     },
+    node: { inventory: r.boolean('node.inventory', true) },
     logging: {
       level: logSource.oneOf(`${logPrefix}.level`, LOG_LEVELS, 'info'),
       filter: logSource.string(`${logPrefix}.filter`, ''),

@@ -133,6 +133,11 @@ export interface Config {
     readonly denyBadClocks: boolean;
   };
   readonly logging: { readonly level: LogLevel; readonly filter: string };
+  /** [node]: the relay as a Rudder node (its own inventory; spec-agentless-node.md) */
+  readonly node: {
+    /** node.inventory: send the relay's own inventory upstream (registration, then daily) */
+    readonly inventory: boolean;
+  };
   readonly sync: {
     /** sync.serve: answer sub-relays' sync requests (manifest, blobs) */
     readonly serve: boolean;

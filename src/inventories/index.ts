@@ -7,7 +7,7 @@ import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { QueueFile, QueueHandler, QueueOutcome } from '../spool/index.js';
-import type { Upstream, UpstreamEndpoint } from '../upstream/index.js';
+import type { Upstream, UpstreamCredentials, UpstreamEndpoint } from '../upstream/index.js';
 
 export interface InventoryCounters {
   /** rudder_relayd_inventories_total{status} */
@@ -43,14 +43,19 @@ async function exists(path: string): Promise<boolean> {
 
 export function createInventoryHandler(
   options: InventoryHandlerOptions,
-  deps: { upstream: Upstream | undefined; counters: InventoryCounters },
+  deps: {
+    upstream: Upstream | undefined;
+    counters: InventoryCounters;
+    /** other credentials for some files (the relay's own inventory updates), else output.upstream's */
+    credentialsOf?: (name: string) => UpstreamCredentials | undefined;
+  },
   parentLog: Logger,
 ): QueueHandler {
   const log = parentLog.child({ module: 'inventories', endpoint: options.endpoint });
   const waitLeft = (file: QueueFile) => options.signatureWaitMs - (Date.now() - file.mtimeMs);
 
   async function send(file: QueueFile, signal: AbortSignal): Promise<QueueOutcome | undefined> {
-    const result = await deps.upstream!.forward(options.endpoint, file.name, file, { signal });
+    const result = await deps.upstream!.forward(options.endpoint, file.name, file, { signal, credentials: deps.credentialsOf?.(file.name) });
     if (result.kind === 'ok') {
       deps.counters.count('forward_ok');
       log.debug({ event: 'forwarded', file: file.name, ms: result.ms }, 'inventory file forwarded');

@@ -67,6 +67,8 @@ export function renderStatusPage(input: StatusPageInput): string {
   const remote = s['remote_run'];
   const https = s['https'];
   const cfengine = s['cfengine'];
+  const ownInventory = s['own_inventory'];
+  const ownOutcome = ownInventory?.['last_outcome'] as { ok: boolean; message: string; at: string } | undefined;
   const overall = Object.values(s).every((part) => part.status === 'success');
   const queueRows = ((queues?.['queues'] as QueueRow[] | undefined) ?? [])
     .map(
@@ -138,6 +140,14 @@ footer{padding:0 24px 16px;color:var(--muted);font-size:12px}.muted{color:var(--
 <section id="sync"><h2>Data sync ${badge(sync)}</h2><dl>
 <dt>last success</dt><dd>${since(sync?.['last_success'])}</dd><dt>generation</dt><dd><code>${escape(sync?.['generation'])}</code></dd>
 <dt>last run</dt><dd>${sync?.['last_duration_ms'] === undefined ? '—' : `${escape(sync['last_duration_ms'])} ms, ${escape(sync['last_files'])} files, ${bytes(Number(sync['last_bytes'] ?? 0))}`}</dd></dl>${details(sync)}</section>
+${
+  ownInventory
+    ? `<section id="own-inventory"><h2>Own inventory ${badge(ownInventory)}</h2><dl>
+<dt>policy server</dt><dd><code>${escape(ownInventory['policy_server_id'] ?? '—')}</code> (/${escape(ownInventory['endpoint'] ?? 'inventories')}/)</dd>
+<dt>last queued</dt><dd>${since(ownInventory['last_queued'])}</dd><dt>last sent</dt><dd>${since(ownInventory['last_sent'])}</dd>
+<dt>outcome</dt><dd>${ownOutcome ? `${since(ownOutcome.at)}: ${escape(ownOutcome.message)}` : 'none yet'}</dd></dl></section>`
+    : ''
+}
 <section id="services"><h2>Services</h2><dl>
 <dt>HTTPS workers</dt><dd>${escape(https?.['ready'])} of ${escape(https?.['workers'])} ready ${badge(https)}</dd>
 <dt>CFEngine server</dt><dd>${cfengine ? `${escape(cfengine['listen'])} ${badge(cfengine)}` : 'not running'}</dd>

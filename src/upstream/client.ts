@@ -131,8 +131,9 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
     forwardOptions: ForwardOptions = {},
   ): Promise<ForwardResult> {
     const queuedAt = performance.now();
-    const { signal } = forwardOptions;
-    const password = endpoint === 'inventories' ? options.defaultPassword : options.password;
+    const { signal, credentials } = forwardOptions;
+    const user = credentials?.user ?? options.user;
+    const password = credentials?.password ?? (endpoint === 'inventories' ? options.defaultPassword : options.password);
     if (password === undefined) {
       const reason = `output.upstream.password is not set: cannot forward to /${endpoint}/`;
       return fail('permanent', 'RELAY_ERR_CONFIG_VALUE', endpoint, name, undefined, reason, queuedAt);
@@ -154,7 +155,7 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
       const pool = poolOf(current, undici);
       if (file.content !== undefined) {
         // the caller already holds the (immutable) file's bytes: no second read from disk
-        return await send(pool, endpoint, name, password, file.content, file.content.length, startedAt, signal);
+        return await send(pool, endpoint, name, user, password, file.content, file.content.length, startedAt, signal);
       }
       let size: number;
       try {
@@ -165,7 +166,7 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
         const reason = `cannot read spool file ${file.path}: ${messageOf(error)}`;
         return fail('permanent', 'RELAY_ERR_SPOOL_READ', endpoint, name, undefined, reason, startedAt, false);
       }
-      return await send(pool, endpoint, name, password, handle, size, startedAt, signal);
+      return await send(pool, endpoint, name, user, password, handle, size, startedAt, signal);
     } finally {
       await handle?.close().catch(() => undefined);
       release();
@@ -176,6 +177,7 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
     pool: Pool,
     endpoint: UpstreamEndpoint,
     name: string,
+    user: string,
     password: string,
     source: FileHandle | Buffer,
     size: number,
@@ -203,7 +205,7 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
           headers: {
             'user-agent': userAgent,
             accept: '*/*',
-            authorization: `Basic ${Buffer.from(`${options.user}:${password}`).toString('base64')}`,
+            authorization: `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`,
             'content-length': String(size),
           },
           body,

@@ -34,6 +34,11 @@ export interface UpstreamOptions {
   readonly clientCertificate?: { readonly key: string; readonly cert: string };
 }
 
+export interface UpstreamCredentials {
+  readonly user: string;
+  readonly password: string;
+}
+
 export type ForwardResult =
   | { readonly kind: 'ok'; readonly status: number; readonly ms: number }
   /** network error, timeout, 408, 429, 5xx, TLS pin refused: keep the file, retry later */
@@ -57,6 +62,8 @@ export interface UpstreamStatus {
 export interface ForwardOptions {
   /** abort the request (the relay is stopping): the result is transient, the file stays */
   readonly signal?: AbortSignal;
+  /** other Basic credentials than output.upstream's (the relay's own inventory updates: DAVUSER/DAVPASSWORD) */
+  readonly credentials?: UpstreamCredentials;
 }
 
 export interface Upstream {

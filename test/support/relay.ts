@@ -55,6 +55,8 @@ export interface RelayOptions {
   readonly relayId?: string;
   /** general.https_port: the port of peers' HTTPS (sub-relays), when there is no upstream option */
   readonly peerHttpsPort?: number;
+  /** [node] inventory: the relay sends its own inventory upstream (default off in tests, so that upstream counts stay exact) */
+  readonly ownInventory?: boolean;
 }
 
 export interface CliResult {
@@ -165,6 +167,9 @@ path = "${dir}/shared-files/"
 
 [cfengine]
 ${ports.cfengine === undefined ? 'enabled = false' : `listen = "127.0.0.1:${ports.cfengine}"`}
+
+[node]
+inventory = ${options.ownInventory ?? false}
 
 [shared_folder]
 path = "${dir}/shared-folder/"

@@ -1,4 +1,4 @@
-// A real HTTPS upstream for tests: answers WebDAV PUTs on /reports/, /inventories/ and /inventory-updates/
+// A real HTTPS upstream for tests: answers GET /uuid and WebDAV PUTs on /reports/, /inventories/ and /inventory-updates/
 // like the upstream Apache (spec-https-front-cfserverd-sync.md §1.1–1.2), records what it received, and
 // injects faults on demand (down, 503, any status, delays, a request that is never answered).
 
@@ -76,6 +76,8 @@ export interface UpstreamStartOptions extends Partial<UpstreamCredentials> {
   /** PEM text or file paths; default: the e745a140 fixture identity */
   readonly certificate?: { readonly key: string; readonly cert: string };
   readonly mode?: UpstreamMode;
+  /** what GET /uuid answers (the upstream's node id, as Apache serves uuid.hive); default the e745a140 fixture id */
+  readonly uuid?: string;
 }
 
 export interface TestUpstream {
@@ -172,7 +174,16 @@ export async function startUpstream(t: Teardownable, opts: UpstreamStartOptions 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = req.url ?? '';
     const credentialsSent = basicCredentials(req.headers.authorization);
-    const match = DAV_PATH.exec(url.split('?')[0] ?? '');
+    const path = url.split('?')[0] ?? '';
+    if (path === '/uuid' && (req.method === 'GET' || req.method === 'HEAD')) {
+      // what the agent's do-inventory asks first (rudder-client -e /uuid)
+      await readBody(req);
+      const text = `${opts.uuid ?? UPSTREAM_DEFAULT_ID}\n`;
+      requests.push({ method: req.method, url, status: 200, user: credentialsSent?.user, at: new Date(), headers: req.headers });
+      res.writeHead(200, { 'content-type': 'text/plain', 'content-length': String(Buffer.byteLength(text)) }).end(req.method === 'HEAD' ? undefined : text);
+      return;
+    }
+    const match = DAV_PATH.exec(path);
     if (match === null) {
       await readBody(req);
       answer(req, res, 404, `The requested URL was not found on this server.`, credentialsSent?.user);

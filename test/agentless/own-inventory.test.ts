@@ -1,0 +1,236 @@
+// The relay's own inventory job with the real forwarding pipeline (spool queues, inventory handler, upstream
+// client) against a real HTTPS upstream; only the relay's own policies are a small in-test implementation.
+
+import { execFile } from 'node:child_process';
+import { copyFile, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { gzipSync } from 'node:zlib';
+import t from 'tap';
+import { createOwnInventory, SENT_MESSAGE, type OwnInventory } from '../../src/agentless/index.js';
+import type { OwnPolicyState } from '../../src/agentless/types.js';
+import { loadConfig } from '../../src/config/index.js';
+import { loadIdentity } from '../../src/identity/index.js';
+import { createPeers } from '../../src/forwarders.js';
+import { createLogger } from '../../src/log.js';
+import { createPrimaryMetrics } from '../../src/metrics/index.js';
+import { createNodesRegistry } from '../../src/nodes/index.js';
+import { identityPaths } from '../../src/paths.js';
+import { createPipelines } from '../../src/pipelines.js';
+import { createSpool } from '../../src/spool/index.js';
+import { FIXTURE_KEYS, RELAY_ID, relayConfigToml } from '../support/relay.js';
+import { checkInventoryAsRoot, textAt } from '../support/root-inventory-check.js';
+import { freePort, tempDir } from '../support/tmp.js';
+import { UPSTREAM_DEFAULT_ID, startUpstream, type ReceivedFile, type TestUpstream } from '../support/upstream.js';
+
+const run = promisify(execFile);
+/** the relay's own DAV password from its policies: not output.upstream.password (dav-secret) */
+const OWN_DAV_PASSWORD = 'own-policies-dav-password';
+
+async function waitUntil(what: string, predicate: () => boolean | Promise<boolean>, timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await predicate())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+}
+
+function policyState(davPassword: string): OwnPolicyState {
+  return {
+    nodeConfigId: '20261206-070000-0a1b2c3d',
+    reportMode: 'full-compliance',
+    policyMode: 'enforce',
+    runIntervalMs: 300_000,
+    allowedNetworks: [],
+    davUser: 'rudder',
+    davPassword,
+    generation: 1,
+    inputsDirectory: '/nonexistent',
+    variables: {},
+  };
+}
+
+interface Setup {
+  readonly dir: string;
+  readonly upstream: TestUpstream;
+  readonly job: OwnInventory;
+  readonly inventoriesIncoming: string;
+  readonly setPolicies: (state: OwnPolicyState | undefined) => void;
+}
+
+async function setup(tt: { teardown(fn: () => unknown): void }, options: { upstreamDown?: boolean } = {}): Promise<Setup> {
+  const dir = tempDir(tt, 'onerelay-own-inventory-');
+  await mkdir(join(dir, 'ppkeys'), { recursive: true, mode: 0o700 });
+  await writeFile(join(dir, 'uuid.hive'), `${RELAY_ID}\n`);
+  await copyFile(join(FIXTURE_KEYS, `${RELAY_ID}.nopass.priv`), join(dir, 'ppkeys', 'localhost.priv'));
+  await copyFile(join(FIXTURE_KEYS, `${RELAY_ID}.pub`), join(dir, 'ppkeys', 'localhost.pub'));
+  await copyFile(join(FIXTURE_KEYS, `${RELAY_ID}.cert`), join(dir, 'agent.cert'));
+  await writeFile(join(dir, 'nodeslist.json'), '{}');
+  await writeFile(join(dir, 'nodescerts.pem'), '');
+  const upstream = await startUpstream(tt, { password: OWN_DAV_PASSWORD });
+  if (options.upstreamDown) await upstream.setMode('down');
+  const file = join(dir, 'onerelay.toml');
+  await writeFile(
+    file,
+    relayConfigToml(dir, { https: await freePort(), api: await freePort() }, { upstream: { port: upstream.port, certificateFile: upstream.certificateFile }, ownInventory: true }),
+  );
+  const { config } = await loadConfig(file);
+  const log = createLogger('off');
+  const nodes = createNodesRegistry({ myId: RELAY_ID, nodesListFile: config.general.nodesListFile, nodesCertsFile: config.general.nodesCertsFile, log });
+  await nodes.reload();
+  const spool = createSpool({ reportsDirectory: config.processing.reporting.directory, inventoriesDirectory: config.processing.inventory.directory }, log);
+  await spool.prepare({ cleanTmp: true });
+  const metrics = createPrimaryMetrics({ spool, nodes, queues: { queues: () => [] }, workers: async () => [] });
+  let job: OwnInventory | undefined;
+  const pipelines = createPipelines(config, {
+    myId: RELAY_ID,
+    nodes,
+    spool,
+    metrics,
+    onFullChange: () => undefined,
+    inventoryCredentials: (queue, name) => job?.credentialsFor(queue, name),
+    onInventoryOutcome: (queue, name, outcome) => job?.noteQueueOutcome(queue, name, outcome),
+    log,
+  });
+  const identity = await loadIdentity(identityPaths(config));
+  const peers = createPeers(config, nodes, { key: identity.privateKeyPem, cert: identity.certificatePem });
+  let policies: OwnPolicyState | undefined;
+  job = createOwnInventory(
+    {
+      nodeId: RELAY_ID,
+      identityPaths: identityPaths(config),
+      policyServerHostname: '127.0.0.1',
+      stateFile: join(dir, 'own-inventory.json'),
+      checkIntervalMs: 200,
+      retryMs: 300,
+      maxBytes: 1024 * 1024,
+    },
+    { spool, ownPolicies: () => policies, upstream: () => peers.upstream(), log },
+  );
+  await pipelines.start();
+  await job.start();
+  const started = job;
+  tt.teardown(async () => {
+    await started.stop();
+    await pipelines.stop();
+    await peers.close();
+  });
+  return { dir, upstream, job: started, inventoriesIncoming: spool.incomingOf('inventories'), setPolicies: (state) => (policies = state) };
+}
+
+/** the inventories the upstream holds on an endpoint, each with its signature */
+function pairs(upstream: TestUpstream, endpoint: 'inventories' | 'inventory-updates'): Array<{ inventory: ReceivedFile; signature: ReceivedFile | undefined }> {
+  const files = upstream.files(endpoint);
+  return files
+    .filter((f) => f.name.endsWith('.ocs.gz'))
+    .map((inventory) => ({ inventory, signature: files.find((f) => f.name === inventory.name.replace(/\.gz$/, '.sign')) }));
+}
+
+async function rootCheck(pair: { inventory: ReceivedFile; signature: ReceivedFile | undefined }) {
+  return checkInventoryAsRoot({
+    inventory: pair.inventory.body,
+    inventoryName: pair.inventory.name,
+    signature: pair.signature?.body,
+    signatureName: pair.signature?.name,
+  });
+}
+
+t.test('first start: a signed inventory goes to /inventories/ with the default password, and the root would accept it', async (tt) => {
+  const { upstream, job } = await setup(tt);
+  await upstream.waitFor(2, 20_000);
+  const [pair] = pairs(upstream, 'inventories');
+  tt.ok(pair, 'an .ocs.gz on /inventories/');
+  if (!pair) return;
+  tt.match(pair.inventory.name, new RegExp(`^${RELAY_ID}_\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d\\+00:00\\.ocs\\.gz$`), 'do-inventory name: <uuid>_<date --utc --iso-8601=seconds>.ocs.gz');
+  tt.ok(pair.signature, 'and its <name>.ocs.sign');
+  tt.same([pair.inventory.user, pair.inventory.password], ['rudder', 'rudder'], 'first inventory: user and default password');
+  tt.same([pair.signature?.user, pair.signature?.password], ['rudder', 'rudder']);
+  tt.ok(upstream.requests.some((r) => r.method === 'GET' && r.url === '/uuid'), 'the policy server id was asked with GET /uuid');
+  const result = await rootCheck(pair);
+  tt.same(result.problems, [], 'every check of the root passes');
+  tt.equal(result.nodeId, RELAY_ID);
+  tt.equal(result.policyServerId, UPSTREAM_DEFAULT_ID, 'POLICY_SERVER_UUID is what /uuid answered');
+  tt.equal(result.agentName, 'cfengine-community');
+  tt.equal(textAt(result.document!, ['REQUEST', 'CONTENT', 'RUDDER', 'AGENT', 'AGENT_CERT']), (await readFile(join(FIXTURE_KEYS, `${RELAY_ID}.cert`), 'utf8')).trim(), 'AGENT_CERT is agent.cert');
+  const upload = upstream.received.findIndex((f) => f === pair.inventory);
+  tt.ok(upload < upstream.received.findIndex((f) => f === pair.signature), '.ocs.gz is sent before .ocs.sign');
+  await waitUntil('the outcome is recorded', () => job.lastOutcome()?.ok === true);
+  tt.equal(job.lastOutcome()?.message, SENT_MESSAGE);
+  tt.equal(job.status()['endpoint'], 'inventories');
+
+  // the checker refuses what the root refuses: a file changed after signing, and an inventory without LOGDATE
+  const xml = (await import('node:zlib')).gunzipSync(pair.inventory.body).toString('utf8');
+  const tampered = await checkInventoryAsRoot({ inventory: gzipSync(xml.replace('<QUERY>INVENTORY', '<QUERY>INVENTORZ')), inventoryName: pair.inventory.name, signature: pair.signature?.body, signatureName: pair.signature?.name });
+  tt.match(tampered.problems.join('\n'), /SignatureInvalid/, 'a changed byte fails the signature');
+  const undated = await checkInventoryAsRoot({ inventory: Buffer.from(xml.replace(/<LOGDATE>[^<]*<\/LOGDATE>/, '')), inventoryName: pair.inventory.name.replace(/\.gz$/, ''), signature: undefined, signatureName: undefined });
+  tt.match(undated.problems.join('\n'), /inventory age/, 'no LOGDATE is refused');
+  const otherUid = await checkInventoryAsRoot({ inventory: Buffer.from(xml.replace(`<UUID>${RELAY_ID}</UUID>`, `<UUID>${UPSTREAM_DEFAULT_ID}</UUID>`)), inventoryName: 'x.ocs', signature: undefined, signatureName: undefined });
+  tt.match(otherUid.problems.join('\n'), /checkCertificateSubject/, 'a certificate UID that is not the node id is refused');
+});
+
+t.test('once its own policies exist, the inventory goes to /inventory-updates/ with DAVUSER/DAVPASSWORD', async (tt) => {
+  const { upstream, job, setPolicies } = await setup(tt);
+  await upstream.waitFor(2, 20_000);
+  await waitUntil('the first inventory is sent', () => job.lastOutcome()?.ok === true);
+  setPolicies(policyState(OWN_DAV_PASSWORD));
+  await job.trigger('test: policies arrived');
+  await upstream.waitFor(4, 20_000);
+  const [pair] = pairs(upstream, 'inventory-updates');
+  tt.ok(pair, 'an .ocs.gz on /inventory-updates/');
+  if (!pair) return;
+  tt.same([pair.inventory.user, pair.inventory.password], ['rudder', OWN_DAV_PASSWORD], 'the DAV credentials of the own policies, not output.upstream.password');
+  tt.same([pair.signature?.user, pair.signature?.password], ['rudder', OWN_DAV_PASSWORD]);
+  tt.same((await rootCheck(pair)).problems, []);
+  await waitUntil('the outcome is recorded', () => job.status()['waiting_upstream'] === false && job.lastOutcome()?.ok === true);
+  tt.equal(job.status()['endpoint'], 'inventory-updates');
+});
+
+t.test('an upstream outage delays the inventory but does not lose it', async (tt) => {
+  const { upstream, job, inventoriesIncoming } = await setup(tt);
+  await upstream.waitFor(2, 20_000);
+  await waitUntil('the first inventory is sent', () => job.lastOutcome()?.ok === true);
+  await upstream.setMode('down');
+  await job.trigger('test: during an outage');
+  // the policy server id learnt before is used: the inventory is made and waits in the spool
+  const waiting = (await readdir(inventoriesIncoming)).filter((n) => n.startsWith(RELAY_ID));
+  tt.equal(waiting.length, 2, 'the .ocs.gz and .ocs.sign wait in the spool');
+  await waitUntil('a forward failed', () => job.lastOutcome()?.ok === false);
+  tt.match(job.lastOutcome()?.message, /waits in the relay's spool/);
+  await upstream.setMode('ok');
+  await upstream.waitFor(4, 30_000);
+  const sent = pairs(upstream, 'inventories').map((p) => p.inventory.name.replace(/\.gz$/, ''));
+  tt.ok(waiting.every((n) => sent.includes(n.replace(/\.(gz|sign)$/, ''))), 'the inventory made during the outage reached the upstream');
+  for (const pair of pairs(upstream, 'inventories')) tt.same((await rootCheck(pair)).problems, [], `${pair.inventory.name} accepted`);
+  await waitUntil('the outcome is recorded', () => job.lastOutcome()?.ok === true);
+});
+
+t.test('a changed identity fact (a new certificate) makes a new inventory at once', async (tt) => {
+  const { dir, upstream, job } = await setup(tt);
+  await upstream.waitFor(2, 20_000);
+  await waitUntil('the first inventory is sent', () => job.lastOutcome()?.ok === true);
+  // a new certificate for the same key and id, as an administrator renewing it would make
+  await run('openssl', ['req', '-new', '-x509', '-key', join(dir, 'ppkeys', 'localhost.priv'), '-subj', `/UID=${RELAY_ID}`, '-days', '3650', '-out', join(dir, 'agent.cert.new')]);
+  const renewed = await readFile(join(dir, 'agent.cert.new'), 'utf8');
+  await writeFile(join(dir, 'agent.cert'), renewed);
+  await upstream.waitFor(4, 20_000);
+  const latest = pairs(upstream, 'inventories').at(-1);
+  tt.ok(latest);
+  if (!latest) return;
+  const result = await rootCheck(latest);
+  tt.same(result.problems, []);
+  tt.equal(textAt(result.document!, ['REQUEST', 'CONTENT', 'RUDDER', 'AGENT', 'AGENT_CERT']), renewed.trim(), 'the new inventory carries the new certificate');
+});
+
+t.test('first start while the upstream is down: the outcome says why, and the inventory goes once it is back', async (tt) => {
+  const { upstream, job } = await setup(tt, { upstreamDown: true });
+  await waitUntil('the first attempt failed', () => job.lastOutcome() !== undefined);
+  tt.equal(job.lastOutcome()?.ok, false);
+  tt.match(job.lastOutcome()?.message, /^Could not retrieve the UUID of the policy server: /, "the agent's words, with the reason");
+  tt.equal(job.status()['status'], 'error');
+  await upstream.setMode('ok');
+  await upstream.waitFor(2, 20_000);
+  const [pair] = pairs(upstream, 'inventories');
+  tt.ok(pair);
+  if (pair) tt.same((await rootCheck(pair)).problems, []);
+  await waitUntil('the outcome is recorded', () => job.lastOutcome()?.ok === true);
+});
