@@ -28,6 +28,7 @@ import { clientCertificateRequester, createCfenginePuller, createSyncPuller, cre
 import { createSystem } from './system/index.js';
 import { VERSION } from './version.js';
 import { DATABASE_REFUSED, checkInstallation } from './check.js';
+import { createInputsOwnPolicies, createOwnCompliance, createOwnComplianceProbes, loopbackOf, type OwnCompliance } from './agentless/index.js';
 
 export interface StartOptions {
   readonly configPath: string;
@@ -177,6 +178,23 @@ function syncStatus(puller: SyncPuller) {
   };
 }
 
+function ownComplianceStatus(job: OwnCompliance) {
+  const s = job.status();
+  return {
+    ...(s.lastProblem === undefined || s.lastProblem === 'no own policies' ? { status: 'success' as const } : { status: 'error' as const, details: s.lastProblem }),
+    waiting_for_policies: s.lastProblem === 'no own policies',
+    last_run: s.lastRun?.at,
+    config_id: s.lastRun?.configId,
+    report_mode: s.lastRun?.reportMode,
+    file: s.lastRun?.file,
+    success: s.lastRun?.success,
+    error: s.lastRun?.error,
+    na: s.lastRun?.na,
+    errors: s.lastRun?.errors,
+    next_run: s.nextRunAt,
+  };
+}
+
 /** exit code of a start failure, as relayd's (spec-relayd.md §1.3) */
 export function exitCodeOf(error: unknown): number {
   if (error instanceof ConfigError) return error.exitCode;
@@ -253,6 +271,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
     const metrics = createPrimaryMetrics({ spool, nodes, queues: { queues: () => pipelines?.queues() ?? [] }, workers: workerSnapshots });
     pipelines = createPipelines(config, {
       myId: identity.nodeId,
+      ownCertificate: identity.certificate,
       nodes,
       spool,
       metrics,
@@ -263,6 +282,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
     let remoteRun: RemoteRun | undefined;
     let cfengine: CfengineServer | undefined;
     let puller: SyncPuller | undefined;
+    let ownCompliance: OwnCompliance | undefined;
     let currentLevel: LogLevel = options.logLevel ?? config.logging.level;
     const system = createSystem({
       identity,
@@ -286,6 +306,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
       extraStatus: () => ({
         ...activePipelines.status(),
         ...(puller ? { sync: syncStatus(puller) } : {}),
+        ...(ownCompliance ? { own_compliance: ownComplianceStatus(ownCompliance) } : {}),
         ...(config.cfengine.enabled
           ? { cfengine: { status: cfengine ? 'success' : 'error', listen: `${config.cfengine.listen.host}:${cfengine?.port() ?? config.cfengine.listen.port}` } }
           : {}),
@@ -465,6 +486,34 @@ export async function runPrimary(options: StartOptions): Promise<void> {
     // yet learn the spool-full state in their 'ready' handshake above)
     stoppers.push(() => activePipelines.stop());
     await Promise.all([activePipelines.start(), ...Array.from({ length: count }, fork)]);
+    // the relay's own run log (issue 18), into its own reports spool: forwarded upstream like any node's
+    if (config.ownCompliance.enabled && config.processing.reporting.output === 'upstream') {
+      const syncing = puller;
+      const job = createOwnCompliance(
+        { nodeId: identity.nodeId, signer: { privateKey: identity.privateKey, certificate: identity.certificate }, runIntervalMs: config.ownCompliance.runIntervalMs },
+        {
+          policies: createInputsOwnPolicies(config.ownCompliance.inputsDirectory, log),
+          inventory: undefined,
+          probes: createOwnComplianceProbes(
+            {
+              httpsUrl: `https://${loopbackOf(config.https.listen.host)}:${config.https.listen.port}`,
+              apiUrl: `http://${loopbackOf(config.general.listen.host)}:${config.general.listen.port}`,
+              privateKeyFile: config.identity.privateKeyFile,
+              certificateFile: config.identity.certificateFile,
+              pinnedCertificateFile: config.general.peerAuthentication === 'cert_pinning' ? config.output.upstream.serverCertificateFile : undefined,
+            },
+            syncing ? () => syncing.status() : undefined,
+          ),
+          store: async (name, body) => {
+            await spool.receive('reports', name, body, Number.MAX_SAFE_INTEGER);
+          },
+          log,
+        },
+      );
+      ownCompliance = job;
+      await job.start();
+      stoppers.push(() => job.stop());
+    }
 
     const shutdown = async (signal: string) => {
       if (shuttingDown) return;
