@@ -67,6 +67,7 @@ const na = (why: string): ComponentProbe => ({ na: why });
  * 7.3, 8.0, 8.1, 8.2, 8.3, 9.0, 9.1, 9.2, 10.0 and master (c783870d).
  */
 const TECHNIQUES: Readonly<Record<string, { readonly reportName: string; readonly components: readonly ComponentSpec[] }>> = {
+  // reportName: the technique name written in reports when no reporting context names it (informative only)
   common: {
     reportName: 'Common',
     components: [
@@ -200,16 +201,21 @@ async function readDirectives(inputs: string): Promise<DirectiveRow[] | undefine
     .map((fields) => ({ directiveId: fields[0]!, technique: fields[4]!, isSystem: fields[6] === 'true' }));
 }
 
-/** directive id → rule id, as the generated reporting contexts say */
-async function readRuleIds(inputs: string): Promise<Map<string, string>> {
+/** directive id → rule id, and directive id → technique name written in reports, as the generated reporting contexts say */
+async function readRuleIds(inputs: string): Promise<{ rules: Map<string, string>; names: Map<string, string> }> {
   const rules = new Map<string, string>();
+  const names = new Map<string, string>();
   // common's TRACKINGKEY first: promises.cf sets the common context with the literal root ids (spec §C.4 quirk)
   for (const file of ['common/1.0/common.cf', 'rudder-system-directives.cf', 'rudder-system-directives-end.cf', 'promises.cf']) {
     const text = await readFile(join(inputs, file), 'utf8').catch(() => '');
     for (const match of text.matchAll(/"([A-Za-z0-9_.:-]+)@@([A-Za-z0-9_.:-]+)@@\d+"/g)) if (!rules.has(match[2]!)) rules.set(match[2]!, match[1]!);
-    for (const match of text.matchAll(/rudder_reporting_context_v4\(\s*"([^"]+)"\s*,\s*"([^"]+)"/g)) if (!rules.has(match[1]!)) rules.set(match[1]!, match[2]!);
+    for (const match of text.matchAll(/rudder_reporting_context_v4\(\s*"([^"]+)"\s*,\s*"([^"]+)"\s*,\s*"([^"]*)"/g)) {
+      if (!rules.has(match[1]!)) rules.set(match[1]!, match[2]!);
+      // the agent writes the context's technique name (log_rudder.cf rudder_reporting_context_v4 t_name) in each report
+      if (!names.has(match[1]!) && match[3] !== '') names.set(match[1]!, match[3]!);
+    }
   }
-  return rules;
+  return { rules, names };
 }
 
 /** the rule of a system directive by PolicyServerManagementService's fixed ids, when no generated file said */
@@ -227,7 +233,7 @@ export async function expectedReports(inputs: string, variables: Readonly<Record
   const declared = parseVersion(variables['SERVER_VERSION']);
   const version = declared ?? (await versionFromFiles(inputs));
   const rows = (await readDirectives(inputs)) ?? [];
-  const rules = await readRuleIds(inputs);
+  const { rules, names } = await readRuleIds(inputs);
   const components: ExpectedComponent[] = [];
   const skippedDirectives: string[] = [];
   for (const row of rows) {
@@ -241,7 +247,7 @@ export async function expectedReports(inputs: string, variables: Readonly<Record
       if (!applies(component, version)) continue;
       for (const key of component.keys) {
         if (!applies(key, version)) continue;
-        components.push({ technique: spec.reportName, ruleId, directiveId: row.directiveId, component: component.component, key: key.key, probe: key.probe });
+        components.push({ technique: names.get(row.directiveId) ?? spec.reportName, ruleId, directiveId: row.directiveId, component: component.component, key: key.key, probe: key.probe });
       }
     }
   }

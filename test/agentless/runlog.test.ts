@@ -61,7 +61,7 @@ t.test('rule and directive ids come from the generated reporting contexts, for a
   t.match(ids('Inventory'), { ruleId: 'inventory-all', directiveId: 'inventory-all' });
   t.match(ids('Reload Rudder services'), { ruleId: `policy-server-${RELAY}`, directiveId: `server-common-${RELAY}` });
   t.match(ids('Synchronize policies'), { ruleId: `policy-server-${RELAY}`, directiveId: `rudder-service-relayd-${RELAY}` });
-  t.match(ids('Apache service'), { ruleId: `policy-server-${RELAY}`, directiveId: `rudder-service-apache-${RELAY}` });
+  t.match(ids('Apache service'), { ruleId: `policy-server-${RELAY}`, directiveId: `rudder-service-apache-${RELAY}`, technique: 'rudder-service-apache' }, 'technique name of the reporting context, as the agent writes it');
   t.same(expected.skippedDirectives, ['d-user'], 'a user directive is not reported on (no agent to apply it)');
 });
 
