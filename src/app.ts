@@ -505,6 +505,8 @@ export async function runPrimary(options: StartOptions): Promise<void> {
             syncing ? () => syncing.status() : undefined,
           ),
           store: async (name, body) => {
+            // the same budget as uploads (max_spool_size): the next run tries again
+            if (activePipelines.isFull('reports')) throw new RelayError('RELAY_ERR_SPOOL_FULL', 'the reports spool is over max_spool_size');
             await spool.receive('reports', name, body, Number.MAX_SAFE_INTEGER);
           },
           log,

@@ -98,7 +98,7 @@ export function createOwnCompliance(options: OwnComplianceOptions, deps: OwnComp
     if (expected?.key !== key) {
       const value = await expectedReports(state.inputsDirectory, state.variables, options.nodeId);
       log.info(
-        { event: 'own_expected_reports', config_id: state.nodeConfigId, rudder_version: value.rudderVersion, version_from: value.versionSource, components: value.components.length, skipped_directives: value.skippedDirectives },
+        { event: 'own_expected_reports', config_id: state.nodeConfigId, rudder_version: value.rudderVersion, version_from: value.versionSource, components: value.components.length, skipped_directives: value.skippedDirectives.slice(0, 20), skipped: value.skippedDirectives.length },
         'expected components of the relay\'s own policies',
       );
       expected = { key, value };

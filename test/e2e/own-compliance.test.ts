@@ -133,3 +133,23 @@ t.test('a sync that stops working: success in one run log, result_error in the n
   t.match(after.reports.find((r) => r.component === 'Synchronize policies'), { event_type: 'result_error', msg: /Synchronisation from upstream failed/ });
   t.equal(after.reports.filter((r) => r.event_type === 'result_error').length, 4, 'Update and the three Synchronize components');
 });
+
+t.test('upstream down: the run log waits in the relay\'s reports spool, then reaches the upstream', async (t) => {
+  const upstream = await startUpstream(t);
+  await upstream.setMode('down');
+  const inputs = tempDir(t, 'onerelay-own-inputs-');
+  await writeOwnPolicies(inputs, { relayId: RELAY_ID, configId: 'cfg-outage', serverVersion: '9.1.3' });
+  const relay = await startRelay(t, {
+    workers: 1,
+    upstream: { port: upstream.port, certificateFile: upstream.certificateFile },
+    extraToml: `[own_compliance]\ninputs_directory = "${inputs}"\nrun_interval = "1h"\n`,
+  });
+  const queued = await relay.waitForLog((line) => line.event === 'own_runlog', 60_000);
+  const name = String(queued['file']);
+  t.ok(existsSync(join(relay.reportsIncoming, name)), 'kept in incoming/ while the upstream is down');
+  await upstream.setMode('ok');
+  await upstream.waitFor(1, 90_000);
+  t.same(ownFiles(upstream).map((f) => f.name), [name], 'forwarded once the upstream is back');
+  const runlog = await readOwnRunlog(t, name, ownFiles(upstream)[0]?.body ?? Buffer.alloc(0));
+  t.equal(runlog.config_id, 'cfg-outage');
+});
