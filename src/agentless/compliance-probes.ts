@@ -6,7 +6,7 @@ import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { readFile, stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { messageOf } from '../errors.js';
+import { RelayError, messageOf } from '../errors.js';
 import type { OwnComplianceProbes } from './compliance.js';
 import type { ComponentOutcome } from './types.js';
 
@@ -44,7 +44,7 @@ function getStatus(url: string): Promise<number> {
       response.resume();
       resolve(response.statusCode ?? 0);
     });
-    request.on('timeout', () => request.destroy(new Error(`no answer within ${PROBE_TIMEOUT_MS / 1000} s`)));
+    request.on('timeout', () => request.destroy(new RelayError('RELAY_ERR_OWN_RUNLOG', `no answer within ${PROBE_TIMEOUT_MS / 1000} s`)));
     request.on('error', reject);
     request.end();
   });

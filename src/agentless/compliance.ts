@@ -76,6 +76,7 @@ export interface OwnCompliance {
 
 const DEFAULT_INTERVAL_MS = 5 * 60_000;
 const POLL_MS = 1_000;
+const NO_POLICIES_RETRY_MS = 60_000;
 // a spool file as big as this would be a bug, not a run log
 const MAX_RUNLOG_BYTES = 16 * 1024 * 1024;
 
@@ -167,7 +168,7 @@ export function createOwnCompliance(options: OwnComplianceOptions, deps: OwnComp
     if (text !== undefined) {
       file = runlogFileName(options.nodeId, runStart);
       const body = gzipSync(signRunlogText(text, options.signer));
-      if (body.length > MAX_RUNLOG_BYTES) throw new RelayError('RELAY_ERR_INTERNAL', `own run log of ${body.length} bytes is over ${MAX_RUNLOG_BYTES}`);
+      if (body.length > MAX_RUNLOG_BYTES) throw new RelayError('RELAY_ERR_OWN_RUNLOG', `own run log of ${body.length} bytes is over ${MAX_RUNLOG_BYTES}`);
       await deps.store(file, Readable.from([body]));
     }
     const run: OwnRun = {
@@ -194,7 +195,7 @@ export function createOwnCompliance(options: OwnComplianceOptions, deps: OwnComp
     running ??= runOnce()
       .catch((error: unknown) => {
         lastProblem = messageOf(error);
-        const code = error instanceof RelayError ? error.code : 'RELAY_ERR_INTERNAL';
+        const code = error instanceof RelayError ? error.code : 'RELAY_ERR_OWN_RUNLOG';
         // retried at the next interval: a full or unwritable spool may recover
         log.error({ event: 'own_runlog_failed', code, error: lastProblem }, 'could not write the relay\'s own run log; retrying at the next run');
         return undefined;
@@ -212,11 +213,18 @@ export function createOwnCompliance(options: OwnComplianceOptions, deps: OwnComp
     timer.unref();
   }
 
-  const intervalMs = () => options.runIntervalMs ?? deps.policies.current()?.runIntervalMs ?? DEFAULT_INTERVAL_MS;
+  // without policies yet, look again within a minute rather than a whole interval
+  const intervalMs = () =>
+    deps.policies.current() === undefined ? Math.min(NO_POLICIES_RETRY_MS, options.runIntervalMs ?? NO_POLICIES_RETRY_MS) : (options.runIntervalMs ?? deps.policies.current()?.runIntervalMs ?? DEFAULT_INTERVAL_MS);
 
   function loop(): void {
-    void runNow().then(() => schedule(intervalMs(), loop));
+    if (timer) clearTimeout(timer);
+    void runNow().then(() => {
+      if (timer) clearTimeout(timer);
+      schedule(intervalMs(), loop);
+    });
   }
+  let unsubscribe: (() => void) | undefined;
 
   return {
     async start() {
@@ -229,9 +237,14 @@ export function createOwnCompliance(options: OwnComplianceOptions, deps: OwnComp
         else loop();
       };
       schedule(0, first);
+      // new policies: a run at once reports their config id, as the agent's run after an update does
+      unsubscribe = deps.policies.onChange(() => {
+        if (!stopped && lastRun !== undefined) loop();
+      });
     },
     async stop() {
       stopped = true;
+      unsubscribe?.();
       if (timer) clearTimeout(timer);
       timer = undefined;
       nextRunAt = undefined;

@@ -153,3 +153,24 @@ t.test('upstream down: the run log waits in the relay\'s reports spool, then rea
   const runlog = await readOwnRunlog(t, name, ownFiles(upstream)[0]?.body ?? Buffer.alloc(0));
   t.equal(runlog.config_id, 'cfg-outage');
 });
+
+t.test('new policies: the next run log carries their configuration id', async (t) => {
+  const upstream = await startUpstream(t);
+  const inputs = tempDir(t, 'onerelay-own-inputs-');
+  await writeOwnPolicies(inputs, { relayId: RELAY_ID, configId: 'cfg-before', serverVersion: '9.0.2', filesOf: '9.0' });
+  const relay = await startRelay(t, {
+    workers: 1,
+    upstream: { port: upstream.port, certificateFile: upstream.certificateFile },
+    extraToml: `[own_compliance]\ninputs_directory = "${inputs}"\nrun_interval = "2s"\n`,
+  });
+  await relay.waitForLog((line) => line.event === 'own_runlog' && line['config_id'] === 'cfg-before', 60_000);
+  await writeOwnPolicies(inputs, { relayId: RELAY_ID, configId: 'cfg-after', serverVersion: '9.1.0', filesOf: '9.1' });
+  const after = await relay.waitForLog((line) => line.event === 'own_runlog' && line['config_id'] === 'cfg-after', 60_000);
+  // each wait is for one more file upstream, until it is that run's
+  while (!ownFiles(upstream).some((f) => f.name === after['file'])) await upstream.waitFor(upstream.files('reports').length + 1, 60_000);
+  const file = ownFiles(upstream).find((f) => f.name === after['file']);
+  if (file === undefined) throw new Error(`${String(after['file'])} not received`);
+  const runlog = await readOwnRunlog(t, file.name, file.body);
+  t.same(runlog.reports.filter((r) => r.event_type === 'control').map((r) => r.key_value), ['cfg-after', 'cfg-after']);
+  t.same(runlog.reports.filter((r) => r.event_type !== 'control').map((r) => `${r.component}/${r.key_value}`).sort(), expectedPairs('9.1'), 'the components of the new policies (9.1: Events scheduler)');
+});
