@@ -181,8 +181,8 @@ function syncStatus(puller: SyncPuller) {
 function ownComplianceStatus(job: OwnCompliance) {
   const s = job.status();
   return {
-    ...(s.lastProblem === undefined || s.lastProblem === 'no own policies' ? { status: 'success' as const } : { status: 'error' as const, details: s.lastProblem }),
-    waiting_for_policies: s.lastProblem === 'no own policies',
+    ...(s.lastProblem === undefined ? { status: 'success' as const } : { status: 'error' as const, details: s.lastProblem }),
+    waiting_for_policies: s.waitingForPolicies,
     last_run: s.lastRun?.at,
     config_id: s.lastRun?.configId,
     report_mode: s.lastRun?.reportMode,

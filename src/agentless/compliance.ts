@@ -61,8 +61,10 @@ export interface OwnRun {
 
 export interface OwnComplianceStatus {
   readonly lastRun: OwnRun | undefined;
-  /** why the last attempt did not produce a run log (no policies yet, spool write failure) */
+  /** why the last attempt failed to produce a run log (spool write failure, …) */
   readonly lastProblem: string | undefined;
+  /** no own policies generated for this relay (yet): nothing to report */
+  readonly waitingForPolicies: boolean;
   readonly nextRunAt: string | undefined;
 }
 
@@ -91,6 +93,7 @@ export function createOwnCompliance(options: OwnComplianceOptions, deps: OwnComp
   let stopped = true;
   let lastRun: OwnRun | undefined;
   let lastProblem: string | undefined;
+  let waitingForPolicies = false;
   let nextRunAt: number | undefined;
   let expected: { key: string; value: ExpectedReports } | undefined;
 
@@ -152,10 +155,12 @@ export function createOwnCompliance(options: OwnComplianceOptions, deps: OwnComp
     await deps.policies.refresh?.();
     const state = deps.policies.current();
     if (state === undefined) {
-      if (lastProblem !== 'no own policies') log.info({ event: 'own_runlog_skipped' }, 'no own policies generated for this relay yet: no run log of its own');
-      lastProblem = 'no own policies';
+      if (!waitingForPolicies) log.info({ event: 'own_runlog_skipped' }, 'no own policies generated for this relay yet: no run log of its own');
+      waitingForPolicies = true;
+      lastProblem = undefined;
       return undefined;
     }
+    waitingForPolicies = false;
     const runStart = new Date(Math.floor(Date.now() / 1000) * 1000);
     const reports = await expectedFor(state);
     const cache = new Map<string, Promise<{ status: ResultStatus; message: string }>>();
@@ -251,6 +256,6 @@ export function createOwnCompliance(options: OwnComplianceOptions, deps: OwnComp
       await running;
     },
     runNow,
-    status: () => ({ lastRun, lastProblem, nextRunAt: nextRunAt === undefined ? undefined : new Date(nextRunAt).toISOString() }),
+    status: () => ({ lastRun, lastProblem, waitingForPolicies, nextRunAt: nextRunAt === undefined ? undefined : new Date(nextRunAt).toISOString() }),
   };
 }

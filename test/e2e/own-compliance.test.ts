@@ -174,3 +174,21 @@ t.test('new policies: the next run log carries their configuration id', async (t
   t.same(runlog.reports.filter((r) => r.event_type === 'control').map((r) => r.key_value), ['cfg-after', 'cfg-after']);
   t.same(runlog.reports.filter((r) => r.event_type !== 'control').map((r) => `${r.component}/${r.key_value}`).sort(), expectedPairs('9.1'), 'the components of the new policies (9.1: Events scheduler)');
 });
+
+t.test('no own policies yet: nothing sent, the status says so; once they arrive, run logs follow', async (t) => {
+  const upstream = await startUpstream(t);
+  const inputs = tempDir(t, 'onerelay-own-inputs-');
+  const relay = await startRelay(t, {
+    workers: 1,
+    upstream: { port: upstream.port, certificateFile: upstream.certificateFile },
+    extraToml: `[own_compliance]\ninputs_directory = "${inputs}"\nrun_interval = "2s"\n`,
+  });
+  await relay.waitForLog((line) => line.event === 'own_runlog_skipped', 60_000);
+  const status = (await (await fetch(`${relay.apiUrl}/rudder/relay-api/1/system/status`)).json()) as { data: Record<string, Record<string, unknown>> };
+  t.match(status.data['own_compliance'], { status: 'success', waiting_for_policies: true });
+  t.same(ownFiles(upstream), [], 'no run log without policies');
+  await writeOwnPolicies(inputs, { relayId: RELAY_ID, configId: 'cfg-late', serverVersion: '9.1.0' });
+  await relay.waitForLog((line) => line.event === 'own_runlog' && line['config_id'] === 'cfg-late', 60_000);
+  await upstream.waitFor(1, 60_000);
+  t.equal(ownFiles(upstream).length >= 1, true, 'sent once the policies are there');
+});
