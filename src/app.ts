@@ -34,6 +34,7 @@ import { ABORT_SETTLE_MS } from './spool/index.js';
 import { createOwnInventory, type OwnInventory } from './agentless/index.js';
 import type { OwnPolicies } from './agentless/types.js';
 import { join } from 'node:path';
+import { createInputsOwnPolicies, createOwnCompliance, createOwnComplianceProbes, loopbackOf, type OwnCompliance } from './agentless/index.js';
 
 export interface StartOptions {
   readonly configPath: string;
@@ -199,6 +200,23 @@ export function shutdownBoundMs(shutdownTimeoutMs: number): number {
   return shutdownTimeoutMs + 15_000;
 }
 
+function ownComplianceStatus(job: OwnCompliance) {
+  const s = job.status();
+  return {
+    ...(s.lastProblem === undefined ? { status: 'success' as const } : { status: 'error' as const, details: s.lastProblem }),
+    waiting_for_policies: s.waitingForPolicies,
+    last_run: s.lastRun?.at,
+    config_id: s.lastRun?.configId,
+    report_mode: s.lastRun?.reportMode,
+    file: s.lastRun?.file,
+    success: s.lastRun?.success,
+    error: s.lastRun?.error,
+    na: s.lastRun?.na,
+    errors: s.lastRun?.errors,
+    next_run: s.nextRunAt,
+  };
+}
+
 /** exit code of a start failure, as relayd's (spec-relayd.md §1.3) */
 export function exitCodeOf(error: unknown): number {
   if (error instanceof ConfigError) return error.exitCode;
@@ -279,6 +297,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
     let ownInventory: OwnInventory | undefined;
     pipelines = createPipelines(config, {
       myId: identity.nodeId,
+      ownCertificate: identity.certificate,
       nodes,
       spool,
       metrics,
@@ -292,6 +311,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
     let remoteRun: RemoteRun | undefined;
     let cfengine: CfengineServer | undefined;
     let puller: SyncPuller | undefined;
+    let ownCompliance: OwnCompliance | undefined;
     let currentLevel: LogLevel = options.logLevel ?? config.logging.level;
     const system = createSystem({
       identity,
@@ -316,6 +336,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
         ...activePipelines.status(),
         ...(puller ? { sync: syncStatus(puller) } : {}),
         ...(ownInventory ? { own_inventory: ownInventory.status() } : {}),
+        ...(ownCompliance ? { own_compliance: ownComplianceStatus(ownCompliance) } : {}),
         ...(config.cfengine.enabled
           ? { cfengine: { status: cfengine ? 'success' : 'error', listen: `${config.cfengine.listen.host}:${cfengine?.port() ?? config.cfengine.listen.port}` } }
           : {}),
@@ -533,6 +554,36 @@ export async function runPrimary(options: StartOptions): Promise<void> {
       const job = ownInventory;
       await job.start();
       stoppers.push(stopStep('own inventory', () => job.stop()));
+    }
+    // the relay's own run log (issue 18), into its own reports spool: forwarded upstream like any node's
+    if (config.ownCompliance.enabled && config.processing.reporting.output === 'upstream') {
+      const syncing = puller;
+      const job = createOwnCompliance(
+        { nodeId: identity.nodeId, signer: { privateKey: identity.privateKey, certificate: identity.certificate }, runIntervalMs: config.ownCompliance.runIntervalMs },
+        {
+          policies: createInputsOwnPolicies(config.ownCompliance.inputsDirectory, log),
+          inventory: ownInventory,
+          probes: createOwnComplianceProbes(
+            {
+              httpsUrl: `https://${loopbackOf(config.https.listen.host)}:${config.https.listen.port}`,
+              apiUrl: `http://${loopbackOf(config.general.listen.host)}:${config.general.listen.port}`,
+              privateKeyFile: config.identity.privateKeyFile,
+              certificateFile: config.identity.certificateFile,
+              pinnedCertificateFile: config.general.peerAuthentication === 'cert_pinning' ? config.output.upstream.serverCertificateFile : undefined,
+            },
+            syncing ? () => syncing.status() : undefined,
+          ),
+          store: async (name, body) => {
+            // the same budget as uploads (max_spool_size): the next run tries again
+            if (activePipelines.isFull('reports')) throw new RelayError('RELAY_ERR_SPOOL_FULL', 'the reports spool is over max_spool_size');
+            await spool.receive('reports', name, body, Number.MAX_SAFE_INTEGER);
+          },
+          log,
+        },
+      );
+      ownCompliance = job;
+      await job.start();
+      stoppers.push(stopStep('own run log', () => job.stop()));
     }
 
     const shutdown = async (signal: string) => {

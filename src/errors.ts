@@ -30,7 +30,8 @@ export type ErrorCode =
   | 'RELAY_ERR_BAD_REQUEST'
   | 'RELAY_ERR_INTERNAL'
   | 'RELAY_ERR_OWN_INVENTORY'
-  | 'RELAY_ERR_POLICY_SERVER_UUID';
+  | 'RELAY_ERR_POLICY_SERVER_UUID'
+  | 'RELAY_ERR_OWN_RUNLOG';
 
 interface CatalogueEntry {
   readonly status: number;
@@ -102,6 +103,8 @@ const catalogue: Record<ErrorCode, CatalogueEntry> = {
   RELAY_ERR_STATE_FORMAT: { status: 500, transient: false },
   RELAY_ERR_NOT_FOUND: { status: 404, transient: false },
   RELAY_ERR_BAD_REQUEST: { status: 400, transient: false },
+  // the relay's own run log (src/agentless): a probe or the run itself failed; retried at the next run
+  RELAY_ERR_OWN_RUNLOG: { status: 500, transient: true },
   RELAY_ERR_INTERNAL: { status: 500, transient: true },
   // the relay's own inventory (src/agentless): facts the root would refuse (e.g. hostname localhost), a file not written
   RELAY_ERR_OWN_INVENTORY: { status: 500, transient: true },

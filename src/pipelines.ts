@@ -1,6 +1,7 @@
 // Part of the composition root: builds the store-and-forward pipelines (spool queues → reports /
 // inventories handlers → upstream client) from the configuration, in the primary process.
 
+import type { X509Certificate } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { Config } from './config/index.js';
 import { createInventoryHandler } from './inventories/index.js';
@@ -37,6 +38,8 @@ export function createPipelines(
   config: Config,
   deps: {
     myId: string;
+    /** the relay's certificate, to verify its own run logs (src/agentless) */
+    ownCertificate?: X509Certificate;
     nodes: NodesRegistry;
     spool: Spool;
     metrics: PrimaryMetrics;
@@ -87,6 +90,7 @@ export function createPipelines(
   const inspector = createThreadedFileInspector(
     {
       myId: deps.myId,
+      ...(deps.ownCertificate ? { ownCertificate: deps.ownCertificate } : {}),
       verifyMode: reporting.verifySignature,
       skipEventTypes: reporting.skipEventTypes,
       maxDecodedBytes: reporting.maxDecodedSize,

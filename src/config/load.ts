@@ -432,6 +432,11 @@ function buildConfig(main: Reader, logging: Reader | undefined): Config {
       cfenginePathPrefix: readPathPrefix(r, 'sync.cfengine_path_prefix'),
     },
     node: { inventory: r.boolean('node.inventory', true) },
+    ownCompliance: {
+      enabled: r.boolean('own_compliance.enabled', true),
+      inputsDirectory: r.path('own_compliance.inputs_directory', '/var/rudder/cfengine-community/inputs'),
+      runIntervalMs: r.raw('own_compliance.run_interval') === undefined ? undefined : r.duration('own_compliance.run_interval', 300_000),
+    },
     logging: {
       level: logSource.oneOf(`${logPrefix}.level`, LOG_LEVELS, 'info'),
       filter: logSource.string(`${logPrefix}.filter`, ''),

@@ -157,6 +157,15 @@ export interface Config {
     /** sync.cfengine_path_prefix: prepended to the Rudder paths asked of the upstream cf-serverd ("" on a real root) */
     readonly cfenginePathPrefix: string;
   };
+  /** [own_compliance]: the relay's own run log (issue 18; docs/agentless-node.md "Run logs") */
+  readonly ownCompliance: {
+    /** own_compliance.enabled: send a run log of the relay itself when its own policies are present */
+    readonly enabled: boolean;
+    /** own_compliance.inputs_directory: the relay's own policies (rudder.json, rudder-directives.csv, …) */
+    readonly inputsDirectory: string;
+    /** own_compliance.run_interval: overrides AGENT_RUN_INTERVAL of the policies; undefined = the policies' */
+    readonly runIntervalMs: number | undefined;
+  };
 }
 
 /** Where a configuration came from: a TOML file, or a relayd-style directory. */

@@ -1,6 +1,7 @@
 // Face of the reports module: what the reporting queue needs to decide about one run log file
 // before it is forwarded unchanged (spec-relayd.md §7; issue 3 "Reports").
 
+import type { X509Certificate } from 'node:crypto';
 import type { NodesRegistry } from '../nodes/index.js';
 
 export type VerifyMode = 'direct' | 'required' | 'off';
@@ -8,6 +9,8 @@ export type VerifyMode = 'direct' | 'required' | 'off';
 export interface ReportInspectorOptions {
   /** this relay's node id */
   readonly myId: string;
+  /** this relay's certificate: its own run logs (not in its own nodes list) are verified with it */
+  readonly ownCertificate?: X509Certificate;
   /** processing.reporting.verify_signature */
   readonly verifyMode: VerifyMode;
   /** processing.reporting.skip_event_types */

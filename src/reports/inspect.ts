@@ -90,6 +90,10 @@ export function planInspection(options: ReportInspectorOptions, nodes: NodesRegi
   }
   const nodeId = info.nodeId;
   const node = nodes.get(nodeId);
+  // the relay's own run log (issue 18): its id is not in its own nodes list; its certificate is at hand
+  if (node === undefined && nodeId === options.myId && options.ownCertificate !== undefined) {
+    return { kind: 'inspect', info, certificates: options.verifyMode === 'off' ? undefined : [options.ownCertificate] };
+  }
   if (node === undefined) return { kind: 'reject', reason: 'unknown-node', nodeId, message: `report from "${nodeId}", a node id absent from the nodes list` };
 
   // which certificates, if any, the signature is checked with

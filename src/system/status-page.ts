@@ -69,6 +69,7 @@ export function renderStatusPage(input: StatusPageInput): string {
   const cfengine = s['cfengine'];
   const ownInventory = s['own_inventory'];
   const ownOutcome = ownInventory?.['last_outcome'] as { ok: boolean; message: string; at: string } | undefined;
+  const own = s['own_compliance'];
   const overall = Object.values(s).every((part) => part.status === 'success');
   const queueRows = ((queues?.['queues'] as QueueRow[] | undefined) ?? [])
     .map(
@@ -151,7 +152,8 @@ ${
 <section id="services"><h2>Services</h2><dl>
 <dt>HTTPS workers</dt><dd>${escape(https?.['ready'])} of ${escape(https?.['workers'])} ready ${badge(https)}</dd>
 <dt>CFEngine server</dt><dd>${cfengine ? `${escape(cfengine['listen'])} ${badge(cfengine)}` : 'not running'}</dd>
-<dt>remote run</dt><dd>${remote?.['enabled'] ? `enabled (${escape(remote['mode'])}), ${escape(remote['runs_here'])} runs` : 'disabled'}</dd></dl>
+<dt>remote run</dt><dd>${remote?.['enabled'] ? `enabled (${escape(remote['mode'])}), ${escape(remote['runs_here'])} runs` : 'disabled'}</dd>
+<dt>own run log</dt><dd>${own === undefined ? 'not sent' : own['last_run'] === undefined ? `none yet${own['waiting_for_policies'] ? ' (no own policies)' : ''}` : `${since(own['last_run'])}, config <code>${escape(own['config_id'])}</code>: ${escape(own['success'])} success, ${escape(own['error'])} error, ${escape(own['na'])} n/a`} ${own ? badge(own) : ''}</dd></dl>
 ${remoteErrors ? `<ul>${remoteErrors}</ul>` : ''}</section>
 <section id="errors"><h2>Recent errors</h2>${errors ? `<ul>${errors}</ul>` : '<p>none</p>'}</section>
 </main>
