@@ -35,6 +35,9 @@ interface Generation {
   readonly blocked: string | undefined;
 }
 
+/** connections beyond max_concurrency for peer() requests (sync, shared files): forwards never wait behind a long sync */
+const PEER_CONNECTIONS = 2;
+
 /** bytes of an error body kept to build the reason (the rest is read and dropped) */
 const KEPT_BODY_BYTES = 8 * 1024;
 
@@ -63,7 +66,8 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
   function poolOf(generation: Generation, undici: Undici): Pool {
     const keepAlive = Math.max(1, options.keepAliveMs);
     generation.pool ??= new undici.Pool(origin, {
-      connections: options.maxConcurrency,
+      // forwards are held to maxConcurrency by the FIFO limit; the rest is peer()'s
+      connections: options.maxConcurrency + PEER_CONNECTIONS,
       pipelining: 1,
       allowH2: false,
       keepAliveTimeout: keepAlive,
