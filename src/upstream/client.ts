@@ -38,6 +38,8 @@ interface Generation {
 
 /** how long close() waits for requests still open before it destroys their connections */
 const CLOSE_BOUND_MS = 2_000;
+/** connections beyond max_concurrency for peer() requests (sync, shared files): forwards never wait behind a long sync */
+const PEER_CONNECTIONS = 2;
 
 /** bytes of an error body kept to build the reason (the rest is read and dropped) */
 const KEPT_BODY_BYTES = 8 * 1024;
@@ -67,7 +69,8 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
   function poolOf(generation: Generation, undici: Undici): Pool {
     const keepAlive = Math.max(1, options.keepAliveMs);
     generation.pool ??= new undici.Pool(origin, {
-      connections: options.maxConcurrency,
+      // forwards are held to maxConcurrency by the FIFO limit; the rest is peer()'s
+      connections: options.maxConcurrency + PEER_CONNECTIONS,
       pipelining: 1,
       allowH2: false,
       keepAliveTimeout: keepAlive,

@@ -21,7 +21,7 @@ export interface UpstreamOptions {
   readonly password: string | undefined;
   /** new inventories */
   readonly defaultPassword: string;
-  /** parallel requests in flight, and keep-alive connections (output.upstream.max_concurrency) */
+  /** forwards in flight, and keep-alive connections (+2 for peer()) (output.upstream.max_concurrency) */
   readonly maxConcurrency: number;
   readonly connectTimeoutMs: number;
   /** no byte received for this long → transient failure */
