@@ -70,6 +70,11 @@ class Reader {
     this.known.add(path);
   }
 
+  /** whether the file sets `path` (a value set explicitly wins over the relay's own policies) */
+  has(path: string): boolean {
+    return this.lookup(path) !== undefined;
+  }
+
   raw(path: string): unknown {
     this.known.add(path);
     return this.lookup(path);
@@ -300,6 +305,9 @@ function readProxyRoutes(reader: Reader): readonly ProxyRoute[] {
   });
 }
 
+/** the TOML keys whose value the relay's own policies also give (agentless/settings.ts) */
+const OWN_POLICY_KEYS = ['https.allowed_networks', 'https.policy_server_networks', 'output.upstream.user', 'output.upstream.password'] as const;
+
 const LOG_LEVELS: readonly LogLevel[] = ['off', 'error', 'warn', 'info', 'debug', 'trace'];
 
 function buildConfig(main: Reader, logging: Reader | undefined): Config {
@@ -430,6 +438,11 @@ function buildConfig(main: Reader, logging: Reader | undefined): Config {
       cfengineConnections: r.integer('sync.cfengine_connections', 16, 1, 256),
       cfenginePathPrefix: readPathPrefix(r, 'sync.cfengine_path_prefix'),
     },
+    ownPolicies: {
+      enabled: r.boolean('own_policies.enabled', true),
+      inputsDirectory: r.path('own_policies.inputs_directory', '/var/rudder/cfengine-community/inputs'),
+      tomlKeys: OWN_POLICY_KEYS.filter((key) => r.has(key)),
+    },
     logging: {
       level: logSource.oneOf(`${logPrefix}.level`, LOG_LEVELS, 'info'),
       filter: logSource.string(`${logPrefix}.filter`, ''),
@@ -448,7 +461,9 @@ function validate(config: Config, nodeId: string | undefined): ConfigProblem[] {
   if (config.sync.upstream && config.sync.protocol === 'cfengine' && config.output.upstream.host === '') {
     problems.push({ exitCode: 3, message: 'sync.protocol = "cfengine": expected output.upstream.host (the root whose cf-serverd is pulled from)' });
   }
-  if (upstreamNeeded && config.output.upstream.password === undefined) {
+  // a relay that pulls its own policies gets DAVPASSWORD from them (spec-agentless-node.md §B.3 2)
+  const passwordFromPolicies = config.ownPolicies.enabled && config.sync.upstream;
+  if (upstreamNeeded && config.output.upstream.password === undefined && !passwordFromPolicies) {
     problems.push({ exitCode: 3, message: 'missing upstream password configuration: output.upstream.password is required when an output is "upstream"' });
   }
   if (config.processing.reporting.output === 'database' && config.output.database.password === undefined) {

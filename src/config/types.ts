@@ -131,6 +131,15 @@ export interface Config {
     readonly denyBadClocks: boolean;
   };
   readonly logging: { readonly level: LogLevel; readonly filter: string };
+  /** [own_policies]: the relay's own generated policies (rudder.json), spec-agentless-node.md §B */
+  readonly ownPolicies: {
+    /** own_policies.enabled: read and apply them (default true) */
+    readonly enabled: boolean;
+    /** own_policies.inputs_directory: where they land (Rudder: /var/rudder/cfengine-community/inputs) */
+    readonly inputsDirectory: string;
+    /** the TOML keys the policies could set that this file sets explicitly: these win over the policies */
+    readonly tomlKeys: readonly string[];
+  };
   readonly sync: {
     /** sync.serve: answer sub-relays' sync requests (manifest, blobs) */
     readonly serve: boolean;
