@@ -26,6 +26,17 @@ import { remoteRunCaller } from './forwarders.js';
 import { createCfengineServer, type CfengineServer } from './cfengine/index.js';
 import { clientCertificateRequester, createCfenginePuller, createSyncPuller, createSyncServing, type SyncPaths, type SyncPuller, type SyncServing } from './sync/index.js';
 import { createSystem } from './system/index.js';
+import {
+  createOwnPolicies,
+  hostAddresses,
+  parentAddressOf,
+  resolveOwnSettings,
+  settingsStatus,
+  type OwnPoliciesService,
+  type OwnSettings,
+  type SettingsInputs,
+} from './agentless/index.js';
+import type { FrontDoorSettings } from './http/index.js';
 import { VERSION } from './version.js';
 import { DATABASE_REFUSED, checkInstallation } from './check.js';
 
@@ -43,7 +54,8 @@ type PrimaryMessage =
   | { type: 'reload'; level: LogLevel }
   | { type: 'shutdown' }
   | { type: 'spool-full'; queue: SpoolQueue; full: boolean }
-  | { type: 'metrics-request'; id: number };
+  | { type: 'metrics-request'; id: number }
+  | { type: 'own-settings'; settings: FrontDoorSettings };
 
 const ENV_CONFIG = 'ONERELAY_CONFIG';
 const ENV_LOG_LEVEL = 'ONERELAY_LOG_LEVEL';
@@ -123,6 +135,45 @@ function sharedFilesOf(config: Config, nodes: NodesRegistry, peers: Peers, metri
       log,
     },
   );
+}
+
+/** what the relay's own policies could set, as the TOML sets it (agentless/settings.ts decides) */
+async function ownSettingsInputs(config: Config): Promise<SettingsInputs> {
+  return {
+    toml: {
+      allowedNetworks: config.https.allowedNetworks,
+      policyServerNetworks: config.https.policyServerNetworks,
+      user: config.output.upstream.user,
+      password: config.output.upstream.password,
+      defaultPassword: config.output.upstream.defaultPassword,
+      keys: config.ownPolicies.tomlKeys,
+    },
+    hostAddresses: hostAddresses(),
+    localNetworks: config.ownPolicies.localNetworks,
+    parentAddress: await parentAddressOf(config.output.upstream.host),
+  };
+}
+
+function frontDoorSettingsOf(settings: OwnSettings): FrontDoorSettings {
+  return {
+    allowedNetworks: settings.allowedNetworks.value,
+    policyServerNetworks: settings.policyServerNetworks.value,
+    user: settings.davUser.value,
+    password: settings.davPassword.value,
+  };
+}
+
+function ownPoliciesStatus(ownPolicies: OwnPoliciesService, settings: OwnSettings) {
+  const state = ownPolicies.current();
+  const s = ownPolicies.status();
+  return {
+    ...(s.lastError === undefined ? { status: 'success' as const } : { status: 'error' as const, details: `${s.lastError.code}: ${s.lastError.message}` }),
+    inputs: s.inputsDirectory,
+    loaded_at: s.loadedAt,
+    generation: state?.generation,
+    node_config_id: state?.nodeConfigId,
+    ...settingsStatus(settings, state),
+  };
 }
 
 function syncPaths(config: Config): SyncPaths {
@@ -221,6 +272,14 @@ export async function runPrimary(options: StartOptions): Promise<void> {
     const spool = spoolOf(config, log);
     await spool.prepare({ cleanTmp: true });
 
+    // the relay's own policies (issue 18): read before anything listens, so the first connection meets them
+    const ownPolicies = config.ownPolicies.enabled ? createOwnPolicies({ inputsDirectory: config.ownPolicies.inputsDirectory }, { log }) : undefined;
+    if (ownPolicies) {
+      await ownPolicies.start();
+      stoppers.push(() => ownPolicies.stop());
+    }
+    let ownSettings = resolveOwnSettings(await ownSettingsInputs(config), ownPolicies?.current());
+
     const broadcast = (message: PrimaryMessage) => {
       for (const worker of workers) if (worker.isConnected()) worker.send(message);
     };
@@ -257,12 +316,24 @@ export async function runPrimary(options: StartOptions): Promise<void> {
       spool,
       metrics,
       onFullChange: (queue, full) => broadcast({ type: 'spool-full', queue, full }),
+      credentials: () => ({ user: ownSettings.davUser.value, password: ownSettings.davPassword.value }),
       log,
     });
     const activePipelines = pipelines;
     let remoteRun: RemoteRun | undefined;
     let cfengine: CfengineServer | undefined;
     let puller: SyncPuller | undefined;
+    // a new generation upstream applies at once, here and in every front-door worker (no restart)
+    ownPolicies?.onChange(() => {
+      void (async () => {
+        ownSettings = resolveOwnSettings(await ownSettingsInputs(config), ownPolicies.current());
+        cfengine?.setAllowedNetworks(ownSettings.allowedNetworks.value);
+        broadcast({ type: 'own-settings', settings: frontDoorSettingsOf(ownSettings) });
+        const shown = settingsStatus(ownSettings, ownPolicies.current());
+        log.info({ event: 'own_policies_applied', node_config_id: ownPolicies.current()?.nodeConfigId, applied: shown['applied'] }, 'own policies applied');
+      })().catch((error: unknown) => log.error({ event: 'own_policies_apply_failed', code: 'RELAY_ERR_INTERNAL', err: messageOf(error) }, 'own policies not applied'));
+    });
+
     let currentLevel: LogLevel = options.logLevel ?? config.logging.level;
     const system = createSystem({
       identity,
@@ -286,6 +357,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
       extraStatus: () => ({
         ...activePipelines.status(),
         ...(puller ? { sync: syncStatus(puller) } : {}),
+        ...(ownPolicies ? { own_policies: ownPoliciesStatus(ownPolicies, ownSettings) } : {}),
         ...(config.cfengine.enabled
           ? { cfengine: { status: cfengine ? 'success' : 'error', listen: `${config.cfengine.listen.host}:${cfengine?.port() ?? config.cfengine.listen.port}` } }
           : {}),
@@ -318,11 +390,18 @@ export async function runPrimary(options: StartOptions): Promise<void> {
           metrics.syncOutcome(result !== 'error', Date.now() - durationMs);
         },
       };
+      // the relay's own policies come with the sync, into their own inputs folder (never served to nodes)
+      const ownSink = ownPolicies && {
+        check: (directory: string) => ownPolicies.check(directory),
+        installed: () => ownPolicies.refresh(),
+        rejected: (error: unknown) => ownPolicies.rejected(error),
+      };
+      const pullPaths: SyncPaths = ownPolicies ? { ...syncPaths(config), ownInputsDirectory: config.ownPolicies.inputsDirectory } : syncPaths(config);
       puller =
         config.sync.protocol === 'cfengine'
           ? createCfenginePuller(
               {
-                paths: syncPaths(config),
+                paths: pullPaths,
                 myId: identity.nodeId,
                 frequencyMs: config.sync.frequencyMs,
                 host: config.output.upstream.host,
@@ -333,11 +412,11 @@ export async function runPrimary(options: StartOptions): Promise<void> {
                 libraryRoots: config.cfengine.publicRoots,
                 connections: config.sync.cfengineConnections,
               },
-              { upstreamHttps: () => peers.upstream(), onNodesChanged, counters, log },
+              { upstreamHttps: () => peers.upstream(), onNodesChanged, ...(ownSink ? { ownPolicies: ownSink } : {}), counters, log },
             )
           : createSyncPuller(
-              { paths: syncPaths(config), myId: identity.nodeId, frequencyMs: config.sync.frequencyMs },
-              { upstream: () => peers.upstream(), onNodesChanged, counters, log },
+              { paths: pullPaths, myId: identity.nodeId, frequencyMs: config.sync.frequencyMs },
+              { upstream: () => peers.upstream(), onNodesChanged, ...(ownSink ? { ownPolicies: ownSink } : {}), counters, log },
             );
     }
     const api = createLocalApi(config.general.listen, {
@@ -372,7 +451,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
           nodeId: identity.nodeId,
           policiesDirectory: config.policies.directory,
           sharedFolderPath: config.sharedFolder.path,
-          allowedNetworks: config.https.allowedNetworks,
+          allowedNetworks: ownSettings.allowedNetworks.value,
           publicRoots: config.cfengine.publicRoots,
           maxConnections: config.cfengine.maxConnections,
           idleTimeoutMs: config.cfengine.idleTimeoutMs,
@@ -434,6 +513,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
           if (message.type === 'ready') {
             ready = true;
             readyWorkers += 1;
+            worker.send({ type: 'own-settings', settings: frontDoorSettingsOf(ownSettings) } satisfies PrimaryMessage);
             for (const queue of ['reports', 'inventories', 'inventory-updates'] as const) {
               if (activePipelines.isFull(queue)) worker.send({ type: 'spool-full', queue, full: true } satisfies PrimaryMessage);
             }
@@ -582,6 +662,9 @@ export async function runWorker(): Promise<void> {
       } else if (message.type === 'spool-full') {
         if (message.full) fullQueues.add(message.queue);
         else fullQueues.delete(message.queue);
+      } else if (message.type === 'own-settings') {
+        frontDoor.update(message.settings);
+        log.info({ event: 'own_settings_applied', allowed_networks: message.settings.allowedNetworks, policy_server_networks: message.settings.policyServerNetworks, dav_user: message.settings.user }, 'front door: networks and credentials applied');
       }
     });
     // systemd signals the whole control group; the primary also asks over IPC

@@ -32,6 +32,8 @@ export function createPipelines(
     spool: Spool;
     metrics: PrimaryMetrics;
     onFullChange: (queue: SpoolQueue, full: boolean) => void;
+    /** the WebDAV credentials in force (TOML, else the relay's own policies); default: the TOML's */
+    credentials?: () => { readonly user: string; readonly password: string | undefined };
     log: Logger;
   },
 ): Pipelines {
@@ -48,6 +50,7 @@ export function createPipelines(
           user: config.output.upstream.user,
           password: config.output.upstream.password,
           defaultPassword: config.output.upstream.defaultPassword,
+          ...(deps.credentials ? { credentials: deps.credentials } : {}),
           maxConcurrency: config.output.upstream.maxConcurrency,
           connectTimeoutMs: config.output.upstream.connectTimeoutMs,
           idleTimeoutMs: config.output.upstream.idleTimeoutMs,

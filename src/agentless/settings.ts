@@ -3,7 +3,9 @@
 // system techniques build from def.acl (T common/1.0/cf-serverd.st l.86-93, rudder-service-apache
 // system_rudder_apache_networks_configuration.cf), so the relay admits what a stock relay admits.
 
+import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
+import { networkInterfaces } from 'node:os';
 import type { OwnPolicyState, ReportMode } from './types.js';
 
 export type SettingSource = 'toml' | 'policies' | 'default';
@@ -42,6 +44,8 @@ export interface SettingsInputs {
   };
   /** the host's own addresses (CFEngine's sys.ip_addresses) */
   readonly hostAddresses: readonly string[];
+  /** own_policies.local_networks: replaces loopback and the host's addresses in the ACL when set */
+  readonly localNetworks?: readonly string[] | undefined;
   /** the parent's address (host2ip of the policy server), undefined when it does not resolve */
   readonly parentAddress: string | undefined;
 }
@@ -49,16 +53,19 @@ export interface SettingsInputs {
 /** a relay's run interval is fixed at 5 minutes by SystemVariableService (spec §B.2 AGENT_RUN_INTERVAL) */
 export const DEFAULT_RUN_INTERVAL_MS = 5 * 60_000;
 
-/** def.acl of a policy server: loopback, its own addresses, then, when ALLOWED_NETWORKS is not empty, the parent and those networks */
-export function rudderAcl(allowedNetworks: readonly string[], hostAddresses: readonly string[], parentAddress: string | undefined): string[] {
+/**
+ * def.acl of a policy server: loopback and its own addresses (or `localNetworks`), then, when ALLOWED_NETWORKS is
+ * not empty, the parent and those networks
+ */
+export function rudderAcl(allowedNetworks: readonly string[], hostAddresses: readonly string[], parentAddress: string | undefined, localNetworks?: readonly string[]): string[] {
   // cf-serverd.st puts host2ip(policy_server) inside &if(ALLOWED_NETWORKS)&: with an empty list, not even the parent
   const extra = allowedNetworks.length === 0 ? [] : [...(parentAddress === undefined ? [] : [parentAddress]), ...allowedNetworks];
-  return dedupe(['127.0.0.0/8', '::1', ...hostAddresses, ...extra]);
+  return dedupe([...(localNetworks ?? ['127.0.0.0/8', '::1', ...hostAddresses]), ...extra]);
 }
 
 /** Apache "Require local" plus "Require ip <parent>" when the parent's address is an IP */
-export function rudderPolicyServerAcl(parentAddress: string | undefined): string[] {
-  return dedupe(['127.0.0.0/8', '::1', ...(parentAddress !== undefined && isIP(parentAddress) !== 0 ? [parentAddress] : [])]);
+export function rudderPolicyServerAcl(parentAddress: string | undefined, localNetworks?: readonly string[]): string[] {
+  return dedupe([...(localNetworks ?? ['127.0.0.0/8', '::1']), ...(parentAddress !== undefined && isIP(parentAddress) !== 0 ? [parentAddress] : [])]);
 }
 
 function dedupe(list: readonly string[]): string[] {
@@ -77,10 +84,10 @@ export function resolveOwnSettings(inputs: SettingsInputs, state: OwnPolicyState
     allowedNetworks: pick(
       'https.allowed_networks',
       toml.allowedNetworks,
-      state === undefined ? undefined : rudderAcl(state.allowedNetworks, inputs.hostAddresses, inputs.parentAddress),
+      state === undefined ? undefined : rudderAcl(state.allowedNetworks, inputs.hostAddresses, inputs.parentAddress, inputs.localNetworks),
       toml.allowedNetworks,
     ),
-    policyServerNetworks: pick('https.policy_server_networks', toml.policyServerNetworks, state === undefined ? undefined : rudderPolicyServerAcl(inputs.parentAddress), toml.policyServerNetworks),
+    policyServerNetworks: pick('https.policy_server_networks', toml.policyServerNetworks, state === undefined ? undefined : rudderPolicyServerAcl(inputs.parentAddress, inputs.localNetworks), toml.policyServerNetworks),
     davUser: pick('output.upstream.user', toml.user, state?.davUser, toml.user),
     // before any policy, Rudder's bootstrap password (an agent's first rudder.json says rudder:rudder)
     davPassword: pick<string | undefined>('output.upstream.password', toml.password, state?.davPassword, toml.password ?? toml.defaultPassword),
@@ -123,4 +130,20 @@ export function settingsStatus(settings: OwnSettings, state: OwnPolicyState | un
     if (value !== undefined) notApplied[key] = value;
   }
   return { applied, not_applied: notApplied };
+}
+
+/** the host's own addresses, as CFEngine's sys.ip_addresses (every interface, loopback included) */
+export function hostAddresses(): string[] {
+  return Object.values(networkInterfaces()).flatMap((list) => (list ?? []).map((i) => i.address.replace(/%.*$/, '')));
+}
+
+/** host2ip of the parent: the address itself, or its resolution; undefined when it does not resolve */
+export async function parentAddressOf(host: string): Promise<string | undefined> {
+  if (host === '') return undefined;
+  if (isIP(host) !== 0) return host;
+  try {
+    return (await lookup(host)).address;
+  } catch {
+    return undefined;
+  }
 }

@@ -43,7 +43,7 @@ export function createCfengineServer(options: CfengineServerOptions, deps: Cfeng
   const log = deps.log.child({ module: 'cfengine' });
   const maxConnections = options.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
   const idleTimeoutMs = options.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
-  const networks = createNetworkAcl(options.allowedNetworks);
+  let networks = createNetworkAcl(options.allowedNetworks);
   const logRefusal = refusalLogger(log);
   const context: ConnectionContext = {
     nodes: deps.nodes,
@@ -145,6 +145,10 @@ export function createCfengineServer(options: CfengineServerOptions, deps: Cfeng
 
     port() {
       return boundPort;
+    },
+
+    setAllowedNetworks(cidrs) {
+      networks = createNetworkAcl(cidrs);
     },
   };
 }

@@ -441,6 +441,7 @@ function buildConfig(main: Reader, logging: Reader | undefined): Config {
     ownPolicies: {
       enabled: r.boolean('own_policies.enabled', true),
       inputsDirectory: r.path('own_policies.inputs_directory', '/var/rudder/cfengine-community/inputs'),
+      localNetworks: r.has('own_policies.local_networks') ? r.networks('own_policies.local_networks', []) : undefined,
       tomlKeys: OWN_POLICY_KEYS.filter((key) => r.has(key)),
     },
     logging: {

@@ -137,6 +137,11 @@ export interface Config {
     readonly enabled: boolean;
     /** own_policies.inputs_directory: where they land (Rudder: /var/rudder/cfengine-community/inputs) */
     readonly inputsDirectory: string;
+    /**
+     * own_policies.local_networks: what the ACL built from ALLOWED_NETWORKS always admits; undefined = Rudder's
+     * def.acl (127.0.0.0/8, ::1 and the host's own addresses)
+     */
+    readonly localNetworks: readonly string[] | undefined;
     /** the TOML keys the policies could set that this file sets explicitly: these win over the policies */
     readonly tomlKeys: readonly string[];
   };

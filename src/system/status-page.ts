@@ -67,6 +67,11 @@ export function renderStatusPage(input: StatusPageInput): string {
   const remote = s['remote_run'];
   const https = s['https'];
   const cfengine = s['cfengine'];
+  const own = s['own_policies'];
+  // each applied setting of the relay's own policies, with where its value comes from (toml / policies / default)
+  const ownRows = Object.entries((own?.['applied'] as Record<string, { value: unknown; source: string }> | undefined) ?? {})
+    .map(([name, setting]) => `<tr><td>${escape(name)}</td><td><code>${escape(Array.isArray(setting.value) ? setting.value.join(', ') : setting.value)}</code></td><td>${escape(setting.source)}</td></tr>`)
+    .join('');
   const overall = Object.values(s).every((part) => part.status === 'success');
   const queueRows = ((queues?.['queues'] as QueueRow[] | undefined) ?? [])
     .map(
@@ -138,6 +143,10 @@ footer{padding:0 24px 16px;color:var(--muted);font-size:12px}.muted{color:var(--
 <section id="sync"><h2>Data sync ${badge(sync)}</h2><dl>
 <dt>last success</dt><dd>${since(sync?.['last_success'])}</dd><dt>generation</dt><dd><code>${escape(sync?.['generation'])}</code></dd>
 <dt>last run</dt><dd>${sync?.['last_duration_ms'] === undefined ? '—' : `${escape(sync['last_duration_ms'])} ms, ${escape(sync['last_files'])} files, ${bytes(Number(sync['last_bytes'] ?? 0))}`}</dd></dl>${details(sync)}</section>
+${own ? `<section id="own-policies"><h2>Own policies ${badge(own)}</h2><dl>
+<dt>node configuration</dt><dd><code>${escape(own['node_config_id'])}</code></dd><dt>generation</dt><dd><code>${escape(own['generation'])}</code></dd>
+<dt>loaded</dt><dd>${since(own['loaded_at'])}</dd><dt>inputs</dt><dd><code>${escape(own['inputs'])}</code></dd></dl>
+<table><tr><th>setting</th><th>value</th><th>source</th></tr>${ownRows}</table>${details(own)}</section>` : ''}
 <section id="services"><h2>Services</h2><dl>
 <dt>HTTPS workers</dt><dd>${escape(https?.['ready'])} of ${escape(https?.['workers'])} ready ${badge(https)}</dd>
 <dt>CFEngine server</dt><dd>${cfengine ? `${escape(cfengine['listen'])} ${badge(cfengine)}` : 'not running'}</dd>

@@ -124,7 +124,8 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
     file: { readonly path: string; readonly size: number; readonly content?: Buffer },
   ): Promise<ForwardResult> {
     const queuedAt = performance.now();
-    const password = endpoint === 'inventories' ? options.defaultPassword : options.password;
+    const credentials = options.credentials?.() ?? { user: options.user, password: options.password };
+    const password = endpoint === 'inventories' ? options.defaultPassword : credentials.password;
     if (password === undefined) {
       const reason = `output.upstream.password is not set: cannot forward to /${endpoint}/`;
       return fail('permanent', 'RELAY_ERR_CONFIG_VALUE', endpoint, name, undefined, reason, queuedAt);
@@ -189,7 +190,7 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
           headers: {
             'user-agent': userAgent,
             accept: '*/*',
-            authorization: `Basic ${Buffer.from(`${options.user}:${password}`).toString('base64')}`,
+            authorization: `Basic ${Buffer.from(`${options.credentials?.().user ?? options.user}:${password}`).toString('base64')}`,
             'content-length': String(size),
           },
           body,

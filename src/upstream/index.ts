@@ -19,6 +19,8 @@ export interface UpstreamOptions {
   readonly password: string | undefined;
   /** new inventories */
   readonly defaultPassword: string;
+  /** the WebDAV credentials in force when they may change at run time (the relay's own policies); else user/password */
+  readonly credentials?: () => { readonly user: string; readonly password: string | undefined };
   /** parallel requests in flight, and keep-alive connections (output.upstream.max_concurrency) */
   readonly maxConcurrency: number;
   readonly connectTimeoutMs: number;

@@ -34,7 +34,10 @@ export interface RelayOptions {
   readonly workers?: number;
   readonly peerAuthentication?: 'cert_pinning' | 'cert_validation';
   readonly maxUploadSize?: number;
-  readonly allowedNetworks?: readonly string[];
+  /** https.allowed_networks; null leaves the key out (the relay's own policies then set them) */
+  readonly allowedNetworks?: readonly string[] | null;
+  /** extra lines in [own_policies] (its inputs_directory is <dir>/inputs) */
+  readonly ownPoliciesToml?: string;
   /** do not wait for readiness (for start-failure tests) */
   readonly expectFailure?: boolean;
   /** reuse a directory (restart tests) */
@@ -107,7 +110,7 @@ function killGroup(child: ChildProcess, signal: NodeJS.Signals): void {
 }
 
 export function relayConfigToml(dir: string, ports: { https: number; api: number; cfengine?: number }, options: RelayOptions): string {
-  const networks = (options.allowedNetworks ?? ['127.0.0.0/8', '::1/128']).map((n) => JSON.stringify(n)).join(', ');
+  const networks = options.allowedNetworks === null ? undefined : (options.allowedNetworks ?? ['127.0.0.0/8', '::1/128']).map((n) => JSON.stringify(n)).join(', ');
   const output = options.upstream ? 'upstream' : 'disabled';
   const budget = options.maxSpoolSize === undefined ? '' : `max_spool_size = ${options.maxSpoolSize}\n`;
   return `
@@ -146,8 +149,7 @@ ${options.upstreamToml ?? ''}
 
 [https]
 listen = "127.0.0.1:${ports.https}"
-allowed_networks = [${networks}]
-workers = ${options.workers ?? 2}
+${networks === undefined ? '' : `allowed_networks = [${networks}]\n`}workers = ${options.workers ?? 2}
 max_upload_size = ${options.maxUploadSize ?? 1048576}
 shutdown_timeout = "5s"
 
@@ -163,6 +165,10 @@ path = "${dir}/shared-files/"
 
 [cfengine]
 ${ports.cfengine === undefined ? 'enabled = false' : `listen = "127.0.0.1:${ports.cfengine}"`}
+
+[own_policies]
+inputs_directory = "${dir}/inputs"
+${options.ownPoliciesToml ?? ''}
 
 [shared_folder]
 path = "${dir}/shared-folder/"
