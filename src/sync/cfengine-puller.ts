@@ -132,6 +132,8 @@ export function createCfenginePuller(options: CfenginePullerOptions, deps: Cfeng
   let saved: SavedState = { format: STATE_FORMAT, signatures: {} };
   let ready: Promise<void> | undefined;
   let generation: string | undefined;
+  /** the signature of the own policies last refused by the check */
+  let refusedOwnSignature: string | undefined;
   const loop = createPullLoop({
     frequencyMs: options.frequencyMs,
     log,
@@ -613,13 +615,15 @@ export function createCfenginePuller(options: CfenginePullerOptions, deps: Cfeng
       return false;
     }
     signatures[unit] = signature;
-    if (saved.signatures[unit] === signature && (await exists(destination))) return false;
+    if (saved.signatures[unit] === signature && (refusedOwnSignature === signature || (await exists(destination)))) return false;
     try {
       const changed = await syncTree(pool, remoteInputs, destination, signal, progress, (build) => sink.check(build));
       if (changed) log.info({ event: 'own_policies_pulled', path: remoteInputs, inputs: destination }, 'sync: own policies pulled');
       return changed;
     } catch (error) {
       if (!isRelayError(error) || error.code !== 'RELAY_ERR_OWN_POLICIES') throw error;
+      // not fetched again until the root generates anew
+      refusedOwnSignature = signature;
       sink.rejected(error);
       return false;
     }
