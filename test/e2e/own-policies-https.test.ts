@@ -30,11 +30,11 @@ async function ownStatus(relay: RunningRelay): Promise<{ status: string; node_co
   return body.data.own_policies;
 }
 
-function curlPut(source: string, relay: RunningRelay, path: string, file: string): Promise<string> {
+function curlPut(source: string, relay: RunningRelay, path: string, file: string, credentials = 'rudder:rudder'): Promise<string> {
   return new Promise((resolve, reject) => {
     execFile(
       'curl',
-      ['-sk', '--interface', source, '-u', 'rudder:rudder', '-T', file, '-o', '/dev/null', '-w', '%{http_code}', `https://127.0.0.1:${relay.httpsPort}${path}`],
+      ['-sk', '--interface', source, '-u', credentials, '-T', file, '-o', '/dev/null', '-w', '%{http_code}', `https://127.0.0.1:${relay.httpsPort}${path}`],
       (error, stdout) => (error ? reject(error) : resolve(stdout.trim())),
     );
   });
@@ -59,6 +59,8 @@ t.test('a sub-relay pulls its own policies from an onerelay upstream and applies
     relayId: RELAY,
     upstream: { port: upstream.httpsPort, certificateFile: join(FIXTURE_KEYS, `${RELAY_ID}.cert`) },
     allowedNetworks: null,
+    // no password in the TOML: DAVPASSWORD from the policies is the one checked and sent
+    upstreamPassword: null,
     ownPoliciesToml: 'local_networks = ["127.0.0.1/32"]',
     extraToml: `[sync]\nupstream = true\nfrequency = "1h"\nstate_directory = "${state}"\n`,
   });
@@ -78,6 +80,9 @@ t.test('a sub-relay pulls its own policies from an onerelay upstream and applies
     t.equal(own.applied['allowed_networks']?.source, 'policies');
     t.equal(await curlPut(NODE_A, relay, '/inventories/a.ocs', inventory), '201');
     t.equal(await curlPut(NODE_B, relay, '/inventories/b.ocs', inventory), '403');
+    t.same(own.applied['dav_password'], { value: '(set)', source: 'policies' });
+    t.equal(await curlPut(NODE_A, relay, '/inventory-updates/a.ocs', inventory, 'rudder:rudder-dav-secret'), '201', 'DAVPASSWORD admits an inventory update');
+    t.equal(await curlPut(NODE_A, relay, '/inventory-updates/a2.ocs', inventory, 'rudder:rudder'), '401', 'the bootstrap password no longer does');
   });
 
   await t.test('a new generation at the upstream applies at the next sync', async (t) => {

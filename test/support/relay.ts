@@ -36,6 +36,8 @@ export interface RelayOptions {
   readonly maxUploadSize?: number;
   /** https.allowed_networks; null leaves the key out (the relay's own policies then set them) */
   readonly allowedNetworks?: readonly string[] | null;
+  /** output.upstream.password; null leaves it out (the relay's own policies' DAVPASSWORD then applies) */
+  readonly upstreamPassword?: string | null;
   /** extra lines in [own_policies] (its inputs_directory is <dir>/inputs) */
   readonly ownPoliciesToml?: string;
   /** do not wait for readiness (for start-failure tests) */
@@ -141,8 +143,7 @@ frequency = "1s"
 [output.upstream]
 host = "127.0.0.1"
 user = "rudder"
-password = "${DAV_PASSWORD}"
-server_certificate_file = "${options.upstream?.certificateFile ?? `${dir}/policy_server.pem`}"
+${options.upstreamPassword === null ? '' : `password = "${options.upstreamPassword ?? DAV_PASSWORD}"\n`}server_certificate_file = "${options.upstream?.certificateFile ?? `${dir}/policy_server.pem`}"
 connect_timeout = "2s"
 idle_timeout = "5s"
 ${options.upstreamToml ?? ''}
