@@ -467,6 +467,18 @@ function validate(config: Config, nodeId: string | undefined): ConfigProblem[] {
   if (upstreamNeeded && config.output.upstream.password === undefined && !passwordFromPolicies) {
     problems.push({ exitCode: 3, message: 'missing upstream password configuration: output.upstream.password is required when an output is "upstream"' });
   }
+  // the relay's own policies hold DAVPASSWORD and its ACL: never inside a tree served to nodes (spec-agentless-node.md §B.1)
+  const own = config.ownPolicies.inputsDirectory;
+  const served = [config.policies.directory, config.sharedFolder.path, config.sharedFiles.path, ...config.cfengine.publicRoots];
+  const within = (inner: string, outer: string): boolean => {
+    const o = outer.replace(/\/+$/, '');
+    const i = inner.replace(/\/+$/, '');
+    return i === o || i.startsWith(`${o}/`) || o.startsWith(`${i}/`);
+  };
+  const overlap = served.find((tree) => within(own, tree));
+  if (config.ownPolicies.enabled && overlap !== undefined) {
+    problems.push({ exitCode: 3, message: `own_policies.inputs_directory = ${own} overlaps ${overlap}, which is served to nodes: expected a folder of its own (Rudder: /var/rudder/cfengine-community/inputs)` });
+  }
   if (config.processing.reporting.output === 'database' && config.output.database.password === undefined) {
     problems.push({ exitCode: 3, message: 'missing database password configuration: output.database.password' });
   }
