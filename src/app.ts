@@ -349,8 +349,9 @@ export async function runPrimary(options: StartOptions): Promise<void> {
         }
         currentLevel = level;
         broadcast({ type: 'reload', level });
-        // a reload also pulls from upstream at once (issue 7)
+        // a reload also pulls from upstream at once (issue 7), and re-reads the relay's own policies
         if (puller) void puller.trigger().catch(() => undefined);
+        await ownPolicies?.refresh();
         peers.reload();
         await activePipelines.reload();
       },
