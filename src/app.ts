@@ -29,10 +29,10 @@ import { createSystem } from './system/index.js';
 import {
   createOwnPolicies,
   hostAddresses,
+  ownPoliciesStatus,
   parentAddressOf,
   resolveOwnSettings,
   settingsStatus,
-  type OwnPoliciesService,
   type OwnSettings,
   type SettingsInputs,
 } from './agentless/index.js';
@@ -160,19 +160,6 @@ function frontDoorSettingsOf(settings: OwnSettings): FrontDoorSettings {
     policyServerNetworks: settings.policyServerNetworks.value,
     user: settings.davUser.value,
     password: settings.davPassword.value,
-  };
-}
-
-function ownPoliciesStatus(ownPolicies: OwnPoliciesService, settings: OwnSettings) {
-  const state = ownPolicies.current();
-  const s = ownPolicies.status();
-  return {
-    ...(s.lastError === undefined ? { status: 'success' as const } : { status: 'error' as const, details: `${s.lastError.code}: ${s.lastError.message}` }),
-    inputs: s.inputsDirectory,
-    loaded_at: s.loadedAt,
-    generation: state?.generation,
-    node_config_id: state?.nodeConfigId,
-    ...settingsStatus(settings, state),
   };
 }
 

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { isCidr } from '../config/index.js';
 import { RelayError, isRelayError, messageOf } from '../errors.js';
+import { settingsStatus, type OwnSettings } from './settings.js';
 import type { OwnPolicies, OwnPolicyState, ReportMode } from './types.js';
 
 /** PolicyWriterService SYSTEM_VARIABLE_JSON; the generation flag of T common/1.0/update.st */
@@ -233,5 +234,19 @@ export function createOwnPolicies(options: OwnPoliciesOptions, deps: { readonly 
     },
     rejected: (error) => record(error),
     status: () => ({ inputsDirectory, loadedAt, lastError }),
+  };
+}
+
+/** the status's `own_policies` part: the policies in force, the last refusal, each applied setting and its source */
+export function ownPoliciesStatus(service: OwnPoliciesService, settings: OwnSettings) {
+  const state = service.current();
+  const s = service.status();
+  return {
+    ...(s.lastError === undefined ? { status: 'success' as const } : { status: 'error' as const, details: `${s.lastError.code}: ${s.lastError.message}` }),
+    inputs: s.inputsDirectory,
+    loaded_at: s.loadedAt,
+    generation: state?.generation,
+    node_config_id: state?.nodeConfigId,
+    ...settingsStatus(settings, state),
   };
 }
