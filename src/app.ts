@@ -27,6 +27,17 @@ import { remoteRunCaller } from './forwarders.js';
 import { createCfengineServer, type CfengineServer } from './cfengine/index.js';
 import { clientCertificateRequester, createCfenginePuller, createSyncPuller, createSyncServing, type SyncPaths, type SyncPuller, type SyncServing } from './sync/index.js';
 import { createSystem } from './system/index.js';
+import {
+  createOwnPolicies,
+  hostAddresses,
+  ownPoliciesStatus,
+  parentAddressOf,
+  resolveOwnSettings,
+  settingsStatus,
+  type OwnSettings,
+  type SettingsInputs,
+} from './agentless/index.js';
+import type { FrontDoorSettings } from './http/index.js';
 import { VERSION } from './version.js';
 import { DATABASE_REFUSED, checkInstallation } from './check.js';
 import { runStopSteps, stopStep, type Stopper } from './shutdown.js';
@@ -34,7 +45,7 @@ import { ABORT_SETTLE_MS } from './spool/index.js';
 import { createOwnInventory, type OwnInventory } from './agentless/index.js';
 import type { OwnPolicies } from './agentless/types.js';
 import { join } from 'node:path';
-import { createInputsOwnPolicies, createOwnCompliance, createOwnComplianceProbes, loopbackOf, type OwnCompliance } from './agentless/index.js';
+import { createOwnCompliance, createOwnComplianceProbes, loopbackOf, type OwnCompliance } from './agentless/index.js';
 
 export interface StartOptions {
   readonly configPath: string;
@@ -53,12 +64,13 @@ type PrimaryMessage =
   | { type: 'shutdown' }
   | { type: 'spool-full'; queue: SpoolQueue; full: boolean }
   | { type: 'metrics-request'; id: number }
-  | { type: 'admitted'; id: number; queue: SpoolQueue; reservation: number | null };
+  | { type: 'admitted'; id: number; queue: SpoolQueue; reservation: number | null }
+  | { type: 'own-settings'; settings: FrontDoorSettings };
 
 const ENV_CONFIG = 'ONERELAY_CONFIG';
 /** how long a worker waits for the primary's admission of an upload */
 const ADMIT_TIMEOUT_MS = 2_000;
-/** the relay's own policies before anything reads them: none yet (spec-agentless-node.md §A.7, first inventory) */
+/** own_policies.enabled = false: the relay never has policies of its own (first-inventory path, no run log) */
 const NO_OWN_POLICIES: OwnPolicies = { current: () => undefined, onChange: () => () => undefined };
 const ENV_LOG_LEVEL = 'ONERELAY_LOG_LEVEL';
 
@@ -137,6 +149,32 @@ function sharedFilesOf(config: Config, nodes: NodesRegistry, peers: Peers, metri
       log,
     },
   );
+}
+
+/** what the relay's own policies could set, as the TOML sets it (agentless/settings.ts decides) */
+async function ownSettingsInputs(config: Config): Promise<SettingsInputs> {
+  return {
+    toml: {
+      allowedNetworks: config.https.allowedNetworks,
+      policyServerNetworks: config.https.policyServerNetworks,
+      user: config.output.upstream.user,
+      password: config.output.upstream.password,
+      defaultPassword: config.output.upstream.defaultPassword,
+      keys: config.ownPolicies.tomlKeys,
+    },
+    hostAddresses: hostAddresses(),
+    localNetworks: config.ownPolicies.localNetworks,
+    parentAddress: await parentAddressOf(config.output.upstream.host),
+  };
+}
+
+function frontDoorSettingsOf(settings: OwnSettings): FrontDoorSettings {
+  return {
+    allowedNetworks: settings.allowedNetworks.value,
+    policyServerNetworks: settings.policyServerNetworks.value,
+    user: settings.davUser.value,
+    password: settings.davPassword.value,
+  };
 }
 
 function syncPaths(config: Config): SyncPaths {
@@ -263,6 +301,14 @@ export async function runPrimary(options: StartOptions): Promise<void> {
     const spool = spoolOf(config, log);
     await spool.prepare({ cleanTmp: true });
 
+    // the relay's own policies (issue 18): read before anything listens, so the first connection meets them
+    const ownPolicies = config.ownPolicies.enabled ? createOwnPolicies({ inputsDirectory: config.ownPolicies.inputsDirectory }, { log }) : undefined;
+    if (ownPolicies) {
+      await ownPolicies.start();
+      stoppers.push(stopStep('own policies', () => ownPolicies.stop()));
+    }
+    let ownSettings = resolveOwnSettings(await ownSettingsInputs(config), ownPolicies?.current());
+
     const broadcast = (message: PrimaryMessage) => {
       for (const worker of workers) if (worker.isConnected()) worker.send(message);
     };
@@ -305,6 +351,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
       clientCertificate: { key: identity.privateKeyPem, cert: identity.certificatePem },
       inventoryCredentials: (queue, name) => ownInventory?.credentialsFor(queue, name),
       onInventoryOutcome: (queue, name, outcome) => ownInventory?.noteQueueOutcome(queue, name, outcome),
+      credentials: () => ({ user: ownSettings.davUser.value, password: ownSettings.davPassword.value }),
       log,
     });
     const activePipelines = pipelines;
@@ -312,6 +359,17 @@ export async function runPrimary(options: StartOptions): Promise<void> {
     let cfengine: CfengineServer | undefined;
     let puller: SyncPuller | undefined;
     let ownCompliance: OwnCompliance | undefined;
+    // a new generation upstream applies at once, here and in every front-door worker (no restart)
+    ownPolicies?.onChange(() => {
+      void (async () => {
+        ownSettings = resolveOwnSettings(await ownSettingsInputs(config), ownPolicies.current());
+        cfengine?.setAllowedNetworks(ownSettings.allowedNetworks.value);
+        broadcast({ type: 'own-settings', settings: frontDoorSettingsOf(ownSettings) });
+        const shown = settingsStatus(ownSettings, ownPolicies.current());
+        log.info({ event: 'own_policies_applied', node_config_id: ownPolicies.current()?.nodeConfigId, applied: shown['applied'] }, 'own policies applied');
+      })().catch((error: unknown) => log.error({ event: 'own_policies_apply_failed', code: 'RELAY_ERR_INTERNAL', err: messageOf(error) }, 'own policies not applied'));
+    });
+
     let currentLevel: LogLevel = options.logLevel ?? config.logging.level;
     const system = createSystem({
       identity,
@@ -327,8 +385,9 @@ export async function runPrimary(options: StartOptions): Promise<void> {
         }
         currentLevel = level;
         broadcast({ type: 'reload', level });
-        // a reload also pulls from upstream at once (issue 7)
+        // a reload also pulls from upstream at once (issue 7), and re-reads the relay's own policies
         if (puller) void puller.trigger().catch(() => undefined);
+        await ownPolicies?.refresh();
         peers.reload();
         await activePipelines.reload();
       },
@@ -337,6 +396,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
         ...(puller ? { sync: syncStatus(puller) } : {}),
         ...(ownInventory ? { own_inventory: ownInventory.status() } : {}),
         ...(ownCompliance ? { own_compliance: ownComplianceStatus(ownCompliance) } : {}),
+        ...(ownPolicies ? { own_policies: ownPoliciesStatus(ownPolicies, ownSettings) } : {}),
         ...(config.cfengine.enabled
           ? { cfengine: { status: cfengine ? 'success' : 'error', listen: `${config.cfengine.listen.host}:${cfengine?.port() ?? config.cfengine.listen.port}` } }
           : {}),
@@ -364,8 +424,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
           stateFile: join(config.processing.inventory.directory, '.onerelay-own-inventory.json'),
           maxBytes: config.https.maxUploadSize,
         },
-        // until the relay's own policies are wired in (own-policies.ts), none: the first inventory path
-        { spool, ownPolicies: NO_OWN_POLICIES, upstream: () => peers.upstream(), log },
+        { spool, ownPolicies: ownPolicies ?? NO_OWN_POLICIES, upstream: () => peers.upstream(), log },
       );
     }
     remoteRun = remoteRunOf(config, identity, nodes, peers, metrics, log);
@@ -383,11 +442,18 @@ export async function runPrimary(options: StartOptions): Promise<void> {
           metrics.syncOutcome(result !== 'error', Date.now() - durationMs);
         },
       };
+      // the relay's own policies come with the sync, into their own inputs folder (never served to nodes)
+      const ownSink = ownPolicies && {
+        check: (directory: string) => ownPolicies.check(directory),
+        installed: () => ownPolicies.refresh(),
+        rejected: (error: unknown) => ownPolicies.rejected(error),
+      };
+      const pullPaths: SyncPaths = ownPolicies ? { ...syncPaths(config), ownInputsDirectory: config.ownPolicies.inputsDirectory } : syncPaths(config);
       puller =
         config.sync.protocol === 'cfengine'
           ? createCfenginePuller(
               {
-                paths: syncPaths(config),
+                paths: pullPaths,
                 myId: identity.nodeId,
                 frequencyMs: config.sync.frequencyMs,
                 host: config.output.upstream.host,
@@ -398,11 +464,11 @@ export async function runPrimary(options: StartOptions): Promise<void> {
                 libraryRoots: config.cfengine.publicRoots,
                 connections: config.sync.cfengineConnections,
               },
-              { upstreamHttps: () => peers.upstream(), onNodesChanged, counters, log },
+              { upstreamHttps: () => peers.upstream(), onNodesChanged, ...(ownSink ? { ownPolicies: ownSink } : {}), counters, log },
             )
           : createSyncPuller(
-              { paths: syncPaths(config), myId: identity.nodeId, frequencyMs: config.sync.frequencyMs },
-              { upstream: () => peers.upstream(), onNodesChanged, counters, log },
+              { paths: pullPaths, myId: identity.nodeId, frequencyMs: config.sync.frequencyMs },
+              { upstream: () => peers.upstream(), onNodesChanged, ...(ownSink ? { ownPolicies: ownSink } : {}), counters, log },
             );
     }
     const api = createLocalApi(config.general.listen, {
@@ -438,7 +504,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
           policiesDirectory: config.policies.directory,
           sharedFolderPath: config.sharedFolder.path,
           sharedFilesPath: config.sharedFiles.path,
-          allowedNetworks: config.https.allowedNetworks,
+          allowedNetworks: ownSettings.allowedNetworks.value,
           publicRoots: config.cfengine.publicRoots,
           maxConnections: config.cfengine.maxConnections,
           maxConnectionsPerAddress: config.cfengine.maxConnectionsPerAddress,
@@ -510,6 +576,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
           } else if (message.type === 'ready') {
             ready = true;
             readyWorkers += 1;
+            worker.send({ type: 'own-settings', settings: frontDoorSettingsOf(ownSettings) } satisfies PrimaryMessage);
             for (const queue of ['reports', 'inventories', 'inventory-updates'] as const) {
               if (activePipelines.isFull(queue)) worker.send({ type: 'spool-full', queue, full: true } satisfies PrimaryMessage);
             }
@@ -561,7 +628,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
       const job = createOwnCompliance(
         { nodeId: identity.nodeId, signer: { privateKey: identity.privateKey, certificate: identity.certificate }, runIntervalMs: config.ownCompliance.runIntervalMs },
         {
-          policies: createInputsOwnPolicies(config.ownCompliance.inputsDirectory, log),
+          policies: ownPolicies ?? NO_OWN_POLICIES,
           inventory: ownInventory,
           probes: createOwnComplianceProbes(
             {
@@ -745,6 +812,9 @@ export async function runWorker(): Promise<void> {
       } else if (message.type === 'spool-full') {
         if (message.full) fullQueues.add(message.queue);
         else fullQueues.delete(message.queue);
+      } else if (message.type === 'own-settings') {
+        frontDoor.update(message.settings);
+        log.info({ event: 'own_settings_applied', allowed_networks: message.settings.allowedNetworks, policy_server_networks: message.settings.policyServerNetworks, dav_user: message.settings.user }, 'front door: networks and credentials applied');
       }
     });
     // systemd signals the whole control group; the primary also asks over IPC

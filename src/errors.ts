@@ -31,7 +31,8 @@ export type ErrorCode =
   | 'RELAY_ERR_INTERNAL'
   | 'RELAY_ERR_OWN_INVENTORY'
   | 'RELAY_ERR_POLICY_SERVER_UUID'
-  | 'RELAY_ERR_OWN_RUNLOG';
+  | 'RELAY_ERR_OWN_RUNLOG'
+  | 'RELAY_ERR_OWN_POLICIES';
 
 interface CatalogueEntry {
   readonly status: number;
@@ -105,6 +106,8 @@ const catalogue: Record<ErrorCode, CatalogueEntry> = {
   RELAY_ERR_BAD_REQUEST: { status: 400, transient: false },
   // the relay's own run log (src/agentless): a probe or the run itself failed; retried at the next run
   RELAY_ERR_OWN_RUNLOG: { status: 500, transient: true },
+  // the relay's own rudder.json is missing a key or malformed: the last good policies stay, the next generation may fix it
+  RELAY_ERR_OWN_POLICIES: { status: 500, transient: true },
   RELAY_ERR_INTERNAL: { status: 500, transient: true },
   // the relay's own inventory (src/agentless): facts the root would refuse (e.g. hostname localhost), a file not written
   RELAY_ERR_OWN_INVENTORY: { status: 500, transient: true },

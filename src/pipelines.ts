@@ -49,6 +49,8 @@ export function createPipelines(
     /** the relay's own inventory (src/agentless): its credentials for inventory updates, and what became of its files */
     inventoryCredentials?: (queue: SpoolQueue, name: string) => UpstreamCredentials | undefined;
     onInventoryOutcome?: (queue: SpoolQueue, name: string, outcome: QueueOutcome) => void;
+    /** the WebDAV credentials in force (TOML, else the relay's own policies); default: the TOML's */
+    credentials?: () => { readonly user: string; readonly password: string | undefined };
     log: Logger;
   },
 ): Pipelines {
@@ -65,6 +67,7 @@ export function createPipelines(
           user: config.output.upstream.user,
           password: config.output.upstream.password,
           defaultPassword: config.output.upstream.defaultPassword,
+          ...(deps.credentials ? { credentials: deps.credentials } : {}),
           maxConcurrency: config.output.upstream.maxConcurrency,
           connectTimeoutMs: config.output.upstream.connectTimeoutMs,
           idleTimeoutMs: config.output.upstream.idleTimeoutMs,

@@ -55,6 +55,8 @@ export interface CfengineServer {
   stop(): Promise<void>;
   /** the bound port (useful with port 0 in tests) */
   port(): number;
+  /** replaces the allowed networks for new connections (the relay's own policies changed them) */
+  setAllowedNetworks(cidrs: readonly string[]): void;
 }
 
 export interface CfengineServerDeps {

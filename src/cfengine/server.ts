@@ -46,7 +46,7 @@ export function createCfengineServer(options: CfengineServerOptions, deps: Cfeng
   const maxConnections = options.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
   const maxPerAddress = options.maxConnectionsPerAddress ?? DEFAULT_MAX_CONNECTIONS_PER_ADDRESS;
   const idleTimeoutMs = options.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
-  const networks = createNetworkAcl(options.allowedNetworks);
+  let networks = createNetworkAcl(options.allowedNetworks);
   const logRefusal = refusalLogger(log);
   const context: ConnectionContext = {
     nodes: deps.nodes,
@@ -164,6 +164,10 @@ export function createCfengineServer(options: CfengineServerOptions, deps: Cfeng
 
     port() {
       return boundPort;
+    },
+
+    setAllowedNetworks(cidrs) {
+      networks = createNetworkAcl(cidrs);
     },
   };
 }

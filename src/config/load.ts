@@ -70,6 +70,11 @@ class Reader {
     this.known.add(path);
   }
 
+  /** whether the file sets `path` (a value set explicitly wins over the relay's own policies) */
+  has(path: string): boolean {
+    return this.lookup(path) !== undefined;
+  }
+
   raw(path: string): unknown {
     this.known.add(path);
     return this.lookup(path);
@@ -300,6 +305,9 @@ function readProxyRoutes(reader: Reader): readonly ProxyRoute[] {
   });
 }
 
+/** the TOML keys whose value the relay's own policies also give (agentless/settings.ts) */
+const OWN_POLICY_KEYS = ['https.allowed_networks', 'https.policy_server_networks', 'output.upstream.user', 'output.upstream.password'] as const;
+
 const LOG_LEVELS: readonly LogLevel[] = ['off', 'error', 'warn', 'info', 'debug', 'trace'];
 
 function buildConfig(main: Reader, logging: Reader | undefined): Config {
@@ -434,8 +442,13 @@ function buildConfig(main: Reader, logging: Reader | undefined): Config {
     node: { inventory: r.boolean('node.inventory', true) },
     ownCompliance: {
       enabled: r.boolean('own_compliance.enabled', true),
-      inputsDirectory: r.path('own_compliance.inputs_directory', '/var/rudder/cfengine-community/inputs'),
       runIntervalMs: r.raw('own_compliance.run_interval') === undefined ? undefined : r.duration('own_compliance.run_interval', 300_000),
+    },
+    ownPolicies: {
+      enabled: r.boolean('own_policies.enabled', true),
+      inputsDirectory: r.path('own_policies.inputs_directory', '/var/rudder/cfengine-community/inputs'),
+      localNetworks: r.has('own_policies.local_networks') ? r.networks('own_policies.local_networks', []) : undefined,
+      tomlKeys: OWN_POLICY_KEYS.filter((key) => r.has(key)),
     },
     logging: {
       level: logSource.oneOf(`${logPrefix}.level`, LOG_LEVELS, 'info'),
@@ -455,8 +468,22 @@ function validate(config: Config, nodeId: string | undefined): ConfigProblem[] {
   if (config.sync.upstream && config.sync.protocol === 'cfengine' && config.output.upstream.host === '') {
     problems.push({ exitCode: 3, message: 'sync.protocol = "cfengine": expected output.upstream.host (the root whose cf-serverd is pulled from)' });
   }
-  if (upstreamNeeded && config.output.upstream.password === undefined) {
+  // a relay that pulls its own policies gets DAVPASSWORD from them (spec-agentless-node.md §B.3 2)
+  const passwordFromPolicies = config.ownPolicies.enabled && config.sync.upstream;
+  if (upstreamNeeded && config.output.upstream.password === undefined && !passwordFromPolicies) {
     problems.push({ exitCode: 3, message: 'missing upstream password configuration: output.upstream.password is required when an output is "upstream"' });
+  }
+  // the relay's own policies hold DAVPASSWORD and its ACL: never inside a tree served to nodes (spec-agentless-node.md §B.1)
+  const own = config.ownPolicies.inputsDirectory;
+  const served = [config.policies.directory, config.sharedFolder.path, config.sharedFiles.path, ...config.cfengine.publicRoots];
+  const within = (inner: string, outer: string): boolean => {
+    const o = outer.replace(/\/+$/, '');
+    const i = inner.replace(/\/+$/, '');
+    return i === o || i.startsWith(`${o}/`) || o.startsWith(`${i}/`);
+  };
+  const overlap = served.find((tree) => within(own, tree));
+  if (config.ownPolicies.enabled && overlap !== undefined) {
+    problems.push({ exitCode: 3, message: `own_policies.inputs_directory = ${own} overlaps ${overlap}, which is served to nodes: expected a folder of its own (Rudder: /var/rudder/cfengine-community/inputs)` });
   }
   if (config.processing.reporting.output === 'database' && config.output.database.password === undefined) {
     problems.push({ exitCode: 3, message: 'missing database password configuration: output.database.password' });

@@ -138,6 +138,20 @@ export interface Config {
     /** node.inventory: send the relay's own inventory upstream (registration, then daily) */
     readonly inventory: boolean;
   };
+  /** [own_policies]: the relay's own generated policies (rudder.json), spec-agentless-node.md §B */
+  readonly ownPolicies: {
+    /** own_policies.enabled: read and apply them (default true) */
+    readonly enabled: boolean;
+    /** own_policies.inputs_directory: where they land (Rudder: /var/rudder/cfengine-community/inputs) */
+    readonly inputsDirectory: string;
+    /**
+     * own_policies.local_networks: what the ACL built from ALLOWED_NETWORKS always admits; undefined = Rudder's
+     * def.acl (127.0.0.0/8, ::1 and the host's own addresses)
+     */
+    readonly localNetworks: readonly string[] | undefined;
+    /** the TOML keys the policies could set that this file sets explicitly: these win over the policies */
+    readonly tomlKeys: readonly string[];
+  };
   readonly sync: {
     /** sync.serve: answer sub-relays' sync requests (manifest, blobs) */
     readonly serve: boolean;
@@ -161,8 +175,6 @@ export interface Config {
   readonly ownCompliance: {
     /** own_compliance.enabled: send a run log of the relay itself when its own policies are present */
     readonly enabled: boolean;
-    /** own_compliance.inputs_directory: the relay's own policies (rudder.json, rudder-directives.csv, …) */
-    readonly inputsDirectory: string;
     /** own_compliance.run_interval: overrides AGENT_RUN_INTERVAL of the policies; undefined = the policies' */
     readonly runIntervalMs: number | undefined;
   };

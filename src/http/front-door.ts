@@ -12,7 +12,7 @@ import type { FrontDoorMetrics } from '../metrics/index.js';
 import type { NodesRegistry } from '../nodes/index.js';
 import type { Spool, SpoolQueue } from '../spool/index.js';
 import { authenticateUpload, mayUploadReportOf, type UploadAuthOptions } from './client-auth.js';
-import { createNetworkAcl } from '../config/index.js';
+import { createNetworkAcl, type NetworkAcl } from '../config/index.js';
 import { downloadRoutes } from './downloads.js';
 import type { SharedFiles } from '../shared-files/index.js';
 import type { RemoteRun } from '../remote-run/index.js';
@@ -60,9 +60,20 @@ export interface UploadAdmission {
   release(name?: string): void;
 }
 
+/** what the relay's own policies may change while the front door runs (agentless/settings.ts) */
+export interface FrontDoorSettings {
+  readonly allowedNetworks: readonly string[];
+  readonly policyServerNetworks: readonly string[];
+  /** the WebDAV Basic credentials checked on /reports and /inventory-updates */
+  readonly user: string;
+  readonly password: string | undefined;
+}
+
 export interface FrontDoor {
   start(): Promise<void>;
   stop(): Promise<void>;
+  /** applies new networks and credentials to the next requests */
+  update(settings: FrontDoorSettings): void;
 }
 
 const QUEUES: readonly SpoolQueue[] = ['reports', 'inventories', 'inventory-updates'];
@@ -92,7 +103,12 @@ function pathOf(url: string): string {
 
 export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps): FrontDoor {
   const log = deps.log.child({ module: 'http' });
-  const acl = createNetworkAcl(options.allowedNetworks);
+  // changed in place by update(): the routes hold these two delegates
+  let allowed = createNetworkAcl(options.allowedNetworks);
+  let policyServerAcl = createNetworkAcl(options.policyServerNetworks);
+  let auth: UploadAuthOptions = options.auth;
+  const acl: NetworkAcl = { allows: (address) => allowed.allows(address) };
+  const policyServers: NetworkAcl = { allows: (address) => policyServerAcl.allows(address) };
   let app: ReturnType<typeof build> | undefined;
 
   function fail(request: FastifyRequest, reply: FastifyReply, error: RelayError): FastifyReply {
@@ -195,7 +211,6 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
     });
 
     // remote-run: only from the policy server's networks (and with a verified certificate in cert_validation)
-    const policyServers = createNetworkAcl(options.policyServerNetworks);
     for (const prefix of ['/rudder/relay-api/remote-run', '/rudder/relay-api/1/remote-run']) {
       fastify.register(
         async (remote) => {
@@ -282,7 +297,7 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
     let name: string;
     let admission: UploadAdmission | undefined;
     try {
-      const identity = authenticateUpload(queue, request.headers.authorization, peerCertificateDer(request), deps.nodes, options.auth);
+      const identity = authenticateUpload(queue, request.headers.authorization, peerCertificateDer(request), deps.nodes, auth);
       if (identity.nodeId !== undefined) request.relayNode = identity.nodeId;
       const path = pathOf(request.url);
       name = decodeUploadName(path.slice(queue.length + 2));
@@ -329,6 +344,11 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
   }
 
   return {
+    update(settings) {
+      allowed = createNetworkAcl(settings.allowedNetworks);
+      policyServerAcl = createNetworkAcl(settings.policyServerNetworks);
+      auth = { ...auth, user: settings.user, password: settings.password };
+    },
     async start() {
       if (app) return;
       app = build();

@@ -22,7 +22,7 @@ import { keyDigests } from '../identity/index.js';
 import type { PeerClient } from '../upstream/index.js';
 import { CfRefused, createCfPool, type CfPool, type RemoteStat } from './cfengine-pool.js';
 import { forEachLimit, isErrno, removeTree, writeFileAtomically } from './fs-util.js';
-import type { SyncCounters, SyncPaths, SyncPuller } from './index.js';
+import type { OwnPoliciesSink, SyncCounters, SyncPaths, SyncPuller } from './index.js';
 import { PullAborted, createPullLoop } from './pull-loop.js';
 import { buildPathOf, exists, parentsOf, recoverParents, removeUnit, switchDirectory } from './install.js';
 import { fetchLibraryArchive } from './library-archive.js';
@@ -45,6 +45,9 @@ const RUDDER = {
   nodesList: 'rules/cfengine-community/rudder-service-relayd/1.0/relay/nodeslist.json',
   nodesCerts: 'rules/cfengine-community/rudder-service-apache/1.0/apache/nodescerts.pem',
   flag: 'rules/cfengine-community/rudder-promises-generated',
+  /** the relay's own policies (T common/1.0/update.st server_inputs), and what says they changed */
+  ownInputs: 'rules/cfengine-community',
+  ownFlags: ['rudder-promises-generated', 'rudder.json'],
   archives: ['rules/rudder.tar.bz2', 'rules/dsc/rudder.zip'],
   /** §3.2 d–f, each with the file whose change says the tree changed (none for masterfiles) */
   libraries: [
@@ -76,6 +79,8 @@ export interface CfenginePullerDeps {
   /** pinned HTTPS client to the upstream (the library archive) */
   readonly upstreamHttps: () => PeerClient | undefined;
   readonly onNodesChanged: () => Promise<void>;
+  /** with paths.ownInputsDirectory: the relay's own policies are pulled too (update.st's copy) */
+  readonly ownPolicies?: OwnPoliciesSink;
   readonly counters: SyncCounters;
   readonly log: Logger;
 }
@@ -127,6 +132,8 @@ export function createCfenginePuller(options: CfenginePullerOptions, deps: Cfeng
   let saved: SavedState = { format: STATE_FORMAT, signatures: {} };
   let ready: Promise<void> | undefined;
   let generation: string | undefined;
+  /** the signature of the own policies last refused by the check */
+  let refusedOwnSignature: string | undefined;
   const loop = createPullLoop({
     frequencyMs: options.frequencyMs,
     log,
@@ -153,7 +160,9 @@ export function createCfenginePuller(options: CfenginePullerOptions, deps: Cfeng
       for (const directory of [paths.stateDirectory, paths.policiesDirectory, paths.sharedFilesPath, dirname(paths.sharedFolderPath), dirname(paths.nodesListFile), dirname(paths.nodesCertsFile)]) {
         await mkdir(directory, { recursive: true });
       }
-      const actions = await recoverParents([...parentsOf(paths), ...libraries.map((l) => dirname(l.local))]);
+      const ownParent = paths.ownInputsDirectory === undefined ? [] : [dirname(paths.ownInputsDirectory)];
+      for (const directory of ownParent) await mkdir(directory, { recursive: true });
+      const actions = await recoverParents([...parentsOf(paths), ...libraries.map((l) => dirname(l.local)), ...ownParent]);
       if (actions.length > 0) log.warn({ actions }, 'sync: cleaned up after an interrupted switch');
       try {
         const read = JSON.parse(await readFile(join(paths.stateDirectory, STATE_FILE), 'utf8')) as Partial<SavedState>;
@@ -272,7 +281,7 @@ export function createCfenginePuller(options: CfenginePullerOptions, deps: Cfeng
    * One directory unit: walk `remoteRoot`, decide per file keep/fetch, and unless the local tree is already the
    * same, build the new tree beside `destination` and switch it in.
    */
-  async function syncTree(pool: CfPool, remoteRoot: string, destination: string, signal: AbortSignal, progress: Progress): Promise<boolean> {
+  async function syncTree(pool: CfPool, remoteRoot: string, destination: string, signal: AbortSignal, progress: Progress, check?: (build: string) => Promise<void>): Promise<boolean> {
     const rootStat = await pool.stat(remoteRoot);
     if (rootStat.kind !== 'directory') throw new RelayError('RELAY_ERR_UPSTREAM_REFUSED', `sync: upstream ${remoteRoot} is not a directory`);
     const entries = await walk(pool, remoteRoot, signal);
@@ -347,6 +356,8 @@ export function createCfenginePuller(options: CfenginePullerOptions, deps: Cfeng
           await handle.close();
         }
       }
+      // the relay's own policies: a broken generation never replaces the one in force
+      if (check !== undefined) await check(build);
     } catch (error) {
       await removeTree(build);
       throw error;
@@ -458,7 +469,9 @@ export function createCfenginePuller(options: CfenginePullerOptions, deps: Cfeng
       );
     }
     const signatures: Record<string, string> = {};
-    let changedUnits = 0;
+    // the relay's own policies first: what the root generated for it applies before its nodes' trees are walked
+    const ownChanged = await pullOwnPolicies(pool, signal, progress, signatures);
+    let changedUnits = ownChanged ? 1 : 0;
     let removedUnits = 0;
     let walkedUnits = 0;
     let skippedUnits = 0;
@@ -569,6 +582,13 @@ export function createCfenginePuller(options: CfenginePullerOptions, deps: Cfeng
     };
     await writeFileAtomically(join(paths.stateDirectory, STATE_FILE), `${JSON.stringify(saved)}\n`, { mode: 0o600 });
     generation = createHash('sha256').update(JSON.stringify(Object.entries(signatures).sort())).update(library.etag ?? '').digest('hex').slice(0, 32);
+    if (ownChanged) {
+      try {
+        await deps.ownPolicies?.installed();
+      } catch (error) {
+        log.error({ code: isRelayError(error) ? error.code : 'RELAY_ERR_INTERNAL', err: messageOf(error) }, 'sync: own policies reload after sync failed');
+      }
+    }
     if (certsChanged || listChanged) {
       try {
         await deps.onNodesChanged();
@@ -577,6 +597,37 @@ export function createCfenginePuller(options: CfenginePullerOptions, deps: Cfeng
       }
     }
     return { files: progress.files, bytes: progress.bytes, requests: pool.requests, changedUnits, removedUnits, walkedUnits, skippedUnits, nodesChanged: certsChanged || listChanged };
+  }
+
+  /**
+   * /var/rudder/share/<relay>/rules/cfengine-community → the relay's own inputs, as update.st copies it, when its
+   * rudder-promises-generated (or rudder.json) changed upstream. A folder check() refuses is not switched in: the
+   * policies in force stay, and that generation is not fetched again.
+   */
+  async function pullOwnPolicies(pool: CfPool, signal: AbortSignal, progress: Progress, signatures: Record<string, string>): Promise<boolean> {
+    const destination = paths.ownInputsDirectory;
+    if (destination === undefined || deps.ownPolicies === undefined) return false;
+    const sink = deps.ownPolicies;
+    const unit = 'own-policies';
+    const remoteInputs = `${relayDir}/${RUDDER.ownInputs}`;
+    const signature = await signatureOf(pool, remoteInputs, RUDDER.ownFlags);
+    if (signature.startsWith('-')) {
+      log.debug({ path: remoteInputs }, 'sync: no own policies generated upstream for this relay yet');
+      return false;
+    }
+    signatures[unit] = signature;
+    if (saved.signatures[unit] === signature && (refusedOwnSignature === signature || (await exists(destination)))) return false;
+    try {
+      const changed = await syncTree(pool, remoteInputs, destination, signal, progress, (build) => sink.check(build));
+      if (changed) log.info({ event: 'own_policies_pulled', path: remoteInputs, inputs: destination }, 'sync: own policies pulled');
+      return changed;
+    } catch (error) {
+      if (!isRelayError(error) || error.code !== 'RELAY_ERR_OWN_POLICIES') throw error;
+      // not fetched again until the root generates anew
+      refusedOwnSignature = signature;
+      sink.rejected(error);
+      return false;
+    }
   }
 
   /** at most UNIT_CONCURRENCY units walked and built at once (their listings are in memory) */

@@ -23,6 +23,21 @@ export interface SyncPaths {
   readonly nodesCertsFile: string;
   /** where pulled data is staged (same filesystem as the destinations, for hard links and renames) */
   readonly stateDirectory: string;
+  /**
+   * the relay's own inputs (own_policies.inputs_directory; spec-agentless-node.md §B.1), where its own policies
+   * land when pulled; never served to its nodes. Undefined: its own policies are not pulled.
+   */
+  readonly ownInputsDirectory?: string;
+}
+
+/** who reads the relay's own policies (the agentless module): checks a pulled folder, hears of a switch */
+export interface OwnPoliciesSink {
+  /** throws when the pulled folder does not hold usable policies: it is then not switched in */
+  check(directory: string): Promise<void>;
+  /** a new folder was switched in */
+  installed(): Promise<void>;
+  /** a pulled folder was refused by check() */
+  rejected(error: unknown): void;
 }
 
 export interface SyncServingOptions {
@@ -84,6 +99,8 @@ export interface SyncPullerDeps {
   readonly upstream: () => PeerClient | undefined;
   /** called after a sync changed the nodes list or certificates */
   readonly onNodesChanged: () => Promise<void>;
+  /** with paths.ownInputsDirectory: the relay's own policies are pulled too */
+  readonly ownPolicies?: OwnPoliciesSink;
   readonly counters: SyncCounters;
   readonly log: Logger;
 }

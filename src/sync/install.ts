@@ -19,7 +19,7 @@ import { RelayError } from '../errors.js';
 import type { BlobStore } from './blob-store.js';
 import { BUILD_PREFIX, OLD_PREFIX, forEachLimit, fsyncDirectory, isErrno, removeTree, writeFileAtomically } from './fs-util.js';
 import type { SyncPaths } from './index.js';
-import { COMMON_NAME, NODES_CERTS_UNIT, NODES_LIST_UNIT, unitOf, type ManifestEntry, type ManifestFile } from './manifest.js';
+import { COMMON_NAME, NODES_CERTS_UNIT, NODES_LIST_UNIT, OWN_POLICIES_UNIT, unitOf, type ManifestEntry, type ManifestFile } from './manifest.js';
 
 const LINK_CONCURRENCY = 32;
 
@@ -36,6 +36,8 @@ export function targetOf(unit: string, paths: SyncPaths): UnitTarget {
   if (unit === NODES_CERTS_UNIT) return { unit, destination: paths.nodesCertsFile, kind: 'file' };
   if (unit === COMMON_NAME) return { unit, destination: join(paths.policiesDirectory, COMMON_NAME), kind: 'directory' };
   if (unit === 'shared-folder') return { unit, destination: paths.sharedFolderPath, kind: 'directory' };
+  // the relay's own inputs: outside every tree served to nodes (spec-agentless-node.md §B.1)
+  if (unit === OWN_POLICIES_UNIT && paths.ownInputsDirectory !== undefined) return { unit, destination: paths.ownInputsDirectory, kind: 'directory' };
   if (unit.startsWith('share/')) return { unit, destination: join(paths.policiesDirectory, unit.slice('share/'.length)), kind: 'directory' };
   if (unit.startsWith('shared-files/')) return { unit, destination: join(paths.sharedFilesPath, unit.slice('shared-files/'.length)), kind: 'directory' };
   throw new RelayError('RELAY_ERR_INTERNAL', `unknown sync unit ${unit}`);
@@ -51,7 +53,8 @@ export function localPathOf(path: string, paths: SyncPaths): string | undefined 
 
 /** the directories units are switched in */
 export function parentsOf(paths: SyncPaths): string[] {
-  return [...new Set([paths.policiesDirectory, dirname(paths.sharedFolderPath), paths.sharedFilesPath, dirname(paths.nodesListFile), dirname(paths.nodesCertsFile)])];
+  const own = paths.ownInputsDirectory === undefined ? [] : [dirname(paths.ownInputsDirectory)];
+  return [...new Set([paths.policiesDirectory, dirname(paths.sharedFolderPath), paths.sharedFilesPath, dirname(paths.nodesListFile), dirname(paths.nodesCertsFile), ...own])];
 }
 
 export async function exists(path: string): Promise<boolean> {
@@ -171,7 +174,7 @@ async function buildTree(build: string, entries: readonly ManifestEntry[], store
 }
 
 /** builds `entries` (all of one directory unit) beside `target` and switches it in */
-export async function installDirectory(target: UnitTarget, entries: readonly ManifestEntry[], store: BlobStore): Promise<void> {
+export async function installDirectory(target: UnitTarget, entries: readonly ManifestEntry[], store: BlobStore, check?: (build: string) => Promise<void>): Promise<void> {
   const parent = dirname(target.destination);
   const name = basename(target.destination);
   const build = join(parent, `${BUILD_PREFIX}${name}`);
@@ -179,6 +182,8 @@ export async function installDirectory(target: UnitTarget, entries: readonly Man
   await removeTree(build);
   try {
     await buildTree(build, entries, store);
+    // the relay's own policies: a broken generation never replaces the one in force
+    if (check !== undefined) await check(build);
   } catch (error) {
     await removeTree(build);
     throw error;

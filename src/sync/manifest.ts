@@ -14,6 +14,11 @@ import { relayError } from '../errors.js';
 export const MANIFEST_HEADER = 'onerelay-sync-manifest 1';
 export const NODES_LIST_UNIT = 'nodeslist.json';
 export const NODES_CERTS_UNIT = 'nodescerts.pem';
+/**
+ * the requesting relay's own policies (/var/rudder/share/<relay>/rules/cfengine-community on the root), sent only
+ * when asked for (`?own=1`), so that a puller that does not know this unit never meets it
+ */
+export const OWN_POLICIES_UNIT = 'own-policies';
 /** the local `common/` of policies.directory: never purged as a node directory */
 export const COMMON_NAME = 'common';
 
@@ -76,6 +81,7 @@ export function unitOf(path: string): UnitPath | undefined {
       return { unit: `${top}/${second}`, rest: segments.slice(2).join('/') };
     case COMMON_NAME:
     case 'shared-folder':
+    case OWN_POLICIES_UNIT:
       return { unit: top, rest: segments.slice(1).join('/') };
     case NODES_LIST_UNIT:
     case NODES_CERTS_UNIT:

@@ -28,6 +28,7 @@ import {
   parseDeltaHeader,
   NODES_CERTS_UNIT,
   NODES_LIST_UNIT,
+  OWN_POLICIES_UNIT,
   isFileUnit,
   isSafeSegment,
   parseManifest,
@@ -60,6 +61,9 @@ export function createSyncPuller(options: SyncPullerOptions, deps: SyncPullerDep
   const basePath = options.basePath ?? DEFAULT_SYNC_BASE_PATH;
   const pullCommon = options.pullCommon ?? true;
   const store: BlobStore = createBlobStore(join(paths.stateDirectory, 'blobs'));
+  // the relay's own policies are asked for (`own=1`) only when someone reads them here
+  const ownSink = paths.ownInputsDirectory !== undefined ? deps.ownPolicies : undefined;
+  const ownQuery = ownSink === undefined ? '' : 'own=1';
 
   let applied: Manifest | undefined;
   let ready: Promise<void> | undefined;
@@ -79,6 +83,7 @@ export function createSyncPuller(options: SyncPullerOptions, deps: SyncPullerDep
       for (const directory of [paths.stateDirectory, paths.policiesDirectory, paths.sharedFilesPath, dirname(paths.sharedFolderPath), dirname(paths.nodesListFile), dirname(paths.nodesCertsFile)]) {
         await mkdir(directory, { recursive: true });
       }
+      if (paths.ownInputsDirectory !== undefined) await mkdir(dirname(paths.ownInputsDirectory), { recursive: true });
       await store.init();
       const actions = await recover(paths);
       if (actions.length > 0) log.warn({ actions }, 'sync: cleaned up after an interrupted switch');
@@ -155,7 +160,8 @@ export function createSyncPuller(options: SyncPullerOptions, deps: SyncPullerDep
    * did not rebuild (a bug or a race upstream, never trusted).
    */
   async function fetchManifest(client: PeerClient, signal: AbortSignal, base: Manifest | undefined): Promise<FetchedManifest | 'not-modified' | 'full'> {
-    const query = base === undefined ? '' : `?base=${base.generation}`;
+    const parameters = [...(base === undefined ? [] : [`base=${base.generation}`]), ...(ownQuery === '' ? [] : [ownQuery])];
+    const query = parameters.length === 0 ? '' : `?${parameters.join('&')}`;
     const response = await request(client, signal, 'GET', `/manifest${query}`, undefined, {
       'accept-encoding': 'gzip',
       ...(base === undefined ? {} : { 'if-none-match': `"${base.generation}"` }),
@@ -289,7 +295,7 @@ export function createSyncPuller(options: SyncPullerOptions, deps: SyncPullerDep
           const hashes = remaining.slice(start, start + MAX_BLOBS_PER_BATCH);
           const asked = new Set(hashes);
           result.requests += 1;
-          const response = await request(client, signal, 'POST', '/blobs', JSON.stringify({ hashes }), {
+          const response = await request(client, signal, 'POST', ownQuery === '' ? '/blobs' : `/blobs?${ownQuery}`, JSON.stringify({ hashes }), {
             'content-type': 'application/json',
             'accept-encoding': 'gzip',
           });
@@ -341,6 +347,7 @@ export function createSyncPuller(options: SyncPullerOptions, deps: SyncPullerDep
   function unitsToInstall(manifest: Manifest): Map<string, ManifestUnit> {
     const units = unitsOf(manifest);
     if (!pullCommon) units.delete(COMMON_NAME);
+    if (ownSink === undefined) units.delete(OWN_POLICIES_UNIT);
     return units;
   }
 
@@ -357,7 +364,18 @@ export function createSyncPuller(options: SyncPullerOptions, deps: SyncPullerDep
     // directories first, then nodescerts.pem, then nodeslist.json: a node appears once its policies are there
     const rank = (name: string): number => (name === NODES_LIST_UNIT ? 2 : name === NODES_CERTS_UNIT ? 1 : 0);
     toInstall.sort((a, b) => rank(a.name) - rank(b.name));
-    const directories = toInstall.filter((u) => !isFileUnit(u.name));
+    // the relay's own policies first, checked before the switch; refused, they are logged and the rest goes on
+    const own = toInstall.find((u) => u.name === OWN_POLICIES_UNIT);
+    if (own !== undefined && ownSink !== undefined) {
+      try {
+        await installDirectory(targetOf(own.name, paths), own.entries, store, (build) => ownSink.check(build));
+        changed.push(own.name);
+      } catch (error) {
+        if (!isRelayError(error) || error.code !== 'RELAY_ERR_OWN_POLICIES') throw error;
+        ownSink.rejected(error);
+      }
+    }
+    const directories = toInstall.filter((u) => !isFileUnit(u.name) && u.name !== OWN_POLICIES_UNIT);
     let next = 0;
     const worker = async (): Promise<void> => {
       for (let unit = directories[next++]; unit !== undefined; unit = directories[next++]) {
@@ -378,7 +396,8 @@ export function createSyncPuller(options: SyncPullerOptions, deps: SyncPullerDep
     // have another source); elsewhere only what an earlier sync installed is removed
     const removed: string[] = [];
     const gone = new Set<string>();
-    for (const name of previous.keys()) if (!units.has(name) && !isFileUnit(name)) gone.add(name);
+    // own policies no longer sent (an older upstream): the ones in force stay
+    for (const name of previous.keys()) if (!units.has(name) && !isFileUnit(name) && name !== OWN_POLICIES_UNIT) gone.add(name);
     for (const name of await readdir(paths.policiesDirectory).catch(() => [] as string[])) {
       if (isSafeSegment(name) && name !== COMMON_NAME && !units.has(`share/${name}`)) gone.add(`share/${name}`);
     }
@@ -461,6 +480,14 @@ export function createSyncPuller(options: SyncPullerOptions, deps: SyncPullerDep
       applied = manifest;
       const collected = await store.collect(allFiles);
       if (collected > 0) log.debug({ blobs: collected }, 'sync: unused blobs removed');
+      if (changed.includes(OWN_POLICIES_UNIT)) {
+        log.info({ event: 'own_policies_pulled', inputs: paths.ownInputsDirectory }, 'sync: own policies pulled');
+        try {
+          await ownSink?.installed();
+        } catch (error) {
+          log.error({ code: isRelayError(error) ? error.code : 'RELAY_ERR_INTERNAL', err: messageOf(error) }, 'sync: own policies reload after sync failed');
+        }
+      }
       if (changed.includes(NODES_LIST_UNIT) || changed.includes(NODES_CERTS_UNIT)) {
         try {
           await deps.onNodesChanged();

@@ -30,6 +30,7 @@ import {
   COMMON_NAME,
   NODES_CERTS_UNIT,
   NODES_LIST_UNIT,
+  OWN_POLICIES_UNIT,
   isSafeSegment,
   isSha256Hex,
   serializeDelta,
@@ -74,8 +75,8 @@ interface RelayView {
 export interface SyncServing {
   /** the routes; register this one plugin at each prefix so both share one cache */
   readonly routes: FastifyPluginAsync;
-  /** the manifest of `relayId` as it would be served (tests, status) */
-  manifestFor(relayId: string): Promise<Manifest>;
+  /** the manifest of `relayId` as it would be served (tests, status); withOwn: with its own policies */
+  manifestFor(relayId: string, withOwn?: boolean): Promise<Manifest>;
   /** drop cached manifests (the trees changed and waiting for the TTL is not wanted) */
   invalidate(): void;
 }
@@ -110,7 +111,7 @@ export function createSyncServing(options: SyncServingOptions, deps: SyncServing
   /** bumped when the nodes tree object changes: node units' filters depend on it */
   let treeVersion = 0;
 
-  async function compute(relayId: string, previous: RelayView | undefined): Promise<RelayView> {
+  async function compute(relayId: string, previous: RelayView | undefined, withOwn: boolean): Promise<RelayView> {
     const started = Date.now();
     await unitCache.settle();
     if (previous?.stale === true) unitCache.invalidate();
@@ -153,6 +154,8 @@ export function createSyncServing(options: SyncServingOptions, deps: SyncServing
       if (!isSafeSegment(child) || child === COMMON_NAME) continue;
       add(await unitCache.walk(join(shareRoot, child), `share/${child}`, nodeFilter(child), variant));
     }
+    // the relay's own policies, beside its nodes' share/ (spec-agentless-node.md §B.1); never in a node's unit
+    if (withOwn) add(await unitCache.walk(join(paths.policiesDirectory, ...segments.slice(0, -1), 'rules', 'cfengine-community'), OWN_POLICIES_UNIT));
     add(await unitCache.walk(join(paths.policiesDirectory, COMMON_NAME), COMMON_NAME));
     add(await unitCache.walk(paths.sharedFolderPath, 'shared-folder'));
     const sharedFilesRoot = join(paths.sharedFilesPath, ...segments.map((s, i) => (i % 2 === 1 ? 'shared-files' : s)));
@@ -195,23 +198,28 @@ export function createSyncServing(options: SyncServingOptions, deps: SyncServing
   }
 
   /** fresh: as the trees are now (units nothing changed in are not walked again); otherwise the last view (blob requests follow their manifest) */
-  function viewFor(relayId: string, fresh: boolean): Promise<RelayView> {
-    const cached = views.get(relayId);
+  /** a relay that asks for its own policies and one that does not get two views (and two generations) */
+  function viewFor(relayId: string, fresh: boolean, withOwn: boolean): Promise<RelayView> {
+    const key = withOwn ? `${relayId}\0own` : relayId;
+    const cached = views.get(key);
     if (cached !== undefined && !fresh) return Promise.resolve(cached);
-    const inFlight = computing.get(relayId);
+    const inFlight = computing.get(key);
     if (inFlight !== undefined) return inFlight;
-    const run = compute(relayId, cached)
+    const run = compute(relayId, cached, withOwn)
       .then((view) => {
         if (cached !== undefined && cached !== view && cached.manifest.generation !== view.manifest.generation) {
-          history.set(relayId, [cached, ...(history.get(relayId) ?? [])].slice(0, DELTA_BASES));
+          history.set(key, [cached, ...(history.get(key) ?? [])].slice(0, DELTA_BASES));
         }
-        views.set(relayId, view);
+        views.set(key, view);
         return view;
       })
-      .finally(() => computing.delete(relayId));
-    computing.set(relayId, run);
+      .finally(() => computing.delete(key));
+    computing.set(key, run);
     return run;
   }
+
+  /** `?own=1`: the puller wants its own policies in the manifest */
+  const wantsOwn = (request: FastifyRequest): boolean => (request.query as { own?: unknown } | undefined)?.own === '1';
 
   const digestsOf = (view: RelayView): Map<string, string> => {
     view.unitDigests ??= new Map([...unitsOf(view.manifest).values()].map((unit) => [unit.name, unit.digest]));
@@ -223,8 +231,8 @@ export function createSyncServing(options: SyncServingOptions, deps: SyncServing
    * that changed, then the new blobs of those units as a batch (up to DELTA_INLINE_*; the puller asks for
    * any other one). Undefined when `base` is not among the last generations served to this relay.
    */
-  function delta(relayId: string, baseGeneration: string, view: RelayView): AsyncGenerator<Buffer> | undefined {
-    const base = history.get(relayId)?.find((v) => v.manifest.generation === baseGeneration);
+  function delta(viewKey: string, baseGeneration: string, view: RelayView): AsyncGenerator<Buffer> | undefined {
+    const base = history.get(viewKey)?.find((v) => v.manifest.generation === baseGeneration);
     if (base === undefined) return undefined;
     const before = digestsOf(base);
     const after = digestsOf(view);
@@ -334,7 +342,7 @@ export function createSyncServing(options: SyncServingOptions, deps: SyncServing
       let view: RelayView;
       try {
         relayId = requester(request);
-        view = await viewFor(relayId, true);
+        view = await viewFor(relayId, true, wantsOwn(request));
       } catch (error) {
         if (isRelayError(error) && error.status === 403) log.info({ client: request.socket.remoteAddress, err: error.message }, 'sync manifest refused');
         return fail(reply, error);
@@ -346,7 +354,7 @@ export function createSyncServing(options: SyncServingOptions, deps: SyncServing
         return reply.code(304).send();
       }
       const base = (request.query as { base?: unknown } | undefined)?.base;
-      const changes = typeof base === 'string' && isSha256Hex(base) ? delta(relayId, base, view) : undefined;
+      const changes = typeof base === 'string' && isSha256Hex(base) ? delta(wantsOwn(request) ? `${relayId}\0own` : relayId, base, view) : undefined;
       if (changes !== undefined) {
         const frames = Readable.from(changes, { objectMode: false });
         reply.type('application/octet-stream');
@@ -373,7 +381,7 @@ export function createSyncServing(options: SyncServingOptions, deps: SyncServing
           throw new RelayError('RELAY_ERR_BAD_REQUEST', `expected {"hashes": [at most ${MAX_BLOBS_PER_BATCH} lowercase sha256 hex strings]}`);
         }
         hashes = body.hashes as string[];
-        view = await viewFor(relayId, false);
+        view = await viewFor(relayId, false, wantsOwn(request));
       } catch (error) {
         return fail(reply, error);
       }
@@ -390,7 +398,7 @@ export function createSyncServing(options: SyncServingOptions, deps: SyncServing
       try {
         const relayId = requester(request);
         if (!isSha256Hex(request.params.sha256)) throw new RelayError('RELAY_ERR_BAD_REQUEST', 'expected a lowercase sha256 hex');
-        view = await viewFor(relayId, false);
+        view = await viewFor(relayId, false, wantsOwn(request));
       } catch (error) {
         return fail(reply, error);
       }
@@ -411,7 +419,7 @@ export function createSyncServing(options: SyncServingOptions, deps: SyncServing
 
   return {
     routes,
-    manifestFor: async (relayId) => (await viewFor(relayId, true)).manifest,
+    manifestFor: async (relayId, withOwn = false) => (await viewFor(relayId, true, withOwn)).manifest,
     invalidate() {
       views.clear();
       history.clear();

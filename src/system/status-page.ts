@@ -69,7 +69,12 @@ export function renderStatusPage(input: StatusPageInput): string {
   const cfengine = s['cfengine'];
   const ownInventory = s['own_inventory'];
   const ownOutcome = ownInventory?.['last_outcome'] as { ok: boolean; message: string; at: string } | undefined;
-  const own = s['own_compliance'];
+  const ownRun = s['own_compliance'];
+  const own = s['own_policies'];
+  // each applied setting of the relay's own policies, with where its value comes from (toml / policies / default)
+  const ownRows = Object.entries((own?.['applied'] as Record<string, { value: unknown; source: string }> | undefined) ?? {})
+    .map(([name, setting]) => `<tr><td>${escape(name)}</td><td><code>${escape(Array.isArray(setting.value) ? setting.value.join(', ') : setting.value)}</code></td><td>${escape(setting.source)}</td></tr>`)
+    .join('');
   const overall = Object.values(s).every((part) => part.status === 'success');
   const queueRows = ((queues?.['queues'] as QueueRow[] | undefined) ?? [])
     .map(
@@ -149,11 +154,15 @@ ${
 <dt>outcome</dt><dd>${ownOutcome ? `${since(ownOutcome.at)}: ${escape(ownOutcome.message)}` : 'none yet'}</dd></dl></section>`
     : ''
 }
+${own ? `<section id="own-policies"><h2>Own policies ${badge(own)}</h2><dl>
+<dt>node configuration</dt><dd><code>${escape(own['node_config_id'])}</code></dd><dt>generation</dt><dd><code>${escape(own['generation'])}</code></dd>
+<dt>loaded</dt><dd>${since(own['loaded_at'])}</dd><dt>inputs</dt><dd><code>${escape(own['inputs'])}</code></dd></dl>
+<table><tr><th>setting</th><th>value</th><th>source</th></tr>${ownRows}</table>${details(own)}</section>` : ''}
 <section id="services"><h2>Services</h2><dl>
 <dt>HTTPS workers</dt><dd>${escape(https?.['ready'])} of ${escape(https?.['workers'])} ready ${badge(https)}</dd>
 <dt>CFEngine server</dt><dd>${cfengine ? `${escape(cfengine['listen'])} ${badge(cfengine)}` : 'not running'}</dd>
 <dt>remote run</dt><dd>${remote?.['enabled'] ? `enabled (${escape(remote['mode'])}), ${escape(remote['runs_here'])} runs` : 'disabled'}</dd>
-<dt>own run log</dt><dd>${own === undefined ? 'not sent' : own['last_run'] === undefined ? `none yet${own['waiting_for_policies'] ? ' (no own policies)' : ''}` : `${since(own['last_run'])}, config <code>${escape(own['config_id'])}</code>: ${escape(own['success'])} success, ${escape(own['error'])} error, ${escape(own['na'])} n/a`} ${own ? badge(own) : ''}</dd></dl>
+<dt>own run log</dt><dd>${ownRun === undefined ? 'not sent' : ownRun['last_run'] === undefined ? `none yet${ownRun['waiting_for_policies'] ? ' (no own policies)' : ''}` : `${since(ownRun['last_run'])}, config <code>${escape(ownRun['config_id'])}</code>: ${escape(ownRun['success'])} success, ${escape(ownRun['error'])} error, ${escape(ownRun['na'])} n/a`} ${ownRun ? badge(ownRun) : ''}</dd></dl>
 ${remoteErrors ? `<ul>${remoteErrors}</ul>` : ''}</section>
 <section id="errors"><h2>Recent errors</h2>${errors ? `<ul>${errors}</ul>` : '<p>none</p>'}</section>
 </main>

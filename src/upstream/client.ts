@@ -135,8 +135,10 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
   ): Promise<ForwardResult> {
     const queuedAt = performance.now();
     const { signal, credentials } = forwardOptions;
-    const user = credentials?.user ?? options.user;
-    const password = credentials?.password ?? (endpoint === 'inventories' ? options.defaultPassword : options.password);
+    // per file (the relay's own inventory updates), else those in force (TOML, else the relay's own policies)
+    const inForce = options.credentials?.() ?? { user: options.user, password: options.password };
+    const user = credentials?.user ?? inForce.user;
+    const password = credentials?.password ?? (endpoint === 'inventories' ? options.defaultPassword : inForce.password);
     if (password === undefined) {
       const reason = `output.upstream.password is not set: cannot forward to /${endpoint}/`;
       return fail('permanent', 'RELAY_ERR_CONFIG_VALUE', endpoint, name, undefined, reason, queuedAt);

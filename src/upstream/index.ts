@@ -21,6 +21,8 @@ export interface UpstreamOptions {
   readonly password: string | undefined;
   /** new inventories */
   readonly defaultPassword: string;
+  /** the WebDAV credentials in force when they may change at run time (the relay's own policies); else user/password */
+  readonly credentials?: () => { readonly user: string; readonly password: string | undefined };
   /** forwards in flight, and keep-alive connections (+2 for peer()) (output.upstream.max_concurrency) */
   readonly maxConcurrency: number;
   readonly connectTimeoutMs: number;

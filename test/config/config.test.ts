@@ -191,3 +191,19 @@ t.test('sync.protocol "cfengine": its keys, validated', async (t) => {
   t.equal(invalid.exitCode, 3);
   t.match(invalid.message, /sync\.protocol = "cfengine": expected output\.upstream\.host/);
 });
+
+t.test('own_policies: the inputs folder may not overlap a tree served to nodes; TOML keys that win are listed', async (t) => {
+  const dir = tempDir(t);
+  const file = join(dir, 'onerelay.toml');
+  await writeFile(file, `[general]\nnode_id = "root"\n[policies]\ndirectory = "${dir}/share"\n[own_policies]\ninputs_directory = "${dir}/share/inputs"\n`);
+  const invalid = (await loadConfig(file).catch((e: unknown) => e)) as ConfigError;
+  t.equal(invalid.exitCode, 3);
+  t.match(invalid.message, /own_policies\.inputs_directory = .* overlaps .*share, which is served to nodes/);
+
+  await writeFile(file, `[general]\nnode_id = "root"\n[https]\nallowed_networks = ["10.0.0.0/8"]\n[own_policies]\ninputs_directory = "${dir}/inputs"\nlocal_networks = ["127.0.0.1/32"]\n`);
+  const { config, warnings } = await loadConfig(file);
+  t.same(config.ownPolicies.tomlKeys, ['https.allowed_networks']);
+  t.same(config.ownPolicies.localNetworks, ['127.0.0.1/32']);
+  t.equal(config.ownPolicies.inputsDirectory, join(dir, 'inputs'));
+  t.same(warnings, []);
+});

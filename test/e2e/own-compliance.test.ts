@@ -21,13 +21,16 @@ async function relayWithOwnPolicies(
   spec: { configId: string; reportMode?: 'full-compliance' | 'changes-only'; sync?: boolean },
 ): Promise<{ relay: RunningRelay; upstream: TestUpstream }> {
   const upstream = await startUpstream(t);
-  const inputs = tempDir(t, 'onerelay-own-inputs-');
+  // the relay's own policies where [own_policies] reads them (test/support/relay.ts: <dir>/inputs)
+  const dir = tempDir(t, 'onerelay-e2e-');
+  const inputs = join(dir, 'inputs');
   await writeOwnPolicies(inputs, { relayId: RELAY_ID, configId: spec.configId, reportMode: spec.reportMode ?? 'full-compliance', serverVersion: '9.1.3' });
   const sync = spec.sync ? `[sync]\nupstream = true\nfrequency = "1s"\nstate_directory = "${tempDir(t, 'onerelay-own-sync-')}"\n` : '';
   const relay = await startRelay(t, {
     workers: 1,
     upstream: { port: upstream.port, certificateFile: upstream.certificateFile },
-    extraToml: `${sync}[own_compliance]\ninputs_directory = "${inputs}"\nrun_interval = "2s"\n`,
+    dir,
+    extraToml: `${sync}[own_compliance]\nrun_interval = "2s"\n`,
   });
   return { relay, upstream };
 }
@@ -106,13 +109,16 @@ t.test('a sync that stops working: success in one run log, result_error in the n
     nodesList: { [RELAY]: { hostname: '127.0.0.1', 'key-hash': E745_PIN, 'policy-server': RELAY_ID } },
     extraToml: '[sync]\nserve = true\nmanifest_ttl = "1h"\n',
   });
-  const inputs = tempDir(t, 'onerelay-own-inputs-');
+  // the relay's own policies where [own_policies] reads them (test/support/relay.ts: <dir>/inputs)
+  const dir = tempDir(t, 'onerelay-e2e-');
+  const inputs = join(dir, 'inputs');
   await writeOwnPolicies(inputs, { relayId: RELAY, parentId: RELAY_ID, configId: 'cfg-sync-breaks', serverVersion: '9.1.3' });
   const relay = await startRelay(t, {
+    dir,
     workers: 1,
     relayId: RELAY,
     upstream: { port: upstream.httpsPort, certificateFile: RELAY_CERT },
-    extraToml: `[sync]\nupstream = true\nfrequency = "1s"\nstate_directory = "${tempDir(t, 'onerelay-own-sync-')}"\n[own_compliance]\ninputs_directory = "${inputs}"\nrun_interval = "2s"\n`,
+    extraToml: `[sync]\nupstream = true\nfrequency = "1s"\nstate_directory = "${tempDir(t, 'onerelay-own-sync-')}"\n[own_compliance]\nrun_interval = "2s"\n`,
   });
   // run logs arrive in the upstream's reports spool (its output is disabled: they stay there to be read)
   const arrived = async (file: unknown): Promise<Buffer> => {
@@ -137,12 +143,15 @@ t.test('a sync that stops working: success in one run log, result_error in the n
 t.test('upstream down: the run log waits in the relay\'s reports spool, then reaches the upstream', async (t) => {
   const upstream = await startUpstream(t);
   await upstream.setMode('down');
-  const inputs = tempDir(t, 'onerelay-own-inputs-');
+  // the relay's own policies where [own_policies] reads them (test/support/relay.ts: <dir>/inputs)
+  const dir = tempDir(t, 'onerelay-e2e-');
+  const inputs = join(dir, 'inputs');
   await writeOwnPolicies(inputs, { relayId: RELAY_ID, configId: 'cfg-outage', serverVersion: '9.1.3' });
   const relay = await startRelay(t, {
+    dir,
     workers: 1,
     upstream: { port: upstream.port, certificateFile: upstream.certificateFile },
-    extraToml: `[own_compliance]\ninputs_directory = "${inputs}"\nrun_interval = "1h"\n`,
+    extraToml: `[own_compliance]\nrun_interval = "1h"\n`,
   });
   const queued = await relay.waitForLog((line) => line.event === 'own_runlog', 60_000);
   const name = String(queued['file']);
@@ -156,12 +165,15 @@ t.test('upstream down: the run log waits in the relay\'s reports spool, then rea
 
 t.test('new policies: the next run log carries their configuration id', async (t) => {
   const upstream = await startUpstream(t);
-  const inputs = tempDir(t, 'onerelay-own-inputs-');
+  // the relay's own policies where [own_policies] reads them (test/support/relay.ts: <dir>/inputs)
+  const dir = tempDir(t, 'onerelay-e2e-');
+  const inputs = join(dir, 'inputs');
   await writeOwnPolicies(inputs, { relayId: RELAY_ID, configId: 'cfg-before', serverVersion: '9.0.2', filesOf: '9.0' });
   const relay = await startRelay(t, {
+    dir,
     workers: 1,
     upstream: { port: upstream.port, certificateFile: upstream.certificateFile },
-    extraToml: `[own_compliance]\ninputs_directory = "${inputs}"\nrun_interval = "2s"\n`,
+    extraToml: `[own_compliance]\nrun_interval = "2s"\n`,
   });
   await relay.waitForLog((line) => line.event === 'own_runlog' && line['config_id'] === 'cfg-before', 60_000);
   await writeOwnPolicies(inputs, { relayId: RELAY_ID, configId: 'cfg-after', serverVersion: '9.1.0', filesOf: '9.1' });
@@ -177,11 +189,13 @@ t.test('new policies: the next run log carries their configuration id', async (t
 
 t.test('no own policies yet: nothing sent, the status says so; once they arrive, run logs follow', async (t) => {
   const upstream = await startUpstream(t);
-  const inputs = tempDir(t, 'onerelay-own-inputs-');
+  const dir = tempDir(t, 'onerelay-e2e-');
+  const inputs = join(dir, 'inputs');
   const relay = await startRelay(t, {
+    dir,
     workers: 1,
     upstream: { port: upstream.port, certificateFile: upstream.certificateFile },
-    extraToml: `[own_compliance]\ninputs_directory = "${inputs}"\nrun_interval = "2s"\n`,
+    extraToml: `[own_compliance]\nrun_interval = "2s"\n`,
   });
   await relay.waitForLog((line) => line.event === 'own_runlog_skipped', 60_000);
   const status = (await (await fetch(`${relay.apiUrl}/rudder/relay-api/1/system/status`)).json()) as { data: Record<string, Record<string, unknown>> };

@@ -409,11 +409,12 @@ export interface CfClient {
 export async function connectCfengine(
   port: number,
   privateKey: KeyObject,
-  options: { username?: string; version?: number; identify?: boolean } = {},
+  options: { username?: string; version?: number; identify?: boolean; localAddress?: string } = {},
 ): Promise<CfClient> {
   const socket = tlsConnect({
     host: '127.0.0.1',
     port,
+    ...(options.localAddress === undefined ? {} : { localAddress: options.localAddress }),
     key: privateKey.export({ type: 'pkcs1', format: 'pem' }),
     cert: makeServerCertificate(privateKey),
     rejectUnauthorized: false,

@@ -34,7 +34,12 @@ export interface RelayOptions {
   readonly workers?: number;
   readonly peerAuthentication?: 'cert_pinning' | 'cert_validation';
   readonly maxUploadSize?: number;
-  readonly allowedNetworks?: readonly string[];
+  /** https.allowed_networks; null leaves the key out (the relay's own policies then set them) */
+  readonly allowedNetworks?: readonly string[] | null;
+  /** output.upstream.password; null leaves it out (the relay's own policies' DAVPASSWORD then applies) */
+  readonly upstreamPassword?: string | null;
+  /** extra lines in [own_policies] (its inputs_directory is <dir>/inputs) */
+  readonly ownPoliciesToml?: string;
   /** do not wait for readiness (for start-failure tests) */
   readonly expectFailure?: boolean;
   /** reuse a directory (restart tests) */
@@ -111,7 +116,7 @@ function killGroup(child: ChildProcess, signal: NodeJS.Signals): void {
 }
 
 export function relayConfigToml(dir: string, ports: { https: number; api: number; cfengine?: number }, options: RelayOptions): string {
-  const networks = (options.allowedNetworks ?? ['127.0.0.0/8', '::1/128']).map((n) => JSON.stringify(n)).join(', ');
+  const networks = options.allowedNetworks === null ? undefined : (options.allowedNetworks ?? ['127.0.0.0/8', '::1/128']).map((n) => JSON.stringify(n)).join(', ');
   const output = options.upstream ? 'upstream' : 'disabled';
   const budget = options.maxSpoolSize === undefined ? '' : `max_spool_size = ${options.maxSpoolSize}\n`;
   return `
@@ -142,16 +147,14 @@ frequency = "1s"
 [output.upstream]
 host = "127.0.0.1"
 user = "rudder"
-password = "${DAV_PASSWORD}"
-server_certificate_file = "${options.upstream?.certificateFile ?? `${dir}/policy_server.pem`}"
+${options.upstreamPassword === null ? '' : `password = "${options.upstreamPassword ?? DAV_PASSWORD}"\n`}server_certificate_file = "${options.upstream?.certificateFile ?? `${dir}/policy_server.pem`}"
 connect_timeout = "2s"
 ${options.upstreamToml?.includes('idle_timeout') === true ? '' : 'idle_timeout = "5s"'}
 ${options.upstreamToml ?? ''}
 
 [https]
 listen = "127.0.0.1:${ports.https}"
-allowed_networks = [${networks}]
-workers = ${options.workers ?? 2}
+${networks === undefined ? '' : `allowed_networks = [${networks}]\n`}workers = ${options.workers ?? 2}
 max_upload_size = ${options.maxUploadSize ?? 1048576}
 shutdown_timeout = "${options.shutdownTimeout ?? '5s'}"
 
@@ -170,6 +173,10 @@ ${ports.cfengine === undefined ? 'enabled = false' : `listen = "127.0.0.1:${port
 
 [node]
 inventory = ${options.ownInventory ?? false}
+
+[own_policies]
+inputs_directory = "${dir}/inputs"
+${options.ownPoliciesToml ?? ''}
 
 [shared_folder]
 path = "${dir}/shared-folder/"

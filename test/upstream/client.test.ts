@@ -163,6 +163,17 @@ t.test('no password configured: reports and updates are refused locally, invento
   t.equal(up.requests.length, 1, 'nothing sent without a password');
 });
 
+t.test('credentials that change at run time (the relay\'s own policies) are the ones sent', async (t) => {
+  const up = await startUpstream(t);
+  let current: { user: string; password: string | undefined } = { user: 'rudder', password: 'old-secret' };
+  const { upstream } = clientFor(t, up, { password: undefined, credentials: () => current });
+  const file = await spoolFile(t, 'x');
+  t.match(await upstream.forward('reports', 'r.log', file), { kind: 'permanent', status: 401 }, 'the old password is refused upstream');
+  current = { user: up.credentials.user, password: up.credentials.password };
+  t.match(await upstream.forward('reports', 'r.log', file), { kind: 'ok' }, 'the new one, without a new client');
+  t.same(up.received.map((f) => f.password), [up.credentials.password]);
+});
+
 t.test('an unreadable spool file is a permanent local failure', async (t) => {
   const up = await startUpstream(t);
   const { upstream } = clientFor(t, up);
