@@ -13,8 +13,6 @@ export { createOwnCompliance } from './compliance.js';
 export type { OwnCompliance, OwnComplianceDeps, OwnComplianceOptions, OwnComplianceProbes, OwnComplianceStatus, OwnRun } from './compliance.js';
 export { expectedReports, CHECKED_RUDDER_VERSIONS } from './compliance-expected.js';
 export type { ComponentProbe, ExpectedComponent, ExpectedReports } from './compliance-expected.js';
-export { createInputsOwnPolicies, stateFromRudderJson } from './compliance-inputs.js';
-export type { RefreshableOwnPolicies } from './compliance-inputs.js';
 export { buildRunlog, runlogFileName, execRunDate, agentTimestamp } from './runlog-build.js';
 export type { ComponentResult, ResultStatus, RunlogInput } from './runlog-build.js';
 export { signRunlogText } from './runlog-sign.js';
