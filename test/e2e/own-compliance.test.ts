@@ -100,7 +100,8 @@ t.test('changes-only: only the control lines when healthy', async (t) => {
 });
 
 t.test('a sync that stops working: success in one run log, result_error in the next', async (t) => {
-  // the upstream is an onerelay serving sync; our relay (e745…) is in its nodes list, then removed from it
+  // the upstream is an onerelay serving sync; our relay (e745…) is in its nodes list below it, then moved below
+  // another relay: still a known node (its uploads are accepted), no longer entitled to this upstream's sync
   const RELAY = 'e745a140-40bc-4b86-b6dc-084488fc906b';
   const E745_PIN = 'sha256//I8utFWGj+OpqpbiAIZ/s8qRC4fQXxQ8IRVjFe0X1Lug=';
   const E745_CERT = join(FIXTURE_KEYS, `${RELAY}.cert`);
@@ -133,9 +134,9 @@ t.test('a sync that stops working: success in one run log, result_error in the n
   t.match(syncBefore, { event_type: 'result_success', msg: /Synchronised from upstream/, rule_id: `policy-server-${RELAY}`, directive_id: `rudder-service-relayd-${RELAY}` });
   t.match(before.reports.find((r) => r.component === 'Update'), { event_type: 'result_success', rule_id: `hasPolicyServer-${RELAY_ID}` });
 
-  writeFileSync(upstream.nodesListFile, '{}');
+  writeFileSync(upstream.nodesListFile, JSON.stringify({ [RELAY]: { hostname: '127.0.0.1', 'key-hash': E745_PIN, 'policy-server': 'another-relay' } }));
   const failing = await relay.waitForLog((line) => line.event === 'own_runlog' && Array.isArray(line['errors']) && line['errors'].includes('Synchronize policies/None'), 60_000);
-  const after = await readOwnRunlog(t, String(failing['file']), await arrived(failing['file']), E745_CERT);
+    const after = await readOwnRunlog(t, String(failing['file']), await arrived(failing['file']), E745_CERT);
   t.match(after.reports.find((r) => r.component === 'Synchronize policies'), { event_type: 'result_error', msg: /Synchronisation from upstream failed/ });
   t.equal(after.reports.filter((r) => r.event_type === 'result_error').length, 4, 'Update and the three Synchronize components');
 });

@@ -3,6 +3,7 @@
 // and collects its JSON log lines.
 
 import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { copyFile, mkdir, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { freePort, tempDir, type Teardownable } from './tmp.js';
@@ -190,7 +191,8 @@ export async function startRelay(t: Teardownable, options: RelayOptions = {}): P
   const apiPort = await freePort();
   const cfenginePort = await freePort();
   await mkdir(join(dir, 'ppkeys'), { recursive: true, mode: 0o700 });
-  if (options.dir === undefined && !options.freshIdentity) {
+  // the fixture identity, unless the folder already has one (a restart, or `onerelay init` ran there)
+  if (!options.freshIdentity && !existsSync(join(dir, 'uuid.hive'))) {
     const id = options.relayId ?? RELAY_ID;
     await writeFile(join(dir, 'uuid.hive'), `${id}\n`);
     await copyFile(join(FIXTURE_KEYS, `${id}.nopass.priv`), join(dir, 'ppkeys', 'localhost.priv'));
