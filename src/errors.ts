@@ -26,6 +26,8 @@ export type ErrorCode =
   | 'RELAY_ERR_STATE_FORMAT'
   | 'RELAY_ERR_NOT_FOUND'
   | 'RELAY_ERR_BAD_REQUEST'
+  | 'RELAY_ERR_HEADERS_TOO_LARGE'
+  | 'RELAY_ERR_REQUEST_TIMEOUT'
   | 'RELAY_ERR_INTERNAL';
 
 interface CatalogueEntry {
@@ -60,6 +62,9 @@ const catalogue: Record<ErrorCode, CatalogueEntry> = {
   RELAY_ERR_STATE_FORMAT: { status: 500, transient: false },
   RELAY_ERR_NOT_FOUND: { status: 404, transient: false },
   RELAY_ERR_BAD_REQUEST: { status: 400, transient: false },
+  // refused by the HTTP parser (src/http/parser-refusal.ts)
+  RELAY_ERR_HEADERS_TOO_LARGE: { status: 431, transient: false },
+  RELAY_ERR_REQUEST_TIMEOUT: { status: 408, transient: true },
   RELAY_ERR_INTERNAL: { status: 500, transient: true },
 };
 
