@@ -3,6 +3,7 @@
 // same coded answer and access line as every other refusal, not fastify's generic JSON.
 
 import { readdir } from 'node:fs/promises';
+import { connect as plainConnect } from 'node:net';
 import { connect } from 'node:tls';
 import t from 'tap';
 import { DAV_PASSWORD, startRelay } from '../support/relay.js';
@@ -10,10 +11,12 @@ import { DAV_PASSWORD, startRelay } from '../support/relay.js';
 const AUTH = `Basic ${Buffer.from(`rudder:${DAV_PASSWORD}`).toString('base64')}`;
 
 /** writes `request` as is over TLS and reads until the server closes (or 10 s) */
-function rawRequest(port: number, request: string): Promise<string> {
+function rawRequest(port: number, request: string, plain = false): Promise<string> {
   return new Promise((resolve) => {
     let data = '';
-    const socket = connect({ port, host: '127.0.0.1', rejectUnauthorized: false }, () => socket.write(request));
+    const socket = plain
+      ? plainConnect({ port, host: '127.0.0.1' }, () => socket.write(request))
+      : connect({ port, host: '127.0.0.1', rejectUnauthorized: false }, () => socket.write(request));
     const timer = setTimeout(() => socket.destroy(), 10_000);
     socket.setEncoding('utf8');
     socket.on('data', (chunk: string) => (data += chunk));
@@ -65,4 +68,15 @@ t.test('parser-level refusals: coded body and access line', async (t) => {
   t.same(await readdir(incoming), [], 'nothing stored');
   const metrics = await (await fetch(`${relay.apiUrl}/metrics`)).text();
   t.match(metrics, /route="unparsed",status="400"/, 'counted with the other requests');
+});
+
+t.test('the local API answers parser refusals the same way', async (t) => {
+  const relay = await startRelay(t, { workers: 1 });
+  const port = Number(new URL(relay.apiUrl).port);
+  const seen = relay.logs.length;
+  const answer = await rawRequest(port, 'GET /rudder/relay-api/1/system/info\x00 HTTP/1.1\r\nHost: x\r\n\r\n', true);
+  t.match(answer, /^HTTP\/1\.1 400 /);
+  t.match(answer.slice(answer.indexOf('\r\n\r\n') + 4), /^RELAY_ERR_BAD_REQUEST: /);
+  const line = await relay.waitForLog((l) => relay.logs.indexOf(l) >= seen && l['event'] === 'access' && l['error'] === 'RELAY_ERR_BAD_REQUEST', 5_000);
+  t.equal(line['module'], 'local-api');
 });
