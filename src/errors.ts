@@ -32,7 +32,9 @@ export type ErrorCode =
   | 'RELAY_ERR_OWN_INVENTORY'
   | 'RELAY_ERR_POLICY_SERVER_UUID'
   | 'RELAY_ERR_OWN_RUNLOG'
-  | 'RELAY_ERR_OWN_POLICIES';
+  | 'RELAY_ERR_OWN_POLICIES'
+  | 'RELAY_ERR_HEADERS_TOO_LARGE'
+  | 'RELAY_ERR_REQUEST_TIMEOUT';
 
 interface CatalogueEntry {
   readonly status: number;
@@ -108,6 +110,9 @@ const catalogue: Record<ErrorCode, CatalogueEntry> = {
   RELAY_ERR_OWN_RUNLOG: { status: 500, transient: true },
   // the relay's own rudder.json is missing a key or malformed: the last good policies stay, the next generation may fix it
   RELAY_ERR_OWN_POLICIES: { status: 500, transient: true },
+  // refused by the HTTP parser (src/http/parser-refusal.ts)
+  RELAY_ERR_HEADERS_TOO_LARGE: { status: 431, transient: false },
+  RELAY_ERR_REQUEST_TIMEOUT: { status: 408, transient: true },
   RELAY_ERR_INTERNAL: { status: 500, transient: true },
   // the relay's own inventory (src/agentless): facts the root would refuse (e.g. hostname localhost), a file not written
   RELAY_ERR_OWN_INVENTORY: { status: 500, transient: true },

@@ -8,6 +8,7 @@ import Fastify, { LogController, type FastifyReply, type FastifyRequest } from '
 import type { Logger } from 'pino';
 import type { ListenAddress, ProxyRoute } from '../config/index.js';
 import { RelayError, messageOf } from '../errors.js';
+import { parserRefusalHandler } from './parser-refusal.js';
 import type { FrontDoorMetrics } from '../metrics/index.js';
 import type { NodesRegistry } from '../nodes/index.js';
 import type { Spool, SpoolQueue } from '../spool/index.js';
@@ -135,6 +136,8 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
       requestTimeout: 0,
       return503OnClosing: true,
       // undecodable URLs and the like: our error format, not fastify's JSON
+      // refused by Node's HTTP parser, before any route: the same coded answer and access line
+      clientErrorHandler: parserRefusalHandler(log, (status) => deps.metrics.requests.inc({ route: 'unparsed', status: String(status) })),
       frameworkErrors: (error: Error, request: FastifyRequest, reply: FastifyReply) => {
         const relayError = new RelayError('RELAY_ERR_BAD_REQUEST', `bad request: ${error.message}`);
         request.relayError = relayError;

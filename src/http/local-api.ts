@@ -5,6 +5,7 @@ import Fastify, { LogController } from 'fastify';
 import type { Logger } from 'pino';
 import type { ListenAddress } from '../config/index.js';
 import { messageOf } from '../errors.js';
+import { parserRefusalHandler } from './parser-refusal.js';
 import { envelope, errorEnvelope, type System } from '../system/index.js';
 import type { SharedFiles } from '../shared-files/index.js';
 import type { RemoteRun } from '../remote-run/index.js';
@@ -31,7 +32,13 @@ const API = '/rudder/relay-api/1';
 
 export function createLocalApi(listen: ListenAddress, deps: LocalApiDeps): LocalApi {
   const log = deps.log.child({ module: 'local-api' });
-  const app = Fastify({ loggerInstance: log, logController: new LogController({ disableRequestLogging: true }), routerOptions: { ignoreTrailingSlash: true } });
+  const app = Fastify({
+    loggerInstance: log,
+    logController: new LogController({ disableRequestLogging: true }),
+    routerOptions: { ignoreTrailingSlash: true },
+    // what Node's HTTP parser refuses: the coded answer and access line of the front door's refusals
+    clientErrorHandler: parserRefusalHandler(log, () => undefined),
+  });
   app.addHook('onResponse', async (request, reply) => {
     log.info(
       { event: 'access', method: request.method, path: request.url, status: reply.statusCode, ip: request.ip, ms: Math.round(reply.elapsedTime) },

@@ -378,7 +378,9 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
   async function consider(name: string): Promise<void> {
     if (name.startsWith('.')) return;
     const existing = files.get(name);
-    if (existing && existing.state !== 'ignored') return;
+    // ignored and held files are looked at again when they change (a held report uploaded again, fixed)
+    const waiting = (tracked: Tracked | undefined): boolean => tracked?.state === 'ignored' || tracked?.state === 'held';
+    if (existing && !waiting(existing)) return;
     let info;
     try {
       info = await stat(pathOf(name));
@@ -390,7 +392,7 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
     if (!info.isFile()) return;
     // a scan may have taken it during the stat: one owner per file, never a second dispatch
     const now = files.get(name);
-    if (now !== existing || (now && now.state !== 'ignored')) return;
+    if (now !== existing || (now && !waiting(now))) return;
     if (existing && existing.mtimeMs === info.mtimeMs && existing.size === info.size) return;
     track(name, info.size, info.mtimeMs);
     makeReady(name);

@@ -256,6 +256,31 @@ t.test('reload errors keep the last good data', async (t) => {
   t.match(registry.status(), { ok: true, nodes: 6, certificates: 3, error: undefined });
 });
 
+t.test('a file that was there and is now missing keeps the last good data, like a broken one', async (t) => {
+  const files = await fixtureDir();
+  const registry = registryFor(files);
+  let changes = 0;
+  const unsubscribe = registry.onChange(() => (changes += 1));
+  await registry.reload();
+  t.equal(changes, 1, 'listeners hear a good load');
+  await fs.rename(files.list, `${files.list}.away`);
+  await t.rejects(registry.reload(), { code: 'RELAY_ERR_NODES_LIST', message: /missing.*keeping the last good list/ });
+  t.match(registry.status(), { ok: false, nodes: 6, error: /^RELAY_ERR_NODES_LIST: .*missing/ }, 'status says so, with the last good list');
+  t.ok(registry.get(E745), 'the nodes are still known');
+  t.equal(changes, 1, 'no change announced');
+  await fs.rm(files.certs);
+  await fs.rename(`${files.list}.away`, files.list);
+  await t.rejects(registry.reload(), { code: 'RELAY_ERR_NODES_CERTS' }, 'the certificates file too');
+  t.equal(registry.status().certificates, 3);
+  await fs.copyFile(path.join(KEYS, 'nodescerts.pem'), files.certs);
+  await registry.reload();
+  t.match(registry.status(), { ok: true, nodes: 6, certificates: 3, error: undefined }, 'back to normal');
+  t.equal(changes, 2);
+  unsubscribe();
+  await registry.reload();
+  t.equal(changes, 2, 'unsubscribed');
+});
+
 t.test('absent files are empty', async (t) => {
   const dir = path.join(tmp, 'absent');
   const registry = registryFor({ list: path.join(dir, 'nodeslist.json'), certs: path.join(dir, 'nodescerts.pem') });

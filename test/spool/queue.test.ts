@@ -197,3 +197,42 @@ t.test('one owner per file: watch events and catch-up scans racing never hand a 
   t.equal(concurrentSame, 0, 'never two handlers on one file at once');
   t.same([...calls.values()].filter((n) => n !== 1).length, 0, 'every file handled exactly once');
 });
+
+t.test('hold: kept until releaseHeld() or a change of the file, given up at retention into failed/ with the reason', async (t) => {
+  const dir = tempDir(t);
+  await mkdir(join(dir, 'incoming'), { recursive: true });
+  let known = false;
+  const looks: string[] = [];
+  const outcomes: string[] = [];
+  const queue = createQueue(
+    options(dir, { retentionMs: 60_000 }),
+    async (file) => {
+      looks.push(file.name);
+      if (file.name === 'old' || !known) return { kind: 'hold', code: 'unknown-node', reason: `no node for ${file.name}` };
+      return { kind: 'done' };
+    },
+    { onOutcome: (file, outcome) => outcomes.push(`${file.name}:${outcome.kind}`) },
+    log,
+  );
+  await writeFile(join(dir, 'incoming', 'report'), 'r');
+  const long = new Date(Date.now() - 120_000);
+  await writeFile(join(dir, 'incoming', 'old'), 'o');
+  await utimes(join(dir, 'incoming', 'old'), long, long);
+  await queue.start();
+  t.teardown(() => queue.stop());
+  // 'old' is past retention: the first cleanup after its hold gives it up
+  await until(async () => (await readdir(join(dir, 'failed')).catch((): string[] => [])).includes('old.reason'));
+  t.match(await readFile(join(dir, 'failed', 'old.reason'), 'utf8'), /^unknown-node: no node for old \(held since .*, given up at cleanup\.retention\)/);
+  t.ok(outcomes.includes('old:failed'), 'reported as a failed outcome (counted)');
+  t.equal(looks.filter((n) => n === 'report').length, 1, 'a held file is not looked at again by the catch-up scans');
+  t.ok((await readdir(join(dir, 'incoming'))).includes('report'), 'still in incoming/');
+  t.equal(queue.stats().held, 1);
+
+  await writeFile(join(dir, 'incoming', 'report'), 'r2');
+  await until(() => looks.filter((n) => n === 'report').length === 2);
+  t.pass('a held file that changes is looked at again');
+  known = true;
+  t.equal(queue.releaseHeld(), 1, 'releaseHeld() says how many');
+  await until(async () => !(await readdir(join(dir, 'incoming'))).includes('report'));
+  t.equal(queue.stats().held, 0);
+});

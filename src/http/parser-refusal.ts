@@ -1,0 +1,47 @@
+// Requests Node's HTTP parser refuses before any route sees them (a raw NUL in the target, Content-Length with
+// Transfer-Encoding, a bad chunk, two Content-Lengths, headers too large, an unknown method): answered with the
+// same coded text body and access line as every other refusal, instead of fastify's generic JSON.
+
+import { STATUS_CODES } from 'node:http';
+import type { Socket } from 'node:net';
+import type { Logger } from 'pino';
+import { RelayError } from '../errors.js';
+
+interface ClientError extends Error {
+  readonly code?: string;
+  readonly reason?: string;
+}
+
+function relayErrorOf(error: ClientError): RelayError {
+  const detail = `${error.reason ?? error.message}${error.code === undefined ? '' : ` (${error.code})`}`;
+  if (error.code === 'HPE_HEADER_OVERFLOW') return new RelayError('RELAY_ERR_HEADERS_TOO_LARGE', `request headers are larger than the server accepts: ${detail}`);
+  if (error.code === 'ERR_HTTP_REQUEST_TIMEOUT') return new RelayError('RELAY_ERR_REQUEST_TIMEOUT', 'the request did not arrive in time');
+  return new RelayError('RELAY_ERR_BAD_REQUEST', `the HTTP request cannot be parsed: ${detail}`);
+}
+
+/** fastify's clientErrorHandler: one access line, the coded answer when nothing was answered yet, then close */
+export function parserRefusalHandler(log: Logger, count: (status: number) => void): (error: ClientError, socket: Socket) => void {
+  return (error, socket) => {
+    // the client went away: nothing was refused, nothing to answer
+    if (error.code === 'ECONNRESET' || error.code === 'EPIPE' || socket.destroyed) {
+      socket.destroy();
+      return;
+    }
+    const refusal = relayErrorOf(error);
+    count(refusal.status);
+    log.warn(
+      { event: 'access', method: undefined, path: undefined, status: refusal.status, ip: socket.remoteAddress, error: refusal.code, reason: refusal.message },
+      'request',
+    );
+    // a response already under way (a body broken after its headers were answered) cannot take a second one
+    const inFlight = (socket as Socket & { _httpMessage?: { headersSent?: boolean } })._httpMessage;
+    if (socket.writable && inFlight?.headersSent !== true) {
+      const body = `${refusal.code}: ${refusal.message}\n`;
+      socket.end(
+        `HTTP/1.1 ${refusal.status} ${STATUS_CODES[refusal.status] ?? 'Error'}\r\n` +
+          `content-type: text/plain; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+      );
+    }
+    socket.destroySoon();
+  };
+}
