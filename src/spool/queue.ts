@@ -113,11 +113,11 @@ const MAX_FILE_BACKOFF_MS = 5 * 60_000;
  * per-file backoff cap while upstream answers 2xx: a file that failed then is bad luck on a flapping
  * upstream (or a file upstream refuses alone), not a reason to sit for minutes behind a working upstream
  */
-export const ANSWERING_MAX_BACKOFF_MS = 5_000;
+export const ANSWERING_MAX_BACKOFF_MS = 2_000;
 /** at most this often, a 2xx pulls in the files whose backoff was set while upstream was failing */
 const PULL_IN_INTERVAL_MS = 1_000;
 const MAX_QUEUE_PAUSE_MS = 30_000;
-/** consecutive transient failures before the whole queue pauses (the peer is down, not one file) */
+/** consecutive transient failures before the whole queue pauses (the peer is down, not one file), at least */
 const PAUSE_AFTER = 3;
 const DEFAULT_STOP_GRACE_MS = 10_000;
 /** after the abort, how long handlers get to come back before stop() returns without them */
@@ -153,6 +153,10 @@ function backoff(attempt: number, max: number): number {
 export function createQueue(options: QueueOptions, handler: QueueHandler, events: QueueEvents, parentLog: Logger): Queue {
   const log = parentLog.child({ module: 'spool', queue: options.name });
   const settleMs = options.settleMs ?? 100;
+  // a whole window of files in flight failing in a row: upstream is down. Fewer (3 of 32 at once) is what an
+  // upstream failing half of its requests gives all the time; pausing then left it idle most of the time while
+  // it took every other request (bench/faults), and max_concurrency already bounds what it receives
+  const pauseAfter = Math.max(PAUSE_AFTER, options.concurrency);
   const files = new Map<string, Tracked>();
   /** dispatch order: oldest first as discovered */
   const ready = new Set<string>();
@@ -272,7 +276,7 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
   }
 
   function pause(): void {
-    const delay = backoff(consecutiveFailures - PAUSE_AFTER + 1, MAX_QUEUE_PAUSE_MS);
+    const delay = backoff(consecutiveFailures - pauseAfter + 1, MAX_QUEUE_PAUSE_MS);
     pausedUntil = Date.now() + delay;
     lastPausedAt = Date.now();
     halfOpen = false;
@@ -403,7 +407,7 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
           if (files.get(name) === tracked) makeReady(name);
         }, delay);
         tracked.timer.unref();
-        if (halfOpen || (consecutiveFailures >= PAUSE_AFTER && Date.now() >= pausedUntil)) pause();
+        if (halfOpen || (consecutiveFailures >= pauseAfter && Date.now() >= pausedUntil)) pause();
         return;
       }
       case 'failed': {
