@@ -142,20 +142,23 @@ t.test('upstream down 10 s, then up: everything arrives', async (t) => {
 t.test('upstream answers 503 to every other request: everything arrives', async (t) => {
   const identities = await nodes();
   const upstream = await startUpstream(t, { password: DAV_PASSWORD });
-  await upstream.setMode('fail-503-every-other');
+  await upstream.setMode('fail-503-always');
   const relay = await startRelay(t, { upstream, nodesList: nodesList(identities), nodesCerts: identities.map((a) => a.certificatePem).join('') });
-  const reports = await makeReports(identities, 40, 2000);
-  await upload(relay, reports);
+  const refused = (endpoint: string) => upstream.requests.filter((r) => r.status === 503 && r.url.startsWith(`/${endpoint}/`)).length;
+  // the inventory is refused at least once for sure, then everything meets an upstream failing every other PUT
   const inventory = 'f0f0f0f0-0000-4000-8000-00000000beef_2026-11-25T10:00:00+00:00.ocs';
   t.equal(await putFile({ port: relay.httpsPort, endpoint: 'inventories', name: `${inventory}.gz`, body: Buffer.from('inventory'), password: 'rudder' }), 201);
   t.equal(await putFile({ port: relay.httpsPort, endpoint: 'inventories', name: `${inventory}.sign`, body: Buffer.from('signature'), password: 'rudder' }), 201);
+  await until(() => refused('inventories') > 0, 20_000, 'an inventory refused');
+  await upstream.setMode('fail-503-every-other');
+  const reports = await makeReports(identities, 40, 2000);
+  await upload(relay, reports);
   await upstream.waitFor(42, 60_000);
   const names = new Set(upstream.files('reports').map((f) => f.name));
   t.equal(names.size, 40);
   await until(async () => (await readdir(relay.reportsIncoming)).length === 0, 10_000, 'spool empty');
   await until(async () => (await readdir(relay.inventoriesIncoming)).length === 0, 10_000, 'inventory spool empty');
   // relayd's counters count every failed forward, not only the permanent ones
-  const refused = (endpoint: string) => upstream.requests.filter((r) => r.status === 503 && r.url.startsWith(`/${endpoint}/`)).length;
   t.ok(refused('reports') > 0 && refused('inventories') > 0, `the upstream refused ${refused('reports')} report and ${refused('inventories')} inventory forwards`);
   const metrics = await (await fetch(`${relay.apiUrl}/metrics`)).text();
   t.match(metrics, new RegExp(`rudder_relayd_reports_total\\{status="forward_error"\\} ${refused('reports')}\n`));
