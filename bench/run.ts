@@ -14,6 +14,7 @@ const benches: Record<string, () => Promise<Bench>> = {
   cfengine: () => import('./cfengine.js'),
   sync: () => import('./sync.js'),
   verify: () => import('./verify.js'),
+  faults: () => import('./faults.js'),
 };
 
 async function main(names: readonly string[]): Promise<number> {

@@ -731,6 +731,11 @@ export async function runWorker(): Promise<void> {
     // every upload asks the primary, which holds the budget: uploads in other workers count at once
     const admit = (queue: SpoolQueue, bytes: number): Promise<UploadAdmission> =>
       new Promise((resolve) => {
+        if (!process.connected) {
+          // the primary is gone (this worker is stopping): the last word it sent decides
+          resolve({ admitted: !fullQueues.has(queue), release: () => undefined });
+          return;
+        }
         const id = (admitRequest += 1);
         const timer = setTimeout(() => {
           // a primary too busy to answer must not refuse uploads: its last full/not-full word decides

@@ -20,6 +20,10 @@ let puts = 0;
 let bytes = 0;
 let refused = 0;
 let handshakes = 0;
+let failed = 0;
+let hung = 0;
+let failShare = 0;
+let hang = false;
 let firstAt: number | undefined;
 const watches: number[] = [];
 
@@ -56,6 +60,16 @@ process.on('message', (message: UpstreamParentMessage) => {
             res.writeHead(401, { 'www-authenticate': 'Basic realm="WebDAV Storage"', 'content-length': '0' }).end();
             return;
           }
+          if (hang) {
+            // read, never answered: the relay's request stays in flight
+            hung++;
+            return;
+          }
+          if (failShare > 0 && Math.random() < failShare) {
+            failed++;
+            res.writeHead(503, { 'content-length': '0' }).end();
+            return;
+          }
           let name: string;
           try {
             name = `${match[1]}/${decodeURIComponent(match[2]!)}`;
@@ -85,12 +99,16 @@ process.on('message', (message: UpstreamParentMessage) => {
       });
       break;
     }
+    case 'faults':
+      failShare = message.failShare ?? 0;
+      hang = message.hang ?? false;
+      break;
     case 'watch':
       watches.push(message.count);
       checkWatches();
       break;
     case 'stats':
-      send({ type: 'stats', id: message.id, stats: { files: digests.size, puts, bytes, refused, handshakes, firstAt, at: now() } });
+      send({ type: 'stats', id: message.id, stats: { files: digests.size, puts, bytes, refused, handshakes, failed, hung, firstAt, at: now() } });
       break;
     case 'digests':
       send({ type: 'digests', id: message.id, digests: [...digests] });

@@ -20,14 +20,25 @@ export interface UpstreamStats {
   readonly refused: number;
   /** TLS handshakes completed: few when the relay keeps its connections alive */
   readonly handshakes: number;
+  /** PUTs answered 503 on purpose (failShare) */
+  readonly failed: number;
+  /** PUTs read and never answered (hang) */
+  readonly hung: number;
   /** epoch ms (high resolution) of the first PUT stored */
   readonly firstAt: number | undefined;
   readonly at: number;
 }
 
 // ---- messages between the bench and the upstream process ----
+/** faults on demand: a share of PUTs answered 503 (at random), or every PUT read and never answered */
+export interface UpstreamFaults {
+  readonly failShare?: number;
+  readonly hang?: boolean;
+}
+
 export type UpstreamParentMessage =
   | { readonly type: 'start'; readonly key: string; readonly cert: string; readonly user: string; readonly password: string }
+  | ({ readonly type: 'faults' } & UpstreamFaults)
   | { readonly type: 'watch'; readonly count: number }
   | { readonly type: 'stats'; readonly id: number }
   | { readonly type: 'digests'; readonly id: number };
@@ -50,6 +61,8 @@ export interface BenchUpstream {
   whenStored(count: number, timeoutMs: number): Promise<number>;
   /** `<endpoint>/<name>` → hex SHA-256 of the body last stored */
   digests(): Promise<Map<string, string>>;
+  /** from now on (no answer is sent for this message: the next stats() call comes after it) */
+  setFaults(faults: UpstreamFaults): void;
   stop(): Promise<void>;
 }
 
@@ -152,6 +165,10 @@ export async function startBenchUpstream(options: {
         const watch: UpstreamParentMessage = { type: 'watch', count };
         child.send(watch);
       });
+    },
+    setFaults(faults) {
+      const message: UpstreamParentMessage = { type: 'faults', ...faults };
+      child.send(message);
     },
     async digests() {
       const answer = await ask('digests');

@@ -113,12 +113,22 @@ interface Tracked {
   timer?: NodeJS.Timeout;
   /** why it is held (state 'held'), for the give-up at retention */
   held?: { readonly code: string; readonly reason: string; readonly since: number };
+  /** when a file waiting on its retry backoff is due */
+  dueAt?: number;
 }
 
 const BASE_BACKOFF_MS = 500;
+/** per-file backoff cap while upstream is failing (no 2xx since the queue last paused) */
 const MAX_FILE_BACKOFF_MS = 5 * 60_000;
+/**
+ * per-file backoff cap while upstream answers 2xx: a file that failed then is bad luck on a flapping
+ * upstream (or a file upstream refuses alone), not a reason to sit for minutes behind a working upstream
+ */
+export const ANSWERING_MAX_BACKOFF_MS = 2_000;
+/** at most this often, a 2xx pulls in the files whose backoff was set while upstream was failing */
+const PULL_IN_INTERVAL_MS = 1_000;
 const MAX_QUEUE_PAUSE_MS = 30_000;
-/** consecutive transient failures before the whole queue pauses (the peer is down, not one file) */
+/** consecutive transient failures before the whole queue pauses (the peer is down, not one file), at least */
 const PAUSE_AFTER = 3;
 const DEFAULT_STOP_GRACE_MS = 10_000;
 /** after the abort, how long handlers get to come back before stop() returns without them */
@@ -154,6 +164,10 @@ function backoff(attempt: number, max: number): number {
 export function createQueue(options: QueueOptions, handler: QueueHandler, events: QueueEvents, parentLog: Logger): Queue {
   const log = parentLog.child({ module: 'spool', queue: options.name });
   const settleMs = options.settleMs ?? 100;
+  // a whole window of files in flight failing in a row: upstream is down. Fewer (3 of 32 at once) is what an
+  // upstream failing half of its requests gives all the time; pausing then left it idle most of the time while
+  // it took every other request (bench/faults), and max_concurrency already bounds what it receives
+  const pauseAfter = Math.max(PAUSE_AFTER, options.concurrency);
   const files = new Map<string, Tracked>();
   /** dispatch order: oldest first as discovered */
   const ready = new Set<string>();
@@ -163,6 +177,12 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
   let pausedUntil = 0;
   let pauseTimer: NodeJS.Timeout | undefined;
   let halfOpen = false;
+  /** the last 2xx (a 'done'), and the last time the queue judged upstream to be failing (a pause) */
+  let lastOkAt = 0;
+  let lastPausedAt = 0;
+  let lastPullInAt = 0;
+  /** files waiting on their retry backoff (not the ones deferred for another reason) */
+  const backingOff = new Set<string>();
   let bytes = 0;
   let full = false;
   /** bytes of uploads being received (admitted by reserve(), not yet tracked) */
@@ -197,6 +217,7 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
     bytes -= tracked.size;
     files.delete(name);
     ready.delete(name);
+    backingOff.delete(name);
     updateFull();
   }
 
@@ -219,13 +240,56 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
     const tracked = files.get(name);
     if (!tracked) return;
     tracked.state = 'pending';
+    backingOff.delete(name);
     ready.add(name);
     pump();
   }
 
+  const isUpstreamAnswering = () => lastOkAt > lastPausedAt;
+
+  /** upstream answered 2xx: files told to wait longer than a working upstream warrants are retried now */
+  function pullIn(now: number): void {
+    if (backingOff.size === 0 || now - lastPullInAt < PULL_IN_INTERVAL_MS) return;
+    lastPullInAt = now;
+    const late: string[] = [];
+    for (const name of backingOff) {
+      const tracked = files.get(name);
+      if (tracked?.state === 'deferred' && (tracked.dueAt ?? 0) > now + ANSWERING_MAX_BACKOFF_MS) late.push(name);
+    }
+    if (late.length === 0) return;
+    log.info({ event: 'backoff_shortened', files: late.length }, 'upstream answers again: retrying the files waiting on a long backoff');
+    for (const name of late) {
+      const tracked = files.get(name);
+      if (tracked?.timer) clearTimeout(tracked.timer);
+      if (tracked) tracked.timer = undefined;
+      makeReady(name);
+    }
+  }
+
+  /** the probe of a paused queue when no file is due: the one due soonest, so that recovery is seen within the pause */
+  function promoteProbe(): void {
+    let soonest: string | undefined;
+    let soonestAt = Infinity;
+    for (const name of backingOff) {
+      const tracked = files.get(name);
+      if (tracked?.state === 'deferred' && (tracked.dueAt ?? 0) < soonestAt) {
+        soonest = name;
+        soonestAt = tracked.dueAt ?? 0;
+      }
+    }
+    if (soonest === undefined) return;
+    const tracked = files.get(soonest);
+    if (tracked?.timer) clearTimeout(tracked.timer);
+    if (tracked) tracked.timer = undefined;
+    tracked!.state = 'pending';
+    backingOff.delete(soonest);
+    ready.add(soonest);
+  }
+
   function pause(): void {
-    const delay = backoff(consecutiveFailures - PAUSE_AFTER + 1, MAX_QUEUE_PAUSE_MS);
+    const delay = backoff(consecutiveFailures - pauseAfter + 1, MAX_QUEUE_PAUSE_MS);
     pausedUntil = Date.now() + delay;
+    lastPausedAt = Date.now();
     halfOpen = false;
     if (pauseTimer) clearTimeout(pauseTimer);
     pauseTimer = setTimeout(() => {
@@ -241,6 +305,7 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
     if (!running) return;
     if (Date.now() < pausedUntil && !halfOpen) return;
     const limit = halfOpen ? 1 : options.concurrency;
+    if (halfOpen && ready.size === 0 && inFlight === 0) promoteProbe();
     for (const name of ready) {
       if (inFlight >= limit) break;
       ready.delete(name);
@@ -269,6 +334,7 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
         if (!other || (other.state !== 'pending' && other.state !== 'deferred' && other.state !== 'ignored')) return undefined;
         if (other.timer) clearTimeout(other.timer);
         ready.delete(partner);
+        backingOff.delete(partner);
         other.state = 'claimed';
         claimed.push(partner);
         return { name: partner, path: pathOf(partner), size: other.size, mtimeMs: other.mtimeMs, attempts: other.attempts };
@@ -304,6 +370,8 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
         consecutiveFailures = 0;
         halfOpen = false;
         pausedUntil = 0;
+        lastOkAt = Date.now();
+        pullIn(lastOkAt);
         for (const done of [name, ...(outcome.also ?? [])]) {
           // before the unlink: its watch event may be handled before the unlink's own completion
           removedHere.add(done);
@@ -346,15 +414,17 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
         releaseClaims();
         tracked.attempts += 1;
         consecutiveFailures += 1;
-        const delay = backoff(tracked.attempts, MAX_FILE_BACKOFF_MS);
+        const delay = backoff(tracked.attempts, isUpstreamAnswering() ? ANSWERING_MAX_BACKOFF_MS : MAX_FILE_BACKOFF_MS);
         log.warn({ event: 'retry_later', file: name, attempts: tracked.attempts, ms: delay, reason: outcome.reason }, 'transient error, will retry');
         tracked.state = 'deferred';
+        tracked.dueAt = Date.now() + delay;
+        backingOff.add(name);
         tracked.timer = setTimeout(() => {
           tracked.timer = undefined;
           if (files.get(name) === tracked) makeReady(name);
         }, delay);
         tracked.timer.unref();
-        if (halfOpen || (consecutiveFailures >= PAUSE_AFTER && Date.now() >= pausedUntil)) pause();
+        if (halfOpen || (consecutiveFailures >= pauseAfter && Date.now() >= pausedUntil)) pause();
         return;
       }
       case 'failed': {
