@@ -28,6 +28,7 @@ import { clientCertificateRequester, createCfenginePuller, createSyncPuller, cre
 import { createSystem } from './system/index.js';
 import { VERSION } from './version.js';
 import { DATABASE_REFUSED, checkInstallation } from './check.js';
+import { ACTIVITY_STYLE, createActivity, createActivityBatcher, type ActivityEvent, type ActivitySink } from './activity/index.js';
 
 export interface StartOptions {
   readonly configPath: string;
@@ -38,7 +39,8 @@ type WorkerMessage =
   | { type: 'ready' }
   | { type: 'remote-run-error'; message: string }
   | { type: 'failed'; message: string; exitCode: number }
-  | { type: 'metrics'; id: number; snapshot: MetricsSnapshot };
+  | { type: 'metrics'; id: number; snapshot: MetricsSnapshot }
+  | { type: 'activity'; events: ActivityEvent[] };
 type PrimaryMessage =
   | { type: 'reload'; level: LogLevel }
   | { type: 'shutdown' }
@@ -148,12 +150,25 @@ function nodeRunnerOf(config: Config, identity: Identity, log: Logger): NodeRunn
   });
 }
 
-function remoteRunOf(config: Config, identity: Identity, nodes: NodesRegistry, peers: Peers, metrics: ServiceMetrics, log: Logger, onError?: (message: string) => void): RemoteRun {
+/** each local run recorded in the node's activity (a run of several nodes only knows how many failed) */
+function recordingRunner(runner: NodeRunner, activity: ActivitySink | undefined): NodeRunner {
+  if (activity === undefined) return runner;
+  return {
+    async run(nodes, conditions, output, signal) {
+      const result = await runner.run(nodes, conditions, output, signal);
+      const detail = result.failed === 0 ? 'ok' : nodes.length === 1 ? 'failed' : `${result.failed} of ${nodes.length} nodes failed`;
+      for (const node of nodes) activity.record({ t: 'remote_run', at: Date.now(), node: node.id, ok: result.failed === 0, detail });
+      return result;
+    },
+  };
+}
+
+function remoteRunOf(config: Config, identity: Identity, nodes: NodesRegistry, peers: Peers, metrics: ServiceMetrics, log: Logger, onError?: (message: string) => void, activity?: ActivitySink): RemoteRun {
   return createRemoteRun(
     { enabled: config.remoteRun.enabled, maxParallel: config.remoteRun.maxParallel, timeoutMs: config.remoteRun.timeoutMs },
     {
       nodes,
-      runner: nodeRunnerOf(config, identity, log),
+      runner: recordingRunner(nodeRunnerOf(config, identity, log), activity),
       subRelays: remoteRunCaller(peers),
       counters: { run: (result, seconds) => metrics.remoteRuns.observe({ result }, seconds) },
       ...(onError ? { onError } : {}),
@@ -220,12 +235,19 @@ export async function runPrimary(options: StartOptions): Promise<void> {
     await nodes.reload();
     const spool = spoolOf(config, log);
     await spool.prepare({ cleanTmp: true });
+    // created below; the activity module reads the queue depth only when it samples it
+    let pipelines: ReturnType<typeof createPipelines> | undefined;
+    const activity = createActivity(config.activity, {
+      nodes: () => nodes.neighbors(),
+      queueDepth: () => (pipelines?.queues() ?? []).reduce((total, q) => total + q.files, 0),
+      log,
+    });
+    await activity.start();
+    stoppers.push(() => activity.stop());
 
     const broadcast = (message: PrimaryMessage) => {
       for (const worker of workers) if (worker.isConnected()) worker.send(message);
     };
-    // created below; the metrics collectors only read it at scrape time
-    let pipelines: ReturnType<typeof createPipelines> | undefined;
     let metricsRequest = 0;
     const metricsWaiters = new Map<number, (snapshot: MetricsSnapshot) => void>();
     /** every worker's metrics over IPC; a worker that does not answer within 2 s is left out */
@@ -250,13 +272,14 @@ export async function runPrimary(options: StartOptions): Promise<void> {
         );
       return (await Promise.all(answers)).filter((s): s is MetricsSnapshot => s !== undefined);
     };
-    const metrics = createPrimaryMetrics({ spool, nodes, queues: { queues: () => pipelines?.queues() ?? [] }, workers: workerSnapshots });
+    const metrics = createPrimaryMetrics({ spool, nodes, queues: { queues: () => pipelines?.queues() ?? [] }, workers: workerSnapshots, activity });
     pipelines = createPipelines(config, {
       myId: identity.nodeId,
       nodes,
       spool,
       metrics,
       onFullChange: (queue, full) => broadcast({ type: 'spool-full', queue, full }),
+      activity,
       log,
     });
     const activePipelines = pipelines;
@@ -283,8 +306,10 @@ export async function runPrimary(options: StartOptions): Promise<void> {
         peers.reload();
         await activePipelines.reload();
       },
+      extraSections: (query) => ({ html: activity.pageSections(query), style: ACTIVITY_STYLE }),
       extraStatus: () => ({
         ...activePipelines.status(),
+        activity: activity.status(),
         ...(puller ? { sync: syncStatus(puller) } : {}),
         ...(config.cfengine.enabled
           ? { cfengine: { status: cfengine ? 'success' : 'error', listen: `${config.cfengine.listen.host}:${cfengine?.port() ?? config.cfengine.listen.port}` } }
@@ -303,7 +328,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
     const peers = createPeers(config, nodes, { key: identity.privateKeyPem, cert: identity.certificatePem });
     stoppers.push(() => peers.close());
     const sharedFiles = sharedFilesOf(config, nodes, peers, metrics, log);
-    remoteRun = remoteRunOf(config, identity, nodes, peers, metrics, log);
+    remoteRun = remoteRunOf(config, identity, nodes, peers, metrics, log, undefined, activity);
     if (config.sync.upstream) {
       const onNodesChanged = async (): Promise<void> => {
         await nodes.reload();
@@ -347,6 +372,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
       puller,
       sharedFolderPath: config.sharedFolder.path,
       renderMetrics: () => metrics.render(),
+      activityRoutes: activity.routes,
       log,
     });
     try {
@@ -407,6 +433,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
             connection: (result) => metrics.cfengineConnections.inc({ result }),
             command: (command, result) => metrics.cfengineCommand(command, result),
             bytesSent: (bytes) => metrics.cfengineSent(bytes),
+            session: (s) => activity.record({ t: 'cfengine', at: Date.now(), node: s.node, ip: s.peer, agent: s.agent, ok: s.ok, reason: s.reason }),
           },
           log,
         },
@@ -440,6 +467,8 @@ export async function runPrimary(options: StartOptions): Promise<void> {
             resolve();
           } else if (message.type === 'remote-run-error') {
             remoteRun?.recordError(message.message);
+          } else if (message.type === 'activity') {
+            for (const event of message.events) activity.record(event);
           } else if (message.type === 'metrics') {
             metricsWaiters.get(message.id)?.(message.snapshot);
           } else if (message.type === 'failed') {
@@ -529,6 +558,8 @@ export async function runWorker(): Promise<void> {
     await nodes.reload();
     await nodes.start();
     const frontDoorMetrics = createFrontDoorMetrics();
+    // node activity goes to the primary in batches; nothing is written on the upload path
+    const activity = config.activity.enabled ? createActivityBatcher((events) => send({ type: 'activity', events })) : undefined;
     const peers = createPeers(config, nodes, { key: identity.privateKeyPem, cert: identity.certificatePem });
     const frontDoor = createFrontDoor(
       {
@@ -551,10 +582,11 @@ export async function runWorker(): Promise<void> {
         metrics: frontDoorMetrics,
         isSpoolFull: (queue) => fullQueues.has(queue),
         sharedFiles: sharedFilesOf(config, nodes, peers, frontDoorMetrics, log),
-        remoteRun: remoteRunOf(config, identity, nodes, peers, frontDoorMetrics, log, (message) => send({ type: 'remote-run-error', message })),
+        remoteRun: remoteRunOf(config, identity, nodes, peers, frontDoorMetrics, log, (message) => send({ type: 'remote-run-error', message }), activity),
         syncServing: config.sync.serve
           ? createSyncServing({ paths: syncPaths(config), manifestTtlMs: config.sync.manifestTtlMs }, { nodes, requesterOf: clientCertificateRequester(nodes), log })
           : undefined,
+        ...(activity ? { activity } : {}),
         log,
       },
     );
@@ -569,6 +601,7 @@ export async function runWorker(): Promise<void> {
       stopping = true;
       await frontDoor.stop();
       await nodes.stop();
+      activity?.stop();
       process.exit(0);
     };
     process.on('message', (message: PrimaryMessage) => {

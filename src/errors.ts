@@ -26,6 +26,7 @@ export type ErrorCode =
   | 'RELAY_ERR_STATE_FORMAT'
   | 'RELAY_ERR_NOT_FOUND'
   | 'RELAY_ERR_BAD_REQUEST'
+  | 'RELAY_ERR_ACTIVITY_DATABASE'
   | 'RELAY_ERR_INTERNAL';
 
 interface CatalogueEntry {
@@ -59,6 +60,8 @@ const catalogue: Record<ErrorCode, CatalogueEntry> = {
   RELAY_ERR_STATE_FORMAT: { status: 500, transient: false },
   RELAY_ERR_NOT_FOUND: { status: 404, transient: false },
   RELAY_ERR_BAD_REQUEST: { status: 400, transient: false },
+  // the activity database (src/activity): unloadable, unreadable or corrupt; the relay runs on without it
+  RELAY_ERR_ACTIVITY_DATABASE: { status: 503, transient: true },
   RELAY_ERR_INTERNAL: { status: 500, transient: true },
 };
 

@@ -12,6 +12,7 @@ import { createReportHandler } from './reports/queue-handler.js';
 import { createQueue, type Queue, type Spool, type SpoolQueue } from './spool/index.js';
 import { createUpstream, type Upstream, type UpstreamEndpoint } from './upstream/index.js';
 import type { SubStatus } from './system/index.js';
+import { NO_ACTIVITY, type ActivitySink } from './activity/index.js';
 
 const INSPECTION_THREADS = Math.max(1, availableParallelism() - 1);
 
@@ -32,10 +33,13 @@ export function createPipelines(
     spool: Spool;
     metrics: PrimaryMetrics;
     onFullChange: (queue: SpoolQueue, full: boolean) => void;
+    /** the delivery ledger: forwards and outcomes of every file */
+    activity?: ActivitySink;
     log: Logger;
   },
 ): Pipelines {
   const { reporting, inventory } = config.processing;
+  const activity = deps.activity ?? NO_ACTIVITY;
   const needsUpstream = reporting.output === 'upstream' || inventory.output === 'upstream';
   const rawUpstream: Upstream | undefined = needsUpstream
     ? createUpstream(
@@ -63,6 +67,7 @@ export function createPipelines(
     forward: async (endpoint: UpstreamEndpoint, name: string, file: { path: string; size: number; content?: Buffer }) => {
       const result = await rawUpstream.forward(endpoint, name, file);
       deps.metrics.upstreamRequests.observe({ endpoint, result: result.kind }, result.ms / 1000);
+      activity.record({ t: 'forward', at: Date.now(), queue: endpoint, file: name, result: result.kind, status: result.status, ms: result.ms });
       return result;
     },
   };
@@ -101,10 +106,17 @@ export function createPipelines(
         },
         handler,
         {
-          onOutcome: (_file, outcome) => {
+          onOutcome: (file, outcome) => {
             if (outcome.kind === 'failed') deps.metrics.failed.inc({ queue, reason: outcome.code });
+            const at = Date.now();
+            if (outcome.kind === 'failed') activity.record({ t: 'outcome', at, queue, file: file.name, receivedAt: file.mtimeMs, outcome: 'failed', reason: outcome.code });
+            // done = forwarded, unless nothing was sent (a skipped report); its partners (.sign) went with it
+            if (outcome.kind === 'done') for (const name of [file.name, ...(outcome.also ?? [])]) activity.record({ t: 'outcome', at, queue, file: name, receivedAt: file.mtimeMs, outcome: 'forwarded' });
           },
-          onExpired: (_name, directory) => deps.metrics.expired.inc({ queue, directory }),
+          onExpired: (name, directory) => {
+            deps.metrics.expired.inc({ queue, directory });
+            if (directory === 'incoming') activity.record({ t: 'outcome', at: Date.now(), queue, file: name, receivedAt: Date.now(), outcome: 'expired' });
+          },
           onFullChange: (full) => deps.onFullChange(queue, full),
         },
         deps.log,

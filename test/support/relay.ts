@@ -53,6 +53,8 @@ export interface RelayOptions {
   readonly relayId?: string;
   /** general.https_port: the port of peers' HTTPS (sub-relays), when there is no upstream option */
   readonly peerHttpsPort?: number;
+  /** extra lines in [activity] (its database is in <dir>/state) */
+  readonly activityToml?: string;
 }
 
 export interface CliResult {
@@ -166,6 +168,10 @@ ${ports.cfengine === undefined ? 'enabled = false' : `listen = "127.0.0.1:${port
 
 [shared_folder]
 path = "${dir}/shared-folder/"
+
+[activity]
+state_directory = "${dir}/state"
+${options.activityToml ?? ''}
 ${options.extraToml ?? ''}
 `;
 }
