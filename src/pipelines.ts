@@ -109,9 +109,12 @@ export function createPipelines(
           onOutcome: (file, outcome) => {
             if (outcome.kind === 'failed') deps.metrics.failed.inc({ queue, reason: outcome.code });
             const at = Date.now();
-            if (outcome.kind === 'failed') activity.record({ t: 'outcome', at, queue, file: file.name, receivedAt: file.mtimeMs, outcome: 'failed', reason: outcome.code });
+            if (outcome.kind === 'failed') activity.record({ t: 'outcome', at, queue, file: file.name, receivedAt: file.mtimeMs, size: file.size, outcome: 'failed', reason: outcome.code });
             // done = forwarded, unless nothing was sent (a skipped report); its partners (.sign) went with it
-            if (outcome.kind === 'done') for (const name of [file.name, ...(outcome.also ?? [])]) activity.record({ t: 'outcome', at, queue, file: name, receivedAt: file.mtimeMs, outcome: 'forwarded' });
+            if (outcome.kind === 'done') {
+              activity.record({ t: 'outcome', at, queue, file: file.name, receivedAt: file.mtimeMs, size: file.size, outcome: 'forwarded' });
+              for (const name of outcome.also ?? []) activity.record({ t: 'outcome', at, queue, file: name, receivedAt: file.mtimeMs, outcome: 'forwarded' });
+            }
           },
           onExpired: (name, directory) => {
             deps.metrics.expired.inc({ queue, directory });

@@ -40,6 +40,8 @@ export type ActivityEvent =
       readonly file: string;
       /** the spool file's mtime: when it was received, for files the ledger has no row of */
       readonly receivedAt: number;
+      /** the spool file's size, for files the ledger has no row of */
+      readonly size?: number;
       readonly outcome: 'forwarded' | 'failed' | 'skipped' | 'expired';
       readonly reason?: string;
     };

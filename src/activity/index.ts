@@ -102,6 +102,8 @@ export interface Activity extends ActivitySink {
 }
 
 const FLUSH_MS = 500;
+/** longer than a worker's batch (250 ms) plus IPC: see flush() */
+const HOLD_PRIMARY_MS = 1_000;
 /** a queue-depth sample is written at least this often, events or not (the chart needs it) */
 const DEPTH_SAMPLE_MS = 20_000;
 const PRUNE_MS = 10 * 60_000;
@@ -157,13 +159,18 @@ export function createActivity(options: ActivityOptions, deps: ActivityDeps): Ac
       });
   };
 
-  const flush = () => {
+  const flush = (all = false) => {
     if (store === undefined) return;
     const now = Date.now();
     const sampleDepth = now - lastDepthAt >= DEPTH_SAMPLE_MS;
     if (pending.length === 0 && !sampleDepth) return;
-    const events = pending;
-    pending = [];
+    // the primary's own forward and outcome events wait a little: a worker's upload event of the same file
+    // may still be in its batch, and the ledger must see "received" first
+    const cutoff = all ? Infinity : now - HOLD_PRIMARY_MS;
+    const events: ActivityEvent[] = [];
+    const held: ActivityEvent[] = [];
+    for (const event of pending) ((event.t === 'forward' || event.t === 'outcome') && event.at > cutoff ? held : events).push(event);
+    pending = held;
     try {
       store.write(events, sampleDepth ? deps.queueDepth() : undefined, now);
       if (sampleDepth) lastDepthAt = now;
@@ -336,7 +343,7 @@ export function createActivity(options: ActivityOptions, deps: ActivityDeps): Ac
       if (flushTimer !== undefined) clearInterval(flushTimer);
       if (pruneTimer !== undefined) clearInterval(pruneTimer);
       flushTimer = pruneTimer = undefined;
-      flush();
+      flush(true);
       try {
         store?.close();
       } catch {
@@ -345,7 +352,7 @@ export function createActivity(options: ActivityOptions, deps: ActivityDeps): Ac
       store = undefined;
     },
     isRecording: () => store !== undefined,
-    flush,
+    flush: () => flush(true),
     nodes,
     node(id) {
       const s = need();

@@ -127,6 +127,11 @@ export function createStore(db: Database): Store {
   const latestRow = db.prepare<[string, string], { id: number; received_at: number; state: string; attempts: number }>(
     'SELECT id, received_at, state, attempts FROM ledger WHERE file = ? AND queue = ? ORDER BY id DESC LIMIT 1',
   );
+  const lateRow = db.prepare('INSERT INTO ledger (queue, file, node, received_at, size, state, done_at, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)');
+  const lateMatch = db.prepare<[string, string, number], { id: number }>(
+    'SELECT id FROM ledger WHERE file = ? AND queue = ? AND ip IS NULL AND sha256 IS NULL AND done_at >= ? ORDER BY id DESC LIMIT 1',
+  );
+  const fillLate = db.prepare('UPDATE ledger SET size = ?, sha256 = ?, ip = ?, node = coalesce(node, ?) WHERE id = ?');
   const forwardAttempt = db.prepare('UPDATE ledger SET attempts = attempts + 1, verified_at = coalesce(verified_at, ?), upstream_status = ?, upstream_ms = ? WHERE id = ?');
   const finished = db.prepare('UPDATE ledger SET state = ?, done_at = ?, reason = ? WHERE id = ?');
   const hourAdd = new Map<string, Statement>();
@@ -169,7 +174,11 @@ export function createStore(db: Database): Store {
           minute(event.at, 'uploads');
           const sha = event.sha256 === undefined ? null : Buffer.from(event.sha256, 'hex');
           const replaced = event.created === false ? replacedRow.run(event.bytes, sha, event.ip, event.file, event.queue).changes > 0 : false;
-          if (replaced) {
+          // the file already left the queue and was recorded then (its upload event came late): complete that row
+          const late = replaced ? undefined : lateMatch.get(event.file, event.queue, event.at - 60_000);
+          if (late !== undefined) {
+            fillLate.run(event.bytes, sha, event.ip, event.node ?? null, late.id);
+          } else if (replaced) {
             hourAdd.get('replaced')?.run(hourOf(event.at), event.queue, 0);
           } else {
             received.run(event.queue, event.file, event.node ?? null, event.at, event.bytes, sha, event.ip);
@@ -211,6 +220,12 @@ export function createStore(db: Database): Store {
         // the queue says "done" for a report it skipped too (skip_event_types): nothing went upstream
         const outcome = event.outcome === 'forwarded' && row !== undefined && row.attempts === 0 ? 'skipped' : event.outcome;
         if (row !== undefined) finished.run(outcome, event.at, event.reason ?? null, row.id);
+        else {
+          // a file the ledger never saw arrive (events lost in a crash, recording off, a backlog older than the
+          // database): recorded as it leaves, so that every hour still balances
+          lateRow.run(event.queue, event.file, nodeOfFile(event.queue, event.file) ?? null, receivedAt, event.size ?? null, outcome, event.at, event.reason ?? null);
+          hourAdd.get('received')?.run(hourOf(receivedAt), event.queue, event.size ?? 0);
+        }
         hourAdd.get(outcome)?.run(hourOf(receivedAt), event.queue, 0);
         if (event.queue === 'reports' && event.outcome === 'failed') {
           // a report refused after upload (signature, unknown node, upstream refusal) is the node's last report outcome

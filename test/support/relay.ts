@@ -170,7 +170,7 @@ ${ports.cfengine === undefined ? 'enabled = false' : `listen = "127.0.0.1:${port
 path = "${dir}/shared-folder/"
 
 [activity]
-state_directory = "${dir}/state"
+${options.activityToml?.includes('state_directory') ? '' : `state_directory = "${dir}/state"`}
 ${options.activityToml ?? ''}
 ${options.extraToml ?? ''}
 `;
