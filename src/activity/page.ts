@@ -62,19 +62,27 @@ function lineChart(title: string, unit: string, from: number, to: number, series
   const paths = series
     .map((s, i) => {
       const segments: string[] = [];
+      /** minutes with a value but no neighbour: a dot, since a path of one point draws nothing */
+      const dots: string[] = [];
       let current: string[] = [];
+      const close = () => {
+        if (current.length === 1) dots.push(current[0]?.slice(1) ?? '');
+        else if (current.length > 1) segments.push(current.join(' '));
+        current = [];
+      };
       for (let k = 0; k <= minutes; k += 1) {
         const m = start + k * MINUTE;
         const v = s.values.get(m);
         if (v === undefined && gaps) {
-          if (current.length > 0) segments.push(current.join(' '));
-          current = [];
+          close();
           continue;
         }
         current.push(`${current.length === 0 ? 'M' : 'L'}${x(m).toFixed(1)},${y(v ?? 0).toFixed(1)}`);
       }
-      if (current.length > 0) segments.push(current.join(' '));
-      return `<path d="${segments.join(' ')}" fill="none" stroke="${COLORS[i % COLORS.length]}" stroke-width="1.5"><title>${escape(s.name)}</title></path>`;
+      close();
+      const color = COLORS[i % COLORS.length] ?? '#1f6feb';
+      const circles = dots.map((d) => `<circle cx="${d.split(',')[0]}" cy="${d.split(',')[1]}" r="2.5" fill="${color}"/>`).join('');
+      return `${segments.length > 0 ? `<path d="${segments.join(' ')}" fill="none" stroke="${color}" stroke-width="1.5"><title>${escape(s.name)}</title></path>` : ''}${circles}`;
     })
     .join('');
   const totals = series.map((s, i) => {
