@@ -13,6 +13,7 @@ const benches: Record<string, () => Promise<Bench>> = {
   'remote-run': () => import('./remote-run.js'),
   cfengine: () => import('./cfengine.js'),
   sync: () => import('./sync.js'),
+  ledger: () => import('./ledger.js'),
 };
 
 async function main(names: readonly string[]): Promise<number> {

@@ -113,6 +113,50 @@ const SILENT_CACHE_MS = 5_000;
 
 const iso = (at: number | null | undefined): string | null => (at === null || at === undefined ? null : new Date(at).toISOString());
 
+/** a node's database row as the API shows it, formatted once when the row changes */
+interface NodeRecordView {
+  readonly reportOkAt: number | undefined;
+  readonly view: Omit<NodeView, 'id' | 'hostname' | 'silent'>;
+  /** `view` as JSON without its braces: GET /nodes joins these instead of serialising 10,000 objects */
+  readonly json: string;
+}
+
+const NO_ACTION: ActionView = { at: null, outcome: null, ok_at: null };
+const EMPTY_RECORD: NodeRecordView['view'] = {
+  last_seen_at: null,
+  last_ip: null,
+  agent_version: null,
+  report: NO_ACTION,
+  inventory: NO_ACTION,
+  policy: NO_ACTION,
+  cfengine: NO_ACTION,
+  remote_run: NO_ACTION,
+  shared_files: NO_ACTION,
+  refusal: null,
+};
+
+function recordView(row: Record<string, unknown>): NodeRecordView {
+  const action = (name: NodeAction): ActionView => ({
+    at: iso(row[`${name}_at`] as number | null),
+    outcome: (row[`${name}_outcome`] as string | null | undefined) ?? null,
+    ok_at: iso(row[`${name}_ok_at`] as number | null),
+  });
+  const refusalAt = row['refusal_at'] as number | null | undefined;
+  const view: NodeRecordView['view'] = {
+    last_seen_at: iso(row['last_seen_at'] as number | null),
+    last_ip: (row['last_ip'] as string | null | undefined) ?? null,
+    agent_version: (row['agent_version'] as string | null | undefined) ?? null,
+    ...(Object.fromEntries(NODE_ACTIONS.map((name) => [name, action(name)])) as Record<NodeAction, ActionView>),
+    refusal:
+        refusalAt === null || refusalAt === undefined
+          ? null
+          : { at: iso(refusalAt) ?? '', code: String(row['refusal_code']), ip: (row['refusal_ip'] as string | null) ?? null, action: (row['refusal_action'] as string | null) ?? null },
+  };
+  return { reportOkAt: (row['report_ok_at'] as number | null | undefined) ?? undefined, view, json: JSON.stringify(view).slice(1, -1) };
+}
+
+const EMPTY_JSON = JSON.stringify(EMPTY_RECORD).slice(1, -1);
+
 export function createActivity(options: ActivityOptions, deps: ActivityDeps): Activity {
   const log = deps.log.child({ module: 'activity' });
   let db: Database | undefined;
@@ -125,6 +169,18 @@ export function createActivity(options: ActivityOptions, deps: ActivityDeps): Ac
   let lastDepthAt = 0;
   let recovering = false;
   const refusals = new Map<string, number>();
+  /**
+   * every node's record as the API shows it, kept in step with the database after each write (re-read for
+   * the nodes touched) so that GET /nodes does no SQL and no date formatting: 10,000 nodes in well under 100 ms
+   */
+  const records = new Map<string, NodeRecordView>();
+  const refreshRecords = (rows: readonly Record<string, unknown>[]) => {
+    for (const row of rows) records.set(String(row['id']), recordView(row));
+  };
+  const reloadRecords = () => {
+    records.clear();
+    if (store !== undefined) refreshRecords(store.nodes() as Array<Record<string, unknown>>);
+  };
   let silentCache: { at: number; count: number } | undefined;
 
   const open = async () => {
@@ -133,6 +189,7 @@ export function createActivity(options: ActivityOptions, deps: ActivityDeps): Ac
     path = opened.path;
     store = createStore(db);
     problem = undefined;
+    reloadRecords();
   };
 
   /** a write failed: a corrupt database is moved aside and made again, anything else drops the batch */
@@ -172,8 +229,9 @@ export function createActivity(options: ActivityOptions, deps: ActivityDeps): Ac
     for (const event of pending) ((event.t === 'forward' || event.t === 'outcome') && event.at > cutoff ? held : events).push(event);
     pending = held;
     try {
-      store.write(events, sampleDepth ? deps.queueDepth() : undefined, now);
+      const touched = store.write(events, sampleDepth ? deps.queueDepth() : undefined, now);
       if (sampleDepth) lastDepthAt = now;
+      if (touched.size > 0) refreshRecords(store.nodesByIds([...touched]) as Array<Record<string, unknown>>);
     } catch (error) {
       onWriteError(error);
     }
@@ -184,6 +242,7 @@ export function createActivity(options: ActivityOptions, deps: ActivityDeps): Ac
     try {
       const started = Date.now();
       const removed = store.prune(started, options.detailWindowMs, options.ledgerRetentionMs);
+      if (removed > 0) reloadRecords();
       if (removed > 0) log.info({ event: 'activity_pruned', rows: removed, ms: Date.now() - started }, 'old activity rows removed');
     } catch (error) {
       onWriteError(error);
@@ -196,46 +255,34 @@ export function createActivity(options: ActivityOptions, deps: ActivityDeps): Ac
     return store;
   };
 
-  const action = (row: Record<string, unknown> | undefined, name: NodeAction): ActionView => ({
-    at: iso(row?.[`${name}_at`] as number | null),
-    outcome: (row?.[`${name}_outcome`] as string | null | undefined) ?? null,
-    ok_at: iso(row?.[`${name}_ok_at`] as number | null),
+  const viewOf = (id: string, hostname: string | null, record: NodeRecordView | undefined, now: number, since: number): NodeView => ({
+    id,
+    hostname,
+    silent: now - (record?.reportOkAt ?? since) > 2 * options.runIntervalMs,
+    ...(record?.view ?? EMPTY_RECORD),
   });
 
-  const viewOf = (id: string, hostname: string | null, row: Record<string, unknown> | undefined, now: number, since: number): NodeView => {
-    const lastReport = (row?.['report_ok_at'] as number | null | undefined) ?? undefined;
-    const refusalAt = row?.['refusal_at'] as number | null | undefined;
-    const views = Object.fromEntries(NODE_ACTIONS.map((name) => [name, action(row, name)])) as Record<NodeAction, ActionView>;
-    return {
-      id,
-      hostname,
-      silent: now - (lastReport ?? since) > 2 * options.runIntervalMs,
-      last_seen_at: iso(row?.['last_seen_at'] as number | null),
-      last_ip: (row?.['last_ip'] as string | null | undefined) ?? null,
-      agent_version: (row?.['agent_version'] as string | null | undefined) ?? null,
-      ...views,
-      refusal:
-        refusalAt === null || refusalAt === undefined
-          ? null
-          : { at: iso(refusalAt) ?? '', code: String(row?.['refusal_code']), ip: (row?.['refusal_ip'] as string | null) ?? null, action: (row?.['refusal_action'] as string | null) ?? null },
-    };
-  };
+  /** JSON of a node list, from the preformatted records (see NodeRecordView.json) */
+  const nodesJson = (list: readonly NodeView[]): string =>
+    `[${list.map((n) => `{"id":${JSON.stringify(n.id)},"hostname":${JSON.stringify(n.hostname)},"silent":${n.silent},${records.get(n.id)?.json ?? EMPTY_JSON}}`).join(',')}]`;
 
   const nodes = (): NodeView[] => {
     const s = need();
     const now = Date.now();
     // a node never seen is silent once the database has been watching for two run intervals
     const since = s.createdAt();
-    const rows = new Map(s.nodes().map((row) => [row.id, row as Record<string, unknown>]));
+    const listed = new Set<string>();
     const views: NodeView[] = [];
     for (const entry of deps.nodes()) {
-      views.push(viewOf(entry.id, entry.hostname, rows.get(entry.id), now, since));
-      rows.delete(entry.id);
+      views.push(viewOf(entry.id, entry.hostname, records.get(entry.id), now, since));
+      listed.add(entry.id);
     }
     // seen but not in the nodes list (a sub-relay's nodes, or a node removed since)
-    for (const [id, row] of rows) views.push(viewOf(id, null, row, now, since));
-    // silent first, then refused (most recent refusal first), then by id
-    return views.sort((a, b) => Number(b.silent) - Number(a.silent) || (b.refusal?.at ?? '').localeCompare(a.refusal?.at ?? '') || a.id.localeCompare(b.id));
+    for (const [id, record] of records) if (!listed.has(id)) views.push(viewOf(id, null, record, now, since));
+    // silent first, then refused (most recent refusal first), then by id; plain comparisons (localeCompare
+    // alone cost 100 ms at 10,000 nodes)
+    const text = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
+    return views.sort((a, b) => Number(b.silent) - Number(a.silent) || text(b.refusal?.at ?? '', a.refusal?.at ?? '') || text(a.id, b.id));
   };
 
   const filesView = (rows: readonly LedgerRow[]): LedgerView['files'] => rows.map((row) => ({ ...row, received: iso(row.received_at) ?? '', done: iso(row.done_at) }));
@@ -280,13 +327,20 @@ export function createActivity(options: ActivityOptions, deps: ActivityDeps): Ac
           .send(JSON.stringify({ action, result: 'error', code: relayError.code, errorDetails: relayError.message }));
       }
     };
-    api.get('/nodes', async (request, reply) =>
-      answer(reply, 'getNodes', () => {
+    api.get('/nodes', async (request, reply) => {
+      try {
         const silentOnly = (request.query as Record<string, string | undefined>)['silent'];
-        const list = nodes();
-        return { nodes: silentOnly === 'true' || silentOnly === '' ? list.filter((n) => n.silent) : list, client_failures: need().clientFailures(50) };
-      }),
-    );
+        const all = nodes();
+        const list = silentOnly === 'true' || silentOnly === '' ? all.filter((n) => n.silent) : all;
+        // the envelope written by hand around the preformatted nodes: 10,000 nodes are ~4 MiB of JSON
+        const body = `{"action":"getNodes","result":"success","data":{"nodes":${nodesJson(list)},"client_failures":${JSON.stringify(need().clientFailures(50))}}}`;
+        return reply.header('content-type', json).send(body);
+      } catch (error) {
+        return answer(reply, 'getNodes', () => {
+          throw error;
+        });
+      }
+    });
     api.get('/nodes/:id', async (request, reply) =>
       answer(reply, 'getNode', () => {
         flush();
@@ -360,7 +414,7 @@ export function createActivity(options: ActivityOptions, deps: ActivityDeps): Ac
       const entry = deps.nodes().find((n) => n.id === id);
       if (row === undefined && entry === undefined) return undefined;
       return {
-        node: viewOf(id, entry?.hostname ?? null, row, Date.now(), s.createdAt()),
+        node: viewOf(id, entry?.hostname ?? null, row === undefined ? undefined : recordView(row), Date.now(), s.createdAt()),
         events: s.nodeEvents(id, 200),
         files: filesView(s.ledger({ node: id }, 100)),
       };

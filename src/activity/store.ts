@@ -79,7 +79,9 @@ export interface MinutePoint {
 }
 
 export interface Store {
-  write(events: readonly ActivityEvent[], queueDepth: number | undefined, now: number): void;
+  /** resolves to the ids of the nodes whose record changed */
+  write(events: readonly ActivityEvent[], queueDepth: number | undefined, now: number): Set<string>;
+  nodesByIds(ids: readonly string[]): NodeRecord[];
   prune(now: number, detailWindowMs: number, retentionMs: number): number;
   createdAt(): number;
   nodes(): NodeRecord[];
@@ -147,8 +149,10 @@ export function createStore(db: Database): Store {
   const minuteMax = db.prepare(`INSERT INTO minutes (minute, series, value, n) VALUES (?, ?, ?, 1)
     ON CONFLICT (minute, series) DO UPDATE SET value = max(value, excluded.value)`);
 
+  let touched = new Set<string>();
   const nodeOf = (node: string | undefined, action: NodeAction, at: number, ip: string | null, outcome: string, ok: boolean) => {
     if (node === undefined) return;
+    touched.add(node);
     nodeUpdates.get(action)?.run({ node, at, ip, outcome, ok: ok ? 1 : 0 });
     nodeEvent.run(at, node, action, outcome, null, ip);
   };
@@ -162,6 +166,7 @@ export function createStore(db: Database): Store {
           minute(event.at, `refusal:${event.code}`);
           if (event.node !== undefined) {
             refusal.run({ node: event.node, at: event.at, code: event.code, ip: event.ip, action: event.action });
+            touched.add(event.node);
             if (event.action === 'other') nodeEvent.run(event.at, event.node, 'refusal', String(event.status), event.code, event.ip);
           } else {
             clientFailure.run({ ip: event.ip, at: event.at, reason: event.code });
@@ -257,7 +262,19 @@ export function createStore(db: Database): Store {
   const hex = <T extends { sha256: unknown }>(row: T): T => ({ ...row, sha256: Buffer.isBuffer(row.sha256) ? row.sha256.toString('hex') : null });
 
   return {
-    write: (events, queueDepth, now) => writeBatch(events, queueDepth, now),
+    write(events, queueDepth, now) {
+      touched = new Set();
+      writeBatch(events, queueDepth, now);
+      return touched;
+    },
+    nodesByIds(ids) {
+      const rows: NodeRecord[] = [];
+      for (let i = 0; i < ids.length; i += 500) {
+        const chunk = ids.slice(i, i + 500);
+        rows.push(...(db.prepare(`SELECT * FROM nodes WHERE id IN (${chunk.map(() => '?').join(',')})`).all(...chunk) as NodeRecord[]));
+      }
+      return rows;
+    },
     prune(now, detailWindowMs, retentionMs) {
       const bounds = { detail: now - detailWindowMs, retention: now - retentionMs, minutes: now - MINUTES_KEPT_MS };
       let removed = 0;
