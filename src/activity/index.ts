@@ -289,7 +289,7 @@ export function createActivity(options: ActivityOptions, deps: ActivityDeps): Ac
 
   const ledger = (filter: { file?: string; node?: string; since?: number }): LedgerView => {
     const s = need();
-    flush();
+    flush(true); // a read sees everything received so far (a late upload event completes its row: store.ts)
     const files = filesView(s.ledger(filter, 1_000));
     const hours = s.hours(filter.since ?? Date.now() - options.ledgerRetentionMs).map((h) => ({
       ...h,
@@ -343,7 +343,7 @@ export function createActivity(options: ActivityOptions, deps: ActivityDeps): Ac
     });
     api.get('/nodes/:id', async (request, reply) =>
       answer(reply, 'getNode', () => {
-        flush();
+        flush(true);
         const id = (request.params as { id: string }).id;
         const found = activity.node(id);
         if (found === undefined) throw new RelayError('RELAY_ERR_NOT_FOUND', `node ${id} is neither in the nodes list nor seen by this relay`);
@@ -438,7 +438,7 @@ export function createActivity(options: ActivityOptions, deps: ActivityDeps): Ac
         const empty = { received: 0, forwarded: 0, failed: 0, skipped: 0, expired: 0, pending: 0, queued_now: 0, balanced: true };
         return renderActivitySections({ nodes: [], clientFailures: [], charts: { from: 0, to: 0, points: [] }, balance: empty, query, unavailable: problem ?? 'not started' });
       }
-      flush();
+      flush(true);
       return renderActivitySections({ nodes: nodes(), clientFailures: need().clientFailures(10), charts: activity.charts(), balance: ledger({ file: '' }).balance, query });
     },
     status: () => ({

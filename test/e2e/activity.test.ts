@@ -39,6 +39,7 @@ interface NodeView {
   report: ActionView;
   policy: ActionView;
   cfengine: ActionView;
+  shared_files: ActionView;
   refusal: { at: string; code: string; ip: string | null; action: string | null } | null;
 }
 interface LedgerFile {
@@ -113,6 +114,11 @@ t.test('node activity, delivery ledger, API, CLI and metrics from real agents', 
   t.equal((await curlDownload({ url: policyUrl, output: join(base, 'p1'), identity: good, etagFile: etag })).status, 200);
   t.equal((await curlDownload({ url: policyUrl, output: join(base, 'p2'), identity: good, etagFile: etag })).status, 304);
 
+  // a shared file asked for by the good node (none there: 404), as rudder's shared-files check does
+  const sharedUrl = `${relay.httpsUrl}/rudder/relay-api/shared-files/${STOPPED}/${GOOD}/some-file?hash=${'0'.repeat(64)}`;
+  const shared = await run('curl', ['-sk', '-I', '--tlsv1.3', '--cert', good.certificateFile, '--key', good.privateKeyFile, '-o', '/dev/null', '-w', '%{http_code}', sharedUrl]);
+  t.match(shared.stdout.toString(), /^\d{3}$/, `shared files answered ${shared.stdout.toString()}`);
+
   // a refused password, and a certificate whose key is not the one pinned for its node
   const refusedReport = await signedGzippedReport(badPassword, sampleRunlog(BAD_PASSWORD, { start: date }), date);
   const refusedFile = join(base, refusedReport.name);
@@ -172,6 +178,7 @@ t.test('node activity, delivery ledger, API, CLI and metrics from real agents', 
     t.equal(goodNode.node.last_ip, '127.0.0.1');
     t.ok(goodNode.node.policy.ok_at, 'HTTPS policy download recorded');
     t.equal(goodNode.node.refusal, null, 'never refused');
+    t.equal(goodNode.node.shared_files.outcome, shared.stdout.toString(), 'the shared-files request, with its status');
 
     const refusedNode = await eventually('the 401', () => nodeOf(relay, BAD_PASSWORD), (n) => n.node.refusal !== null);
     t.equal(refusedNode.node.refusal?.code, 'RELAY_ERR_AUTH_REQUIRED', 'refused password: its code');
