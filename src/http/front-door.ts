@@ -238,7 +238,8 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
       if (!policyServers.allows(request.socket.remoteAddress)) {
         return fail(request, reply, new RelayError('RELAY_ERR_AUTH_NETWORK', `client ${request.socket.remoteAddress} is not in https.policy_server_networks`));
       }
-      const page = await fetch(`${options.localApiUrl}/`, { signal: AbortSignal.timeout(10_000) });
+      // the query string carries the nodes table's sort and filter
+      const page = await fetch(`${options.localApiUrl}/${request.url.includes('?') ? request.url.slice(request.url.indexOf('?')) : ''}`, { signal: AbortSignal.timeout(10_000) });
       return reply.code(page.status).header('content-type', 'text/html; charset=utf-8').send(await page.text());
     });
 

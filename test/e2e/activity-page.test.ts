@@ -6,7 +6,7 @@ import { existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import t from 'tap';
-import { cachedAgentIdentity, sampleRunlog, signedGzippedReport, type AgentIdentity } from '../support/agent.js';
+import { cachedAgentIdentity, run, sampleRunlog, signedGzippedReport, type AgentIdentity } from '../support/agent.js';
 import { inParallel, putFile } from '../support/put.js';
 import { DAV_PASSWORD, RELAY_ID, ROOT, startRelay } from '../support/relay.js';
 import { startUpstream } from '../support/upstream.js';
@@ -103,4 +103,7 @@ t.test('node activity on the status page', { skip: existsSync(CHROMIUM) ? false 
   t.equal(await page.locator('#nodes-table tbody tr').count(), 1, 'filtered by host');
   t.equal(await page.locator('#nodes-table tbody tr').first().getAttribute('data-node'), REPORTING[1]);
   t.ok(requests.every((url) => url.startsWith(relay.apiUrl)), 'nothing loaded from elsewhere');
+  // the same page through the HTTPS front door (policy server's networks) keeps the filter
+  const front = await run('curl', ['-sk', `${relay.httpsUrl}/?q=web-2`]);
+  t.equal((front.stdout.toString().match(/<tr data-node=/g) ?? []).length, 1, 'filtered through the front door too');
 });
