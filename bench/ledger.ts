@@ -50,7 +50,7 @@ async function store(): Promise<Record<string, unknown>> {
     const nodes = Array.from({ length: NODES }, (_, i) => ({ id: nodeId(i), hostname: `node-${i}.example` }));
     const activity = createActivity(
       { enabled: true, stateDirectory: directory, ledgerRetentionMs: 7 * 86_400_000, detailWindowMs: DETAIL_WINDOW_MS, runIntervalMs: RUN_MS },
-      { nodes: () => nodes, queueDepth: () => 0, log: pino({ level: 'warn' }) },
+      { nodes: () => nodes, isKnownNode: () => true, queueDepth: () => 0, log: pino({ level: 'warn' }) },
     );
     await activity.start();
     const start = Date.now() - RUNS * RUN_MS;

@@ -239,6 +239,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
     let pipelines: ReturnType<typeof createPipelines> | undefined;
     const activity = createActivity(config.activity, {
       nodes: () => nodes.neighbors(),
+      isKnownNode: (id) => nodes.get(id) !== undefined,
       queueDepth: () => (pipelines?.queues() ?? []).reduce((total, q) => total + q.files, 0),
       log,
     });

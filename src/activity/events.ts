@@ -97,7 +97,8 @@ export function requestEvent(facts: RequestFacts, at = Date.now()): ActivityEven
     return {
       ...base,
       action: queue === 'reports' ? 'report' : 'inventory',
-      node: facts.node ?? nodeOfFile(queue, file),
+      // the file's node first: a sub-relay uploads the reports of the nodes below it
+      node: nodeOfFile(queue, file) ?? facts.node,
       queue,
       file,
       ...(facts.upload ?? {}),

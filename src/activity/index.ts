@@ -28,6 +28,12 @@ export interface ActivityOptions {
 export interface ActivityDeps {
   /** the nodes below this relay (the nodes list), so that a node never seen still shows, as silent */
   readonly nodes: () => ReadonlyArray<{ readonly id: string; readonly hostname: string }>;
+  /**
+   * whether an id is a node of the nodes list (below this relay, sub-relays' nodes included): ids taken from
+   * file names and URLs are the client's word, so only known ones get a node record; refusals naming
+   * another id are counted for the client address instead (a client cannot fill the table with made-up ids)
+   */
+  readonly isKnownNode: (id: string) => boolean;
   /** files waiting in the spool queues now: the ledger's "still queued" is checked against it */
   readonly queueDepth: () => number;
   readonly log: Logger;
@@ -187,7 +193,7 @@ export function createActivity(options: ActivityOptions, deps: ActivityDeps): Ac
     const opened = await openDatabase(options.stateDirectory, log);
     db = opened.db;
     path = opened.path;
-    store = createStore(db);
+    store = createStore(db, deps.isKnownNode);
     problem = undefined;
     reloadRecords();
   };

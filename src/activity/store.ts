@@ -103,7 +103,7 @@ function requestOutcome(status: number, code: string | undefined): string {
   return code === undefined ? String(status) : `${status} ${code}`;
 }
 
-export function createStore(db: Database): Store {
+export function createStore(db: Database, isKnownNode: (id: string) => boolean): Store {
   const nodeUpdates = new Map<NodeAction, Statement>();
   for (const action of NODE_ACTIONS) {
     nodeUpdates.set(
@@ -151,7 +151,7 @@ export function createStore(db: Database): Store {
 
   let touched = new Set<string>();
   const nodeOf = (node: string | undefined, action: NodeAction, at: number, ip: string | null, outcome: string, ok: boolean) => {
-    if (node === undefined) return;
+    if (node === undefined || !isKnownNode(node)) return;
     touched.add(node);
     nodeUpdates.get(action)?.run({ node, at, ip, outcome, ok: ok ? 1 : 0 });
     nodeEvent.run(at, node, action, outcome, null, ip);
@@ -164,7 +164,7 @@ export function createStore(db: Database): Store {
         const ok = event.status < 400;
         if (event.code !== undefined && !ok) {
           minute(event.at, `refusal:${event.code}`);
-          if (event.node !== undefined) {
+          if (event.node !== undefined && isKnownNode(event.node)) {
             refusal.run({ node: event.node, at: event.at, code: event.code, ip: event.ip, action: event.action });
             touched.add(event.node);
             if (event.action === 'other') nodeEvent.run(event.at, event.node, 'refusal', String(event.status), event.code, event.ip);

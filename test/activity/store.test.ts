@@ -15,7 +15,7 @@ const log = pino({ level: 'silent' });
 function activityIn(directory: string, queueDepth = () => 0) {
   return createActivity(
     { enabled: true, stateDirectory: directory, ledgerRetentionMs: 7 * 86_400_000, detailWindowMs: 3_600_000, runIntervalMs: 300_000 },
-    { nodes: () => [{ id: NODE, hostname: 'd.example' }], queueDepth, log },
+    { nodes: () => [{ id: NODE, hostname: 'd.example' }], isKnownNode: (id) => id === NODE, queueDepth, log },
   );
 }
 
@@ -92,4 +92,19 @@ t.test('a database written by a newer onerelay is left alone', async (t) => {
   t.equal(statSync(join(directory, 'activity.sqlite')).size, size, 'the file is untouched');
   t.notOk(existsSync(join(directory, 'activity.sqlite.broken')), 'not moved aside');
   t.throws(() => second.nodes(), { code: 'RELAY_ERR_ACTIVITY_DATABASE' });
+});
+
+t.test('ids a client makes up get no node record: the refusal is counted for its address', async (t) => {
+  const activity = activityIn(tempDir(t));
+  await activity.start();
+  t.teardown(() => activity.stop());
+  const made = 'f0000000-0000-4000-8000-000000000bad';
+  activity.record({ t: 'request', at: Date.now(), action: 'report', node: made, ip: '192.0.2.9', status: 401, code: 'RELAY_ERR_AUTH_REQUIRED', queue: 'reports', file: `2026-12-06T07:00:00+00:00@${made}.log.gz` });
+  activity.flush();
+  t.equal(activity.node(made), undefined, 'no record for the made-up id');
+  t.same(activity.nodes().map((n) => n.id), [NODE], 'only the nodes list');
+  const failure = activity.clientFailures().find((f) => f.ip === '192.0.2.9');
+  t.equal(failure?.count, 1);
+  t.equal(failure?.last_reason, 'RELAY_ERR_AUTH_REQUIRED');
+  t.equal(activity.refusals().get('RELAY_ERR_AUTH_REQUIRED'), 1, 'still counted in the metric');
 });
