@@ -560,7 +560,12 @@ export async function runWorker(): Promise<void> {
     await nodes.start();
     const frontDoorMetrics = createFrontDoorMetrics();
     // node activity goes to the primary in batches; nothing is written on the upload path
-    const activity = config.activity.enabled ? createActivityBatcher((events) => send({ type: 'activity', events })) : undefined;
+    const activity = config.activity.enabled
+      ? createActivityBatcher((events, done) => {
+          if (process.send === undefined) return done();
+          process.send({ type: 'activity', events } satisfies WorkerMessage, undefined, {}, () => done());
+        })
+      : undefined;
     const peers = createPeers(config, nodes, { key: identity.privateKeyPem, cert: identity.certificatePem });
     const frontDoor = createFrontDoor(
       {
@@ -602,7 +607,7 @@ export async function runWorker(): Promise<void> {
       stopping = true;
       await frontDoor.stop();
       await nodes.stop();
-      activity?.stop();
+      await activity?.stop();
       process.exit(0);
     };
     process.on('message', (message: PrimaryMessage) => {

@@ -121,23 +121,25 @@ const MAX_HELD = 20_000;
 
 export interface ActivityBatcher extends ActivitySink {
   flush(): void;
-  stop(): void;
+  /** sends what is left; resolves once it is handed to the IPC channel (a worker exits right after) */
+  stop(): Promise<void>;
 }
 
-/** a worker's sink: events go to the primary in batches over IPC */
-export function createActivityBatcher(send: (events: ActivityEvent[]) => void): ActivityBatcher {
+/** a worker's sink: events go to the primary in batches over IPC; `send` calls `done` once the batch is out */
+export function createActivityBatcher(send: (events: ActivityEvent[], done: () => void) => void): ActivityBatcher {
   let batch: ActivityEvent[] = [];
   let timer: NodeJS.Timeout | undefined;
-  const flush = () => {
+  const flush = (done: () => void = () => undefined) => {
     if (timer !== undefined) clearTimeout(timer);
     timer = undefined;
-    if (batch.length === 0) return;
+    if (batch.length === 0) return done();
     const events = batch;
     batch = [];
     try {
-      send(events);
+      send(events, done);
     } catch {
       // the primary is gone (shutdown): these events are the "last batch" a stop may lose
+      done();
     }
   };
   return {
@@ -147,7 +149,7 @@ export function createActivityBatcher(send: (events: ActivityEvent[]) => void): 
       if (batch.length >= BATCH_EVENTS) flush();
       else timer ??= setTimeout(flush, BATCH_MS).unref();
     },
-    flush,
-    stop: flush,
+    flush: () => flush(),
+    stop: () => new Promise<void>((resolve) => flush(resolve)),
   };
 }

@@ -2,6 +2,7 @@
 // most the last batch of events (the ledger still balances once the spool drains), a corrupt database is
 // moved aside and recreated, and a relay whose database cannot be opened (or is switched off) runs without it.
 
+import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { readdir, writeFile, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -125,4 +126,17 @@ t.test('the relay runs without its database: unusable state directory, or record
   t.equal(await putFile({ port: off.httpsPort, endpoint: 'inventories', name: 'h-c7000000-0000-4000-8000-000000000009.ocs', body: Buffer.from('<x/>'), password: 'rudder' }), 201);
   t.equal((await ledger(off)).status, 503, 'recording off: the API says so');
   t.notOk(existsSync(join(off.dir, 'state', 'activity.sqlite')), 'and no database is made');
+});
+
+t.test('SIGTERM right after an upload: its event is written before the relay exits', async (t) => {
+  const relay = await startRelay(t, { workers: 1 });
+  const name = 'h-c7000000-0000-4000-8000-00000000000a.ocs';
+  const body = Buffer.from('<inventory/>');
+  t.equal(await putFile({ port: relay.httpsPort, endpoint: 'inventories', name, body, password: 'rudder' }), 201);
+  // at once: the upload's event is still in the worker's batch
+  t.equal(await relay.stop(), 0);
+  const restarted = await startRelay(t, { workers: 1, dir: relay.dir });
+  const row = (await ledger(restarted, `?file=${name}`)).body.data.files[0];
+  t.equal(row?.state, 'received', 'recorded, still queued (outputs disabled)');
+  t.equal(row?.sha256, createHash('sha256').update(body).digest('hex'), 'with its sha256');
 });
