@@ -108,3 +108,28 @@ t.test('ids a client makes up get no node record: the refusal is counted for its
   t.equal(failure?.last_reason, 'RELAY_ERR_AUTH_REQUIRED');
   t.equal(activity.refusals().get('RELAY_ERR_AUTH_REQUIRED'), 1, 'still counted in the metric');
 });
+
+t.test('pruning: per-file rows and node events older than the detail window go, queued files and hourly totals stay', async (t) => {
+  const directory = tempDir(t);
+  const first = activityIn(directory, () => 1);
+  await first.start();
+  const old = Date.now() - 3 * 3_600_000; // detail window is 1 h here
+  const done = `2026-12-06T04:00:00+00:00@${NODE}.log.gz`;
+  const waiting = `2026-12-06T04:00:01+00:00@${NODE}.log.gz`;
+  first.record(upload(done, old));
+  for (const event of forwarded(done, old + 1000)) first.record(event);
+  first.record(upload(waiting, old));
+  first.record({ t: 'request', at: old, action: 'policy', node: NODE, ip: '192.0.2.7', status: 304, code: undefined });
+  await first.stop();
+  // the prune runs at start (then every 10 minutes)
+  const second = activityIn(directory, () => 1);
+  await second.start();
+  t.teardown(() => second.stop());
+  const ledger = second.ledger({});
+  t.same(ledger.files.map((f) => f.file), [waiting], 'the forwarded file’s row is gone, the queued one stays');
+  t.equal(ledger.balance.received, 2, 'hourly totals kept for the retention');
+  t.equal(ledger.balance.forwarded, 1);
+  t.ok(ledger.balance.balanced, 'and still balance against the spool');
+  t.same(second.node(NODE)?.events, [], 'old node events pruned');
+  t.equal(second.node(NODE)?.node.policy.outcome, '304', 'the node record stays');
+});
