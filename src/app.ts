@@ -28,7 +28,7 @@ import { clientCertificateRequester, createCfenginePuller, createSyncPuller, cre
 import { createSystem } from './system/index.js';
 import { VERSION } from './version.js';
 import { DATABASE_REFUSED, checkInstallation } from './check.js';
-import { ACTIVITY_STYLE, createActivity, createActivityBatcher, type ActivityEvent, type ActivitySink } from './activity/index.js';
+import { ACTIVITY_STYLE, createActivity, createActivityBatcher, recordingRunner, type ActivityEvent, type ActivitySink } from './activity/index.js';
 
 export interface StartOptions {
   readonly configPath: string;
@@ -148,19 +148,6 @@ function nodeRunnerOf(config: Config, identity: Identity, log: Logger): NodeRunn
     maxParallel: config.remoteRun.maxParallel,
     log,
   });
-}
-
-/** each local run recorded in the node's activity (a run of several nodes only knows how many failed) */
-function recordingRunner(runner: NodeRunner, activity: ActivitySink | undefined): NodeRunner {
-  if (activity === undefined) return runner;
-  return {
-    async run(nodes, conditions, output, signal) {
-      const result = await runner.run(nodes, conditions, output, signal);
-      const detail = result.failed === 0 ? 'ok' : nodes.length === 1 ? 'failed' : `${result.failed} of ${nodes.length} nodes failed`;
-      for (const node of nodes) activity.record({ t: 'remote_run', at: Date.now(), node: node.id, ok: result.failed === 0, detail });
-      return result;
-    },
-  };
 }
 
 function remoteRunOf(config: Config, identity: Identity, nodes: NodesRegistry, peers: Peers, metrics: ServiceMetrics, log: Logger, onError?: (message: string) => void, activity?: ActivitySink): RemoteRun {

@@ -14,6 +14,7 @@ import { createStore, type ClientFailure, type LedgerHour, type LedgerRow, type 
 export { createActivityBatcher, requestEvent, NO_ACTIVITY, NODE_ACTIONS } from './events.js';
 export type { ActivityBatcher, ActivityEvent, ActivitySink, LedgerQueue, NodeAction, RequestFacts } from './events.js';
 export { nodesTable, traceTimeline } from './timeline.js';
+export { recordingRunner } from './remote-runs.js';
 import { ACTIVITY_STYLE, renderActivitySections } from './page.js';
 export { ACTIVITY_STYLE, renderActivitySections };
 
@@ -107,7 +108,8 @@ export interface Activity extends ActivitySink {
   readonly routes: FastifyPluginAsync;
 }
 
-const FLUSH_MS = 500;
+/** one transaction per second at most: its fixed cost (WAL frames, commit) is shared by every event of that second */
+const FLUSH_MS = 1_000;
 /** longer than a worker's batch (250 ms) plus IPC: see flush() */
 const HOLD_PRIMARY_MS = 1_000;
 /** a queue-depth sample is written at least this often, events or not (the chart needs it) */

@@ -117,6 +117,7 @@ export function createStore(db: Database, isKnownNode: (id: string) => boolean):
           ${action}_ok_at = coalesce(excluded.${action}_ok_at, ${action}_ok_at)`),
     );
   }
+  const nodeById = db.prepare('SELECT * FROM nodes WHERE id = ?');
   const agentVersion = db.prepare('UPDATE nodes SET agent_version = ? WHERE id = ?');
   const refusal = db.prepare(`INSERT INTO nodes (id, refusal_at, refusal_code, refusal_ip, refusal_action) VALUES (@node, @at, @code, @ip, @action)
     ON CONFLICT (id) DO UPDATE SET refusal_at = excluded.refusal_at, refusal_code = excluded.refusal_code, refusal_ip = excluded.refusal_ip, refusal_action = excluded.refusal_action`);
@@ -269,9 +270,9 @@ export function createStore(db: Database, isKnownNode: (id: string) => boolean):
     },
     nodesByIds(ids) {
       const rows: NodeRecord[] = [];
-      for (let i = 0; i < ids.length; i += 500) {
-        const chunk = ids.slice(i, i + 500);
-        rows.push(...(db.prepare(`SELECT * FROM nodes WHERE id IN (${chunk.map(() => '?').join(',')})`).all(...chunk) as NodeRecord[]));
+      for (const id of ids) {
+        const row = nodeById.get(id) as NodeRecord | undefined;
+        if (row !== undefined) rows.push(row);
       }
       return rows;
     },
