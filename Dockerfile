@@ -17,6 +17,8 @@ RUN npm ci --no-audit --no-fund
 FROM node:20-bookworm-slim
 COPY --from=build /src/dist /build/dist
 COPY --from=build /src/package.json /src/package-lock.json /build/
+# the activity database's native module, built (or fetched prebuilt) by `npm ci` in the build stage
+COPY --from=build /src/node_modules/better-sqlite3/build/Release/better_sqlite3.node /build/node_modules/better-sqlite3/build/Release/
 COPY config /build/config
 COPY README.md /build/
 COPY docker/install.sh /usr/local/bin/onerelay-install

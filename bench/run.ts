@@ -15,6 +15,7 @@ const benches: Record<string, () => Promise<Bench>> = {
   sync: () => import('./sync.js'),
   verify: () => import('./verify.js'),
   faults: () => import('./faults.js'),
+  ledger: () => import('./ledger.js'),
 };
 
 async function main(names: readonly string[]): Promise<number> {

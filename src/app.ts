@@ -46,6 +46,7 @@ import { createOwnInventory, type OwnInventory } from './agentless/index.js';
 import type { OwnPolicies } from './agentless/types.js';
 import { join } from 'node:path';
 import { createOwnCompliance, createOwnComplianceProbes, loopbackOf, type OwnCompliance } from './agentless/index.js';
+import { ACTIVITY_STYLE, createActivity, createActivityBatcher, recordingRunner, type ActivityEvent, type ActivitySink } from './activity/index.js';
 
 export interface StartOptions {
   readonly configPath: string;
@@ -58,7 +59,8 @@ type WorkerMessage =
   | { type: 'failed'; message: string; exitCode: number }
   | { type: 'metrics'; id: number; snapshot: MetricsSnapshot }
   | { type: 'admit'; id: number; queue: SpoolQueue; bytes: number }
-  | { type: 'admit-end'; queue: SpoolQueue; reservation: number; name?: string };
+  | { type: 'admit-end'; queue: SpoolQueue; reservation: number; name?: string }
+  | { type: 'activity'; events: ActivityEvent[] };
 type PrimaryMessage =
   | { type: 'reload'; level: LogLevel }
   | { type: 'shutdown' }
@@ -200,12 +202,12 @@ function nodeRunnerOf(config: Config, identity: Identity, log: Logger): NodeRunn
   });
 }
 
-function remoteRunOf(config: Config, identity: Identity, nodes: NodesRegistry, peers: Peers, metrics: ServiceMetrics, log: Logger, onError?: (message: string) => void): RemoteRun {
+function remoteRunOf(config: Config, identity: Identity, nodes: NodesRegistry, peers: Peers, metrics: ServiceMetrics, log: Logger, onError?: (message: string) => void, activity?: ActivitySink): RemoteRun {
   return createRemoteRun(
     { enabled: config.remoteRun.enabled, maxParallel: config.remoteRun.maxParallel, timeoutMs: config.remoteRun.timeoutMs },
     {
       nodes,
-      runner: nodeRunnerOf(config, identity, log),
+      runner: recordingRunner(nodeRunnerOf(config, identity, log), activity),
       subRelays: remoteRunCaller(peers),
       counters: { run: (result, seconds) => metrics.remoteRuns.observe({ result }, seconds) },
       ...(onError ? { onError } : {}),
@@ -300,6 +302,16 @@ export async function runPrimary(options: StartOptions): Promise<void> {
     await nodes.reload();
     const spool = spoolOf(config, log);
     await spool.prepare({ cleanTmp: true });
+    // created below; the activity module reads the queue depth only when it samples it
+    let pipelines: ReturnType<typeof createPipelines> | undefined;
+    const activity = createActivity(config.activity, {
+      nodes: () => nodes.neighbors(),
+      isKnownNode: (id) => nodes.get(id) !== undefined,
+      queueDepth: () => (pipelines?.queues() ?? []).reduce((total, q) => total + q.files, 0),
+      log,
+    });
+    await activity.start();
+    stoppers.push(() => activity.stop());
 
     // the relay's own policies (issue 18): read before anything listens, so the first connection meets them
     const ownPolicies = config.ownPolicies.enabled ? createOwnPolicies({ inputsDirectory: config.ownPolicies.inputsDirectory }, { log }) : undefined;
@@ -312,8 +324,6 @@ export async function runPrimary(options: StartOptions): Promise<void> {
     const broadcast = (message: PrimaryMessage) => {
       for (const worker of workers) if (worker.isConnected()) worker.send(message);
     };
-    // created below; the metrics collectors only read it at scrape time
-    let pipelines: ReturnType<typeof createPipelines> | undefined;
     let metricsRequest = 0;
     const metricsWaiters = new Map<number, (snapshot: MetricsSnapshot) => void>();
     /** every worker's metrics over IPC; a worker that does not answer within 2 s is left out */
@@ -338,7 +348,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
         );
       return (await Promise.all(answers)).filter((s): s is MetricsSnapshot => s !== undefined);
     };
-    const metrics = createPrimaryMetrics({ spool, nodes, queues: { queues: () => pipelines?.queues() ?? [] }, workers: workerSnapshots });
+    const metrics = createPrimaryMetrics({ spool, nodes, queues: { queues: () => pipelines?.queues() ?? [] }, workers: workerSnapshots, activity });
     // the relay's own inventory (issue 18), made below once the upstream client exists
     let ownInventory: OwnInventory | undefined;
     pipelines = createPipelines(config, {
@@ -352,6 +362,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
       inventoryCredentials: (queue, name) => ownInventory?.credentialsFor(queue, name),
       onInventoryOutcome: (queue, name, outcome) => ownInventory?.noteQueueOutcome(queue, name, outcome),
       credentials: () => ({ user: ownSettings.davUser.value, password: ownSettings.davPassword.value }),
+      activity,
       log,
     });
     const activePipelines = pipelines;
@@ -391,8 +402,10 @@ export async function runPrimary(options: StartOptions): Promise<void> {
         peers.reload();
         await activePipelines.reload();
       },
+      extraSections: (query) => ({ html: activity.pageSections(query), style: ACTIVITY_STYLE }),
       extraStatus: () => ({
         ...activePipelines.status(),
+        activity: activity.status(),
         ...(puller ? { sync: syncStatus(puller) } : {}),
         ...(ownInventory ? { own_inventory: ownInventory.status() } : {}),
         ...(ownCompliance ? { own_compliance: ownComplianceStatus(ownCompliance) } : {}),
@@ -427,7 +440,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
         { spool, ownPolicies: ownPolicies ?? NO_OWN_POLICIES, upstream: () => peers.upstream(), log },
       );
     }
-    remoteRun = remoteRunOf(config, identity, nodes, peers, metrics, log);
+    remoteRun = remoteRunOf(config, identity, nodes, peers, metrics, log, undefined, activity);
     if (config.sync.upstream) {
       const onNodesChanged = async (): Promise<void> => {
         await nodes.reload();
@@ -478,6 +491,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
       puller,
       sharedFolderPath: config.sharedFolder.path,
       renderMetrics: () => metrics.render(),
+      activityRoutes: activity.routes,
       log,
     });
     try {
@@ -539,6 +553,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
             connection: (result) => metrics.cfengineConnections.inc({ result }),
             command: (command, result) => metrics.cfengineCommand(command, result),
             bytesSent: (bytes) => metrics.cfengineSent(bytes),
+            session: (s) => activity.record({ t: 'cfengine', at: Date.now(), node: s.node, ip: s.peer, agent: s.agent, ok: s.ok, reason: s.reason }),
           },
           log,
         },
@@ -583,6 +598,8 @@ export async function runPrimary(options: StartOptions): Promise<void> {
             resolve();
           } else if (message.type === 'remote-run-error') {
             remoteRun?.recordError(message.message);
+          } else if (message.type === 'activity') {
+            for (const event of message.events) activity.record(event);
           } else if (message.type === 'metrics') {
             metricsWaiters.get(message.id)?.(message.snapshot);
           } else if (message.type === 'failed') {
@@ -758,6 +775,13 @@ export async function runWorker(): Promise<void> {
     await nodes.reload();
     await nodes.start();
     const frontDoorMetrics = createFrontDoorMetrics();
+    // node activity goes to the primary in batches; nothing is written on the upload path
+    const activity = config.activity.enabled
+      ? createActivityBatcher((events, done) => {
+          if (process.send === undefined) return done();
+          process.send({ type: 'activity', events } satisfies WorkerMessage, undefined, {}, () => done());
+        })
+      : undefined;
     const peers = createPeers(config, nodes, { key: identity.privateKeyPem, cert: identity.certificatePem });
     const frontDoor = createFrontDoor(
       {
@@ -781,10 +805,11 @@ export async function runWorker(): Promise<void> {
         isSpoolFull: (queue) => fullQueues.has(queue),
         admit,
         sharedFiles: sharedFilesOf(config, nodes, peers, frontDoorMetrics, log),
-        remoteRun: remoteRunOf(config, identity, nodes, peers, frontDoorMetrics, log, (message) => send({ type: 'remote-run-error', message })),
+        remoteRun: remoteRunOf(config, identity, nodes, peers, frontDoorMetrics, log, (message) => send({ type: 'remote-run-error', message }), activity),
         syncServing: config.sync.serve
           ? createSyncServing({ paths: syncPaths(config), manifestTtlMs: config.sync.manifestTtlMs }, { nodes, requesterOf: clientCertificateRequester(nodes), log })
           : undefined,
+        ...(activity ? { activity } : {}),
         log,
       },
     );
@@ -799,6 +824,7 @@ export async function runWorker(): Promise<void> {
       stopping = true;
       await frontDoor.stop();
       await nodes.stop();
+      await activity?.stop();
       process.exit(0);
     };
     process.on('message', (message: PrimaryMessage) => {

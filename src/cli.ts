@@ -7,7 +7,7 @@ import { parseArgs } from 'node:util';
 import { exitCodeOf, runPrimary, runWorker, spoolOf } from './app.js';
 import { checkInstallation } from './check.js';
 import { loadConfig, type LogLevel } from './config/index.js';
-import { messageOf } from './errors.js';
+import { RelayError, messageOf } from './errors.js';
 import { ensureIdentity } from './identity/index.js';
 import { createLogger } from './log.js';
 import { identityPaths } from './paths.js';
@@ -15,6 +15,7 @@ import { VERSION } from './version.js';
 import { mkdir } from 'node:fs/promises';
 import { containerConfig } from './container.js';
 import { migrateFromRudder } from './migrate.js';
+import { nodesTable, traceTimeline, type NodeView } from './activity/index.js';
 
 const DEFAULT_CONFIG = '/opt/rudder/etc/relayd';
 const LEVELS: readonly LogLevel[] = ['off', 'error', 'warn', 'info', 'debug', 'trace'];
@@ -37,12 +38,19 @@ Commands:
   init    create the identity (node id, RSA key pair, certificate) and the state directories,
           then print the key digests to paste elsewhere; safe to run again
   check   validate the configuration and the data files it names, print every problem
+  nodes [--silent]
+          every node below the relay: last report, last policy download, agent version, last
+          refusal; silent ones (no report for twice activity.run_interval) and refused ones first
+  trace <node id | report or inventory file name>
+          what the relay saw of a node, or what became of a file (received, verified, forwarded)
 
 Options:
   -c, --config PATH      a TOML file, or a directory holding main.conf and logging.conf
                          as rudder-relayd's -c takes it (default ${DEFAULT_CONFIG})
       --log-level LEVEL  off, error, warn, info, debug or trace (overrides the configuration)
   -t, --test             same as check (rudder-relayd compatibility)
+      --silent           nodes: only the silent ones
+      --json             nodes, trace: the local API's JSON instead of text
   -h, --help             this help
   -V, --version          print the version
 
@@ -132,6 +140,44 @@ async function reload(configPath: string): Promise<number> {
   return 3;
 }
 
+/** the local API's activity answers, printed for a person (or as JSON) */
+async function activityCommand(configPath: string, command: 'nodes' | 'trace', subject: string | undefined, flags: { silent: boolean; json: boolean }): Promise<number> {
+  const base = `${await localApi(configPath)}/rudder/relay-api/1`;
+  const get = async (path: string): Promise<{ status: number; body: { data?: unknown; errorDetails?: string; code?: string } }> => {
+    try {
+      const response = await fetch(`${base}${path}`, { signal: AbortSignal.timeout(30_000) });
+      return { status: response.status, body: (await response.json()) as { data?: unknown; errorDetails?: string } };
+    } catch (error) {
+      throw new RelayError('RELAY_ERR_ACTIVITY_DATABASE', `cannot reach the relay at ${base}: ${messageOf(error)}`, { cause: error });
+    }
+  };
+  const failed = (answer: { status: number; body: { errorDetails?: string; code?: string } }) => {
+    process.stderr.write(`error: ${answer.body.code ?? answer.status}: ${answer.body.errorDetails ?? 'no answer'}\n`);
+    return 3;
+  };
+  if (command === 'nodes') {
+    const answer = await get(`/nodes${flags.silent ? '?silent=true' : ''}`);
+    if (answer.status !== 200) return failed(answer);
+    const data = answer.body.data as { nodes: NodeView[] };
+    process.stdout.write(flags.json ? `${JSON.stringify(data, null, 2)}\n` : nodesTable(data.nodes));
+    return 0;
+  }
+  if (subject === undefined) {
+    process.stderr.write('trace: expected a node id or a file name\n');
+    return 2;
+  }
+  // a report or inventory file name has a dot; a node id does not
+  const isFile = subject.includes('.');
+  const answer = await get(isFile ? `/ledger?file=${encodeURIComponent(subject)}` : `/nodes/${encodeURIComponent(subject)}`);
+  if (answer.status !== 200) return failed(answer);
+  if (flags.json) process.stdout.write(`${JSON.stringify(answer.body.data, null, 2)}\n`);
+  else if (isFile) {
+    const files = (answer.body.data as { files: Parameters<typeof traceTimeline>[0]['files'] }).files ?? [];
+    process.stdout.write(files.length === 0 ? `${subject}: not in the ledger (never received here, or older than activity.detail_window)\n` : traceTimeline({ files }));
+  } else process.stdout.write(traceTimeline({ node: answer.body.data as NonNullable<Parameters<typeof traceTimeline>[0]['node']> }));
+  return 0;
+}
+
 async function check(configPath: string): Promise<number> {
   const result = await checkInstallation(configPath);
   for (const warning of result.warnings) process.stdout.write(`warning: ${warning}\n`);
@@ -155,6 +201,8 @@ async function main(argv: string[]): Promise<number | undefined> {
         'from-rudder': { type: 'boolean' },
         root: { type: 'string' },
         output: { type: 'string' },
+        silent: { type: 'boolean' },
+        json: { type: 'boolean' },
       },
     });
   } catch (error) {
@@ -178,7 +226,7 @@ async function main(argv: string[]): Promise<number | undefined> {
   const logLevel = level as LogLevel | undefined;
   const configPath = values.config ?? DEFAULT_CONFIG;
   const command = values.test ? 'check' : (positionals[0] ?? 'start');
-  if (positionals.length > 1) {
+  if (positionals.length > (command === 'trace' ? 2 : 1)) {
     process.stderr.write(`unexpected argument ${positionals[1]}\n\n${HELP}`);
     return 2;
   }
@@ -220,6 +268,14 @@ async function main(argv: string[]): Promise<number | undefined> {
         return exitCodeOf(error);
       }
     }
+    case 'nodes':
+    case 'trace':
+      try {
+        return await activityCommand(configPath, command, positionals[1], { silent: values.silent === true, json: values.json === true });
+      } catch (error) {
+        process.stderr.write(`error: ${messageOf(error)}\n`);
+        return exitCodeOf(error);
+      }
     case 'reload':
       try {
         return await reload(configPath);

@@ -116,6 +116,9 @@ listen = "0.0.0.0:${port(env, 'ONERELAY_CFENGINE_PORT', 5309)}"
 
 [logging]
 level = ${q(env['ONERELAY_LOG_LEVEL'] ?? 'info')}
+
+[activity]
+state_directory = ${q(join(data, 'onerelay'))}
 `;
   const file = join(data, 'onerelay', 'onerelay.toml');
   await mkdir(dirname(file), { recursive: true });

@@ -34,7 +34,8 @@ export type ErrorCode =
   | 'RELAY_ERR_OWN_RUNLOG'
   | 'RELAY_ERR_OWN_POLICIES'
   | 'RELAY_ERR_HEADERS_TOO_LARGE'
-  | 'RELAY_ERR_REQUEST_TIMEOUT';
+  | 'RELAY_ERR_REQUEST_TIMEOUT'
+  | 'RELAY_ERR_ACTIVITY_DATABASE';
 
 interface CatalogueEntry {
   readonly status: number;
@@ -113,6 +114,8 @@ const catalogue: Record<ErrorCode, CatalogueEntry> = {
   // refused by the HTTP parser (src/http/parser-refusal.ts)
   RELAY_ERR_HEADERS_TOO_LARGE: { status: 431, transient: false },
   RELAY_ERR_REQUEST_TIMEOUT: { status: 408, transient: true },
+  // the activity database (src/activity): unloadable, unreadable or corrupt; the relay runs on without it
+  RELAY_ERR_ACTIVITY_DATABASE: { status: 503, transient: true },
   RELAY_ERR_INTERNAL: { status: 500, transient: true },
   // the relay's own inventory (src/agentless): facts the root would refuse (e.g. hostname localhost), a file not written
   RELAY_ERR_OWN_INVENTORY: { status: 500, transient: true },

@@ -13,6 +13,7 @@ import { createReportHandler } from './reports/queue-handler.js';
 import { createQueue, type Queue, type QueueOutcome, type Spool, type SpoolQueue } from './spool/index.js';
 import { createUpstream, type ForwardOptions, type Upstream, type UpstreamCredentials, type UpstreamEndpoint } from './upstream/index.js';
 import type { SubStatus } from './system/index.js';
+import { NO_ACTIVITY, type ActivitySink } from './activity/index.js';
 
 const INSPECTION_THREADS = Math.max(1, availableParallelism() - 1);
 
@@ -51,10 +52,13 @@ export function createPipelines(
     onInventoryOutcome?: (queue: SpoolQueue, name: string, outcome: QueueOutcome) => void;
     /** the WebDAV credentials in force (TOML, else the relay's own policies); default: the TOML's */
     credentials?: () => { readonly user: string; readonly password: string | undefined };
+    /** the delivery ledger: forwards and outcomes of every file */
+    activity?: ActivitySink;
     log: Logger;
   },
 ): Pipelines {
   const { reporting, inventory } = config.processing;
+  const activity = deps.activity ?? NO_ACTIVITY;
   const needsUpstream = reporting.output === 'upstream' || inventory.output === 'upstream';
   const rawUpstream: Upstream | undefined = needsUpstream
     ? createUpstream(
@@ -84,6 +88,7 @@ export function createPipelines(
     forward: async (endpoint: UpstreamEndpoint, name: string, file: { path: string; size: number; content?: Buffer }, options?: ForwardOptions) => {
       const result = await rawUpstream.forward(endpoint, name, file, options);
       deps.metrics.upstreamRequests.observe({ endpoint, result: result.kind }, result.ms / 1000);
+      activity.record({ t: 'forward', at: Date.now(), queue: endpoint, file: name, result: result.kind, status: result.status, ms: result.ms });
       return result;
     },
   };
@@ -126,8 +131,18 @@ export function createPipelines(
           onOutcome: (file, outcome) => {
             if (outcome.kind === 'failed') deps.metrics.failed.inc({ queue, reason: outcome.code });
             if (queue !== 'reports') deps.onInventoryOutcome?.(queue, file.name, outcome);
+            const at = Date.now();
+            if (outcome.kind === 'failed') activity.record({ t: 'outcome', at, queue, file: file.name, receivedAt: file.mtimeMs, size: file.size, outcome: 'failed', reason: outcome.code });
+            // done = forwarded, unless nothing was sent (a skipped report); its partners (.sign) went with it
+            if (outcome.kind === 'done') {
+              activity.record({ t: 'outcome', at, queue, file: file.name, receivedAt: file.mtimeMs, size: file.size, outcome: 'forwarded' });
+              for (const name of outcome.also ?? []) activity.record({ t: 'outcome', at, queue, file: name, receivedAt: file.mtimeMs, outcome: 'forwarded' });
+            }
           },
-          onExpired: (_name, directory) => deps.metrics.expired.inc({ queue, directory }),
+          onExpired: (name, directory) => {
+            deps.metrics.expired.inc({ queue, directory });
+            if (directory === 'incoming') activity.record({ t: 'outcome', at: Date.now(), queue, file: name, receivedAt: Date.now(), outcome: 'expired' });
+          },
           onFullChange: (full) => deps.onFullChange(queue, full),
         },
         deps.log,

@@ -136,6 +136,8 @@ export class CfengineConnection {
   private denials = 0;
   private sent = 0;
   private closeReason = 'client closed';
+  /** what follows CFE_vN on the version line, e.g. "cf-agent 3.21.4" (node activity's agent version) */
+  private agent: string | undefined;
   private failed = false;
   private log: Logger;
   private writing = false;
@@ -188,6 +190,7 @@ export class CfengineConnection {
       durationMs: Date.now() - this.startedAt,
       reason: this.closeReason,
     };
+    this.ctx.counters.session?.({ node: this.reader.nodeId, peer: this.peer, agent: this.agent, ok: !this.failed && this.denials === 0, reason: this.failed ? this.closeReason : this.denials > 0 ? `${this.denials} denied` : 'ok' });
     if (this.failed) this.log.info(fields, 'cfengine connection closed on error');
     else this.log.info(fields, 'cfengine connection closed');
     this.onClosed(this);
@@ -240,6 +243,7 @@ export class CfengineConnection {
     if (lines.length < 2) return; // the version line is not complete yet
     const [versionLine = '', identityLine = ''] = lines;
     const version = parseVersionLine(versionLine);
+    this.agent = versionLine.replace(/^CFE_v\s*\d+\s*/, '').trim().slice(0, 64) || undefined;
     if (version === undefined || version < 2 || version > SERVER_PROTOCOL_VERSION) {
       return this.fail(`protocol version refused: ${JSON.stringify(versionLine.slice(0, 64))}`);
     }

@@ -48,6 +48,8 @@ export interface CfengineCounters {
   connection(result: 'accepted' | 'refused-network' | 'refused-limit' | 'refused-address-limit' | 'closed-error'): void;
   command(command: string, result: 'ok' | 'denied' | 'absent' | 'error'): void;
   bytesSent(bytes: number): void;
+  /** a connection ended: who (node undefined = key not known), the agent's version line, and how it went (node activity) */
+  session?(session: { node: string | undefined; peer: string; agent: string | undefined; ok: boolean; reason: string }): void;
 }
 
 export interface CfengineServer {

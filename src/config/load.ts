@@ -450,6 +450,13 @@ function buildConfig(main: Reader, logging: Reader | undefined): Config {
       localNetworks: r.has('own_policies.local_networks') ? r.networks('own_policies.local_networks', []) : undefined,
       tomlKeys: OWN_POLICY_KEYS.filter((key) => r.has(key)),
     },
+    activity: {
+      enabled: r.boolean('activity.enabled', true),
+      stateDirectory: r.path('activity.state_directory', '/var/rudder/onerelay'),
+      ledgerRetentionMs: r.duration('activity.ledger_retention', 7 * 86_400_000),
+      detailWindowMs: r.duration('activity.detail_window', 6 * 3_600_000),
+      runIntervalMs: r.duration('activity.run_interval', 300_000),
+    },
     logging: {
       level: logSource.oneOf(`${logPrefix}.level`, LOG_LEVELS, 'info'),
       filter: logSource.string(`${logPrefix}.filter`, ''),

@@ -178,6 +178,19 @@ export interface Config {
     /** own_compliance.run_interval: overrides AGENT_RUN_INTERVAL of the policies; undefined = the policies' */
     readonly runIntervalMs: number | undefined;
   };
+  /** [activity]: node activity record and delivery ledger (README "Node activity and delivery ledger") */
+  readonly activity: {
+    /** activity.enabled: record at all (false: the bench's "without" run, or a relay that wants none) */
+    readonly enabled: boolean;
+    /** activity.state_directory: holds activity.sqlite */
+    readonly stateDirectory: string;
+    /** activity.ledger_retention: hourly totals and node records are kept this long */
+    readonly ledgerRetentionMs: number;
+    /** activity.detail_window: per-file ledger rows and per-node events are kept this long */
+    readonly detailWindowMs: number;
+    /** activity.run_interval: the agents' run interval; no report for twice this = silent */
+    readonly runIntervalMs: number;
+  };
 }
 
 /** Where a configuration came from: a TOML file, or a relayd-style directory. */

@@ -19,6 +19,7 @@ import type { SharedFiles } from '../shared-files/index.js';
 import type { RemoteRun } from '../remote-run/index.js';
 import type { SyncServing } from '../sync/index.js';
 import { decodeUploadName, reportNodeId } from './upload-name.js';
+import { requestEvent, type ActivitySink } from '../activity/index.js';
 
 export interface FrontDoorOptions {
   readonly listen: ListenAddress;
@@ -52,6 +53,8 @@ export interface FrontDoorDeps {
   readonly remoteRun: RemoteRun;
   /** serving side of the data sync, when sync.serve */
   readonly syncServing: SyncServing | undefined;
+  /** node activity and delivery ledger (batched to the primary); absent = not recorded */
+  readonly activity?: ActivitySink;
   readonly log: Logger;
 }
 
@@ -85,6 +88,7 @@ declare module 'fastify' {
   interface FastifyRequest {
     relayNode?: string;
     relayError?: RelayError;
+    relayUpload?: { bytes: number; sha256: string; created: boolean };
   }
 }
 
@@ -147,10 +151,11 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
 
     for (const method of WEBDAV_METHODS) fastify.addHttpMethod(method, { hasBody: true });
 
-    fastify.server.on('tlsClientError', (error: NodeJS.ErrnoException) => {
+    fastify.server.on('tlsClientError', (error: NodeJS.ErrnoException, socket: { remoteAddress?: string | undefined }) => {
       const reason = /version|protocol/i.test(error.message) ? 'protocol_version' : error.code ?? 'other';
       deps.metrics.tlsFailures.inc({ reason });
       log.info({ event: 'tls_failure', reason, error: error.message }, 'TLS handshake refused');
+      deps.activity?.record({ t: 'tls', at: Date.now(), ip: socket.remoteAddress ?? 'unknown', reason });
     });
     // Answer 401/403 before the client sends a body it announced with `Expect: 100-continue`.
     fastify.server.on('checkContinue', (request: IncomingMessage, response: ServerResponse) => {
@@ -172,6 +177,10 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
         error: request.relayError?.code,
         reason: request.relayError?.message,
       };
+      if (deps.activity) {
+        const event = requestEvent({ method: request.method, path: line.path, status: reply.statusCode, node: request.relayNode, ip: request.ip, code: line.error, ...(request.relayUpload ? { upload: request.relayUpload } : {}) });
+        if (event) deps.activity.record(event);
+      }
       if (reply.statusCode >= 500) log.error(line, 'request');
       else if (reply.statusCode >= 400) log.warn(line, 'request');
       else log.info(line, 'request');
@@ -257,7 +266,8 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
       if (!policyServers.allows(request.socket.remoteAddress)) {
         return fail(request, reply, new RelayError('RELAY_ERR_AUTH_NETWORK', `client ${request.socket.remoteAddress} is not in https.policy_server_networks`));
       }
-      const page = await fetch(`${options.localApiUrl}/`, { signal: AbortSignal.timeout(10_000) });
+      // the query string carries the nodes table's sort and filter
+      const page = await fetch(`${options.localApiUrl}/${request.url.includes('?') ? request.url.slice(request.url.indexOf('?')) : ''}`, { signal: AbortSignal.timeout(10_000) });
       return reply.code(page.status).header('content-type', 'text/html; charset=utf-8').send(await page.text());
     });
 
@@ -333,6 +343,7 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
       deps.metrics.uploads.inc({ endpoint: queue, status: result.created ? '201' : '204' });
       deps.metrics.uploadBytes.inc({ endpoint: queue }, result.bytes);
       log.debug({ event: 'stored', queue, file: name, bytes: result.bytes, node: request.relayNode }, 'upload stored');
+      request.relayUpload = { bytes: result.bytes, sha256: result.sha256, created: result.created };
       return reply.code(result.created ? 201 : 204).send();
     } catch (error) {
       if (error instanceof RelayError) {

@@ -20,6 +20,8 @@ export interface LocalApiDeps {
   readonly puller: SyncPuller | undefined;
   readonly sharedFolderPath: string;
   readonly renderMetrics: () => Promise<{ contentType: string; body: string }>;
+  /** GET nodes, nodes/:id, ledger (src/activity) */
+  readonly activityRoutes?: import('fastify').FastifyPluginAsync;
   readonly log: Logger;
 }
 
@@ -50,6 +52,7 @@ export function createLocalApi(listen: ListenAddress, deps: LocalApiDeps): Local
   app.register(sharedFolderRoutes, { prefix: `${API}/shared-folder`, path: deps.sharedFolderPath });
   app.register(deps.sharedFiles.routes, { prefix: `${API}/shared-files` });
   app.register(deps.remoteRun.routes, { prefix: `${API}/remote-run` });
+  if (deps.activityRoutes) app.register(deps.activityRoutes, { prefix: API });
   if (deps.puller) app.register(syncTriggerRoutes, { prefix: `${API}/sync`, puller: deps.puller });
   app.get(`${API}/system/info`, async (_request, reply) => reply.header('content-type', json).send(envelope('getSystemInfo', deps.system.info())));
   app.get(`${API}/system/status`, async (_request, reply) => {
@@ -67,7 +70,7 @@ export function createLocalApi(listen: ListenAddress, deps: LocalApiDeps): Local
       return reply.code(500).header('content-type', json).send(errorEnvelope('reloadConfiguration', messageOf(error)));
     }
   });
-  app.get('/', async (_request, reply) => reply.header('content-type', 'text/html; charset=utf-8').send(await deps.system.statusPage()));
+  app.get('/', async (request, reply) => reply.header('content-type', 'text/html; charset=utf-8').send(await deps.system.statusPage(request.query as Record<string, string | undefined>)));
   app.get('/metrics', async (_request, reply) => {
     const { contentType, body } = await deps.renderMetrics();
     return reply.type(contentType).send(body);

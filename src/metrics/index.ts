@@ -104,6 +104,8 @@ export function createPrimaryMetrics(sources: {
   queues: QueueGaugeSource;
   /** every worker's snapshot (workers that do not answer in time are left out) */
   workers: () => Promise<MetricsSnapshot[]>;
+  /** node activity (src/activity): silent nodes, refusals by code */
+  activity?: { silentCount(): number; refusals(): ReadonlyMap<string, number> };
 }): PrimaryMetrics {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS });
@@ -208,6 +210,31 @@ export function createPrimaryMetrics(sources: {
       }
     },
   });
+  const activity = sources.activity;
+  if (activity !== undefined) {
+    new Gauge({
+      name: 'onerelay_nodes_silent',
+      help: 'Nodes below this relay with no report for twice the run interval (activity.run_interval)',
+      registers: [registry],
+      collect() {
+        this.set(activity.silentCount());
+      },
+    });
+    // the totals live in the activity module, which sees every worker's refusals; the counter catches up at scrape time
+    const reported = new Map<string, number>();
+    new Counter({
+      name: 'onerelay_refusals_total',
+      help: 'Requests refused by the front door, by RELAY_ERR_… code (TLS: failed handshakes)',
+      labelNames: ['code'] as const,
+      registers: [registry],
+      collect() {
+        for (const [code, count] of activity.refusals()) {
+          this.inc({ code }, count - (reported.get(code) ?? 0));
+          reported.set(code, count);
+        }
+      },
+    });
+  }
   const cfengineConnections = new Counter({
     name: 'onerelay_cfengine_connections_total',
     help: 'CFEngine protocol connections by result (accepted, refused-network, refused-limit, refused-address-limit, closed-error)',

@@ -2,7 +2,7 @@
 // place and the directory fsynced, all before the caller answers 2xx (CONVENTIONS.md "Data on disk").
 // A crash at any instant leaves nothing or a whole file in the target directory.
 
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { link, open, rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -14,6 +14,8 @@ export interface ReceiveResult {
   readonly created: boolean;
   readonly bytes: number;
   readonly path: string;
+  /** hex sha256 of the body, hashed as it was written (the delivery ledger's proof of what arrived) */
+  readonly sha256: string;
 }
 
 export async function receiveInto(
@@ -28,6 +30,7 @@ export async function receiveInto(
   const handle = await open(tmpPath, 'wx', 0o640);
   let bytes = 0;
   let renamed = false;
+  const hash = createHash('sha256');
   try {
     try {
       for await (const chunk of body as AsyncIterable<Buffer>) {
@@ -35,6 +38,7 @@ export async function receiveInto(
         if (bytes > maxBytes) {
           throw new RelayError('RELAY_ERR_UPLOAD_TOO_LARGE', `body larger than the limit of ${maxBytes} bytes`);
         }
+        hash.update(chunk);
         let offset = 0;
         while (offset < chunk.length) {
           const { bytesWritten } = await handle.write(chunk, offset);
@@ -61,7 +65,7 @@ export async function receiveInto(
     }
     renamed = true;
     await fsyncDirectory(targetDirectory);
-    return { created, bytes, path: finalPath };
+    return { created, bytes, path: finalPath, sha256: hash.digest('hex') };
   } catch (error) {
     await handle.close().catch(() => undefined);
     if (!renamed) await unlink(tmpPath).catch(() => undefined);

@@ -27,6 +27,8 @@ export interface SystemDeps {
   readonly frontDoor: () => { readonly workers: number; readonly ready: number };
   /** sub-statuses of the pipelines (upstream, queues) */
   readonly extraStatus: () => Record<string, SubStatus>;
+  /** more sections of the status page (node activity, charts) and their style, for the page's query string */
+  readonly extraSections?: (query: Readonly<Record<string, string | undefined>>) => { html: string; style: string };
   readonly log: Logger;
 }
 
@@ -35,7 +37,7 @@ export interface System {
   status(): Promise<Record<string, SubStatus>>;
   reload(): Promise<void>;
   /** the HTML status page */
-  statusPage(): Promise<string>;
+  statusPage(query?: Readonly<Record<string, string | undefined>>): Promise<string>;
 }
 
 export function envelope(action: string, data?: unknown): string {
@@ -51,10 +53,11 @@ export function createSystem(deps: SystemDeps): System {
   const [major = '0', minor = '0'] = VERSION.split('.');
   const startedAt = new Date();
   return {
-    async statusPage() {
+    async statusPage(query = {}) {
       const status = await this.status();
       const failed = (await deps.spool.inspect()).filter((d) => d.path.endsWith('/failed'));
-      return renderStatusPage({ version: VERSION, startedAt, status, failed, recentErrors: recentErrors(), refreshSeconds: 10 });
+      const extra = deps.extraSections?.(query);
+      return renderStatusPage({ version: VERSION, startedAt, status, failed, recentErrors: recentErrors(), refreshSeconds: 10, ...(extra ? { extraSections: extra.html, extraStyle: extra.style } : {}) });
     },
     info: () => ({ 'major-version': `${major}.${minor}`, 'full-version': VERSION }),
 

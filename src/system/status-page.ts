@@ -55,6 +55,9 @@ export interface StatusPageInput {
   readonly failed: ReadonlyArray<{ readonly path: string; readonly files: number }>;
   readonly recentErrors: readonly RecentError[];
   readonly refreshSeconds: number;
+  /** sections appended to the grid (node activity and charts), already escaped HTML, and their CSS */
+  readonly extraSections?: string;
+  readonly extraStyle?: string;
 }
 
 export function renderStatusPage(input: StatusPageInput): string {
@@ -121,6 +124,7 @@ code{font:12px ui-monospace,monospace}.badge{font-size:12px;padding:1px 8px;bord
 .problem{color:var(--bad);margin:6px 0 0}.warn{color:var(--warn);font-weight:600}
 ul{margin:0;padding-left:18px}li{margin:2px 0}time{color:var(--muted);font-variant-numeric:tabular-nums}b.error,b.fatal{color:var(--bad)}b.warn{color:var(--warn)}
 footer{padding:0 24px 16px;color:var(--muted);font-size:12px}.muted{color:var(--muted)}
+${input.extraStyle ?? ''}
 </style></head>
 <body>
 <header><h1>onerelay</h1><code>${escape(identity?.['node_id'])}</code><span>version ${escape(input.version)} · up ${uptime}</span>
@@ -165,6 +169,7 @@ ${own ? `<section id="own-policies"><h2>Own policies ${badge(own)}</h2><dl>
 <dt>own run log</dt><dd>${ownRun === undefined ? 'not sent' : ownRun['last_run'] === undefined ? `none yet${ownRun['waiting_for_policies'] ? ' (no own policies)' : ''}` : `${since(ownRun['last_run'])}, config <code>${escape(ownRun['config_id'])}</code>: ${escape(ownRun['success'])} success, ${escape(ownRun['error'])} error, ${escape(ownRun['na'])} n/a`} ${ownRun ? badge(ownRun) : ''}</dd></dl>
 ${remoteErrors ? `<ul>${remoteErrors}</ul>` : ''}</section>
 <section id="errors"><h2>Recent errors</h2>${errors ? `<ul>${errors}</ul>` : '<p>none</p>'}</section>
+${input.extraSections ?? ''}
 </main>
 <footer>Refreshes every ${input.refreshSeconds} s · ${escape(new Date().toISOString().replace('T', ' ').slice(0, 19))} UTC · JSON: <code>/rudder/relay-api/1/system/status</code> · metrics: <code>/metrics</code></footer>
 </body></html>`;

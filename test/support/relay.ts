@@ -63,6 +63,8 @@ export interface RelayOptions {
   readonly peerHttpsPort?: number;
   /** [node] inventory: the relay sends its own inventory upstream (default off in tests, so that upstream counts stay exact) */
   readonly ownInventory?: boolean;
+  /** extra lines in [activity] (its database is in <dir>/state) */
+  readonly activityToml?: string;
 }
 
 export interface CliResult {
@@ -181,6 +183,10 @@ ${options.ownPoliciesToml ?? ''}
 
 [shared_folder]
 path = "${dir}/shared-folder/"
+
+[activity]
+${options.activityToml?.includes('state_directory') ? '' : `state_directory = "${dir}/state"`}
+${options.activityToml ?? ''}
 ${options.extraToml ?? ''}
 `;
 }

@@ -1,0 +1,135 @@
+// The activity module on a real database file: the ledger balances even when a worker's upload event
+// arrives after the file already left the queue, pruning keeps what is still queued, and a database from a
+// newer onerelay is left alone (recording off) rather than rewritten.
+
+import { existsSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import t from 'tap';
+import { pino } from 'pino';
+import { createActivity, type ActivityEvent } from '../../src/activity/index.js';
+import { tempDir } from '../support/tmp.js';
+
+const NODE = 'd7000000-0000-4000-8000-000000000001';
+const log = pino({ level: 'silent' });
+
+function activityIn(directory: string, queueDepth = () => 0) {
+  return createActivity(
+    { enabled: true, stateDirectory: directory, ledgerRetentionMs: 7 * 86_400_000, detailWindowMs: 3_600_000, runIntervalMs: 300_000 },
+    { nodes: () => [{ id: NODE, hostname: 'd.example' }], isKnownNode: (id) => id === NODE, queueDepth, log },
+  );
+}
+
+const upload = (file: string, at: number): ActivityEvent => ({
+  t: 'request', at, action: 'report', node: NODE, ip: '192.0.2.7', status: 201, code: undefined, queue: 'reports', file, bytes: 100, sha256: 'ab'.repeat(32), created: true,
+});
+const forwarded = (file: string, at: number): ActivityEvent[] => [
+  { t: 'forward', at, queue: 'reports', file, result: 'ok', status: 201, ms: 5 },
+  { t: 'outcome', at, queue: 'reports', file, receivedAt: at - 10, size: 100, outcome: 'forwarded' },
+];
+
+t.test('an upload event that arrives after its file was forwarded completes the same row', async (t) => {
+  const activity = activityIn(tempDir(t));
+  await activity.start();
+  t.teardown(() => activity.stop());
+  const now = Date.now();
+  const file = `2026-12-06T07:00:00+00:00@${NODE}.log.gz`;
+  // the primary's forward and outcome are written first (flush of everything), the worker's batch later
+  for (const event of forwarded(file, now)) activity.record(event);
+  activity.flush();
+  activity.record(upload(file, now - 5));
+  activity.flush();
+  const ledger = activity.ledger({ file });
+  t.equal(ledger.files.length, 1, 'one row, not two');
+  t.equal(ledger.files[0]?.state, 'forwarded');
+  t.equal(ledger.files[0]?.sha256, 'ab'.repeat(32), 'with the upload details');
+  t.equal(ledger.files[0]?.ip, '192.0.2.7');
+  t.equal(ledger.balance.received, 1);
+  t.equal(ledger.balance.forwarded, 1);
+  t.ok(ledger.balance.balanced);
+});
+
+t.test('a replaced upload (204) is one file; a refused report is the node’s last report outcome', async (t) => {
+  let queued = 1;
+  const activity = activityIn(tempDir(t), () => queued);
+  await activity.start();
+  t.teardown(() => activity.stop());
+  const now = Date.now();
+  const file = `2026-12-06T07:05:00+00:00@${NODE}.log.gz`;
+  activity.record(upload(file, now));
+  activity.record({ ...(upload(file, now + 1) as ActivityEvent & { t: 'request' }), created: false, bytes: 120 });
+  activity.flush();
+  let ledger = activity.ledger({ file });
+  t.equal(ledger.files.length, 1);
+  t.equal(ledger.files[0]?.size, 120, 'the replacement is what is queued');
+  t.equal(ledger.balance.pending, 1);
+  t.ok(ledger.balance.balanced, 'one file queued, one pending');
+  activity.record({ t: 'outcome', at: now + 2, queue: 'reports', file, receivedAt: now, outcome: 'failed', reason: 'bad-signature' });
+  queued = 0;
+  activity.flush();
+  ledger = activity.ledger({ file });
+  t.equal(ledger.files[0]?.state, 'failed');
+  t.equal(ledger.files[0]?.reason, 'bad-signature');
+  t.equal(ledger.balance.failed, 1);
+  t.ok(ledger.balance.balanced);
+  t.equal(activity.node(NODE)?.node.report.outcome, 'refused: bad-signature');
+});
+
+t.test('a database written by a newer onerelay is left alone', async (t) => {
+  const directory = tempDir(t);
+  const first = activityIn(directory);
+  await first.start();
+  await first.stop();
+  const { default: Database } = await import('better-sqlite3');
+  const db = new Database(join(directory, 'activity.sqlite'));
+  db.pragma('user_version = 99');
+  db.close();
+  const size = statSync(join(directory, 'activity.sqlite')).size;
+  const second = activityIn(directory);
+  await second.start();
+  t.teardown(() => second.stop());
+  t.equal(second.isRecording(), false, 'recording off');
+  t.match(second.status().details ?? '', /schema 99, newer than this onerelay/);
+  t.equal(statSync(join(directory, 'activity.sqlite')).size, size, 'the file is untouched');
+  t.notOk(existsSync(join(directory, 'activity.sqlite.broken')), 'not moved aside');
+  t.throws(() => second.nodes(), { code: 'RELAY_ERR_ACTIVITY_DATABASE' });
+});
+
+t.test('ids a client makes up get no node record: the refusal is counted for its address', async (t) => {
+  const activity = activityIn(tempDir(t));
+  await activity.start();
+  t.teardown(() => activity.stop());
+  const made = 'f0000000-0000-4000-8000-000000000bad';
+  activity.record({ t: 'request', at: Date.now(), action: 'report', node: made, ip: '192.0.2.9', status: 401, code: 'RELAY_ERR_AUTH_REQUIRED', queue: 'reports', file: `2026-12-06T07:00:00+00:00@${made}.log.gz` });
+  activity.flush();
+  t.equal(activity.node(made), undefined, 'no record for the made-up id');
+  t.same(activity.nodes().map((n) => n.id), [NODE], 'only the nodes list');
+  const failure = activity.clientFailures().find((f) => f.ip === '192.0.2.9');
+  t.equal(failure?.count, 1);
+  t.equal(failure?.last_reason, 'RELAY_ERR_AUTH_REQUIRED');
+  t.equal(activity.refusals().get('RELAY_ERR_AUTH_REQUIRED'), 1, 'still counted in the metric');
+});
+
+t.test('pruning: per-file rows and node events older than the detail window go, queued files and hourly totals stay', async (t) => {
+  const directory = tempDir(t);
+  const first = activityIn(directory, () => 1);
+  await first.start();
+  const old = Date.now() - 3 * 3_600_000; // detail window is 1 h here
+  const done = `2026-12-06T04:00:00+00:00@${NODE}.log.gz`;
+  const waiting = `2026-12-06T04:00:01+00:00@${NODE}.log.gz`;
+  first.record(upload(done, old));
+  for (const event of forwarded(done, old + 1000)) first.record(event);
+  first.record(upload(waiting, old));
+  first.record({ t: 'request', at: old, action: 'policy', node: NODE, ip: '192.0.2.7', status: 304, code: undefined });
+  await first.stop();
+  // the prune runs at start (then every 10 minutes)
+  const second = activityIn(directory, () => 1);
+  await second.start();
+  t.teardown(() => second.stop());
+  const ledger = second.ledger({});
+  t.same(ledger.files.map((f) => f.file), [waiting], 'the forwarded file’s row is gone, the queued one stays');
+  t.equal(ledger.balance.received, 2, 'hourly totals kept for the retention');
+  t.equal(ledger.balance.forwarded, 1);
+  t.ok(ledger.balance.balanced, 'and still balance against the spool');
+  t.same(second.node(NODE)?.events, [], 'old node events pruned');
+  t.equal(second.node(NODE)?.node.policy.outcome, '304', 'the node record stays');
+});
