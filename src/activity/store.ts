@@ -151,6 +151,17 @@ export function createStore(db: Database, isKnownNode: (id: string) => boolean):
     ON CONFLICT (minute, series) DO UPDATE SET value = max(value, excluded.value)`);
 
   let touched = new Set<string>();
+  // forward attempts seen before their file has a row (its upload event still in a worker's batch, which can
+  // come after the primary's hold when the machine is loaded): applied as soon as the row exists
+  const earlyAttempts = new Map<string, Array<{ at: number; status: number | null; ms: number }>>();
+  const EARLY_ATTEMPTS_KEPT = 10_000;
+  const applyEarlyAttempts = (queue: string, file: string): void => {
+    const attempts = earlyAttempts.get(`${queue}/${file}`);
+    if (attempts === undefined) return;
+    earlyAttempts.delete(`${queue}/${file}`);
+    const row = latestRow.get(file, queue);
+    if (row !== undefined) for (const attempt of attempts) forwardAttempt.run(attempt.at, attempt.status, attempt.ms, row.id);
+  };
   const nodeOf = (node: string | undefined, action: NodeAction, at: number, ip: string | null, outcome: string, ok: boolean) => {
     if (node === undefined || !isKnownNode(node)) return;
     touched.add(node);
@@ -189,6 +200,7 @@ export function createStore(db: Database, isKnownNode: (id: string) => boolean):
           } else {
             received.run(event.queue, event.file, event.node ?? null, event.at, event.bytes, sha, event.ip);
             hourAdd.get('received')?.run(hourOf(event.at), event.queue, event.bytes);
+            applyEarlyAttempts(event.queue, event.file);
           }
         }
         return;
@@ -212,6 +224,11 @@ export function createStore(db: Database, isKnownNode: (id: string) => boolean):
       case 'forward': {
         const row = latestRow.get(event.file, event.queue);
         if (row !== undefined) forwardAttempt.run(event.at, event.status ?? null, Math.round(event.ms), row.id);
+        else {
+          if (earlyAttempts.size >= EARLY_ATTEMPTS_KEPT) earlyAttempts.delete(earlyAttempts.keys().next().value as string);
+          const key = `${event.queue}/${event.file}`;
+          earlyAttempts.set(key, [...(earlyAttempts.get(key) ?? []), { at: event.at, status: event.status ?? null, ms: Math.round(event.ms) }]);
+        }
         if (event.result === 'ok') {
           minute(event.at, 'forwards');
           minute(event.at, 'latency', event.ms);
@@ -231,6 +248,7 @@ export function createStore(db: Database, isKnownNode: (id: string) => boolean):
           // database): recorded as it leaves, so that every hour still balances
           lateRow.run(event.queue, event.file, nodeOfFile(event.queue, event.file) ?? null, receivedAt, event.size ?? null, outcome, event.at, event.reason ?? null);
           hourAdd.get('received')?.run(hourOf(receivedAt), event.queue, event.size ?? 0);
+          applyEarlyAttempts(event.queue, event.file);
         }
         hourAdd.get(outcome)?.run(hourOf(receivedAt), event.queue, 0);
         if (event.queue === 'reports' && event.outcome === 'failed') {
