@@ -118,7 +118,7 @@ interface Tracked {
 }
 
 const BASE_BACKOFF_MS = 500;
-/** per-file backoff cap while upstream is failing (no 2xx since the queue last paused) */
+/** per-file backoff cap while upstream is failing (no 2xx since the queue last paused, or failures in a row) */
 const MAX_FILE_BACKOFF_MS = 5 * 60_000;
 /**
  * per-file backoff cap while upstream answers 2xx: a file that failed then is bad luck on a flapping
@@ -164,10 +164,10 @@ function backoff(attempt: number, max: number): number {
 export function createQueue(options: QueueOptions, handler: QueueHandler, events: QueueEvents, parentLog: Logger): Queue {
   const log = parentLog.child({ module: 'spool', queue: options.name });
   const settleMs = options.settleMs ?? 100;
-  // a whole window of files in flight failing in a row: upstream is down. Fewer (3 of 32 at once) is what an
-  // upstream failing half of its requests gives all the time; pausing then left it idle most of the time while
-  // it took every other request (bench/faults), and max_concurrency already bounds what it receives
-  const pauseAfter = Math.max(PAUSE_AFTER, options.concurrency);
+  // a whole window of files in flight (or every file there is) failing in a row: upstream is down. Fewer (3 of
+  // 32 at once) is what an upstream failing half of its requests gives all the time; pausing then left it idle
+  // most of the time while it took every other request (bench/faults), and max_concurrency bounds its load
+  const pauseAfter = () => Math.max(PAUSE_AFTER, Math.min(options.concurrency, files.size));
   const files = new Map<string, Tracked>();
   /** dispatch order: oldest first as discovered */
   const ready = new Set<string>();
@@ -245,7 +245,8 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
     pump();
   }
 
-  const isUpstreamAnswering = () => lastOkAt > lastPausedAt;
+  // a 2xx since upstream was last judged down, and not a few failures in a row since
+  const isUpstreamAnswering = () => lastOkAt > lastPausedAt && consecutiveFailures < PAUSE_AFTER;
 
   /** upstream answered 2xx: files told to wait longer than a working upstream warrants are retried now */
   function pullIn(now: number): void {
@@ -277,17 +278,17 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
         soonestAt = tracked.dueAt ?? 0;
       }
     }
-    if (soonest === undefined) return;
-    const tracked = files.get(soonest);
-    if (tracked?.timer) clearTimeout(tracked.timer);
-    if (tracked) tracked.timer = undefined;
-    tracked!.state = 'pending';
+    const tracked = soonest === undefined ? undefined : files.get(soonest);
+    if (soonest === undefined || tracked === undefined) return;
+    if (tracked.timer) clearTimeout(tracked.timer);
+    tracked.timer = undefined;
+    tracked.state = 'pending';
     backingOff.delete(soonest);
     ready.add(soonest);
   }
 
   function pause(): void {
-    const delay = backoff(consecutiveFailures - pauseAfter + 1, MAX_QUEUE_PAUSE_MS);
+    const delay = backoff(consecutiveFailures - pauseAfter() + 1, MAX_QUEUE_PAUSE_MS);
     pausedUntil = Date.now() + delay;
     lastPausedAt = Date.now();
     halfOpen = false;
@@ -424,7 +425,7 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
           if (files.get(name) === tracked) makeReady(name);
         }, delay);
         tracked.timer.unref();
-        if (halfOpen || (consecutiveFailures >= pauseAfter && Date.now() >= pausedUntil)) pause();
+        if (halfOpen || (consecutiveFailures >= pauseAfter() && Date.now() >= pausedUntil)) pause();
         return;
       }
       case 'failed': {
