@@ -132,8 +132,9 @@ export function createStore(db: Database, isKnownNode: (id: string) => boolean):
   );
   const lateRow = db.prepare('INSERT INTO ledger (queue, file, node, received_at, size, state, done_at, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)');
   const lateMatch = db.prepare<[string, string, number], { id: number }>(
-    'SELECT id FROM ledger WHERE file = ? AND queue = ? AND ip IS NULL AND sha256 IS NULL AND done_at >= ? ORDER BY id DESC LIMIT 1',
+    'SELECT id FROM ledger WHERE file = ? AND queue = ? AND ip IS NULL AND sha256 IS NULL AND coalesce(done_at, received_at) >= ? ORDER BY id DESC LIMIT 1',
   );
+  // received_at stays: the row's hour already counted it (and its outcome is counted in that same hour)
   const fillLate = db.prepare('UPDATE ledger SET size = ?, sha256 = ?, ip = ?, node = coalesce(node, ?) WHERE id = ?');
   const forwardAttempt = db.prepare('UPDATE ledger SET attempts = attempts + 1, verified_at = coalesce(verified_at, ?), upstream_status = ?, upstream_ms = ? WHERE id = ?');
   const finished = db.prepare('UPDATE ledger SET state = ?, done_at = ?, reason = ? WHERE id = ?');
@@ -210,8 +211,16 @@ export function createStore(db: Database, isKnownNode: (id: string) => boolean):
         nodeOf(event.node, 'remote_run', event.at, null, event.detail, event.ok);
         return;
       case 'forward': {
-        const row = latestRow.get(event.file, event.queue);
-        if (row !== undefined) forwardAttempt.run(event.at, event.status ?? null, Math.round(event.ms), row.id);
+        let id = latestRow.get(event.file, event.queue);
+        if (id === undefined || id.state !== 'received') {
+          // its upload event is not here yet (still in a worker's batch, or lost): the row starts now and the
+          // upload event completes it (lateMatch)
+          const received = hourOf(event.at);
+          const inserted = lateRow.run(event.queue, event.file, nodeOfFile(event.queue, event.file) ?? null, event.at, null, 'received', null, null);
+          hourAdd.get('received')?.run(received, event.queue, 0);
+          id = { id: Number(inserted.lastInsertRowid), received_at: event.at, state: 'received', attempts: 0 };
+        }
+        forwardAttempt.run(event.at, event.status ?? null, Math.round(event.ms), id.id);
         if (event.result === 'ok') {
           minute(event.at, 'forwards');
           minute(event.at, 'latency', event.ms);
