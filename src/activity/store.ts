@@ -132,8 +132,9 @@ export function createStore(db: Database, isKnownNode: (id: string) => boolean):
   );
   const lateRow = db.prepare('INSERT INTO ledger (queue, file, node, received_at, size, state, done_at, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)');
   const lateMatch = db.prepare<[string, string, number], { id: number }>(
-    'SELECT id FROM ledger WHERE file = ? AND queue = ? AND ip IS NULL AND sha256 IS NULL AND done_at >= ? ORDER BY id DESC LIMIT 1',
+    'SELECT id FROM ledger WHERE file = ? AND queue = ? AND ip IS NULL AND sha256 IS NULL AND coalesce(done_at, received_at) >= ? ORDER BY id DESC LIMIT 1',
   );
+  // received_at stays: the row's hour already counted it (and its outcome is counted in that same hour)
   const fillLate = db.prepare('UPDATE ledger SET size = ?, sha256 = ?, ip = ?, node = coalesce(node, ?) WHERE id = ?');
   const forwardAttempt = db.prepare('UPDATE ledger SET attempts = attempts + 1, verified_at = coalesce(verified_at, ?), upstream_status = ?, upstream_ms = ? WHERE id = ?');
   const finished = db.prepare('UPDATE ledger SET state = ?, done_at = ?, reason = ? WHERE id = ?');
@@ -151,17 +152,6 @@ export function createStore(db: Database, isKnownNode: (id: string) => boolean):
     ON CONFLICT (minute, series) DO UPDATE SET value = max(value, excluded.value)`);
 
   let touched = new Set<string>();
-  // forward attempts seen before their file has a row (its upload event still in a worker's batch, which can
-  // come after the primary's hold when the machine is loaded): applied as soon as the row exists
-  const earlyAttempts = new Map<string, Array<{ at: number; status: number | null; ms: number }>>();
-  const EARLY_ATTEMPTS_KEPT = 10_000;
-  const applyEarlyAttempts = (queue: string, file: string): void => {
-    const attempts = earlyAttempts.get(`${queue}/${file}`);
-    if (attempts === undefined) return;
-    earlyAttempts.delete(`${queue}/${file}`);
-    const row = latestRow.get(file, queue);
-    if (row !== undefined) for (const attempt of attempts) forwardAttempt.run(attempt.at, attempt.status, attempt.ms, row.id);
-  };
   const nodeOf = (node: string | undefined, action: NodeAction, at: number, ip: string | null, outcome: string, ok: boolean) => {
     if (node === undefined || !isKnownNode(node)) return;
     touched.add(node);
@@ -200,7 +190,6 @@ export function createStore(db: Database, isKnownNode: (id: string) => boolean):
           } else {
             received.run(event.queue, event.file, event.node ?? null, event.at, event.bytes, sha, event.ip);
             hourAdd.get('received')?.run(hourOf(event.at), event.queue, event.bytes);
-            applyEarlyAttempts(event.queue, event.file);
           }
         }
         return;
@@ -222,13 +211,16 @@ export function createStore(db: Database, isKnownNode: (id: string) => boolean):
         nodeOf(event.node, 'remote_run', event.at, null, event.detail, event.ok);
         return;
       case 'forward': {
-        const row = latestRow.get(event.file, event.queue);
-        if (row !== undefined) forwardAttempt.run(event.at, event.status ?? null, Math.round(event.ms), row.id);
-        else {
-          if (earlyAttempts.size >= EARLY_ATTEMPTS_KEPT) earlyAttempts.delete(earlyAttempts.keys().next().value as string);
-          const key = `${event.queue}/${event.file}`;
-          earlyAttempts.set(key, [...(earlyAttempts.get(key) ?? []), { at: event.at, status: event.status ?? null, ms: Math.round(event.ms) }]);
+        let id = latestRow.get(event.file, event.queue);
+        if (id === undefined || id.state !== 'received') {
+          // its upload event is not here yet (still in a worker's batch, or lost): the row starts now and the
+          // upload event completes it (lateMatch)
+          const received = hourOf(event.at);
+          const inserted = lateRow.run(event.queue, event.file, nodeOfFile(event.queue, event.file) ?? null, event.at, null, 'received', null, null);
+          hourAdd.get('received')?.run(received, event.queue, 0);
+          id = { id: Number(inserted.lastInsertRowid), received_at: event.at, state: 'received', attempts: 0 };
         }
+        forwardAttempt.run(event.at, event.status ?? null, Math.round(event.ms), id.id);
         if (event.result === 'ok') {
           minute(event.at, 'forwards');
           minute(event.at, 'latency', event.ms);
@@ -248,7 +240,6 @@ export function createStore(db: Database, isKnownNode: (id: string) => boolean):
           // database): recorded as it leaves, so that every hour still balances
           lateRow.run(event.queue, event.file, nodeOfFile(event.queue, event.file) ?? null, receivedAt, event.size ?? null, outcome, event.at, event.reason ?? null);
           hourAdd.get('received')?.run(hourOf(receivedAt), event.queue, event.size ?? 0);
-          applyEarlyAttempts(event.queue, event.file);
         }
         hourAdd.get(outcome)?.run(hourOf(receivedAt), event.queue, 0);
         if (event.queue === 'reports' && event.outcome === 'failed') {

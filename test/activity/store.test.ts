@@ -43,6 +43,8 @@ t.test('an upload event that arrives after its file was forwarded completes the 
   t.equal(ledger.files[0]?.state, 'forwarded');
   t.equal(ledger.files[0]?.sha256, 'ab'.repeat(32), 'with the upload details');
   t.equal(ledger.files[0]?.ip, '192.0.2.7');
+  t.equal(ledger.files[0]?.attempts, 1, 'the forward attempt kept');
+  t.equal(ledger.files[0]?.upstream_status, 201);
   t.equal(ledger.balance.received, 1);
   t.equal(ledger.balance.forwarded, 1);
   t.ok(ledger.balance.balanced);
