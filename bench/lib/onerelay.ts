@@ -112,6 +112,17 @@ workers = ${options.workers}
 
 [cfengine]
 listen = "127.0.0.1:${cfenginePort}"
+
+# the relay as a Rudder node stays out of the measurement: its own inventory would be one more PUT upstream
+[node]
+inventory = false
+
+[own_policies]
+inputs_directory = "${at('inputs')}"
+
+# recording on, as in production, with its database in the bench's folder
+[activity]
+state_directory = "${at('state')}"
 ${options.policiesDirectory === undefined ? '' : `\n[policies]\ndirectory = "${options.policiesDirectory}"\n`}`;
   const configFile = at('onerelay.toml');
   await writeFile(configFile, config);
