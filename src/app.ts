@@ -311,7 +311,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
       log,
     });
     await activity.start();
-    stoppers.push(() => activity.stop());
+    stoppers.push(stopStep('activity database', () => activity.stop()));
 
     // the relay's own policies (issue 18): read before anything listens, so the first connection meets them
     const ownPolicies = config.ownPolicies.enabled ? createOwnPolicies({ inputsDirectory: config.ownPolicies.inputsDirectory }, { log }) : undefined;
