@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import t from 'tap';
 import { cachedAgentIdentity, sampleRunlog, signedGzippedReport, type AgentIdentity } from '../support/agent.js';
 import { inParallel, putFile } from '../support/put.js';
-import { DAV_PASSWORD, FIXTURE_KEYS, RELAY_ID, startRelay, type RunningRelay } from '../support/relay.js';
+import { DAV_PASSWORD, FIXTURE_KEYS, RELAY_ID, startRelay, systemStatus as status, until, type RunningRelay } from '../support/relay.js';
 import { startUpstream } from '../support/upstream.js';
 
 const NODE_COUNT = 10;
@@ -41,19 +41,6 @@ async function upload(relay: RunningRelay, reports: ReadonlyArray<{ name: string
     const status = await putFile({ port: relay.httpsPort, endpoint: 'reports', name: r.name, body: r.body, password: DAV_PASSWORD, identity: r.node });
     if (status !== 201 && status !== 204) throw new Error(`upload of ${r.name}: ${status}`);
   });
-}
-
-async function until(predicate: () => Promise<boolean> | boolean, timeoutMs: number, what: string): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await predicate())) {
-    if (Date.now() > deadline) throw new Error(`timed out: ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-async function status(relay: RunningRelay): Promise<Record<string, { status: string; details?: string; [k: string]: unknown }>> {
-  const body = (await fetch(`${relay.apiUrl}/rudder/relay-api/1/system/status`).then((r) => r.json())) as { data: Record<string, { status: string }> };
-  return body.data;
 }
 
 t.test('200 reports from 10 nodes arrive upstream byte-identical; the spool empties', async (t) => {

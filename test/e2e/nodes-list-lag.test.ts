@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import t from 'tap';
 import { cachedAgentIdentity, sampleRunlog, signedGzippedReport, type AgentIdentity } from '../support/agent.js';
 import { putFile } from '../support/put.js';
-import { DAV_PASSWORD, RELAY_ID, startRelay, type RunningRelay } from '../support/relay.js';
+import { DAV_PASSWORD, RELAY_ID, startRelay, systemStatus as status, until, type RunningRelay } from '../support/relay.js';
 import { startUpstream } from '../support/upstream.js';
 
 const NODE_COUNT = 3;
@@ -19,20 +19,6 @@ async function nodes(): Promise<AgentIdentity[]> {
 
 function nodesList(identities: readonly AgentIdentity[]) {
   return Object.fromEntries(identities.map((a) => [a.nodeId, { hostname: `${a.nodeId.slice(-4)}.example`, 'key-hash': a.sha256Pin, 'policy-server': RELAY_ID }]));
-}
-
-/** polls a file-system condition (no event to wait for on a directory listing) */
-async function until(predicate: () => Promise<boolean> | boolean, timeoutMs: number, what: string): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await predicate())) {
-    if (Date.now() > deadline) throw new Error(`timed out: ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-async function status(relay: RunningRelay): Promise<Record<string, { status: string; details?: string; [k: string]: unknown }>> {
-  const body = (await fetch(`${relay.apiUrl}/rudder/relay-api/1/system/status`).then((r) => r.json())) as { data: Record<string, { status: string }> };
-  return body.data;
 }
 
 t.test('a held report is given up at cleanup.retention, with its reason, logged and counted', async (t) => {

@@ -307,3 +307,18 @@ export async function startRelay(t: Teardownable, options: RelayOptions = {}): P
   if (!options.expectFailure) await waitForLog((line) => line.event === 'ready', 30_000);
   return relay;
 }
+
+/** polls a condition that has no event to wait for (a directory listing, a status field) */
+export async function until(predicate: () => Promise<boolean> | boolean, timeoutMs: number, what: string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await predicate())) {
+    if (Date.now() > deadline) throw new Error(`timed out: ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** the local API's system status, part by part */
+export async function systemStatus(relay: RunningRelay): Promise<Record<string, { status: string; details?: string; [k: string]: unknown }>> {
+  const body = (await fetch(`${relay.apiUrl}/rudder/relay-api/1/system/status`).then((r) => r.json())) as { data: Record<string, { status: string }> };
+  return body.data;
+}
