@@ -5,16 +5,17 @@
 // Written with node:crypto and our DER writer so no openssl binary is needed at run time.
 
 import { createHash, randomBytes, sign, type KeyObject, type X509Certificate } from 'node:crypto';
-import { TAG_CONTEXT_0, TAG_INTEGER, TAG_OCTET_STRING, TAG_SEQUENCE, TAG_SET, childrenOf, encodeOid, encodeTime, encodeTlv, expectTag, readTlv } from '../der/index.js';
+import {
+  OID_CONTENT_TYPE,
+  OID_DATA,
+  OID_MESSAGE_DIGEST,
+  OID_RSA_ENCRYPTION,
+  OID_SHA256,
+  OID_SIGNED_DATA,
+  OID_SIGNING_TIME,
+  TAG_CONTEXT_0, TAG_INTEGER, TAG_OCTET_STRING, TAG_SEQUENCE, TAG_SET, childrenOf, encodeOid, encodeTime, encodeTlv, expectTag, readTlv } from '../der/index.js';
 import { RelayError } from '../errors.js';
 
-const OID_DATA = '1.2.840.113549.1.7.1';
-const OID_SIGNED_DATA = '1.2.840.113549.1.7.2';
-const OID_CONTENT_TYPE = '1.2.840.113549.1.9.3';
-const OID_MESSAGE_DIGEST = '1.2.840.113549.1.9.4';
-const OID_SIGNING_TIME = '1.2.840.113549.1.9.5';
-const OID_SHA256 = '2.16.840.1.101.3.4.2.1';
-const OID_RSA_ENCRYPTION = '1.2.840.113549.1.1.1';
 const DER_NULL = Buffer.from([0x05, 0x00]);
 
 export interface RunlogSigner {

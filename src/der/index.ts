@@ -4,3 +4,4 @@ export * from './reader.js';
 export { encodeOid, encodeTime, encodeTlv } from './writer.js';
 export { parseCertificateFacts, type CertificateFacts } from './certificate.js';
 export { pemBodies, pemBodyToDer, pemToDer } from './pem.js';
+export * from './oids.js';

@@ -7,6 +7,9 @@
 import { createHash, verify, type KeyObject, type X509Certificate } from 'node:crypto';
 import {
   DerError,
+  OID_MESSAGE_DIGEST,
+  OID_SHA256,
+  OID_SIGNED_DATA,
   TAG_CONTEXT_0,
   TAG_INTEGER,
   TAG_OCTET_STRING,
@@ -291,13 +294,11 @@ export function stripTextHeader(signedPart: Buffer): Buffer | string {
 // ---------------------------------------------------------------------------------------------------------
 // CMS / PKCS#7 SignedData (RFC 2315 / RFC 5652)
 
-const OID_SIGNED_DATA = '1.2.840.113549.1.7.2';
-const OID_MESSAGE_DIGEST = '1.2.840.113549.1.9.4';
 const OID_RSASSA_PSS = '1.2.840.113549.1.1.10';
 
 /** digests accepted: SHA-256 and stronger */
 const STRONG_DIGESTS: ReadonlyMap<string, string> = new Map([
-  ['2.16.840.1.101.3.4.2.1', 'sha256'],
+  [OID_SHA256, 'sha256'],
   ['2.16.840.1.101.3.4.2.2', 'sha384'],
   ['2.16.840.1.101.3.4.2.3', 'sha512'],
   ['2.16.840.1.101.3.4.2.8', 'sha3-256'],
