@@ -15,7 +15,7 @@ import { createPeers } from '../../src/forwarders.js';
 import { createLogger } from '../../src/log.js';
 import { createPrimaryMetrics } from '../../src/metrics/index.js';
 import { createNodesRegistry } from '../../src/nodes/index.js';
-import { identityPaths } from '../../src/paths.js';
+import { identityPaths } from '../../src/app/paths.js';
 import { createPipelines } from '../../src/pipelines.js';
 import { createSpool } from '../../src/spool/index.js';
 import { FIXTURE_KEYS, RELAY_ID, relayConfigToml } from '../support/relay.js';

@@ -8,7 +8,7 @@ import { createHash, createPublicKey } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { RelayError } from './errors.js';
+import { RelayError } from '../errors.js';
 
 const MOUNTED_CONFIG = '/etc/onerelay/onerelay.toml';
 

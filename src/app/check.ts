@@ -5,10 +5,10 @@ import { X509Certificate } from 'node:crypto';
 import { access, constants, readFile, stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { pino } from 'pino';
-import { ConfigError, readConfig, type Config } from './config/index.js';
-import { messageOf } from './errors.js';
-import { loadIdentity } from './identity/index.js';
-import { createNodesRegistry } from './nodes/index.js';
+import { ConfigError, readConfig, type Config } from '../config/index.js';
+import { messageOf } from '../errors.js';
+import { loadIdentity } from '../identity/index.js';
+import { createNodesRegistry } from '../nodes/index.js';
 import { identityPaths } from './paths.js';
 
 export const DATABASE_REFUSED =

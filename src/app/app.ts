@@ -8,25 +8,25 @@ import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import type { Logger } from 'pino';
-import { ConfigError, loadConfig, type Config, type LoadedConfig, type LogLevel } from './config/index.js';
-import { pemToDer } from './der/index.js';
-import { RelayError, messageOf } from './errors.js';
-import { createFrontDoor, createLocalApi, type UploadAdmission, type UploadAuthOptions } from './http/index.js';
-import { ensureIdentity, keyDigests, loadIdentity, type Identity } from './identity/index.js';
+import { ConfigError, loadConfig, type Config, type LoadedConfig, type LogLevel } from '../config/index.js';
+import { pemToDer } from '../der/index.js';
+import { RelayError, messageOf } from '../errors.js';
+import { createFrontDoor, createLocalApi, type UploadAdmission, type UploadAuthOptions } from '../http/index.js';
+import { ensureIdentity, keyDigests, loadIdentity, type Identity } from '../identity/index.js';
 import { identityPaths } from './paths.js';
-import { createLogger, pinoLevel } from './log.js';
-import { createFrontDoorMetrics, createPrimaryMetrics, type MetricsSnapshot } from './metrics/index.js';
-import { createNodesRegistry, type NodesRegistry } from './nodes/index.js';
-import { createSpool, type Spool, type SpoolQueue } from './spool/index.js';
-import { createPipelines } from './pipelines.js';
-import { createPeers, sharedFilesForwarder, type Peers } from './forwarders.js';
-import { createSharedFiles, type SharedFiles } from './shared-files/index.js';
-import type { ServiceMetrics } from './metrics/index.js';
-import { createCommandRunner, createNativeRunner, createRemoteRun, type NodeRunner, type RemoteRun } from './remote-run/index.js';
-import { remoteRunCaller } from './forwarders.js';
-import { createCfengineServer, type CfengineServer } from './cfengine/index.js';
-import { clientCertificateRequester, createCfenginePuller, createSyncPuller, createSyncServing, type SyncPaths, type SyncPuller, type SyncServing } from './sync/index.js';
-import { createSystem } from './system/index.js';
+import { createLogger, pinoLevel } from '../log.js';
+import { createFrontDoorMetrics, createPrimaryMetrics, type MetricsSnapshot } from '../metrics/index.js';
+import { createNodesRegistry, type NodesRegistry } from '../nodes/index.js';
+import { createSpool, type Spool, type SpoolQueue } from '../spool/index.js';
+import { createPipelines } from '../pipelines.js';
+import { createPeers, sharedFilesForwarder, type Peers } from '../forwarders.js';
+import { createSharedFiles, type SharedFiles } from '../shared-files/index.js';
+import type { ServiceMetrics } from '../metrics/index.js';
+import { createCommandRunner, createNativeRunner, createRemoteRun, type NodeRunner, type RemoteRun } from '../remote-run/index.js';
+import { remoteRunCaller } from '../forwarders.js';
+import { createCfengineServer, type CfengineServer } from '../cfengine/index.js';
+import { clientCertificateRequester, createCfenginePuller, createSyncPuller, createSyncServing, type SyncPaths, type SyncPuller, type SyncServing } from '../sync/index.js';
+import { createSystem } from '../system/index.js';
 import {
   createOwnPolicies,
   hostAddresses,
@@ -36,17 +36,17 @@ import {
   settingsStatus,
   type OwnSettings,
   type SettingsInputs,
-} from './agentless/index.js';
-import type { FrontDoorSettings } from './http/index.js';
-import { VERSION } from './version.js';
+} from '../agentless/index.js';
+import type { FrontDoorSettings } from '../http/index.js';
+import { VERSION } from '../version.js';
 import { DATABASE_REFUSED, checkInstallation } from './check.js';
 import { runStopSteps, stopStep, type Stopper } from './shutdown.js';
-import { ABORT_SETTLE_MS } from './spool/index.js';
-import { createOwnInventory, type OwnInventory } from './agentless/index.js';
-import type { OwnPolicies } from './agentless/types.js';
+import { ABORT_SETTLE_MS } from '../spool/index.js';
+import { createOwnInventory, type OwnInventory } from '../agentless/index.js';
+import type { OwnPolicies } from '../agentless/types.js';
 import { join } from 'node:path';
-import { createOwnCompliance, createOwnComplianceProbes, loopbackOf, type OwnCompliance } from './agentless/index.js';
-import { ACTIVITY_STYLE, createActivity, createActivityBatcher, recordingRunner, type ActivityEvent, type ActivitySink } from './activity/index.js';
+import { createOwnCompliance, createOwnComplianceProbes, loopbackOf, type OwnCompliance } from '../agentless/index.js';
+import { ACTIVITY_STYLE, createActivity, createActivityBatcher, recordingRunner, type ActivityEvent, type ActivitySink } from '../activity/index.js';
 
 export interface StartOptions {
   readonly configPath: string;

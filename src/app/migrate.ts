@@ -6,7 +6,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { dirname, isAbsolute, join } from 'node:path';
 import { parse as parseToml, stringify as stringifyToml } from 'smol-toml';
-import { RelayError, messageOf } from './errors.js';
+import { RelayError, messageOf } from '../errors.js';
 
 export interface MigrateOptions {
   /** the filesystem root of the relay ("/"; a test points it at a fixture tree) */

@@ -1,6 +1,6 @@
 // Small mappings from the configuration to what modules take, shared by app, check and cli.
-import type { Config } from './config/index.js';
-import type { IdentityPaths } from './identity/index.js';
+import type { Config } from '../config/index.js';
+import type { IdentityPaths } from '../identity/index.js';
 
 export function identityPaths(config: Config): IdentityPaths {
   return {

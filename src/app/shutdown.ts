@@ -3,7 +3,7 @@
 // an upstream that never answered once held the primary for 546 s after SIGTERM).
 
 import type { Logger } from 'pino';
-import { messageOf } from './errors.js';
+import { messageOf } from '../errors.js';
 
 /** a stop function, optionally named and bounded (steps pushed without a name are numbered) */
 export type Stopper = (() => Promise<void>) & { stepName?: string; boundMs?: number };
