@@ -18,7 +18,7 @@ import { createLogger, pinoLevel } from '../log.js';
 import { createFrontDoorMetrics, createPrimaryMetrics, type MetricsSnapshot } from '../metrics/index.js';
 import { createNodesRegistry, type NodesRegistry } from '../nodes/index.js';
 import { createSpool, type Spool, type SpoolQueue } from '../spool/index.js';
-import { createPipelines } from '../pipelines.js';
+import { createForwarding, type Forwarding } from './forwarding.js';
 import { createPeers, sharedFilesForwarder, type Peers } from '../forwarders.js';
 import { createSharedFiles, type SharedFiles } from '../shared-files/index.js';
 import type { ServiceMetrics } from '../metrics/index.js';
@@ -303,11 +303,11 @@ export async function runPrimary(options: StartOptions): Promise<void> {
     const spool = spoolOf(config, log);
     await spool.prepare({ cleanTmp: true });
     // created below; the activity module reads the queue depth only when it samples it
-    let pipelines: ReturnType<typeof createPipelines> | undefined;
+    let forwarding: Forwarding | undefined;
     const activity = createActivity(config.activity, {
       nodes: () => nodes.neighbors(),
       isKnownNode: (id) => nodes.get(id) !== undefined,
-      queueDepth: () => (pipelines?.queues() ?? []).reduce((total, q) => total + q.files, 0),
+      queueDepth: () => (forwarding?.queues() ?? []).reduce((total, q) => total + q.files, 0),
       log,
     });
     await activity.start();
@@ -348,10 +348,10 @@ export async function runPrimary(options: StartOptions): Promise<void> {
         );
       return (await Promise.all(answers)).filter((s): s is MetricsSnapshot => s !== undefined);
     };
-    const metrics = createPrimaryMetrics({ spool, nodes, queues: { queues: () => pipelines?.queues() ?? [] }, workers: workerSnapshots, activity });
+    const metrics = createPrimaryMetrics({ spool, nodes, queues: { queues: () => forwarding?.queues() ?? [] }, workers: workerSnapshots, activity });
     // the relay's own inventory (issue 18), made below once the upstream client exists
     let ownInventory: OwnInventory | undefined;
-    pipelines = createPipelines(config, {
+    forwarding = createForwarding(config, {
       myId: identity.nodeId,
       ownCertificate: identity.certificate,
       nodes,
@@ -365,7 +365,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
       activity,
       log,
     });
-    const activePipelines = pipelines;
+    const activeForwarding = forwarding;
     let remoteRun: RemoteRun | undefined;
     let cfengine: CfengineServer | undefined;
     let puller: SyncPuller | undefined;
@@ -400,11 +400,11 @@ export async function runPrimary(options: StartOptions): Promise<void> {
         if (puller) void puller.trigger().catch(() => undefined);
         await ownPolicies?.refresh();
         peers.reload();
-        await activePipelines.reload();
+        await activeForwarding.reload();
       },
       extraSections: (query) => ({ html: activity.pageSections(query), style: ACTIVITY_STYLE }),
       extraStatus: () => ({
-        ...activePipelines.status(),
+        ...activeForwarding.status(),
         activity: activity.status(),
         ...(puller ? { sync: syncStatus(puller) } : {}),
         ...(ownInventory ? { own_inventory: ownInventory.status() } : {}),
@@ -424,7 +424,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
       frontDoor: () => ({ workers: workers.size, ready: readyWorkers }),
     });
     // the primary runs the TTL cleanup; every process stores and answers
-    const peers = createPeers(config, nodes, { key: identity.privateKeyPem, cert: identity.certificatePem }, activePipelines.upstream);
+    const peers = createPeers(config, nodes, { key: identity.privateKeyPem, cert: identity.certificatePem }, activeForwarding.upstream);
     stoppers.push(stopStep('peer clients', () => peers.close()));
     const sharedFiles = sharedFilesOf(config, nodes, peers, metrics, log);
     // the root registers the relay from its inventory; a root server (id root) has none to send upstream
@@ -581,19 +581,19 @@ export async function runPrimary(options: StartOptions): Promise<void> {
         const admitted = new Map<number, SpoolQueue>();
         worker.on('message', (message: WorkerMessage) => {
           if (message.type === 'admit') {
-            const reservation = activePipelines.reserve(message.queue, message.bytes);
+            const reservation = activeForwarding.reserve(message.queue, message.bytes);
             if (reservation !== undefined) admitted.set(reservation, message.queue);
             if (worker.isConnected()) worker.send({ type: 'admitted', id: message.id, queue: message.queue, reservation: reservation ?? null } satisfies PrimaryMessage);
-            else if (reservation !== undefined) void activePipelines.release(message.queue, reservation);
+            else if (reservation !== undefined) void activeForwarding.release(message.queue, reservation);
           } else if (message.type === 'admit-end') {
             admitted.delete(message.reservation);
-            void activePipelines.release(message.queue, message.reservation, message.name);
+            void activeForwarding.release(message.queue, message.reservation, message.name);
           } else if (message.type === 'ready') {
             ready = true;
             readyWorkers += 1;
             worker.send({ type: 'own-settings', settings: frontDoorSettingsOf(ownSettings) } satisfies PrimaryMessage);
             for (const queue of ['reports', 'inventories', 'inventory-updates'] as const) {
-              if (activePipelines.isFull(queue)) worker.send({ type: 'spool-full', queue, full: true } satisfies PrimaryMessage);
+              if (activeForwarding.isFull(queue)) worker.send({ type: 'spool-full', queue, full: true } satisfies PrimaryMessage);
             }
             resolve();
           } else if (message.type === 'remote-run-error') {
@@ -608,7 +608,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
         });
         worker.on('exit', (code, signal) => {
           workers.delete(worker);
-          for (const [reservation, queue] of admitted) void activePipelines.release(queue, reservation);
+          for (const [reservation, queue] of admitted) void activeForwarding.release(queue, reservation);
           admitted.clear();
           if (ready) readyWorkers -= 1;
           if (!ready) {
@@ -628,12 +628,12 @@ export async function runPrimary(options: StartOptions): Promise<void> {
     stoppers.push(
       stopStep(
         'forwarding queues',
-        () => activePipelines.stop({ graceMs: Math.max(0, forwardDeadline - Date.now()) }),
+        () => activeForwarding.stop({ graceMs: Math.max(0, forwardDeadline - Date.now()) }),
         // the grace, then the abort, the inspection threads and the upstream pool (bounded 2 s each)
         config.https.shutdownTimeoutMs + ABORT_SETTLE_MS + 5_000,
       ),
     );
-    await Promise.all([activePipelines.start(), ...Array.from({ length: count }, fork)]);
+    await Promise.all([activeForwarding.start(), ...Array.from({ length: count }, fork)]);
     if (ownInventory) {
       const job = ownInventory;
       await job.start();
@@ -659,7 +659,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
           ),
           store: async (name, body) => {
             // the same budget as uploads (max_spool_size): the next run tries again
-            if (activePipelines.isFull('reports')) throw new RelayError('RELAY_ERR_SPOOL_FULL', 'the reports spool is over max_spool_size');
+            if (activeForwarding.isFull('reports')) throw new RelayError('RELAY_ERR_SPOOL_FULL', 'the reports spool is over max_spool_size');
             await spool.receive('reports', name, body, Number.MAX_SAFE_INTEGER);
           },
           log,

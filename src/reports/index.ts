@@ -1,5 +1,6 @@
-// Face of the reports module: what the reporting queue needs to decide about one run log file
-// before it is forwarded unchanged (spec-relayd.md §7; issue 3 "Reports").
+// Face of the reports module: the reports pipeline (spool queue → inspection → upstream, cleanup) and
+// what it needs to decide about one run log file before it is forwarded unchanged (spec-relayd.md §7;
+// issue 3 "Reports").
 
 import type { X509Certificate } from 'node:crypto';
 import type { NodesRegistry } from '../nodes/index.js';
@@ -52,6 +53,9 @@ export interface ReportInspector {
   inspect(name: string, bytes: Buffer): Promise<Inspection>;
 }
 
+export { createReportsPipeline } from './pipeline.js';
+export type { ReportsPipeline, ReportsPipelineOptions } from './pipeline.js';
+export type { ReportCounters } from './queue-handler.js';
 export { createReportInspector, parseRunInfo } from './inspect.js';
 export { createInlineFileInspector, createThreadedFileInspector } from './inspect-pool.js';
 export type { FileInspection, FileInspector } from './inspect-pool.js';

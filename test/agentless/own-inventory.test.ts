@@ -16,7 +16,7 @@ import { createLogger } from '../../src/log.js';
 import { createPrimaryMetrics } from '../../src/metrics/index.js';
 import { createNodesRegistry } from '../../src/nodes/index.js';
 import { identityPaths } from '../../src/app/paths.js';
-import { createPipelines } from '../../src/pipelines.js';
+import { createForwarding } from '../../src/app/forwarding.js';
 import { createSpool } from '../../src/spool/index.js';
 import { FIXTURE_KEYS, RELAY_ID, relayConfigToml } from '../support/relay.js';
 import { checkInventoryAsRoot, textAt } from '../support/root-inventory-check.js';
@@ -82,7 +82,7 @@ async function setup(tt: { teardown(fn: () => unknown): void }, options: { upstr
   await spool.prepare({ cleanTmp: true });
   const metrics = createPrimaryMetrics({ spool, nodes, queues: { queues: () => [] }, workers: async () => [] });
   let job: OwnInventory | undefined;
-  const pipelines = createPipelines(config, {
+  const pipelines = createForwarding(config, {
     myId: RELAY_ID,
     nodes,
     spool,
