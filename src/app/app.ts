@@ -19,11 +19,11 @@ import { createFrontDoorMetrics, createPrimaryMetrics, type MetricsSnapshot } fr
 import { createNodesRegistry, type NodesRegistry } from '../nodes/index.js';
 import { createSpool, type Spool, type SpoolQueue } from '../spool/index.js';
 import { createForwarding, type Forwarding } from './forwarding.js';
-import { createPeers, sharedFilesForwarder, type Peers } from '../forwarders.js';
+import { peersOf, remoteRunCaller, sharedFilesForwarder } from './compose.js';
+import type { Peers } from '../upstream/index.js';
 import { createSharedFiles, type SharedFiles } from '../shared-files/index.js';
 import type { ServiceMetrics } from '../metrics/index.js';
 import { createCommandRunner, createNativeRunner, createRemoteRun, type NodeRunner, type RemoteRun } from '../remote-run/index.js';
-import { remoteRunCaller } from '../forwarders.js';
 import { createCfengineServer, type CfengineServer } from '../cfengine/index.js';
 import { clientCertificateRequester, createCfenginePuller, createSyncPuller, createSyncServing, type SyncPaths, type SyncPuller, type SyncServing } from '../sync/index.js';
 import { createSystem } from '../system/index.js';
@@ -424,7 +424,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
       frontDoor: () => ({ workers: workers.size, ready: readyWorkers }),
     });
     // the primary runs the TTL cleanup; every process stores and answers
-    const peers = createPeers(config, nodes, { key: identity.privateKeyPem, cert: identity.certificatePem }, activeForwarding.upstream);
+    const peers = peersOf(config, nodes, identity, activeForwarding.upstream);
     stoppers.push(stopStep('peer clients', () => peers.close()));
     const sharedFiles = sharedFilesOf(config, nodes, peers, metrics, log);
     // the root registers the relay from its inventory; a root server (id root) has none to send upstream
@@ -782,7 +782,7 @@ export async function runWorker(): Promise<void> {
           process.send({ type: 'activity', events } satisfies WorkerMessage, undefined, {}, () => done());
         })
       : undefined;
-    const peers = createPeers(config, nodes, { key: identity.privateKeyPem, cert: identity.certificatePem });
+    const peers = peersOf(config, nodes, identity);
     const frontDoor = createFrontDoor(
       {
         listen: config.https.listen,

@@ -52,7 +52,7 @@ export interface RemoteRunStatus {
   readonly lastErrors: ReadonlyArray<{ readonly at: string; readonly message: string }>;
 }
 
-export { createRemoteRun, validateConditions } from './remote-run.js';
+export { RELAY_PATH_HEADER, createRemoteRun, validateConditions } from './remote-run.js';
 export type { RemoteRun } from './remote-run.js';
 export { createCommandRunner } from './command-runner.js';
 export { createNativeRunner } from './native-runner.js';

@@ -1,6 +1,7 @@
-// Face of the upstream module: one pinned HTTPS client per peer (undici), PUT forwarding of spool
-// files, and the classification of what came back (spec-relayd.md §9; issue 3 "Forwarding").
-// The upstream's one dispatcher also carries the relay API calls to it (sync, shared files): peer().
+// Face of the upstream module, the one peer layer: one pinned HTTPS client per peer (undici), the
+// upstream's PUT forwarding of spool files and the classification of what came back (spec-relayd.md
+// §9; issue 3 "Forwarding"), and createPeers: the clients to the upstream and each sub-relay for the
+// relay API calls (sync, shared files, remote run). The upstream's one dispatcher carries both: peer().
 
 import type { PeerAuthentication } from '../config/index.js';
 import type { PeerClient } from './peer.js';
@@ -91,3 +92,5 @@ export { createUpstream } from './client.js';
 export { createPeerClient } from './peer.js';
 export type { PeerClient, PeerClientOptions, PeerResponse } from './peer.js';
 export { readPinnedCertificate, readPinnedCertificateSync } from './trust.js';
+export { createPeers } from './peers.js';
+export type { PeerAddress, Peers, PeersOptions } from './peers.js';

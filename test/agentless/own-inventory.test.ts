@@ -11,7 +11,7 @@ import { createOwnInventory, SENT_MESSAGE, type OwnInventory } from '../../src/a
 import type { OwnPolicyState } from '../../src/agentless/types.js';
 import { loadConfig } from '../../src/config/index.js';
 import { loadIdentity } from '../../src/identity/index.js';
-import { createPeers } from '../../src/forwarders.js';
+import { peersOf } from '../../src/app/compose.js';
 import { createLogger } from '../../src/log.js';
 import { createPrimaryMetrics } from '../../src/metrics/index.js';
 import { createNodesRegistry } from '../../src/nodes/index.js';
@@ -93,7 +93,7 @@ async function setup(tt: { teardown(fn: () => unknown): void }, options: { upstr
     log,
   });
   const identity = await loadIdentity(identityPaths(config));
-  const peers = createPeers(config, nodes, { key: identity.privateKeyPem, cert: identity.certificatePem });
+  const peers = peersOf(config, nodes, identity);
   let policies: OwnPolicyState | undefined;
   job = createOwnInventory(
     {
