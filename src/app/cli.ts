@@ -4,7 +4,8 @@
 
 import cluster from 'node:cluster';
 import { parseArgs } from 'node:util';
-import { exitCodeOf, runPrimary, runWorker, spoolOf } from './app.js';
+import { exitCodeOf, runPrimary, runWorker } from './app.js';
+import { spoolOf } from './compose.js';
 import { checkInstallation } from './check.js';
 import { loadConfig, type LogLevel } from '../config/index.js';
 import { RelayError, messageOf } from '../errors.js';

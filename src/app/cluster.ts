@@ -1,0 +1,276 @@
+// Part of the composition room: the primary and its front-door workers. One worker per core, because TLS 1.3
+// handshakes with Rudder's RSA-4096 key are the cost that dominates uploads and one event loop cannot use
+// both cores (DEVELOPERS.md "Stack"). This file owns the typed messages between them, forking, supervision
+// (a worker that dies is replaced), the metrics each worker reports, and the admission of uploads against
+// the spool's disk budget, which the primary holds.
+
+import cluster, { type Worker } from 'node:cluster';
+import type { Logger } from 'pino';
+import type { ActivityEvent } from '../activity/index.js';
+import type { LogLevel } from '../config/index.js';
+import { RelayError, messageOf } from '../errors.js';
+import type { FrontDoorSettings, UploadAdmission } from '../http/index.js';
+import type { MetricsSnapshot } from '../metrics/index.js';
+import type { SpoolQueue } from '../spool/index.js';
+
+/** from a front-door worker to the primary */
+export type WorkerMessage =
+  | { type: 'ready' }
+  | { type: 'remote-run-error'; message: string }
+  | { type: 'failed'; message: string; exitCode: number }
+  | { type: 'metrics'; id: number; snapshot: MetricsSnapshot }
+  | { type: 'admit'; id: number; queue: SpoolQueue; bytes: number }
+  | { type: 'admit-end'; queue: SpoolQueue; reservation: number; name?: string }
+  | { type: 'activity'; events: ActivityEvent[] };
+/** from the primary to its front-door workers */
+export type PrimaryMessage =
+  | { type: 'reload'; level: LogLevel }
+  | { type: 'shutdown' }
+  | { type: 'spool-full'; queue: SpoolQueue; full: boolean }
+  | { type: 'metrics-request'; id: number }
+  | { type: 'admitted'; id: number; queue: SpoolQueue; reservation: number | null }
+  | { type: 'own-settings'; settings: FrontDoorSettings };
+
+/** how the primary tells a worker what to run: the configuration file and the --log-level override */
+const ENV_CONFIG = 'ONERELAY_CONFIG';
+const ENV_LOG_LEVEL = 'ONERELAY_LOG_LEVEL';
+/** how long a worker waits for the primary's admission of an upload */
+const ADMIT_TIMEOUT_MS = 2_000;
+/** how long the primary waits for a worker's metrics before leaving it out */
+const METRICS_TIMEOUT_MS = 2_000;
+/** pause before a dead worker is replaced (a worker that dies at once must not spin) */
+const RESTART_DELAY_MS = 1_000;
+const SPOOL_QUEUES: readonly SpoolQueue[] = ['reports', 'inventories', 'inventory-updates'];
+
+// ---------------------------------------------------------------- primary side
+
+export interface FrontDoorWorkers {
+  /** forks `count` workers; resolves once every one is ready, rejects if one fails to start */
+  start(count: number): Promise<void>;
+  broadcast(message: PrimaryMessage): void;
+  /** every worker's metrics; a worker that does not answer in time is left out */
+  snapshots(): Promise<MetricsSnapshot[]>;
+  /** workers alive, and ready among them (status page) */
+  counts(): { workers: number; ready: number };
+  /** asks every worker to stop; those still running after `killAfterMs` get SIGKILL */
+  stop(killAfterMs: number): Promise<void>;
+  /** start failed: no restart, SIGKILL to every worker */
+  kill(): void;
+}
+
+export function createFrontDoorWorkers(
+  options: { readonly configPath: string; readonly logLevel: LogLevel | undefined },
+  deps: {
+    /** the spool's disk budget, held by the primary (see Queue.reserve) */
+    readonly admission: {
+      reserve(queue: SpoolQueue, bytes: number): number | undefined;
+      release(queue: SpoolQueue, reservation: number, name?: string): Promise<void>;
+      isFull(queue: SpoolQueue): boolean;
+    };
+    /** networks and credentials in force, sent to each worker when it is ready */
+    readonly frontDoorSettings: () => FrontDoorSettings;
+    readonly onRemoteRunError: (message: string) => void;
+    readonly onActivity: (events: readonly ActivityEvent[]) => void;
+    readonly log: Logger;
+  },
+): FrontDoorWorkers {
+  const { admission, log } = deps;
+  const workers = new Set<Worker>();
+  let stopping = false;
+  let readyWorkers = 0;
+  let metricsRequest = 0;
+  const metricsWaiters = new Map<number, (snapshot: MetricsSnapshot) => void>();
+
+  const fork = (): Promise<void> =>
+    new Promise((resolve, reject) => {
+      const worker = cluster.fork({
+        [ENV_CONFIG]: options.configPath,
+        ...(options.logLevel ? { [ENV_LOG_LEVEL]: options.logLevel } : {}),
+      });
+      workers.add(worker);
+      let ready = false;
+      // uploads this worker is receiving, counted against the disk budget (released if it dies)
+      const admitted = new Map<number, SpoolQueue>();
+      worker.on('message', (message: WorkerMessage) => {
+        if (message.type === 'admit') {
+          const reservation = admission.reserve(message.queue, message.bytes);
+          if (reservation !== undefined) admitted.set(reservation, message.queue);
+          if (worker.isConnected()) worker.send({ type: 'admitted', id: message.id, queue: message.queue, reservation: reservation ?? null } satisfies PrimaryMessage);
+          else if (reservation !== undefined) void admission.release(message.queue, reservation);
+        } else if (message.type === 'admit-end') {
+          admitted.delete(message.reservation);
+          void admission.release(message.queue, message.reservation, message.name);
+        } else if (message.type === 'ready') {
+          ready = true;
+          readyWorkers += 1;
+          worker.send({ type: 'own-settings', settings: deps.frontDoorSettings() } satisfies PrimaryMessage);
+          // workers that were not ready yet learn the spool-full state here
+          for (const queue of SPOOL_QUEUES) {
+            if (admission.isFull(queue)) worker.send({ type: 'spool-full', queue, full: true } satisfies PrimaryMessage);
+          }
+          resolve();
+        } else if (message.type === 'remote-run-error') {
+          deps.onRemoteRunError(message.message);
+        } else if (message.type === 'activity') {
+          deps.onActivity(message.events);
+        } else if (message.type === 'metrics') {
+          metricsWaiters.get(message.id)?.(message.snapshot);
+        } else if (message.type === 'failed') {
+          reject(new RelayError('RELAY_ERR_LISTEN', message.message));
+        }
+      });
+      worker.on('exit', (code, signal) => {
+        workers.delete(worker);
+        for (const [reservation, queue] of admitted) void admission.release(queue, reservation);
+        admitted.clear();
+        if (ready) readyWorkers -= 1;
+        if (!ready) {
+          reject(new RelayError('RELAY_ERR_LISTEN', `front-door worker exited during start (code ${code}, signal ${signal})`));
+          return;
+        }
+        if (stopping) return;
+        log.error({ event: 'worker_died', worker: worker.id, code, signal }, 'front-door worker died; starting another');
+        setTimeout(() => {
+          if (!stopping) fork().catch((error: unknown) => log.error({ event: 'worker_restart_failed', error: messageOf(error) }, 'could not restart a front-door worker'));
+        }, RESTART_DELAY_MS).unref();
+      });
+    });
+
+  const broadcast = (message: PrimaryMessage) => {
+    for (const worker of workers) if (worker.isConnected()) worker.send(message);
+  };
+
+  return {
+    async start(count) {
+      cluster.setupPrimary({ silent: false });
+      await Promise.all(Array.from({ length: count }, fork));
+    },
+    broadcast,
+    async snapshots() {
+      const answers = [...workers]
+        .filter((worker) => worker.isConnected())
+        .map(
+          (worker) =>
+            new Promise<MetricsSnapshot | undefined>((resolve) => {
+              const id = (metricsRequest += 1);
+              const timer = setTimeout(() => {
+                metricsWaiters.delete(id);
+                resolve(undefined);
+              }, METRICS_TIMEOUT_MS);
+              metricsWaiters.set(id, (snapshot) => {
+                clearTimeout(timer);
+                metricsWaiters.delete(id);
+                resolve(snapshot);
+              });
+              worker.send({ type: 'metrics-request', id } satisfies PrimaryMessage);
+            }),
+        );
+      return (await Promise.all(answers)).filter((s): s is MetricsSnapshot => s !== undefined);
+    },
+    counts: () => ({ workers: workers.size, ready: readyWorkers }),
+    async stop(killAfterMs) {
+      stopping = true;
+      const exits = [...workers].map((worker) => new Promise<void>((resolve) => worker.once('exit', () => resolve())));
+      broadcast({ type: 'shutdown' });
+      const kill = setTimeout(() => {
+        for (const worker of workers) worker.process.kill('SIGKILL');
+      }, killAfterMs);
+      await Promise.all(exits);
+      clearTimeout(kill);
+    },
+    kill() {
+      stopping = true;
+      for (const worker of workers) worker.process.kill('SIGKILL');
+    },
+  };
+}
+
+// ---------------------------------------------------------------- worker side
+
+/** what the primary asks of a worker */
+export interface PrimaryRequests {
+  shutdown(): void;
+  reload(level: LogLevel): void;
+  ownSettings(settings: FrontDoorSettings): void;
+  metrics(): Promise<MetricsSnapshot>;
+}
+
+export interface PrimaryLink {
+  /** the configuration file and the --log-level override the primary started this worker with */
+  readonly configPath: string;
+  readonly logLevel: LogLevel | undefined;
+  /** every upload asks the primary, which holds the budget: uploads in other workers count at once */
+  admit(queue: SpoolQueue, bytes: number): Promise<UploadAdmission>;
+  /** the primary's last word on the queue's disk budget */
+  isSpoolFull(queue: SpoolQueue): boolean;
+  /** node activity, in batches; done() once the primary has it */
+  sendActivity(events: ActivityEvent[], done: () => void): void;
+  remoteRunError(message: string): void;
+  /** from now on the primary's requests reach `requests` */
+  listen(requests: PrimaryRequests): void;
+  ready(): void;
+  failed(message: string, exitCode: number): void;
+}
+
+export function connectToPrimary(): PrimaryLink {
+  const send = (message: WorkerMessage) => process.send?.(message);
+  const fullQueues = new Set<SpoolQueue>();
+  let admitRequest = 0;
+  const admitWaiters = new Map<number, (reservation: number | null) => void>();
+  return {
+    configPath: process.env[ENV_CONFIG] ?? '',
+    logLevel: process.env[ENV_LOG_LEVEL] as LogLevel | undefined,
+    admit: (queue, bytes) =>
+      new Promise((resolve) => {
+        if (!process.connected) {
+          // the primary is gone (this worker is stopping): the last word it sent decides
+          resolve({ admitted: !fullQueues.has(queue), release: () => undefined });
+          return;
+        }
+        const id = (admitRequest += 1);
+        const timer = setTimeout(() => {
+          // a primary too busy to answer must not refuse uploads: its last full/not-full word decides
+          admitWaiters.delete(id);
+          resolve({ admitted: !fullQueues.has(queue), release: () => undefined });
+        }, ADMIT_TIMEOUT_MS);
+        admitWaiters.set(id, (reservation) => {
+          clearTimeout(timer);
+          admitWaiters.delete(id);
+          resolve({
+            admitted: reservation !== null,
+            release: (name) => {
+              if (reservation !== null) send({ type: 'admit-end', queue, reservation, ...(name === undefined ? {} : { name }) });
+            },
+          });
+        });
+        send({ type: 'admit', id, queue, bytes });
+      }),
+    isSpoolFull: (queue) => fullQueues.has(queue),
+    sendActivity(events, done) {
+      if (process.send === undefined) return done();
+      process.send({ type: 'activity', events } satisfies WorkerMessage, undefined, {}, () => done());
+    },
+    remoteRunError: (message) => send({ type: 'remote-run-error', message }),
+    listen(requests) {
+      process.on('message', (message: PrimaryMessage) => {
+        if (message.type === 'shutdown') requests.shutdown();
+        else if (message.type === 'reload') requests.reload(message.level);
+        else if (message.type === 'admitted') {
+          const waiter = admitWaiters.get(message.id);
+          if (waiter) waiter(message.reservation);
+          // answered after the timeout: the upload went on without it, give the reservation back
+          else if (message.reservation !== null) send({ type: 'admit-end', queue: message.queue, reservation: message.reservation });
+        } else if (message.type === 'metrics-request') {
+          void requests.metrics().then((snapshot) => send({ type: 'metrics', id: message.id, snapshot }));
+        } else if (message.type === 'spool-full') {
+          if (message.full) fullQueues.add(message.queue);
+          else fullQueues.delete(message.queue);
+        } else if (message.type === 'own-settings') {
+          requests.ownSettings(message.settings);
+        }
+      });
+    },
+    ready: () => send({ type: 'ready' }),
+    failed: (message, exitCode) => send({ type: 'failed', message, exitCode }),
+  };
+}
