@@ -11,8 +11,8 @@
 import type { KeyObject } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { once } from 'node:events';
-import { RelayError } from '../errors.js';
-import { CFD_FALSE, CFD_TERMINATOR, CFD_TRUE, CfengineClientError, connectCfengineServer, decodeOpendirPacket, parseStatLine, type CfengineClient, type StatFields } from '../cfengine/index.js';
+import { RelayError } from '../../errors.js';
+import { CFD_FALSE, CFD_TERMINATOR, CFD_TRUE, CfengineClientError, connectCfengineServer, decodeOpendirPacket, parseStatLine, type CfengineClient, type StatFields } from '../../cfengine/index.js';
 
 const MAX_BATCH_BYTES = 16_000;
 /** requests sent and not answered yet, per connection */

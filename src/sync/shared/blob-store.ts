@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { fsyncDirectory, forEachLimit, isErrno, removeTree } from './fs-util.js';
 import type { BlobWriter, FrameSink } from './frames.js';
 import type { ManifestFile } from './manifest.js';
-import { mtimeMsOfNs } from './walk.js';
+import { mtimeMsOfNs } from '../serving/walk.js';
 
 /** blobs up to this size are assembled in memory and written in the background */
 const SMALL_BLOB = 1024 * 1024;

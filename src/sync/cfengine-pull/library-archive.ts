@@ -10,9 +10,9 @@ import { lstat, mkdir, open, rename, rm } from 'node:fs/promises';
 import { once } from 'node:events';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { RelayError, messageOf, relayError } from '../errors.js';
-import type { PeerClient } from '../upstream/index.js';
-import { fsyncDirectory } from './fs-util.js';
+import { RelayError, messageOf, relayError } from '../../errors.js';
+import type { PeerClient } from '../../upstream/index.js';
+import { fsyncDirectory } from '../shared/fs-util.js';
 
 export const LIBRARY_ARCHIVE = 'policies-library-linux.tar.bz2';
 const ARCHIVE_PATH = `/common/${LIBRARY_ARCHIVE}`;

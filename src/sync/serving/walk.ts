@@ -8,9 +8,9 @@ import { lstat, open } from 'node:fs/promises';
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import { basename, dirname, join } from 'node:path';
 import type { Logger } from 'pino';
-import { RelayError } from '../errors.js';
-import { OLD_PREFIX, forEachLimit, isErrno } from './fs-util.js';
-import { isSafeSegment, type ManifestEntry, type ManifestFile } from './manifest.js';
+import { RelayError } from '../../errors.js';
+import { OLD_PREFIX, forEachLimit, isErrno } from '../shared/fs-util.js';
+import { isSafeSegment, type ManifestEntry, type ManifestFile } from '../shared/manifest.js';
 
 export interface WalkedFile {
   readonly entry: ManifestFile;

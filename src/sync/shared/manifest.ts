@@ -9,7 +9,7 @@
 // unit that is switched as a whole on the pulling side (see unitOf).
 
 import { createHash } from 'node:crypto';
-import { relayError } from '../errors.js';
+import { relayError } from '../../errors.js';
 
 export const MANIFEST_HEADER = 'onerelay-sync-manifest 1';
 export const NODES_LIST_UNIT = 'nodeslist.json';

@@ -15,10 +15,10 @@
 
 import { copyFile, link, lstat, mkdir, open, readdir, readFile, rename } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { RelayError } from '../errors.js';
+import { RelayError } from '../../errors.js';
 import type { BlobStore } from './blob-store.js';
 import { BUILD_PREFIX, OLD_PREFIX, forEachLimit, fsyncDirectory, isErrno, removeTree, writeFileAtomically } from './fs-util.js';
-import type { SyncPaths } from './index.js';
+import type { SyncPaths } from '../index.js';
 import { COMMON_NAME, NODES_CERTS_UNIT, NODES_LIST_UNIT, OWN_POLICIES_UNIT, unitOf, type ManifestEntry, type ManifestFile } from './manifest.js';
 
 const LINK_CONCURRENCY = 32;
