@@ -3,6 +3,9 @@
 // (spec-https-front-cfserverd-sync.md §3). Serving side: a manifest (path → sha256, size, mode,
 // mtime; one generation id) and content-addressed blobs of what a requesting relay is entitled to.
 // Pulling side: manifest → missing blobs → verified → new tree beside the old → atomic switch.
+// Rooms: serving/ (to sub-relays), https-pull/ (from an onerelay upstream), cfengine-pull/ (from a stock
+// root's cf-serverd), shared/ (manifest and frame formats, blob store, install and switch, pull loop, trigger).
+// Nothing outside sync/ imports a file of these rooms; the rooms import each other only through shared/.
 
 import type { FastifyPluginAsync } from 'fastify';
 import type { Logger } from 'pino';

@@ -9,8 +9,7 @@ import { chmod, copyFile, link, lstat, mkdir, open, readdir, rename, unlink, uti
 import { join } from 'node:path';
 import { fsyncDirectory, forEachLimit, isErrno, removeTree } from './fs-util.js';
 import type { BlobWriter, FrameSink } from './frames.js';
-import type { ManifestFile } from './manifest.js';
-import { mtimeMsOfNs } from '../serving/walk.js';
+import { mtimeMsOfNs, type ManifestFile } from './manifest.js';
 
 /** blobs up to this size are assembled in memory and written in the background */
 const SMALL_BLOB = 1024 * 1024;

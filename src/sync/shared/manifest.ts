@@ -22,6 +22,9 @@ export const OWN_POLICIES_UNIT = 'own-policies';
 /** the local `common/` of policies.directory: never purged as a node directory */
 export const COMMON_NAME = 'common';
 
+/** a manifest's mtime (ms) of a file's st_mtime in ns, rounded to nearest: utimes() through a double may store …122999999 ns for …123 ms */
+export const mtimeMsOfNs = (mtimeNs: bigint): number => Number((mtimeNs + 500_000n) / 1_000_000n);
+
 export interface ManifestFile {
   readonly kind: 'f';
   readonly path: string;
