@@ -51,6 +51,8 @@ const templated = {
   RELAY_ERR_CFENGINE_CLIENT: { status: 502, transient: true, message: '%s' },
   RELAY_ERR_CFENGINE_CLOSED: { status: 502, transient: true, message: 'connection closed' },
   RELAY_ERR_CFENGINE_ACCESS: { status: 403, transient: false, message: 'cfengine access denied' },
+  // the copy client: the server refused one request (missing file, ACL); the connection stays usable
+  RELAY_ERR_CFENGINE_REFUSED: { status: 502, transient: false, message: '%s' },
   // der (src/der): DER reader/writer, X.509 structure
   RELAY_ERR_DER: { status: 400, transient: false, message: '%s' },
   // reports (src/reports): run log decoding and checking, one code per group of reject reasons
@@ -62,7 +64,6 @@ const templated = {
   RELAY_ERR_REPORT_INSPECTION: { status: 500, transient: true, message: '%s' },
   // sync (src/sync): malformed manifest, delta or blob batch from upstream; a file changed while served
   RELAY_ERR_SYNC_FORMAT: { status: 502, transient: true, message: '%s' },
-  RELAY_ERR_SYNC_REFUSED: { status: 502, transient: false, message: '%s' },
   RELAY_ERR_SYNC_STOPPED: { status: 503, transient: true, message: 'sync stopped' },
   RELAY_ERR_FILE_CHANGED: { status: 500, transient: true, message: '%s' },
   // remote-run (src/remote-run): request parameters, local command, sub-relay forwarding

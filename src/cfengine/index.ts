@@ -106,3 +106,6 @@ export type { CfengineClient, CfengineClientOptions, ExecResult } from './client
 /** the access rules (spec-https-front-cfserverd-sync.md §2.3), exported for tests and the sync's own checks */
 export { createNetworkAcl, createPathAcl, isWithin } from './access.js';
 export type { AccessDecision, NetworkAcl, PathAcl, PathAclOptions, Reader } from './access.js';
+/** the copy client (cf-agent's copy_from against a stock cf-serverd), used by the sync's CFEngine pull */
+export { CfengineRefusedError, createCopyClient } from './copy-client.js';
+export type { CopyClient, CopyClientOptions, RemoteStat } from './copy-client.js';

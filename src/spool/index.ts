@@ -10,8 +10,8 @@ import { receiveInto, type ReceiveResult } from './receive.js';
 
 export type { ReceiveResult };
 export { ABORT_SETTLE_MS, createQueue } from './queue.js';
-export { fsyncDirectory, writeFileAtomically } from './durable.js';
-export type { AtomicWriteOptions } from './durable.js';
+export { copyFileAtomically, fsyncDirectory, openAtomicFile, writeFileAtomically, writeStreamAtomically } from './durable.js';
+export type { AtomicFile, AtomicWriteOptions, CopyOptions, StreamWriteOptions } from './durable.js';
 export type { Queue, QueueContext, QueueEvents, QueueFile, QueueHandler, QueueOptions, QueueOutcome, QueueStats, QueueStopOptions } from './queue.js';
 
 /** Where an upload lands: the three WebDAV endpoints of a Rudder relay. */

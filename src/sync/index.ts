@@ -3,6 +3,9 @@
 // (spec-https-front-cfserverd-sync.md §3). Serving side: a manifest (path → sha256, size, mode,
 // mtime; one generation id) and content-addressed blobs of what a requesting relay is entitled to.
 // Pulling side: manifest → missing blobs → verified → new tree beside the old → atomic switch.
+// Rooms: serving/ (to sub-relays), https-pull/ (from an onerelay upstream), cfengine-pull/ (from a stock
+// root's cf-serverd), shared/ (manifest and frame formats, blob store, install and switch, pull loop, trigger).
+// Nothing outside sync/ imports a file of these rooms; the rooms import each other only through shared/.
 
 import type { FastifyPluginAsync } from 'fastify';
 import type { Logger } from 'pino';
@@ -113,12 +116,12 @@ export interface SyncPuller {
   status(): SyncStatus;
 }
 
-export { syncServingRoutes, createSyncServing, clientCertificateRequester } from './serving.js';
-export type { SyncServing } from './serving.js';
-export { createSyncPuller, DEFAULT_SYNC_BASE_PATH } from './puller.js';
+export { syncServingRoutes, createSyncServing, clientCertificateRequester } from './serving/serving.js';
+export type { SyncServing } from './serving/serving.js';
+export { createSyncPuller, DEFAULT_SYNC_BASE_PATH } from './https-pull/puller.js';
 /** the pulling side when the upstream is a stock Rudder root (cf-serverd, CFEngine protocol) */
-export { createCfenginePuller, DEFAULT_CFENGINE_PORT } from './cfengine-puller.js';
-export type { CfenginePullerOptions, CfenginePullerDeps } from './cfengine-puller.js';
-export { syncTriggerRoutes } from './trigger.js';
-export { parseManifest, MANIFEST_HEADER } from './manifest.js';
-export type { Manifest, ManifestEntry, ManifestFile, ManifestDirectory } from './manifest.js';
+export { createCfenginePuller, DEFAULT_CFENGINE_PORT } from './cfengine-pull/cfengine-puller.js';
+export type { CfenginePullerOptions, CfenginePullerDeps } from './cfengine-pull/cfengine-puller.js';
+export { syncTriggerRoutes } from './shared/trigger.js';
+export { parseManifest, MANIFEST_HEADER } from './shared/manifest.js';
+export type { Manifest, ManifestEntry, ManifestFile, ManifestDirectory } from './shared/manifest.js';

@@ -3,8 +3,8 @@
 // fields, counters, and logs (repeated identical failures logged at error level at most every 10 min).
 
 import type { Logger } from 'pino';
-import { RelayError, isRelayError, messageOf } from '../errors.js';
-import type { SyncCounters, SyncPuller, SyncStatus } from './index.js';
+import { RelayError, isRelayError, messageOf } from '../../errors.js';
+import type { SyncCounters, SyncPuller, SyncStatus } from '../index.js';
 
 /** the same failure again is logged at error level at most this often (CONVENTIONS.md "Logs") */
 const REPEATED_ERROR_LOG_MS = 10 * 60_000;

@@ -1,18 +1,16 @@
 // The library archive of a stock Rudder root (9.0+): /common/policies-library-linux.tar.bz2 exists only on the
 // root's HTTPS side (spec-https-front-cfserverd-sync.md §3.4), so the CFEngine-protocol pull fetches it over
 // HTTPS with the pinned upstream client (the relay's certificate as client certificate), If-None-Match with the
-// ETag saved last time (304: nothing to do), and renames it into policies.directory/common/ so that the HTTPS
-// front door serves it to the nodes below (their HTTPS policy updates need it).
+// ETag saved last time (304: nothing to do), and writes it with spool's atomic stream write into
+// policies.directory/common/ so that the HTTPS front door serves it to the nodes below (their HTTPS policy
+// updates need it).
 
-import { randomBytes } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
-import { lstat, mkdir, open, rename, rm } from 'node:fs/promises';
-import { once } from 'node:events';
+import { lstat, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { RelayError, messageOf, relayError } from '../errors.js';
-import type { PeerClient } from '../upstream/index.js';
-import { fsyncDirectory } from './fs-util.js';
+import { RelayError, isRelayError, messageOf, relayError } from '../../errors.js';
+import type { PeerClient } from '../../upstream/index.js';
+import { writeStreamAtomically } from '../shared/fs-util.js';
 
 export const LIBRARY_ARCHIVE = 'policies-library-linux.tar.bz2';
 const ARCHIVE_PATH = `/common/${LIBRARY_ARCHIVE}`;
@@ -73,37 +71,17 @@ export async function fetchLibraryArchive(request: LibraryArchiveRequest, signal
   const header = response.headers?.['etag'];
   const newEtag = Array.isArray(header) ? header[0] : header;
   await mkdir(destination, { recursive: true });
-  const temporary = join(destination, `.${LIBRARY_ARCHIVE}.${randomBytes(6).toString('hex')}.tmp`);
-  let bytes = 0;
   const onAbort = (): void => {
     response.body.destroy(relayError('RELAY_ERR_SYNC_STOPPED'));
   };
   signal.addEventListener('abort', onAbort, { once: true });
+  let bytes: number;
   try {
-    const out = createWriteStream(temporary, { mode: 0o644 });
-    try {
-      for await (const chunk of response.body) {
-        bytes += (chunk as Buffer).length;
-        if (bytes > MAX_ARCHIVE_BYTES) throw relayError('RELAY_ERR_SYNC_FORMAT', `larger than ${MAX_ARCHIVE_BYTES} bytes`);
-        if (!out.write(chunk)) await once(out, 'drain');
-      }
-      out.end();
-      await once(out, 'close');
-    } catch (error) {
-      out.destroy();
-      throw error;
-    }
-    const handle = await open(temporary, 'r+');
-    try {
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    await rename(temporary, target);
-    await fsyncDirectory(destination);
+    bytes = await writeStreamAtomically(target, response.body as AsyncIterable<Buffer>, { mode: 0o644, tempPrefix: `.${LIBRARY_ARCHIVE}.`, maxBytes: MAX_ARCHIVE_BYTES });
   } catch (error) {
-    await rm(temporary, { force: true });
     if (signal.aborted) throw error;
+    // this disk's trouble keeps its code; anything else is the upstream's answer breaking off
+    if (isRelayError(error) && error.code === 'RELAY_ERR_SPOOL_WRITE') throw error;
     throw new RelayError('RELAY_ERR_UPSTREAM_UNAVAILABLE', `sync: library archive: ${messageOf(error)}`, { cause: error });
   } finally {
     signal.removeEventListener('abort', onAbort);

@@ -1,4 +1,5 @@
-// Connections to a stock cf-serverd for the CFEngine-protocol pull (spec-https-front-cfserverd-sync.md §3.4):
+// The CFEngine copy client: what cf-agent's copy_from does against a stock cf-serverd (STAT, OPENDIR, MD5, GET;
+// spec-cfengine-protocol.md §7), used by the sync's CFEngine pull (spec-https-front-cfserverd-sync.md §3.4):
 // several TLS connections, and on each one requests pipelined. cf-serverd answers one request at a time and
 // in order, reading each request with one SSL_read for the header and one for the body, so requests queued
 // behind one another are answered as if sent one by one, provided no frame straddles a TLS record: requests go
@@ -11,23 +12,24 @@
 import type { KeyObject } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { once } from 'node:events';
-import { RelayError } from '../errors.js';
-import { CFD_FALSE, CFD_TERMINATOR, CFD_TRUE, CfengineClientError, connectCfengineServer, decodeOpendirPacket, parseStatLine, type CfengineClient, type StatFields } from '../cfengine/index.js';
+import { RelayError, messageOf } from '../errors.js';
+import { CfengineClientError, connectCfengineServer, type CfengineClient } from './client.js';
+import { CFD_FALSE, CFD_TERMINATOR, CFD_TRUE, GET_BLOCK_SIZE, MD5_DIGEST_OFFSET, MD5_DIGEST_SIZE, decodeOpendirPacket, parseStatLine, type StatFields } from './codec.js';
 
 const MAX_BATCH_BYTES = 16_000;
 /** requests sent and not answered yet, per connection */
 const PIPELINE_DEPTH = 64;
 const CONNECT_TIMEOUT_MS = 15_000;
-/** "GET 2048 …" as cf-agent sends it */
-const GET_BUFFER = 2048;
 const ATTEMPTS = 3;
 
-export interface CfPoolOptions {
+export interface CopyClientOptions {
   readonly host: string;
   readonly port: number;
   readonly privateKey: KeyObject;
   readonly certificate: string;
+  /** TLS connections opened (as needed) and used round robin */
   readonly connections: number;
+  /** the server's key check (a pin): undefined to go on, or why it is refused (CfengineClientOptions) */
   readonly verifyServerKey: (key: KeyObject) => string | undefined;
   readonly signal: AbortSignal;
 }
@@ -41,10 +43,10 @@ export interface RemoteStat {
 }
 
 /** a request the server refused (missing file, ACL) — the connection is still usable */
-export class CfRefused extends RelayError {
+export class CfengineRefusedError extends RelayError {
   constructor(message: string) {
-    super('RELAY_ERR_SYNC_REFUSED', message);
-    this.name = 'CfRefused';
+    super('RELAY_ERR_CFENGINE_REFUSED', message);
+    this.name = 'CfengineRefusedError';
   }
 }
 
@@ -84,7 +86,7 @@ class Connection {
           try {
             resolve(await read(client));
           } catch (error) {
-            if (!(error instanceof CfRefused)) this.kill(error instanceof Error ? error.message : String(error));
+            if (!(error instanceof CfengineRefusedError)) this.kill(messageOf(error));
             reject(error);
           }
         },
@@ -128,7 +130,7 @@ class Connection {
         try {
           await this.client.sendMany(batch.map((job) => job.payload));
         } catch (error) {
-          this.kill(error instanceof Error ? error.message : String(error));
+          this.kill(messageOf(error));
         }
       }
     } finally {
@@ -142,19 +144,19 @@ class Connection {
   }
 }
 
-export interface CfPool {
+export interface CopyClient {
   stat(path: string): Promise<RemoteStat>;
   opendir(path: string): Promise<string[]>;
   /** true when the server's file differs from `digest` */
   md5Differs(path: string, digest: Buffer): Promise<boolean>;
-  /** the file's `size` bytes written to `destination` (created, mode 0600); resolves with the MD5 of what came */
+  /** the file's `size` bytes written to `destination` (created, mode 0600, not fsynced: the caller verifies, then syncs) */
   get(path: string, size: number, destination: string): Promise<void>;
   /** requests sent (for the status' request count) */
   readonly requests: number;
   close(): void;
 }
 
-export function createCfPool(options: CfPoolOptions): CfPool {
+export function createCopyClient(options: CopyClientOptions): CopyClient {
   const connections: Array<Promise<Connection> | undefined> = Array.from({ length: options.connections }, () => undefined);
   let requests = 0;
   let next = 0;
@@ -194,17 +196,17 @@ export function createCfPool(options: CfPoolOptions): CfPool {
   /** one request; a broken connection (not a refusal) is retried on another, up to ATTEMPTS times */
   async function run<T>(payload: Buffer | string, read: (client: CfengineClient) => Promise<T>): Promise<T> {
     for (let attempt = 1; ; attempt += 1) {
-      if (options.signal.aborted) throw new CfengineClientError('sync stopped');
+      if (options.signal.aborted) throw new CfengineClientError('copy stopped (aborted)');
       requests += 1;
       try {
         return await (await connection()).run(payload, read);
       } catch (error) {
-        if (error instanceof CfRefused || attempt >= ATTEMPTS || options.signal.aborted) throw error;
+        if (error instanceof CfengineRefusedError || attempt >= ATTEMPTS || options.signal.aborted) throw error;
       }
     }
   }
 
-  const refusal = (what: string, reply: string): CfRefused => new CfRefused(`${what}: ${reply.slice(0, 200)}`);
+  const refusal = (what: string, reply: string): CfengineRefusedError => new CfengineRefusedError(`${what}: ${reply.slice(0, 200)}`);
 
   return {
     get requests() {
@@ -240,7 +242,7 @@ export function createCfPool(options: CfPoolOptions): CfPool {
       });
     },
     md5Differs(path, digest) {
-      return run(Buffer.concat([Buffer.from(`MD5 ${path}`, 'latin1'), Buffer.alloc(2), digest]), async (client) => {
+      return run(Buffer.concat([Buffer.from(`MD5 ${path}`, 'latin1'), Buffer.alloc(MD5_DIGEST_OFFSET), digest.subarray(0, MD5_DIGEST_SIZE)]), async (client) => {
         const answer = text((await client.readFrame()).payload);
         if (answer === CFD_TRUE) return true;
         if (answer === CFD_FALSE) return false;
@@ -248,7 +250,7 @@ export function createCfPool(options: CfPoolOptions): CfPool {
       });
     },
     get(path, size, destination) {
-      return run(`GET ${GET_BUFFER} ${path}`, async (client) => {
+      return run(`GET ${GET_BLOCK_SIZE} ${path}`, async (client) => {
         const out = createWriteStream(destination, { mode: 0o600 });
         try {
           let remaining = size;

@@ -8,7 +8,7 @@ export const BUILD_PREFIX = '.sync-build.';
 export const OLD_PREFIX = '.sync-old.';
 
 // durability primitives are the spool module's, shared by every writer of state
-export { fsyncDirectory, writeFileAtomically } from '../spool/index.js';
+export { copyFileAtomically, fsyncDirectory, openAtomicFile, writeFileAtomically, writeStreamAtomically, type AtomicFile, type AtomicWriteOptions } from '../../spool/index.js';
 
 export async function removeTree(path: string): Promise<void> {
   await rm(path, { recursive: true, force: true, maxRetries: 3 });

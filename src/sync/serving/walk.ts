@@ -8,9 +8,9 @@ import { lstat, open } from 'node:fs/promises';
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import { basename, dirname, join } from 'node:path';
 import type { Logger } from 'pino';
-import { RelayError } from '../errors.js';
-import { OLD_PREFIX, forEachLimit, isErrno } from './fs-util.js';
-import { isSafeSegment, type ManifestEntry, type ManifestFile } from './manifest.js';
+import { RelayError } from '../../errors.js';
+import { OLD_PREFIX, forEachLimit, isErrno } from '../shared/fs-util.js';
+import { isSafeSegment, mtimeMsOfNs, type ManifestEntry, type ManifestFile } from '../shared/manifest.js';
 
 export interface WalkedFile {
   readonly entry: ManifestFile;
@@ -70,9 +70,6 @@ function timeSlicer(): () => Promise<void> | undefined {
 function lstatOrUndefined(path: string): BigIntStats | undefined {
   return lstatSync(path, { bigint: true, throwIfNoEntry: false });
 }
-
-/** ms rounded to nearest: utimes() through a double may store …122999999 ns for …123 ms */
-export const mtimeMsOfNs = (mtimeNs: bigint): number => Number((mtimeNs + 500_000n) / 1_000_000n);
 
 export const fileMode = (mode: number | bigint): number => Number(mode) & 0o777;
 export const directoryMode = (mode: number | bigint): number => Number(mode) & 0o2777;

@@ -2,7 +2,7 @@
 // in relayd's envelope; GET answers the status. Mounted by the composition root next to system/reload.
 
 import type { FastifyPluginAsync } from 'fastify';
-import type { SyncPuller } from './index.js';
+import type { SyncPuller } from '../index.js';
 
 export const syncTriggerRoutes: FastifyPluginAsync<{ puller: SyncPuller }> = async (app, { puller }) => {
   app.post('/', async (_request, reply) => {

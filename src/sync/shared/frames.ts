@@ -6,7 +6,7 @@
 //
 // Nothing is buffered whole: the server streams each file, the client hands each chunk to a writer.
 
-import { RelayError } from '../errors.js';
+import { RelayError } from '../../errors.js';
 
 const MAX_HEADER = 128;
 

@@ -3,9 +3,9 @@
 // Rudder generates for each relay (spec-https-front-cfserverd-sync.md §3.2 g and the nodescerts row).
 
 import { readFile, stat } from 'node:fs/promises';
-import { RelayError, messageOf } from '../errors.js';
-import { isErrno } from './fs-util.js';
-import { isSafeSegment } from './manifest.js';
+import { RelayError, messageOf } from '../../errors.js';
+import { isErrno } from '../shared/fs-util.js';
+import { isSafeSegment } from '../shared/manifest.js';
 
 /** nodeslist.json as written, plus the children of each policy server */
 export interface NodesTree {

@@ -9,7 +9,7 @@
 // unit that is switched as a whole on the pulling side (see unitOf).
 
 import { createHash } from 'node:crypto';
-import { relayError } from '../errors.js';
+import { relayError } from '../../errors.js';
 
 export const MANIFEST_HEADER = 'onerelay-sync-manifest 1';
 export const NODES_LIST_UNIT = 'nodeslist.json';
@@ -21,6 +21,9 @@ export const NODES_CERTS_UNIT = 'nodescerts.pem';
 export const OWN_POLICIES_UNIT = 'own-policies';
 /** the local `common/` of policies.directory: never purged as a node directory */
 export const COMMON_NAME = 'common';
+
+/** a manifest's mtime (ms) of a file's st_mtime in ns, rounded to nearest: utimes() through a double may store …122999999 ns for …123 ms */
+export const mtimeMsOfNs = (mtimeNs: bigint): number => Number((mtimeNs + 500_000n) / 1_000_000n);
 
 export interface ManifestFile {
   readonly kind: 'f';

@@ -11,14 +11,14 @@
 // renameat2(RENAME_EXCHANGE) is not reachable from Node.
 // A crash between the renames leaves `.sync-old.<name>` and no `<name>`: recover() renames it back.
 // File units (nodeslist.json, nodescerts.pem) are copied (other modules must not share an inode with the
-// store) to a temp name and renamed over the target.
+// store) with spool's atomic copy: temp name, fsync, rename over the target, fsync of the directory.
 
-import { copyFile, link, lstat, mkdir, open, readdir, readFile, rename } from 'node:fs/promises';
+import { link, lstat, mkdir, open, readdir, rename } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { RelayError } from '../errors.js';
+import { RelayError } from '../../errors.js';
 import type { BlobStore } from './blob-store.js';
-import { BUILD_PREFIX, OLD_PREFIX, forEachLimit, fsyncDirectory, isErrno, removeTree, writeFileAtomically } from './fs-util.js';
-import type { SyncPaths } from './index.js';
+import { BUILD_PREFIX, OLD_PREFIX, copyFileAtomically, forEachLimit, fsyncDirectory, isErrno, removeTree } from './fs-util.js';
+import type { SyncPaths } from '../index.js';
 import { COMMON_NAME, NODES_CERTS_UNIT, NODES_LIST_UNIT, OWN_POLICIES_UNIT, unitOf, type ManifestEntry, type ManifestFile } from './manifest.js';
 
 const LINK_CONCURRENCY = 32;
@@ -106,16 +106,8 @@ async function linkInto(source: string, destination: string, file: ManifestFile)
     await link(source, destination);
   } catch (error) {
     if (!isErrno(error, 'EXDEV', 'EPERM', 'EMLINK')) throw error;
-    // another file system (or too many links): a copy with the same metadata
-    await copyFile(source, destination);
-    const handle = await open(destination, 'r+');
-    try {
-      await handle.utimes(file.mtimeMs / 1000, file.mtimeMs / 1000);
-      await handle.chmod(file.mode);
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
+    // another file system (or too many links): a copy with the same metadata (its directory is fsynced by buildTree)
+    await copyFileAtomically(source, destination, { mode: file.mode, mtimeMs: file.mtimeMs, syncDirectory: false });
   }
 }
 
@@ -219,8 +211,7 @@ export async function switchDirectory(destination: string, build: string): Promi
 /** nodeslist.json, nodescerts.pem: a copy of the blob renamed over the target */
 export async function installFile(target: UnitTarget, file: ManifestFile, store: BlobStore): Promise<void> {
   await mkdir(dirname(target.destination), { recursive: true });
-  const data = await readFile(await store.linkSource(file));
-  await writeFileAtomically(target.destination, data, { mode: file.mode });
+  await copyFileAtomically(await store.linkSource(file), target.destination, { mode: file.mode });
 }
 
 /** a unit gone upstream: aside (one rename, so it disappears whole), then removed */

@@ -21,11 +21,11 @@ import { Readable, pipeline } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import { createGzip, gzipSync } from 'node:zlib';
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
-import { RelayError, isRelayError, messageOf } from '../errors.js';
-import type { NodesRegistry } from '../nodes/index.js';
+import { RelayError, isRelayError, messageOf } from '../../errors.js';
+import type { NodesRegistry } from '../../nodes/index.js';
 import { descendantsOf, loadNodesTree, mtimeMsOf, nodesListFor, shareSegments, type NodesTree } from './entitlement.js';
-import { END_FRAME, MAX_BLOBS_PER_BATCH, blobHeader, missingFrame } from './frames.js';
-import type { SyncServingDeps, SyncServingOptions, SyncServingRoutes } from './index.js';
+import { END_FRAME, MAX_BLOBS_PER_BATCH, blobHeader, missingFrame } from '../shared/frames.js';
+import type { SyncServingDeps, SyncServingOptions, SyncServingRoutes } from '../index.js';
 import {
   COMMON_NAME,
   NODES_CERTS_UNIT,
@@ -39,7 +39,7 @@ import {
   unitsOf,
   type Manifest,
   type ManifestEntry,
-} from './manifest.js';
+} from '../shared/manifest.js';
 import { createUnitCache, type UnitCache } from './unit-cache.js';
 import { createTreeWalker, type SubtreeFilter, type TreeWalker, type Walked } from './walk.js';
 

@@ -1,7 +1,7 @@
 // Pulling side of the data sync when the upstream is a stock Rudder root (issue 7 b): what propagate_promises
 // copies with cf-agent (spec-https-front-cfserverd-sync.md §3.2 a–g), pulled with onerelay's CFEngine client
 // from cf-serverd (§3.4): TLS with the relay's key, the upstream key pinned, IDENTITY USERNAME=root, several
-// connections with requests pipelined (cfengine-pool.ts).
+// connections with requests pipelined (the cfengine module's copy client).
 // Per unit (a node directory, the shared folder, a shared-files entry, a library tree): walk upstream (OPENDIR,
 // STAT), keep what is already here (same size and mtime, or same size and the server's MD5 says "same": the
 // `compare => digest` of Rudder's copy), fetch the rest (GET, then MD5 verify as `verify => true`), build the new
@@ -16,17 +16,16 @@ import { createReadStream, readFileSync } from 'node:fs';
 import { copyFile, link, lstat, mkdir, open, readFile, readdir, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Logger } from 'pino';
-import { CfengineClientError, makeServerCertificate } from '../cfengine/index.js';
-import { RelayError, isRelayError, messageOf } from '../errors.js';
-import { keyDigests } from '../identity/index.js';
-import type { PeerClient } from '../upstream/index.js';
-import { CfRefused, createCfPool, type CfPool, type RemoteStat } from './cfengine-pool.js';
-import { forEachLimit, isErrno, removeTree, writeFileAtomically } from './fs-util.js';
-import type { OwnPoliciesSink, SyncCounters, SyncPaths, SyncPuller } from './index.js';
-import { PullAborted, createPullLoop } from './pull-loop.js';
-import { buildPathOf, exists, parentsOf, recoverParents, removeUnit, switchDirectory } from './install.js';
+import { CfengineClientError, CfengineRefusedError, createCopyClient, makeServerCertificate, type CopyClient, type RemoteStat } from '../../cfengine/index.js';
+import { RelayError, isRelayError, messageOf } from '../../errors.js';
+import { keyDigests } from '../../identity/index.js';
+import type { PeerClient } from '../../upstream/index.js';
+import { forEachLimit, isErrno, removeTree, writeFileAtomically } from '../shared/fs-util.js';
+import type { OwnPoliciesSink, SyncCounters, SyncPaths, SyncPuller } from '../index.js';
+import { PullAborted, createPullLoop } from '../shared/pull-loop.js';
+import { buildPathOf, exists, parentsOf, recoverParents, removeUnit, switchDirectory } from '../shared/install.js';
 import { fetchLibraryArchive } from './library-archive.js';
-import { COMMON_NAME, isSafeSegment } from './manifest.js';
+import { COMMON_NAME, isSafeSegment } from '../shared/manifest.js';
 
 export const DEFAULT_CFENGINE_PORT = 5309;
 const DEFAULT_CONNECTIONS = 16;
@@ -198,14 +197,14 @@ export function createCfenginePuller(options: CfenginePullerOptions, deps: Cfeng
   }
 
   /** "size:mtime" of each path, "-" for a missing one: what says a unit changed without walking it */
-  async function signatureOf(pool: CfPool, base: string, rels: readonly string[]): Promise<string> {
+  async function signatureOf(copier: CopyClient, base: string, rels: readonly string[]): Promise<string> {
     const parts = await Promise.all(
       rels.map(async (rel) => {
         try {
-          const s = await pool.stat(`${base}/${rel}`);
+          const s = await copier.stat(`${base}/${rel}`);
           return `${s.size}:${s.mtime}`;
         } catch (error) {
-          if (error instanceof CfRefused) return '-';
+          if (error instanceof CfengineRefusedError) return '-';
           throw error;
         }
       }),
@@ -214,31 +213,31 @@ export function createCfenginePuller(options: CfenginePullerOptions, deps: Cfeng
   }
 
   /** a node directory's signature: its flag and archives, and those of the nodes of a sub-relay below it */
-  async function nodeSignature(pool: CfPool, base: string, depth = 0): Promise<string> {
+  async function nodeSignature(copier: CopyClient, base: string, depth = 0): Promise<string> {
     const [own, below] = await Promise.all([
-      signatureOf(pool, base, [RUDDER.flag, ...RUDDER.archives]),
-      pool.opendir(`${base}/share`).catch((error: unknown) => {
-        if (error instanceof CfRefused) return undefined;
+      signatureOf(copier, base, [RUDDER.flag, ...RUDDER.archives]),
+      copier.opendir(`${base}/share`).catch((error: unknown) => {
+        if (error instanceof CfengineRefusedError) return undefined;
         throw error;
       }),
     ]);
     if (below === undefined || depth > 8) return own;
-    const nested = await Promise.all(below.filter(isSafeSegment).sort().map(async (name) => `${name}=[${await nodeSignature(pool, `${base}/share/${name}`, depth + 1)}]`));
+    const nested = await Promise.all(below.filter(isSafeSegment).sort().map(async (name) => `${name}=[${await nodeSignature(copier, `${base}/share/${name}`, depth + 1)}]`));
     return `${own};${nested.join(';')}`;
   }
 
   /** every entry below `root` upstream (dot-directories skipped, as recurse_visible), directories before their content */
-  async function walk(pool: CfPool, root: string, signal: AbortSignal): Promise<RemoteEntry[]> {
+  async function walk(copier: CopyClient, root: string, signal: AbortSignal): Promise<RemoteEntry[]> {
     const entries: RemoteEntry[] = [];
     const visit = async (rel: string): Promise<void> => {
       if (signal.aborted) throw new PullAborted();
       // a name that could leave the tree (a broken or hostile upstream) or that CFEngine's recurse_visible
       // skips (dot files) is not copied
-      const names = (await pool.opendir(rel === '' ? root : `${root}/${rel}`)).filter(isSafeSegment);
+      const names = (await copier.opendir(rel === '' ? root : `${root}/${rel}`)).filter(isSafeSegment);
       const children = await Promise.all(
         names.map(async (name) => {
           const childRel = rel === '' ? name : `${rel}/${name}`;
-          return { rel: childRel, name, stat: await pool.stat(`${root}/${childRel}`) };
+          return { rel: childRel, name, stat: await copier.stat(`${root}/${childRel}`) };
         }),
       );
       const directories: string[] = [];
@@ -281,10 +280,10 @@ export function createCfenginePuller(options: CfenginePullerOptions, deps: Cfeng
    * One directory unit: walk `remoteRoot`, decide per file keep/fetch, and unless the local tree is already the
    * same, build the new tree beside `destination` and switch it in.
    */
-  async function syncTree(pool: CfPool, remoteRoot: string, destination: string, signal: AbortSignal, progress: Progress, check?: (build: string) => Promise<void>): Promise<boolean> {
-    const rootStat = await pool.stat(remoteRoot);
+  async function syncTree(copier: CopyClient, remoteRoot: string, destination: string, signal: AbortSignal, progress: Progress, check?: (build: string) => Promise<void>): Promise<boolean> {
+    const rootStat = await copier.stat(remoteRoot);
     if (rootStat.kind !== 'directory') throw new RelayError('RELAY_ERR_UPSTREAM_REFUSED', `sync: upstream ${remoteRoot} is not a directory`);
-    const entries = await walk(pool, remoteRoot, signal);
+    const entries = await walk(copier, remoteRoot, signal);
     const files = entries.filter((e) => e.stat.kind === 'file');
     // keep or fetch: same size and mtime → keep; same size → ask the server's MD5; else fetch
     const keep = new Set<string>();
@@ -297,7 +296,7 @@ export function createCfenginePuller(options: CfenginePullerOptions, deps: Cfeng
         keep.add(entry.rel);
         return;
       }
-      if (!(await pool.md5Differs(`${remoteRoot}/${entry.rel}`, await md5Of(local)))) keep.add(entry.rel);
+      if (!(await copier.md5Differs(`${remoteRoot}/${entry.rel}`, await md5Of(local)))) keep.add(entry.rel);
     });
     const wanted = files.filter((f) => !keep.has(f.rel));
     progress.totalFiles += wanted.length;
@@ -331,7 +330,7 @@ export function createCfenginePuller(options: CfenginePullerOptions, deps: Cfeng
             await copyFile(local, target);
           }
         } else {
-          await fetchVerified(pool, `${remoteRoot}/${entry.rel}`, entry.stat.size, target);
+          await fetchVerified(copier, `${remoteRoot}/${entry.rel}`, entry.stat.size, target);
           progress.files += 1;
           progress.bytes += entry.stat.size;
         }
@@ -371,14 +370,14 @@ export function createCfenginePuller(options: CfenginePullerOptions, deps: Cfeng
   }
 
   /** GET, then the MD5 check of what came (cf-agent's verify => true); fetched again when it differs */
-  async function fetchVerified(pool: CfPool, path: string, size: number, target: string): Promise<void> {
+  async function fetchVerified(copier: CopyClient, path: string, size: number, target: string): Promise<void> {
     for (let attempt = 1; ; attempt += 1) {
       if (size === 0) {
         await (await open(target, 'w', 0o600)).close();
         return;
       }
-      await pool.get(path, size, target);
-      if (!(await pool.md5Differs(path, await md5Of(target)))) return;
+      await copier.get(path, size, target);
+      if (!(await copier.md5Differs(path, await md5Of(target)))) return;
       state.rejectedBlobs += 1;
       log.warn({ path, attempt }, 'sync: fetched file differs from upstream (changed during the copy?), fetching it again');
       if (attempt >= VERIFY_ATTEMPTS) throw new RelayError('RELAY_ERR_UPSTREAM_UNAVAILABLE', `sync: ${path} failed verification ${VERIFY_ATTEMPTS} times`);
@@ -386,12 +385,12 @@ export function createCfenginePuller(options: CfenginePullerOptions, deps: Cfeng
   }
 
   /** nodeslist.json, nodescerts.pem: fetched when their size or mtime changed, renamed over the target */
-  async function syncFile(pool: CfPool, remotePath: string, destination: string, unit: string, signatures: Record<string, string>): Promise<boolean> {
+  async function syncFile(copier: CopyClient, remotePath: string, destination: string, unit: string, signatures: Record<string, string>): Promise<boolean> {
     let s: RemoteStat;
     try {
-      s = await pool.stat(remotePath);
+      s = await copier.stat(remotePath);
     } catch (error) {
-      if (error instanceof CfRefused) {
+      if (error instanceof CfengineRefusedError) {
         log.debug({ path: remotePath }, 'sync: upstream file absent or refused, kept as is here');
         return false;
       }
@@ -403,7 +402,7 @@ export function createCfenginePuller(options: CfenginePullerOptions, deps: Cfeng
       return false;
     }
     const incoming = join(paths.stateDirectory, `incoming.${unit}`);
-    await fetchVerified(pool, remotePath, s.size, incoming);
+    await fetchVerified(copier, remotePath, s.size, incoming);
     const data = await readFile(incoming);
     await rm(incoming, { force: true });
     const before = await readFile(destination).catch(() => undefined);
@@ -428,7 +427,7 @@ export function createCfenginePuller(options: CfenginePullerOptions, deps: Cfeng
   async function pull(signal: AbortSignal): Promise<PullResult> {
     await prepare();
     const verifyServerKey = keyVerifier();
-    const pool = createCfPool({
+    const copier = createCopyClient({
       host: options.host,
       port: options.port,
       privateKey: options.privateKey,
@@ -443,26 +442,26 @@ export function createCfenginePuller(options: CfenginePullerOptions, deps: Cfeng
     }, PROGRESS_EVERY_MS);
     ticker.unref();
     try {
-      return await pullWith(pool, signal, progress);
+      return await pullWith(copier, signal, progress);
     } catch (error) {
       if (signal.aborted) throw new PullAborted();
-      if (error instanceof CfRefused) throw new RelayError('RELAY_ERR_UPSTREAM_REFUSED', `sync: upstream cf-serverd refused ${error.message}`, { cause: error });
+      if (error instanceof CfengineRefusedError) throw new RelayError('RELAY_ERR_UPSTREAM_REFUSED', `sync: upstream cf-serverd refused ${error.message}`, { cause: error });
       // the cfengine client's own errors get this puller's context below
       if (isRelayError(error) && !(error instanceof CfengineClientError)) throw error;
       if (isErrno(error, 'ENOSPC', 'EIO', 'EACCES', 'EROFS')) throw new RelayError('RELAY_ERR_SPOOL_WRITE', `sync: cannot write: ${messageOf(error)}`, { cause: error });
       throw new RelayError('RELAY_ERR_UPSTREAM_UNAVAILABLE', `sync from cf-serverd ${options.host}:${options.port}: ${messageOf(error)}`, { cause: error });
     } finally {
       clearInterval(ticker);
-      pool.close();
+      copier.close();
     }
   }
 
-  async function pullWith(pool: CfPool, signal: AbortSignal, progress: Progress): Promise<PullResult> {
+  async function pullWith(copier: CopyClient, signal: AbortSignal, progress: Progress): Promise<PullResult> {
     // the relay's own directory always exists on a root that knows this relay; refused = not admitted
     try {
-      await pool.stat(`${relayDir}/`);
+      await copier.stat(`${relayDir}/`);
     } catch (error) {
-      if (!(error instanceof CfRefused)) throw error;
+      if (!(error instanceof CfengineRefusedError)) throw error;
       throw new RelayError(
         'RELAY_ERR_UPSTREAM_REFUSED',
         `sync: upstream cf-serverd ${options.host}:${options.port} refuses ${relayDir}/ to this relay (is ${options.myId} accepted on the root, with this key?)`,
@@ -470,7 +469,7 @@ export function createCfenginePuller(options: CfenginePullerOptions, deps: Cfeng
     }
     const signatures: Record<string, string> = {};
     // the relay's own policies first: what the root generated for it applies before its nodes' trees are walked
-    const ownChanged = await pullOwnPolicies(pool, signal, progress, signatures);
+    const ownChanged = await pullOwnPolicies(copier, signal, progress, signatures);
     let changedUnits = ownChanged ? 1 : 0;
     let removedUnits = 0;
     let walkedUnits = 0;
@@ -485,9 +484,9 @@ export function createCfenginePuller(options: CfenginePullerOptions, deps: Cfeng
     const shareRoot = `${relayDir}/share`;
     let nodes: string[];
     try {
-      nodes = (await pool.opendir(shareRoot)).filter((name) => isSafeSegment(name) && !name.startsWith('.') && name !== COMMON_NAME);
+      nodes = (await copier.opendir(shareRoot)).filter((name) => isSafeSegment(name) && !name.startsWith('.') && name !== COMMON_NAME);
     } catch (error) {
-      if (!(error instanceof CfRefused)) throw error;
+      if (!(error instanceof CfengineRefusedError)) throw error;
       nodes = []; // no node below this relay yet
     }
     await forEachLimit(nodes, UNIT_CONCURRENCY * 4, async (node) => {
@@ -495,14 +494,14 @@ export function createCfenginePuller(options: CfenginePullerOptions, deps: Cfeng
       const unit = `share/${node}`;
       const base = `${shareRoot}/${node}`;
       const destination = join(paths.policiesDirectory, node);
-      const signature = await nodeSignature(pool, base);
+      const signature = await nodeSignature(copier, base);
       signatures[unit] = signature;
       if (saved.signatures[unit] === signature && (await exists(destination))) {
         count({ changed: false, walked: false });
         return;
       }
       // walked with a bounded number of units at a time (memory: one unit's listing each)
-      await unitSlots.run(async () => count({ changed: await syncTree(pool, base, destination, signal, progress), walked: true }));
+      await unitSlots.run(async () => count({ changed: await syncTree(copier, base, destination, signal, progress), walked: true }));
     });
     const present = new Set(nodes);
     for (const name of await readdir(paths.policiesDirectory).catch(() => [] as string[])) {
@@ -522,28 +521,28 @@ export function createCfenginePuller(options: CfenginePullerOptions, deps: Cfeng
     const sharedFilesRoot = remote(`${RUDDER.sharedFiles}/${options.myId}/shared-files`);
     let sharedEntries: string[] | undefined;
     try {
-      sharedEntries = (await pool.opendir(sharedFilesRoot)).filter((name) => isSafeSegment(name) && !name.startsWith('.'));
+      sharedEntries = (await copier.opendir(sharedFilesRoot)).filter((name) => isSafeSegment(name) && !name.startsWith('.'));
     } catch (error) {
-      if (!(error instanceof CfRefused)) throw error;
+      if (!(error instanceof CfengineRefusedError)) throw error;
     }
     for (const name of sharedEntries ?? []) trees.push({ unit: `shared-files/${name}`, remote: `${sharedFilesRoot}/${name}`, local: join(paths.sharedFilesPath, name) });
     await forEachLimit(trees, UNIT_CONCURRENCY, async (tree) => {
       try {
-        await pool.stat(tree.remote);
+        await copier.stat(tree.remote);
       } catch (error) {
-        if (!(error instanceof CfRefused)) throw error;
+        if (!(error instanceof CfengineRefusedError)) throw error;
         log.debug({ path: tree.remote }, 'sync: upstream tree absent or refused, kept as is here');
         return;
       }
       if (tree.flag !== undefined) {
-        const signature = await signatureOf(pool, tree.remote, [tree.flag]);
+        const signature = await signatureOf(copier, tree.remote, [tree.flag]);
         signatures[tree.unit] = signature;
         if (saved.signatures[tree.unit] === signature && (await exists(tree.local))) {
           count({ changed: false, walked: false });
           return;
         }
       }
-      await unitSlots.run(async () => count({ changed: await syncTree(pool, tree.remote, tree.local, signal, progress), walked: true }));
+      await unitSlots.run(async () => count({ changed: await syncTree(copier, tree.remote, tree.local, signal, progress), walked: true }));
     });
     if (sharedEntries !== undefined) {
       const keepShared = new Set(sharedEntries);
@@ -555,8 +554,8 @@ export function createCfenginePuller(options: CfenginePullerOptions, deps: Cfeng
     }
 
     // (g) the relay's own nodeslist.json and nodescerts.pem; certificates first, then the list
-    const certsChanged = await syncFile(pool, `${relayDir}/${RUDDER.nodesCerts}`, paths.nodesCertsFile, 'nodescerts.pem', signatures);
-    const listChanged = await syncFile(pool, `${relayDir}/${RUDDER.nodesList}`, paths.nodesListFile, 'nodeslist.json', signatures);
+    const certsChanged = await syncFile(copier, `${relayDir}/${RUDDER.nodesCerts}`, paths.nodesCertsFile, 'nodescerts.pem', signatures);
+    const listChanged = await syncFile(copier, `${relayDir}/${RUDDER.nodesList}`, paths.nodesListFile, 'nodeslist.json', signatures);
     if (certsChanged) changedUnits += 1;
     if (listChanged) changedUnits += 1;
 
@@ -596,7 +595,7 @@ export function createCfenginePuller(options: CfenginePullerOptions, deps: Cfeng
         log.error({ code: isRelayError(error) ? error.code : 'RELAY_ERR_INTERNAL', err: messageOf(error) }, 'sync: nodes reload after sync failed');
       }
     }
-    return { files: progress.files, bytes: progress.bytes, requests: pool.requests, changedUnits, removedUnits, walkedUnits, skippedUnits, nodesChanged: certsChanged || listChanged };
+    return { files: progress.files, bytes: progress.bytes, requests: copier.requests, changedUnits, removedUnits, walkedUnits, skippedUnits, nodesChanged: certsChanged || listChanged };
   }
 
   /**
@@ -604,13 +603,13 @@ export function createCfenginePuller(options: CfenginePullerOptions, deps: Cfeng
    * rudder-promises-generated (or rudder.json) changed upstream. A folder check() refuses is not switched in: the
    * policies in force stay, and that generation is not fetched again.
    */
-  async function pullOwnPolicies(pool: CfPool, signal: AbortSignal, progress: Progress, signatures: Record<string, string>): Promise<boolean> {
+  async function pullOwnPolicies(copier: CopyClient, signal: AbortSignal, progress: Progress, signatures: Record<string, string>): Promise<boolean> {
     const destination = paths.ownInputsDirectory;
     if (destination === undefined || deps.ownPolicies === undefined) return false;
     const sink = deps.ownPolicies;
     const unit = 'own-policies';
     const remoteInputs = `${relayDir}/${RUDDER.ownInputs}`;
-    const signature = await signatureOf(pool, remoteInputs, RUDDER.ownFlags);
+    const signature = await signatureOf(copier, remoteInputs, RUDDER.ownFlags);
     if (signature.startsWith('-')) {
       log.debug({ path: remoteInputs }, 'sync: no own policies generated upstream for this relay yet');
       return false;
@@ -618,7 +617,7 @@ export function createCfenginePuller(options: CfenginePullerOptions, deps: Cfeng
     signatures[unit] = signature;
     if (saved.signatures[unit] === signature && (refusedOwnSignature === signature || (await exists(destination)))) return false;
     try {
-      const changed = await syncTree(pool, remoteInputs, destination, signal, progress, (build) => sink.check(build));
+      const changed = await syncTree(copier, remoteInputs, destination, signal, progress, (build) => sink.check(build));
       if (changed) log.info({ event: 'own_policies_pulled', path: remoteInputs, inputs: destination }, 'sync: own policies pulled');
       return changed;
     } catch (error) {

@@ -1,16 +1,17 @@
 // Pulling side: the content-addressed store under <state>/blobs/<2 hex>/<sha256>. A blob enters it only
-// whole, verified and fsynced (temp file, fsync, rename), so what an interrupted pull fetched is reused by
-// the next one. Trees are built from hard links to store entries; an entry's inode carries one mode and
-// mtime, so a file wanted with other metadata links to a copy `<sha256>.<mode>.<mtime ms>` instead.
+// whole, verified and fsynced (spool's atomic write: temp file in <store>/.tmp, fsync, link), so what an
+// interrupted pull fetched is reused by the next one. The shard directories are fsynced once per batch
+// (sync()), not once per blob: a pull stores thousands of small blobs. Trees are built from hard links to
+// store entries; an entry's inode carries one mode and mtime, so a file wanted with other metadata links to
+// a copy `<sha256>.<mode>.<mtime ms>` instead.
 
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
-import { chmod, copyFile, link, lstat, mkdir, open, readdir, rename, unlink, utimes, type FileHandle } from 'node:fs/promises';
+import { chmod, link, lstat, mkdir, open, readdir, unlink, utimes, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
-import { fsyncDirectory, forEachLimit, isErrno, removeTree } from './fs-util.js';
+import { copyFileAtomically, fsyncDirectory, forEachLimit, isErrno, openAtomicFile, removeTree, writeFileAtomically, type AtomicWriteOptions } from './fs-util.js';
 import type { BlobWriter, FrameSink } from './frames.js';
-import type { ManifestFile } from './manifest.js';
-import { mtimeMsOfNs } from './walk.js';
+import { mtimeMsOfNs, type ManifestFile } from './manifest.js';
 
 /** blobs up to this size are assembled in memory and written in the background */
 const SMALL_BLOB = 1024 * 1024;
@@ -62,7 +63,9 @@ export function createBlobStore(root: string): BlobStore {
   const shard = (sha256: string): string => join(root, sha256.slice(0, 2));
   const canonicalPath = (sha256: string): string => join(shard(sha256), sha256);
   const variantPath = (file: ManifestFile): string => join(shard(file.sha256), `${file.sha256}.${file.mode.toString(8)}.${file.mtimeMs}`);
-  const tempPath = (): string => join(tmp, `${randomBytes(8).toString('hex')}.part`);
+  /** an entry: temp in .tmp/, fsynced, linked in (an existing entry wins: same content by construction); shards fsynced by sync() */
+  const placed: AtomicWriteOptions = { tempDirectory: tmp, tempPrefix: '', syncDirectory: false, keepExisting: true };
+  const blobWrite: AtomicWriteOptions = { ...placed, mode: 0o600 };
 
   async function ensureShard(sha256: string): Promise<void> {
     const directory = shard(sha256);
@@ -71,27 +74,9 @@ export function createBlobStore(root: string): BlobStore {
     touched.add(directory);
   }
 
-  /** temp → canonical name; an existing entry wins (same content by construction) */
-  async function commit(temp: string, sha256: string): Promise<void> {
-    await ensureShard(sha256);
-    try {
-      await link(temp, canonicalPath(sha256));
-    } catch (error) {
-      if (!isErrno(error, 'EEXIST')) throw error;
-    }
-    await unlink(temp);
-  }
-
   async function writeSmall(sha256: string, data: Buffer): Promise<void> {
-    const temp = tempPath();
-    const handle = await open(temp, 'wx', 0o600);
-    try {
-      await handle.writeFile(data);
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    await commit(temp, sha256);
+    await ensureShard(sha256);
+    await writeFileAtomically(canonicalPath(sha256), data, blobWrite);
   }
 
   return {
@@ -159,14 +144,11 @@ export function createBlobStore(root: string): BlobStore {
               },
             };
           }
-          const temp = tempPath();
-          const handle: FileHandle = await open(temp, 'wx', 0o600);
-          let open_ = true;
+          await ensureShard(sha256);
+          const file = await openAtomicFile(canonicalPath(sha256), blobWrite);
           const discard = async (): Promise<void> => {
             if (partial === discard) partial = undefined;
-            if (open_) await handle.close().catch(() => undefined);
-            open_ = false;
-            await unlink(temp).catch(() => undefined);
+            await file.discard();
           };
           partial = discard;
           return {
@@ -174,34 +156,20 @@ export function createBlobStore(root: string): BlobStore {
               hash.update(chunk);
               received += chunk.length;
               try {
-                let offset = 0;
-                while (offset < chunk.length) offset += (await handle.write(chunk, offset)).bytesWritten;
+                await file.write(chunk);
               } catch (error) {
-                await discard();
+                if (partial === discard) partial = undefined;
                 throw error;
               }
             },
             async end() {
               partial = undefined;
               if (!verified()) {
-                await discard();
+                await file.discard();
                 return;
               }
               handlers.received(sha256, size);
-              await background(
-                (async () => {
-                  try {
-                    await handle.sync();
-                    await handle.close();
-                    open_ = false;
-                    await commit(temp, sha256);
-                  } catch (error) {
-                    await discard();
-                    throw error;
-                  }
-                })(),
-                0,
-              );
+              await background(file.commit(), 0);
             },
           };
         },
@@ -241,11 +209,7 @@ export function createBlobStore(root: string): BlobStore {
       } catch (error) {
         if (isErrno(error, 'EEXIST')) return true;
         if (!isErrno(error, 'EXDEV', 'EPERM')) throw error;
-        const temp = tempPath();
-        await copyFile(candidate, temp);
-        const copy = await open(temp, 'r+');
-        await copy.sync().finally(() => copy.close());
-        await commit(temp, sha256);
+        await copyFileAtomically(candidate, canonicalPath(sha256), placed);
       }
       // a live tree's inode: its metadata is not ours to change
       claimed.add(sha256);
@@ -269,14 +233,8 @@ export function createBlobStore(root: string): BlobStore {
         await utimes(canonical, file.mtimeMs / 1000, file.mtimeMs / 1000);
         return canonical;
       }
-      const temp = tempPath();
-      await copyFile(canonical, temp, fsConstants.COPYFILE_FICLONE);
-      await utimes(temp, file.mtimeMs / 1000, file.mtimeMs / 1000);
-      const handle = await open(temp, 'r');
-      await handle.sync().finally(() => handle.close());
-      await chmod(temp, file.mode);
       await ensureShard(file.sha256);
-      await rename(temp, variant);
+      await copyFileAtomically(canonical, variant, { ...blobWrite, keepExisting: false, clone: true, mode: file.mode, mtimeMs: file.mtimeMs });
       return variant;
     },
 
