@@ -68,41 +68,10 @@ export interface CfengineServerDeps {
 }
 
 export { createCfengineServer } from './server.js';
-/** the protocol codec, for the remote-run client */
-export {
-  CFD_FALSE,
-  CFD_TERMINATOR,
-  CFD_TRUE,
-  CodecError,
-  FAILED,
-  FrameDecoder,
-  GET_BLOCK_SIZE,
-  HEADER_SIZE,
-  MAX_PAYLOAD,
-  REQUEST_DENIED,
-  decodeHeader,
-  decodeOpendirPacket,
-  encodeFrame,
-  encodeGetRequest,
-  encodeMd5Request,
-  encodeOpendirRequest,
-  encodeOpendirReply,
-  encodeStatLine,
-  encodeStatRequest,
-  md5Answer,
-  md5AnswerMeansDifferent,
-  parseIdentityLine,
-  parseRequest,
-  parseStatLine,
-  parseVersionLine,
-  serverHello,
-  welcomeLine,
-} from './codec.js';
-export type { Frame, FrameStatus, IdentityLine, Request, StatFields } from './codec.js';
 export { makeServerCertificate } from './certificate.js';
-/** the client half (remote run) */
-export { CLIENT_PROTOCOL_VERSION, CfengineClientError, connectCfengineServer, execRequest, runExec } from './client.js';
-export type { CfengineClient, CfengineClientOptions, ExecResult } from './client.js';
-/** the access rules (spec-https-front-cfserverd-sync.md §2.3), exported for tests and the sync's own checks */
-export { createNetworkAcl, createPathAcl, isWithin } from './access.js';
-export type { AccessDecision, NetworkAcl, PathAcl, PathAclOptions, Reader } from './access.js';
+/** the client half (remote run, and sync's CFEngine pull) */
+export { CfengineClientError, connectCfengineServer, runExec } from './client.js';
+export type { CfengineClient } from './client.js';
+/** what sync's CFEngine pull (src/sync/cfengine-pool.ts) still reads of the codec, until its copy client lives here */
+export { CFD_FALSE, CFD_TERMINATOR, CFD_TRUE, decodeOpendirPacket, parseStatLine } from './codec.js';
+export type { StatFields } from './codec.js';

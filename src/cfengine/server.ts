@@ -6,10 +6,11 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { TLSSocket, createSecureContext, type SecureContext } from 'node:tls';
 import type { Logger } from 'pino';
 import { RelayError } from '../errors.js';
-import { createNetworkAcl, createPathAcl } from './access.js';
+import { createNetworkAcl, createPathAcl } from '../access/index.js';
 import { makeServerCertificate } from './certificate.js';
 import { HEADER_SIZE, MAX_PAYLOAD } from './codec.js';
-import { CfengineConnection, type ConnectionContext } from './connection.js';
+import { CfengineConnection } from './connection.js';
+import type { ConnectionContext } from './session.js';
 import { DigestCache, DirectoryCache, onSlowFileSystem } from './files.js';
 import type { CfengineServer, CfengineServerDeps, CfengineServerOptions } from './index.js';
 
