@@ -233,6 +233,7 @@ export class CfengineConnection implements Session {
   }
 
   private failOn(error: unknown): void {
+    if (!(error instanceof CodecError) && this.phase === 'requests') this.log.warn({ err: error }, 'cfengine request failed');
     const message = error instanceof CodecError ? error.message : `internal error: ${messageOf(error)}`;
     this.fail(message);
   }

@@ -39,6 +39,11 @@ export interface CfengineServerOptions {
   readonly onExec?: ExecHandler;
   /** the command named in "cf-serverd executing cfruncommand: …" (default "onerelay sync") */
   readonly execCommand?: string;
+  /**
+   * requests answered before listening, through the real request path against a private temporary tree,
+   * so that the first agents after a start find it optimised (default 3000, bounded to 3 s; 0: none)
+   */
+  readonly warmUpRequests?: number;
 }
 
 /** runs an inbound remote run; each writeLine() goes out as one "> line" transaction */

@@ -575,6 +575,8 @@ export async function startCfengineFixture(options: FixtureOptions): Promise<Cfe
       policiesDirectory: share,
       sharedFolderPath: sharedFolder,
       allowedNetworks: ['127.0.0.0/8'],
+      // a short warm-up: the path runs once before the tests' requests, as in the relay, without its cost
+      warmUpRequests: 200,
       ...options.server,
     },
     { nodes, counters, log },
