@@ -64,7 +64,7 @@ export async function warmUp(options: WarmUpOptions): Promise<{ requests: number
       ...options.context,
       counters: noCounters,
       // the warm-up's connections log nothing
-      log: options.log.child({ warmUp: true }, { level: process.env['CFE_DBG'] ? 'debug' : 'silent' }),
+      log: options.log.child({ warmUp: true }, { level: 'silent' }),
       acl: createPathAcl({ policiesDirectory: join(tree, 'none'), sharedFolderPath: tree, commonRoots: [], publicRoots: [] }),
       digests: new DigestCache(),
       directories: new DirectoryCache(),
