@@ -39,6 +39,11 @@ export interface CfengineServerOptions {
   readonly onExec?: ExecHandler;
   /** the command named in "cf-serverd executing cfruncommand: …" (default "onerelay sync") */
   readonly execCommand?: string;
+  /**
+   * requests answered before listening, through the real request path against a private temporary tree,
+   * so that the first agents after a start find it optimised (default 3000, bounded to 3 s; 0: none)
+   */
+  readonly warmUpRequests?: number;
 }
 
 /** runs an inbound remote run; each writeLine() goes out as one "> line" transaction */
@@ -68,44 +73,10 @@ export interface CfengineServerDeps {
 }
 
 export { createCfengineServer } from './server.js';
-/** the protocol codec, for the remote-run client */
-export {
-  CFD_FALSE,
-  CFD_TERMINATOR,
-  CFD_TRUE,
-  CodecError,
-  FAILED,
-  FrameDecoder,
-  GET_BLOCK_SIZE,
-  HEADER_SIZE,
-  MAX_PAYLOAD,
-  REQUEST_DENIED,
-  decodeHeader,
-  decodeOpendirPacket,
-  encodeFrame,
-  encodeGetRequest,
-  encodeMd5Request,
-  encodeOpendirRequest,
-  encodeOpendirReply,
-  encodeStatLine,
-  encodeStatRequest,
-  md5Answer,
-  md5AnswerMeansDifferent,
-  parseIdentityLine,
-  parseRequest,
-  parseStatLine,
-  parseVersionLine,
-  serverHello,
-  welcomeLine,
-} from './codec.js';
-export type { Frame, FrameStatus, IdentityLine, Request, StatFields } from './codec.js';
 export { makeServerCertificate } from './certificate.js';
 /** the client half (remote run) */
-export { CLIENT_PROTOCOL_VERSION, CfengineClientError, connectCfengineServer, execRequest, runExec } from './client.js';
-export type { CfengineClient, CfengineClientOptions, ExecResult } from './client.js';
-/** the access rules (spec-https-front-cfserverd-sync.md §2.3), exported for tests and the sync's own checks */
-export { createNetworkAcl, createPathAcl, isWithin } from './access.js';
-export type { AccessDecision, NetworkAcl, PathAcl, PathAclOptions, Reader } from './access.js';
+export { CfengineClientError, connectCfengineServer, runExec } from './client.js';
+export type { CfengineClient } from './client.js';
 /** the copy client (cf-agent's copy_from against a stock cf-serverd), used by the sync's CFEngine pull */
 export { CfengineRefusedError, createCopyClient } from './copy-client.js';
 export type { CopyClient, CopyClientOptions, RemoteStat } from './copy-client.js';

@@ -6,17 +6,23 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { TLSSocket, createSecureContext, type SecureContext } from 'node:tls';
 import type { Logger } from 'pino';
 import { RelayError } from '../errors.js';
-import { createNetworkAcl, createPathAcl } from './access.js';
+import { createNetworkAcl, createPathAcl } from '../access/index.js';
 import { makeServerCertificate } from './certificate.js';
 import { HEADER_SIZE, MAX_PAYLOAD } from './codec.js';
-import { CfengineConnection, type ConnectionContext } from './connection.js';
+import { CfengineConnection } from './connection.js';
+import type { ConnectionContext } from './session.js';
 import { DigestCache, DirectoryCache, onSlowFileSystem } from './files.js';
 import type { CfengineServer, CfengineServerDeps, CfengineServerOptions } from './index.js';
+import { warmUp } from './warm-up.js';
 
 const DEFAULT_MAX_CONNECTIONS = 500;
 /** an agent run holds one connection; a sub-relay's agent or a NAT of a few agents a handful more */
 const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 16;
 const DEFAULT_IDLE_TIMEOUT_MS = 30_000;
+/** requests answered by the warm-up before listening (warm-up.ts): about what V8 needs to optimise the path */
+const DEFAULT_WARM_UP_REQUESTS = 3000;
+/** the warm-up stops after this long whatever it reached: a start is never delayed by more */
+const WARM_UP_BUDGET_MS = 3000;
 /** a client is at most one request ahead; a few whole transactions of slack, then it is cut off */
 const MAX_INPUT_BYTES = 4 * (HEADER_SIZE + MAX_PAYLOAD);
 /** cf-serverd's default allowciphers: TLS 1.3 TLS_AES_256_GCM_SHA384; TLS 1.2 AES256-GCM-SHA384, AES256-SHA */
@@ -123,12 +129,23 @@ export function createCfengineServer(options: CfengineServerOptions, deps: Cfeng
   return {
     async start() {
       if (server !== undefined) return;
+      const certificate = makeServerCertificate(options.privateKey);
       secureContext = createSecureContext({
         key: options.privateKey.export({ type: 'pkcs1', format: 'pem' }),
-        cert: makeServerCertificate(options.privateKey),
+        cert: certificate,
         ciphers: CIPHERS,
         minVersion: 'TLSv1.2',
       });
+      const warmed = await warmUp({
+        requests: options.warmUpRequests ?? DEFAULT_WARM_UP_REQUESTS,
+        budgetMs: WARM_UP_BUDGET_MS,
+        secureContext,
+        privateKey: options.privateKey,
+        certificate,
+        context,
+        log,
+      });
+      if (warmed.requests > 0) log.info({ requests: warmed.requests, ms: Math.round(warmed.ms) }, 'cfengine request path warmed up');
       unsubscribeSlow = onSlowFileSystem((ms) =>
         log.warn({ ms: Math.round(ms) }, 'cfengine: slow file system call, file access goes through the thread pool for a while'),
       );

@@ -1,16 +1,23 @@
-// Bounded synchronous file access, shared by the servers that answer many small requests from files
-// (CFEngine server, HTTPS policy downloads). On the local disk a policy tree lives on, with warm caches,
-// realpath/lstat/open/fstat/a read of a few hundred KiB take microseconds; the same call through libuv's
-// thread pool costs a thread wake-up, an eventfd and an event-loop turn, and on a 2-core machine busy with
-// TLS handshakes the main thread also waits for pool threads that are not scheduled (measured: a policy
-// download spent more main-thread CPU in async realpath/read/close/open/fstat than in serving the bytes).
-// So calls run synchronously, with two bounds so that a slow disk cannot stall the other connections:
-// reads are synchronous only up to SYNC_READ_MAX_BYTES per call, and every synchronous call is timed: one
-// slower than SLOW_CALL_MS (a disk under pressure, a network file system) sends every call of this process
-// to the thread pool for ASYNC_HOLD_MS. A slow disk thus costs the event loop at most one slow call per
-// hold period.
+// The file service of the servers that answer many small requests from files (CFEngine server, HTTPS policy
+// downloads): every file-system call they make goes through `fileSystem`, which decides in ONE place
+// (`call`) whether the call runs directly on the event loop or through libuv's thread pool.
+//
+// Why direct: on the local disk a policy tree lives on, with warm caches, realpath/lstat/open/fstat/a read of
+// a few hundred KiB take microseconds; the same call through the thread pool costs a thread wake-up, an
+// eventfd and an event-loop turn, and on a 2-core machine busy with TLS handshakes the main thread also
+// waits for pool threads that are not scheduled (measured: a policy download spent more main-thread CPU in
+// async realpath/read/close/open/fstat than in serving the bytes; cf-agent waits for each reply, so its run
+// lasts the sum of our per-request latencies).
+// The bounds, so that a slow disk cannot stall the other connections: reads are direct only up to
+// SYNC_READ_MAX_BYTES per call, and every direct call is timed: one slower than SLOW_CALL_MS (a disk under
+// pressure, a network file system) sends every call of this process to the thread pool for ASYNC_HOLD_MS.
+// The mode is process-wide on purpose: it describes the disk, which every server of the process shares.
+//
+// Each call returns its value directly or a promise of it (`Maybe<T>`): callers `await` it, so one
+// implementation serves both modes, and a direct call costs a microtask, not a thread-pool round trip.
+// A direct call that fails throws where it is awaited, exactly as a rejected promise does.
 
-import { close, closeSync } from 'node:fs';
+import { close, closeSync, fstat, fstatSync, lstat, lstatSync, open, openSync, read, readdir, readdirSync, readlink, readlinkSync, readSync, realpath, realpathSync, stat, statSync, type BigIntStats } from 'node:fs';
 
 /** a synchronous call slower than this means the file system is not the fast local one we assumed */
 const SLOW_CALL_MS = 10;
@@ -18,6 +25,12 @@ const SLOW_CALL_MS = 10;
 const ASYNC_HOLD_MS = 60_000;
 /** larger reads always go through the thread pool */
 export const SYNC_READ_MAX_BYTES = 256 * 1024;
+
+export type Maybe<T> = T | Promise<T>;
+/** a path as fs takes it: a string (UTF-8) or the bytes of a binary path */
+export type FsPath = string | Buffer;
+/** paths come back as UTF-8 strings, or as binary (latin1) strings for the CFEngine protocol */
+export type PathEncoding = 'utf8' | 'latin1';
 
 let asyncUntil = 0;
 const listeners = new Set<(ms: number) => void>();
@@ -33,21 +46,25 @@ export function inThreadPoolMode(): boolean {
   return asyncUntil !== 0 && performance.now() < asyncUntil;
 }
 
-/** runs `sync` on the event loop while the file system is fast, else `async` through the thread pool */
-export async function direct<T>(sync: () => T, async: () => Promise<T>, size = 0): Promise<T> {
-  if (size > SYNC_READ_MAX_BYTES || inThreadPoolMode()) return async();
-  return timed(sync);
+/** for tests: back to direct calls */
+export function resetFileSystemMode(): void {
+  asyncUntil = 0;
+}
+
+/** for tests and for an operator's "the disk is slow" switch: thread-pool calls for the hold period */
+export function holdThreadPoolMode(): void {
+  asyncUntil = performance.now() + ASYNC_HOLD_MS;
 }
 
 /**
- * For code that has already checked inThreadPoolMode() and answers a whole request synchronously (a promise
- * per call costs more than the call itself): runs `sync` now and, like direct(), a slow call switches this
- * process to the thread pool for the requests that follow.
+ * The one decision: `direct` now (timed; a slow one switches the process to the thread pool), or `pooled`
+ * through the thread pool while held or for a read larger than SYNC_READ_MAX_BYTES.
  */
-export function timed<T>(sync: () => T): T {
+export function call<T>(direct: () => T, pooled: () => Promise<T>, size = 0): Maybe<T> {
+  if (size > SYNC_READ_MAX_BYTES || (asyncUntil !== 0 && inThreadPoolMode())) return pooled();
   const start = performance.now();
   try {
-    return sync();
+    return direct();
   } finally {
     const took = performance.now() - start;
     if (took > SLOW_CALL_MS) {
@@ -57,20 +74,98 @@ export function timed<T>(sync: () => T): T {
   }
 }
 
-/** closes a descriptor; errors are moot (the descriptor is gone either way) */
-export function closeQuietly(fd: number): void {
-  if (inThreadPoolMode()) {
-    close(fd, () => undefined);
-    return;
-  }
-  try {
-    closeSync(fd);
-  } catch {
-    // already closed
-  }
+/** a node-style callback as a promise (one closure; util.promisify's wrappers cost more per call) */
+function pooled<T>(start: (done: (error: NodeJS.ErrnoException | null, value: T) => void) => void): Promise<T> {
+  return new Promise<T>((resolve, reject) => start((error, value) => (error ? reject(error) : resolve(value))));
 }
 
-/** for tests: back to synchronous calls */
-export function resetFileSystemMode(): void {
-  asyncUntil = 0;
-}
+const BIGINT = { bigint: true } as const;
+const BIGINT_QUIET = { bigint: true, throwIfNoEntry: false } as const;
+const LATIN1 = { encoding: 'latin1' } as const;
+const UTF8 = { encoding: 'utf8' } as const;
+
+/** the file-system calls of the servers, each direct or pooled as `call` decides */
+export const fileSystem = {
+  /** realpath(3) */
+  realpath(path: FsPath, encoding: PathEncoding = 'utf8'): Maybe<string> {
+    const options = encoding === 'latin1' ? LATIN1 : UTF8;
+    return call(
+      () => realpathSync.native(path, options),
+      () => pooled<string>((done) => realpath.native(path, options, done)),
+    );
+  },
+
+  lstat(path: FsPath): Maybe<BigIntStats> {
+    return call(
+      () => lstatSync(path, BIGINT),
+      () => pooled<BigIntStats>((done) => lstat(path, BIGINT, done)),
+    );
+  },
+
+  /** stat following links; undefined when nothing is there */
+  statIfExists(path: FsPath): Maybe<BigIntStats | undefined> {
+    return call(
+      () => statSync(path, BIGINT_QUIET),
+      () =>
+        pooled<BigIntStats | undefined>((done) =>
+          stat(path, BIGINT, (error, stats) => (error?.code === 'ENOENT' || error?.code === 'ENOTDIR' ? done(null, undefined) : done(error, stats))),
+        ),
+    );
+  },
+
+  readlink(path: FsPath, encoding: PathEncoding = 'utf8'): Maybe<string> {
+    const options = encoding === 'latin1' ? LATIN1 : UTF8;
+    return call(
+      () => readlinkSync(path, options),
+      () => pooled<string>((done) => readlink(path, options, done)),
+    );
+  },
+
+  readdir(path: FsPath, encoding: PathEncoding = 'utf8'): Maybe<string[]> {
+    const options = encoding === 'latin1' ? LATIN1 : UTF8;
+    return call(
+      () => readdirSync(path, options),
+      () => pooled<string[]>((done) => readdir(path, options, done)),
+    );
+  },
+
+  /** a descriptor, to be closed with `close` */
+  open(path: FsPath, flags: number): Maybe<number> {
+    return call(
+      () => openSync(path, flags),
+      () => pooled<number>((done) => open(path, flags, done)),
+    );
+  },
+
+  /** pread into buffer[offset..offset+length): the number of bytes read */
+  read(fd: number, buffer: Buffer, offset: number, length: number, position: number): Maybe<number> {
+    return call(
+      () => readSync(fd, buffer, offset, length, position),
+      () => pooled<number>((done) => read(fd, buffer, offset, length, position, done)),
+      length,
+    );
+  },
+
+  fstat(fd: number): Maybe<BigIntStats> {
+    return call(
+      () => fstatSync(fd, BIGINT),
+      () => pooled<BigIntStats>((done) => fstat(fd, BIGINT, done)),
+    );
+  },
+
+  /** closes a descriptor; errors are moot (the descriptor is gone either way) */
+  close(fd: number): void {
+    if (inThreadPoolMode()) {
+      close(fd, () => undefined);
+      return;
+    }
+    try {
+      closeSync(fd);
+    } catch {
+      // already closed
+    }
+  },
+};
+
+/** closes a descriptor quietly (fileSystem.close) */
+export const closeQuietly = (fd: number): void => fileSystem.close(fd);

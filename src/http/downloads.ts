@@ -5,6 +5,7 @@
 import { join } from 'node:path';
 import type { TLSSocket } from 'node:tls';
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
+import { nodePoliciesFolder } from '../access/index.js';
 import { RelayError } from '../errors.js';
 import type { ServiceMetrics } from '../metrics/index.js';
 import type { NodesRegistry } from '../nodes/index.js';
@@ -28,7 +29,7 @@ export interface DownloadRoutesDeps {
   readonly fail: (request: FastifyRequest, reply: FastifyReply, error: RelayError) => FastifyReply;
 }
 
-// Apache's RewriteRule /policies/([a-zA-Z0-9-_]+)/(.*)
+// Apache's RewriteRule /policies/([a-zA-Z0-9-_]+)/(.*): the shape of the URL; who may read it is src/access's
 const NODE_ID = /^[A-Za-z0-9_-]+$/;
 
 function clientNode(request: FastifyRequest, nodes: NodesRegistry): { nodeId: string } | RelayError {
@@ -80,15 +81,17 @@ export const downloadRoutes: FastifyPluginAsync<{ options: DownloadRoutesOptions
     return node;
   };
 
-  // a node reads only its own policies: certificate pinned to a known node AND its UID = <uuid>
+  // a node reads only its own policies: certificate pinned to a known node, and src/access's rule (the
+  // same as the CFEngine server's) gives that node its own folder only
   const policies = async (request: FastifyRequest, reply: FastifyReply, uuid: string, rest: string) => {
     const allowed = guard(request, reply, true, 'policies');
     if ('statusCode' in allowed) return allowed;
-    if (!NODE_ID.test(uuid) || allowed.nodeId !== uuid) {
+    const folder = NODE_ID.test(uuid) ? nodePoliciesFolder(options.policiesDirectory, allowed, uuid) : undefined;
+    if (folder === undefined) {
       metrics.downloads.inc({ kind: 'policies', status: '403' });
       return fail(request, reply, new RelayError('RELAY_ERR_AUTH_CERTIFICATE', `node ${allowed.nodeId ?? '?'} may not read the policies of ${uuid}`));
     }
-    return serve('policies', request, reply, join(options.policiesDirectory, uuid), rest);
+    return serve('policies', request, reply, folder, rest);
   };
 
   fastify.route({

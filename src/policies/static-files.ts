@@ -2,11 +2,10 @@
 // §1.2): strong ETag `"<size-hex>-<mtime-µs-hex>"` (FileETag MTime Size), Last-Modified, conditional
 // requests, a single Range, streaming from the one fd that was stat'ed. Path safety lives here only.
 
-import { constants as fsConstants, fstat, fstatSync, open, openSync, read, readSync, realpath, realpathSync } from 'node:fs';
+import { constants as fsConstants } from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
-import { promisify } from 'node:util';
-import { closeQuietly, direct, SYNC_READ_MAX_BYTES } from '../fs-direct/index.js';
+import { closeQuietly, fileSystem, SYNC_READ_MAX_BYTES } from '../fs-direct/index.js';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { RelayError } from '../errors.js';
 import type { OpenedFile, RefusalCause, ServeOptions, ServeOutcome, StaticFiles } from './index.js';
@@ -166,11 +165,6 @@ function refusedByErrno(error: unknown, what: string): OpenedFile {
   return refused('error', code ?? `${what} error`);
 }
 
-const realpathAsync = promisify(realpath.native);
-const openAsync = promisify(open);
-const fstatAsync = promisify(fstat);
-const readAsync = promisify(read);
-
 /** closes a descriptor from openBelow */
 export const closeFile = closeQuietly;
 
@@ -211,11 +205,8 @@ export function fileStream(fd: number, start: number, end: number, autoClose = t
         reading = false;
         if (closeAfterRead) release();
       };
-      direct(
-        () => readSync(fd, buffer, 0, length, position),
-        () => readAsync(fd, buffer, 0, length, position).then((r) => r.bytesRead),
-        length,
-      ).then(
+      // one promise either way (read now, or through the pool): a direct failure rejects it too
+      new Promise<number>((resolve) => resolve(fileSystem.read(fd, buffer, 0, length, position))).then(
         (bytesRead) => {
           settled();
           if (this.destroyed) return;
@@ -252,9 +243,8 @@ export async function openBelow(root: string, encodedPath: string): Promise<Open
   let real: string;
   let realRoot: string;
   try {
-    realRoot = await direct(() => realpathSync.native(root), () => realpathAsync(root));
-    const requested = path.join(realRoot, ...segments);
-    real = await direct(() => realpathSync.native(requested), () => realpathAsync(requested));
+    realRoot = await fileSystem.realpath(root);
+    real = await fileSystem.realpath(path.join(realRoot, ...segments));
   } catch (error) {
     return refusedByErrno(error, 'resolve');
   }
@@ -263,12 +253,12 @@ export async function openBelow(root: string, encodedPath: string): Promise<Open
   // O_NONBLOCK: opening a FIFO must not hang; O_NOFOLLOW: the resolved path must not turn into a symlink
   const flags = fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK;
   try {
-    fd = await direct(() => openSync(real, flags), () => openAsync(real, flags));
+    fd = await fileSystem.open(real, flags);
   } catch (error) {
     return refusedByErrno(error, 'open');
   }
   try {
-    const big = await direct(() => fstatSync(fd, { bigint: true }), () => fstatAsync(fd, { bigint: true }));
+    const big = await fileSystem.fstat(fd);
     if (!big.isFile()) {
       closeFile(fd);
       return refused('not-a-file', big.isDirectory() ? 'directory' : 'not a regular file');

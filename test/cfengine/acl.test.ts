@@ -3,7 +3,7 @@
 import { mkdir, realpath, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import t from 'tap';
-import { createNetworkAcl, createPathAcl, isWithin } from '../../src/cfengine/index.js';
+import { createNetworkAcl, createPathAcl, isWithin } from '../../src/access/index.js';
 import { tempDir } from '../support/tmp.js';
 
 t.test('containment is by whole path segments', async (t) => {

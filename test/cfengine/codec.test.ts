@@ -14,7 +14,6 @@ import {
   encodeMd5Request,
   encodeOpendirReply,
   encodeStatLine,
-  makeServerCertificate,
   md5Answer,
   md5AnswerMeansDifferent,
   parseIdentityLine,
@@ -23,7 +22,8 @@ import {
   parseVersionLine,
   serverHello,
   welcomeLine,
-} from '../../src/cfengine/index.js';
+} from '../../src/cfengine/codec.js';
+import { makeServerCertificate } from '../../src/cfengine/index.js';
 
 t.test('frame encoding: 8-byte NUL-padded header, payload as is', async (t) => {
   const frame = encodeFrame('SYNCH 1795564440 STAT /var/rudder/share');

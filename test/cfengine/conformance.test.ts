@@ -6,7 +6,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import t from 'tap';
-import { encodeMd5Request } from '../../src/cfengine/index.js';
+import { encodeMd5Request } from '../../src/cfengine/codec.js';
 import { CF_BIN, connectCfengine, createCfWorkdir, hasCfengine, startCfServerd, startCfengineFixture } from '../support/cfengine.js';
 import { freePort, tempDir } from '../support/tmp.js';
 

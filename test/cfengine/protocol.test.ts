@@ -15,8 +15,8 @@ import {
   decodeOpendirPacket,
   encodeMd5Request,
   parseStatLine,
-} from '../../src/cfengine/index.js';
-import { direct, inThreadPoolMode, resetFileSystemMode } from '../../src/fs-direct/index.js';
+} from '../../src/cfengine/codec.js';
+import { holdThreadPoolMode, inThreadPoolMode, resetFileSystemMode } from '../../src/fs-direct/index.js';
 import { connectCfengine, sha256PinOf, startCfengineFixture } from '../support/cfengine.js';
 import { tempDir } from '../support/tmp.js';
 
@@ -32,13 +32,7 @@ const now = () => Math.floor(Date.now() / 1000);
 async function useMode(mode: 'direct' | 'thread pool'): Promise<void> {
   resetFileSystemMode();
   if (mode === 'direct') return;
-  await direct(
-    () => {
-      const until = performance.now() + 12;
-      while (performance.now() < until);
-    },
-    async () => undefined,
-  );
+  holdThreadPoolMode();
   if (!inThreadPoolMode()) throw new Error('could not switch to the thread pool');
 }
 

@@ -1,5 +1,6 @@
 import t from 'tap';
-import { CfengineClientError, CodecError } from '../../src/cfengine/index.js';
+import { CfengineClientError } from '../../src/cfengine/index.js';
+import { CodecError } from '../../src/cfengine/codec.js';
 import { ConfigError } from '../../src/config/index.js';
 import { DerError, parseCertificateFacts, pemToDer } from '../../src/der/index.js';
 import { RelayError, isRelayError, messageOf, relayError } from '../../src/errors.js';

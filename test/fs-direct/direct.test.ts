@@ -6,7 +6,7 @@ import { fstatSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import t from 'tap';
-import { direct, inThreadPoolMode, onSlowFileSystem, resetFileSystemMode } from '../../src/fs-direct/index.js';
+import { call, inThreadPoolMode, onSlowFileSystem, resetFileSystemMode } from '../../src/fs-direct/index.js';
 import { closeFile, fileStream, openBelow } from '../../src/policies/index.js';
 import { tempDir } from '../support/tmp.js';
 
@@ -24,7 +24,7 @@ t.test('a slow synchronous call switches to the thread pool, and files are still
 
   resetFileSystemMode();
   let ranSync = false;
-  await direct(
+  await call(
     () => {
       ranSync = true;
     },
@@ -38,7 +38,7 @@ t.test('a slow synchronous call switches to the thread pool, and files are still
   const slow: number[] = [];
   const unsubscribe = onSlowFileSystem((ms) => slow.push(ms));
   t.teardown(unsubscribe);
-  await direct(
+  await call(
     () => {
       const until = performance.now() + 15;
       while (performance.now() < until);
@@ -48,7 +48,7 @@ t.test('a slow synchronous call switches to the thread pool, and files are still
   t.equal(slow.length, 1, 'the slow call is reported');
   t.ok(inThreadPoolMode(), 'then calls go to the thread pool');
   let usedPool = false;
-  await direct(
+  await call(
     () => {
       t.fail('not synchronous while held');
     },

@@ -9,7 +9,8 @@ import { existsSync } from 'node:fs';
 import { connect as tcpConnect } from 'node:net';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { pino } from 'pino';
-import { createCfengineServer, encodeFrame, makeServerCertificate, type CfengineServer, type CfengineServerOptions } from '../../src/cfengine/index.js';
+import { createCfengineServer, makeServerCertificate, type CfengineServer, type CfengineServerOptions } from '../../src/cfengine/index.js';
+import { encodeFrame } from '../../src/cfengine/codec.js';
 import { createNodesRegistry } from '../../src/nodes/index.js';
 import { chmod, lstat, mkdir, readFile, readdir, readlink, symlink, writeFile } from 'node:fs/promises';
 import { join, relative } from 'node:path';
@@ -574,6 +575,8 @@ export async function startCfengineFixture(options: FixtureOptions): Promise<Cfe
       policiesDirectory: share,
       sharedFolderPath: sharedFolder,
       allowedNetworks: ['127.0.0.0/8'],
+      // a short warm-up: the path runs once before the tests' requests, as in the relay, without its cost
+      warmUpRequests: 200,
       ...options.server,
     },
     { nodes, counters, log },

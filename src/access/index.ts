@@ -1,6 +1,10 @@
-// Who may connect and what each client may read (spec-https-front-cfserverd-sync.md §2.3): the relay's
-// cf-serverd ACL rebuilt from our configuration instead of a rendered cf-serverd.cf. Row by row against
-// Rudder's cf-serverd.st in docs/access-rules.md.
+// Face of the access module: which node may read which served path, for both servers that serve policy
+// files, so that the rule "a node reads only its own policies" is written once (docs/access-rules.md):
+//  - HTTPS `/policies/<uuid>/…` (Apache's RewriteCond UID=$1): `nodePoliciesFolder`;
+//  - the CFEngine server on 5309 (spec-https-front-cfserverd-sync.md §2.3, the relay's cf-serverd ACL rebuilt
+//    from our configuration instead of a rendered cf-serverd.cf, row by row against Rudder's cf-serverd.st):
+//    `createPathAcl`, whose 'node' rule is the same folder.
+// Who may connect at all is the network ACL (config's createNetworkAcl), re-exported here for both servers.
 //  - connect: only clients in allowed networks (allowconnects);
 //  - <policies>/<uuid>/ and <shared files>/<uuid>/: only the node whose key is that node's (admit_keys MD5=…);
 //  - commonRoots: every known node;
@@ -106,14 +110,14 @@ export function createPathAcl(options: PathAclOptions): PathAcl {
     for (const root of roots) if (isWithin(path, root.path())) return true;
     return false;
   };
-  const own = ownFolder(policies);
+  const own = ownPolicies(policies);
   const ownShares = sharedFiles === undefined ? undefined : ownFolder(sharedFiles);
   return {
     check(path, reader) {
       if (!path.startsWith('/') || hasDotDot(path)) return undefined;
       if (deniedIn(path)) return undefined;
       if (reader.nodeId !== undefined && isSafeNodeId(reader.nodeId)) {
-        if (isWithin(path, own(reader.nodeId))) return 'node';
+        if (isWithin(path, own(reader))) return 'node';
         if (ownShares !== undefined && isWithin(path, ownShares(reader.nodeId))) return 'node-shared-files';
         if (within(path, common)) return 'common';
       }
@@ -124,12 +128,36 @@ export function createPathAcl(options: PathAclOptions): PathAcl {
   };
 }
 
+/**
+ * The folder of node `uuid`'s policies below `policiesDirectory` when `reader` is that node (the key or
+ * certificate it proved is the one nodeslist.json gives node `uuid`), else undefined: the one rule by which a
+ * node reads its own policies and no other node's, over HTTPS and (through createPathAcl) over CFEngine.
+ */
+export function nodePoliciesFolder(policiesDirectory: string, reader: Reader, uuid: string): string | undefined {
+  if (reader.nodeId === undefined || reader.nodeId !== uuid || !isSafeNodeId(uuid)) return undefined;
+  return posix.join(policiesDirectory, uuid);
+}
+
 /** `<root>/<nodeId>`, remembered for the last node asked (one call per request, usually the same node) */
 function ownFolder(root: Root): (nodeId: string) => string {
   let last: { readonly root: string; readonly nodeId: string; readonly path: string } | undefined;
   return (nodeId) => {
     const rootPath = root.path();
     if (last?.root !== rootPath || last.nodeId !== nodeId) last = { root: rootPath, nodeId, path: posix.join(rootPath, toBinaryPath(nodeId)) };
+    return last.path;
+  };
+}
+
+/** the reader's policies folder (nodePoliciesFolder on the resolved root), remembered like ownFolder */
+function ownPolicies(root: Root): (reader: Reader) => string {
+  let last: { readonly root: string; readonly nodeId: string | undefined; readonly path: string } | undefined;
+  return (reader) => {
+    const rootPath = root.path();
+    if (last?.root !== rootPath || last.nodeId !== reader.nodeId) {
+      // a safe id is ASCII, so the same in a binary path; no folder: a path nothing is within
+      const folder = reader.nodeId === undefined ? undefined : nodePoliciesFolder(rootPath, reader, reader.nodeId);
+      last = { root: rootPath, nodeId: reader.nodeId, path: folder ?? '\0' };
+    }
     return last.path;
   };
 }

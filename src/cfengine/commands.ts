@@ -1,0 +1,274 @@
+// The requests of a connection (spec-cfengine-protocol.md §7), one implementation each: STAT, OPENDIR,
+// MD5, GET, VERSION, and the dispatch to them and to EXEC (exec.ts). File-system calls go through the file
+// service (files.ts over src/fs-direct), which runs them directly or through the thread pool; a direct
+// call costs a microtask here, so a whole request is normally answered within the 'data' event it came in.
+
+import { createHash } from 'node:crypto';
+import { displayPath } from '../access/index.js';
+import {
+  FAILED,
+  FileType,
+  FILE_CHANGED,
+  GET_BLOCK_SIZE,
+  MAX_PAYLOAD,
+  REQUEST_DENIED,
+  SERVER_VERSION,
+  encodeFrame,
+  encodeOpendirReply,
+  encodeStatLine,
+  md5Answer,
+  type Request,
+} from './codec.js';
+import { exec } from './exec.js';
+import {
+  OPEN_FOR_READING,
+  OPEN_RESOLVED_FOR_READING,
+  closeQuietly,
+  fileIdentity,
+  fileVersion,
+  fstatBig,
+  listDirectory,
+  lstatQuietly,
+  md5OfFile,
+  openForReading,
+  readAt,
+  statForReply,
+} from './files.js';
+import type { Outcome, Session } from './session.js';
+
+/** CLOCK_DRIFT: SYNCH refused when client and server clocks differ by more (denybadclocks) */
+const CLOCK_DRIFT_S = 3600;
+/** GET reads (and writes) this much per call (a multiple of the 2048-byte block) */
+const GET_READ_BYTES = 32 * GET_BLOCK_SIZE;
+
+/** one request; 'close' when the connection must end after what was written */
+export async function dispatch(session: Session, request: Request): Promise<Outcome> {
+  switch (request.command) {
+    case 'EMPTY':
+      return 'continue';
+    case 'STAT':
+      return stat(session, request.path, request.clientTime);
+    case 'OPENDIR':
+      return opendir(session, request.path);
+    case 'GET':
+      return get(session, request.path);
+    case 'MD5':
+      return md5(session, request.path, request.digest);
+    case 'VERSION':
+      session.ctx.counters.command('VERSION', 'ok');
+      await session.write(encodeFrame(`OK: ${SERVER_VERSION}`));
+      return 'continue';
+    case 'EXEC':
+      return exec(session, request.args);
+    case 'BAD':
+      session.ctx.counters.command(knownOrBad(request.word), 'error');
+      return protocolError(session, `illegal request ${JSON.stringify(request.word)}`);
+    default:
+      session.ctx.counters.command(request.command, 'error');
+      return protocolError(session, `unsupported request ${request.command}`);
+  }
+}
+
+async function protocolError(session: Session, reason: string): Promise<Outcome> {
+  session.setCloseReason(reason);
+  await session.write(encodeFrame(REQUEST_DENIED));
+  return 'close';
+}
+
+/** the counter name of a request that did not parse: its command, or BAD for an unknown word */
+function knownOrBad(word: string): string {
+  if (word === 'SYNCH') return 'STAT';
+  return ['GET', 'OPENDIR', 'MD5', 'EXEC'].includes(word) ? word : 'BAD';
+}
+
+/** STAT (SYNCH): the 13 fields and the link target, both transactions in one write */
+async function stat(session: Session, requested: string, clientTime: number): Promise<Outcome> {
+  const { admission, ctx } = session;
+  admission.forget(requested);
+  const early = await lstatQuietly(requested);
+  const path = await admission.admit('STAT', requested, early);
+  if (path === undefined) return 'continue';
+  // denybadclocks: refused when the client's clock is too far from ours
+  const now = Math.floor(Date.now() / 1000);
+  if (ctx.denyBadClocks && Math.abs(now - clientTime) > CLOCK_DRIFT_S) {
+    admission.denied('STAT', { clientTime, serverTime: now }, 'cfengine clocks too far apart');
+    await session.write(encodeFrame(`BAD: Clocks are too far unsynchronized ${now}/${clientTime}`));
+    return 'continue';
+  }
+  const result = await statForReply(path, early);
+  if (result.kind === 'error') {
+    ctx.counters.command('STAT', 'absent');
+    await session.write(encodeFrame(result.message.slice(0, MAX_PAYLOAD)));
+    return 'continue';
+  }
+  const isFile = result.fields.type === FileType.regular;
+  admission.remember(requested, {
+    resolved: path,
+    size: result.fields.size,
+    isFile,
+    identity: fileIdentity(result.fields),
+    version: isFile && early?.isFile() === true ? fileVersion(early) : undefined,
+  });
+  ctx.counters.command('STAT', 'ok');
+  // ≤ 2 × 4096 bytes: one TLS record, one TCP segment
+  await session.write(Buffer.concat([encodeFrame(encodeStatLine(result.fields)), encodeFrame(`OK:${result.linkTarget}`.slice(0, MAX_PAYLOAD))]));
+  return 'continue';
+}
+
+async function opendir(session: Session, requested: string): Promise<Outcome> {
+  const path = await session.admission.admit('OPENDIR', requested, await lstatQuietly(requested));
+  if (path === undefined) return 'continue';
+  const names = await listDirectory(path);
+  if (names === undefined) {
+    session.ctx.counters.command('OPENDIR', 'absent');
+    await session.write(encodeFrame(`BAD: cfengine, couldn't open dir ${path}/`.slice(0, MAX_PAYLOAD)));
+    return 'continue';
+  }
+  session.ctx.counters.command('OPENDIR', 'ok');
+  await session.writeTransactions(encodeOpendirReply(names));
+  return 'continue';
+}
+
+async function md5(session: Session, requested: string, digest: Buffer): Promise<Outcome> {
+  const { admission, ctx } = session;
+  // the path its STAT resolved, while it still names the file STAT saw, and the digest of that file's
+  // current version when already known: one lstat instead of reading it
+  const statted = admission.statted(requested);
+  let local: Buffer | undefined;
+  if (statted !== undefined) {
+    const current = await lstatQuietly(statted.resolved);
+    if (current?.isFile() === true && fileIdentity(current) === statted.identity) {
+      const version = fileVersion(current);
+      local = ctx.digests.get(statted.resolved, version);
+      if (local === undefined) {
+        // only the digest of the version just lstatted (opened without following a final symlink: not a
+        // file reached through a directory swapped meanwhile); anything else is resolved and checked below
+        const hashed = await md5OfFile(statted.resolved, OPEN_RESOLVED_FOR_READING);
+        if (hashed !== undefined && hashed.version === version) {
+          local = hashed.digest;
+          ctx.digests.set(statted.resolved, version, hashed.digest);
+        }
+      }
+    }
+  }
+  if (local === undefined) {
+    const path = await admission.admit('MD5', requested, await lstatQuietly(requested));
+    if (path === undefined) return 'continue';
+    local = (await md5OfFile(path))?.digest ?? Buffer.alloc(16);
+  }
+  ctx.counters.command('MD5', 'ok');
+  await session.write(encodeFrame(md5Answer(local.equals(digest))));
+  return 'continue';
+}
+
+/**
+ * Raw file bytes, exactly the size the earlier STAT announced; nothing for an empty file. Anything that
+ * would put the stream out of step closes the connection (§13 pitfall 3).
+ */
+async function get(session: Session, requested: string): Promise<Outcome> {
+  const { admission, ctx } = session;
+  // the path its STAT resolved, opened without following a final symlink; realpath again otherwise
+  const statted = admission.statted(requested);
+  let path: string | undefined;
+  let fd: number | undefined;
+  if (statted !== undefined) {
+    path = statted.resolved;
+    fd = await openForReading(statted.resolved, OPEN_RESOLVED_FOR_READING).catch(() => undefined);
+    const opened = fd === undefined ? undefined : await fstatBig(fd).catch(() => undefined);
+    if (fd !== undefined && (opened === undefined || fileIdentity(opened) !== statted.identity)) {
+      // not the file STAT saw: resolved and checked again
+      closeQuietly(fd);
+      fd = undefined;
+      path = undefined;
+    }
+  }
+  let announced = statted !== undefined && statted.resolved === path && statted.isFile ? statted.size : undefined;
+  if (fd === undefined) {
+    path = await admission.admit('GET', requested, await lstatQuietly(requested));
+    if (path === undefined) return 'continue';
+    fd = await openForReading(path, OPEN_FOR_READING).catch(() => undefined);
+    // still held to the size STAT announced: a file replaced by a rename must not put the client's byte count out of step
+    announced = statted?.resolved === path && statted.isFile ? statted.size : undefined;
+  }
+  if (fd === undefined || path === undefined) {
+    ctx.counters.command('GET', 'absent');
+    session.setCloseReason('GET: file vanished');
+    await session.write(rawBlock(FAILED, GET_BLOCK_SIZE));
+    return 'close';
+  }
+  try {
+    const version = statted?.resolved === path ? statted.version : undefined;
+    return await sendFile(session, fd, path, announced, version);
+  } finally {
+    closeQuietly(fd);
+  }
+}
+
+/**
+ * The file's bytes in writes of up to GET_READ_BYTES: GET data is a raw stream that the client reads in
+ * pieces of at most its buffer size, so record boundaries do not matter there (§6.2, §7 GET). The bytes
+ * are hashed on the way: cf-agent's verify asks for this file's MD5 next, and a file still at the version
+ * its STAT saw (fstat after sending) gets that digest cached instead of being read again.
+ */
+async function sendFile(session: Session, fd: number, path: string, announced: bigint | undefined, version: string | undefined): Promise<Outcome> {
+  const { ctx } = session;
+  if (announced === undefined || session.username !== 'root') {
+    const info = await fstatBig(fd);
+    if (session.username !== 'root' && (info.mode & 0o004n) === 0n) {
+      // TransferRights: only root (what Rudder agents send) may read files that are not world-readable
+      session.admission.denied('GET', { path: displayPath(path), user: session.username });
+      await session.write(encodeFrame(FAILED));
+      session.setCloseReason('GET refused to non-root user');
+      return 'close';
+    }
+    if (!info.isFile() || (announced !== undefined && info.size !== announced)) return fileChanged(session, path);
+    announced = info.size;
+  }
+  const size = Number(announced);
+  if (size === 0) {
+    ctx.counters.command('GET', 'ok');
+    return 'continue';
+  }
+  // the first read asks for one byte more than announced: a file changed since STAT is caught before
+  // anything is sent; a later change shows as a short read (the client's verify digest catches growth)
+  let buffer = Buffer.allocUnsafe(Math.min(size + 1, GET_READ_BYTES));
+  let bytesRead = await readAt(fd, buffer, buffer.length, 0);
+  if (bytesRead > size || (bytesRead < buffer.length && bytesRead !== size)) return fileChanged(session, path);
+  const hash = version === undefined ? undefined : createHash('md5');
+  let sent = 0;
+  for (;;) {
+    const chunk = buffer.subarray(0, bytesRead);
+    hash?.update(chunk);
+    await session.write(chunk);
+    sent += bytesRead;
+    if (sent >= size || bytesRead === 0) break;
+    buffer = Buffer.allocUnsafe(Math.min(size - sent, GET_READ_BYTES));
+    bytesRead = await readAt(fd, buffer, buffer.length, sent);
+  }
+  if (sent !== size) {
+    ctx.counters.command('GET', 'error');
+    session.setCloseReason('GET: file shrank while sending');
+    return 'close';
+  }
+  if (hash !== undefined && version !== undefined) {
+    const after = await fstatBig(fd).catch(() => undefined);
+    if (after !== undefined && fileVersion(after) === version) ctx.digests.set(path, version, hash.digest());
+  }
+  ctx.counters.command('GET', 'ok');
+  return 'continue';
+}
+
+/** cf-serverd's raw "File changed" block, then close: the client's byte count is now wrong */
+async function fileChanged(session: Session, path: string): Promise<Outcome> {
+  session.ctx.counters.command('GET', 'error');
+  session.setCloseReason('GET: file changed since STAT');
+  await session.write(rawBlock(`${FILE_CHANGED}: ${path}`, GET_BLOCK_SIZE));
+  return 'close';
+}
+
+/** cf-serverd's raw (unframed) GET failure: the text NUL-padded to a whole block */
+function rawBlock(text: string, size: number): Buffer {
+  const block = Buffer.alloc(size);
+  block.write(text.slice(0, size), 0, 'latin1');
+  return block;
+}

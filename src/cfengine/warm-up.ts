@@ -1,0 +1,152 @@
+// Warm-up of the request path before the server listens (issue 20). V8 runs new code in its interpreter
+// and optimises a function only after some thousands of calls: measured with --trace-opt, the last hot
+// functions of the request path were optimised after ~7,000 requests, so the first agent runs after a
+// start took 1.15–1.40× cf-serverd's time. Here the real path (TLS socket, framing, dispatch, admission,
+// the file service, the codec) answers the requests of a cf-agent-like copy, over loopback, from a
+// private listener on an ephemeral port of 127.0.0.1 and a private temporary tree readable by this
+// connection only; the relay's counters, digests, logs and node activity are not touched.
+
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { TLSSocket, type SecureContext } from 'node:tls';
+import type { KeyObject } from 'node:crypto';
+import type { Logger } from 'pino';
+import { createPathAcl, toBinaryPath } from '../access/index.js';
+import { connectCfengineServer, type CfengineClient } from './client.js';
+import { CFD_TERMINATOR, HEADER_SIZE, encodeGetRequest, encodeMd5Request, encodeOpendirRequest, encodeStatRequest, parseStatLine } from './codec.js';
+import { CfengineConnection } from './connection.js';
+import { DigestCache, DirectoryCache } from './files.js';
+import type { CfengineCounters } from './index.js';
+import type { ConnectionContext } from './session.js';
+
+/** files of the private tree: sizes like a policy tree's (most a few KiB, some tens) */
+const FILES = 40;
+/** requests per connection: one agent run's worth, so connection set-up is warmed too */
+const REQUESTS_PER_CONNECTION = 400;
+
+const noCounters: CfengineCounters = {
+  connection: () => undefined,
+  command: () => undefined,
+  bytesSent: () => undefined,
+};
+
+export interface WarmUpOptions {
+  /** requests to answer (0: none) */
+  readonly requests: number;
+  /** stops early after this long (a slow machine must not delay the start by much) */
+  readonly budgetMs: number;
+  readonly secureContext: SecureContext;
+  readonly privateKey: KeyObject;
+  /** the server's certificate, reused as the client's (saves a signature) */
+  readonly certificate: string;
+  /** the server's context: its shape (and its nodes registry) are reused, its shared state is not */
+  readonly context: ConnectionContext;
+  /** for the outcome; the warm-up's connections log nothing */
+  readonly log: Logger;
+}
+
+/** answers about `requests` requests through CfengineConnection; resolves with how many, never rejects */
+export async function warmUp(options: WarmUpOptions): Promise<{ requests: number; ms: number }> {
+  const started = performance.now();
+  if (options.requests <= 0) return { requests: 0, ms: 0 };
+  const tree = mkdtempSync(join(tmpdir(), 'onerelay-cfengine-warm-up-'));
+  const listener = createServer({ noDelay: true });
+  const connections = new Set<CfengineConnection>();
+  let answered = 0;
+  try {
+    const files = makeTree(tree);
+    // the same shape as the server's context (same keys, same order: the request path's property
+    // accesses stay monomorphic), with private state: the tree readable by any key, nothing else
+    const context: ConnectionContext = {
+      ...options.context,
+      counters: noCounters,
+      // the warm-up's connections log nothing
+      log: options.log.child({ warmUp: true }, { level: 'silent' }),
+      acl: createPathAcl({ policiesDirectory: join(tree, 'none'), sharedFolderPath: tree, commonRoots: [], publicRoots: [] }),
+      digests: new DigestCache(),
+      directories: new DirectoryCache(),
+      exec: { keys: new Set(), command: '' },
+    };
+    listener.on('connection', (socket: Socket) => {
+      socket.on('error', () => undefined);
+      socket.setNoDelay(true);
+      const tls = new TLSSocket(socket, { isServer: true, secureContext: options.secureContext, requestCert: true, rejectUnauthorized: false });
+      const connection = new CfengineConnection(tls, 'warm-up', context, (closed) => connections.delete(closed));
+      connections.add(connection);
+    });
+    await new Promise<void>((resolve, reject) => {
+      listener.once('error', reject);
+      listener.listen(0, '127.0.0.1', () => resolve());
+    });
+    const address = listener.address();
+    const port = address !== null && typeof address === 'object' ? address.port : 0;
+    while (answered < options.requests && performance.now() - started < options.budgetMs) {
+      const client = await connectCfengineServer({
+        host: '127.0.0.1',
+        port,
+        privateKey: options.privateKey,
+        certificate: options.certificate,
+        connectTimeoutMs: options.budgetMs,
+        verifyServerKey: () => undefined,
+        username: 'root',
+      });
+      try {
+        answered += await copyRun(client, tree, files, Math.min(REQUESTS_PER_CONNECTION, options.requests - answered), started + options.budgetMs);
+      } finally {
+        client.close();
+      }
+    }
+  } catch (error) {
+    options.log.warn({ err: error, requests: answered }, 'cfengine warm-up stopped early (the server starts anyway)');
+  } finally {
+    for (const connection of connections) connection.destroy('warm-up done');
+    await new Promise<void>((resolve) => listener.close(() => resolve()));
+    rmSync(tree, { recursive: true, force: true });
+  }
+  return { requests: answered, ms: performance.now() - started };
+}
+
+function makeTree(root: string): string[] {
+  const names: string[] = [];
+  for (const folder of ['rules', 'rules/ncf']) mkdirSync(join(root, folder), { recursive: true });
+  for (let i = 0; i < FILES; i += 1) {
+    const name = `${i % 3 === 0 ? 'rules/ncf' : 'rules'}/file-${i}.cf`;
+    // mostly a few KiB, every fifth one tens of KiB (several GET writes)
+    writeFileSync(join(root, name), randomBytes(i % 5 === 0 ? 40_000 + i * 100 : 500 + i * 97));
+    names.push(name);
+  }
+  return names;
+}
+
+/** what cf-agent's recursive copy_from with compare digest asks: OPENDIR per folder; STAT, MD5, GET per file */
+async function copyRun(client: CfengineClient, tree: string, files: readonly string[], requests: number, deadline: number): Promise<number> {
+  let sent = 0;
+  // the codec's request encoders give whole frames; the client frames what it sends itself
+  const ask = async (frame: Buffer): Promise<void> => {
+    await client.send(frame.subarray(HEADER_SIZE));
+    sent += 1;
+  };
+  for (let i = 0; sent < requests && performance.now() < deadline; i += 1) {
+    if (i % files.length === 0) {
+      for (const folder of ['rules', 'rules/ncf']) {
+        await ask(encodeOpendirRequest(toBinaryPath(join(tree, folder))));
+        // names until the terminator frame
+        for (;;) if ((await client.readFrame()).payload.toString('latin1').includes(CFD_TERMINATOR)) break;
+      }
+      continue;
+    }
+    const path = toBinaryPath(join(tree, files[i % files.length] as string));
+    await ask(encodeStatRequest(path));
+    const fields = parseStatLine((await client.readFrame()).payload.toString('latin1'));
+    await client.readFrame(); // OK:<link target>
+    await ask(encodeMd5Request(path, Buffer.alloc(16)));
+    await client.readFrame();
+    await ask(encodeGetRequest(path));
+    let left = Number(fields?.size ?? 0n);
+    while (left > 0) left -= (await client.readRaw(left)).length;
+  }
+  return sent;
+}
