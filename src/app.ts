@@ -568,6 +568,10 @@ export async function runPrimary(options: StartOptions): Promise<void> {
     }
 
     const count = config.https.workers > 0 ? config.https.workers : availableParallelism();
+    // workers accept on the shared socket themselves: round-robin would pass every connection through the
+    // primary (an IPC handle transfer and an ack per upload, ~10 % of a worker's CPU); an idle worker is the
+    // one waiting in accept, so the CPU-bound handshakes still spread over the workers (bench/uploads)
+    cluster.schedulingPolicy = cluster.SCHED_NONE;
     cluster.setupPrimary({ silent: false });
     const fork = (): Promise<void> =>
       new Promise((resolve, reject) => {
