@@ -104,6 +104,8 @@ async function writeAll(handle: FileHandle, chunks: readonly Buffer[]): Promise<
  */
 export interface DirectorySync {
   sync(): Promise<void>;
+  /** fsyncs started so far (how much grouping saved: tests, diagnostics) */
+  readonly fsyncs: number;
 }
 
 const directorySyncs = new Map<string, DirectorySync>();
@@ -121,7 +123,9 @@ function createDirectorySync(directory: string): DirectorySync {
   let handle: Promise<FileHandle> | undefined;
   let running: Promise<void> | undefined;
   let next: Promise<void> | undefined;
+  let fsyncs = 0;
   const fsyncOnce = async (): Promise<void> => {
+    fsyncs += 1;
     handle ??= open(directory, 'r');
     const opened = handle;
     try {
@@ -151,5 +155,10 @@ function createDirectorySync(directory: string): DirectorySync {
     });
     return next;
   };
-  return { sync };
+  return {
+    sync,
+    get fsyncs() {
+      return fsyncs;
+    },
+  };
 }
