@@ -1,7 +1,12 @@
-// Bench: the HTTPS upload front door under agents' report uploads, onerelay against nginx (DAV).
-// Each upload is what a Rudder agent does: a fresh TLS 1.3 connection with its RSA 4096 client
-// certificate, basic auth, `PUT /reports/<timestamp>@<node id>.log.gz`, a 15 KB body.
-// Targets alternate run by run; medians of the runs are quoted; figures also go to bench/out/uploads.json.
+// Bench: the HTTPS upload front door under agents' report uploads, onerelay against nginx (DAV), both
+// with the same RSA 4096 server key. Each upload is what a Rudder agent does: a fresh TLS 1.3 connection
+// with a client certificate, basic auth, `PUT /reports/<timestamp>@<node id>.log.gz`, a 15 KB body.
+// The load generator must be lighter than the servers, or its own cost (on the same two cores) hides
+// their difference: 2,048-bit client keys (agents have 4,096; the server's side of the handshake does
+// not depend on it but for one cheap verify), a raw TLS socket instead of node:https, two processes.
+// Server CPU per upload (user + system of every server process, /proc) is the figure that does not
+// depend on the client; uploads/s is quoted beside it. Targets alternate run by run; medians of the
+// runs are quoted; figures also go to bench/out/uploads.json.
 
 import { randomBytes } from 'node:crypto';
 import { writeFigures } from './lib/output.js';
@@ -11,7 +16,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
-import { cachedIdentities, cacheDirectory, type NodeIdentity } from './lib/identities.js';
+import { cachedIdentities, cachedIdentity, cacheDirectory, type NodeIdentity } from './lib/identities.js';
 import { nginxVersion, startNginxUploads } from './lib/nginx.js';
 import { onerelayMissing, startOnerelayUploads } from './lib/onerelay.js';
 import { freePort, waitForQuietMachine, type Server } from './lib/processes.js';
@@ -23,14 +28,19 @@ export const description = 'agent report uploads over fresh TLS 1.3 connections 
 
 const settings = {
   agents: 8,
+  /** RSA key size of the load's client certificates (see the header) */
+  agentKeyBits: 2048,
   loadProcesses: 2,
-  concurrency: 16,
+  concurrency: 8,
   warmupMs: 2_000,
   durationMs: Number(process.env['BENCH_UPLOADS_SECONDS'] ?? 10) * 1000,
   runs: Number(process.env['BENCH_UPLOADS_RUNS'] ?? 3),
   bodyBytes: 15 * 1024,
   onerelayWorkers: 0,
-  targetRatio: 0.8,
+  /** onerelay/nginx uploads/s at least this */
+  targetRatio: 0.9,
+  /** onerelay/nginx server CPU per upload at most this */
+  targetCpuRatio: 1.1,
   /** CPU % used by other processes during a run above which the run is repeated once */
   disturbedOtherCpuPercent: 25,
   /** before each run, wait up to this long (in all) for other work on the machine to calm down */
@@ -78,16 +88,16 @@ export async function run(): Promise<void> {
   const version = await nginxVersion();
   console.log(`uploads: ${description}`);
   console.log(
-    `  ${settings.agents} agents (RSA 4096), ${settings.concurrency} uploads in flight over ${settings.loadProcesses} load processes, ` +
+    `  ${settings.agents} agents (RSA ${settings.agentKeyBits}, raw TLS client), ${settings.concurrency} uploads in flight over ${settings.loadProcesses} load processes, ` +
       `${settings.bodyBytes}-byte body, ${settings.runs} runs of ${settings.durationMs / 1000} s after ${settings.warmupMs / 1000} s warm-up, ` +
       `${availableParallelism()} cores shared by servers and load`,
   );
   console.log(`  identities cached in ${cacheDirectory} (first run makes them: ~10 s)`);
-  const [relay, ...agents] = await cachedIdentities([
-    'relay',
-    ...Array.from({ length: settings.agents }, (_, index) => `agent${index}`),
-  ]);
-  if (relay === undefined) throw new Error('no relay identity');
+  const relay = await cachedIdentity('relay');
+  const agents = await cachedIdentities(
+    Array.from({ length: settings.agents }, (_, index) => `agent${index}-rsa${settings.agentKeyBits}`),
+    settings.agentKeyBits,
+  );
 
   const directory = await mkdtemp(join(tmpdir(), 'onerelay-bench-uploads-'));
   const password = randomBytes(12).toString('hex');
@@ -132,6 +142,7 @@ export async function run(): Promise<void> {
             authorization: basicAuthorization('rudder', password),
             body,
             processes: settings.loadProcesses,
+            lightClient: true,
             concurrency: settings.concurrency,
             warmupMs: settings.warmupMs,
             durationMs: settings.durationMs,
@@ -144,6 +155,7 @@ export async function run(): Promise<void> {
           console.log(
             `  ${target.name.padEnd(8)} run ${runIndex + 1}/${settings.runs}: ${fixed(figures.uploadsPerSecond)} uploads/s, ` +
               `p50 ${fixed(figures.p50Ms)} ms, p99 ${fixed(figures.p99Ms)} ms, ${failureCount(figures)} errors, ` +
+              `server ${fixed(figures.serverCpuMsPerUpload, 2)} CPU ms/upload (load ${fixed((figures.loadCpuPercent * 10) / figures.uploadsPerSecond, 2)}), ` +
               `CPU server ${fixed(figures.serverCpuPercent, 0)}% load ${fixed(figures.loadCpuPercent, 0)}% ` +
               `other ${fixed(figures.otherCpuPercent, 0)}%` +
               (waitedMs > 1500 ? ` (waited ${fixed(waitedMs / 1000, 0)} s for a quiet machine)` : '') +
@@ -176,6 +188,7 @@ export async function run(): Promise<void> {
     ratio: summary.ratio,
     cpuPerUploadRatio: summary.cpuPerUploadRatio,
     target: settings.targetRatio,
+    targetCpuRatio: settings.targetCpuRatio,
     },
     { nginx: version },
   );
@@ -351,7 +364,15 @@ function printSummary(reports: Record<Target['name'], TargetReport>, summary: Su
   console.log(
     `onerelay/nginx uploads/s: ${ratio === undefined ? 'n/a' : fixed(ratio, 2)}   target ≥ ${fixed(settings.targetRatio, 2)} (${verdict})`,
   );
-  if (summary.cpuPerUploadRatio !== undefined) {
-    console.log(`onerelay/nginx server CPU per upload: ${fixed(summary.cpuPerUploadRatio, 2)} (informative; lower is better)`);
+  const cpuRatio = summary.cpuPerUploadRatio;
+  const cpuVerdict = cpuRatio === undefined ? 'n/a' : cpuRatio <= settings.targetCpuRatio ? 'met' : 'NOT met';
+  console.log(
+    `onerelay/nginx server CPU per upload: ${cpuRatio === undefined ? 'n/a' : fixed(cpuRatio, 2)}   target ≤ ${fixed(settings.targetCpuRatio, 2)} (${cpuVerdict})`,
+  );
+  for (const name of ['nginx', 'onerelay'] as const) {
+    const figures = summary.medians[name];
+    if (figures !== undefined) {
+      console.log(`  ${name.padEnd(8)} ${fixed(figures.uploadsPerSecond)} uploads/s, ${fixed(figures.serverCpuMsPerUpload, 2)} server CPU ms per upload`);
+    }
   }
 }

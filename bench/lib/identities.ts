@@ -1,4 +1,4 @@
-// Node identities for benches: RSA 4096 key (PKCS#1 PEM, like cf-key's localhost.priv) and a
+// Node identities for benches: RSA 4096 key (or another size) (PKCS#1 PEM, like cf-key's localhost.priv) and a
 // self-signed certificate with subject UID=<node id>, like an agent's agent.cert. RSA 4096 keys
 // take seconds to make, so they are made once with openssl and cached under the OS temp dir.
 
@@ -30,24 +30,28 @@ export function identityFiles(name: string): { readonly privateKeyFile: string; 
   return { privateKeyFile: join(directory, 'localhost.priv'), certificateFile: join(directory, 'agent.cert') };
 }
 
-/** The identity cached under `name`, made with openssl on first use. */
-export async function cachedIdentity(name: string): Promise<NodeIdentity> {
+/**
+ * The identity cached under `name`, made with openssl on first use. `bits` is the RSA key size when it
+ * is made (agents' keys are 4096 bits; a bench's load generator may use 2048 to stay lighter than the
+ * server it measures): give each size its own names.
+ */
+export async function cachedIdentity(name: string, bits = 4096): Promise<NodeIdentity> {
   const directory = join(cacheDirectory, name);
   try {
     return await readIdentity(directory);
   } catch {
-    await makeIdentity(directory);
+    await makeIdentity(directory, bits);
     return readIdentity(directory);
   }
 }
 
 /** Several cached identities, made at most two at a time (key generation is CPU-bound). */
-export async function cachedIdentities(names: readonly string[]): Promise<NodeIdentity[]> {
+export async function cachedIdentities(names: readonly string[], bits = 4096): Promise<NodeIdentity[]> {
   const identities: NodeIdentity[] = new Array<NodeIdentity>(names.length);
   let next = 0;
   const lane = async (): Promise<void> => {
     for (let index = next++; index < names.length; index = next++) {
-      identities[index] = await cachedIdentity(names[index]!);
+      identities[index] = await cachedIdentity(names[index]!, bits);
     }
   };
   await Promise.all([lane(), lane()]);
@@ -71,13 +75,13 @@ async function readIdentity(directory: string): Promise<NodeIdentity> {
 }
 
 // Made in a sibling temp dir then renamed, so an interrupted run never leaves half an identity.
-async function makeIdentity(directory: string): Promise<void> {
+async function makeIdentity(directory: string, bits: number): Promise<void> {
   await mkdir(cacheDirectory, { recursive: true });
   const work = await mkdtemp(join(cacheDirectory, '.new-'));
   try {
     const nodeId = randomUUID();
     const key = join(work, 'localhost.priv');
-    await execFileAsync('openssl', ['genrsa', '-traditional', '-out', key, '4096']);
+    await execFileAsync('openssl', ['genrsa', '-traditional', '-out', key, String(bits)]);
     await execFileAsync('openssl', [
       'req', '-new', '-x509', '-sha256', '-days', '3650', '-key', key,
       '-subj', `/UID=${nodeId}`, '-out', join(work, 'agent.cert'),

@@ -2,7 +2,7 @@
 // flight, each on its own connection, and counts those that complete inside the measuring window.
 
 import { download } from './download-client.js';
-import { runlogFileName, upload, uploadingAgent, type UploadingAgent } from './upload-client.js';
+import { lightUpload, runlogFileName, upload, uploadingAgent, type UploadingAgent } from './upload-client.js';
 import type { WorkerMessage, WorkerPlan, WorkerStart } from './upload-load.js';
 
 function send(message: WorkerMessage): void {
@@ -54,7 +54,7 @@ async function measure(plan: WorkerPlan): Promise<void> {
       let error: string | undefined;
       let latencyMs: number;
       if (task === undefined) {
-        const outcome = await upload({
+        const outcome = await (plan.lightClient ? lightUpload : upload)({
           port: plan.port,
           agent,
           fileName: runlogFileName(second, agent.nodeId),

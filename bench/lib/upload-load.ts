@@ -21,6 +21,8 @@ export interface LoadPlan {
   /** per agent (same order as `agents`): GET this instead of uploading */
   readonly downloads?: readonly DownloadTask[];
   readonly processes: number;
+  /** uploads with the lighter raw-socket client (`lightUpload`) instead of node:https */
+  readonly lightClient?: boolean;
   /** uploads in flight overall, split evenly between the processes */
   readonly concurrency: number;
   readonly warmupMs: number;
@@ -70,6 +72,7 @@ export interface WorkerPlan {
   readonly warmupMs: number;
   readonly durationMs: number;
   readonly firstSecond: number;
+  readonly lightClient: boolean;
 }
 export interface WorkerStart {
   readonly type: 'start';
@@ -112,6 +115,7 @@ export async function runUploadLoad(plan: LoadPlan): Promise<LoadResult> {
         warmupMs: plan.warmupMs,
         durationMs: plan.durationMs,
         firstSecond: plan.firstSecond,
+        lightClient: plan.lightClient ?? false,
       };
       worker.send(message);
     });

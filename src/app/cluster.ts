@@ -142,6 +142,10 @@ export function createFrontDoorWorkers(
 
   return {
     async start(count) {
+      // workers accept on the shared socket themselves: round-robin would pass every connection through the
+      // primary (an IPC handle transfer and an ack per upload, ~10 % of a worker's CPU); an idle worker is the
+      // one waiting in accept, so the CPU-bound handshakes still spread over the workers (bench/uploads)
+      cluster.schedulingPolicy = cluster.SCHED_NONE;
       cluster.setupPrimary({ silent: false });
       await Promise.all(Array.from({ length: count }, fork));
     },

@@ -1,0 +1,88 @@
+// Durable intake on real directories: gathered and streamed bodies, replacement, refusals leave no
+// temp file, and the shared directory fsync (group commit) answers every caller after a fresh fsync.
+
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import t from 'tap';
+import { directorySync, receiveInto } from '../../src/spool/receive.js';
+import { tempDir, type Teardownable } from '../support/tmp.js';
+
+async function spool(t: Teardownable): Promise<{ tmp: string; incoming: string }> {
+  const base = tempDir(t);
+  const tmp = join(base, '.tmp');
+  const incoming = join(base, 'incoming');
+  await mkdir(tmp, { recursive: true });
+  await mkdir(incoming, { recursive: true });
+  return { tmp, incoming };
+}
+
+/** a body in chunks of `chunk` bytes, as a socket delivers it */
+function chunked(data: Buffer, chunk: number): Readable {
+  const parts: Buffer[] = [];
+  for (let offset = 0; offset < data.length; offset += chunk) parts.push(data.subarray(offset, offset + chunk));
+  return Readable.from(parts);
+}
+
+t.test('concurrent uploads into one directory: every file whole, with its sha256, no temp file left', async (t) => {
+  const { tmp, incoming } = await spool(t);
+  const bodies = Array.from({ length: 24 }, (_, index) => randomBytes(1000 + index * 700));
+  const results = await Promise.all(
+    bodies.map((body, index) => receiveInto(tmp, incoming, `file-${index}.log.gz`, chunked(body, 4096), 1024 * 1024)),
+  );
+  for (const [index, body] of bodies.entries()) {
+    t.ok(results[index]!.created, `file ${index} is new (201)`);
+    t.equal(results[index]!.bytes, body.length);
+    t.equal(results[index]!.sha256, createHash('sha256').update(body).digest('hex'));
+    t.ok((await readFile(join(incoming, `file-${index}.log.gz`))).equals(body), `file ${index} identical`);
+  }
+  t.same(await readdir(tmp), [], 'no temp file left');
+});
+
+t.test('a body larger than what is gathered in memory streams to the file, whole', async (t) => {
+  const { tmp, incoming } = await spool(t);
+  const body = randomBytes(3 * 1024 * 1024 + 17);
+  const result = await receiveInto(tmp, incoming, 'big.ocs', chunked(body, 65536), 8 * 1024 * 1024);
+  t.equal(result.bytes, body.length);
+  t.ok((await readFile(join(incoming, 'big.ocs'))).equals(body));
+  t.same(await readdir(tmp), []);
+});
+
+t.test('an existing name is replaced (204), an oversized body is refused and leaves nothing', async (t) => {
+  const { tmp, incoming } = await spool(t);
+  await writeFile(join(incoming, 'again.log'), 'old');
+  const replaced = await receiveInto(tmp, incoming, 'again.log', Readable.from([Buffer.from('new')]), 100);
+  t.notOk(replaced.created, 'replaced: not created');
+  t.equal(await readFile(join(incoming, 'again.log'), 'utf8'), 'new');
+
+  for (const size of [150, 400 * 1024]) {
+    await t.rejects(
+      receiveInto(tmp, incoming, `too-big-${size}`, chunked(randomBytes(size), 50 * 1024), size - 1),
+      { code: 'RELAY_ERR_UPLOAD_TOO_LARGE' },
+    );
+    t.same((await readdir(incoming)).filter((name) => name.startsWith('too-big')), [], `${size} bytes: nothing in incoming/`);
+  }
+  t.same(await readdir(tmp), [], 'no temp file left, streamed or gathered');
+});
+
+t.test('group commit: a caller arriving during an fsync gets the next one, and a failure is not sticky', async (t) => {
+  const { incoming } = await spool(t);
+  const sync = directorySync(incoming);
+  const order: string[] = [];
+  const first = sync.sync().then(() => order.push('first'));
+  const second = sync.sync().then(() => order.push('second'));
+  const third = sync.sync().then(() => order.push('third'));
+  await Promise.all([first, second, third]);
+  t.equal(order[0], 'first', 'callers during the running fsync are answered after it');
+  t.same(order.slice(1).sort(), ['second', 'third'], 'and share the next one');
+  t.equal(sync.fsyncs, 2, 'three callers, two fsyncs: the running one and the shared next');
+  await sync.sync();
+  t.equal(sync.fsyncs, 3, 'a caller alone gets its own');
+
+  const base = tempDir(t);
+  const missing = directorySync(join(base, 'missing'));
+  await t.rejects(missing.sync(), { code: 'ENOENT' });
+  await mkdir(join(base, 'missing'));
+  await t.resolves(missing.sync(), 'opened again after a failure');
+});
