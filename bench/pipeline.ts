@@ -11,6 +11,7 @@
 // Figures go to bench/out/pipeline.json; medians of the runs are quoted.
 
 import { createHash, randomBytes } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
 import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -340,6 +341,7 @@ async function startScanRun(context: RunContext): Promise<StartScanFigures> {
     try {
       const lastAt = await stored;
       const relayCpuMs = cpuTimeOfTreesMs([relayPid]);
+      if (process.env['BENCH_PIPELINE_THREADS'] !== undefined) console.log(`    CPU ms by thread: ${cpuByThread(relayPid)}`);
       const upstreamCpuMs = cpuTimeOfTreesMs([upstream.pid]) - (before?.upstreamMs ?? 0);
       const machineMs = machineBusyCpuTimeMs() - (before?.machineMs ?? 0);
       const stats = await upstream.stats();
@@ -509,6 +511,36 @@ async function endToEndRun(context: RunContext, runNumber: number): Promise<EndT
       await onerelay.server.stop();
     }
   });
+}
+
+/** CPU ms of each thread (by its name) of the process `pid` and its children: where a report's cost goes */
+function cpuByThread(pid: number): string {
+  const parts: string[] = [];
+  const children = (p: number): number[] => {
+    try {
+      return readFileSync(`/proc/${p}/task/${p}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+    } catch {
+      return [];
+    }
+  };
+  for (const process of [pid, ...children(pid)]) {
+    const byName = new Map<string, number>();
+    for (const task of readdirSync(`/proc/${process}/task`)) {
+      try {
+        const stat = readFileSync(`/proc/${process}/task/${task}/stat`, 'utf8');
+        const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+        const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+        const ms = ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
+        const key = task === String(process) ? 'main' : `${name}#${task}`;
+        byName.set(key, (byName.get(key) ?? 0) + ms);
+      } catch {
+        // ended meanwhile
+      }
+    }
+    const shown = [...byName].filter(([, ms]) => ms >= 20).sort((a, b) => b[1] - a[1]);
+    parts.push(`${process === pid ? 'primary' : `worker ${process}`}: ${shown.map(([name, ms]) => `${name} ${ms.toFixed(0)}`).join(', ')}`);
+  }
+  return parts.join(' | ');
 }
 
 /** copies `files` into `directory`, a few at a time */
