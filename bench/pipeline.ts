@@ -3,12 +3,15 @@
 //    before onerelay starts; every one is verified (verify_signature = "direct") and forwarded to a local
 //    HTTPS upstream in its own process (TLS 1.3, keep-alive, pinned certificate). Time from spawn to the
 //    last PUT received, reports/s, CPU ms per report of onerelay's process tree, and the upstream's check
-//    that every file arrived once with the same bytes.
+//    that every file arrived once with the same bytes; next to the machine's yardstick measured in the same
+//    run (openssl RSA-4096 verify/s, SHA-256 on run-log-sized blocks, gunzip of the bench's files), so that
+//    CPU ms per report reads against the physical work of one report on this machine today.
 // B. end to end: agents upload over fresh TLS connections (the uploads bench's load) while onerelay
 //    forwards: uploads/s, forwarded/s, and how long the queue takes to drain once the load stops.
 // Figures go to bench/out/pipeline.json; medians of the runs are quoted.
 
 import { createHash, randomBytes } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
 import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -22,6 +25,7 @@ import { fixed, median, percentile, table } from './lib/stats.js';
 import { basicAuthorization, runlogFileName, upload, uploadingAgent } from './lib/upload-client.js';
 import { runUploadLoad, type LoadResult } from './lib/upload-load.js';
 import { startBenchUpstream, type BenchUpstream, type UpstreamStats } from './lib/upstream.js';
+import { measureYardstick, type Yardstick } from './lib/yardstick.js';
 
 export const description = 'store-and-forward: signed run logs verified and forwarded to a local HTTPS upstream (start scan; under agent uploads)';
 
@@ -33,7 +37,11 @@ const settings = {
   /** size of a run log's text before signing and gzip */
   runlogTextBytes: env('BENCH_PIPELINE_RUNLOG_KB', 15) * 1024,
   runs: env('BENCH_PIPELINE_RUNS', 3),
-  targetReportsPerSecond: 1_500,
+  targetReportsPerSecond: 3_000,
+  /** CPU ms per report of the relay (every process and thread) on the machine of 2026-12-06 (issue 20) */
+  targetCpuMsPerReport: 0.6,
+  /** BENCH_PIPELINE_PHASES=A: the start scan only (profiling, quick before/after) */
+  phases: process.env['BENCH_PIPELINE_PHASES'] ?? 'AB',
   onerelayWorkers: 0,
   // phase B: the uploads bench's load, agents uploading their own signed run logs
   uploadAgents: 16,
@@ -46,7 +54,7 @@ const settings = {
   /** CPU % used by other processes during a run above which the run is repeated once */
   disturbedOtherCpuPercent: 25,
   /** before each run, wait up to this long (in all) for other work on the machine to calm down */
-  quietWaitBudgetMs: 180_000,
+  quietWaitBudgetMs: env('BENCH_PIPELINE_QUIET_WAIT_S', 180) * 1000,
 } as const;
 
 const outFile = fileURLToPath(new URL('./out/pipeline.json', import.meta.url));
@@ -138,6 +146,11 @@ export async function run(): Promise<void> {
       `${settings.durationMs / 1000} s after ${settings.warmupMs / 1000} s warm-up; ${availableParallelism()} cores shared by onerelay, upstream and load`,
   );
 
+  // the machine's yardstick, before and after the runs: the physical work of one report today
+  const samples = await Promise.all(files.slice(0, 20).map((file) => readFile(file.file)));
+  const yardsticks: Yardstick[] = [measureYardstick(samples, runlogs.meanSignedBytes)];
+  printYardstick('before the runs', yardsticks[0]!);
+
   const password = randomBytes(12).toString('hex');
   const scan: PhaseReport<StartScanFigures> = { runs: [], discardedRuns: [], failures: [] };
   const endToEnd: PhaseReport<EndToEndFigures> = { runs: [], discardedRuns: [], failures: [] };
@@ -151,7 +164,7 @@ export async function run(): Promise<void> {
 
   for (let runIndex = 0; runIndex < settings.runs; runIndex++) {
     const label = `run ${runIndex + 1}/${settings.runs}`;
-    for (let attempt = 1; attempt <= 2; attempt++) {
+    for (let attempt = 1; attempt <= 2 && settings.phases.includes('A'); attempt++) {
       const waited = await quiet();
       let figures: StartScanFigures;
       try {
@@ -179,7 +192,7 @@ export async function run(): Promise<void> {
       scan.runs.push(figures);
       break;
     }
-    for (let attempt = 1; attempt <= 2; attempt++) {
+    for (let attempt = 1; attempt <= 2 && settings.phases.includes('B'); attempt++) {
       const waited = await quiet();
       let figures: EndToEndFigures;
       try {
@@ -209,7 +222,9 @@ export async function run(): Promise<void> {
     }
   }
 
-  const summary = summarize(scan, endToEnd);
+  yardsticks.push(measureYardstick(samples, runlogs.meanSignedBytes));
+  printYardstick('after the runs', yardsticks[1]!);
+  const summary = summarize(scan, endToEnd, yardsticks);
   printSummary(scan, endToEnd, summary);
   await mkdir(join(outFile, '..'), { recursive: true });
   await writeFile(
@@ -228,17 +243,25 @@ export async function run(): Promise<void> {
           meanSignedBytes: runlogs.meanSignedBytes,
           meanGzippedBytes: meanBytes,
         },
+        yardsticks,
         startScan: scan,
         endToEnd,
         medians: summary,
-        target: { reportsPerSecond: settings.targetReportsPerSecond, met: summary.targetMet },
+        target: {
+          reportsPerSecond: settings.targetReportsPerSecond,
+          cpuMsPerReport: settings.targetCpuMsPerReport,
+          met: summary.targetMet,
+          cpuMet: summary.cpuTargetMet,
+        },
       },
       null,
       2,
     )}\n`,
   );
   console.log(`  figures written to ${outFile}`);
-  if (scan.runs.length === 0 || endToEnd.runs.length === 0) throw new Error('a phase has no successful run');
+  if ((settings.phases.includes('A') && scan.runs.length === 0) || (settings.phases.includes('B') && endToEnd.runs.length === 0)) {
+    throw new Error('a phase has no successful run');
+  }
 }
 
 interface RunContext {
@@ -318,6 +341,7 @@ async function startScanRun(context: RunContext): Promise<StartScanFigures> {
     try {
       const lastAt = await stored;
       const relayCpuMs = cpuTimeOfTreesMs([relayPid]);
+      if (process.env['BENCH_PIPELINE_THREADS'] !== undefined) console.log(`    CPU ms by thread: ${cpuByThread(relayPid)}`);
       const upstreamCpuMs = cpuTimeOfTreesMs([upstream.pid]) - (before?.upstreamMs ?? 0);
       const machineMs = machineBusyCpuTimeMs() - (before?.machineMs ?? 0);
       const stats = await upstream.stats();
@@ -489,6 +513,36 @@ async function endToEndRun(context: RunContext, runNumber: number): Promise<EndT
   });
 }
 
+/** CPU ms of each thread (by its name) of the process `pid` and its children: where a report's cost goes */
+function cpuByThread(pid: number): string {
+  const parts: string[] = [];
+  const children = (p: number): number[] => {
+    try {
+      return readFileSync(`/proc/${p}/task/${p}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+    } catch {
+      return [];
+    }
+  };
+  for (const process of [pid, ...children(pid)]) {
+    const byName = new Map<string, number>();
+    for (const task of readdirSync(`/proc/${process}/task`)) {
+      try {
+        const stat = readFileSync(`/proc/${process}/task/${task}/stat`, 'utf8');
+        const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+        const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+        const ms = ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
+        const key = task === String(process) ? 'main' : `${name}#${task}`;
+        byName.set(key, (byName.get(key) ?? 0) + ms);
+      } catch {
+        // ended meanwhile
+      }
+    }
+    const shown = [...byName].filter(([, ms]) => ms >= 20).sort((a, b) => b[1] - a[1]);
+    parts.push(`${process === pid ? 'primary' : `worker ${process}`}: ${shown.map(([name, ms]) => `${name} ${ms.toFixed(0)}`).join(', ')}`);
+  }
+  return parts.join(' | ');
+}
+
 /** copies `files` into `directory`, a few at a time */
 async function copyAll(files: readonly string[], directory: string): Promise<void> {
   let next = 0;
@@ -513,6 +567,18 @@ interface Summary {
   readonly startScan: Partial<Record<keyof StartScanFigures, number>> | undefined;
   readonly endToEnd: Partial<Record<keyof EndToEndFigures, number>> | undefined;
   readonly targetMet: boolean | undefined;
+  readonly cpuTargetMet: boolean | undefined;
+  /** the mean of the yardsticks' floors (µs of verify + digests + gunzip of one report) */
+  readonly floorMicroseconds: number;
+}
+
+function printYardstick(when: string, yardstick: Yardstick): void {
+  console.log(
+    `  yardstick (${when}, one core): openssl RSA-4096 ${fixed(yardstick.rsa4096VerifyPerSecond, 0)} verify/s ` +
+      `(${fixed(1e6 / yardstick.rsa4096VerifyPerSecond, 0)} µs), SHA-256 ${fixed(yardstick.sha256BytesPerSecond / 1e6, 0)} MB/s on ${yardstick.sha256BlockBytes / 1024} KB blocks, ` +
+      `gunzip of a report ${fixed(yardstick.gunzipMicroseconds, 0)} µs: ` +
+      `verify + 2 × SHA-256 + gunzip of one report = ${fixed(yardstick.floorMicroseconds, 0)} µs`,
+  );
 }
 
 function medianOf<T>(runs: readonly T[], fields: readonly (keyof T)[]): Partial<Record<keyof T, number>> | undefined {
@@ -522,7 +588,7 @@ function medianOf<T>(runs: readonly T[], fields: readonly (keyof T)[]): Partial<
   return result;
 }
 
-function summarize(scan: PhaseReport<StartScanFigures>, endToEnd: PhaseReport<EndToEndFigures>): Summary {
+function summarize(scan: PhaseReport<StartScanFigures>, endToEnd: PhaseReport<EndToEndFigures>, yardsticks: readonly Yardstick[]): Summary {
   const startScan = medianOf(scan.runs, [
     'readyMs',
     'firstPutMs',
@@ -549,7 +615,14 @@ function summarize(scan: PhaseReport<StartScanFigures>, endToEnd: PhaseReport<En
     'drainMs',
   ]);
   const rate = startScan?.reportsPerSecond;
-  return { startScan, endToEnd: e2e, targetMet: rate === undefined ? undefined : rate >= settings.targetReportsPerSecond };
+  const cpu = startScan?.cpuMsPerReport;
+  return {
+    startScan,
+    endToEnd: e2e,
+    targetMet: rate === undefined ? undefined : rate >= settings.targetReportsPerSecond,
+    cpuTargetMet: cpu === undefined ? undefined : cpu <= settings.targetCpuMsPerReport,
+    floorMicroseconds: yardsticks.reduce((sum, yardstick) => sum + yardstick.floorMicroseconds, 0) / yardsticks.length,
+  };
 }
 
 function printSummary(scan: PhaseReport<StartScanFigures>, endToEnd: PhaseReport<EndToEndFigures>, summary: Summary): void {
@@ -623,5 +696,12 @@ function printSummary(scan: PhaseReport<StartScanFigures>, endToEnd: PhaseReport
   console.log(
     `onerelay start-scan forwarding (spawn → last PUT): ${rate === undefined ? 'n/a' : fixed(rate, 0)} reports/s   ` +
       `target ≥ ${settings.targetReportsPerSecond} (${verdict})`,
+  );
+  const cpu = a?.cpuMsPerReport;
+  console.log(
+    `onerelay CPU per report (every process and thread, spawn → last PUT): ${cpu === undefined ? 'n/a' : fixed(cpu, 3)} ms   ` +
+      `target ≤ ${settings.targetCpuMsPerReport} (${summary.cpuTargetMet === undefined ? 'n/a' : summary.cpuTargetMet ? 'met' : 'NOT met'}); ` +
+      `the machine's floor for one report's verify + digests + gunzip: ${fixed(summary.floorMicroseconds / 1000, 3)} ms` +
+      (cpu === undefined ? '' : ` (${fixed(cpu / (summary.floorMicroseconds / 1000), 1)}× the floor)`),
   );
 }

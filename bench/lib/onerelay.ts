@@ -135,7 +135,8 @@ ${options.policiesDirectory === undefined ? '' : `\n[policies]\ndirectory = "${o
   const server = startServer({
     name: 'onerelay',
     command: process.execPath,
-    args: [cliFile, 'start', '--config', configFile],
+    // BENCH_ONERELAY_NODE_ARGS, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof": profiles of every process and thread
+    args: [...(process.env['BENCH_ONERELAY_NODE_ARGS']?.split(' ').filter((arg) => arg !== '') ?? []), cliFile, 'start', '--config', configFile],
     cwd: projectDirectory,
     logFile: at('onerelay.log'),
     stopSignal: 'SIGTERM',

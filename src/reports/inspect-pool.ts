@@ -22,6 +22,8 @@ export interface FileInspector {
   inspectFile(name: string, path: string): Promise<FileInspection>;
   start(): Promise<void>;
   stop(): Promise<void>;
+  /** inspection threads running now (0 inline, and while idle) */
+  threadsRunning(): number;
 }
 
 /** @internal messages between the pool and its threads */
@@ -64,6 +66,7 @@ export function createInlineFileInspector(options: ReportInspectorOptions, nodes
     },
     start: async () => undefined,
     stop: async () => undefined,
+    threadsRunning: () => 0,
   };
 }
 
@@ -77,6 +80,8 @@ interface Thread {
   readonly pending: Map<number, Pending>;
   /** certificate keys whose DER this thread already holds */
   readonly certificatesSent: Set<number>;
+  /** requests made in this tick, sent as one message at its end */
+  outbox: ThreadRequest[];
 }
 
 // dist/ runs the compiled thread; the tests run the TypeScript sources, whose thread must load tsx itself
@@ -91,12 +96,15 @@ function newThread(setup: ThreadSetup): Worker {
 }
 
 const MAX_CERTIFICATES_PER_THREAD = 50_000;
+/** threads start on the first report and end after this long without one: an idle relay holds no thread (~10 MB each) */
+const IDLE_THREAD_MS = 30_000;
 
 export function createThreadedFileInspector(
   options: ReportInspectorOptions,
   nodes: NodesRegistry,
   threadCount: number,
   parentLog: Logger,
+  idleThreadMs: number = IDLE_THREAD_MS,
 ): FileInspector {
   const log = parentLog.child({ module: 'reports' });
   const setup: ThreadSetup = { maxDecodedBytes: options.maxDecodedBytes, skipEventTypes: options.skipEventTypes };
@@ -122,33 +130,72 @@ export function createThreadedFileInspector(
     return true;
   };
 
+  let idleTimer: NodeJS.Timeout | undefined;
+  /** when nothing is pending anywhere, end the threads after IDLE_THREAD_MS (they start again on demand) */
+  const armIdleTimer = (): void => {
+    if (idleTimer !== undefined || threads.length === 0) return;
+    if (threads.some((thread) => thread.pending.size > 0)) return;
+    idleTimer = setTimeout(() => {
+      idleTimer = undefined;
+      if (threads.some((thread) => thread.pending.size > 0)) return;
+      const idle = threads.splice(0);
+      for (const thread of idle) void thread.worker.terminate();
+      log.debug({ event: 'inspect_threads_idle', threads: idle.length }, 'report inspection threads ended after a quiet spell');
+    }, idleThreadMs);
+    idleTimer.unref();
+  };
+
   function spawn(): Thread {
     const worker = newThread(setup);
-    const thread: Thread = { worker, pending: new Map(), certificatesSent: new Set() };
-    worker.on('message', (reply: ThreadReply) => {
-      const waiting = thread.pending.get(reply.id);
-      if (waiting === undefined) return;
-      thread.pending.delete(reply.id);
-      if (reply.kind === 'gone') waiting.resolve({ kind: 'gone' });
-      else if (reply.kind === 'error') waiting.reject(relayError('RELAY_ERR_REPORT_INSPECTION', reply.message));
-      else {
-        const bytes = Buffer.from(reply.bytes.buffer, reply.bytes.byteOffset, reply.bytes.byteLength);
-        waiting.resolve({ kind: 'inspected', inspection: reply.inspection, bytes, seconds: reply.seconds });
+    const thread: Thread = { worker, pending: new Map(), certificatesSent: new Set(), outbox: [] };
+    worker.on('message', (replies: readonly ThreadReply[]) => {
+      for (const reply of replies) {
+        const waiting = thread.pending.get(reply.id);
+        if (waiting === undefined) continue;
+        thread.pending.delete(reply.id);
+        if (reply.kind === 'gone') waiting.resolve({ kind: 'gone' });
+        else if (reply.kind === 'error') waiting.reject(relayError('RELAY_ERR_REPORT_INSPECTION', reply.message));
+        else {
+          const bytes = Buffer.from(reply.bytes.buffer, reply.bytes.byteOffset, reply.bytes.byteLength);
+          waiting.resolve({ kind: 'inspected', inspection: reply.inspection, bytes, seconds: reply.seconds });
+        }
       }
+      if (thread.pending.size === 0) armIdleTimer();
     });
     const lost = (why: string) => {
       const index = threads.indexOf(thread);
       if (index < 0) return;
       threads.splice(index, 1);
-      if (running) log.error({ event: 'inspect_thread_died', why, in_flight: thread.pending.size }, 'report inspection thread died; starting another');
+      if (running) log.error({ event: 'inspect_thread_died', why, in_flight: thread.pending.size }, 'report inspection thread died; the next report starts another');
       // the files come back through the queue's retry: nothing is lost, nothing was half-done
       for (const waiting of thread.pending.values()) waiting.reject(relayError('RELAY_ERR_REPORT_INSPECTION', `inspection thread ${why}`));
       thread.pending.clear();
-      if (running) threads.push(spawn());
     };
     worker.on('error', (error) => lost(`failed: ${error.message}`));
     worker.on('exit', (code) => lost(`exited with code ${code}`));
     return thread;
+  }
+
+  /** the least busy thread, starting one while fewer than threadCount run and all are busy */
+  function threadFor(): Thread {
+    let thread = threads[0];
+    for (const other of threads) if (thread === undefined || other.pending.size < thread.pending.size) thread = other;
+    if (thread === undefined || (thread.pending.size > 0 && threads.length < Math.max(1, threadCount))) {
+      thread = spawn();
+      threads.push(thread);
+    }
+    return thread;
+  }
+
+  /** one message per thread and tick: the queue hands several files over at once (start scan, bursts) */
+  function post(thread: Thread, request: ThreadRequest): void {
+    thread.outbox.push(request);
+    if (thread.outbox.length > 1) return;
+    queueMicrotask(() => {
+      const batch = thread.outbox;
+      thread.outbox = [];
+      if (threads.includes(thread)) thread.worker.postMessage(batch);
+    });
   }
 
   return {
@@ -156,9 +203,9 @@ export function createThreadedFileInspector(
       const plan = planInspection(options, nodes, name);
       if (plan.kind === 'reject') return { kind: 'inspected', inspection: plan, bytes: Buffer.alloc(0), seconds: 0 };
       if (!running) throw relayError('RELAY_ERR_REPORT_INSPECTION', 'report inspection threads are stopped');
-      // the least busy thread
-      let thread = threads[0]!;
-      for (const other of threads) if (other.pending.size < thread.pending.size) thread = other;
+      if (idleTimer !== undefined) clearTimeout(idleTimer);
+      idleTimer = undefined;
+      const thread = threadFor();
       const request: ThreadRequest = {
         id: nextId++,
         name,
@@ -174,17 +221,20 @@ export function createThreadedFileInspector(
       };
       return new Promise<FileInspection>((resolve, reject) => {
         thread.pending.set(request.id, { resolve, reject });
-        thread.worker.postMessage(request);
+        post(thread, request);
       });
     },
+    threadsRunning: () => threads.length,
     async start() {
       if (running) return;
+      // no thread yet: the first report starts one (threadFor)
       running = true;
-      for (let i = 0; i < Math.max(1, threadCount); i++) threads.push(spawn());
     },
     async stop() {
       if (!running) return;
       running = false;
+      if (idleTimer !== undefined) clearTimeout(idleTimer);
+      idleTimer = undefined;
       const stopping = threads.splice(0);
       await Promise.all(stopping.map((thread) => thread.worker.terminate()));
       for (const thread of stopping) for (const waiting of thread.pending.values()) waiting.reject(relayError('RELAY_ERR_REPORT_INSPECTION', 'report inspection threads are stopped'));

@@ -78,6 +78,16 @@ async function handle(request: ThreadRequest): Promise<{ reply: ThreadReply; tra
   return { reply: { id: request.id, kind: 'inspected', inspection, bytes, seconds }, transfer: [bytes.buffer as ArrayBuffer] };
 }
 
-parentPort!.on('message', (request: ThreadRequest) => {
-  void handle(request).then(({ reply, transfer }) => parentPort!.postMessage(reply, transfer));
+// a batch of requests (those the primary made in one tick), answered in one message
+parentPort!.on('message', (requests: readonly ThreadRequest[]) => {
+  void (async () => {
+    const replies: ThreadReply[] = [];
+    const transfer: ArrayBuffer[] = [];
+    for (const request of requests) {
+      const answer = await handle(request);
+      replies.push(answer.reply);
+      transfer.push(...answer.transfer);
+    }
+    parentPort!.postMessage(replies, transfer);
+  })();
 });

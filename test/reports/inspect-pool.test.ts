@@ -9,6 +9,7 @@ import t from 'tap';
 import { createNodesRegistry, type NodesRegistry } from '../../src/nodes/index.js';
 import { createInlineFileInspector, createThreadedFileInspector, type FileInspection, type ReportInspectorOptions } from '../../src/reports/index.js';
 import { tempDir } from '../support/tmp.js';
+import { until } from '../support/relay.js';
 import { FIXTURES } from '../support/fixtures.js';
 
 const FILES = `${FIXTURES}/files`;
@@ -74,4 +75,18 @@ t.test('stopped threads refuse work instead of hanging', async (t) => {
   await threaded.start();
   await threaded.stop();
   await t.rejects(threaded.inspectFile(cases[0]![0], join(dir, cases[0]![0])), /stopped/);
+});
+
+t.test('threads start with the first report and end after a quiet spell (an idle relay holds none)', async (t) => {
+  const threaded = createThreadedFileInspector(options, registry, 1, log, 300);
+  await threaded.start();
+  t.teardown(() => threaded.stop());
+  t.equal(threaded.threadsRunning(), 0, 'none at start');
+  const name = cases[0]![0];
+  const first = await threaded.inspectFile(name, join(dir, name));
+  t.equal(verdict(first), 'forward verified=true reports=72');
+  t.equal(threaded.threadsRunning(), 1, 'one for the report');
+  await until(() => threaded.threadsRunning() === 0, 10_000, 'the idle thread to end');
+  const again = await threaded.inspectFile(name, join(dir, name));
+  t.equal(verdict(again), 'forward verified=true reports=72', 'a new thread after the idle end, certificates sent again');
 });
