@@ -16,6 +16,7 @@ const benches: Record<string, () => Promise<Bench>> = {
   verify: () => import('./verify.js'),
   faults: () => import('./faults.js'),
   ledger: () => import('./ledger.js'),
+  footprint: () => import('./footprint.js'),
 };
 
 async function main(names: readonly string[]): Promise<number> {

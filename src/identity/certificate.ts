@@ -2,52 +2,57 @@
 // does (spec-https-front-cfserverd-sync.md §4): self-signed, subject = issuer = UID=<node id>, 10 years.
 
 import { X509Certificate, randomBytes, type KeyObject } from 'node:crypto';
-import type Forge from 'node-forge';
-import { parseCertificateFacts } from '../der/index.js';
+import { TAG_SEQUENCE, certificatePem, encodeTlv, extension, nameOf, parseCertificateFacts, writeSelfSignedCertificate } from '../der/index.js';
 
 /** userId attribute (RFC 4519), the node id in Rudder agent certificates */
 export const UID_OID = '0.9.2342.19200300.100.1.1';
 
 const DAY_MS = 24 * 60 * 60 * 1000;
+const UTF8_STRING = 0x0c;
+const OID = {
+  basicConstraints: '2.5.29.19',
+  subjectKeyIdentifier: '2.5.29.14',
+  authorityKeyIdentifier: '2.5.29.35',
+  keyUsage: '2.5.29.15',
+} as const;
+// KeyUsage BIT STRING: digitalSignature(0), keyEncipherment(2), dataEncipherment(3), keyAgreement(4),
+// keyCertSign(5) = 1011 1100, the last 2 bits unused
+const KEY_USAGE = Buffer.from([0x03, 0x02, 0x02, 0xbc]);
 
+/**
+ * The extensions are those Rudder's agent_cert section asks for, encoded byte for byte as node-forge wrote
+ * them before (test/identity/certificate.test.ts compares with a forge-made certificate): none critical.
+ */
 export async function createAgentCertificate(nodeId: string, privateKey: KeyObject, now: Date = new Date()): Promise<string> {
-  // loaded here only: every process loads the same bundle, and only a first start makes a certificate
-  const { default: forge } = await import('node-forge');
-  const forgeKey = forge.pki.privateKeyFromPem(privateKey.export({ type: 'pkcs1', format: 'pem' }).toString());
-  const forgePublicKey = forge.pki.setRsaPublicKey(forgeKey.n, forgeKey.e);
-  const cert = forge.pki.createCertificate();
-  cert.publicKey = forgePublicKey;
-  cert.serialNumber = randomSerial();
-  cert.validity.notBefore = new Date(now.getTime() - DAY_MS);
-  cert.validity.notAfter = new Date(now.getTime() + 3650 * DAY_MS);
-  // @types/node-forge types valueTagClass as asn1.Class, but forge reads it as a universal tag number
-  const utf8String = forge.asn1.Type.UTF8 as number as Forge.asn1.Class;
-  const name: Forge.pki.CertificateField[] = [{ type: UID_OID, value: nodeId, valueTagClass: utf8String }];
-  cert.setSubject(name);
-  cert.setIssuer(name);
-  // must come after subject, issuer, serial and key: forge derives the identifiers from them
-  cert.setExtensions([
-    { name: 'basicConstraints', cA: true },
-    { name: 'subjectKeyIdentifier' },
-    { name: 'authorityKeyIdentifier', keyIdentifier: true, authorityCertIssuer: true, serialNumber: true },
-    {
-      name: 'keyUsage',
-      digitalSignature: true,
-      dataEncipherment: true,
-      keyEncipherment: true,
-      keyAgreement: true,
-      keyCertSign: true,
-    },
-  ]);
-  cert.sign(forgeKey, forge.md.sha256.create());
-  return forge.pki.certificateToPem(cert);
+  const serial = randomSerial();
+  const name = nameOf(UID_OID, nodeId, UTF8_STRING);
+  const der = writeSelfSignedCertificate({
+    version: 3,
+    serial,
+    hash: 'sha256',
+    name,
+    notBefore: new Date(now.getTime() - DAY_MS),
+    notAfter: new Date(now.getTime() + 3650 * DAY_MS),
+    key: privateKey,
+    extensions: ({ keyIdentifier }) => [
+      extension(OID.basicConstraints, encodeTlv(TAG_SEQUENCE, encodeTlv(0x01, Buffer.from([0xff])))), // cA TRUE
+      extension(OID.subjectKeyIdentifier, encodeTlv(0x04, keyIdentifier)),
+      // [0] keyIdentifier, [1] authorityCertIssuer: GeneralNames { [4] directoryName }, [2] serial
+      extension(
+        OID.authorityKeyIdentifier,
+        encodeTlv(TAG_SEQUENCE, encodeTlv(0x80, keyIdentifier), encodeTlv(0xa1, encodeTlv(0xa4, name)), encodeTlv(0x82, serial)),
+      ),
+      extension(OID.keyUsage, KEY_USAGE),
+    ],
+  });
+  return certificatePem(der);
 }
 
 /** 16 random bytes read as a positive INTEGER whose DER encoding is minimal (first byte 0x01..0x7f). */
-function randomSerial(): string {
+function randomSerial(): Buffer {
   const bytes = randomBytes(16);
   bytes[0] = ((bytes[0] ?? 0) & 0x7f) || 0x01;
-  return bytes.toString('hex');
+  return bytes;
 }
 
 /** The first UID attribute of the certificate subject, undefined when there is none. */

@@ -13,7 +13,7 @@ export interface NodesSnapshot {
   readonly nodes: ReadonlyMap<string, NodeEntry>;
   /** per node: DER of its certificates, in file order */
   readonly certificates: ReadonlyMap<string, readonly Buffer[]>;
-  /** per node: sha256 hex of the SPKI of each of its certificates */
+  /** per node pinned by its certificates (no key-hash): sha256 hex of the SPKI of each of its certificates */
   readonly certificateKeys: ReadonlyMap<string, ReadonlySet<string>>;
   readonly certificateCount: number;
   /** `<type>:<hex>` of a key-hash → node */
@@ -51,7 +51,8 @@ export async function loadSnapshot(
     nodes = parseNodesList(listText, options.nodesListFile);
   }
 
-  const certsText = await readOptional(options.nodesCertsFile, 'RELAY_ERR_NODES_CERTS');
+  // bytes, not text: see pemBodies
+  const certsText = await readOptional(options.nodesCertsFile, 'RELAY_ERR_NODES_CERTS', null);
   if (certsText === undefined && hadFiles.certs) {
     throw new RelayError('RELAY_ERR_NODES_CERTS', `nodes certificates ${options.nodesCertsFile} are missing (they were there before): keeping the last good ones`);
   }
@@ -105,7 +106,7 @@ interface NodeCertificate {
 const CERTIFICATES_PER_SLICE = 2000;
 
 export async function parseNodesCertificates(
-  text: string,
+  text: string | Buffer,
   file: string,
   nodes: ReadonlyMap<string, NodeEntry>,
   log: Logger,
@@ -142,7 +143,7 @@ export async function parseNodesCertificates(
     if (list === undefined) certificates.set(uid, [{ der, spkiSha256 }]);
     else list.push({ der, spkiSha256 });
   }
-  if (index === 0 && text.trim() !== '') {
+  if (index === 0 && text.toString('latin1').trim() !== '') {
     throw new RelayError('RELAY_ERR_NODES_CERTS', `invalid nodes certificates file ${file}: no PEM certificate found`);
   }
   return certificates;
@@ -181,7 +182,8 @@ function buildSnapshot(
       // the key-hash, when present, is the node's pin; its certificates only pin nodes without one
       if (node.keyHash === undefined && !byCertificateKey.has(spkiSha256)) byCertificateKey.set(spkiSha256, node);
     }
-    certificateKeys.set(id, keys);
+    // a node with a key-hash is pinned by it alone (matchCertificate): 10,000 sets nobody reads otherwise
+    if (node.keyHash === undefined) certificateKeys.set(id, keys);
     certificates.set(id, list.map((c) => c.der));
     certificateCount += list.length;
   }
@@ -206,12 +208,15 @@ function buildSnapshot(
   };
 }
 
+async function readOptional(file: string, code: 'RELAY_ERR_NODES_LIST' | 'RELAY_ERR_NODES_CERTS'): Promise<string | undefined>;
+async function readOptional(file: string, code: 'RELAY_ERR_NODES_LIST' | 'RELAY_ERR_NODES_CERTS', encoding: null): Promise<Buffer | undefined>;
 async function readOptional(
   file: string,
   code: 'RELAY_ERR_NODES_LIST' | 'RELAY_ERR_NODES_CERTS',
-): Promise<string | undefined> {
+  encoding: 'utf8' | null = 'utf8',
+): Promise<string | Buffer | undefined> {
   try {
-    return await fs.readFile(file, 'utf8');
+    return encoding === null ? await fs.readFile(file) : await fs.readFile(file, encoding);
   } catch (error) {
     if (typeof error === 'object' && error !== null && (error as { code?: unknown }).code === 'ENOENT') return undefined;
     throw new RelayError(code, `cannot read ${file}: ${messageOf(error)}`, { cause: error });

@@ -1,0 +1,311 @@
+// Bench: the whole relay's memory (issue 20). RSS summed over the primary and every front-door worker
+// (threads live inside the primary), as `ps` would add it up, and PSS (shared pages such as the node
+// binary split between the processes that map them) beside it:
+//  1. idle after start with no node;
+//  2. idle after start with 10,000 nodes in nodeslist.json and their certificates in nodescerts.pem;
+//  3. the same relay under 200 concurrent uploads (fresh TLS connections, light RSA-2048 client keys):
+//     peak and median of the samples taken every 250 ms through the warm-up and the window.
+// Targets: idle ≤ 150 MB with 10,000 nodes; ≤ 250 MB under the 200 concurrent uploads.
+// BENCH_ONERELAY_CLI benches another build (e.g. a copy of the old dist/) for before/after.
+// Before (a0dc9ab, 2 cores, 2 workers, 2026-12-06): idle no node RSS 210 MB (PSS 95: primary 76, workers 67
+// + 67); idle 10,000 nodes RSS 490 MB (PSS 368: primary 197, workers 146 + 148); under 200 uploads median
+// 454, peak 490 MB. A bare `node` is 39 MB of RSS, 31 MB of it the node binary's pages, shared between the
+// processes: PSS counts them once, RSS once per process (three processes: ~120 MB before any code of ours).
+
+import { execFile } from 'node:child_process';
+import { createHash, createPrivateKey, createPublicKey, randomBytes, randomUUID, sign, type KeyObject } from 'node:crypto';
+import { mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { readdirSync, readFileSync } from 'node:fs';
+import { availableParallelism, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { gzipSync } from 'node:zlib';
+import { encodeOid, encodeTime, encodeTlv, TAG_INTEGER, TAG_SEQUENCE, TAG_SET } from '../src/der/index.js';
+import { cacheDirectory, cachedIdentity, keyHashOf, type NodeIdentity } from './lib/identities.js';
+import { cliFile, onerelayMissing, startOnerelayUploads, type OnerelayUploads } from './lib/onerelay.js';
+import { writeFigures } from './lib/output.js';
+import { freePort, waitForQuietMachine } from './lib/processes.js';
+import { fixed, median, table } from './lib/stats.js';
+import { basicAuthorization } from './lib/upload-client.js';
+import { runUploadLoad } from './lib/upload-load.js';
+
+export const description = 'relay memory: RSS of all processes idle (0 and 10,000 nodes) and under 200 concurrent uploads';
+
+const execFileAsync = promisify(execFile);
+
+const settings = {
+  nodes: Number(process.env['BENCH_FOOTPRINT_NODES'] ?? 10_000),
+  agents: 8,
+  concurrency: 200,
+  loadProcesses: 2,
+  settleMs: 5_000,
+  idleSamples: 8,
+  sampleEveryMs: 250,
+  warmupMs: 2_000,
+  durationMs: Number(process.env['BENCH_FOOTPRINT_SECONDS'] ?? 10) * 1000,
+  targetIdleMb: 150,
+  targetLoadMb: 250,
+} as const;
+
+const outFile = fileURLToPath(new URL('./out/footprint.json', import.meta.url));
+
+interface ProcessMemory {
+  readonly pid: number;
+  readonly role: string;
+  readonly rssMb: number;
+  readonly pssMb: number;
+}
+
+interface Sample {
+  readonly rssMb: number;
+  readonly pssMb: number;
+  readonly processes: readonly ProcessMemory[];
+}
+
+export async function run(): Promise<void> {
+  const missing = onerelayMissing();
+  if (missing !== undefined) throw new Error(missing);
+  console.log(`footprint: ${description}`);
+  console.log(`  ${cliFile}, ${availableParallelism()} cores (one front-door worker per core)`);
+  const relay = await cachedIdentity('relay');
+  const agents = await lightAgents(settings.agents);
+  const others = await syntheticNodes(settings.nodes - agents.length);
+  const password = randomBytes(12).toString('hex');
+  const directory = await mkdtemp(join(tmpdir(), 'onerelay-bench-footprint-'));
+  const figures: Record<string, unknown> = {};
+  try {
+    await waitForQuietMachine(20, 30_000);
+    const empty = await startRelay(join(directory, 'empty'), relay, [], password);
+    try {
+      const idle = await idleSample(empty);
+      figures['idle_no_node'] = idle;
+      print('idle, no node', idle);
+    } finally {
+      await empty.server.stop();
+    }
+
+    await waitForQuietMachine(20, 30_000);
+    const full = await startRelay(join(directory, 'full'), relay, [...agents, ...others], password);
+    try {
+      const idle = await idleSample(full);
+      figures['idle_nodes'] = { nodes: settings.nodes, ...idle };
+      print(`idle, ${settings.nodes} nodes`, idle);
+
+      const samples: Sample[] = [];
+      let sampling = true;
+      const sampler = (async () => {
+        while (sampling) {
+          samples.push(sampleTree(full.server.process.pid!));
+          await sleep(settings.sampleEveryMs);
+        }
+      })();
+      const result = await runUploadLoad({
+        port: full.httpsPort,
+        agents,
+        authorization: basicAuthorization('rudder', password),
+        body: runlogBody(15 * 1024),
+        processes: settings.loadProcesses,
+        concurrency: settings.concurrency,
+        warmupMs: settings.warmupMs,
+        durationMs: settings.durationMs,
+        firstSecond: Date.UTC(2025, 0, 1) / 1000,
+        serverPids: [full.server.process.pid!],
+      });
+      sampling = false;
+      await sampler;
+      const peak = samples.reduce((a, b) => (b.rssMb > a.rssMb ? b : a));
+      const load = {
+        concurrency: settings.concurrency,
+        uploads: result.uploads,
+        uploads_per_second: Math.round(result.uploadsPerSecond),
+        failures: result.failures,
+        server_cpu_ms_per_upload: Number(((result.serverCpuPercent * 10) / result.uploadsPerSecond).toFixed(2)),
+        samples: samples.length,
+        rss_median_mb: Math.round(median(samples.map((s) => s.rssMb))),
+        rss_peak_mb: Math.round(peak.rssMb),
+        pss_median_mb: Math.round(median(samples.map((s) => s.pssMb))),
+        pss_peak_mb: Math.round(Math.max(...samples.map((s) => s.pssMb))),
+        peak_processes: peak.processes,
+      };
+      figures['under_load'] = load;
+      const failed = Object.values(result.failures).reduce((sum, count) => sum + count, 0);
+      console.log(
+        `  under ${settings.concurrency} concurrent uploads: RSS median ${load.rss_median_mb} MB, peak ${load.rss_peak_mb} MB ` +
+          `(PSS median ${load.pss_median_mb}, peak ${load.pss_peak_mb}); ${fixed(result.uploadsPerSecond)} uploads/s, ` +
+          `${load.server_cpu_ms_per_upload} server CPU ms/upload, ${failed} failures`,
+      );
+      console.log(`    at the peak: ${peak.processes.map((p) => `${p.role} ${fixed(p.rssMb, 0)}`).join(', ')} MB`);
+    } finally {
+      await full.server.stop();
+    }
+    const idleNodes = figures['idle_nodes'] as { rss_mb: number };
+    const load = figures['under_load'] as { rss_peak_mb: number };
+    console.log(
+      table(
+        ['target', 'measured', 'budget', 'met'],
+        [
+          [`idle RSS, ${settings.nodes} nodes`, `${idleNodes.rss_mb} MB`, `${settings.targetIdleMb} MB`, idleNodes.rss_mb <= settings.targetIdleMb ? 'yes' : 'no'],
+          [`peak RSS, ${settings.concurrency} uploads`, `${load.rss_peak_mb} MB`, `${settings.targetLoadMb} MB`, load.rss_peak_mb <= settings.targetLoadMb ? 'yes' : 'no'],
+        ],
+      ),
+    );
+    await writeFigures(outFile, 'footprint', { cli: cliFile, ...figures });
+  } finally {
+    await rm(directory, { recursive: true, force: true });
+  }
+}
+
+function print(what: string, idle: { rss_mb: number; pss_mb: number; processes: readonly ProcessMemory[] }): void {
+  console.log(
+    `  ${what}: RSS ${idle.rss_mb} MB (PSS ${idle.pss_mb} MB): ${idle.processes.map((p) => `${p.role} ${fixed(p.rssMb, 0)}`).join(', ')} MB`,
+  );
+}
+
+async function startRelay(
+  directory: string,
+  relay: NodeIdentity,
+  agents: readonly NodeIdentity[],
+  password: string,
+): Promise<OnerelayUploads & { readonly httpsPort: number }> {
+  await mkdir(directory, { recursive: true });
+  const httpsPort = await freePort();
+  const started = await startOnerelayUploads({ directory, httpsPort, relay, agents, password, workers: 0 });
+  return { ...started, httpsPort };
+}
+
+/** after the start has settled: the median of a few samples a quarter second apart */
+async function idleSample(relay: OnerelayUploads): Promise<{ rss_mb: number; pss_mb: number; processes: ProcessMemory[] }> {
+  await sleep(settings.settleMs);
+  const samples: Sample[] = [];
+  for (let i = 0; i < settings.idleSamples; i += 1) {
+    samples.push(sampleTree(relay.server.process.pid!));
+    await sleep(settings.sampleEveryMs);
+  }
+  const middle = [...samples].sort((a, b) => a.rssMb - b.rssMb)[Math.floor(samples.length / 2)]!;
+  return { rss_mb: Math.round(middle.rssMb), pss_mb: Math.round(middle.pssMb), processes: [...middle.processes] };
+}
+
+/** RSS and PSS of `root` and all its descendants (Linux /proc) */
+function sampleTree(root: number): Sample {
+  const parents = new Map<number, number>();
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      parents.set(Number(entry), Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]));
+    } catch {
+      // ended meanwhile
+    }
+  }
+  const tree = [root];
+  for (let grew = true; grew; ) {
+    grew = false;
+    for (const [pid, parent] of parents) {
+      if (!tree.includes(pid) && tree.includes(parent)) {
+        tree.push(pid);
+        grew = true;
+      }
+    }
+  }
+  const processes: ProcessMemory[] = [];
+  for (const pid of tree) {
+    try {
+      const rollup = readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
+      const kb = (field: string) => Number(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(rollup)?.[1] ?? 0);
+      processes.push({ pid, role: pid === root ? 'primary' : 'worker', rssMb: kb('Rss') / 1024, pssMb: kb('Pss') / 1024 });
+    } catch {
+      // ended meanwhile
+    }
+  }
+  return {
+    rssMb: processes.reduce((sum, p) => sum + p.rssMb, 0),
+    pssMb: processes.reduce((sum, p) => sum + p.pssMb, 0),
+    processes: processes.map((p) => ({ ...p, rssMb: Number(p.rssMb.toFixed(1)), pssMb: Number(p.pssMb.toFixed(1)) })),
+  };
+}
+
+function runlogBody(size: number): Buffer {
+  const overhead = gzipSync(randomBytes(size), { level: 0 }).length - size;
+  return gzipSync(randomBytes(size - overhead), { level: 0 });
+}
+
+/** Agents with RSA-2048 keys (a light client: the server's costs are measured, not the load's), cached. */
+async function lightAgents(count: number): Promise<NodeIdentity[]> {
+  const agents: NodeIdentity[] = [];
+  for (let index = 0; index < count; index += 1) {
+    const directory = join(cacheDirectory, `footprint-agent${index}`);
+    try {
+      agents.push(await readLight(directory));
+    } catch {
+      const work = await mkdtemp(join(cacheDirectory, '.new-'));
+      const nodeId = randomUUID();
+      const key = join(work, 'localhost.priv');
+      await execFileAsync('openssl', ['genrsa', '-traditional', '-out', key, '2048']);
+      await execFileAsync('openssl', ['req', '-new', '-x509', '-sha256', '-days', '3650', '-key', key, '-subj', `/UID=${nodeId}`, '-out', join(work, 'agent.cert')]);
+      await writeFile(join(work, 'node-id'), `${nodeId}\n`);
+      await rm(directory, { recursive: true, force: true });
+      await rename(work, directory);
+      agents.push(await readLight(directory));
+    }
+  }
+  return agents;
+}
+
+async function readLight(directory: string): Promise<NodeIdentity> {
+  const [nodeId, privateKeyPem, certificatePem] = await Promise.all(
+    ['node-id', 'localhost.priv', 'agent.cert'].map((name) => readFile(join(directory, name), 'utf8')),
+  );
+  return { nodeId: nodeId!.trim(), privateKeyPem: privateKeyPem!, publicKeyPem: '', certificatePem: certificatePem!, keyHash: keyHashOf(certificatePem!) };
+}
+
+/**
+ * `count` more nodes as Rudder's nodes list and certificates file describe them: each an RSA-4096
+ * agent certificate (UID=<id>, the size a real one has) and a key-hash of its own. One key signs them
+ * all (10,000 RSA-4096 keys would take an hour to make); the registry holds certificates, it does
+ * not verify them. Cached: signing 10,000 takes a minute.
+ */
+async function syntheticNodes(count: number): Promise<NodeIdentity[]> {
+  const file = join(cacheDirectory, `footprint-nodes-${count}.json`);
+  try {
+    return JSON.parse(await readFile(file, 'utf8')) as NodeIdentity[];
+  } catch {
+    // made below
+  }
+  const { privateKeyPem } = await cachedIdentity('footprint-signer');
+  const key = createPrivateKey(privateKeyPem);
+  const spki = createPublicKey(key).export({ type: 'spki', format: 'der' });
+  const nodes: NodeIdentity[] = [];
+  for (let index = 0; index < count; index += 1) {
+    const nodeId = randomUUID();
+    const certificatePem = agentCertificate(nodeId, key, spki);
+    const keyHash = `sha256//${createHash('sha256').update(randomBytes(32)).digest('base64')}`;
+    nodes.push({ nodeId, privateKeyPem: '', publicKeyPem: '', certificatePem, keyHash });
+  }
+  await mkdir(cacheDirectory, { recursive: true });
+  await writeFile(`${file}.new`, JSON.stringify(nodes));
+  await rename(`${file}.new`, file);
+  return nodes;
+}
+
+const UID_OID = '0.9.2342.19200300.100.1.1';
+
+/** a self-signed v3 certificate with subject = issuer = UID=<id>, like an agent's (extensions left out) */
+function agentCertificate(nodeId: string, key: KeyObject, spki: Buffer): string {
+  const algorithm = encodeTlv(TAG_SEQUENCE, encodeOid('1.2.840.113549.1.1.11'), encodeTlv(0x05));
+  const name = encodeTlv(TAG_SEQUENCE, encodeTlv(TAG_SET, encodeTlv(TAG_SEQUENCE, encodeOid(UID_OID), encodeTlv(0x0c, Buffer.from(nodeId)))));
+  const now = new Date();
+  const tbs = encodeTlv(
+    TAG_SEQUENCE,
+    encodeTlv(0xa0, encodeTlv(TAG_INTEGER, Buffer.from([2]))),
+    encodeTlv(TAG_INTEGER, Buffer.concat([Buffer.from([0x01]), randomBytes(15)])),
+    algorithm,
+    name,
+    encodeTlv(TAG_SEQUENCE, encodeTime(new Date(now.getTime() - 86_400_000)), encodeTime(new Date(now.getTime() + 3650 * 86_400_000))),
+    name,
+    spki,
+  );
+  const der = encodeTlv(TAG_SEQUENCE, tbs, algorithm, encodeTlv(0x03, Buffer.from([0]), sign('sha256', tbs, key)));
+  return `-----BEGIN CERTIFICATE-----\n${(der.toString('base64').match(/.{1,64}/g) ?? []).join('\n')}\n-----END CERTIFICATE-----\n`;
+}
