@@ -47,6 +47,7 @@ import type { OwnPolicies } from './agentless/types.js';
 import { join } from 'node:path';
 import { createOwnCompliance, createOwnComplianceProbes, loopbackOf, type OwnCompliance } from './agentless/index.js';
 import { ACTIVITY_STYLE, createActivity, createActivityBatcher, recordingRunner, type ActivityEvent, type ActivitySink } from './activity/index.js';
+import { createLeaseHolder, createLeaseKeeper, type LeaseGrant, type LeaseRequest } from './http/index.js';
 
 export interface StartOptions {
   readonly configPath: string;
@@ -58,15 +59,14 @@ type WorkerMessage =
   | { type: 'remote-run-error'; message: string }
   | { type: 'failed'; message: string; exitCode: number }
   | { type: 'metrics'; id: number; snapshot: MetricsSnapshot }
-  | { type: 'admit'; id: number; queue: SpoolQueue; bytes: number }
-  | { type: 'admit-end'; queue: SpoolQueue; reservation: number; name?: string }
+  | LeaseRequest
   | { type: 'activity'; events: ActivityEvent[] };
 type PrimaryMessage =
   | { type: 'reload'; level: LogLevel }
   | { type: 'shutdown' }
   | { type: 'spool-full'; queue: SpoolQueue; full: boolean }
   | { type: 'metrics-request'; id: number }
-  | { type: 'admitted'; id: number; queue: SpoolQueue; reservation: number | null }
+  | LeaseGrant
   | { type: 'own-settings'; settings: FrontDoorSettings };
 
 const ENV_CONFIG = 'ONERELAY_CONFIG';
@@ -581,17 +581,13 @@ export async function runPrimary(options: StartOptions): Promise<void> {
         });
         workers.add(worker);
         let ready = false;
-        // uploads this worker is receiving, counted against the disk budget (released if it dies)
-        const admitted = new Map<number, SpoolQueue>();
+        // this worker's byte leases on the disk budget (given back if it dies)
+        const leases = createLeaseKeeper(activePipelines);
         worker.on('message', (message: WorkerMessage) => {
-          if (message.type === 'admit') {
-            const reservation = activePipelines.reserve(message.queue, message.bytes);
-            if (reservation !== undefined) admitted.set(reservation, message.queue);
-            if (worker.isConnected()) worker.send({ type: 'admitted', id: message.id, queue: message.queue, reservation: reservation ?? null } satisfies PrimaryMessage);
-            else if (reservation !== undefined) void activePipelines.release(message.queue, reservation);
-          } else if (message.type === 'admit-end') {
-            admitted.delete(message.reservation);
-            void activePipelines.release(message.queue, message.reservation, message.name);
+          if (message.type === 'admit' || message.type === 'admit-end') {
+            const grant = leases.handle(message);
+            if (grant !== undefined && worker.isConnected()) worker.send(grant satisfies PrimaryMessage);
+            else if (grant?.reservation != null) void activePipelines.release(grant.queue, grant.reservation);
           } else if (message.type === 'ready') {
             ready = true;
             readyWorkers += 1;
@@ -612,8 +608,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
         });
         worker.on('exit', (code, signal) => {
           workers.delete(worker);
-          for (const [reservation, queue] of admitted) void activePipelines.release(queue, reservation);
-          admitted.clear();
+          leases.workerGone();
           if (ready) readyWorkers -= 1;
           if (!ready) {
             reject(new RelayError('RELAY_ERR_LISTEN', `front-door worker exited during start (code ${code}, signal ${signal})`));
@@ -747,34 +742,17 @@ export async function runWorker(): Promise<void> {
     log = createLogger(levelOverride ?? config.logging.level, { role: 'front-door', worker: cluster.worker?.id });
     const identity = await loadIdentity(identityPaths(config));
     const fullQueues = new Set<SpoolQueue>();
-    let admitRequest = 0;
-    const admitWaiters = new Map<number, (reservation: number | null) => void>();
-    // every upload asks the primary, which holds the budget: uploads in other workers count at once
-    const admit = (queue: SpoolQueue, bytes: number): Promise<UploadAdmission> =>
-      new Promise((resolve) => {
-        if (!process.connected) {
-          // the primary is gone (this worker is stopping): the last word it sent decides
-          resolve({ admitted: !fullQueues.has(queue), release: () => undefined });
-          return;
-        }
-        const id = (admitRequest += 1);
-        const timer = setTimeout(() => {
-          // a primary too busy to answer must not refuse uploads: its last full/not-full word decides
-          admitWaiters.delete(id);
-          resolve({ admitted: !fullQueues.has(queue), release: () => undefined });
-        }, ADMIT_TIMEOUT_MS);
-        admitWaiters.set(id, (reservation) => {
-          clearTimeout(timer);
-          admitWaiters.delete(id);
-          resolve({
-            admitted: reservation !== null,
-            release: (name) => {
-              if (reservation !== null) send({ type: 'admit-end', queue, reservation, ...(name === undefined ? {} : { name }) });
-            },
-          });
-        });
-        send({ type: 'admit', id, queue, bytes });
-      });
+    // uploads are admitted on byte leases the primary grants (http/admission.ts): no round trip per upload
+    const leases = createLeaseHolder({
+      send: (message) => {
+        if (!process.connected || process.send === undefined) return false;
+        process.send(message);
+        return true;
+      },
+      isFull: (queue) => fullQueues.has(queue),
+      timeoutMs: ADMIT_TIMEOUT_MS,
+    });
+    const admit = (queue: SpoolQueue, bytes: number): Promise<UploadAdmission> => leases.admit(queue, bytes);
     const nodes = nodesOf(config, identity.nodeId, log);
     await nodes.reload();
     await nodes.start();
@@ -827,6 +805,7 @@ export async function runWorker(): Promise<void> {
       if (stopping) return;
       stopping = true;
       await frontDoor.stop();
+      leases.close();
       await nodes.stop();
       await activity?.stop();
       process.exit(0);
@@ -838,10 +817,7 @@ export async function runWorker(): Promise<void> {
         peers.reload();
         nodes.reload().catch(() => undefined);
       } else if (message.type === 'admitted') {
-        const waiter = admitWaiters.get(message.id);
-        if (waiter) waiter(message.reservation);
-        // answered after the timeout: the upload went on without it, give the reservation back
-        else if (message.reservation !== null) send({ type: 'admit-end', queue: message.queue, reservation: message.reservation });
+        leases.granted(message);
       } else if (message.type === 'metrics-request') {
         void frontDoorMetrics.snapshot().then((snapshot) => send({ type: 'metrics', id: message.id, snapshot }));
       } else if (message.type === 'spool-full') {

@@ -26,6 +26,7 @@ export interface Pipelines {
   /** admission of an upload against the queue's disk budget (see Queue.reserve); undefined = over budget */
   reserve(queue: SpoolQueue, bytes: number): number | undefined;
   release(queue: SpoolQueue, reservation: number, name?: string): Promise<void>;
+  settle(queue: SpoolQueue, reservation: number, bytes: number, names: readonly string[]): Promise<void>;
   queues(): Array<{ queue: SpoolQueue; files: number; bytes: number; oldestMtimeMs: number | undefined; inFlight: number; paused: boolean; full: boolean }>;
   status(): Record<string, SubStatus>;
   /**
@@ -206,6 +207,7 @@ export function createPipelines(
     isFull: (queue) => queues.get(queue)?.stats().full ?? false,
     reserve: (queue, bytes) => queues.get(queue)?.reserve(bytes),
     release: async (queue, reservation, name) => queues.get(queue)?.release(reservation, name),
+    settle: async (queue, reservation, bytes, names) => queues.get(queue)?.settle(reservation, bytes, names),
     queues: () => [...queues].map(([queue, q]) => ({ queue, ...q.stats() })),
     status() {
       const result: Record<string, SubStatus> = {};
