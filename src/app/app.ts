@@ -129,7 +129,8 @@ export async function runPrimary(options: StartOptions): Promise<void> {
       {
         admission: {
           reserve: (queue, bytes) => forwarding?.reserve(queue, bytes),
-          release: async (queue, reservation, name) => forwarding?.release(queue, reservation, name),
+          release: async (queue, reservation) => forwarding?.release(queue, reservation),
+          settle: async (queue, reservation, bytes, names) => forwarding?.settle(queue, reservation, bytes, names),
           isFull: (queue) => forwarding?.isFull(queue) ?? false,
         },
         frontDoorSettings: () => frontDoorSettingsOf(ownSettings),
@@ -365,6 +366,7 @@ export async function runWorker(): Promise<void> {
       if (stopping) return;
       stopping = true;
       await frontDoor.stop();
+      primary.closeLeases();
       await nodes.stop();
       await activity?.stop();
       process.exit(0);

@@ -2,14 +2,14 @@
 // handshakes with Rudder's RSA-4096 key are the cost that dominates uploads and one event loop cannot use
 // both cores (DEVELOPERS.md "Stack"). This file owns the typed messages between them, forking, supervision
 // (a worker that dies is replaced), the metrics each worker reports, and the admission of uploads against
-// the spool's disk budget, which the primary holds.
+// the spool's disk budget, which the primary holds and lends to the workers as byte leases (http/admission.ts).
 
 import cluster, { type Worker } from 'node:cluster';
 import type { Logger } from 'pino';
 import type { ActivityEvent } from '../activity/index.js';
 import type { LogLevel } from '../config/index.js';
 import { RelayError, messageOf } from '../errors.js';
-import type { FrontDoorSettings, UploadAdmission } from '../http/index.js';
+import { createLeaseHolder, createLeaseKeeper, type FrontDoorSettings, type LeaseBudget, type LeaseGrant, type LeaseRequest, type UploadAdmission } from '../http/index.js';
 import type { MetricsSnapshot } from '../metrics/index.js';
 import type { SpoolQueue } from '../spool/index.js';
 
@@ -19,8 +19,7 @@ export type WorkerMessage =
   | { type: 'remote-run-error'; message: string }
   | { type: 'failed'; message: string; exitCode: number }
   | { type: 'metrics'; id: number; snapshot: MetricsSnapshot }
-  | { type: 'admit'; id: number; queue: SpoolQueue; bytes: number }
-  | { type: 'admit-end'; queue: SpoolQueue; reservation: number; name?: string }
+  | LeaseRequest
   | { type: 'activity'; events: ActivityEvent[] };
 /** from the primary to its front-door workers */
 export type PrimaryMessage =
@@ -28,13 +27,13 @@ export type PrimaryMessage =
   | { type: 'shutdown' }
   | { type: 'spool-full'; queue: SpoolQueue; full: boolean }
   | { type: 'metrics-request'; id: number }
-  | { type: 'admitted'; id: number; queue: SpoolQueue; reservation: number | null }
+  | LeaseGrant
   | { type: 'own-settings'; settings: FrontDoorSettings };
 
 /** how the primary tells a worker what to run: the configuration file and the --log-level override */
 const ENV_CONFIG = 'ONERELAY_CONFIG';
 const ENV_LOG_LEVEL = 'ONERELAY_LOG_LEVEL';
-/** how long a worker waits for the primary's admission of an upload */
+/** how long a worker waits for the primary's grant of a lease */
 const ADMIT_TIMEOUT_MS = 2_000;
 /** how long the primary waits for a worker's metrics before leaving it out */
 const METRICS_TIMEOUT_MS = 2_000;
@@ -61,12 +60,8 @@ export interface FrontDoorWorkers {
 export function createFrontDoorWorkers(
   options: { readonly configPath: string; readonly logLevel: LogLevel | undefined },
   deps: {
-    /** the spool's disk budget, held by the primary (see Queue.reserve) */
-    readonly admission: {
-      reserve(queue: SpoolQueue, bytes: number): number | undefined;
-      release(queue: SpoolQueue, reservation: number, name?: string): Promise<void>;
-      isFull(queue: SpoolQueue): boolean;
-    };
+    /** the spool's disk budget, held by the primary (see Queue.reserve), lent to workers as byte leases */
+    readonly admission: LeaseBudget & { isFull(queue: SpoolQueue): boolean };
     /** networks and credentials in force, sent to each worker when it is ready */
     readonly frontDoorSettings: () => FrontDoorSettings;
     readonly onRemoteRunError: (message: string) => void;
@@ -89,17 +84,13 @@ export function createFrontDoorWorkers(
       });
       workers.add(worker);
       let ready = false;
-      // uploads this worker is receiving, counted against the disk budget (released if it dies)
-      const admitted = new Map<number, SpoolQueue>();
+      // this worker's byte leases on the disk budget (given back if it dies)
+      const leases = createLeaseKeeper(admission);
       worker.on('message', (message: WorkerMessage) => {
-        if (message.type === 'admit') {
-          const reservation = admission.reserve(message.queue, message.bytes);
-          if (reservation !== undefined) admitted.set(reservation, message.queue);
-          if (worker.isConnected()) worker.send({ type: 'admitted', id: message.id, queue: message.queue, reservation: reservation ?? null } satisfies PrimaryMessage);
-          else if (reservation !== undefined) void admission.release(message.queue, reservation);
-        } else if (message.type === 'admit-end') {
-          admitted.delete(message.reservation);
-          void admission.release(message.queue, message.reservation, message.name);
+        if (message.type === 'admit' || message.type === 'admit-end') {
+          const grant = leases.handle(message);
+          if (grant !== undefined && worker.isConnected()) worker.send(grant satisfies PrimaryMessage);
+          else if (grant?.reservation != null) void admission.release(grant.queue, grant.reservation);
         } else if (message.type === 'ready') {
           ready = true;
           readyWorkers += 1;
@@ -121,8 +112,7 @@ export function createFrontDoorWorkers(
       });
       worker.on('exit', (code, signal) => {
         workers.delete(worker);
-        for (const [reservation, queue] of admitted) void admission.release(queue, reservation);
-        admitted.clear();
+        leases.workerGone();
         if (ready) readyWorkers -= 1;
         if (!ready) {
           reject(new RelayError('RELAY_ERR_LISTEN', `front-door worker exited during start (code ${code}, signal ${signal})`));
@@ -203,8 +193,10 @@ export interface PrimaryLink {
   /** the configuration file and the --log-level override the primary started this worker with */
   readonly configPath: string;
   readonly logLevel: LogLevel | undefined;
-  /** every upload asks the primary, which holds the budget: uploads in other workers count at once */
+  /** uploads are admitted on byte leases the primary grants (http/admission.ts): no round trip per upload */
   admit(queue: SpoolQueue, bytes: number): Promise<UploadAdmission>;
+  /** reports stored files not reported yet and gives every lease back (the worker stops) */
+  closeLeases(): void;
   /** the primary's last word on the queue's disk budget */
   isSpoolFull(queue: SpoolQueue): boolean;
   /** node activity, in batches; done() once the primary has it */
@@ -219,36 +211,20 @@ export interface PrimaryLink {
 export function connectToPrimary(): PrimaryLink {
   const send = (message: WorkerMessage) => process.send?.(message);
   const fullQueues = new Set<SpoolQueue>();
-  let admitRequest = 0;
-  const admitWaiters = new Map<number, (reservation: number | null) => void>();
+  const leases = createLeaseHolder({
+    send: (message) => {
+      if (!process.connected || process.send === undefined) return false;
+      process.send(message satisfies WorkerMessage);
+      return true;
+    },
+    isFull: (queue) => fullQueues.has(queue),
+    timeoutMs: ADMIT_TIMEOUT_MS,
+  });
   return {
     configPath: process.env[ENV_CONFIG] ?? '',
     logLevel: process.env[ENV_LOG_LEVEL] as LogLevel | undefined,
-    admit: (queue, bytes) =>
-      new Promise((resolve) => {
-        if (!process.connected) {
-          // the primary is gone (this worker is stopping): the last word it sent decides
-          resolve({ admitted: !fullQueues.has(queue), release: () => undefined });
-          return;
-        }
-        const id = (admitRequest += 1);
-        const timer = setTimeout(() => {
-          // a primary too busy to answer must not refuse uploads: its last full/not-full word decides
-          admitWaiters.delete(id);
-          resolve({ admitted: !fullQueues.has(queue), release: () => undefined });
-        }, ADMIT_TIMEOUT_MS);
-        admitWaiters.set(id, (reservation) => {
-          clearTimeout(timer);
-          admitWaiters.delete(id);
-          resolve({
-            admitted: reservation !== null,
-            release: (name) => {
-              if (reservation !== null) send({ type: 'admit-end', queue, reservation, ...(name === undefined ? {} : { name }) });
-            },
-          });
-        });
-        send({ type: 'admit', id, queue, bytes });
-      }),
+    admit: (queue, bytes) => leases.admit(queue, bytes),
+    closeLeases: () => leases.close(),
     isSpoolFull: (queue) => fullQueues.has(queue),
     sendActivity(events, done) {
       if (process.send === undefined) return done();
@@ -259,12 +235,8 @@ export function connectToPrimary(): PrimaryLink {
       process.on('message', (message: PrimaryMessage) => {
         if (message.type === 'shutdown') requests.shutdown();
         else if (message.type === 'reload') requests.reload(message.level);
-        else if (message.type === 'admitted') {
-          const waiter = admitWaiters.get(message.id);
-          if (waiter) waiter(message.reservation);
-          // answered after the timeout: the upload went on without it, give the reservation back
-          else if (message.reservation !== null) send({ type: 'admit-end', queue: message.queue, reservation: message.reservation });
-        } else if (message.type === 'metrics-request') {
+        else if (message.type === 'admitted') leases.granted(message);
+        else if (message.type === 'metrics-request') {
           void requests.metrics().then((snapshot) => send({ type: 'metrics', id: message.id, snapshot }));
         } else if (message.type === 'spool-full') {
           if (message.full) fullQueues.add(message.queue);

@@ -26,6 +26,8 @@ export interface Forwarding {
   /** admission of an upload against the queue's disk budget (see Queue.reserve); undefined = over budget */
   reserve(queue: SpoolQueue, bytes: number): number | undefined;
   release(queue: SpoolQueue, reservation: number, name?: string): Promise<void>;
+  /** `bytes` leave the lease `reservation`, after the files `names` are tracked (http/admission.ts) */
+  settle(queue: SpoolQueue, reservation: number, bytes: number, names: readonly string[]): Promise<void>;
   queues(): Array<{ queue: SpoolQueue; files: number; bytes: number; oldestMtimeMs: number | undefined; inFlight: number; paused: boolean; full: boolean }>;
   status(): Record<string, SubStatus>;
   /**
@@ -184,6 +186,7 @@ export function createForwarding(
     isFull: (queue) => queues.get(queue)?.stats().full ?? false,
     reserve: (queue, bytes) => queues.get(queue)?.reserve(bytes),
     release: async (queue, reservation, name) => queues.get(queue)?.release(reservation, name),
+    settle: async (queue, reservation, bytes, names) => queues.get(queue)?.settle(reservation, bytes, names),
     queues: () => [...queues].map(([queue, q]) => ({ queue, ...q.stats() })),
     status() {
       const result: Record<string, SubStatus> = {};

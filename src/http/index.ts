@@ -4,3 +4,5 @@ export type { FrontDoor, FrontDoorDeps, FrontDoorOptions, FrontDoorSettings, Upl
 export { createLocalApi } from './local-api.js';
 export type { LocalApi, LocalApiDeps } from './local-api.js';
 export type { UploadAuthOptions } from './client-auth.js';
+export { createLeaseHolder, createLeaseKeeper, LEASE_CHUNK_BYTES } from './admission.js';
+export type { LeaseBudget, LeaseGrant, LeaseHolder, LeaseKeeper, LeaseQueue, LeaseRequest } from './admission.js';

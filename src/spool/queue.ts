@@ -103,6 +103,8 @@ export interface Queue {
   reserve(bytes: number): number | undefined;
   /** the upload ended; when it was stored as `name`, the file is tracked before its reservation is dropped */
   release(reservation: number, name?: string): Promise<void>;
+  /** `bytes` leave a reservation (a worker's lease, http/admission.ts), after the files `names` are tracked */
+  settle(reservation: number, bytes: number, names: readonly string[]): Promise<void>;
 }
 
 interface Tracked {
@@ -681,14 +683,32 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
     },
 
     async release(reservation, name) {
-      const request = reservations.get(reservation);
-      if (request === undefined) return;
+      if (!reservations.has(reservation)) return;
       try {
         // tracked at once (not ~settleMs later by the watch event): its bytes move from reserved to the budget without a gap
         if (name !== undefined && !name.startsWith('.')) await consider(name);
       } finally {
-        reservations.delete(reservation);
-        reserved -= request;
+        // read after the await: a settle() may have shrunk it meanwhile
+        const request = reservations.get(reservation);
+        if (request !== undefined) {
+          reservations.delete(reservation);
+          reserved -= request;
+        }
+      }
+    },
+
+    async settle(reservation, shrink, names) {
+      if (!reservations.has(reservation)) return;
+      try {
+        for (const name of names) if (!name.startsWith('.')) await consider(name);
+      } finally {
+        const request = reservations.get(reservation);
+        if (request !== undefined) {
+          const taken = Math.min(shrink, request);
+          reserved -= taken;
+          if (request - taken <= 0) reservations.delete(reservation);
+          else reservations.set(reservation, request - taken);
+        }
       }
     },
   };
