@@ -68,7 +68,7 @@ export async function run(): Promise<void> {
   const missing = onerelayMissing();
   if (missing !== undefined) throw new Error(missing);
   console.log(`footprint: ${description}`);
-  console.log(`  ${cliFile}, ${availableParallelism()} cores (one front-door worker per core)`);
+  console.log(`  node ${serviceNodeArgs().join(' ')} ${cliFile}, ${availableParallelism()} cores (one front-door worker per core)`);
   const relay = await cachedIdentity('relay');
   const agents = await lightAgents(settings.agents);
   const others = await syntheticNodes(settings.nodes - agents.length);
@@ -171,8 +171,15 @@ async function startRelay(
 ): Promise<OnerelayUploads & { readonly httpsPort: number }> {
   await mkdir(directory, { recursive: true });
   const httpsPort = await freePort();
-  const started = await startOnerelayUploads({ directory, httpsPort, relay, agents, password, workers: 0 });
+  const started = await startOnerelayUploads({ directory, httpsPort, relay, agents, password, workers: 0, nodeArgs: serviceNodeArgs() });
   return { ...started, httpsPort };
+}
+
+/** the node flags of packaging/onerelay.service's ExecStart: the relay measured as it is shipped */
+function serviceNodeArgs(): string[] {
+  const unit = readFileSync(fileURLToPath(new URL('../packaging/onerelay.service', import.meta.url)), 'utf8');
+  const line = /^ExecStart=\S+ (.*?)\S*dist\/cli\.js /m.exec(unit);
+  return (line?.[1] ?? '').split(/\s+/).filter((flag) => flag.startsWith('--'));
 }
 
 /** after the start has settled: the median of a few samples a quarter second apart */
