@@ -11,7 +11,7 @@ import { keyHashIndexKey, parseKeyHash } from './key-hash.js';
 
 export interface NodesSnapshot {
   readonly nodes: ReadonlyMap<string, NodeEntry>;
-  /** per node: DER of its certificates, in file order */
+  /** per node: DER of its certificates, in file order (see NodesOptions.keepCertificates) */
   readonly certificates: ReadonlyMap<string, readonly Buffer[]>;
   /** per node pinned by its certificates (no key-hash): sha256 hex of the SPKI of each of its certificates */
   readonly certificateKeys: ReadonlyMap<string, ReadonlySet<string>>;
@@ -26,7 +26,7 @@ export interface NodesSnapshot {
 }
 
 export function emptySnapshot(): NodesSnapshot {
-  return buildSnapshot(new Map(), new Map(), '');
+  return buildSnapshot(new Map(), new Map(), '', 'all');
 }
 
 /**
@@ -62,7 +62,7 @@ export async function loadSnapshot(
   } else {
     certificates = await parseNodesCertificates(certsText, options.nodesCertsFile, nodes, log);
   }
-  return { ...buildSnapshot(nodes, certificates, options.myId), read: { list: listText !== undefined, certs: certsText !== undefined } };
+  return { ...buildSnapshot(nodes, certificates, options.myId, options.keepCertificates ?? 'all'), read: { list: listText !== undefined, certs: certsText !== undefined } };
 }
 
 export function parseNodesList(text: string, file: string): Map<string, NodeEntry> {
@@ -153,6 +153,7 @@ function buildSnapshot(
   nodes: Map<string, NodeEntry>,
   nodeCertificates: Map<string, NodeCertificate[]>,
   myId: string,
+  keep: NonNullable<NodesOptions['keepCertificates']>,
 ): NodesSnapshot {
   const byKeyHash = new Map<string, NodeEntry>();
   const byCertificateKey = new Map<string, NodeEntry>();
@@ -184,7 +185,7 @@ function buildSnapshot(
     }
     // a node with a key-hash is pinned by it alone (matchCertificate): 10,000 sets nobody reads otherwise
     if (node.keyHash === undefined) certificateKeys.set(id, keys);
-    certificates.set(id, list.map((c) => c.der));
+    if (keep === 'all' || node.policyServer !== myId || parents.has(id)) certificates.set(id, list.map((c) => c.der));
     certificateCount += list.length;
   }
 
