@@ -10,8 +10,8 @@
 // Before (a0dc9ab, 2 cores, 2 workers, 2026-12-06): idle no node RSS 210 MB (PSS 95: primary 76, workers 67
 // + 67); idle 10,000 nodes RSS 490 MB (PSS 368: primary 197, workers 146 + 148); under 200 uploads median
 // 454, peak 490 MB. After (this branch, same day): 208–210 (PSS 92–95) / 319–324 (PSS 199–203: 146, 86 + 88) /
-// median 320–335, peak 329–345 MB: the targets are not met (see the README's Memory section). A bare `node` is 39 MB of RSS, 31 MB of it the node binary's pages, shared between the
-// processes: PSS counts them once, RSS once per process (three processes: ~120 MB before any code of ours).
+// median 320–335, peak 329–345 MB: the targets are not met (see the README's Memory section).
+// A bare `node` is 39 MB of RSS, 31 MB of it the node binary's pages, shared between the processes: PSS counts them once, RSS once per process (three processes: ~120 MB before any code of ours).
 
 import { execFile } from 'node:child_process';
 import { createHash, createPrivateKey, createPublicKey, randomBytes, randomUUID, sign, type KeyObject } from 'node:crypto';
