@@ -9,8 +9,9 @@
 // BENCH_ONERELAY_CLI benches another build (e.g. a copy of the old dist/) for before/after.
 // Before (a0dc9ab, 2 cores, 2 workers, 2026-12-06): idle no node RSS 210 MB (PSS 95: primary 76, workers 67
 // + 67); idle 10,000 nodes RSS 490 MB (PSS 368: primary 197, workers 146 + 148); under 200 uploads median
-// 454, peak 490 MB. A bare `node` is 39 MB of RSS, 31 MB of it the node binary's pages, shared between the
-// processes: PSS counts them once, RSS once per process (three processes: ~120 MB before any code of ours).
+// 454, peak 490 MB. After (this branch, same day): 208–210 (PSS 92–95) / 319–324 (PSS 199–203: 146, 86 + 88) /
+// median 320–335, peak 329–345 MB: the targets are not met (see the README's Memory section).
+// A bare `node` is 39 MB of RSS, 31 MB of it the node binary's pages, shared between the processes: PSS counts them once, RSS once per process (three processes: ~120 MB before any code of ours).
 
 import { execFile } from 'node:child_process';
 import { createHash, createPrivateKey, createPublicKey, randomBytes, randomUUID, sign, type KeyObject } from 'node:crypto';
@@ -68,7 +69,7 @@ export async function run(): Promise<void> {
   const missing = onerelayMissing();
   if (missing !== undefined) throw new Error(missing);
   console.log(`footprint: ${description}`);
-  console.log(`  ${cliFile}, ${availableParallelism()} cores (one front-door worker per core)`);
+  console.log(`  node ${serviceNodeArgs().join(' ')} ${cliFile}, ${availableParallelism()} cores (one front-door worker per core)`);
   const relay = await cachedIdentity('relay');
   const agents = await lightAgents(settings.agents);
   const others = await syntheticNodes(settings.nodes - agents.length);
@@ -171,8 +172,15 @@ async function startRelay(
 ): Promise<OnerelayUploads & { readonly httpsPort: number }> {
   await mkdir(directory, { recursive: true });
   const httpsPort = await freePort();
-  const started = await startOnerelayUploads({ directory, httpsPort, relay, agents, password, workers: 0 });
+  const started = await startOnerelayUploads({ directory, httpsPort, relay, agents, password, workers: 0, nodeArgs: serviceNodeArgs() });
   return { ...started, httpsPort };
+}
+
+/** the node flags of packaging/onerelay.service's ExecStart: the relay measured as it is shipped */
+function serviceNodeArgs(): string[] {
+  const unit = readFileSync(fileURLToPath(new URL('../packaging/onerelay.service', import.meta.url)), 'utf8');
+  const line = /^ExecStart=\S+ (.*?)\S*dist\/cli\.js /m.exec(unit);
+  return (line?.[1] ?? '').split(/\s+/).filter((flag) => flag.startsWith('--'));
 }
 
 /** after the start has settled: the median of a few samples a quarter second apart */

@@ -38,6 +38,8 @@ export interface OnerelayOptions {
   readonly policiesDirectory?: string;
   /** called once the config is written, before the process is spawned, e.g. to place files in `<reports>/incoming/` (the start scan takes them) */
   readonly beforeStart?: (paths: { readonly reportsIncoming: string }) => Promise<void>;
+  /** node flags before the CLI file, e.g. packaging/onerelay.service's (bench/footprint) */
+  readonly nodeArgs?: readonly string[];
   /** called right after the process is spawned, before it is ready */
   readonly onSpawned?: (server: Server) => void;
 }
@@ -136,7 +138,7 @@ ${options.policiesDirectory === undefined ? '' : `\n[policies]\ndirectory = "${o
     name: 'onerelay',
     command: process.execPath,
     // BENCH_ONERELAY_NODE_ARGS, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof": profiles of every process and thread
-    args: [...(process.env['BENCH_ONERELAY_NODE_ARGS']?.split(' ').filter((arg) => arg !== '') ?? []), cliFile, 'start', '--config', configFile],
+    args: [...(options.nodeArgs ?? []), ...(process.env['BENCH_ONERELAY_NODE_ARGS']?.split(' ').filter((arg) => arg !== '') ?? []), cliFile, 'start', '--config', configFile],
     cwd: projectDirectory,
     logFile: at('onerelay.log'),
     stopSignal: 'SIGTERM',

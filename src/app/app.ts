@@ -339,7 +339,8 @@ export async function runWorker(): Promise<void> {
     const { config } = await loadConfig(primary.configPath);
     log = createLogger(levelOverride ?? config.logging.level, { role: 'front-door', worker: cluster.worker?.id });
     const identity = await loadIdentity(identityPaths(config));
-    const nodes = nodesOf(config, identity.nodeId, log);
+    // a worker uses certificates only of sub-relays and the nodes behind them (peers, sync serving)
+    const nodes = nodesOf(config, identity.nodeId, log, 'behind-sub-relays');
     await nodes.reload();
     await nodes.start();
     const frontDoorMetrics = createFrontDoorMetrics();

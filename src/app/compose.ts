@@ -49,11 +49,12 @@ export function spoolOf(config: Config, log: Logger): Spool {
   );
 }
 
-export function nodesOf(config: Config, nodeId: string, log: Logger): NodesRegistry {
+export function nodesOf(config: Config, nodeId: string, log: Logger, keepCertificates?: 'behind-sub-relays'): NodesRegistry {
   return createNodesRegistry({
     myId: nodeId,
     nodesListFile: config.general.nodesListFile,
     nodesCertsFile: config.general.nodesCertsFile,
+    ...(keepCertificates === undefined ? {} : { keepCertificates }),
     log,
   });
 }

@@ -22,9 +22,14 @@ export function* pemBodies(text: string | Buffer, label = 'CERTIFICATE'): Genera
   }
 }
 
+/** whether a block's body is base64 (with line breaks), what pemBodyToDer accepts */
+export function isPemBody(body: string): boolean {
+  return BASE64_BODY.test(body);
+}
+
 /** a block's body as DER; DerError when it is not base64 */
 export function pemBodyToDer(body: string): Buffer {
-  if (!BASE64_BODY.test(body)) throw new DerError('invalid base64 in PEM');
+  if (!isPemBody(body)) throw new DerError('invalid base64 in PEM');
   return Buffer.from(body, 'base64');
 }
 

@@ -59,6 +59,13 @@ export interface NodesOptions {
   readonly myId: string;
   readonly nodesListFile: string;
   readonly nodesCertsFile: string;
+  /**
+   * whose certificates (DER, for certificatesOf) are kept: 'all' (default), or only the sub-relays' and the
+   * nodes behind them, what a front-door worker asks for (peers of sub-relays, sync serving of their nodes'
+   * certificates); certificatesOf answers [] for the others. ~13 MB less per worker at 10,000 nodes
+   * (bench/footprint). Pins (key-hash, certificate keys) are always kept for every node.
+   */
+  readonly keepCertificates?: 'all' | 'behind-sub-relays';
 }
 
 export { createNodesRegistry, parseKeyHash } from './registry.js';

@@ -3,15 +3,16 @@
 
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { RelayError, messageOf } from '../errors.js';
-import { parseCertificateFacts, pemBodies, pemBodyToDer } from '../der/index.js';
+import { DerError, isPemBody, parseCertificateFacts, pemBodies, pemBodyToDer } from '../der/index.js';
 import type { NodeEntry, NodesOptions } from './index.js';
 import { keyHashIndexKey, parseKeyHash } from './key-hash.js';
 
 export interface NodesSnapshot {
   readonly nodes: ReadonlyMap<string, NodeEntry>;
-  /** per node: DER of its certificates, in file order */
+  /** per node: DER of its certificates, in file order (see NodesOptions.keepCertificates) */
   readonly certificates: ReadonlyMap<string, readonly Buffer[]>;
   /** per node pinned by its certificates (no key-hash): sha256 hex of the SPKI of each of its certificates */
   readonly certificateKeys: ReadonlyMap<string, ReadonlySet<string>>;
@@ -51,18 +52,21 @@ export async function loadSnapshot(
     nodes = parseNodesList(listText, options.nodesListFile);
   }
 
-  // bytes, not text: see pemBodies
-  const certsText = await readOptional(options.nodesCertsFile, 'RELAY_ERR_NODES_CERTS', null);
-  if (certsText === undefined && hadFiles.certs) {
+  const certsFile = await openOptional(options.nodesCertsFile);
+  if (certsFile === undefined && hadFiles.certs) {
     throw new RelayError('RELAY_ERR_NODES_CERTS', `nodes certificates ${options.nodesCertsFile} are missing (they were there before): keeping the last good ones`);
   }
   let certificates = new Map<string, NodeCertificate[]>();
-  if (certsText === undefined) {
+  if (certsFile === undefined) {
     log.info({ file: options.nodesCertsFile }, 'Nodes certificates file does not exist, skipping');
   } else {
-    certificates = await parseNodesCertificates(certsText, options.nodesCertsFile, nodes, log);
+    try {
+      certificates = await parseNodesCertificates(certsFile, options.nodesCertsFile, nodes, keepDerOf(nodes, options), log);
+    } finally {
+      await certsFile.close();
+    }
   }
-  return { ...buildSnapshot(nodes, certificates, options.myId), read: { list: listText !== undefined, certs: certsText !== undefined } };
+  return { ...buildSnapshot(nodes, certificates, options.myId), read: { list: listText !== undefined, certs: certsFile !== undefined } };
 }
 
 export function parseNodesList(text: string, file: string): Map<string, NodeEntry> {
@@ -96,31 +100,54 @@ export function parseNodesList(text: string, file: string): Map<string, NodeEntr
 }
 
 interface NodeCertificate {
-  /** DER; X509Certificate objects are built on demand (≈0.3 ms each: too slow for 50k per reload) */
-  readonly der: Buffer;
+  /** DER, or undefined when not kept (NodesOptions.keepCertificates); X509Certificate objects are built on demand (≈0.3 ms each: too slow for 50k per reload) */
+  readonly der: Buffer | undefined;
   /** sha256 hex of its SubjectPublicKeyInfo */
   readonly spkiSha256: string;
 }
 
+/** whose DER to keep: see NodesOptions.keepCertificates */
+function keepDerOf(nodes: ReadonlyMap<string, NodeEntry>, options: NodesOptions): (id: string) => boolean {
+  if ((options.keepCertificates ?? 'all') === 'all') return () => true;
+  const parents = new Set<string>();
+  for (const node of nodes.values()) parents.add(node.policyServer);
+  return (id) => nodes.get(id)?.policyServer !== options.myId || parents.has(id);
+}
+
 /** certificates parsed between two yields to the event loop */
 const CERTIFICATES_PER_SLICE = 2000;
+const READ_CHUNK = 1 << 20;
+const PEM_END = '-----END CERTIFICATE-----';
+/** room for the DER of one certificate decoded to be read and dropped (a node whose DER is not kept) */
+const SCRATCH_BYTES = 64 * 1024;
 
+/**
+ * The file is read 1 MB at a time, never whole: a whole 10,000-certificate file is an 18 MB buffer that
+ * stays mapped until V8's next full collection, which an idle relay may not run for a long time
+ * (bench/footprint). DER not kept is decoded into one scratch buffer rather than allocated.
+ */
 export async function parseNodesCertificates(
-  text: string | Buffer,
+  handle: FileHandle,
   file: string,
   nodes: ReadonlyMap<string, NodeEntry>,
+  keepDer: (id: string) => boolean,
   log: Logger,
 ): Promise<Map<string, NodeCertificate[]>> {
   const certificates = new Map<string, NodeCertificate[]>();
+  const chunk = Buffer.allocUnsafe(READ_CHUNK);
+  const scratch = Buffer.allocUnsafe(SCRATCH_BYTES);
   let index = 0;
-  for (const body of pemBodies(text)) {
+  let pending = '';
+  let blank = true;
+  const take = (body: string): void => {
     index += 1;
-    if (index % CERTIFICATES_PER_SLICE === 0) await new Promise((resolve) => setImmediate(resolve));
     let der: Buffer;
     let uid: string | undefined;
     let spkiSha256: string;
     try {
-      der = pemBodyToDer(body);
+      if (!isPemBody(body)) throw new DerError('invalid base64 in PEM');
+      // base64 decodes to at most 3/4 of its length: small enough bodies go to the scratch buffer
+      der = body.length * 0.75 <= SCRATCH_BYTES ? scratch.subarray(0, scratch.write(body, 'base64')) : pemBodyToDer(body);
       const facts = parseCertificateFacts(der);
       uid = facts.uid;
       spkiSha256 = createHash('sha256').update(facts.spki).digest('hex');
@@ -133,17 +160,40 @@ export async function parseNodesCertificates(
     }
     if (uid === undefined) {
       log.warn({ file, certificate: index }, 'missing id in certificate');
-      continue;
+      return;
     }
     if (!nodes.has(uid)) {
       log.warn({ file, certificate: index, nodeId: uid }, 'certificate for unknown node');
-      continue;
+      return;
     }
+    const kept = { der: keepDer(uid) ? Buffer.from(der) : undefined, spkiSha256 };
     const list = certificates.get(uid);
-    if (list === undefined) certificates.set(uid, [{ der, spkiSha256 }]);
-    else list.push({ der, spkiSha256 });
+    if (list === undefined) certificates.set(uid, [kept]);
+    else list.push(kept);
+  };
+  for (;;) {
+    let bytesRead: number;
+    try {
+      ({ bytesRead } = await handle.read(chunk, 0, chunk.length, null));
+    } catch (error) {
+      throw new RelayError('RELAY_ERR_NODES_CERTS', `cannot read ${file}: ${messageOf(error)}`, { cause: error });
+    }
+    if (bytesRead === 0) break;
+    const text = chunk.toString('latin1', 0, bytesRead);
+    if (blank && /\S/.test(text)) blank = false;
+    pending += text;
+    // whole blocks only: the rest waits for the next chunk
+    const end = pending.lastIndexOf(PEM_END);
+    if (end < 0) continue;
+    const before = index;
+    for (const body of pemBodies(pending.slice(0, end + PEM_END.length))) take(body);
+    pending = pending.slice(end + PEM_END.length);
+    if (Math.floor(index / CERTIFICATES_PER_SLICE) > Math.floor(before / CERTIFICATES_PER_SLICE)) {
+      await new Promise((resolve) => setImmediate(resolve));
+    }
   }
-  if (index === 0 && text.toString('latin1').trim() !== '') {
+  for (const body of pemBodies(pending)) take(body);
+  if (index === 0 && !blank) {
     throw new RelayError('RELAY_ERR_NODES_CERTS', `invalid nodes certificates file ${file}: no PEM certificate found`);
   }
   return certificates;
@@ -184,7 +234,8 @@ function buildSnapshot(
     }
     // a node with a key-hash is pinned by it alone (matchCertificate): 10,000 sets nobody reads otherwise
     if (node.keyHash === undefined) certificateKeys.set(id, keys);
-    certificates.set(id, list.map((c) => c.der));
+    const kept = list.flatMap((c) => (c.der === undefined ? [] : [c.der]));
+    if (kept.length > 0) certificates.set(id, kept);
     certificateCount += list.length;
   }
 
@@ -208,19 +259,26 @@ function buildSnapshot(
   };
 }
 
-async function readOptional(file: string, code: 'RELAY_ERR_NODES_LIST' | 'RELAY_ERR_NODES_CERTS'): Promise<string | undefined>;
-async function readOptional(file: string, code: 'RELAY_ERR_NODES_LIST' | 'RELAY_ERR_NODES_CERTS', encoding: null): Promise<Buffer | undefined>;
-async function readOptional(
-  file: string,
-  code: 'RELAY_ERR_NODES_LIST' | 'RELAY_ERR_NODES_CERTS',
-  encoding: 'utf8' | null = 'utf8',
-): Promise<string | Buffer | undefined> {
+async function readOptional(file: string, code: 'RELAY_ERR_NODES_LIST'): Promise<string | undefined> {
   try {
-    return encoding === null ? await fs.readFile(file) : await fs.readFile(file, encoding);
+    return await fs.readFile(file, 'utf8');
   } catch (error) {
-    if (typeof error === 'object' && error !== null && (error as { code?: unknown }).code === 'ENOENT') return undefined;
+    if (isMissing(error)) return undefined;
     throw new RelayError(code, `cannot read ${file}: ${messageOf(error)}`, { cause: error });
   }
+}
+
+async function openOptional(file: string): Promise<FileHandle | undefined> {
+  try {
+    return await fs.open(file, 'r');
+  } catch (error) {
+    if (isMissing(error)) return undefined;
+    throw new RelayError('RELAY_ERR_NODES_CERTS', `cannot read ${file}: ${messageOf(error)}`, { cause: error });
+  }
+}
+
+function isMissing(error: unknown): boolean {
+  return typeof error === 'object' && error !== null && (error as { code?: unknown }).code === 'ENOENT';
 }
 
 function isObject(value: unknown): value is Record<string, unknown> {

@@ -386,3 +386,24 @@ t.test('parseKeyHash (spec-relayd §3.2, §12.2)', async (t) => {
     t.equal(parseKeyHash(invalid), undefined, JSON.stringify(invalid));
   }
 });
+
+t.test("keepCertificates 'behind-sub-relays' (front-door workers): only the sub-relays' and their nodes' certificates", async (t) => {
+  const files = await fixtureDir();
+  // E745 without its children (A745, B745): a plain node of this relay; R378 stays a sub-relay (C745 behind it)
+  const list = JSON.parse(await fs.readFile(files.list, 'utf8')) as Record<string, unknown>;
+  delete list[A745];
+  delete list[B745];
+  await fs.writeFile(files.list, JSON.stringify(list));
+  const all = registryFor(files);
+  const worker = createNodesRegistry({ myId: ROOT, nodesListFile: files.list, nodesCertsFile: files.certs, keepCertificates: 'behind-sub-relays', log });
+  await all.reload();
+  await worker.reload();
+  t.equal(all.certificatesOf(E745).length, 2);
+  t.equal(worker.certificatesOf(E745).length, 0, 'a node of this relay: not kept');
+  t.equal(worker.certificatesOf(R378).length, 1, 'a sub-relay: kept');
+  t.equal(worker.status().certificates, 3, 'all counted');
+  // E745's pin is its key-hash: attribution does not need its certificates
+  const e745 = await derOf(path.join(KEYS, 'e745a140-40bc-4b86-b6dc-084488fc906b.cert'));
+  t.match(worker.matchCertificate(e745), all.matchCertificate(e745));
+  t.equal(worker.matchCertificate(e745).kind, all.matchCertificate(e745).kind);
+});
