@@ -14,8 +14,14 @@ import { freePort, tempDir } from '../support/tmp.js';
 const NODE = 'a1b2c3d4-0000-4000-8000-00000000c0d1';
 const LATE = 'a1b2c3d4-0000-4000-8000-00000000c0d2';
 const RELAY = '37817c4d-fbf7-4850-a985-50021f4e8f41';
+const FIRST_PART = 300_000;
+const LAST_PART = 10_000;
 
-/** starts a PUT and sends the body slowly; returns controls to finish or abandon it */
+/**
+ * starts a PUT and sends the body slowly; returns controls to finish or abandon it. The first part is larger
+ * than what the receiver gathers in memory (256 KB, spool/receive.ts), so the upload in flight has its
+ * temporary file in the spool's .tmp/ for the tests to see.
+ */
 function slowUpload(relay: RunningRelay, name: string) {
   let answered: (status: number) => void = () => undefined;
   const status = new Promise<number>((resolve) => (answered = resolve));
@@ -25,17 +31,17 @@ function slowUpload(relay: RunningRelay, name: string) {
     path: `/reports/${encodeURIComponent(name)}`,
     method: 'PUT',
     rejectUnauthorized: false,
-    headers: { authorization: `Basic ${Buffer.from(`rudder:${DAV_PASSWORD}`).toString('base64')}`, 'content-length': '20000' },
+    headers: { authorization: `Basic ${Buffer.from(`rudder:${DAV_PASSWORD}`).toString('base64')}`, 'content-length': String(FIRST_PART + LAST_PART) },
   });
   request.on('response', (response) => {
     response.resume();
     answered(response.statusCode ?? 0);
   });
   request.on('error', () => answered(0));
-  request.write(Buffer.alloc(10_000, 1));
+  request.write(Buffer.alloc(FIRST_PART, 1));
   return {
     status,
-    finish: () => request.end(Buffer.alloc(10_000, 2)),
+    finish: () => request.end(Buffer.alloc(LAST_PART, 2)),
   };
 }
 
@@ -157,7 +163,7 @@ t.test('SIGTERM lets an in-flight upload finish, then exits 0', async (t) => {
   await new Promise((r) => setTimeout(r, 300));
   upload.finish();
   t.equal(await upload.status, 201, 'the upload in flight completes');
-  t.equal((await readFile(join(relay.reportsIncoming, name))).length, 20_000);
+  t.equal((await readFile(join(relay.reportsIncoming, name))).length, FIRST_PART + LAST_PART);
   t.equal(await relay.exited, 0);
 });
 
