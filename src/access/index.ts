@@ -102,8 +102,19 @@ export function createPathAcl(options: PathAclOptions): PathAcl {
   const common = options.commonRoots.map(normalisedRoot);
   const publics = options.publicRoots.map(normalisedRoot);
   const sharedFiles = options.sharedFilesPath === undefined ? undefined : normalisedRoot(options.sharedFilesPath);
+  // `<public root>/50_techniques` of each public root, joined again only when a root's resolved path changes
+  // (a join per public root per request showed in the request path's profile)
+  const denied = publics.map(() => ({ root: '', path: '' }));
   const deniedIn = (path: string): boolean => {
-    for (const root of publics) if (isWithin(path, posix.join(root.path(), DENIED_IN_PUBLIC_ROOTS))) return true;
+    for (let i = 0; i < publics.length; i += 1) {
+      const rootPath = (publics[i] as Root).path();
+      const entry = denied[i] as { root: string; path: string };
+      if (entry.root !== rootPath) {
+        entry.root = rootPath;
+        entry.path = posix.join(rootPath, DENIED_IN_PUBLIC_ROOTS);
+      }
+      if (isWithin(path, entry.path)) return true;
+    }
     return false;
   };
   const within = (path: string, roots: readonly Root[]): boolean => {

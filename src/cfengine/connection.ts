@@ -6,7 +6,7 @@
 import type { KeyObject } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
-import { messageOf, relayError } from '../errors.js';
+import { isRelayError, messageOf, relayError } from '../errors.js';
 import { keyDigests } from '../identity/index.js';
 import type { Reader } from '../access/index.js';
 import { Admission } from './admission.js';
@@ -233,7 +233,9 @@ export class CfengineConnection implements Session {
   }
 
   private failOn(error: unknown): void {
-    if (!(error instanceof CodecError) && this.phase === 'requests') this.log.warn({ err: error }, 'cfengine request failed');
+    // a bug, or a file-system error nobody expected: worth a line (a client gone mid-reply is not)
+    const clientGone = isRelayError(error) && error.code === 'RELAY_ERR_CFENGINE_CLOSED';
+    if (!(error instanceof CodecError) && !clientGone && this.phase === 'requests') this.log.warn({ err: error }, 'cfengine request failed');
     const message = error instanceof CodecError ? error.message : `internal error: ${messageOf(error)}`;
     this.fail(message);
   }

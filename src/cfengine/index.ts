@@ -1,6 +1,7 @@
 // Face of the cfengine module: the CFEngine protocol (version 2, "TLS") as cf-serverd 3.21 speaks it,
 // a read-only file server for stock cf-agent (spec-https-front-cfserverd-sync.md §2,
-// spec-cfengine-protocol.md). The codec is shared with the remote-run client (a later issue).
+// spec-cfengine-protocol.md), and the client half (remote run, sync's CFEngine pull). Only what other
+// modules use is exported; tests of the codec import codec.ts itself.
 
 import type { KeyObject } from 'node:crypto';
 import type { Logger } from 'pino';

@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { TLSSocket, type SecureContext } from 'node:tls';
 import type { KeyObject } from 'node:crypto';
 import type { Logger } from 'pino';
+import type { NodesRegistry } from '../nodes/index.js';
 import { createPathAcl, toBinaryPath } from '../access/index.js';
 import { connectCfengineServer, type CfengineClient } from './client.js';
 import { CFD_TERMINATOR, HEADER_SIZE, encodeGetRequest, encodeMd5Request, encodeOpendirRequest, encodeStatRequest, parseStatLine } from './codec.js';
@@ -26,6 +27,8 @@ import type { ConnectionContext } from './session.js';
 const FILES = 40;
 /** requests per connection: one agent run's worth, so connection set-up is warmed too */
 const REQUESTS_PER_CONNECTION = 400;
+/** the node the warm-up's client is taken for (a folder of the private tree only) */
+const WARM_UP_NODE = 'warm-up-node';
 
 const noCounters: CfengineCounters = {
   connection: () => undefined,
@@ -57,15 +60,30 @@ export async function warmUp(options: WarmUpOptions): Promise<{ requests: number
   const connections = new Set<CfengineConnection>();
   let answered = 0;
   try {
-    const files = makeTree(tree);
+    // the tree is laid out as the relay's roots are, and the client is a known node reading its own folder:
+    // the ACL then takes the branches real agents take (measured: a warm-up as an unknown key reading a
+    // public root left the node branch without type feedback, and the first real copy ran those functions
+    // unoptimised again)
+    const share = join(tree, 'share');
+    const files = makeTree(join(share, WARM_UP_NODE));
+    for (const folder of ['common', 'public', 'shared-folder', 'shared-files']) mkdirSync(join(tree, folder));
+    const node = { id: WARM_UP_NODE, hostname: 'warm-up', policyServer: 'root', keyHash: undefined };
     // the same shape as the server's context (same keys, same order: the request path's property
-    // accesses stay monomorphic), with private state: the tree readable by any key, nothing else
+    // accesses stay monomorphic), with private state
     const context: ConnectionContext = {
       ...options.context,
+      // the registry as is, except that the warm-up's key is taken for the warm-up node
+      nodes: Object.assign(Object.create(options.context.nodes) as NodesRegistry, { findByPublicKey: () => node }),
       counters: noCounters,
       // the warm-up's connections log nothing
       log: options.log.child({ warmUp: true }, { level: 'silent' }),
-      acl: createPathAcl({ policiesDirectory: join(tree, 'none'), sharedFolderPath: tree, commonRoots: [], publicRoots: [] }),
+      acl: createPathAcl({
+        policiesDirectory: share,
+        sharedFolderPath: join(tree, 'shared-folder'),
+        sharedFilesPath: join(tree, 'shared-files'),
+        commonRoots: [join(tree, 'common')],
+        publicRoots: [join(tree, 'public')],
+      }),
       digests: new DigestCache(),
       directories: new DirectoryCache(),
       exec: { keys: new Set(), command: '' },
@@ -94,7 +112,7 @@ export async function warmUp(options: WarmUpOptions): Promise<{ requests: number
         username: 'root',
       });
       try {
-        answered += await copyRun(client, tree, files, Math.min(REQUESTS_PER_CONNECTION, options.requests - answered), started + options.budgetMs);
+        answered += await copyRun(client, join(share, WARM_UP_NODE), files, Math.min(REQUESTS_PER_CONNECTION, options.requests - answered), started + options.budgetMs);
       } finally {
         client.close();
       }
@@ -111,6 +129,7 @@ export async function warmUp(options: WarmUpOptions): Promise<{ requests: number
 
 function makeTree(root: string): string[] {
   const names: string[] = [];
+  mkdirSync(root, { recursive: true });
   for (const folder of ['rules', 'rules/ncf']) mkdirSync(join(root, folder), { recursive: true });
   for (let i = 0; i < FILES; i += 1) {
     const name = `${i % 3 === 0 ? 'rules/ncf' : 'rules'}/file-${i}.cf`;
