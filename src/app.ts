@@ -25,6 +25,7 @@ import type { ServiceMetrics } from './metrics/index.js';
 import { createCommandRunner, createNativeRunner, createRemoteRun, type NodeRunner, type RemoteRun } from './remote-run/index.js';
 import { remoteRunCaller } from './forwarders.js';
 import { createCfengineServer, type CfengineServer } from './cfengine/index.js';
+import { readPinnedCertificate } from './upstream/index.js';
 import { clientCertificateRequester, createCfenginePuller, createSyncPuller, createSyncServing, type SyncPaths, type SyncPuller, type SyncServing } from './sync/index.js';
 import { createSystem } from './system/index.js';
 import {
@@ -472,12 +473,19 @@ export async function runPrimary(options: StartOptions): Promise<void> {
                 host: config.output.upstream.host,
                 port: config.sync.cfenginePort,
                 privateKey: identity.privateKey,
-                pinnedCertificateFile: config.output.upstream.serverCertificateFile,
                 upstreamPrefix: config.sync.cfenginePathPrefix,
                 libraryRoots: config.cfengine.publicRoots,
                 connections: config.sync.cfengineConnections,
               },
-              { upstreamHttps: () => peers.upstream(), onNodesChanged, ...(ownSink ? { ownPolicies: ownSink } : {}), counters, log },
+              {
+                upstreamHttps: () => peers.upstream(),
+                // the pin as the upstream module loads it, re-read at each pull as the puller always did
+                upstreamPin: () => readPinnedCertificate(config.output.upstream.serverCertificateFile),
+                onNodesChanged,
+                ...(ownSink ? { ownPolicies: ownSink } : {}),
+                counters,
+                log,
+              },
             )
           : createSyncPuller(
               { paths: pullPaths, myId: identity.nodeId, frequencyMs: config.sync.frequencyMs },
