@@ -477,15 +477,8 @@ export async function runPrimary(options: StartOptions): Promise<void> {
                 libraryRoots: config.cfengine.publicRoots,
                 connections: config.sync.cfengineConnections,
               },
-              {
-                upstreamHttps: () => peers.upstream(),
-                // the pin as the upstream module loads it, re-read at each pull as the puller always did
-                upstreamPin: () => readPinnedCertificate(config.output.upstream.serverCertificateFile),
-                onNodesChanged,
-                ...(ownSink ? { ownPolicies: ownSink } : {}),
-                counters,
-                log,
-              },
+              // the pin as the upstream module loads it, re-read at each pull as the puller always did
+              { upstreamHttps: () => peers.upstream(), upstreamPin: () => readPinnedCertificate(config.output.upstream.serverCertificateFile), onNodesChanged, ...(ownSink ? { ownPolicies: ownSink } : {}), counters, log },
             )
           : createSyncPuller(
               { paths: pullPaths, myId: identity.nodeId, frequencyMs: config.sync.frequencyMs },
