@@ -34,7 +34,7 @@ import { createSharedFiles, type SharedFiles, type SharedFilesForwarder } from '
 import { createSpool, type Spool, type SpoolQueue } from '../spool/index.js';
 import { clientCertificateRequester, createCfenginePuller, createSyncPuller, createSyncServing, type SyncPaths, type SyncPuller } from '../sync/index.js';
 import type { System } from '../system/index.js';
-import { createPeers, type Peers, type Upstream } from '../upstream/index.js';
+import { createPeers, readPinnedCertificate, type Peers, type Upstream } from '../upstream/index.js';
 import { identityPaths } from './paths.js';
 
 /** own_policies.enabled = false: the relay never has policies of its own (first-inventory path, no run log) */
@@ -374,12 +374,19 @@ export function syncPullerOf(
           host: config.output.upstream.host,
           port: config.sync.cfenginePort,
           privateKey: identity.privateKey,
-          pinnedCertificateFile: config.output.upstream.serverCertificateFile,
           upstreamPrefix: config.sync.cfenginePathPrefix,
           libraryRoots: config.cfengine.publicRoots,
           connections: config.sync.cfengineConnections,
         },
-        { upstreamHttps: () => peers.upstream(), onNodesChanged, ...(ownSink ? { ownPolicies: ownSink } : {}), counters, log },
+        {
+          upstreamHttps: () => peers.upstream(),
+          // the pin as the upstream module loads it, re-read at each pull as the puller always did
+          upstreamPin: () => readPinnedCertificate(config.output.upstream.serverCertificateFile),
+          onNodesChanged,
+          ...(ownSink ? { ownPolicies: ownSink } : {}),
+          counters,
+          log,
+        },
       )
     : createSyncPuller(
         { paths: pullPaths, myId: identity.nodeId, frequencyMs: config.sync.frequencyMs },

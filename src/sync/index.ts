@@ -121,7 +121,7 @@ export type { SyncServing } from './serving/serving.js';
 export { createSyncPuller, DEFAULT_SYNC_BASE_PATH } from './https-pull/puller.js';
 /** the pulling side when the upstream is a stock Rudder root (cf-serverd, CFEngine protocol) */
 export { createCfenginePuller, DEFAULT_CFENGINE_PORT } from './cfengine-pull/cfengine-puller.js';
-export type { CfenginePullerOptions, CfenginePullerDeps } from './cfengine-pull/cfengine-puller.js';
+export type { CfenginePullerOptions, CfenginePullerDeps, UpstreamPin } from './cfengine-pull/cfengine-puller.js';
 export { syncTriggerRoutes } from './shared/trigger.js';
 export { parseManifest, MANIFEST_HEADER } from './shared/manifest.js';
 export type { Manifest, ManifestEntry, ManifestFile, ManifestDirectory } from './shared/manifest.js';

@@ -234,4 +234,19 @@ t.test('onerelay pulls from a stock cf-serverd', { skip: hasCfengine() ? false :
     t.same(await visible(join(wrong.dir, 'share')), [], 'nothing pulled');
     t.ok(await wrong.waitForLog((l) => l.msg === 'sync failed' && /not the key of the pinned/.test(String(l['err'])), 5_000).catch(() => undefined), 'logged');
   });
+
+  await t.test("a pin file holding two certificates (a rotation) admits either key, as the upstream module's loader reads it", async (t) => {
+    const rotation = join(base, 'rotation.pem');
+    await writeFile(rotation, `${await readFile(join(FIXTURE_KEYS, `${RELAY}.cert`), 'utf8')}${await readFile(join(FIXTURE_KEYS, `${ROOT_ID}.cert`), 'utf8')}`);
+    const rotating = await startRelay(t, {
+      workers: 1,
+      relayId: RELAY,
+      upstream: { port: library.port, certificateFile: rotation },
+      extraToml: syncToml('rotation').replace(state, join(base, 'state-rotation')),
+    });
+    const result = await syncNow(rotating);
+    t.equal(result.result, 'success', JSON.stringify(result));
+    t.same(await visible(join(rotating.dir, 'share')), await visible(join(relayShare, 'share')), 'pulled with the second certificate of the pin file');
+    await rotating.stop();
+  });
 });

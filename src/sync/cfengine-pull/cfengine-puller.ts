@@ -11,8 +11,8 @@
 // (Rudder rewrites the flag on every generation), nor a library tree whose ncf_hash_file did not change.
 // An interrupted pull leaves every unit whole (old or new); the next one starts over, reusing what is here.
 
-import { X509Certificate, createHash, type KeyObject } from 'node:crypto';
-import { createReadStream, readFileSync } from 'node:fs';
+import { createHash, type KeyObject, type X509Certificate } from 'node:crypto';
+import { createReadStream } from 'node:fs';
 import { copyFile, link, lstat, mkdir, open, readFile, readdir, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Logger } from 'pino';
@@ -65,8 +65,6 @@ export interface CfenginePullerOptions {
   readonly port: number;
   /** the relay's key (its TLS certificate is made from it, as cf-agent's) */
   readonly privateKey: KeyObject;
-  /** output.upstream.server_certificate_file: cf-serverd must present this certificate's key */
-  readonly pinnedCertificateFile: string;
   /** prepended to every Rudder path on the upstream (sync.cfengine_path_prefix; tests, relocated roots) */
   readonly upstreamPrefix?: string;
   /** the local library roots (cfengine.public_roots): a Rudder library tree is pulled into the root ending with its path */
@@ -74,7 +72,19 @@ export interface CfenginePullerOptions {
   readonly connections?: number;
 }
 
+/** the upstream's pinned certificate as the upstream module loads it (upstream/trust.ts `PinnedCertificate`) */
+export interface UpstreamPin {
+  /** output.upstream.server_certificate_file */
+  readonly file: string;
+  /** the trusted certificates (several during a rotation), empty when unusable */
+  readonly certificates: readonly X509Certificate[];
+  /** why it cannot be used, if so */
+  readonly problem: string | undefined;
+}
+
 export interface CfenginePullerDeps {
+  /** the upstream's pinned certificate, asked at each pull: cf-serverd must present one of its keys, and no other */
+  readonly upstreamPin: () => UpstreamPin | Promise<UpstreamPin>;
   /** pinned HTTPS client to the upstream (the library archive) */
   readonly upstreamHttps: () => PeerClient | undefined;
   readonly onNodesChanged: () => Promise<void>;
@@ -179,20 +189,20 @@ export function createCfenginePuller(options: CfenginePullerOptions, deps: Cfeng
     return ready;
   }
 
-  /** cf-serverd must present the key of the pinned upstream certificate, and no other */
-  function keyVerifier(): (key: KeyObject) => string | undefined {
-    let pinned: KeyObject;
-    try {
-      pinned = new X509Certificate(readFileSync(options.pinnedCertificateFile)).publicKey;
-    } catch (error) {
-      throw new RelayError('RELAY_ERR_UPSTREAM_UNAVAILABLE', `sync: the pinned upstream certificate ${options.pinnedCertificateFile} is unusable (${messageOf(error)}); its key is the only one accepted from cf-serverd`);
+  /** cf-serverd must present the key of the pinned upstream certificate (one of them during a rotation), and no other */
+  async function keyVerifier(): Promise<(key: KeyObject) => string | undefined> {
+    const pin = await deps.upstreamPin();
+    if (pin.problem !== undefined || pin.certificates.length === 0) {
+      throw new RelayError('RELAY_ERR_UPSTREAM_UNAVAILABLE', `sync: ${pin.problem ?? `the pinned upstream certificate ${pin.file} holds no certificate`}; its key is the only one accepted from cf-serverd`);
     }
-    const expected = pinned.export({ type: 'spki', format: 'der' });
+    const pinned = pin.certificates.map((certificate) => certificate.publicKey);
+    const expected = pinned.map((key) => key.export({ type: 'spki', format: 'der' }));
     return (key) => {
-      if (key.export({ type: 'spki', format: 'der' }).equals(expected)) return undefined;
+      const presented = key.export({ type: 'spki', format: 'der' });
+      if (expected.some((der) => der.equals(presented))) return undefined;
       const got = keyDigests(key);
-      const want = keyDigests(pinned);
-      return `upstream cf-serverd ${options.host}:${options.port} presented key ${got.cfengineMd5} (${got.sha256Pin}), not the key of the pinned certificate ${options.pinnedCertificateFile} (${want.cfengineMd5}, ${want.sha256Pin}); refused`;
+      const want = pinned.map((k) => keyDigests(k)).map((d) => `${d.cfengineMd5}, ${d.sha256Pin}`).join('; ');
+      return `upstream cf-serverd ${options.host}:${options.port} presented key ${got.cfengineMd5} (${got.sha256Pin}), not the key of the pinned certificate ${pin.file} (${want}); refused`;
     };
   }
 
@@ -426,7 +436,7 @@ export function createCfenginePuller(options: CfenginePullerOptions, deps: Cfeng
 
   async function pull(signal: AbortSignal): Promise<PullResult> {
     await prepare();
-    const verifyServerKey = keyVerifier();
+    const verifyServerKey = await keyVerifier();
     const copier = createCopyClient({
       host: options.host,
       port: options.port,
