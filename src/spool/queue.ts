@@ -110,6 +110,8 @@ export interface Queue {
 interface Tracked {
   size: number;
   mtimeMs: number;
+  /** inode: with size and mtime, tells the file handled from one put under the same name since */
+  ino: number;
   attempts: number;
   state: 'pending' | 'in-flight' | 'deferred' | 'ignored' | 'claimed' | 'held';
   timer?: NodeJS.Timeout;
@@ -143,6 +145,7 @@ interface Listed {
   readonly name: string;
   readonly size: number;
   readonly mtimeMs: number;
+  readonly ino: number;
 }
 
 /** regular files among `names`, with size and mtime; vanished ones are left out */
@@ -152,7 +155,7 @@ async function statFiles(directory: string, names: readonly string[]): Promise<L
     if (start > 0) await yieldToLoop();
     for (const name of names.slice(start, start + STAT_BATCH)) {
       const info = statSync(join(directory, name), { throwIfNoEntry: false });
-      if (info?.isFile()) listed.push({ name, size: info.size, mtimeMs: info.mtimeMs });
+      if (info?.isFile()) listed.push({ name, size: info.size, mtimeMs: info.mtimeMs, ino: info.ino });
     }
   }
   return listed;
@@ -223,14 +226,15 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
     updateFull();
   }
 
-  function track(name: string, size: number, mtimeMs: number): Tracked {
+  function track(name: string, size: number, mtimeMs: number, ino: number): Tracked {
     let tracked = files.get(name);
     if (tracked) {
       bytes += size - tracked.size;
       tracked.size = size;
       tracked.mtimeMs = mtimeMs;
+      tracked.ino = ino;
     } else {
-      tracked = { size, mtimeMs, attempts: 0, state: 'pending' };
+      tracked = { size, mtimeMs, ino, attempts: 0, state: 'pending' };
       files.set(name, tracked);
       bytes += size;
     }
@@ -375,17 +379,38 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
         pausedUntil = 0;
         lastOkAt = Date.now();
         pullIn(lastOkAt);
+        const replaced: string[] = [];
         for (const done of [name, ...(outcome.also ?? [])]) {
+          const handled = done === name ? tracked : files.get(done);
+          // the name may hold another file by now (the same report uploaded again, renamed over it while this
+          // one was in flight): removing it would lose it unhandled, and its watch event may not even be
+          // read yet. A synchronous stat of a name just read costs a few µs (no thread-pool hand-off)
+          const now = statSync(pathOf(done), { throwIfNoEntry: false });
+          if (now === undefined) {
+            // gone already (not by us): no watch event of ours to skip, so nothing goes into removedHere,
+            // where it would swallow the event of the next file of that name
+            forget(done);
+            continue;
+          }
+          if (handled !== undefined && (now.ino !== handled.ino || now.size !== handled.size || now.mtimeMs !== handled.mtimeMs)) {
+            replaced.push(done);
+            continue;
+          }
           // before the unlink: its watch event may be handled before the unlink's own completion
           removedHere.add(done);
           // through the thread pool, not src/fs-direct: on ext4 with thousands of files in the directory a
           // synchronous unlink took ~370 µs of the event loop (bench/pipeline), the thread-pool hand-off ~110 µs
           await unlink(pathOf(done)).catch((error: NodeJS.ErrnoException) => {
-            if (error.code === 'ENOENT') return;
             removedHere.delete(done);
+            if (error.code === 'ENOENT') return;
             throw error;
           });
           forget(done);
+        }
+        for (const again of replaced) {
+          // a new arrival: tracked afresh (attempts from 0) and handled like any other
+          forget(again);
+          await consider(again);
         }
         for (const partner of claimed) if (!(outcome.also ?? []).includes(partner)) makeReady(partner);
         return;
@@ -435,10 +460,17 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
         await mkdir(options.failedDirectory, { recursive: true });
         const reason = `${outcome.code}: ${outcome.reason}\nfile: ${name}\nat: ${new Date().toISOString()}\n`;
         await writeFile(join(options.failedDirectory, `${name}.reason`), reason);
+        // as for 'done': a file put under this name since is a new arrival, not the one judged here
+        const now = statSync(pathOf(name), { throwIfNoEntry: false });
+        if (now !== undefined && (now.ino !== tracked.ino || now.size !== tracked.size || now.mtimeMs !== tracked.mtimeMs)) {
+          forget(name);
+          await consider(name);
+          return;
+        }
         removedHere.add(name);
         await rename(pathOf(name), join(options.failedDirectory, name)).catch((error: NodeJS.ErrnoException) => {
-          if (error.code === 'ENOENT') return;
           removedHere.delete(name);
+          if (error.code === 'ENOENT') return;
           throw error;
         });
         log.error({ event: 'failed', file: name, code: outcome.code, reason: outcome.reason }, 'moved to failed/');
@@ -467,14 +499,16 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
     const now = files.get(name);
     if (now !== existing || (now && !waiting(now))) return;
     if (existing && existing.mtimeMs === info.mtimeMs && existing.size === info.size) return;
-    track(name, info.size, info.mtimeMs);
+    track(name, info.size, info.mtimeMs, info.ino);
     makeReady(name);
   }
 
   function onWatchEvent(name: string | null): void {
     if (!name || name.startsWith('.')) return;
-    // the event of our own unlink or move to failed/; a file arriving under the same name meanwhile is
-    // at worst seen by the next catch-up scan
+    // the event of our own unlink or move to failed/ (a name goes in just before the call and out at its
+    // event, or at once when the call found nothing to remove). A file renamed in under the same name
+    // before our unlink is not removed (the identity check in settle()); one arriving after it brings a
+    // second event, which is not swallowed
     if (removedHere.delete(name)) return;
     const previous = settling.get(name);
     if (previous) clearTimeout(previous);
@@ -528,7 +562,7 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
     const take = limit > 0 ? found.slice(0, limit) : found;
     for (const entry of take) {
       if (files.has(entry.name)) continue;
-      track(entry.name, entry.size, entry.mtimeMs);
+      track(entry.name, entry.size, entry.mtimeMs, entry.ino);
       ready.add(entry.name);
     }
     pump();
