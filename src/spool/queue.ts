@@ -203,6 +203,12 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
   const aborts = new Map<string, AbortController>();
   /** names this queue removed from the directory itself: their watch event needs no stat (cleared at each catch-up) */
   const removedHere = new Set<string>();
+  /**
+   * names told by release()/settle() (an upload renamed into place): their arrival event needs no second
+   * stat. Cleared at each catch-up as removedHere: a name left over (its event lost) costs at worst one
+   * arrival of that name seen by the next catch-up instead of the watch
+   */
+  const announced = new Set<string>();
 
   const pathOf = (name: string) => join(options.directory, name);
 
@@ -510,6 +516,7 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
     // before our unlink is not removed (the identity check in settle()); one arriving after it brings a
     // second event, which is not swallowed
     if (removedHere.delete(name)) return;
+    if (announced.delete(name)) return;
     const previous = settling.get(name);
     if (previous) clearTimeout(previous);
     const timer = setTimeout(() => {
@@ -554,6 +561,7 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
       if (!present.has(name) && tracked && tracked.state !== 'in-flight' && tracked.state !== 'claimed') forget(name);
     }
     removedHere.clear();
+    announced.clear();
     const found = await statFiles(
       options.directory,
       names.filter((name) => !files.has(name)),
@@ -566,6 +574,23 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
       ready.add(entry.name);
     }
     pump();
+  }
+
+  /**
+   * an upload the caller has just renamed into place: tracked now. Its one watch event (the rename) is
+   * skipped when it comes later, or its settle timer dropped when it came first: either way one stat per
+   * file, not two (the second one, once the file was forwarded and removed, found nothing)
+   */
+  async function announce(name: string): Promise<void> {
+    if (name.startsWith('.')) return;
+    const early = settling.get(name);
+    if (early !== undefined) {
+      clearTimeout(early);
+      settling.delete(name);
+    } else if (watcher !== undefined) {
+      announced.add(name);
+    }
+    await consider(name);
   }
 
   function scan(limit = options.catchupLimit): Promise<void> {
@@ -720,7 +745,7 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
       if (!reservations.has(reservation)) return;
       try {
         // tracked at once (not ~settleMs later by the watch event): its bytes move from reserved to the budget without a gap
-        if (name !== undefined && !name.startsWith('.')) await consider(name);
+        if (name !== undefined) await announce(name);
       } finally {
         // read after the await: a settle() may have shrunk it meanwhile
         const request = reservations.get(reservation);
@@ -734,7 +759,7 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
     async settle(reservation, shrink, names) {
       if (!reservations.has(reservation)) return;
       try {
-        for (const name of names) if (!name.startsWith('.')) await consider(name);
+        for (const name of names) await announce(name);
       } finally {
         const request = reservations.get(reservation);
         if (request !== undefined) {

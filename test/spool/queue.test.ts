@@ -229,6 +229,42 @@ t.test('a file gone before its removal does not hide the next file of that name'
   t.same(contents.sort(), ['first', 'm', 'second']);
 });
 
+t.test('uploads told by settle(): handled once, and the next file of that name still seen by the watch', async (t) => {
+  // settle() tracks the file at once and skips its arrival event (one stat per upload, not two); whichever
+  // comes first, nothing may be left behind that hides the next arrival of that name
+  const dir = tempDir(t);
+  const incoming = join(dir, 'incoming');
+  await mkdir(incoming, { recursive: true });
+  const contents: string[] = [];
+  const queue = createQueue(
+    options(dir, { catchupFrequencyMs: 60_000 }),
+    async (file) => {
+      contents.push(await readFile(file.path, 'utf8'));
+      return { kind: 'done' };
+    },
+    {},
+    log,
+  );
+  await queue.start();
+  t.teardown(() => queue.stop());
+  for (let round = 1; round <= 10; round++) {
+    const lease = queue.reserve(100);
+    t.ok(lease !== undefined);
+    await arrive(incoming, 'same', `told ${round}`);
+    // the watch event may come before or after this: both orders happen across the rounds
+    if (round % 2 === 0) await new Promise((r) => setImmediate(r));
+    await queue.settle(lease!, 100, ['same']);
+    await until(() => contents.length === 2 * round - 1);
+    await until(async () => (await readdir(incoming)).length === 0);
+    // not told: the watch alone
+    await arrive(incoming, 'same', `watched ${round}`);
+    await until(() => contents.length === 2 * round);
+    await until(async () => (await readdir(incoming)).length === 0);
+  }
+  t.same(contents, Array.from({ length: 10 }, (_, i) => [`told ${i + 1}`, `watched ${i + 1}`]).flat(), 'each once, in order');
+  t.equal(queue.stats().files, 0);
+});
+
 t.test('one owner per file: watch events and catch-up scans racing never hand a file out twice', async (t) => {
   const dir = tempDir(t);
   await mkdir(join(dir, 'incoming'), { recursive: true });
