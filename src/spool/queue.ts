@@ -481,6 +481,8 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
         // as for 'done': a file put under this name since is a new arrival, not the one judged here
         const now = await statIfPresent(pathOf(name));
         if (now !== undefined && (now.ino !== tracked.ino || now.size !== tracked.size || now.mtimeMs !== tracked.mtimeMs)) {
+          // checked after the sidecar's write, as close to the move as can be; the judged file is gone, so is its reason
+          await unlink(join(options.failedDirectory, `${name}.reason`)).catch(() => undefined);
           forget(name);
           await consider(name);
           return;

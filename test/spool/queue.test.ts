@@ -202,6 +202,32 @@ t.test('a file renamed over one in flight is not removed with it: handled in tur
   t.pass('and both removed');
 });
 
+t.test('a file renamed over one judged failed is not moved to failed/ with its reason: handled in turn', async (t) => {
+  const dir = tempDir(t);
+  const incoming = join(dir, 'incoming');
+  await mkdir(incoming, { recursive: true });
+  const contents: string[] = [];
+  const queue = createQueue(
+    options(dir, { catchupFrequencyMs: 60_000 }),
+    async (file) => {
+      const content = await readFile(file.path, 'utf8');
+      contents.push(content);
+      if (content !== 'bad') return { kind: 'done' };
+      await arrive(incoming, 'same', 'fixed');
+      return { kind: 'failed', code: 'bad-signature', reason: 'does not verify' };
+    },
+    {},
+    log,
+  );
+  await queue.start();
+  t.teardown(() => queue.stop());
+  await arrive(incoming, 'same', 'bad');
+  await until(() => contents.length === 2);
+  t.same(contents, ['bad', 'fixed']);
+  await until(async () => (await readdir(incoming)).length === 0);
+  t.same(await readdir(join(dir, 'failed')).catch((): string[] => []), [], 'nothing in failed/: the file judged is gone, the one there was sent');
+});
+
 t.test('a file gone before its removal does not hide the next file of that name', async (t) => {
   // removedHere skips the watch event of our own unlink; when the unlink found nothing (someone else
   // removed it), no event comes, and a name left there would swallow the next arrival's only event
