@@ -179,7 +179,7 @@ export async function run(): Promise<void> {
         `  A ${label}: ${figures.reports} forwarded in ${fixed(figures.lastPutMs / 1000, 2)} s from spawn ` +
           `(ready ${fixed(figures.readyMs / 1000, 2)} s, first PUT ${fixed(figures.firstPutMs / 1000, 2)} s): ` +
           `${fixed(figures.reportsPerSecond, 0)} reports/s (${fixed(figures.forwardingReportsPerSecond, 0)} from first PUT), ` +
-          `${fixed(figures.cpuMsPerReport, 3)} CPU ms/report, CPU onerelay ${fixed(figures.relayCpuPercent, 0)}% ` +
+          `${fixed(figures.cpuMsPerReport, 3)} CPU ms/report from spawn, ${fixed(figures.forwardingCpuMsPerReport, 3)} first → last PUT, CPU onerelay ${fixed(figures.relayCpuPercent, 0)}% ` +
           `upstream ${fixed(figures.upstreamCpuPercent, 0)}% other ${fixed(figures.otherCpuPercent, 0)}%; check ${figures.check.ok ? 'ok' : 'FAILED'}` +
           (waited > 1500 ? ` (waited ${fixed(waited / 1000, 0)} s for a quiet machine)` : '') +
           (repeat ? ' (disturbed by other work: repeated)' : ''),
@@ -703,5 +703,11 @@ function printSummary(scan: PhaseReport<StartScanFigures>, endToEnd: PhaseReport
       `target ≤ ${settings.targetCpuMsPerReport} (${summary.cpuTargetMet === undefined ? 'n/a' : summary.cpuTargetMet ? 'met' : 'NOT met'}); ` +
       `the machine's floor for one report's verify + digests + gunzip: ${fixed(summary.floorMicroseconds / 1000, 3)} ms` +
       (cpu === undefined ? '' : ` (${fixed(cpu / (summary.floorMicroseconds / 1000), 1)}× the floor)`),
+  );
+  // the same work without the start-up (processes, modules, first handshake): what each report costs once running
+  const steady = a?.forwardingCpuMsPerReport;
+  console.log(
+    `onerelay CPU per report in steady state (every process and thread, first PUT → last PUT): ${steady === undefined ? 'n/a' : fixed(steady, 3)} ms` +
+      (steady === undefined ? '' : ` (${fixed(steady / (summary.floorMicroseconds / 1000), 1)}× the floor); start-up ≈ ${fixed((cpu ?? 0) - steady, 3)} ms per report of this bench`),
   );
 }

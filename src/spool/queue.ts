@@ -4,7 +4,7 @@
 // peer keeps failing; failed/ with a .reason sidecar; retention that logs and counts every removal.
 // A file leaves incoming/ only when its handler said so: a crash at any instant loses nothing.
 
-import { statSync, watch, type FSWatcher } from 'node:fs';
+import { statSync, watch, type FSWatcher, type Stats } from 'node:fs';
 import { mkdir, readdir, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
@@ -110,6 +110,8 @@ export interface Queue {
 interface Tracked {
   size: number;
   mtimeMs: number;
+  /** inode: with size and mtime, tells the file handled from one put under the same name since */
+  ino: number;
   attempts: number;
   state: 'pending' | 'in-flight' | 'deferred' | 'ignored' | 'claimed' | 'held';
   timer?: NodeJS.Timeout;
@@ -143,6 +145,7 @@ interface Listed {
   readonly name: string;
   readonly size: number;
   readonly mtimeMs: number;
+  readonly ino: number;
 }
 
 /** regular files among `names`, with size and mtime; vanished ones are left out */
@@ -152,10 +155,20 @@ async function statFiles(directory: string, names: readonly string[]): Promise<L
     if (start > 0) await yieldToLoop();
     for (const name of names.slice(start, start + STAT_BATCH)) {
       const info = statSync(join(directory, name), { throwIfNoEntry: false });
-      if (info?.isFile()) listed.push({ name, size: info.size, mtimeMs: info.mtimeMs });
+      if (info?.isFile()) listed.push({ name, size: info.size, mtimeMs: info.mtimeMs, ino: info.ino });
     }
   }
   return listed;
+}
+
+/** undefined when the file is gone; any other error is thrown (the outcome is then applied again later) */
+async function statIfPresent(path: string): Promise<Stats | undefined> {
+  try {
+    return await stat(path);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw error;
+  }
 }
 
 function backoff(attempt: number, max: number): number {
@@ -200,6 +213,12 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
   const aborts = new Map<string, AbortController>();
   /** names this queue removed from the directory itself: their watch event needs no stat (cleared at each catch-up) */
   const removedHere = new Set<string>();
+  /**
+   * names told by release()/settle() (an upload renamed into place): their arrival event needs no second
+   * stat. Cleared at each catch-up as removedHere: a name left over (its event lost) costs at worst one
+   * arrival of that name seen by the next catch-up instead of the watch
+   */
+  const announced = new Set<string>();
 
   const pathOf = (name: string) => join(options.directory, name);
 
@@ -223,14 +242,15 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
     updateFull();
   }
 
-  function track(name: string, size: number, mtimeMs: number): Tracked {
+  function track(name: string, size: number, mtimeMs: number, ino: number): Tracked {
     let tracked = files.get(name);
     if (tracked) {
       bytes += size - tracked.size;
       tracked.size = size;
       tracked.mtimeMs = mtimeMs;
+      tracked.ino = ino;
     } else {
-      tracked = { size, mtimeMs, attempts: 0, state: 'pending' };
+      tracked = { size, mtimeMs, ino, attempts: 0, state: 'pending' };
       files.set(name, tracked);
       bytes += size;
     }
@@ -375,17 +395,40 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
         pausedUntil = 0;
         lastOkAt = Date.now();
         pullIn(lastOkAt);
+        const replaced: string[] = [];
         for (const done of [name, ...(outcome.also ?? [])]) {
+          const handled = done === name ? tracked : files.get(done);
+          // the name may hold another file by now (the same report uploaded again, renamed over it while this
+          // one was in flight): removing it would lose it unhandled, and its watch event may not even be
+          // read yet. Through the thread pool like the unlink: a synchronous stat here cost the primary
+          // ~0.1 ms per report in bench/pipeline (the directory busy with the unlinks and the inspection
+          // thread's reads), the hand-off does not
+          const now = await statIfPresent(pathOf(done));
+          if (now === undefined) {
+            // gone already (not by us): no watch event of ours to skip, so nothing goes into removedHere,
+            // where it would swallow the event of the next file of that name
+            forget(done);
+            continue;
+          }
+          if (handled !== undefined && (now.ino !== handled.ino || now.size !== handled.size || now.mtimeMs !== handled.mtimeMs)) {
+            replaced.push(done);
+            continue;
+          }
           // before the unlink: its watch event may be handled before the unlink's own completion
           removedHere.add(done);
           // through the thread pool, not src/fs-direct: on ext4 with thousands of files in the directory a
           // synchronous unlink took ~370 µs of the event loop (bench/pipeline), the thread-pool hand-off ~110 µs
           await unlink(pathOf(done)).catch((error: NodeJS.ErrnoException) => {
-            if (error.code === 'ENOENT') return;
             removedHere.delete(done);
+            if (error.code === 'ENOENT') return;
             throw error;
           });
           forget(done);
+        }
+        for (const again of replaced) {
+          // a new arrival: tracked afresh (attempts from 0) and handled like any other
+          forget(again);
+          await consider(again);
         }
         for (const partner of claimed) if (!(outcome.also ?? []).includes(partner)) makeReady(partner);
         return;
@@ -435,10 +478,19 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
         await mkdir(options.failedDirectory, { recursive: true });
         const reason = `${outcome.code}: ${outcome.reason}\nfile: ${name}\nat: ${new Date().toISOString()}\n`;
         await writeFile(join(options.failedDirectory, `${name}.reason`), reason);
+        // as for 'done': a file put under this name since is a new arrival, not the one judged here
+        const now = await statIfPresent(pathOf(name));
+        if (now !== undefined && (now.ino !== tracked.ino || now.size !== tracked.size || now.mtimeMs !== tracked.mtimeMs)) {
+          // checked after the sidecar's write, as close to the move as can be; the judged file is gone, so is its reason
+          await unlink(join(options.failedDirectory, `${name}.reason`)).catch(() => undefined);
+          forget(name);
+          await consider(name);
+          return;
+        }
         removedHere.add(name);
         await rename(pathOf(name), join(options.failedDirectory, name)).catch((error: NodeJS.ErrnoException) => {
-          if (error.code === 'ENOENT') return;
           removedHere.delete(name);
+          if (error.code === 'ENOENT') return;
           throw error;
         });
         log.error({ event: 'failed', file: name, code: outcome.code, reason: outcome.reason }, 'moved to failed/');
@@ -467,15 +519,18 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
     const now = files.get(name);
     if (now !== existing || (now && !waiting(now))) return;
     if (existing && existing.mtimeMs === info.mtimeMs && existing.size === info.size) return;
-    track(name, info.size, info.mtimeMs);
+    track(name, info.size, info.mtimeMs, info.ino);
     makeReady(name);
   }
 
   function onWatchEvent(name: string | null): void {
     if (!name || name.startsWith('.')) return;
-    // the event of our own unlink or move to failed/; a file arriving under the same name meanwhile is
-    // at worst seen by the next catch-up scan
+    // the event of our own unlink or move to failed/ (a name goes in just before the call and out at its
+    // event, or at once when the call found nothing to remove). A file renamed in under the same name
+    // before our unlink is not removed (the identity check in settle()); one arriving after it brings a
+    // second event, which is not swallowed
     if (removedHere.delete(name)) return;
+    if (announced.delete(name)) return;
     const previous = settling.get(name);
     if (previous) clearTimeout(previous);
     const timer = setTimeout(() => {
@@ -520,6 +575,7 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
       if (!present.has(name) && tracked && tracked.state !== 'in-flight' && tracked.state !== 'claimed') forget(name);
     }
     removedHere.clear();
+    announced.clear();
     const found = await statFiles(
       options.directory,
       names.filter((name) => !files.has(name)),
@@ -528,10 +584,27 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
     const take = limit > 0 ? found.slice(0, limit) : found;
     for (const entry of take) {
       if (files.has(entry.name)) continue;
-      track(entry.name, entry.size, entry.mtimeMs);
+      track(entry.name, entry.size, entry.mtimeMs, entry.ino);
       ready.add(entry.name);
     }
     pump();
+  }
+
+  /**
+   * an upload the caller has just renamed into place: tracked now. Its one watch event (the rename) is
+   * skipped when it comes later, or its settle timer dropped when it came first: either way one stat per
+   * file, not two (the second one, once the file was forwarded and removed, found nothing)
+   */
+  async function announce(name: string): Promise<void> {
+    if (name.startsWith('.')) return;
+    const early = settling.get(name);
+    if (early !== undefined) {
+      clearTimeout(early);
+      settling.delete(name);
+    } else if (watcher !== undefined) {
+      announced.add(name);
+    }
+    await consider(name);
   }
 
   function scan(limit = options.catchupLimit): Promise<void> {
@@ -686,7 +759,7 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
       if (!reservations.has(reservation)) return;
       try {
         // tracked at once (not ~settleMs later by the watch event): its bytes move from reserved to the budget without a gap
-        if (name !== undefined && !name.startsWith('.')) await consider(name);
+        if (name !== undefined) await announce(name);
       } finally {
         // read after the await: a settle() may have shrunk it meanwhile
         const request = reservations.get(reservation);
@@ -700,7 +773,7 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
     async settle(reservation, shrink, names) {
       if (!reservations.has(reservation)) return;
       try {
-        for (const name of names) if (!name.startsWith('.')) await consider(name);
+        for (const name of names) await announce(name);
       } finally {
         const request = reservations.get(reservation);
         if (request !== undefined) {
