@@ -11,6 +11,8 @@
 // + 67); idle 10,000 nodes RSS 490 MB (PSS 368: primary 197, workers 146 + 148); under 200 uploads median
 // 454, peak 490 MB. After (this branch, same day): 208–210 (PSS 92–95) / 319–324 (PSS 199–203: 146, 86 + 88) /
 // median 320–335, peak 329–345 MB: the targets are not met (see the README's Memory section).
+// Second round (int 3741c6d -> i-mem, alternated): idle no node 221–222 -> 208–209 MB; 10,000 nodes 339–357
+// (PSS 213–233) -> 281 MB (PSS 158–165); under 200 uploads median 336–352 -> 292–293, peak 350–359 -> 299–303 MB.
 // A bare `node` is 39 MB of RSS, 31 MB of it the node binary's pages, shared between the processes: PSS counts them once, RSS once per process (three processes: ~120 MB before any code of ours).
 
 import { execFile } from 'node:child_process';
