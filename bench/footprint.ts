@@ -71,7 +71,7 @@ export async function run(): Promise<void> {
   const missing = onerelayMissing();
   if (missing !== undefined) throw new Error(missing);
   console.log(`footprint: ${description}`);
-  console.log(`  node ${serviceNodeArgs().join(' ')} ${cliFile}, ${availableParallelism()} cores (one front-door worker per core)`);
+  console.log(`  ${applyServiceEnvironment().join(' ')} node ${serviceNodeArgs().join(' ')} ${cliFile}, ${availableParallelism()} cores (one front-door worker per core)`);
   const relay = await cachedIdentity('relay');
   const agents = await lightAgents(settings.agents);
   const others = await syntheticNodes(settings.nodes - agents.length);
@@ -176,6 +176,18 @@ async function startRelay(
   const httpsPort = await freePort();
   const started = await startOnerelayUploads({ directory, httpsPort, relay, agents, password, workers: 0, nodeArgs: serviceNodeArgs() });
   return { ...started, httpsPort };
+}
+
+/** the unit's Environment= (e.g. MALLOC_ARENA_MAX), given to the relays this bench starts: measured as shipped */
+function applyServiceEnvironment(): string[] {
+  const unit = readFileSync(fileURLToPath(new URL('../packaging/onerelay.service', import.meta.url)), 'utf8');
+  const applied: string[] = [];
+  for (const [, name, value] of unit.matchAll(/^Environment=([A-Z_][A-Z0-9_]*)=(\S*)$/gm)) {
+    // a value set by the caller wins (e.g. to measure without it)
+    if (process.env[name!] === undefined) process.env[name!] = value!;
+    applied.push(`${name}=${process.env[name!]}`);
+  }
+  return applied;
 }
 
 /** the node flags of packaging/onerelay.service's ExecStart: the relay measured as it is shipped */
