@@ -11,6 +11,8 @@
 // + 67); idle 10,000 nodes RSS 490 MB (PSS 368: primary 197, workers 146 + 148); under 200 uploads median
 // 454, peak 490 MB. After (this branch, same day): 208–210 (PSS 92–95) / 319–324 (PSS 199–203: 146, 86 + 88) /
 // median 320–335, peak 329–345 MB: the targets are not met (see the README's Memory section).
+// Second round (int 3741c6d -> i-mem, alternated): idle no node 221–222 -> 208–209 MB; 10,000 nodes 339–357
+// (PSS 213–233) -> 281 MB (PSS 158–165); under 200 uploads median 336–352 -> 292–293, peak 350–359 -> 299–303 MB.
 // A bare `node` is 39 MB of RSS, 31 MB of it the node binary's pages, shared between the processes: PSS counts them once, RSS once per process (three processes: ~120 MB before any code of ours).
 
 import { execFile } from 'node:child_process';
@@ -69,7 +71,7 @@ export async function run(): Promise<void> {
   const missing = onerelayMissing();
   if (missing !== undefined) throw new Error(missing);
   console.log(`footprint: ${description}`);
-  console.log(`  node ${serviceNodeArgs().join(' ')} ${cliFile}, ${availableParallelism()} cores (one front-door worker per core)`);
+  console.log(`  ${applyServiceEnvironment().join(' ')} node ${serviceNodeArgs().join(' ')} ${cliFile}, ${availableParallelism()} cores (one front-door worker per core)`);
   const relay = await cachedIdentity('relay');
   const agents = await lightAgents(settings.agents);
   const others = await syntheticNodes(settings.nodes - agents.length);
@@ -174,6 +176,18 @@ async function startRelay(
   const httpsPort = await freePort();
   const started = await startOnerelayUploads({ directory, httpsPort, relay, agents, password, workers: 0, nodeArgs: serviceNodeArgs() });
   return { ...started, httpsPort };
+}
+
+/** the unit's Environment= (e.g. MALLOC_ARENA_MAX), given to the relays this bench starts: measured as shipped */
+function applyServiceEnvironment(): string[] {
+  const unit = readFileSync(fileURLToPath(new URL('../packaging/onerelay.service', import.meta.url)), 'utf8');
+  const applied: string[] = [];
+  for (const [, name, value] of unit.matchAll(/^Environment=([A-Z_][A-Z0-9_]*)=(\S*)$/gm)) {
+    // a value set by the caller wins (e.g. to measure without it)
+    if (process.env[name!] === undefined) process.env[name!] = value!;
+    applied.push(`${name}=${process.env[name!]}`);
+  }
+  return applied;
 }
 
 /** the node flags of packaging/onerelay.service's ExecStart: the relay measured as it is shipped */

@@ -175,7 +175,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
       nodes,
       spool,
       log,
-      checkConfiguration: async () => (await checkInstallation(options.configPath)).problems,
+      checkConfiguration: async () => (await checkInstallation(options.configPath, { nodesData: false })).problems,
       reloadOthers: async () => {
         let level = options.logLevel;
         if (level === undefined) {

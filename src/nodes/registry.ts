@@ -2,10 +2,9 @@
 // spec-relayd.md §3.4, client-certificate attribution, and hot reload on file change.
 
 import { X509Certificate, createHash } from 'node:crypto';
-import { setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
 import type { Logger } from 'pino';
 import { RelayError, isRelayError, messageOf } from '../errors.js';
+import { collectGarbage } from '../gc.js';
 import { parseCertificateFacts, type CertificateFacts } from '../der/index.js';
 import type { CertificateMatch, NodeEntry, NodesOptions, NodesRegistry, NodesStatus } from './index.js';
 import { hashSpki } from './key-hash.js';
@@ -17,7 +16,7 @@ export { parseKeyHash } from './key-hash.js';
 /** relayd's limit on the policy-server chain walked by next hop (§3.4) */
 const MAX_DEPTH = 20;
 const DEBOUNCE_MS = 200;
-/** nodes + certificates from which a load's garbage is collected at once (see collectGarbage) */
+/** nodes + certificates from which a load's garbage is collected at once (src/gc.ts): ~20 MB per process at 10,000 nodes */
 const COLLECT_AFTER_ITEMS = 1000;
 const WATCH_RETRY_MS = 2000;
 
@@ -207,24 +206,4 @@ export function createNodesRegistry(options: NodesOptions & { log: Logger }): No
     },
   };
   return registry;
-}
-
-let fullCollection: (() => void) | undefined;
-
-/**
- * One full garbage collection. A large load leaves tens of MB of garbage (the files' text, the parse) that an
- * idle relay keeps committed until V8's next full collection, which may not come for hours: at 10,000 nodes
- * that is ~20 MB per process for ~20 ms of one collection per reload (bench/footprint). The flag only
- * exposes gc() to the new context asked for it, not to the relay's own code.
- */
-function collectGarbage(): void {
-  try {
-    if (fullCollection === undefined) {
-      setFlagsFromString('--expose-gc');
-      fullCollection = runInNewContext('gc') as () => void;
-    }
-    fullCollection();
-  } catch {
-    // an optimisation only: a runtime without it keeps the garbage until V8 collects it
-  }
 }

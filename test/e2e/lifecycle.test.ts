@@ -142,6 +142,22 @@ t.test('identity generated on first start, reused across restarts', async (t) =>
   t.equal(served.data.identity.node_id, uuid1);
 });
 
+t.test('status: a broken nodes list is the nodes part, the configuration check does not parse it again', async (t) => {
+  const relay = await startRelay(t, { workers: 1 });
+  type Status = { data: Record<string, { status: string; details?: string } | undefined> };
+  const status = async () => (await fetch(`${relay.apiUrl}/rudder/relay-api/1/system/status`).then((r) => r.json())) as Status;
+  await writeFile(join(relay.dir, 'nodeslist.json'), '{ not json');
+  // the live registry re-reads the file on change and keeps the error in its status
+  await until(async () => (await status()).data['nodes']?.status === 'error');
+  const now = await status();
+  t.match(now.data['nodes']?.details, /invalid nodes list/);
+  // a whole parse per status request is what left ~30 MB of malloc heap in the primary (README, Memory)
+  t.equal(now.data['configuration']?.status, 'success', now.data['configuration']?.details ?? 'configuration');
+  const check = await runCli(['check', '--config', relay.configFile]);
+  t.equal(check.code, 3, '`onerelay check` still parses the nodes files');
+  t.match(check.stdout, /nodes: invalid nodes list/);
+});
+
 t.test('SIGKILL during a slow upload leaves no partial file in incoming/', async (t) => {
   const relay = await startRelay(t, { workers: 1 });
   const upload = slowUpload(relay, `2026-11-25T10:00:00+00:00@${NODE}.log.gz`);
