@@ -243,17 +243,6 @@ export async function runPrimary(options: StartOptions): Promise<void> {
     }
     await sharedFiles.start();
     stoppers.push(stopStep('shared files', () => sharedFiles.stop()));
-    if (config.cfengine.enabled) {
-      cfengine = await cfengineServerOf(config, identity, { allowedNetworks: ownSettings.allowedNetworks.value, nodes, puller, metrics, activity, log });
-      try {
-        await cfengine.start();
-      } catch (error) {
-        throw new RelayError('RELAY_ERR_LISTEN', `CFEngine server on ${config.cfengine.listen.host}:${config.cfengine.listen.port} (cfengine.listen): ${messageOf(error)}`);
-      }
-      const running = cfengine;
-      stoppers.push(stopStep('CFEngine server', () => running.stop()));
-    }
-
     const count = config.https.workers > 0 ? config.https.workers : availableParallelism();
     // the queues start while the workers boot: a backlog left by a restart starts draining at once instead of
     // waiting the second or so that loading the workers takes on a small machine (workers that are not ready
@@ -267,6 +256,19 @@ export async function runPrimary(options: StartOptions): Promise<void> {
       ),
     );
     await Promise.all([activeForwarding.start(), frontDoorWorkers.start(count)]);
+    // after the queues and the workers: the CFEngine server warms its request path up before it listens
+    // (~0.5 s of the primary's CPU), and a backlog left by a restart must not wait for it (bench/pipeline)
+    if (config.cfengine.enabled) {
+      cfengine = await cfengineServerOf(config, identity, { allowedNetworks: ownSettings.allowedNetworks.value, nodes, puller, metrics, activity, log });
+      try {
+        await cfengine.start();
+      } catch (error) {
+        throw new RelayError('RELAY_ERR_LISTEN', `CFEngine server on ${config.cfengine.listen.host}:${config.cfengine.listen.port} (cfengine.listen): ${messageOf(error)}`);
+      }
+      const running = cfengine;
+      stoppers.push(stopStep('CFEngine server', () => running.stop()));
+    }
+
     if (ownInventory) {
       const job = ownInventory;
       await job.start();
