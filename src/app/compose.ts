@@ -439,7 +439,7 @@ function syncOnExec(puller: SyncPuller | undefined): (classes: readonly string[]
 export async function cfengineServerOf(
   config: Config,
   identity: Identity,
-  deps: { allowedNetworks: readonly string[]; nodes: NodesRegistry; puller: SyncPuller | undefined; metrics: PrimaryMetrics; activity: ActivitySink; log: Logger },
+  deps: { allowedNetworks: readonly string[]; nodes: NodesRegistry; puller: SyncPuller | undefined; metrics: PrimaryMetrics; activity: ActivitySink; log: Logger; warmUp: boolean },
 ): Promise<CfengineServer> {
   const { metrics, activity } = deps;
   return createCfengineServer(
@@ -451,6 +451,7 @@ export async function cfengineServerOf(
       sharedFolderPath: config.sharedFolder.path,
       sharedFilesPath: config.sharedFiles.path,
       allowedNetworks: deps.allowedNetworks,
+      ...(deps.warmUp ? {} : { warmUpRequests: 0 }),
       publicRoots: config.cfengine.publicRoots,
       maxConnections: config.cfengine.maxConnections,
       maxConnectionsPerAddress: config.cfengine.maxConnectionsPerAddress,

@@ -279,3 +279,20 @@ t.test('reverse proxy: a prefix streams to a local service, relay paths stay the
   t.equal(relayApi.stdout.toString(), '403', "/rudder/relay-api/ is the relay's, not proxied");
   t.equal(seen.length, 1);
 });
+
+t.test('CFEngine warm-up: done at an idle start, skipped when the spool has a backlog to forward first', async (t) => {
+  const first = await startRelay(t, { workers: 1 });
+  t.ok(first.logs.some((l) => l.msg === 'cfengine request path warmed up'), 'an idle start warms the request path up');
+  first.child.kill('SIGTERM');
+  t.equal(await first.exited, 0);
+  // reports of a node the list does not know yet: held in the spool, not forwarded, not failed
+  for (let i = 0; i < 150; i += 1) {
+    const minute = String(i % 60).padStart(2, '0');
+    await writeFile(join(first.reportsIncoming, `2026-11-25T10:${minute}:${String(Math.floor(i / 60)).padStart(2, '0')}+00:00@${LATE}.log.gz`), 'backlog');
+  }
+  const second = await startRelay(t, { dir: first.dir, workers: 1 });
+  const skipped = second.logs.find((l) => l.msg === 'cfengine warm-up skipped: the spool has a backlog to forward first');
+  t.ok(skipped, 'the restart onto a backlog skips it');
+  t.ok(Number(skipped?.['backlog']) >= 100, `backlog counted: ${String(skipped?.['backlog'])}`);
+  t.notOk(second.logs.some((l) => l.msg === 'cfengine request path warmed up'));
+});
