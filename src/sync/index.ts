@@ -122,6 +122,6 @@ export { createSyncPuller, DEFAULT_SYNC_BASE_PATH } from './https-pull/puller.js
 /** the pulling side when the upstream is a stock Rudder root (cf-serverd, CFEngine protocol) */
 export { createCfenginePuller, DEFAULT_CFENGINE_PORT } from './cfengine-pull/cfengine-puller.js';
 export type { CfenginePullerOptions, CfenginePullerDeps, UpstreamPin } from './cfengine-pull/cfengine-puller.js';
-export { syncTriggerRoutes } from './shared/trigger.js';
-export { parseManifest, MANIFEST_HEADER } from './shared/manifest.js';
-export type { Manifest, ManifestEntry, ManifestFile, ManifestDirectory } from './shared/manifest.js';
+export { syncTriggerRoutes } from './lib/trigger.js';
+export { parseManifest, MANIFEST_HEADER } from './lib/manifest.js';
+export type { Manifest, ManifestEntry, ManifestFile, ManifestDirectory } from './lib/manifest.js';

@@ -7,7 +7,7 @@ import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import t from 'tap';
 import { createNodesRegistry } from '../../src/nodes/index.js';
-import { applyDelta, parseDeltaHeader, parseManifest, serializeDelta, serializeManifest, type ManifestEntry } from '../../src/sync/shared/manifest.js';
+import { applyDelta, parseDeltaHeader, parseManifest, serializeDelta, serializeManifest, type ManifestEntry } from '../../src/sync/lib/manifest.js';
 import { tempDir } from '../support/tmp.js';
 import {
   NODES,

@@ -20,12 +20,12 @@ import { CfengineClientError, CfengineRefusedError, createCopyClient, makeServer
 import { RelayError, isRelayError, messageOf } from '../../errors.js';
 import { keyDigests } from '../../identity/index.js';
 import type { PeerClient } from '../../upstream/index.js';
-import { forEachLimit, isErrno, removeTree, writeFileAtomically } from '../shared/fs-util.js';
+import { forEachLimit, isErrno, removeTree, writeFileAtomically } from '../lib/fs-util.js';
 import type { OwnPoliciesSink, SyncCounters, SyncPaths, SyncPuller } from '../index.js';
-import { PullAborted, createPullLoop } from '../shared/pull-loop.js';
-import { buildPathOf, exists, parentsOf, recoverParents, removeUnit, switchDirectory } from '../shared/install.js';
+import { PullAborted, createPullLoop } from '../lib/pull-loop.js';
+import { buildPathOf, exists, parentsOf, recoverParents, removeUnit, switchDirectory } from '../lib/install.js';
 import { fetchLibraryArchive } from './library-archive.js';
-import { COMMON_NAME, isSafeSegment } from '../shared/manifest.js';
+import { COMMON_NAME, isSafeSegment } from '../lib/manifest.js';
 
 export const DEFAULT_CFENGINE_PORT = 5309;
 const DEFAULT_CONNECTIONS = 16;

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { RelayError, isRelayError, messageOf, relayError } from '../../errors.js';
 import type { PeerClient } from '../../upstream/index.js';
-import { writeStreamAtomically } from '../shared/fs-util.js';
+import { writeStreamAtomically } from '../lib/fs-util.js';
 
 export const LIBRARY_ARCHIVE = 'policies-library-linux.tar.bz2';
 const ARCHIVE_PATH = `/common/${LIBRARY_ARCHIVE}`;

@@ -14,12 +14,12 @@ import { Readable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import { RelayError, isRelayError, messageOf, relayError } from '../../errors.js';
 import type { PeerClient, PeerResponse } from '../../upstream/index.js';
-import { createBlobStore, type BlobStore } from '../shared/blob-store.js';
-import { MAX_BLOBS_PER_BATCH, readFrames } from '../shared/frames.js';
-import { forEachLimit, isErrno, writeFileAtomically } from '../shared/fs-util.js';
+import { createBlobStore, type BlobStore } from '../lib/blob-store.js';
+import { MAX_BLOBS_PER_BATCH, readFrames } from '../lib/frames.js';
+import { forEachLimit, isErrno, writeFileAtomically } from '../lib/fs-util.js';
 import type { SyncPuller, SyncPullerDeps, SyncPullerOptions } from '../index.js';
-import { PullAborted, createPullLoop, type PullDone } from '../shared/pull-loop.js';
-import { exists, installDirectory, installFile, localPathOf, recover, removeUnit, targetOf } from '../shared/install.js';
+import { PullAborted, createPullLoop, type PullDone } from '../lib/pull-loop.js';
+import { exists, installDirectory, installFile, localPathOf, recover, removeUnit, targetOf } from '../lib/install.js';
 import {
   COMMON_NAME,
   DELTA_MAGIC,
@@ -36,7 +36,7 @@ import {
   type Manifest,
   type ManifestFile,
   type ManifestUnit,
-} from '../shared/manifest.js';
+} from '../lib/manifest.js';
 
 
 export const DEFAULT_SYNC_BASE_PATH = '/rudder/relay-api/sync';

@@ -4,8 +4,8 @@
 
 import { readFile, stat } from 'node:fs/promises';
 import { RelayError, messageOf } from '../../errors.js';
-import { isErrno } from '../shared/fs-util.js';
-import { isSafeSegment } from '../shared/manifest.js';
+import { isErrno } from '../lib/fs-util.js';
+import { isSafeSegment } from '../lib/manifest.js';
 
 /** nodeslist.json as written, plus the children of each policy server */
 export interface NodesTree {

@@ -24,7 +24,7 @@ import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
 import { RelayError, isRelayError, messageOf } from '../../errors.js';
 import type { NodesRegistry } from '../../nodes/index.js';
 import { descendantsOf, loadNodesTree, mtimeMsOf, nodesListFor, shareSegments, type NodesTree } from './entitlement.js';
-import { END_FRAME, MAX_BLOBS_PER_BATCH, blobHeader, missingFrame } from '../shared/frames.js';
+import { END_FRAME, MAX_BLOBS_PER_BATCH, blobHeader, missingFrame } from '../lib/frames.js';
 import type { SyncServingDeps, SyncServingOptions, SyncServingRoutes } from '../index.js';
 import {
   COMMON_NAME,
@@ -39,7 +39,7 @@ import {
   unitsOf,
   type Manifest,
   type ManifestEntry,
-} from '../shared/manifest.js';
+} from '../lib/manifest.js';
 import { createUnitCache, type UnitCache } from './unit-cache.js';
 import { createTreeWalker, type SubtreeFilter, type TreeWalker, type Walked } from './walk.js';
 

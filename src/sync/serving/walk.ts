@@ -9,8 +9,8 @@ import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import { basename, dirname, join } from 'node:path';
 import type { Logger } from 'pino';
 import { RelayError } from '../../errors.js';
-import { OLD_PREFIX, forEachLimit, isErrno } from '../shared/fs-util.js';
-import { isSafeSegment, mtimeMsOfNs, type ManifestEntry, type ManifestFile } from '../shared/manifest.js';
+import { OLD_PREFIX, forEachLimit, isErrno } from '../lib/fs-util.js';
+import { isSafeSegment, mtimeMsOfNs, type ManifestEntry, type ManifestFile } from '../lib/manifest.js';
 
 export interface WalkedFile {
   readonly entry: ManifestFile;
