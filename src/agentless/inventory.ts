@@ -32,6 +32,7 @@ export const DEFAULT_INVENTORY_FREQUENCY_MS = 24 * 60 * MINUTE;
 export const DEFAULT_FACTS_CHECK_MS = 5 * MINUTE;
 /** after /uuid or the build failed (the agent retries at its next run) */
 export const DEFAULT_RETRY_MS = MINUTE;
+const FAILURE_LOG_EVERY_MS = 60 * MINUTE;
 /** after the upstream refused the files (fusionAgent.st min_resend_delay for a first inventory: 15 min) */
 export const REFUSED_RETRY_MS = 15 * MINUTE;
 /** the answer of GET /uuid the agent accepts (do-inventory "Checking rudder-server-uuid.txt") */
@@ -200,9 +201,20 @@ export function createOwnInventory(options: OwnInventoryOptions, deps: OwnInvent
     }
   }
 
+  // the same failure at every retry (a relay started without an upstream retries each minute) is logged
+  // once an hour at error level, and in between at debug level: the status page keeps the last outcome
+  let loggedFailure: { message: string; at: number; repeats: number } | undefined;
+
   function fail(message: string, code: string, retryAfterMs: number): Promise<void> {
     const at = Date.now();
-    log.error({ event: 'own_inventory_failed', code, retry_in_s: Math.round(retryAfterMs / 1000) }, message);
+    const fields = { event: 'own_inventory_failed', code, retry_in_s: Math.round(retryAfterMs / 1000) };
+    if (loggedFailure !== undefined && loggedFailure.message === message && at - loggedFailure.at < FAILURE_LOG_EVERY_MS) {
+      loggedFailure.repeats += 1;
+      log.debug({ ...fields, repeats: loggedFailure.repeats }, message);
+    } else {
+      log.error(loggedFailure?.message === message ? { ...fields, repeats: loggedFailure.repeats } : fields, message);
+      loggedFailure = { message, at, repeats: 0 };
+    }
     return save({ ...state, retryAt: at + retryAfterMs, lastOutcome: { ok: false, message, at } });
   }
 

@@ -6,6 +6,7 @@ import { copyFile, mkdir, readdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { gzipSync } from 'node:zlib';
+import { pino, type Logger } from 'pino';
 import t from 'tap';
 import { createOwnInventory, SENT_MESSAGE, type OwnInventory } from '../../src/agentless/index.js';
 import type { OwnPolicyState } from '../../src/agentless/types.js';
@@ -58,7 +59,7 @@ interface Setup {
   readonly setPolicies: (state: OwnPolicyState | undefined) => void;
 }
 
-async function setup(tt: { teardown(fn: () => unknown): void }, options: { upstreamDown?: boolean } = {}): Promise<Setup> {
+async function setup(tt: { teardown(fn: () => unknown): void }, options: { upstreamDown?: boolean; log?: Logger } = {}): Promise<Setup> {
   const dir = tempDir(tt, 'onerelay-own-inventory-');
   await mkdir(join(dir, 'ppkeys'), { recursive: true, mode: 0o700 });
   await writeFile(join(dir, 'uuid.hive'), `${RELAY_ID}\n`);
@@ -75,7 +76,7 @@ async function setup(tt: { teardown(fn: () => unknown): void }, options: { upstr
     relayConfigToml(dir, { https: await freePort(), api: await freePort() }, { upstream: { port: upstream.port, certificateFile: upstream.certificateFile }, ownInventory: true }),
   );
   const { config } = await loadConfig(file);
-  const log = createLogger('off');
+  const log = options.log ?? createLogger('off');
   const nodes = createNodesRegistry({ myId: RELAY_ID, nodesListFile: config.general.nodesListFile, nodesCertsFile: config.general.nodesCertsFile, log });
   await nodes.reload();
   const spool = createSpool({ reportsDirectory: config.processing.reporting.directory, inventoriesDirectory: config.processing.inventory.directory }, log);
@@ -201,6 +202,24 @@ t.test('an upstream outage delays the inventory but does not lose it', async (tt
   const sent = pairs(upstream, 'inventories').map((p) => p.inventory.name.replace(/\.gz$/, ''));
   tt.ok(waiting.every((n) => sent.includes(n.replace(/\.(gz|sign)$/, ''))), 'the inventory made during the outage reached the upstream');
   for (const pair of pairs(upstream, 'inventories')) tt.same((await rootCheck(pair)).problems, [], `${pair.inventory.name} accepted`);
+  await waitUntil('the outcome is recorded', () => job.lastOutcome()?.ok === true);
+});
+
+t.test('the same failure at every retry is logged once at error level, the repeats at debug level', async (tt) => {
+  const lines: Array<{ level: number; event?: string; msg?: string; repeats?: number }> = [];
+  const log = pino({ level: 'debug' }, { write: (line: string) => void lines.push(JSON.parse(line) as (typeof lines)[number]) });
+  const { upstream, job } = await setup(tt, { upstreamDown: true, log });
+  const failures = () => lines.filter((l) => l.event === 'own_inventory_failed');
+  // retryMs is 300 ms in this set-up: wait for a few retries
+  await waitUntil('three attempts failed', () => failures().length >= 3);
+  const seen = failures();
+  tt.equal(seen[0]?.level, 50, 'the first failure is an error');
+  // the reason may change between attempts (refused, reset): a new message is an error line again
+  const expected = seen.map((l, i) => (i > 0 && seen[i - 1]?.msg === l.msg ? 20 : 50));
+  tt.same(seen.map((l) => l.level), expected, 'a repeat of the same message is a debug line');
+  tt.ok(seen.some((l) => l.level === 20 && (l.repeats ?? 0) >= 1), 'repeats are counted');
+  tt.equal(job.status()['status'], 'error', 'the status still says error');
+  await upstream.setMode('ok');
   await waitUntil('the outcome is recorded', () => job.lastOutcome()?.ok === true);
 });
 
