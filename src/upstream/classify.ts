@@ -1,5 +1,9 @@
-// What an upstream answer or failure means for the file (spec-relayd.md §15.6: permanent 4xx are not
-// retried here, unlike relayd) and a one-line reason a user can act on.
+// What an upstream answer or failure means for the file, and a one-line reason a user can act on.
+// relayd retries every HTTP error (spec-relayd.md §15.6); here a refusal about the file itself (400, 413,
+// 415, 422, …) moves it to failed/, while a refusal about the relay (401/403: its password or address is
+// not accepted yet, e.g. before the root regenerated its Apache rules or the relay's own policies brought the
+// password; 404/409/423: the upstream's WebDAV location is missing or locked) holds it and retries: a
+// condition that may pass never fails a file for good.
 
 import { STATUS_CODES } from 'node:http';
 import { RelayError, messageFor, messageOf, type ErrorCode } from '../errors.js';
@@ -7,9 +11,12 @@ import { PinRefusedError } from './trust.js';
 
 export type Outcome = 'ok' | 'transient' | 'permanent';
 
+/** 4xx answers that say nothing against the file: kept and retried (see above) */
+const RETRIED_4XX: ReadonlySet<number> = new Set([401, 403, 404, 408, 409, 423, 425, 429]);
+
 export function outcomeOfStatus(status: number): Outcome {
   if (status >= 200 && status < 300) return 'ok';
-  if (status === 408 || status === 429 || status >= 500) return 'transient';
+  if (status >= 500 || RETRIED_4XX.has(status)) return 'transient';
   // 1xx/3xx never end a request here (no redirects followed): the upstream will not take it as is
   return 'permanent';
 }
@@ -29,7 +36,8 @@ export function reasonOfResponse(status: number, contentType: string | undefined
 }
 
 export function codeOfStatus(status: number): ErrorCode {
-  return outcomeOfStatus(status) === 'transient' ? 'RELAY_ERR_UPSTREAM_UNAVAILABLE' : 'RELAY_ERR_UPSTREAM_REFUSED';
+  // a held refusal keeps the refusal's code: it needs a human (or a policy generation), not patience alone
+  return status >= 500 || status === 408 || status === 429 ? 'RELAY_ERR_UPSTREAM_UNAVAILABLE' : 'RELAY_ERR_UPSTREAM_REFUSED';
 }
 
 /** The abort reason of the total-request timer. */

@@ -119,8 +119,9 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
     const ms = Math.round(performance.now() - startedAt);
     if (isUpstreamError) lastError = { at: new Date().toISOString(), reason };
     const fields = { event: 'upstream-forward-failed', code, kind, endpoint, file: name, status, reason, ms };
-    if (kind === 'transient') log.warn(fields, 'forward to upstream failed, will retry');
-    else log.error(fields, 'forward to upstream refused');
+    if (kind === 'permanent') log.error(fields, 'forward to upstream refused');
+    else if (code === 'RELAY_ERR_UPSTREAM_REFUSED' || code === 'RELAY_ERR_CONFIG_VALUE') log.error(fields, 'forward to upstream refused, the file is kept and retried');
+    else log.warn(fields, 'forward to upstream failed, will retry');
     return kind === 'transient'
       ? { kind, status, reason, ms }
       : // status 0: nothing was sent (local problem: no password configured, unreadable spool file)
@@ -140,8 +141,9 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
     const user = credentials?.user ?? inForce.user;
     const password = credentials?.password ?? (endpoint === 'inventories' ? options.defaultPassword : inForce.password);
     if (password === undefined) {
+      // held, not failed: the password may come with a reload or with the relay's own policies
       const reason = `output.upstream.password is not set: cannot forward to /${endpoint}/`;
-      return fail('permanent', 'RELAY_ERR_CONFIG_VALUE', endpoint, name, undefined, reason, queuedAt);
+      return fail('transient', 'RELAY_ERR_CONFIG_VALUE', endpoint, name, undefined, reason, queuedAt, false);
     }
     const release = await limit.acquire();
     const startedAt = performance.now();

@@ -140,6 +140,23 @@ t.test('upstream down 10 s, then up: everything arrives', async (t) => {
   t.pass('all arrived after the outage');
 });
 
+t.test('upstream refuses the relay (403) until its rules catch up: the reports are held, not failed, and all arrive', async (t) => {
+  const identities = await nodes();
+  const upstream = await startUpstream(t, { password: DAV_PASSWORD });
+  await upstream.setMode({ status: 403 });
+  const relay = await startRelay(t, { upstream, nodesList: nodesList(identities), nodesCerts: identities.map((a) => a.certificatePem).join('') });
+  const reports = await makeReports(identities, 20, 3000);
+  await upload(relay, reports);
+  await until(() => upstream.requests.filter((r) => r.status === 403).length >= 20, 30_000, 'each report refused at least once');
+  await until(() => relay.logs.some((l) => l.code === 'RELAY_ERR_UPSTREAM_REFUSED' && l.kind === 'transient' && l.level === 50), 10_000, 'an error line with the refusal code');
+  t.equal((await readdir(relay.reportsIncoming)).length, 20, 'all held in incoming/');
+  t.same((await readdir(join(relay.reportsIncoming, '..', 'failed'))).filter((n) => !n.startsWith('.')), [], 'nothing failed for good');
+  await upstream.setMode('ok');
+  await until(() => upstream.files('reports').length === 20, 90_000, 'all 20 arrive once the upstream accepts');
+  await until(async () => (await readdir(relay.reportsIncoming)).length === 0, 10_000, 'spool empty');
+  t.pass('held through the refusal');
+});
+
 t.test('upstream answers 503 to every other request: everything arrives', async (t) => {
   const identities = await nodes();
   const upstream = await startUpstream(t, { password: DAV_PASSWORD });

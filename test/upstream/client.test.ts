@@ -108,20 +108,24 @@ t.test('names with : @ + and other reserved characters travel percent-encoded on
   t.equal(up.requests[0]?.url, '/reports/2024-05-01T10%3A00%3A00%2B02%3A00%40e745a140.log.gz');
 });
 
-t.test('4xx are permanent with the body in the reason, 408/429/5xx transient', async (t) => {
+t.test('a 4xx about the file is permanent, one about the relay (401/403/404/409/423) or 408/429/5xx is retried, with the body in the reason', async (t) => {
   const up = await startUpstream(t);
   const { upstream, logs } = clientFor(t, up, { password: 'wrong-secret' });
   const file = await spoolFile(t, 'x');
 
   const unauthorized = await upstream.forward('reports', 'a.log', file);
-  t.match(unauthorized, { kind: 'permanent', status: 401, reason: /^HTTP 401 Unauthorized: Unauthorized This server could not verify/ });
+  t.match(unauthorized, { kind: 'transient', status: 401, reason: /^HTTP 401 Unauthorized: Unauthorized This server could not verify/ }, 'a refused password holds the file');
   t.ok(unauthorized.kind !== 'ok' && unauthorized.reason.length <= 'HTTP 401 Unauthorized: '.length + 200);
   t.match(await upstream.forward('inventories', 'i.ocs', file), { kind: 'ok' }, 'inventories use default_password');
 
   for (const [status, kind] of [
-    [404, 'permanent'],
-    [403, 'permanent'],
+    [404, 'transient'],
+    [403, 'transient'],
+    [409, 'transient'],
+    [423, 'transient'],
+    [400, 'permanent'],
     [413, 'permanent'],
+    [415, 'permanent'],
     [408, 'transient'],
     [429, 'transient'],
     [500, 'transient'],
@@ -136,9 +140,11 @@ t.test('4xx are permanent with the body in the reason, 408/429/5xx transient', a
   t.match(status.lastError, { at: /^\d{4}-/, reason: /^HTTP 503 Service Unavailable/ });
 
   const lines = failures(logs);
-  t.equal(lines.length, 8, 'one log line per failure');
-  t.match(lines[0], { level: 50, code: 'RELAY_ERR_UPSTREAM_REFUSED', kind: 'permanent', endpoint: 'reports', file: 'a.log', status: 401 });
-  t.match(lines[7], { level: 40, code: 'RELAY_ERR_UPSTREAM_UNAVAILABLE', kind: 'transient', endpoint: 'inventories', file: 's503.ocs', status: 503 });
+  t.equal(lines.length, 12, 'one log line per failure');
+  t.match(lines[0], { level: 50, code: 'RELAY_ERR_UPSTREAM_REFUSED', kind: 'transient', endpoint: 'reports', file: 'a.log', status: 401 }, 'a held refusal is an error line with the refusal code');
+  t.match(lines[5], { level: 50, code: 'RELAY_ERR_UPSTREAM_REFUSED', kind: 'permanent', status: 400 });
+  t.match(lines[8], { level: 40, code: 'RELAY_ERR_UPSTREAM_UNAVAILABLE', kind: 'transient', status: 408 });
+  t.match(lines[11], { level: 40, code: 'RELAY_ERR_UPSTREAM_UNAVAILABLE', kind: 'transient', endpoint: 'inventories', file: 's503.ocs', status: 503 });
   t.notOk(JSON.stringify(logs).includes('wrong-secret'), 'password never logged');
   t.notOk(JSON.stringify(logs).includes(Buffer.from('rudder:wrong-secret').toString('base64')));
 });
@@ -153,12 +159,12 @@ t.test('fail-503-every-other alternates transient and ok', async (t) => {
   t.same(kinds, ['transient', 'ok', 'transient', 'ok']);
 });
 
-t.test('no password configured: reports and updates are refused locally, inventories still go', async (t) => {
+t.test('no password configured: reports and updates are held locally (the password may come later), inventories still go', async (t) => {
   const up = await startUpstream(t);
   const { upstream } = clientFor(t, up, { password: undefined });
   const file = await spoolFile(t, 'x');
-  t.match(await upstream.forward('reports', 'r.log', file), { kind: 'permanent', status: 0, reason: /output\.upstream\.password is not set/ });
-  t.match(await upstream.forward('inventory-updates', 'u.ocs', file), { kind: 'permanent', status: 0 });
+  t.match(await upstream.forward('reports', 'r.log', file), { kind: 'transient', status: undefined, reason: /output\.upstream\.password is not set/ });
+  t.match(await upstream.forward('inventory-updates', 'u.ocs', file), { kind: 'transient' });
   t.match(await upstream.forward('inventories', 'i.ocs', file), { kind: 'ok' });
   t.equal(up.requests.length, 1, 'nothing sent without a password');
 });
@@ -168,7 +174,7 @@ t.test('credentials that change at run time (the relay\'s own policies) are the 
   let current: { user: string; password: string | undefined } = { user: 'rudder', password: 'old-secret' };
   const { upstream } = clientFor(t, up, { password: undefined, credentials: () => current });
   const file = await spoolFile(t, 'x');
-  t.match(await upstream.forward('reports', 'r.log', file), { kind: 'permanent', status: 401 }, 'the old password is refused upstream');
+  t.match(await upstream.forward('reports', 'r.log', file), { kind: 'transient', status: 401 }, 'the old password is refused upstream: the file is held');
   current = { user: up.credentials.user, password: up.credentials.password };
   t.match(await upstream.forward('reports', 'r.log', file), { kind: 'ok' }, 'the new one, without a new client');
   t.same(up.received.map((f) => f.password), [up.credentials.password]);
