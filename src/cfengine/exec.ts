@@ -1,7 +1,8 @@
 // Inbound remote run (spec-https-front-cfserverd-sync.md §2.5, cf-serverd's DoExec2): only a key in
-// execKeys; the client's class-selection frames up to the terminator; only -D and -b with [A-Za-z0-9_:]
-// tokens (-b has no meaning here and is refused); then "cf-serverd executing cfruncommand: …", one
-// "> line" per output line, "(exit code: N)", and always the terminator.
+// execKeys and the user in allowusers; the client's class-selection frames up to the terminator; only -D
+// and -b with [A-Za-z0-9_:] tokens, each -D class authorised by Rudder's `roles` (-b has no meaning here and
+// is refused); then "cf-serverd executing cfruncommand: …", one "> line" per output line,
+// "(exit code: N)", and always the terminator.
 
 import { messageOf } from '../errors.js';
 import { CFD_TERMINATOR, FAILED, MAX_PAYLOAD, encodeFrame } from './codec.js';
@@ -11,11 +12,19 @@ import type { Outcome, Session } from './session.js';
 const MAX_EXEC_SELECT_FRAMES = 10;
 /** CharsetAcceptable for EXEC -D/-b tokens */
 const EXEC_TOKEN = /^[A-Za-z0-9_:]+$/;
+/**
+ * Rudder's cf-serverd `roles` (rudder-techniques common/1.0/cf-serverd.st, Rudder 9): the classes an EXEC
+ * may define, each authorised for user root only; cf-serverd matches them as anchored regexes
+ */
+export const EXEC_ROLES: readonly string[] = ['force_inventory', 'info', 'debug', 'trace'];
+const ROLE_USERS: ReadonlySet<string> = new Set(['root']);
+/** cf-serverd's allowusers is POLICYSERVER_ADMIN (root) and the nodes' admins, whose keys the path ACL never admits */
+const EXEC_USERS: ReadonlySet<string> = new Set(['root']);
 /** "> " + line + "\n" must fit one transaction */
 const MAX_EXEC_LINE_BYTES = MAX_PAYLOAD - 3;
 
 /** the classes of EXEC's arguments, or the refusal line cf-serverd would send */
-export function parseExecArguments(args: string): { readonly classes: readonly string[] } | { readonly refusal: string } {
+export function parseExecArguments(args: string, username = 'root'): { readonly classes: readonly string[] } | { readonly refusal: string } {
   const classes: string[] = [];
   let rest = args.replace(/^[ \t]+/, '');
   while (rest !== '') {
@@ -27,7 +36,8 @@ export function parseExecArguments(args: string): { readonly classes: readonly s
     rest = (end === -1 ? '' : list.slice(end)).replace(/^[ \t]+/, '');
     if (tokens.length === 1 && tokens[0] === '') continue;
     if (option === '-b') return { refusal: 'EXEC denied bundle activation (check cf-serverd verbose output)' };
-    if (!tokens.every((token) => EXEC_TOKEN.test(token))) return { refusal: 'EXEC denied role activation (check cf-serverd verbose output)' };
+    const authorised = (token: string): boolean => EXEC_TOKEN.test(token) && ROLE_USERS.has(username) && EXEC_ROLES.includes(token);
+    if (!tokens.every(authorised)) return { refusal: 'EXEC denied role activation (check cf-serverd verbose output)' };
     classes.push(...tokens);
   }
   return { classes };
@@ -35,9 +45,11 @@ export function parseExecArguments(args: string): { readonly classes: readonly s
 
 export async function exec(session: Session, args: string): Promise<Outcome> {
   const { exec: config } = session.ctx;
-  if (config.run === undefined || !config.keys.has(session.keyPin)) {
-    // like a cfruncommand path not admitted for this key: refusal, terminator, close
-    session.admission.denied('EXEC', {}, config.run === undefined ? 'cfengine EXEC refused: no remote run here' : 'cfengine EXEC refused: key not admitted');
+  if (config.run === undefined || !config.keys.has(session.keyPin) || !EXEC_USERS.has(session.username)) {
+    // like a cfruncommand path not admitted for this key, or a user not in allowusers: refusal, terminator, close
+    const why =
+      config.run === undefined ? 'no remote run here' : !config.keys.has(session.keyPin) ? 'key not admitted' : `user ${JSON.stringify(session.username)} not in allowusers`;
+    session.admission.denied('EXEC', { user: session.username }, `cfengine EXEC refused: ${why}`);
     await session.write(encodeFrame(FAILED));
     await session.write(encodeFrame(`${CFD_TERMINATOR}\0`));
     session.setCloseReason('EXEC refused');
@@ -65,7 +77,7 @@ export async function exec(session: Session, args: string): Promise<Outcome> {
     await session.write(encodeFrame(`Hello ${session.peer} (${session.peer}), nothing relevant to do here...\n\n`));
     return refuse('EXEC denied due to failed class match (check cf-serverd verbose output)');
   }
-  const parsed = parseExecArguments(args);
+  const parsed = parseExecArguments(args, session.username);
   if ('refusal' in parsed) return refuse(parsed.refusal);
   const { classes } = parsed;
   const command = classes.length > 0 ? `${config.command} -D ${classes.join(',')}` : config.command;

@@ -55,18 +55,28 @@ if (!hasCfRunagent()) {
 
     await t.test('a failing run reports its exit code', async (t) => {
       exitCode = 3;
-      const result = await runagent(upstream, '-D', 'a,b:c');
+      const result = await runagent(upstream, '-D', 'info,debug');
       exitCode = 0;
       t.match(result.stdout, '127.0.0.1> (exit code: 3)\n');
-      t.same(calls.at(-1), ['a', 'b:c']);
+      t.same(calls.at(-1), ['info', 'debug']);
+    });
+
+    await t.test("a class outside Rudder's roles (force_inventory, info, debug, trace) is denied, nothing runs", async (t) => {
+      const before = calls.length;
+      const result = await runagent(upstream, '-D', 'debug,my_class');
+      t.equal(result.stdout, '127.0.0.1> EXEC denied role activation (check cf-serverd verbose output)\n');
+      const partial = await runagent(upstream, '-D', 'force_inventory_now');
+      t.equal(partial.stdout, '127.0.0.1> EXEC denied role activation (check cf-serverd verbose output)\n', 'roles match whole names');
+      t.equal(calls.length, before);
     });
 
     await t.test('cf-runagent with another (trusted) key: cf-serverd’s refusal, nothing runs', async (t) => {
       const before = calls.length;
+      const denied = fixture.counters.count('EXEC', 'denied');
       const result = await runagent(stranger, '-D', 'force_inventory');
       t.equal(result.stdout, '127.0.0.1> !!  Unspecified server refusal (see verbose server output)\n\n');
       t.equal(calls.length, before);
-      t.equal(fixture.counters.count('EXEC', 'denied'), 1);
+      t.equal(fixture.counters.count('EXEC', 'denied'), denied + 1);
     });
 
     await t.test('our client: bad class names, bundles, unknown options, class selection', async (t) => {
@@ -87,18 +97,41 @@ if (!hasCfRunagent()) {
           client.close();
         }
       };
-      const bad = await ask(['ok_class', 'bad-class']);
+      const bad = await ask(['info', 'bad-class']);
       t.same(bad.lines, ['relay> EXEC denied role activation (check cf-serverd verbose output)\n']);
-      const spaced = await ask(['ok_class', 'rm -rf']);
+      const spaced = await ask(['info', 'debug -rf']);
       t.same(spaced.lines, ['relay> EXEC denied: invalid arguments: -rf\n'], 'parsed as cf-serverd does');
       t.equal(bad.result.complete, true);
       const bundles = await ask([], { bundles: ['main'] });
       t.same(bundles.lines, ['relay> EXEC denied bundle activation (check cf-serverd verbose output)\n']);
-      const selected = await ask(['x'], { select: ['some_host_class'] });
+      const selected = await ask(['info'], { select: ['some_host_class'] });
       t.equal(selected.lines.length, 2);
       t.match(selected.lines[0], /^relay> Hello 127\.0\.0\.1 \(127\.0\.0\.1\), nothing relevant to do here/);
       t.equal(selected.lines.at(-1), 'relay> EXEC denied due to failed class match (check cf-serverd verbose output)\n');
       t.equal(calls.length, before, 'nothing ran');
+    });
+
+    await t.test("the upstream's key with a user other than root (not in allowusers): refused, nothing runs", async (t) => {
+      const before = calls.length;
+      const denied = fixture.counters.count('EXEC', 'denied');
+      const client = await connectCfengineServer({
+        host: '127.0.0.1',
+        port: fixture.port(),
+        privateKey: upstream.privateKey,
+        username: 'rudder',
+        connectTimeoutMs: 2_000,
+        verifyServerKey: () => undefined,
+      });
+      const lines: string[] = [];
+      try {
+        const result = await runExec(client, { classes: ['info'] }, 'r', (line) => lines.push(line));
+        t.equal(result.refused, true);
+      } finally {
+        client.close();
+      }
+      t.same(lines, ['r> !!  Unspecified server refusal (see verbose server output)\n\n']);
+      t.equal(calls.length, before);
+      t.equal(fixture.counters.count('EXEC', 'denied'), denied + 1, 'counted as a refusal');
     });
 
     await t.test('without onExec, EXEC is refused to everyone', async (t) => {
