@@ -230,6 +230,19 @@ t.test('node activity, delivery ledger, API, CLI and metrics from real agents', 
     t.ok(nodes.slice(0, firstNotSilent === -1 ? nodes.length : firstNotSilent).every((n) => n.silent), 'silent nodes first');
     const silentOnly = await api<{ nodes: NodeView[] }>(relay, '/nodes?silent=true');
     t.ok(silentOnly.body.data.nodes.every((n) => n.silent) && silentOnly.body.data.nodes.some((n) => n.id === STOPPED), '?silent=true');
+    const everyone = await api<{ nodes: NodeView[]; total: number }>(relay, '/nodes');
+    t.equal(everyone.body.data.total, everyone.body.data.nodes.length, 'total: every node without a page');
+    const page = await api<{ nodes: NodeView[]; total: number; offset: number }>(relay, '/nodes?limit=2&offset=1');
+    t.same(
+      page.body.data.nodes.map((n) => n.id),
+      everyone.body.data.nodes.slice(1, 3).map((n) => n.id),
+      '?limit=2&offset=1: the second and third nodes, in the same order',
+    );
+    t.equal(page.body.data.total, everyone.body.data.total, 'with the total');
+    t.equal(page.body.data.offset, 1);
+    const badPage = await api<unknown>(relay, '/nodes?limit=-1');
+    t.equal(badPage.status, 400, 'a limit that is not a whole number: 400');
+    t.equal(badPage.body.code, 'RELAY_ERR_BAD_REQUEST');
     const unknown = await api<unknown>(relay, '/nodes/not-a-node');
     t.equal(unknown.status, 404);
     t.equal(unknown.body.code, 'RELAY_ERR_NOT_FOUND');
