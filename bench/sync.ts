@@ -11,7 +11,9 @@
 // everything. Then onerelay's CFEngine-client pull (`[sync] protocol = "cfengine"`) of all 20 nodes from that same
 // cf-serverd through that same proxy: cold (fresh relay: the in-process duration of its first pull, from its
 // "sync done" log line) and no change (POST …/sync, wall time), compared with the classic copy (same extrapolation).
-// Figures also go to bench/out/sync.json.
+// Server and client CPU per file are printed for every figure, both sides measured in the same run from /proc:
+// onerelay's upstream (serving) and relay (pulling) process trees, cf-serverd's process, and cf-agent's CPU as a
+// reaped child of the bench. Figures also go to bench/out/sync.json.
 
 import { randomBytes } from 'node:crypto';
 import { copyFile, mkdir, symlink, writeFile } from 'node:fs/promises';
@@ -23,7 +25,7 @@ import { FIXTURE_KEYS, RELAY_ID, startRelay, type RunningRelay } from '../test/s
 import { freePort, tempDir } from '../test/support/tmp.js';
 import { startLatencyProxy } from './lib/latency-proxy.js';
 import { cliFile, onerelayMissing } from './lib/onerelay.js';
-import { waitForQuietMachine } from './lib/processes.js';
+import { cpuTimeOfTreesMs, reapedChildrenCpuTimeMs, waitForQuietMachine } from './lib/processes.js';
 import { fixed, median, table } from './lib/stats.js';
 
 export const description = '20 nodes × 400 files synced over a 100 ms RTT link: onerelay HTTP sync vs cf-agent copy_from from cf-serverd';
@@ -96,6 +98,16 @@ export async function run(): Promise<void> {
 
     // ---- onerelay: HTTP sync, a fresh relay per round ----
     const times: Record<'cold' | 'no change' | 'one file', number[]> = { cold: [], 'no change': [], 'one file': [] };
+    /** CPU ms of the serving upstream and of the pulling relay, per scenario and round */
+    const cpu: Record<'cold' | 'no change' | 'one file', Array<{ server: number; client: number }>> = { cold: [], 'no change': [], 'one file': [] };
+    const upstreamPid = upstream.child.pid ?? 0;
+    const measured = async (relay: RunningRelay, scenario: keyof typeof times): Promise<void> => {
+      const pids = [upstreamPid, relay.child.pid ?? 0];
+      const before = pids.map((pid) => cpuTimeOfTreesMs([pid]));
+      times[scenario].push(await syncNow(relay));
+      const after = pids.map((pid) => cpuTimeOfTreesMs([pid]));
+      cpu[scenario].push({ server: after[0]! - before[0]!, client: after[1]! - before[1]! });
+    };
     for (let round = 0; round < settings.rounds; round += 1) {
       await waitForQuietMachine(25, 10_000);
       const relay = await startRelay(t, {
@@ -107,7 +119,7 @@ export async function run(): Promise<void> {
       });
       try {
         await sleep(settings.pastManifestTtlMs);
-        times.cold.push(await syncNow(relay));
+        await measured(relay, 'cold');
         if (round === 0) {
           for (const node of nodes) {
             const problems = await compareTrees(join(relayShare, node), join(relay.dir, 'share', node));
@@ -115,11 +127,11 @@ export async function run(): Promise<void> {
           }
         }
         await sleep(settings.pastManifestTtlMs);
-        times['no change'].push(await syncNow(relay));
+        await measured(relay, 'no change');
         const changed = join(relayShare, nodes[round % nodes.length]!, 'rules', 'cfengine-community', 'file-7.cf');
         await writeFile(changed, randomBytes(4_000));
         await sleep(settings.pastManifestTtlMs);
-        times['one file'].push(await syncNow(relay));
+        await measured(relay, 'one file');
         if (round === 0) {
           const problems = await compareTrees(join(relayShare, nodes[0]!), join(relay.dir, 'share', nodes[0]!));
           if (problems.length > 0) throw new Error(`one-file change not synced: ${problems.slice(0, 5).join(', ')}`);
@@ -164,9 +176,13 @@ export async function run(): Promise<void> {
         'cold once and no-change once (about 2 RTT per file)…',
     );
     const classic: Record<'cold' | 'no change', number> = { cold: Number.NaN, 'no change': Number.NaN };
+    const classicCpu: Record<'cold' | 'no change', { server: number; client: number }> = { cold: { server: Number.NaN, client: Number.NaN }, 'no change': { server: Number.NaN, client: Number.NaN } };
     for (const scenario of ['cold', 'no change'] as const) {
       await waitForQuietMachine(25, 10_000);
+      const serverBefore = cpuTimeOfTreesMs([stock.pid]);
+      const clientBefore = reapedChildrenCpuTimeMs();
       const result = await runCopy(client, { port: cfProxy.port, copies, timeoutS: 60 }, 'classic.cf', { timeoutMs: 3 * 3600_000 });
+      classicCpu[scenario] = { server: cpuTimeOfTreesMs([stock.pid]) - serverBefore, client: reapedChildrenCpuTimeMs() - clientBefore };
       if (result.code !== 0) throw new Error(`classic ${scenario} copy failed (${result.code}): ${result.stdout}${result.stderr}`);
       classic[scenario] = result.durationMs;
       console.log(`  classic ${scenario}: ${fixed(result.durationMs / 1000, 1)} s for ${classicFiles} files`);
@@ -185,8 +201,11 @@ export async function run(): Promise<void> {
     await writeFile(pinFile, makeServerCertificate(serverd.privateKey));
     const closedPort = await freePort();
     const cfTimes: Record<'cold' | 'no change', number[]> = { cold: [], 'no change': [] };
+    /** cf-serverd's CPU serving onerelay's pull (the relay's own CPU includes its start for the cold pull: not comparable) */
+    const cfServerCpu: Record<'cold' | 'no change', number[]> = { cold: [], 'no change': [] };
     for (let round = 0; round < settings.cfengineRounds; round += 1) {
       await waitForQuietMachine(25, 10_000);
+      const serverAtStart = cpuTimeOfTreesMs([stock.pid]);
       const relay = await startRelay(t, {
         cli: cliFile,
         workers: 1,
@@ -202,13 +221,16 @@ export async function run(): Promise<void> {
         const done = await relay.waitForLog((line) => line.msg === 'sync done' || line.msg === 'sync failed', 30 * 60_000);
         if (done.msg !== 'sync done') throw new Error(`CFEngine pull failed: ${JSON.stringify(done)}`);
         cfTimes.cold.push(Number(done['durationMs']));
+        cfServerCpu.cold.push(cpuTimeOfTreesMs([stock.pid]) - serverAtStart);
         if (round === 0) {
           for (const node of nodes) {
             const problems = await compareTrees(join(relayShare, node), join(relay.dir, 'share', node));
             if (problems.length > 0) throw new Error(`CFEngine pull of ${node} differs: ${problems.slice(0, 5).join(', ')}`);
           }
         }
+        const serverBefore = cpuTimeOfTreesMs([stock.pid]);
         cfTimes['no change'].push(await syncNow(relay));
+        cfServerCpu['no change'].push(cpuTimeOfTreesMs([stock.pid]) - serverBefore);
       } finally {
         await relay.stop();
       }
@@ -249,6 +271,35 @@ export async function run(): Promise<void> {
         ],
       ),
     );
+    // CPU per file: onerelay's figures cover all files; the classic one the files it copied (or compared)
+    const perFile = (ms: number, files: number): string => fixed(ms / files, 3);
+    const cpuMedian = (list: ReadonlyArray<{ server: number; client: number }>, side: 'server' | 'client'): number => median(list.map((c) => c[side]));
+    console.log('CPU per file (user + system, ms, from /proc; onerelay over all files, classic over the files it measured):');
+    console.log(
+      table(
+        ['scenario', 'onerelay server', 'onerelay client', 'cf-serverd', 'cf-agent', 'server ratio', 'client ratio'],
+        (['cold', 'no change'] as const).map((scenario) => {
+          const server = cpuMedian(cpu[scenario], 'server') / totalFiles;
+          const clientSide = cpuMedian(cpu[scenario], 'client') / totalFiles;
+          const stockServer = classicCpu[scenario].server / classicFiles;
+          const stockClient = classicCpu[scenario].client / classicFiles;
+          return [
+            scenario,
+            fixed(server, 3),
+            fixed(clientSide, 3),
+            fixed(stockServer, 3),
+            fixed(stockClient, 3),
+            stockServer > 0 ? `${fixed(server / stockServer, 2)}×` : 'n/a',
+            stockClient > 0 ? `${fixed(clientSide / stockClient, 2)}×` : 'n/a',
+          ];
+        }),
+      ),
+    );
+    console.log(
+      `  one-file change: onerelay server ${fixed(cpuMedian(cpu['one file'], 'server'), 0)} ms, client ${fixed(cpuMedian(cpu['one file'], 'client'), 0)} ms in all. ` +
+        `cf-serverd serving onerelay's CFEngine pull: cold ${perFile(median(cfServerCpu.cold), totalFiles)} ms per file, ` +
+        `no change ${fixed(median(cfServerCpu['no change']), 0)} ms in all (serving cf-agent: ${perFile(classicCpu.cold.server, classicFiles)} ms per file cold).`,
+    );
     console.log(
       `onerelay CFEngine pull: medians of ${settings.cfengineRounds} rounds (fresh relay each), all ${totalFiles} files of ${settings.nodes} nodes measured, ` +
         `cold = the first pull's own duration, no change = POST …/sync wall time (flag files STATed, no node walked). ` +
@@ -271,6 +322,7 @@ export async function run(): Promise<void> {
           onerelayRtt: { cold: rtt(m.cold), noChange: rtt(m.same), oneFile: rtt(m.one) },
           classic: { nodesMeasured: settings.classicNodes, filesMeasured: classicFiles, measuredMs: classic, scale, extrapolatedMs: { cold: classicCold, noChange: classicSame } },
           coldSpeedup,
+          cpuMs: { onerelay: cpu, classic: classicCpu, cfServerdServingOnerelay: cfServerCpu },
           cfengineClient: {
             nodesMeasured: settings.nodes,
             filesMeasured: totalFiles,

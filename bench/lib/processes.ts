@@ -131,6 +131,16 @@ export function cpuTimeOfTreesMs(pids: readonly number[]): number {
   return (ticks * 1000) / clockTicksPerSecond;
 }
 
+/**
+ * CPU time (user + system, ms) of this process's children that have ended and been waited for (Linux
+ * /proc/self/stat cutime + cstime): the CPU of a short-lived client such as cf-agent, read before and after it.
+ */
+export function reapedChildrenCpuTimeMs(): number {
+  const stat = readFileSync('/proc/self/stat', 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return ((Number(fields[13]) + Number(fields[14])) * 1000) / clockTicksPerSecond;
+}
+
 /** CPU time (ms) all cores of the machine have spent busy since boot (Linux /proc/stat). */
 export function machineBusyCpuTimeMs(): number {
   const fields = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
