@@ -1,6 +1,7 @@
 // Part of the composition room: the order of things. The primary loads and checks everything, builds each
-// module (compose.ts), starts them in dependency order, forks the front-door workers (cluster.ts) and
-// stops everything in reverse within bounds (shutdown.ts); a worker runs the HTTPS front door.
+// module (compose.ts), starts them in dependency order, opens the HTTPS front door itself and forks the other
+// front-door processes, which accept on its listening socket (cluster.ts), and stops everything in reverse
+// within bounds (shutdown.ts); a worker runs the HTTPS front door only.
 
 import cluster from 'node:cluster';
 import { availableParallelism } from 'node:os';
@@ -12,14 +13,15 @@ import { RelayError, messageOf } from '../errors.js';
 import { ensureIdentity, loadIdentity } from '../identity/index.js';
 import { createLogger, pinoLevel } from '../log.js';
 import { createFrontDoorMetrics, createPrimaryMetrics } from '../metrics/index.js';
-import { ABORT_SETTLE_MS } from '../spool/index.js';
+import { ABORT_SETTLE_MS, type SpoolQueue } from '../spool/index.js';
+import type { FrontDoor } from '../http/index.js';
 import type { RemoteRun } from '../remote-run/index.js';
 import type { SyncPuller } from '../sync/index.js';
 import { createSystem } from '../system/index.js';
 import type { OwnCompliance, OwnInventory } from '../agentless/index.js';
 import { VERSION } from '../version.js';
 import { DATABASE_REFUSED, checkInstallation } from './check.js';
-import { connectToPrimary, createFrontDoorWorkers, type FrontDoorWorkers } from './cluster.js';
+import { connectToPrimary, createFrontDoorWorkers, createLocalAdmission, type FrontDoorWorkers } from './cluster.js';
 import {
   activityOf,
   cfengineServerOf,
@@ -127,15 +129,20 @@ export async function runPrimary(options: StartOptions): Promise<void> {
     let ownCompliance: OwnCompliance | undefined;
     // the relay's own inventory (issue 18), made below once the upstream client exists
     let ownInventory: OwnInventory | undefined;
+    /** the spool's disk budget, lent to every front-door process as byte leases (http/admission.ts) */
+    const admission = {
+      reserve: (queue: SpoolQueue, bytes: number) => forwarding?.reserve(queue, bytes),
+      release: async (queue: SpoolQueue, reservation: number) => forwarding?.release(queue, reservation),
+      settle: async (queue: SpoolQueue, reservation: number, bytes: number, names: readonly string[]) => forwarding?.settle(queue, reservation, bytes, names),
+      isFull: (queue: SpoolQueue) => forwarding?.isFull(queue) ?? false,
+    };
+    // the primary's own front door (created below): one front-door process per core, the primary among them
+    let frontDoor: FrontDoor | undefined;
     const frontDoorWorkers = createFrontDoorWorkers(
       { configPath: options.configPath, logLevel: options.logLevel },
       {
-        admission: {
-          reserve: (queue, bytes) => forwarding?.reserve(queue, bytes),
-          release: async (queue, reservation) => forwarding?.release(queue, reservation),
-          settle: async (queue, reservation, bytes, names) => forwarding?.settle(queue, reservation, bytes, names),
-          isFull: (queue) => forwarding?.isFull(queue) ?? false,
-        },
+        admission,
+        listener: () => frontDoor?.server(),
         frontDoorSettings: () => frontDoorSettingsOf(ownSettings),
         onRemoteRunError: (message) => remoteRun?.recordError(message),
         onActivity: (events) => {
@@ -145,7 +152,15 @@ export async function runPrimary(options: StartOptions): Promise<void> {
       },
     );
     workers = frontDoorWorkers;
-    const metrics = createPrimaryMetrics({ spool, nodes, queues: { queues: () => forwarding?.queues() ?? [] }, workers: () => frontDoorWorkers.snapshots(), activity });
+    // the own front door's counters, aggregated as a worker's are (the process metrics are the primary's own)
+    const frontDoorMetrics = createFrontDoorMetrics({ processMetrics: false });
+    const metrics = createPrimaryMetrics({
+      spool,
+      nodes,
+      queues: { queues: () => forwarding?.queues() ?? [] },
+      workers: async () => [await frontDoorMetrics.snapshot(), ...(await frontDoorWorkers.snapshots())],
+      activity,
+    });
     forwarding = createForwarding(config, {
       myId: identity.nodeId,
       ownCertificate: identity.certificate,
@@ -166,6 +181,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
       void (async () => {
         ownSettings = resolveOwnSettings(await ownSettingsInputs(config), ownPolicies.current());
         cfengine?.setAllowedNetworks(ownSettings.allowedNetworks.value);
+        frontDoor?.update(frontDoorSettingsOf(ownSettings));
         frontDoorWorkers.broadcast({ type: 'own-settings', settings: frontDoorSettingsOf(ownSettings) });
         const shown = settingsStatus(ownSettings, ownPolicies.current());
         log.info({ event: 'own_policies_applied', node_config_id: ownPolicies.current()?.nodeConfigId, applied: shown['applied'] }, 'own policies applied');
@@ -246,7 +262,26 @@ export async function runPrimary(options: StartOptions): Promise<void> {
     }
     await sharedFiles.start();
     stoppers.push(stopStep('shared files', () => sharedFiles.stop()));
+    // front-door processes: https.workers, 0 = one per core; the primary is one of them
     const count = config.https.workers > 0 ? config.https.workers : availableParallelism();
+    const localAdmission = createLocalAdmission(admission);
+    const ownFrontDoor = await frontDoorOf(config, identity, {
+      nodes,
+      peers,
+      metrics: frontDoorMetrics,
+      isSpoolFull: (queue) => activeForwarding.isFull(queue),
+      admit: (queue, bytes) => localAdmission.admit(queue, bytes),
+      onRemoteRunError: (message) => remoteRun?.recordError(message),
+      activity,
+      log,
+    });
+    ownFrontDoor.update(frontDoorSettingsOf(ownSettings));
+    frontDoor = ownFrontDoor;
+    try {
+      await ownFrontDoor.start();
+    } catch (error) {
+      throw new RelayError('RELAY_ERR_LISTEN', `HTTPS front door on ${config.https.listen.host}:${config.https.listen.port} (https.listen): ${messageOf(error)}`);
+    }
     // the queues start while the workers boot: a backlog left by a restart starts draining at once instead of
     // waiting the second or so that loading the workers takes on a small machine (workers that are not ready
     // yet learn the spool-full state in their 'ready' handshake, cluster.ts)
@@ -258,7 +293,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
         config.https.shutdownTimeoutMs + ABORT_SETTLE_MS + 5_000,
       ),
     );
-    await Promise.all([activeForwarding.start(), frontDoorWorkers.start(count)]);
+    await Promise.all([activeForwarding.start(), frontDoorWorkers.start(count - 1)]);
     // after the queues and the workers: the CFEngine server warms its request path up before it listens
     // (~0.6-1 s of the primary's CPU, cfengine/warm-up.ts). A relay restarting onto a backlog skips it: that
     // CPU goes to forwarding first (bench/pipeline: 1,300 -> 1,535 reports/s from spawn without it)
@@ -301,7 +336,15 @@ export async function runPrimary(options: StartOptions): Promise<void> {
         log.error({ event: 'stop_overrun', ms: Date.now() - startedAt }, 'shutdown overran its bound: exiting now (queued files stay in the spool)');
         process.exit(1);
       }, boundMs);
-      const stopWorkers = stopStep('front-door workers', () => frontDoorWorkers.stop(config.https.shutdownTimeoutMs + 2_000), config.https.shutdownTimeoutMs + 4_000);
+      // the workers and the primary's own front door finish their uploads in flight together
+      const stopWorkers = stopStep(
+        'front-door workers',
+        async () => {
+          await Promise.all([frontDoorWorkers.stop(config.https.shutdownTimeoutMs + 2_000), ownFrontDoor.stop()]);
+          localAdmission.close();
+        },
+        config.https.shutdownTimeoutMs + 4_000,
+      );
       await runStopSteps([stopWorkers, ...stoppers.reverse()], startedAt + boundMs - 500, log);
       log.info({ event: 'stopped', ms: Date.now() - startedAt }, 'onerelay stopped');
       process.exit(0);
@@ -319,7 +362,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
         key_hash: identity.digests.sha256Pin,
         https: `${config.https.listen.host}:${config.https.listen.port}`,
         api: `${config.general.listen.host}:${config.general.listen.port}`,
-        workers: count,
+        front_door_processes: count,
         certificate: config.https.certificateFile ?? config.identity.certificateFile,
         private_key: config.https.keyFile ?? config.identity.privateKeyFile,
         reports: config.processing.reporting.directory,
@@ -366,11 +409,8 @@ export async function runWorker(): Promise<void> {
       activity,
       log,
     });
-    try {
-      await frontDoor.start();
-    } catch (error) {
-      throw new RelayError('RELAY_ERR_LISTEN', `HTTPS front door on ${config.https.listen.host}:${config.https.listen.port} (https.listen): ${messageOf(error)}`);
-    }
+    // the primary's listening socket: every front-door process accepts on it
+    await frontDoor.start(await primary.listeningSocket());
     let stopping = false;
     const stop = async () => {
       if (stopping) return;

@@ -1,10 +1,14 @@
-// Part of the composition room: the primary and its front-door workers. One worker per core, because TLS 1.3
-// handshakes with Rudder's RSA-4096 key are the cost that dominates uploads and one event loop cannot use
-// both cores (DEVELOPERS.md "Stack"). This file owns the typed messages between them, forking, supervision
-// (a worker that dies is replaced), the metrics each worker reports, and the admission of uploads against
-// the spool's disk budget, which the primary holds and lends to the workers as byte leases (http/admission.ts).
+// Part of the composition room: the primary and its front-door workers. One front-door process per core,
+// because TLS 1.3 handshakes with Rudder's RSA-4096 key are the cost that dominates uploads and one event loop
+// cannot use both cores (DEVELOPERS.md "Stack"); the primary is one of them (a process less: ~60 MB of RSS,
+// bench/footprint), so it forks cores - 1 workers. This file owns the typed messages between them, forking,
+// supervision (a worker that dies is replaced), the listening socket the primary opens and hands to each
+// worker, the metrics each worker reports, and the admission of uploads against the spool's disk budget,
+// which the primary holds and lends as byte leases to the workers and, in-process, to its own front door
+// (http/admission.ts).
 
 import cluster, { type Worker } from 'node:cluster';
+import type { Server } from 'node:net';
 import type { Logger } from 'pino';
 import type { ActivityEvent } from '../activity/index.js';
 import type { LogLevel } from '../config/index.js';
@@ -16,6 +20,8 @@ import type { SpoolQueue } from '../spool/index.js';
 /** from a front-door worker to the primary */
 export type WorkerMessage =
   | { type: 'ready' }
+  /** asks for the front door's listening socket (answered with 'listen-handle' and the handle) */
+  | { type: 'listen-handle-request' }
   | { type: 'remote-run-error'; message: string }
   | { type: 'failed'; message: string; exitCode: number }
   | { type: 'metrics'; id: number; snapshot: MetricsSnapshot }
@@ -24,6 +30,8 @@ export type WorkerMessage =
 /** from the primary to its front-door workers */
 export type PrimaryMessage =
   | { type: 'reload'; level: LogLevel }
+  /** sent with the primary's listening server as the handle */
+  | { type: 'listen-handle' }
   | { type: 'shutdown' }
   | { type: 'spool-full'; queue: SpoolQueue; full: boolean }
   | { type: 'metrics-request'; id: number }
@@ -37,6 +45,8 @@ const ENV_LOG_LEVEL = 'ONERELAY_LOG_LEVEL';
 const ADMIT_TIMEOUT_MS = 2_000;
 /** how long the primary waits for a worker's metrics before leaving it out */
 const METRICS_TIMEOUT_MS = 2_000;
+/** how long a worker waits for the listening socket */
+const LISTEN_HANDLE_TIMEOUT_MS = 10_000;
 /** pause before a dead worker is replaced (a worker that dies at once must not spin) */
 const RESTART_DELAY_MS = 1_000;
 const SPOOL_QUEUES: readonly SpoolQueue[] = ['reports', 'inventories', 'inventory-updates'];
@@ -44,7 +54,7 @@ const SPOOL_QUEUES: readonly SpoolQueue[] = ['reports', 'inventories', 'inventor
 // ---------------------------------------------------------------- primary side
 
 export interface FrontDoorWorkers {
-  /** forks `count` workers; resolves once every one is ready, rejects if one fails to start */
+  /** forks `count` workers (0: none); resolves once every one is ready, rejects if one fails to start */
   start(count: number): Promise<void>;
   broadcast(message: PrimaryMessage): void;
   /** every worker's metrics; a worker that does not answer in time is left out */
@@ -66,6 +76,8 @@ export function createFrontDoorWorkers(
     readonly frontDoorSettings: () => FrontDoorSettings;
     readonly onRemoteRunError: (message: string) => void;
     readonly onActivity: (events: readonly ActivityEvent[]) => void;
+    /** the primary's listening front-door server, handed to each worker that asks */
+    readonly listener: () => Server | undefined;
     readonly log: Logger;
   },
 ): FrontDoorWorkers {
@@ -100,6 +112,10 @@ export function createFrontDoorWorkers(
             if (admission.isFull(queue)) worker.send({ type: 'spool-full', queue, full: true } satisfies PrimaryMessage);
           }
           resolve();
+        } else if (message.type === 'listen-handle-request') {
+          const server = deps.listener();
+          // no server: the worker's start fails on its timeout and says so
+          if (server !== undefined && worker.isConnected()) worker.send({ type: 'listen-handle' } satisfies PrimaryMessage, server);
         } else if (message.type === 'remote-run-error') {
           deps.onRemoteRunError(message.message);
         } else if (message.type === 'activity') {
@@ -132,9 +148,12 @@ export function createFrontDoorWorkers(
 
   return {
     async start(count) {
-      // workers accept on the shared socket themselves: round-robin would pass every connection through the
-      // primary (an IPC handle transfer and an ack per upload, ~10 % of a worker's CPU); an idle worker is the
-      // one waiting in accept, so the CPU-bound handshakes still spread over the workers (bench/uploads)
+      if (count <= 0) return;
+      // every front-door process accepts on the one listening socket itself (the primary's, handed over at
+      // start: 'listen-handle'): round-robin would pass every connection through the primary (an IPC handle
+      // transfer and an ack per upload, ~10 % of a worker's CPU); an idle process is the one waiting in
+      // accept, so the CPU-bound handshakes still spread over the processes (bench/uploads). SCHED_NONE for
+      // any other listen a worker might make.
       cluster.schedulingPolicy = cluster.SCHED_NONE;
       // V8's young generation grows to 3 x 16 MB per worker under uploads, whose bodies live outside the heap
       // anyway; 2 MB semi-spaces keep each worker ~30 MB smaller at no measured CPU per upload (bench/footprint,
@@ -195,6 +214,8 @@ export interface PrimaryRequests {
 export interface PrimaryLink {
   /** the configuration file and the --log-level override the primary started this worker with */
   readonly configPath: string;
+  /** the primary's listening front-door socket, to accept on */
+  listeningSocket(): Promise<Server>;
   readonly logLevel: LogLevel | undefined;
   /** uploads are admitted on byte leases the primary grants (http/admission.ts): no round trip per upload */
   admit(queue: SpoolQueue, bytes: number): Promise<UploadAdmission>;
@@ -226,6 +247,21 @@ export function connectToPrimary(): PrimaryLink {
   return {
     configPath: process.env[ENV_CONFIG] ?? '',
     logLevel: process.env[ENV_LOG_LEVEL] as LogLevel | undefined,
+    listeningSocket: () =>
+      new Promise((resolve, reject) => {
+        const timer = setTimeout(() => {
+          process.off('message', answer);
+          reject(new RelayError('RELAY_ERR_LISTEN', `the primary did not hand over the listening socket within ${LISTEN_HANDLE_TIMEOUT_MS} ms`));
+        }, LISTEN_HANDLE_TIMEOUT_MS);
+        const answer = (message: PrimaryMessage, handle: unknown): void => {
+          if (message.type !== 'listen-handle') return;
+          clearTimeout(timer);
+          process.off('message', answer);
+          resolve(handle as Server);
+        };
+        process.on('message', answer);
+        send({ type: 'listen-handle-request' });
+      }),
     admit: (queue, bytes) => leases.admit(queue, bytes),
     closeLeases: () => leases.close(),
     isSpoolFull: (queue) => fullQueues.has(queue),
@@ -252,4 +288,28 @@ export function connectToPrimary(): PrimaryLink {
     ready: () => send({ type: 'ready' }),
     failed: (message, exitCode) => send({ type: 'failed', message, exitCode }),
   };
+}
+
+// ---------------------------------------------------------------- the primary's own front door
+
+/**
+ * The admission of the primary's own front door: the same byte leases as a worker's, the keeper and the
+ * holder wired in-process (no IPC), so the budget and the queue's settle are kept by one mechanism.
+ */
+export function createLocalAdmission(budget: LeaseBudget & { isFull(queue: SpoolQueue): boolean }): {
+  admit(queue: SpoolQueue, bytes: number): Promise<UploadAdmission>;
+  close(): void;
+} {
+  const keeper = createLeaseKeeper(budget);
+  const holder = createLeaseHolder({
+    send: (message) => {
+      const grant = keeper.handle(message);
+      // answered after the request is registered, as over IPC
+      if (grant !== undefined) queueMicrotask(() => holder.granted(grant));
+      return true;
+    },
+    isFull: (queue) => budget.isFull(queue),
+    timeoutMs: ADMIT_TIMEOUT_MS,
+  });
+  return { admit: (queue, bytes) => holder.admit(queue, bytes), close: () => holder.close() };
 }

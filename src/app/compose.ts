@@ -238,7 +238,7 @@ export async function frontDoorOf(
     isSpoolFull: (queue: SpoolQueue) => boolean;
     admit: (queue: SpoolQueue, bytes: number) => Promise<UploadAdmission>;
     onRemoteRunError: (message: string) => void;
-    activity: ActivityBatcher | undefined;
+    activity: ActivitySink | undefined;
     log: Logger;
   },
 ): Promise<FrontDoor> {

@@ -108,7 +108,7 @@ export interface Config {
     readonly allowedNetworks: readonly string[];
     readonly policyServerNetworks: readonly string[];
     readonly maxUploadSize: number;
-    /** front-door worker processes; 0 = as many as CPU cores */
+    /** front-door processes, the primary included (N - 1 workers are forked); 0 = as many as CPU cores */
     readonly workers: number;
     readonly shutdownTimeoutMs: number;
     readonly proxy: readonly ProxyRoute[];

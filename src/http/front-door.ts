@@ -1,10 +1,12 @@
 // The node-facing HTTPS endpoint (Apache httpd's part of a relay): TLS 1.3 only, client
 // certificate requested but optional (Apache's optional_no_ca), WebDAV PUT uploads into the spool,
-// /uuid, and a reverse proxy for local services. Runs in every cluster worker.
+// /uuid, and a reverse proxy for local services. Runs in the primary and in every front-door worker, all
+// accepting on the one listening socket the primary opened (app/cluster.ts).
 
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Server } from 'node:net';
 import type { TLSSocket } from 'node:tls';
-import Fastify, { LogController, type FastifyReply, type FastifyRequest } from 'fastify';
+import Fastify, { LogController, type FastifyListenOptions, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import type { ListenAddress, ProxyRoute } from '../config/index.js';
 import { RelayError, messageOf } from '../errors.js';
@@ -74,7 +76,10 @@ export interface FrontDoorSettings {
 }
 
 export interface FrontDoor {
-  start(): Promise<void>;
+  /** listens on https.listen, or accepts on `shared`, the listening socket another process opened and handed over */
+  start(shared?: Server): Promise<void>;
+  /** the listening server once started: what the primary hands its workers */
+  server(): Server | undefined;
   stop(): Promise<void>;
   /** applies new networks and credentials to the next requests */
   update(settings: FrontDoorSettings): void;
@@ -363,11 +368,15 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
       policyServerAcl = createNetworkAcl(settings.policyServerNetworks);
       auth = { ...auth, user: settings.user, password: settings.password };
     },
-    async start() {
+    async start(shared) {
       if (app) return;
       app = build();
-      await app.listen({ host: options.listen.host, port: options.listen.port });
+      // with a handle, the host only keeps fastify from binding 'localhost''s other addresses itself
+      if (shared === undefined) await app.listen({ host: options.listen.host, port: options.listen.port });
+      // (net.Server.listen takes { handle }, which fastify passes through; its types do not list it)
+      else await app.listen({ handle: (shared as Server & { _handle: unknown })._handle, host: '0.0.0.0' } as unknown as FastifyListenOptions);
     },
+    server: () => app?.server,
     async stop() {
       if (!app) return;
       const closing = app;

@@ -321,9 +321,10 @@ export function createPrimaryMetrics(sources: {
   };
 }
 
-export function createFrontDoorMetrics(): FrontDoorMetrics {
+/** `processMetrics: false` for the primary's own front door: its process is counted by the primary's registry */
+export function createFrontDoorMetrics(options: { readonly processMetrics?: boolean } = {}): FrontDoorMetrics {
   const registry = new Registry();
-  collectDefaultMetrics({ register: registry, eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS });
+  if (options.processMetrics ?? true) collectDefaultMetrics({ register: registry, eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS });
   return {
     ...createServiceMetrics(registry),
     snapshot: () => registry.getMetricsAsJSON() as Promise<MetricsSnapshot>,

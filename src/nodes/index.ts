@@ -1,6 +1,6 @@
 // Face of the nodes module: nodeslist.json + nodes certificates → registry (spec-relayd.md §3).
 
-import type { X509Certificate } from 'node:crypto';
+import type { KeyObject, X509Certificate } from 'node:crypto';
 
 export interface KeyHash {
   readonly type: 'sha256' | 'sha512';
@@ -12,6 +12,16 @@ export interface NodeEntry {
   readonly hostname: string;
   readonly policyServer: string;
   readonly keyHash: KeyHash | undefined;
+}
+
+/**
+ * What checking a node's signature needs of one of its certificates (reports' S/MIME): its DER (issuer and
+ * serial are read from it) and its public key. An X509Certificate is one; the registry hands out lighter
+ * ones (signerCertificatesOf).
+ */
+export interface SignerCertificate {
+  readonly raw: Buffer;
+  readonly publicKey: KeyObject;
 }
 
 export type CertificateMatch =
@@ -35,7 +45,14 @@ export interface NodesStatus {
 export interface NodesRegistry {
   readonly myId: string;
   get(id: string): NodeEntry | undefined;
+  /** X509Certificate objects (~4 KB of OpenSSL memory each): the last 1,000 nodes asked for are kept, the others built again when asked for */
   certificatesOf(id: string): readonly X509Certificate[];
+  /**
+   * the node's certificates for signature checks: the DER kept at load and the public key, made on first use
+   * and kept until the next load (~0.3 KB each), so a relay of 10,000 reporting nodes holds no X509Certificate
+   * per node; the same objects until the next load (a changed certificate: new objects)
+   */
+  signerCertificatesOf(id: string): readonly SignerCertificate[];
   findByPublicKey(spkiDer: Buffer): NodeEntry | undefined;
   /** attribute a client certificate to a node by its subject UID and check it against the node's pin */
   matchCertificate(certificateDer: Buffer): CertificateMatch;

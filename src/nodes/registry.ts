@@ -1,12 +1,12 @@
 // The nodes registry: the current snapshot of nodeslist.json + nodes certificates, the relations of
 // spec-relayd.md §3.4, client-certificate attribution, and hot reload on file change.
 
-import { X509Certificate, createHash } from 'node:crypto';
+import { X509Certificate, createHash, createPublicKey, type KeyObject } from 'node:crypto';
 import type { Logger } from 'pino';
 import { RelayError, isRelayError, messageOf } from '../errors.js';
 import { collectGarbage } from '../gc.js';
 import { parseCertificateFacts, type CertificateFacts } from '../der/index.js';
-import type { CertificateMatch, NodeEntry, NodesOptions, NodesRegistry, NodesStatus } from './index.js';
+import type { CertificateMatch, NodeEntry, NodesOptions, NodesRegistry, NodesStatus, SignerCertificate } from './index.js';
 import { hashSpki } from './key-hash.js';
 import { emptySnapshot, loadSnapshot, type NodesSnapshot } from './snapshot.js';
 import { watchFiles, type FilesWatcher } from './watch.js';
@@ -19,13 +19,34 @@ const DEBOUNCE_MS = 200;
 /** nodes + certificates from which a load's garbage is collected at once (src/gc.ts): ~20 MB per process at 10,000 nodes */
 const COLLECT_AFTER_ITEMS = 1000;
 const WATCH_RETRY_MS = 2000;
+/**
+ * X509Certificate objects kept, most recently asked for first. Each holds OpenSSL's parsed certificate,
+ * ~5 KB of malloc: built for every node that reports (the reports' signature check), they made a relay of
+ * 10,000 reporting nodes ~51 MB larger for good. The DER stays in the snapshot; an object evicted is built
+ * again when asked for (~0.25 ms), which at Rudder's 5-minute run interval is a few per second at most.
+ */
+const CERTIFICATE_OBJECTS_KEPT = 1000;
+const NO_CERTIFICATES: readonly X509Certificate[] = Object.freeze([]);
+
+/** a certificate as the signature check needs it: the DER (a view on the load's store) and its public key, parsed on first use */
+class DerCertificate implements SignerCertificate {
+  private key: KeyObject | undefined;
+  constructor(readonly raw: Buffer) {}
+  get publicKey(): KeyObject {
+    // an unreadable key throws, as X509Certificate's would: the signature check reports it as unusable
+    this.key ??= createPublicKey({ key: parseCertificateFacts(this.raw).spki, format: 'der', type: 'spki' });
+    return this.key;
+  }
+}
 
 export function createNodesRegistry(options: NodesOptions & { log: Logger }): NodesRegistry {
   const log = options.log.child({ module: 'nodes' });
   const { myId } = options;
   let snapshot: NodesSnapshot = emptySnapshot();
-  /** X509Certificate objects of the current snapshot, built when first asked for */
+  /** X509Certificate objects of the current snapshot, built when asked for, the last CERTIFICATE_OBJECTS_KEPT kept (insertion order = recency) */
   let certificateObjects = new Map<string, readonly X509Certificate[]>();
+  /** signer certificates of the current snapshot, made when first asked for */
+  let signerObjects = new Map<string, readonly SignerCertificate[]>();
   let loadedAt: string | undefined;
   let lastError: string | undefined;
   let queue: Promise<void> = Promise.resolve();
@@ -40,6 +61,7 @@ export function createNodesRegistry(options: NodesOptions & { log: Logger }): No
       snapshot = next;
       hadFiles = next.read;
       certificateObjects = new Map();
+      signerObjects = new Map();
       loadedAt = new Date().toISOString();
       if (lastError !== undefined) log.info('nodes data valid again, error cleared');
       lastError = undefined;
@@ -83,9 +105,16 @@ export function createNodesRegistry(options: NodesOptions & { log: Logger }): No
 
     certificatesOf(id) {
       const cached = certificateObjects.get(id);
-      if (cached !== undefined) return cached;
+      if (cached !== undefined) {
+        // most recent last: the first key is the one to evict
+        certificateObjects.delete(id);
+        certificateObjects.set(id, cached);
+        return cached;
+      }
+      const ders = snapshot.certificatesOf(id);
+      if (ders.length === 0) return NO_CERTIFICATES;
       const certificates: X509Certificate[] = [];
-      for (const der of snapshot.certificates.get(id) ?? []) {
+      for (const der of ders) {
         try {
           certificates.push(new X509Certificate(der));
         } catch (error) {
@@ -94,7 +123,19 @@ export function createNodesRegistry(options: NodesOptions & { log: Logger }): No
         }
       }
       certificateObjects.set(id, certificates);
+      if (certificateObjects.size > CERTIFICATE_OBJECTS_KEPT) certificateObjects.delete(certificateObjects.keys().next().value!);
       return certificates;
+    },
+
+    signerCertificatesOf(id) {
+      let signers = signerObjects.get(id);
+      if (signers === undefined) {
+        const ders = snapshot.certificatesOf(id);
+        if (ders.length === 0) return NO_CERTIFICATES;
+        signers = ders.map((der) => new DerCertificate(der));
+        signerObjects.set(id, signers);
+      }
+      return signers;
     },
 
     findByPublicKey(spkiDer) {

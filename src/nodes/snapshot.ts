@@ -12,8 +12,8 @@ import { keyHashIndexKey, parseKeyHash } from './key-hash.js';
 
 export interface NodesSnapshot {
   readonly nodes: ReadonlyMap<string, NodeEntry>;
-  /** per node: DER of its certificates, in file order (see NodesOptions.keepCertificates) */
-  readonly certificates: ReadonlyMap<string, readonly Buffer[]>;
+  /** the DER of the node's certificates kept (see NodesOptions.keepCertificates), in file order: views on the store's slabs */
+  certificatesOf(id: string): readonly Buffer[];
   /** per node pinned by its certificates (no key-hash): sha256 hex of the SPKI of each of its certificates */
   readonly certificateKeys: ReadonlyMap<string, ReadonlySet<string>>;
   readonly certificateCount: number;
@@ -27,7 +27,50 @@ export interface NodesSnapshot {
 }
 
 export function emptySnapshot(): NodesSnapshot {
-  return buildSnapshot(new Map(), new Map(), '');
+  return buildSnapshot(new Map(), new Map(), new DerStore(), '');
+}
+
+/** slab size of the DER store: above glibc's mmap threshold, so a reload gives the old slabs back to the system whole */
+const SLAB_BYTES = 256 * 1024;
+
+/**
+ * The kept DER of one load, packed end to end in a few large slabs. One Buffer per certificate cost a JS
+ * object and an 8 KB pool slab shared with whatever else was allocated meanwhile: the slabs of 10,000
+ * certificates stayed scattered in malloc's heap after a reload freed them (bench/footprint).
+ */
+export class DerStore {
+  private readonly slabs: Buffer[] = [];
+  /** per certificate index: slab, offset, length */
+  private places = new Int32Array(3 * 64);
+  private count = 0;
+  private used = SLAB_BYTES;
+
+  /** a copy of `der` in the store; returns its index */
+  add(der: Buffer): number {
+    if (this.used + der.length > SLAB_BYTES) {
+      this.slabs.push(Buffer.allocUnsafeSlow(Math.max(SLAB_BYTES, der.length)));
+      this.used = 0;
+    }
+    const slab = this.slabs.length - 1;
+    der.copy(this.slabs[slab]!, this.used);
+    if (3 * (this.count + 1) > this.places.length) {
+      const grown = new Int32Array(this.places.length * 2);
+      grown.set(this.places);
+      this.places = grown;
+    }
+    const at = 3 * this.count;
+    this.places[at] = slab;
+    this.places[at + 1] = this.used;
+    this.places[at + 2] = der.length;
+    this.used += der.length;
+    return this.count++;
+  }
+
+  get(index: number): Buffer {
+    const at = 3 * index;
+    const offset = this.places[at + 1]!;
+    return this.slabs[this.places[at]!]!.subarray(offset, offset + this.places[at + 2]!);
+  }
 }
 
 /**
@@ -57,16 +100,17 @@ export async function loadSnapshot(
     throw new RelayError('RELAY_ERR_NODES_CERTS', `nodes certificates ${options.nodesCertsFile} are missing (they were there before): keeping the last good ones`);
   }
   let certificates = new Map<string, NodeCertificate[]>();
+  const store = new DerStore();
   if (certsFile === undefined) {
     log.info({ file: options.nodesCertsFile }, 'Nodes certificates file does not exist, skipping');
   } else {
     try {
-      certificates = await parseNodesCertificates(certsFile, options.nodesCertsFile, nodes, keepDerOf(nodes, options), log);
+      certificates = await parseNodesCertificates(certsFile, options.nodesCertsFile, nodes, keepDerOf(nodes, options), store, log);
     } finally {
       await certsFile.close();
     }
   }
-  return { ...buildSnapshot(nodes, certificates, options.myId), read: { list: listText !== undefined, certs: certsFile !== undefined } };
+  return { ...buildSnapshot(nodes, certificates, store, options.myId), read: { list: listText !== undefined, certs: certsFile !== undefined } };
 }
 
 export function parseNodesList(text: string, file: string): Map<string, NodeEntry> {
@@ -100,8 +144,8 @@ export function parseNodesList(text: string, file: string): Map<string, NodeEntr
 }
 
 interface NodeCertificate {
-  /** DER, or undefined when not kept (NodesOptions.keepCertificates); X509Certificate objects are built on demand (≈0.3 ms each: too slow for 50k per reload) */
-  readonly der: Buffer | undefined;
+  /** index of its DER in the load's DerStore, or -1 when not kept (NodesOptions.keepCertificates); X509Certificate objects are built on demand (≈0.3 ms each: too slow for 50k per reload) */
+  readonly der: number;
   /** sha256 hex of its SubjectPublicKeyInfo */
   readonly spkiSha256: string;
 }
@@ -116,28 +160,30 @@ function keepDerOf(nodes: ReadonlyMap<string, NodeEntry>, options: NodesOptions)
 
 /** certificates parsed between two yields to the event loop */
 const CERTIFICATES_PER_SLICE = 2000;
-const READ_CHUNK = 1 << 20;
-const PEM_END = '-----END CERTIFICATE-----';
-/** room for the DER of one certificate decoded to be read and dropped (a node whose DER is not kept) */
+const READ_CHUNK = 256 * 1024;
+const PEM_END = Buffer.from('-----END CERTIFICATE-----', 'latin1');
+/** room for the DER of one certificate decoded to be read, hashed and copied (into the store) or dropped */
 const SCRATCH_BYTES = 64 * 1024;
 
 /**
- * The file is read 1 MB at a time, never whole: a whole 10,000-certificate file is an 18 MB buffer that
- * stays mapped until V8's next full collection, which an idle relay may not run for a long time
- * (bench/footprint). DER not kept is decoded into one scratch buffer rather than allocated.
+ * The file is read 256 KB at a time into one buffer and walked as bytes, never whole and never as one
+ * string: each PEM body becomes a small short-lived string. A whole 10,000-certificate file is an 18 MB
+ * buffer, and chunks of 1 MB as strings are malloc'd external strings: either stays in the process's heap
+ * until V8's next full collection, which an idle relay may not run for a long time (bench/footprint).
  */
 export async function parseNodesCertificates(
   handle: FileHandle,
   file: string,
   nodes: ReadonlyMap<string, NodeEntry>,
   keepDer: (id: string) => boolean,
+  store: DerStore,
   log: Logger,
 ): Promise<Map<string, NodeCertificate[]>> {
   const certificates = new Map<string, NodeCertificate[]>();
-  const chunk = Buffer.allocUnsafe(READ_CHUNK);
+  let buffer = Buffer.allocUnsafeSlow(2 * READ_CHUNK);
+  let length = 0;
   const scratch = Buffer.allocUnsafe(SCRATCH_BYTES);
   let index = 0;
-  let pending = '';
   let blank = true;
   const take = (body: string): void => {
     index += 1;
@@ -166,48 +212,66 @@ export async function parseNodesCertificates(
       log.warn({ file, certificate: index, nodeId: uid }, 'certificate for unknown node');
       return;
     }
-    const kept = { der: keepDer(uid) ? Buffer.from(der) : undefined, spkiSha256 };
+    const kept = { der: keepDer(uid) ? store.add(der) : -1, spkiSha256 };
     const list = certificates.get(uid);
     if (list === undefined) certificates.set(uid, [kept]);
     else list.push(kept);
   };
   for (;;) {
+    if (buffer.length - length < READ_CHUNK) {
+      // one block longer than what the buffer holds: room for it
+      const bigger = Buffer.allocUnsafeSlow(buffer.length * 2);
+      buffer.copy(bigger, 0, 0, length);
+      buffer = bigger;
+    }
     let bytesRead: number;
     try {
-      ({ bytesRead } = await handle.read(chunk, 0, chunk.length, null));
+      ({ bytesRead } = await handle.read(buffer, length, READ_CHUNK, null));
     } catch (error) {
       throw new RelayError('RELAY_ERR_NODES_CERTS', `cannot read ${file}: ${messageOf(error)}`, { cause: error });
     }
     if (bytesRead === 0) break;
-    const text = chunk.toString('latin1', 0, bytesRead);
-    if (blank && /\S/.test(text)) blank = false;
-    pending += text;
+    if (blank && hasNonSpace(buffer, length, length + bytesRead)) blank = false;
+    length += bytesRead;
     // whole blocks only: the rest waits for the next chunk
-    const end = pending.lastIndexOf(PEM_END);
+    const end = buffer.subarray(0, length).lastIndexOf(PEM_END);
     if (end < 0) continue;
     const before = index;
-    for (const body of pemBodies(pending.slice(0, end + PEM_END.length))) take(body);
-    pending = pending.slice(end + PEM_END.length);
+    const through = end + PEM_END.length;
+    for (const body of pemBodies(buffer.subarray(0, through))) take(body);
+    buffer.copy(buffer, 0, through, length);
+    length -= through;
     if (Math.floor(index / CERTIFICATES_PER_SLICE) > Math.floor(before / CERTIFICATES_PER_SLICE)) {
       await new Promise((resolve) => setImmediate(resolve));
     }
   }
-  for (const body of pemBodies(pending)) take(body);
+  for (const body of pemBodies(buffer.subarray(0, length))) take(body);
   if (index === 0 && !blank) {
     throw new RelayError('RELAY_ERR_NODES_CERTS', `invalid nodes certificates file ${file}: no PEM certificate found`);
   }
   return certificates;
 }
 
+/** whether bytes [from, to) hold anything but ASCII white space (as /\S/ on the text) */
+function hasNonSpace(buffer: Buffer, from: number, to: number): boolean {
+  for (let at = from; at < to; at += 1) {
+    const byte = buffer[at]!;
+    if (byte !== 0x20 && (byte < 0x09 || byte > 0x0d)) return true;
+  }
+  return false;
+}
+
 function buildSnapshot(
   nodes: Map<string, NodeEntry>,
   nodeCertificates: Map<string, NodeCertificate[]>,
+  store: DerStore,
   myId: string,
 ): NodesSnapshot {
   const byKeyHash = new Map<string, NodeEntry>();
   const byCertificateKey = new Map<string, NodeEntry>();
   const certificateKeys = new Map<string, Set<string>>();
-  const certificates = new Map<string, Buffer[]>();
+  /** per node: the store index of its one kept certificate, or of each when it has several */
+  const certificates = new Map<string, number | number[]>();
   const neighbors: NodeEntry[] = [];
   const parents = new Set<string>();
   let hasSha512KeyHash = false;
@@ -234,8 +298,8 @@ function buildSnapshot(
     }
     // a node with a key-hash is pinned by it alone (matchCertificate): 10,000 sets nobody reads otherwise
     if (node.keyHash === undefined) certificateKeys.set(id, keys);
-    const kept = list.flatMap((c) => (c.der === undefined ? [] : [c.der]));
-    if (kept.length > 0) certificates.set(id, kept);
+    const kept = list.flatMap((c) => (c.der < 0 ? [] : [c.der]));
+    if (kept.length > 0) certificates.set(id, kept.length === 1 ? kept[0]! : kept);
     certificateCount += list.length;
   }
 
@@ -248,7 +312,11 @@ function buildSnapshot(
 
   return {
     nodes,
-    certificates,
+    certificatesOf(id) {
+      const kept = certificates.get(id);
+      if (kept === undefined) return [];
+      return typeof kept === 'number' ? [store.get(kept)] : kept.map((index) => store.get(index));
+    },
     certificateKeys,
     certificateCount,
     byKeyHash,

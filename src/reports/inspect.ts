@@ -2,8 +2,7 @@
 // (spec-relayd.md §7.2–7.9): run info from the name, known node, bounded decompression, S/MIME
 // signature (per verify mode), run log grammar and run-level checks, skip_event_types.
 
-import type { X509Certificate } from 'node:crypto';
-import type { NodesRegistry } from '../nodes/index.js';
+import type { NodesRegistry, SignerCertificate } from '../nodes/index.js';
 import { parseRelaxedRfc3339, parseRfc3339 } from './dates.js';
 import { decodeReport } from './decode.js';
 import type { Inspection, RejectReason, ReportInspector, ReportInspectorOptions, RunInfo } from './index.js';
@@ -51,7 +50,7 @@ export function createReportInspector(options: ReportInspectorOptions, nodes: No
   // alone, an inspection verifies on the event loop (lowest latency); when others are in flight, the
   // RSA operations go to libuv's thread pool so a second core works while this one parses run logs
   let inFlight = 0;
-  const verifySignature = (parts: SmimeParts, certificates: readonly X509Certificate[]): Promise<string | undefined> | string | undefined =>
+  const verifySignature = (parts: SmimeParts, certificates: readonly SignerCertificate[]): Promise<string | undefined> | string | undefined =>
     inFlight > 1 ? verifySignedPartAsync(parts, certificates) : verifySignedPart(parts, certificates);
   return {
     async inspect(name: string, bytes: Buffer): Promise<Inspection> {
@@ -75,7 +74,7 @@ function reject(reason: RejectReason, nodeId: string | undefined, message: strin
 
 /** What the main thread settles from the name alone (nodes registry, verify mode) before the bytes are looked at. */
 export type InspectionPlan =
-  | { readonly kind: 'inspect'; readonly info: RunInfo; readonly certificates: readonly X509Certificate[] | undefined }
+  | { readonly kind: 'inspect'; readonly info: RunInfo; readonly certificates: readonly SignerCertificate[] | undefined }
   | (Inspection & { readonly kind: 'reject' });
 
 export function planInspection(options: ReportInspectorOptions, nodes: NodesRegistry, name: string): InspectionPlan {
@@ -97,9 +96,9 @@ export function planInspection(options: ReportInspectorOptions, nodes: NodesRegi
   if (node === undefined) return { kind: 'reject', reason: 'unknown-node', nodeId, message: `report from "${nodeId}", a node id absent from the nodes list` };
 
   // which certificates, if any, the signature is checked with
-  let certificates: readonly X509Certificate[] | undefined;
+  let certificates: readonly SignerCertificate[] | undefined;
   if (options.verifyMode !== 'off') {
-    const known = nodes.certificatesOf(nodeId);
+    const known = nodes.signerCertificatesOf(nodeId);
     if (options.verifyMode === 'required') {
       if (known.length === 0) {
         return {
@@ -118,7 +117,7 @@ export function planInspection(options: ReportInspectorOptions, nodes: NodesRegi
   return { kind: 'inspect', info, certificates };
 }
 
-export type SignatureVerifier = (parts: SmimeParts, certificates: readonly X509Certificate[]) => Promise<string | undefined> | string | undefined;
+export type SignatureVerifier = (parts: SmimeParts, certificates: readonly SignerCertificate[]) => Promise<string | undefined> | string | undefined;
 
 async function inspectReport(
   options: ReportInspectorOptions,
@@ -138,7 +137,7 @@ export async function inspectContent(
   options: Pick<ReportInspectorOptions, 'maxDecodedBytes'>,
   skipEventTypes: ReadonlySet<string>,
   info: RunInfo,
-  certificates: readonly X509Certificate[] | undefined,
+  certificates: readonly SignerCertificate[] | undefined,
   verifySignature: SignatureVerifier,
   name: string,
   bytes: Buffer,

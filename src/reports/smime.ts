@@ -4,7 +4,8 @@
 // given certificates only, messageDigest check, RSA/ECDSA signature over the DER of the signed attributes.
 // Digests weaker than SHA-256 are refused (relayd's FIXME, spec §15.12). No chain or validity check.
 
-import { createHash, verify, type KeyObject, type X509Certificate } from 'node:crypto';
+import { createHash, verify, type KeyObject } from 'node:crypto';
+import type { SignerCertificate } from '../nodes/index.js';
 import {
   DerError,
   OID_MESSAGE_DIGEST,
@@ -40,7 +41,7 @@ export type SmimeRead =
   | { readonly kind: 'not-smime' }
   | { readonly kind: 'malformed'; readonly reason: string };
 
-export function verifySmime(decoded: Buffer, certificates: readonly X509Certificate[]): SmimeVerification {
+export function verifySmime(decoded: Buffer, certificates: readonly SignerCertificate[]): SmimeVerification {
   const read = readSmime(decoded);
   if (read.kind === 'not-smime') {
     return { ok: false, reason: 'not an S/MIME message: expected a multipart/signed message made by openssl smime -sign' };
@@ -385,9 +386,9 @@ interface CertificateIdentity {
 }
 
 // parsed once per certificate object (the nodes registry hands out the same objects until a reload)
-const identities = new WeakMap<X509Certificate, CertificateIdentity | null>();
+const identities = new WeakMap<SignerCertificate, CertificateIdentity | null>();
 
-function identityOf(certificate: X509Certificate): CertificateIdentity | undefined {
+function identityOf(certificate: SignerCertificate): CertificateIdentity | undefined {
   let identity = identities.get(certificate);
   if (identity === undefined) {
     try {
@@ -417,7 +418,7 @@ interface SignatureCheck {
  * Everything PKCS7_verify checks before the public-key operations: signer lookup by issuer + serial,
  * digest strength, messageDigest. Returns the reason of the first failure, or the signatures to check.
  */
-function prepareChecks(parts: SmimeParts, certificates: readonly X509Certificate[]): string | SignatureCheck[] {
+function prepareChecks(parts: SmimeParts, certificates: readonly SignerCertificate[]): string | SignatureCheck[] {
   let signers: SignerInfo[];
   try {
     signers = parseSignerInfos(parts.signature);
@@ -468,7 +469,7 @@ function checkFailure(error: unknown): string {
 const MISMATCH = 'signature does not match the node certificate';
 
 /** Verifies every SignerInfo (as PKCS7_verify) against `certificates`; the reason of the first failure, or undefined. */
-export function verifySignedPart(parts: SmimeParts, certificates: readonly X509Certificate[]): string | undefined {
+export function verifySignedPart(parts: SmimeParts, certificates: readonly SignerCertificate[]): string | undefined {
   const checks = prepareChecks(parts, certificates);
   if (typeof checks === 'string') return checks;
   for (const check of checks) {
@@ -486,7 +487,7 @@ export function verifySignedPart(parts: SmimeParts, certificates: readonly X509C
  * callback): measured ~1.7× the throughput of the synchronous form on 2 cores, and the event loop
  * keeps parsing run logs meanwhile.
  */
-export async function verifySignedPartAsync(parts: SmimeParts, certificates: readonly X509Certificate[]): Promise<string | undefined> {
+export async function verifySignedPartAsync(parts: SmimeParts, certificates: readonly SignerCertificate[]): Promise<string | undefined> {
   const checks = prepareChecks(parts, certificates);
   if (typeof checks === 'string') return checks;
   const results = await Promise.all(

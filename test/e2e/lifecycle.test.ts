@@ -296,3 +296,29 @@ t.test('CFEngine warm-up: done at an idle start, skipped when the spool has a ba
   t.ok(Number(skipped?.['backlog']) >= 100, `backlog counted: ${String(skipped?.['backlog'])}`);
   t.notOk(second.logs.some((l) => l.msg === 'cfengine request path warmed up'));
 });
+
+t.test('front-door processes: the primary and its workers accept on one socket; a worker killed is replaced and accepts again', async (t) => {
+  const agent = await cachedAgentIdentity(NODE);
+  const relay = await startRelay(t, { workers: 3, nodesList: { [NODE]: { hostname: 'agent.example', 'key-hash': agent.sha256Pin, 'policy-server': RELAY } } });
+  type Https = { data: { https: { status: string; workers: number; ready: number } } };
+  const https = async () => ((await fetch(`${relay.apiUrl}/rudder/relay-api/1/system/status`).then((r) => r.json())) as Https).data.https;
+  t.match(await https(), { status: 'success', workers: 2, ready: 2 }, 'three front-door processes: the primary and two workers');
+  const workers = (await run('ps', ['-o', 'pid=', '--ppid', String(relay.child.pid)])).stdout.toString().split('\n').map(Number).filter((pid) => pid > 0);
+  t.equal(workers.length, 2, 'two worker processes');
+  process.kill(workers[0]!, 'SIGKILL');
+  await relay.waitForLog((line) => line.event === 'worker_died');
+  // a replacement reports ready only once it accepts on the primary's socket (cluster.ts 'listen-handle')
+  await until(async () => (await https()).ready === 2, 15_000);
+  const replacement = (await run('ps', ['-o', 'pid=', '--ppid', String(relay.child.pid)])).stdout.toString().split('\n').map(Number).filter((pid) => pid > 0);
+  t.equal(replacement.length, 2);
+  t.notOk(replacement.includes(workers[0]!), 'a new process');
+  const work = tempDir(t);
+  const statuses = await Promise.all(
+    Array.from({ length: 12 }, async (_, i) => {
+      const file = join(work, `2026-11-25T10:00:${String(i).padStart(2, '0')}+00:00@${NODE}.log.gz`);
+      await writeFile(file, 'report');
+      return (await curlUpload({ url: `${relay.httpsUrl}/reports/`, file, user: 'rudder', password: DAV_PASSWORD, identity: agent })).status;
+    }),
+  );
+  t.same(statuses, statuses.map(() => 201), 'uploads accepted');
+});

@@ -407,3 +407,47 @@ t.test("keepCertificates 'behind-sub-relays' (front-door workers): only the sub-
   t.match(worker.matchCertificate(e745), all.matchCertificate(e745));
   t.equal(worker.matchCertificate(e745).kind, all.matchCertificate(e745).kind);
 });
+
+t.test('a certificates file of many blocks, read in chunks that split blocks, keeps every DER exactly', async (t) => {
+  const files = await fixtureDir();
+  const ids = Array.from({ length: 40 }, (_, i) => `00000000-0000-4000-8000-${String(i).padStart(12, '0')}`);
+  const list = Object.fromEntries(ids.map((id) => [id, { hostname: id.slice(-4), 'policy-server': ROOT }]));
+  await fs.writeFile(files.list, JSON.stringify(list));
+  const ders = ids.map((uid) => makeCertificate({ uid }));
+  // CRLF lines, and explanatory text between blocks (RFC 7468) so that ~40 blocks make ~660 KB: three read chunks
+  const text = `${'explanatory text '.repeat(60)}\n`.repeat(16);
+  const pem = ders.map((der) => `${text}-----BEGIN CERTIFICATE-----\r\n${der.toString('base64').replace(/.{64}/g, '$&\r\n')}\r\n-----END CERTIFICATE-----\r\n\r\n`);
+  await fs.writeFile(files.certs, pem.join(''));
+  t.ok((await fs.stat(files.certs)).size > 2 * 256 * 1024, 'larger than two read chunks');
+  const registry = registryFor(files);
+  await registry.reload();
+  t.equal(registry.status().certificates, ids.length);
+  t.ok(ids.every((id, i) => registry.certificatesOf(id).length === 1 && registry.certificatesOf(id)[0]!.raw.equals(ders[i]!)), 'every DER as written');
+  const first = registry.certificatesOf(ids[0]!);
+  t.equal(registry.certificatesOf(ids[0]!), first, 'the same object while it is kept');
+  await registry.reload();
+  t.not(registry.certificatesOf(ids[0]!), first, 'a reload builds them again from the new data');
+});
+
+t.test('signerCertificatesOf: the DER and public key of each certificate, the same objects until a reload', async (t) => {
+  const files = await fixtureDir();
+  const registry = registryFor(files);
+  await registry.reload();
+  const signers = registry.signerCertificatesOf(E745);
+  const full = registry.certificatesOf(E745);
+  t.equal(signers.length, 2);
+  for (const [i, signer] of signers.entries()) {
+    t.ok(signer.raw.equals(full[i]!.raw), `certificate ${i}: the DER`);
+    t.ok(signer.publicKey.equals(full[i]!.publicKey), `certificate ${i}: its public key`);
+  }
+  t.equal(registry.signerCertificatesOf(E745), signers, 'kept');
+  t.same(registry.signerCertificatesOf(A745), [], 'a node without certificates');
+  t.same(registry.signerCertificatesOf(UNKNOWN), [], 'an unknown node');
+  // the certificates file changed: E745 now has only its second certificate
+  const pems = (await fs.readFile(files.certs, 'latin1')).split(/(?<=-----END CERTIFICATE-----\n?)/);
+  await fs.writeFile(files.certs, pems.filter((pem) => !pem.includes(full[0]!.raw.toString('base64').slice(0, 64))).join(''));
+  await registry.reload();
+  const after = registry.signerCertificatesOf(E745);
+  t.equal(after.length, 1, 'the reloaded file takes effect');
+  t.ok(after[0]!.raw.equals(full[1]!.raw));
+});
