@@ -7,21 +7,21 @@
 // connection only; the relay's counters, digests, logs and node activity are not touched.
 
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { lstatSync, mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { TLSSocket, type SecureContext } from 'node:tls';
+import type { SecureContext } from 'node:tls';
 import type { KeyObject } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { NodesRegistry } from '../nodes/index.js';
 import { createPathAcl, toBinaryPath } from '../access/index.js';
 import { connectCfengineServer, type CfengineClient } from './client.js';
 import { CFD_TERMINATOR, HEADER_SIZE, encodeGetRequest, encodeMd5Request, encodeOpendirRequest, encodeStatRequest, parseStatLine } from './codec.js';
-import { CfengineConnection } from './connection.js';
+import { openConnection, type CfengineConnection } from './connection.js';
 import { DigestCache, DirectoryCache } from './files.js';
 import type { CfengineCounters } from './index.js';
-import type { ConnectionContext } from './session.js';
+import { connectionContext, type ConnectionContext } from './session.js';
 
 /** files of the private tree: sizes like a policy tree's (most a few KiB, some tens) */
 const FILES = 40;
@@ -30,10 +30,12 @@ const REQUESTS_PER_CONNECTION = 400;
 /** the node the warm-up's client is taken for (a folder of the private tree only) */
 const WARM_UP_NODE = 'warm-up-node';
 
+/** the keys of the relay's counters, in their order (app/compose.ts), so that the objects have one shape */
 const noCounters: CfengineCounters = {
   connection: () => undefined,
   command: () => undefined,
   bytesSent: () => undefined,
+  session: () => undefined,
 };
 
 export interface WarmUpOptions {
@@ -52,13 +54,16 @@ export interface WarmUpOptions {
 }
 
 /** answers about `requests` requests through CfengineConnection; resolves with how many, never rejects */
-export async function warmUp(options: WarmUpOptions): Promise<{ requests: number; ms: number }> {
+export async function warmUp(options: WarmUpOptions): Promise<{ requests: number; ms: number; keepAlive: unknown[] }> {
   const started = performance.now();
-  if (options.requests <= 0) return { requests: 0, ms: 0 };
+  if (options.requests <= 0) return { requests: 0, ms: 0, keepAlive: [] };
   const tree = mkdtempSync(join(tmpdir(), 'onerelay-cfengine-warm-up-'));
   const listener = createServer({ noDelay: true });
   const connections = new Set<CfengineConnection>();
   let answered = 0;
+  let kept: CfengineConnection | undefined;
+  let keptClient: CfengineClient | undefined;
+  let keptStats: unknown;
   try {
     // the tree is laid out as the relay's roots are, and the client is a known node reading its own folder:
     // the ACL then takes the branches real agents take (measured: a warm-up as an unknown key reading a
@@ -66,11 +71,12 @@ export async function warmUp(options: WarmUpOptions): Promise<{ requests: number
     // unoptimised again)
     const share = join(tree, 'share');
     const files = makeTree(join(share, WARM_UP_NODE));
+    keptStats = lstatSync(tree, { bigint: true });
     for (const folder of ['common', 'public', 'shared-folder', 'shared-files']) mkdirSync(join(tree, folder));
     const node = { id: WARM_UP_NODE, hostname: 'warm-up', policyServer: 'root', keyHash: undefined };
     // the same shape as the server's context (same keys, same order: the request path's property
     // accesses stay monomorphic), with private state
-    const context: ConnectionContext = {
+    const context = connectionContext({
       ...options.context,
       // the registry as is, except that the warm-up's key is taken for the warm-up node
       nodes: Object.assign(Object.create(options.context.nodes) as NodesRegistry, { findByPublicKey: () => node }),
@@ -87,12 +93,13 @@ export async function warmUp(options: WarmUpOptions): Promise<{ requests: number
       digests: new DigestCache(),
       directories: new DirectoryCache(),
       exec: { keys: new Set(), command: '' },
-    };
+    });
     listener.on('connection', (socket: Socket) => {
       socket.on('error', () => undefined);
-      socket.setNoDelay(true);
-      const tls = new TLSSocket(socket, { isServer: true, secureContext: options.secureContext, requestCert: true, rejectUnauthorized: false });
-      const connection = new CfengineConnection(tls, 'warm-up', context, (closed) => connections.delete(closed));
+      // the peer address read as the server reads it (net.Socket caches it in a property of its own)
+      const peer = socket.remoteAddress ?? 'unknown';
+      const connection = openConnection(socket, options.secureContext, peer, context, (closed) => connections.delete(closed));
+      kept = connection;
       connections.add(connection);
     });
     await new Promise<void>((resolve, reject) => {
@@ -111,6 +118,7 @@ export async function warmUp(options: WarmUpOptions): Promise<{ requests: number
         verifyServerKey: () => undefined,
         username: 'root',
       });
+      keptClient = client;
       try {
         answered += await copyRun(client, join(share, WARM_UP_NODE), files, Math.min(REQUESTS_PER_CONNECTION, options.requests - answered), started + options.budgetMs);
       } finally {
@@ -124,7 +132,7 @@ export async function warmUp(options: WarmUpOptions): Promise<{ requests: number
     await new Promise<void>((resolve) => listener.close(() => resolve()));
     rmSync(tree, { recursive: true, force: true });
   }
-  return { requests: answered, ms: performance.now() - started };
+  return { requests: answered, ms: performance.now() - started, keepAlive: [kept, keptClient, keptStats] };
 }
 
 function makeTree(root: string): string[] {
