@@ -6,7 +6,7 @@
 // private listener on an ephemeral port of 127.0.0.1 and a private temporary tree readable by this
 // connection only; the relay's counters, digests, logs and node activity are not touched.
 
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { lstatSync, mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -24,7 +24,7 @@ import type { CfengineCounters } from './index.js';
 import { connectionContext, type ConnectionContext } from './session.js';
 
 /** files of the private tree: sizes like a policy tree's (most a few KiB, some tens) */
-const FILES = 40;
+const FILES = 60;
 /** requests per connection: one agent run's worth, so connection set-up is warmed too */
 const REQUESTS_PER_CONNECTION = 400;
 /** the node the warm-up's client is taken for (a folder of the private tree only) */
@@ -135,45 +135,69 @@ export async function warmUp(options: WarmUpOptions): Promise<{ requests: number
   return { requests: answered, ms: performance.now() - started, keepAlive: [kept, keptClient, keptStats] };
 }
 
-function makeTree(root: string): string[] {
-  const names: string[] = [];
-  mkdirSync(root, { recursive: true });
-  for (const folder of ['rules', 'rules/ncf']) mkdirSync(join(root, folder), { recursive: true });
-  for (let i = 0; i < FILES; i += 1) {
-    const name = `${i % 3 === 0 ? 'rules/ncf' : 'rules'}/file-${i}.cf`;
-    // mostly a few KiB, every fifth one tens of KiB (several GET writes)
-    writeFileSync(join(root, name), randomBytes(i % 5 === 0 ? 40_000 + i * 100 : 500 + i * 97));
-    names.push(name);
-  }
-  return names;
+/** folders of the private tree: nested as a policy tree's are, several files each */
+const FOLDERS = ['rules', 'rules/ncf', 'rules/ncf/10_ncf_internals', 'rules/ncf/20_cfe_basics', 'rules/lib', 'rules/lib/deep/deeper'];
+
+interface TreeFile {
+  readonly name: string;
+  readonly md5: Buffer;
 }
 
-/** what cf-agent's recursive copy_from with compare digest asks: OPENDIR per folder; STAT, MD5, GET per file */
-async function copyRun(client: CfengineClient, tree: string, files: readonly string[], requests: number, deadline: number): Promise<number> {
+function makeTree(root: string): Array<{ readonly folder: string; readonly files: TreeFile[] }> {
+  const folders = FOLDERS.map((folder) => ({ folder, files: [] as TreeFile[] }));
+  for (const { folder } of folders) mkdirSync(join(root, folder), { recursive: true });
+  for (let i = 0; i < FILES; i += 1) {
+    const entry = folders[i % folders.length] as (typeof folders)[number];
+    const name = `${entry.folder}/file-${i}.cf`;
+    // mostly a few KiB, every fifth one tens of KiB (several GET writes), one larger than the file service
+    // reads directly (src/fs-direct: through the thread pool), as a policy tree's archives are
+    const bytes = randomBytes(i === 1 ? 300_000 : i % 5 === 0 ? 40_000 + i * 100 : 500 + i * 97);
+    writeFileSync(join(root, name), bytes);
+    entry.files.push({ name, md5: createHash('md5').update(bytes).digest() });
+  }
+  return folders;
+}
+
+/**
+ * What cf-agent's recursive copy_from with compare digest asks, folder by folder: STAT and OPENDIR of the
+ * folder, then for each file STAT, and on a cold copy GET then MD5 (verify => true: the digest the GET just
+ * computed), on a no-change run MD5 with the right digest. Passes alternate cold and no-change.
+ */
+async function copyRun(client: CfengineClient, tree: string, folders: ReturnType<typeof makeTree>, requests: number, deadline: number): Promise<number> {
   let sent = 0;
   // the codec's request encoders give whole frames; the client frames what it sends itself
   const ask = async (frame: Buffer): Promise<void> => {
     await client.send(frame.subarray(HEADER_SIZE));
     sent += 1;
   };
-  for (let i = 0; sent < requests && performance.now() < deadline; i += 1) {
-    if (i % files.length === 0) {
-      for (const folder of ['rules', 'rules/ncf']) {
-        await ask(encodeOpendirRequest(toBinaryPath(join(tree, folder))));
-        // names until the terminator frame
-        for (;;) if ((await client.readFrame()).payload.toString('latin1').includes(CFD_TERMINATOR)) break;
-      }
-      continue;
-    }
-    const path = toBinaryPath(join(tree, files[i % files.length] as string));
+  const stat = async (path: string): Promise<bigint> => {
     await ask(encodeStatRequest(path));
     const fields = parseStatLine((await client.readFrame()).payload.toString('latin1'));
     await client.readFrame(); // OK:<link target>
-    await ask(encodeMd5Request(path, Buffer.alloc(16)));
-    await client.readFrame();
-    await ask(encodeGetRequest(path));
-    let left = Number(fields?.size ?? 0n);
-    while (left > 0) left -= (await client.readRaw(left)).length;
+    return fields?.size ?? 0n;
+  };
+  for (let pass = 0; sent < requests && performance.now() < deadline; pass += 1) {
+    const cold = pass % 2 === 0;
+    for (const { folder, files } of folders) {
+      if (sent >= requests || performance.now() >= deadline) break;
+      const directory = toBinaryPath(join(tree, folder));
+      await stat(directory);
+      await ask(encodeOpendirRequest(directory));
+      // names until the terminator frame
+      for (;;) if ((await client.readFrame()).payload.toString('latin1').includes(CFD_TERMINATOR)) break;
+      for (const file of files) {
+        if (sent >= requests) break;
+        const path = toBinaryPath(join(tree, file.name));
+        const size = await stat(path);
+        if (cold) {
+          await ask(encodeGetRequest(path));
+          let left = Number(size);
+          while (left > 0) left -= (await client.readRaw(left)).length;
+        }
+        await ask(encodeMd5Request(path, cold ? Buffer.alloc(16) : file.md5));
+        await client.readFrame();
+      }
+    }
   }
   return sent;
 }
