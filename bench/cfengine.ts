@@ -9,6 +9,12 @@
 // ~10 agent runs (~7,000 requests), and one warm-up round left three or four counted rounds 5–25% slower.
 // Five rounds (~8,500 requests, a few seconds of a relay's life) reach that state; they are printed apart,
 // so the cost of a fresh process stays visible. Figures also go to bench/out/cfengine.json.
+// BENCH_CFENGINE_FIRST=N measures issue 20's other figure, the first cold copy right after a start, alone:
+// both servers are started N times (the relay in the same folder, as a service restarts) and only the
+// first copy after each start is timed, in alternating order, with the server CPU of that copy (the relay's
+// start-up left over before it is printed apart): one first copy per run of the steady mode was too few to
+// tell a warm-up's effect from noise. Figures: bench/out/cfengine-first.json. BENCH_ONERELAY_NODE_ARGS
+// (e.g. "--cpu-prof --cpu-prof-dir=/tmp/p", V8 flags) goes to the relay's processes in both modes.
 // (Was test/cfengine/measure.ts.)
 
 import { mkdir, rm, writeFile } from 'node:fs/promises';

@@ -226,6 +226,9 @@ async function sendFile(session: Session, fd: number, path: string, announced: b
   }
   const size = Number(announced);
   if (size === 0) {
+    // nothing to read, and the digest is known: cached for the MD5 that follows, as a sent file's is (a
+    // version records the size, so this version of the file is empty whatever happened since)
+    if (version !== undefined) ctx.digests.set(path, version, EMPTY_MD5);
     session.tally.command('GET', 'ok');
     return 'continue';
   }
@@ -257,6 +260,8 @@ async function sendFile(session: Session, fd: number, path: string, announced: b
   session.tally.command('GET', 'ok');
   return 'continue';
 }
+
+const EMPTY_MD5 = createHash('md5').digest();
 
 /** cf-serverd's raw "File changed" block, then close: the client's byte count is now wrong */
 async function fileChanged(session: Session, path: string): Promise<Outcome> {

@@ -150,8 +150,8 @@ function makeTree(root: string): Array<{ readonly folder: string; readonly files
     const entry = folders[i % folders.length] as (typeof folders)[number];
     const name = `${entry.folder}/file-${i}.cf`;
     // mostly a few KiB, every fifth one tens of KiB (several GET writes), one larger than the file service
-    // reads directly (src/fs-direct: through the thread pool), as a policy tree's archives are
-    const bytes = randomBytes(i === 1 ? 300_000 : i % 5 === 0 ? 40_000 + i * 100 : 500 + i * 97);
+    // reads directly (src/fs-direct: through the thread pool), as a policy tree's archives are, one empty
+    const bytes = randomBytes(i === 1 ? 300_000 : i === 2 ? 0 : i % 5 === 0 ? 40_000 + i * 100 : 500 + i * 97);
     writeFileSync(join(root, name), bytes);
     entry.files.push({ name, md5: createHash('md5').update(bytes).digest() });
   }
