@@ -97,18 +97,52 @@ function normalisedRoot(path: string): Root {
 }
 
 export function createPathAcl(options: PathAclOptions): PathAcl {
-  const policies = normalisedRoot(options.policiesDirectory);
-  const shared = normalisedRoot(options.sharedFolderPath);
-  const common = options.commonRoots.map(normalisedRoot);
-  const publics = options.publicRoots.map(normalisedRoot);
-  const sharedFiles = options.sharedFilesPath === undefined ? undefined : normalisedRoot(options.sharedFilesPath);
-  // `<public root>/50_techniques` of each public root, joined again only when a root's resolved path changes
-  // (a join per public root per request showed in the request path's profile)
-  const denied = publics.map(() => ({ root: '', path: '' }));
-  const deniedIn = (path: string): boolean => {
-    for (let i = 0; i < publics.length; i += 1) {
-      const rootPath = (publics[i] as Root).path();
-      const entry = denied[i] as { root: string; path: string };
+  return new PathRules(options);
+}
+
+/**
+ * createPathAcl's rules. A class, not closures: every instance then runs the same functions, so code V8
+ * optimised on one ACL (the CFEngine warm-up's, over its private tree) stays valid for another (the
+ * server's); closures per instance made the first real request throw that code away (wrong call target).
+ */
+class PathRules implements PathAcl {
+  private readonly policies: Root;
+  private readonly shared: Root;
+  private readonly common: readonly Root[];
+  private readonly publics: readonly Root[];
+  /** `<public root>/50_techniques` of each public root, joined again only when a root's resolved path changes
+   * (a join per public root per request showed in the request path's profile) */
+  private readonly denied: Array<{ root: string; path: string }>;
+  private readonly own: OwnPolicies;
+  private readonly ownShares: OwnFolder | undefined;
+
+  constructor(options: PathAclOptions) {
+    this.policies = normalisedRoot(options.policiesDirectory);
+    this.shared = normalisedRoot(options.sharedFolderPath);
+    this.common = options.commonRoots.map(normalisedRoot);
+    this.publics = options.publicRoots.map(normalisedRoot);
+    this.denied = this.publics.map(() => ({ root: '', path: '' }));
+    this.own = new OwnPolicies(this.policies);
+    this.ownShares = options.sharedFilesPath === undefined ? undefined : new OwnFolder(normalisedRoot(options.sharedFilesPath));
+  }
+
+  check(path: string, reader: Reader): AccessDecision {
+    if (!path.startsWith('/') || hasDotDot(path)) return undefined;
+    if (this.deniedIn(path)) return undefined;
+    if (reader.nodeId !== undefined && isSafeNodeId(reader.nodeId)) {
+      if (isWithin(path, this.own.path(reader))) return 'node';
+      if (this.ownShares !== undefined && isWithin(path, this.ownShares.path(reader.nodeId))) return 'node-shared-files';
+      if (within(path, this.common)) return 'common';
+    }
+    if (isWithin(path, this.shared.path())) return 'shared-folder';
+    if (within(path, this.publics)) return 'public';
+    return undefined;
+  }
+
+  private deniedIn(path: string): boolean {
+    for (let i = 0; i < this.publics.length; i += 1) {
+      const rootPath = (this.publics[i] as Root).path();
+      const entry = this.denied[i] as { root: string; path: string };
       if (entry.root !== rootPath) {
         entry.root = rootPath;
         entry.path = posix.join(rootPath, DENIED_IN_PUBLIC_ROOTS);
@@ -116,27 +150,12 @@ export function createPathAcl(options: PathAclOptions): PathAcl {
       if (isWithin(path, entry.path)) return true;
     }
     return false;
-  };
-  const within = (path: string, roots: readonly Root[]): boolean => {
-    for (const root of roots) if (isWithin(path, root.path())) return true;
-    return false;
-  };
-  const own = ownPolicies(policies);
-  const ownShares = sharedFiles === undefined ? undefined : ownFolder(sharedFiles);
-  return {
-    check(path, reader) {
-      if (!path.startsWith('/') || hasDotDot(path)) return undefined;
-      if (deniedIn(path)) return undefined;
-      if (reader.nodeId !== undefined && isSafeNodeId(reader.nodeId)) {
-        if (isWithin(path, own(reader))) return 'node';
-        if (ownShares !== undefined && isWithin(path, ownShares(reader.nodeId))) return 'node-shared-files';
-        if (within(path, common)) return 'common';
-      }
-      if (isWithin(path, shared.path())) return 'shared-folder';
-      if (within(path, publics)) return 'public';
-      return undefined;
-    },
-  };
+  }
+}
+
+function within(path: string, roots: readonly Root[]): boolean {
+  for (const root of roots) if (isWithin(path, root.path())) return true;
+  return false;
 }
 
 /**
@@ -150,27 +169,35 @@ export function nodePoliciesFolder(policiesDirectory: string, reader: Reader, uu
 }
 
 /** `<root>/<nodeId>`, remembered for the last node asked (one call per request, usually the same node) */
-function ownFolder(root: Root): (nodeId: string) => string {
-  let last: { readonly root: string; readonly nodeId: string; readonly path: string } | undefined;
-  return (nodeId) => {
-    const rootPath = root.path();
-    if (last?.root !== rootPath || last.nodeId !== nodeId) last = { root: rootPath, nodeId, path: posix.join(rootPath, toBinaryPath(nodeId)) };
+class OwnFolder {
+  private last: { readonly root: string; readonly nodeId: string; readonly path: string } | undefined;
+
+  constructor(private readonly root: Root) {}
+
+  path(nodeId: string): string {
+    const rootPath = this.root.path();
+    let last = this.last;
+    if (last?.root !== rootPath || last.nodeId !== nodeId) this.last = last = { root: rootPath, nodeId, path: posix.join(rootPath, toBinaryPath(nodeId)) };
     return last.path;
-  };
+  }
 }
 
-/** the reader's policies folder (nodePoliciesFolder on the resolved root), remembered like ownFolder */
-function ownPolicies(root: Root): (reader: Reader) => string {
-  let last: { readonly root: string; readonly nodeId: string | undefined; readonly path: string } | undefined;
-  return (reader) => {
-    const rootPath = root.path();
+/** the reader's policies folder (nodePoliciesFolder on the resolved root), remembered like OwnFolder */
+class OwnPolicies {
+  private last: { readonly root: string; readonly nodeId: string | undefined; readonly path: string } | undefined;
+
+  constructor(private readonly root: Root) {}
+
+  path(reader: Reader): string {
+    const rootPath = this.root.path();
+    let last = this.last;
     if (last?.root !== rootPath || last.nodeId !== reader.nodeId) {
       // a safe id is ASCII, so the same in a binary path; no folder: a path nothing is within
       const folder = reader.nodeId === undefined ? undefined : nodePoliciesFolder(rootPath, reader, reader.nodeId);
-      last = { root: rootPath, nodeId: reader.nodeId, path: folder ?? '\0' };
+      this.last = last = { root: rootPath, nodeId: reader.nodeId, path: folder ?? '\0' };
     }
     return last.path;
-  };
+  }
 }
 
 /** a '..' segment */

@@ -8,7 +8,7 @@ import type { Logger } from 'pino';
 import { displayPath, type Reader } from '../access/index.js';
 import { FAILED, encodeFrame } from './codec.js';
 import { resolveRequestPath } from './files.js';
-import type { ConnectionContext } from './session.js';
+import type { ConnectionContext, Tally } from './session.js';
 
 /** paths resolved and sizes announced by STAT, for the MD5 and GET that follow */
 const MAX_REMEMBERED_STATS = 4096;
@@ -41,6 +41,7 @@ export class Admission {
     log: Logger,
     /** sends one refusal transaction (the connection's ordered write) */
     private readonly write: (buffer: Buffer) => Promise<void>,
+    private readonly tally: Tally,
   ) {
     this.log = log;
   }
@@ -58,7 +59,7 @@ export class Admission {
   async admit(command: string, requested: string, early: BigIntStats | undefined): Promise<string | undefined> {
     const resolved = await resolveRequestPath(requested, early, this.ctx.directories);
     if (resolved.kind === 'absent') {
-      this.ctx.counters.command(command, 'absent');
+      this.tally.command(command, 'absent');
       await this.write(encodeFrame(FAILED));
       return undefined;
     }
@@ -76,7 +77,7 @@ export class Admission {
 
   /** counts a denial and logs it (node and key are fields of this connection's logger) */
   denied(command: string, fields: Record<string, unknown>, message = 'cfengine access denied'): void {
-    this.ctx.counters.command(command, 'denied');
+    this.tally.command(command, 'denied');
     this.denials += 1;
     if (this.denials <= MAX_DENIAL_LINES) this.log.warn({ event: 'denied', code: 'RELAY_ERR_CFENGINE_ACCESS', command, ...fields }, message);
     else if (this.denials === MAX_DENIAL_LINES + 1) this.log.warn({ command }, 'cfengine: further denials on this connection are only counted');

@@ -55,16 +55,16 @@ export async function dispatch(session: Session, request: Request): Promise<Outc
     case 'MD5':
       return md5(session, request.path, request.digest);
     case 'VERSION':
-      session.ctx.counters.command('VERSION', 'ok');
+      session.tally.command('VERSION', 'ok');
       await session.write(encodeFrame(`OK: ${SERVER_VERSION}`));
       return 'continue';
     case 'EXEC':
       return exec(session, request.args);
     case 'BAD':
-      session.ctx.counters.command(knownOrBad(request.word), 'error');
+      session.tally.command(knownOrBad(request.word), 'error');
       return protocolError(session, `illegal request ${JSON.stringify(request.word)}`);
     default:
-      session.ctx.counters.command(request.command, 'error');
+      session.tally.command(request.command, 'error');
       return protocolError(session, `unsupported request ${request.command}`);
   }
 }
@@ -97,7 +97,7 @@ async function stat(session: Session, requested: string, clientTime: number): Pr
   }
   const result = await statForReply(path, early);
   if (result.kind === 'error') {
-    ctx.counters.command('STAT', 'absent');
+    session.tally.command('STAT', 'absent');
     await session.write(encodeFrame(result.message.slice(0, MAX_PAYLOAD)));
     return 'continue';
   }
@@ -109,7 +109,7 @@ async function stat(session: Session, requested: string, clientTime: number): Pr
     identity: fileIdentity(result.fields),
     version: isFile && early?.isFile() === true ? fileVersion(early) : undefined,
   });
-  ctx.counters.command('STAT', 'ok');
+  session.tally.command('STAT', 'ok');
   // ≤ 2 × 4096 bytes: one TLS record, one TCP segment
   await session.write(Buffer.concat([encodeFrame(encodeStatLine(result.fields)), encodeFrame(`OK:${result.linkTarget}`.slice(0, MAX_PAYLOAD))]));
   return 'continue';
@@ -120,11 +120,11 @@ async function opendir(session: Session, requested: string): Promise<Outcome> {
   if (path === undefined) return 'continue';
   const names = await listDirectory(path);
   if (names === undefined) {
-    session.ctx.counters.command('OPENDIR', 'absent');
+    session.tally.command('OPENDIR', 'absent');
     await session.write(encodeFrame(`BAD: cfengine, couldn't open dir ${path}/`.slice(0, MAX_PAYLOAD)));
     return 'continue';
   }
-  session.ctx.counters.command('OPENDIR', 'ok');
+  session.tally.command('OPENDIR', 'ok');
   await session.writeTransactions(encodeOpendirReply(names));
   return 'continue';
 }
@@ -156,7 +156,7 @@ async function md5(session: Session, requested: string, digest: Buffer): Promise
     if (path === undefined) return 'continue';
     local = (await md5OfFile(path))?.digest ?? Buffer.alloc(16);
   }
-  ctx.counters.command('MD5', 'ok');
+  session.tally.command('MD5', 'ok');
   await session.write(encodeFrame(md5Answer(local.equals(digest))));
   return 'continue';
 }
@@ -191,7 +191,7 @@ async function get(session: Session, requested: string): Promise<Outcome> {
     announced = statted?.resolved === path && statted.isFile ? statted.size : undefined;
   }
   if (fd === undefined || path === undefined) {
-    ctx.counters.command('GET', 'absent');
+    session.tally.command('GET', 'absent');
     session.setCloseReason('GET: file vanished');
     await session.write(rawBlock(FAILED, GET_BLOCK_SIZE));
     return 'close';
@@ -226,7 +226,10 @@ async function sendFile(session: Session, fd: number, path: string, announced: b
   }
   const size = Number(announced);
   if (size === 0) {
-    ctx.counters.command('GET', 'ok');
+    // nothing to read, and the digest is known: cached for the MD5 that follows, as a sent file's is (a
+    // version records the size, so this version of the file is empty whatever happened since)
+    if (version !== undefined) ctx.digests.set(path, version, EMPTY_MD5);
+    session.tally.command('GET', 'ok');
     return 'continue';
   }
   // the first read asks for one byte more than announced: a file changed since STAT is caught before
@@ -246,7 +249,7 @@ async function sendFile(session: Session, fd: number, path: string, announced: b
     bytesRead = await readAt(fd, buffer, buffer.length, sent);
   }
   if (sent !== size) {
-    ctx.counters.command('GET', 'error');
+    session.tally.command('GET', 'error');
     session.setCloseReason('GET: file shrank while sending');
     return 'close';
   }
@@ -254,13 +257,15 @@ async function sendFile(session: Session, fd: number, path: string, announced: b
     const after = await fstatBig(fd).catch(() => undefined);
     if (after !== undefined && fileVersion(after) === version) ctx.digests.set(path, version, hash.digest());
   }
-  ctx.counters.command('GET', 'ok');
+  session.tally.command('GET', 'ok');
   return 'continue';
 }
 
+const EMPTY_MD5 = createHash('md5').digest();
+
 /** cf-serverd's raw "File changed" block, then close: the client's byte count is now wrong */
 async function fileChanged(session: Session, path: string): Promise<Outcome> {
-  session.ctx.counters.command('GET', 'error');
+  session.tally.command('GET', 'error');
   session.setCloseReason('GET: file changed since STAT');
   await session.write(rawBlock(`${FILE_CHANGED}: ${path}`, GET_BLOCK_SIZE));
   return 'close';

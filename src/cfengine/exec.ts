@@ -81,7 +81,7 @@ export async function exec(session: Session, args: string): Promise<Outcome> {
   if ('refusal' in parsed) return refuse(parsed.refusal);
   const { classes } = parsed;
   const command = classes.length > 0 ? `${config.command} -D ${classes.join(',')}` : config.command;
-  session.ctx.counters.command('EXEC', 'ok');
+  session.tally.command('EXEC', 'ok');
   session.log.info({ command: 'EXEC', classes }, `cfengine EXEC: running ${command}`);
   await session.write(encodeFrame(`cf-serverd executing cfruncommand: ${command}\n`.slice(0, MAX_PAYLOAD)));
   // lines in order, each one transaction; the socket stays quiet while the command is (a sync may be slow)

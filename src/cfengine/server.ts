@@ -3,15 +3,15 @@
 // from the relay's key and hands each connection to CfengineConnection.
 
 import { createServer, type Server, type Socket } from 'node:net';
-import { TLSSocket, createSecureContext, type SecureContext } from 'node:tls';
+import { createSecureContext, type SecureContext } from 'node:tls';
 import type { Logger } from 'pino';
 import { RelayError } from '../errors.js';
 import { collectGarbage } from '../gc.js';
 import { createNetworkAcl, createPathAcl } from '../access/index.js';
 import { makeServerCertificate } from './certificate.js';
 import { HEADER_SIZE, MAX_PAYLOAD } from './codec.js';
-import { CfengineConnection } from './connection.js';
-import type { ConnectionContext } from './session.js';
+import { openConnection, type CfengineConnection } from './connection.js';
+import { connectionContext } from './session.js';
 import { DigestCache, DirectoryCache, onSlowFileSystem } from './files.js';
 import type { CfengineServer, CfengineServerDeps, CfengineServerOptions } from './index.js';
 import { warmUp } from './warm-up.js';
@@ -55,7 +55,7 @@ export function createCfengineServer(options: CfengineServerOptions, deps: Cfeng
   const idleTimeoutMs = options.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
   let networks = createNetworkAcl(options.allowedNetworks);
   const logRefusal = refusalLogger(log);
-  const context: ConnectionContext = {
+  const context = connectionContext({
     nodes: deps.nodes,
     counters: deps.counters,
     log,
@@ -76,7 +76,7 @@ export function createCfengineServer(options: CfengineServerOptions, deps: Cfeng
       command: options.execCommand ?? 'onerelay sync',
       ...(options.onExec ? { run: options.onExec } : {}),
     },
-  };
+  });
   /** admitted connections, for maxConnections and stop() */
   const connections = new Set<CfengineConnection>();
   /** admitted connections by client address, for maxConnectionsPerAddress */
@@ -85,6 +85,8 @@ export function createCfengineServer(options: CfengineServerOptions, deps: Cfeng
   let unsubscribeSlow: (() => void) | undefined;
   let secureContext: SecureContext | undefined;
   let boundPort = 0;
+  /** see warm-up.ts */
+  let warmUpObjects: unknown[] = [];
 
   const onConnection = (socket: Socket): void => {
     socket.on('error', () => undefined); // reported by the TLS socket wrapping it (or nothing to report)
@@ -110,15 +112,7 @@ export function createCfengineServer(options: CfengineServerOptions, deps: Cfeng
     }
     perAddress.set(peer, held + 1);
     deps.counters.connection('accepted');
-    socket.setNoDelay(true);
-    const tls = new TLSSocket(socket, {
-      isServer: true,
-      secureContext,
-      requestCert: true,
-      rejectUnauthorized: false, // cf-serverd accepts any certificate; the key is checked afterwards (§4)
-    });
-    tls.setTimeout(idleTimeoutMs);
-    const connection = new CfengineConnection(tls, peer, context, (closed) => {
+    const connection = openConnection(socket, secureContext, peer, context, (closed) => {
       if (!connections.delete(closed)) return;
       const left = (perAddress.get(peer) ?? 1) - 1;
       if (left > 0) perAddress.set(peer, left);
@@ -146,6 +140,7 @@ export function createCfengineServer(options: CfengineServerOptions, deps: Cfeng
         context,
         log,
       });
+      warmUpObjects = warmed.keepAlive;
       if (warmed.requests > 0) {
         // its sockets, buffers and tree leave ~13 MB of array buffers and ~9 MB of heap that an idle relay
         // would otherwise keep until V8's next full collection (bench/footprint)

@@ -23,6 +23,56 @@ export interface ConnectionContext {
   readonly exec: { readonly keys: ReadonlySet<string>; readonly command: string; readonly run?: ExecHandler };
 }
 
+/**
+ * The one way a context is made (the server's and the warm-up's): one object literal, so both have the same
+ * hidden class and the request path optimised on the warm-up's stays valid for the agents'.
+ */
+export function connectionContext(fields: ConnectionContext): ConnectionContext {
+  return {
+    nodes: fields.nodes,
+    counters: fields.counters,
+    log: fields.log,
+    acl: fields.acl,
+    denyBadClocks: fields.denyBadClocks,
+    maxInputBytes: fields.maxInputBytes,
+    idleTimeoutMs: fields.idleTimeoutMs,
+    digests: fields.digests,
+    directories: fields.directories,
+    exec: fields.exec,
+  };
+}
+
+/**
+ * One connection's counts (answered requests by command and result, bytes sent), handed to the server's
+ * counters whenever the connection has no request left to answer (CfengineConnection.serve) and when it
+ * closes. The request path only adds to this object: the counters' functions are the relay's metrics
+ * (app/compose.ts) for agents and no-ops for the warm-up, and called from the request path they made V8 throw
+ * away the optimised handlers at the first agent's request (wrong call target).
+ */
+export class Tally {
+  /** command, result, command, result, ... */
+  private readonly commands: string[] = [];
+  private bytes = 0;
+
+  command(command: string, result: CommandResult): void {
+    this.commands.push(command, result);
+  }
+
+  sent(bytes: number): void {
+    this.bytes += bytes;
+  }
+
+  flush(counters: CfengineCounters): void {
+    const { commands } = this;
+    for (let i = 0; i + 1 < commands.length; i += 2) counters.command(commands[i] as string, commands[i + 1] as CommandResult);
+    commands.length = 0;
+    if (this.bytes > 0) counters.bytesSent(this.bytes);
+    this.bytes = 0;
+  }
+}
+
+export type CommandResult = Parameters<CfengineCounters['command']>[1];
+
 /** after a request: serve the next one, or close (protocol error, or a stream out of step) */
 export type Outcome = 'continue' | 'close';
 
@@ -36,6 +86,8 @@ export interface Session {
   readonly username: string;
   /** sha256//… of the client's SPKI: what execKeys pins */
   readonly keyPin: string;
+  /** counts of this connection's requests (use this, not ctx.counters, in the request path) */
+  readonly tally: Tally;
   /** access checks and what STAT resolved, for this connection */
   readonly admission: Admission;
   /** one transaction (or GET block), after the write in flight (see CfengineConnection.write) */

@@ -6,34 +6,36 @@
 // private listener on an ephemeral port of 127.0.0.1 and a private temporary tree readable by this
 // connection only; the relay's counters, digests, logs and node activity are not touched.
 
-import { randomBytes } from 'node:crypto';
-import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { createHash, randomBytes } from 'node:crypto';
+import { lstatSync, mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { TLSSocket, type SecureContext } from 'node:tls';
+import type { SecureContext } from 'node:tls';
 import type { KeyObject } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { NodesRegistry } from '../nodes/index.js';
 import { createPathAcl, toBinaryPath } from '../access/index.js';
 import { connectCfengineServer, type CfengineClient } from './client.js';
 import { CFD_TERMINATOR, HEADER_SIZE, encodeGetRequest, encodeMd5Request, encodeOpendirRequest, encodeStatRequest, parseStatLine } from './codec.js';
-import { CfengineConnection } from './connection.js';
+import { openConnection, type CfengineConnection } from './connection.js';
 import { DigestCache, DirectoryCache } from './files.js';
 import type { CfengineCounters } from './index.js';
-import type { ConnectionContext } from './session.js';
+import { connectionContext, type ConnectionContext } from './session.js';
 
 /** files of the private tree: sizes like a policy tree's (most a few KiB, some tens) */
-const FILES = 40;
+const FILES = 60;
 /** requests per connection: one agent run's worth, so connection set-up is warmed too */
 const REQUESTS_PER_CONNECTION = 400;
 /** the node the warm-up's client is taken for (a folder of the private tree only) */
 const WARM_UP_NODE = 'warm-up-node';
 
+/** the keys of the relay's counters, in their order (app/compose.ts), so that the objects have one shape */
 const noCounters: CfengineCounters = {
   connection: () => undefined,
   command: () => undefined,
   bytesSent: () => undefined,
+  session: () => undefined,
 };
 
 export interface WarmUpOptions {
@@ -52,13 +54,16 @@ export interface WarmUpOptions {
 }
 
 /** answers about `requests` requests through CfengineConnection; resolves with how many, never rejects */
-export async function warmUp(options: WarmUpOptions): Promise<{ requests: number; ms: number }> {
+export async function warmUp(options: WarmUpOptions): Promise<{ requests: number; ms: number; keepAlive: unknown[] }> {
   const started = performance.now();
-  if (options.requests <= 0) return { requests: 0, ms: 0 };
+  if (options.requests <= 0) return { requests: 0, ms: 0, keepAlive: [] };
   const tree = mkdtempSync(join(tmpdir(), 'onerelay-cfengine-warm-up-'));
   const listener = createServer({ noDelay: true });
   const connections = new Set<CfengineConnection>();
   let answered = 0;
+  let kept: CfengineConnection | undefined;
+  let keptClient: CfengineClient | undefined;
+  let keptStats: unknown;
   try {
     // the tree is laid out as the relay's roots are, and the client is a known node reading its own folder:
     // the ACL then takes the branches real agents take (measured: a warm-up as an unknown key reading a
@@ -66,11 +71,12 @@ export async function warmUp(options: WarmUpOptions): Promise<{ requests: number
     // unoptimised again)
     const share = join(tree, 'share');
     const files = makeTree(join(share, WARM_UP_NODE));
+    keptStats = lstatSync(tree, { bigint: true });
     for (const folder of ['common', 'public', 'shared-folder', 'shared-files']) mkdirSync(join(tree, folder));
     const node = { id: WARM_UP_NODE, hostname: 'warm-up', policyServer: 'root', keyHash: undefined };
     // the same shape as the server's context (same keys, same order: the request path's property
     // accesses stay monomorphic), with private state
-    const context: ConnectionContext = {
+    const context = connectionContext({
       ...options.context,
       // the registry as is, except that the warm-up's key is taken for the warm-up node
       nodes: Object.assign(Object.create(options.context.nodes) as NodesRegistry, { findByPublicKey: () => node }),
@@ -87,12 +93,13 @@ export async function warmUp(options: WarmUpOptions): Promise<{ requests: number
       digests: new DigestCache(),
       directories: new DirectoryCache(),
       exec: { keys: new Set(), command: '' },
-    };
+    });
     listener.on('connection', (socket: Socket) => {
       socket.on('error', () => undefined);
-      socket.setNoDelay(true);
-      const tls = new TLSSocket(socket, { isServer: true, secureContext: options.secureContext, requestCert: true, rejectUnauthorized: false });
-      const connection = new CfengineConnection(tls, 'warm-up', context, (closed) => connections.delete(closed));
+      // the peer address read as the server reads it (net.Socket caches it in a property of its own)
+      const peer = socket.remoteAddress ?? 'unknown';
+      const connection = openConnection(socket, options.secureContext, peer, context, (closed) => connections.delete(closed));
+      kept = connection;
       connections.add(connection);
     });
     await new Promise<void>((resolve, reject) => {
@@ -111,6 +118,7 @@ export async function warmUp(options: WarmUpOptions): Promise<{ requests: number
         verifyServerKey: () => undefined,
         username: 'root',
       });
+      keptClient = client;
       try {
         answered += await copyRun(client, join(share, WARM_UP_NODE), files, Math.min(REQUESTS_PER_CONNECTION, options.requests - answered), started + options.budgetMs);
       } finally {
@@ -124,48 +132,72 @@ export async function warmUp(options: WarmUpOptions): Promise<{ requests: number
     await new Promise<void>((resolve) => listener.close(() => resolve()));
     rmSync(tree, { recursive: true, force: true });
   }
-  return { requests: answered, ms: performance.now() - started };
+  return { requests: answered, ms: performance.now() - started, keepAlive: [kept, keptClient, keptStats] };
 }
 
-function makeTree(root: string): string[] {
-  const names: string[] = [];
-  mkdirSync(root, { recursive: true });
-  for (const folder of ['rules', 'rules/ncf']) mkdirSync(join(root, folder), { recursive: true });
+/** folders of the private tree: nested as a policy tree's are, several files each */
+const FOLDERS = ['rules', 'rules/ncf', 'rules/ncf/10_ncf_internals', 'rules/ncf/20_cfe_basics', 'rules/lib', 'rules/lib/deep/deeper'];
+
+interface TreeFile {
+  readonly name: string;
+  readonly md5: Buffer;
+}
+
+function makeTree(root: string): Array<{ readonly folder: string; readonly files: TreeFile[] }> {
+  const folders = FOLDERS.map((folder) => ({ folder, files: [] as TreeFile[] }));
+  for (const { folder } of folders) mkdirSync(join(root, folder), { recursive: true });
   for (let i = 0; i < FILES; i += 1) {
-    const name = `${i % 3 === 0 ? 'rules/ncf' : 'rules'}/file-${i}.cf`;
-    // mostly a few KiB, every fifth one tens of KiB (several GET writes)
-    writeFileSync(join(root, name), randomBytes(i % 5 === 0 ? 40_000 + i * 100 : 500 + i * 97));
-    names.push(name);
+    const entry = folders[i % folders.length] as (typeof folders)[number];
+    const name = `${entry.folder}/file-${i}.cf`;
+    // mostly a few KiB, every fifth one tens of KiB (several GET writes), one larger than the file service
+    // reads directly (src/fs-direct: through the thread pool), as a policy tree's archives are, one empty
+    const bytes = randomBytes(i === 1 ? 300_000 : i === 2 ? 0 : i % 5 === 0 ? 40_000 + i * 100 : 500 + i * 97);
+    writeFileSync(join(root, name), bytes);
+    entry.files.push({ name, md5: createHash('md5').update(bytes).digest() });
   }
-  return names;
+  return folders;
 }
 
-/** what cf-agent's recursive copy_from with compare digest asks: OPENDIR per folder; STAT, MD5, GET per file */
-async function copyRun(client: CfengineClient, tree: string, files: readonly string[], requests: number, deadline: number): Promise<number> {
+/**
+ * What cf-agent's recursive copy_from with compare digest asks, folder by folder: STAT and OPENDIR of the
+ * folder, then for each file STAT, and on a cold copy GET then MD5 (verify => true: the digest the GET just
+ * computed), on a no-change run MD5 with the right digest. Passes alternate cold and no-change.
+ */
+async function copyRun(client: CfengineClient, tree: string, folders: ReturnType<typeof makeTree>, requests: number, deadline: number): Promise<number> {
   let sent = 0;
   // the codec's request encoders give whole frames; the client frames what it sends itself
   const ask = async (frame: Buffer): Promise<void> => {
     await client.send(frame.subarray(HEADER_SIZE));
     sent += 1;
   };
-  for (let i = 0; sent < requests && performance.now() < deadline; i += 1) {
-    if (i % files.length === 0) {
-      for (const folder of ['rules', 'rules/ncf']) {
-        await ask(encodeOpendirRequest(toBinaryPath(join(tree, folder))));
-        // names until the terminator frame
-        for (;;) if ((await client.readFrame()).payload.toString('latin1').includes(CFD_TERMINATOR)) break;
-      }
-      continue;
-    }
-    const path = toBinaryPath(join(tree, files[i % files.length] as string));
+  const stat = async (path: string): Promise<bigint> => {
     await ask(encodeStatRequest(path));
     const fields = parseStatLine((await client.readFrame()).payload.toString('latin1'));
     await client.readFrame(); // OK:<link target>
-    await ask(encodeMd5Request(path, Buffer.alloc(16)));
-    await client.readFrame();
-    await ask(encodeGetRequest(path));
-    let left = Number(fields?.size ?? 0n);
-    while (left > 0) left -= (await client.readRaw(left)).length;
+    return fields?.size ?? 0n;
+  };
+  for (let pass = 0; sent < requests && performance.now() < deadline; pass += 1) {
+    const cold = pass % 2 === 0;
+    for (const { folder, files } of folders) {
+      if (sent >= requests || performance.now() >= deadline) break;
+      const directory = toBinaryPath(join(tree, folder));
+      await stat(directory);
+      await ask(encodeOpendirRequest(directory));
+      // names until the terminator frame
+      for (;;) if ((await client.readFrame()).payload.toString('latin1').includes(CFD_TERMINATOR)) break;
+      for (const file of files) {
+        if (sent >= requests) break;
+        const path = toBinaryPath(join(tree, file.name));
+        const size = await stat(path);
+        if (cold) {
+          await ask(encodeGetRequest(path));
+          let left = Number(size);
+          while (left > 0) left -= (await client.readRaw(left)).length;
+        }
+        await ask(encodeMd5Request(path, cold ? Buffer.alloc(16) : file.md5));
+        await client.readFrame();
+      }
+    }
   }
   return sent;
 }

@@ -65,6 +65,8 @@ export interface RelayOptions {
   readonly ownInventory?: boolean;
   /** extra lines in [activity] (its database is in <dir>/state) */
   readonly activityToml?: string;
+  /** node flags before the CLI file (benches: --cpu-prof, V8 flags) */
+  readonly nodeArgs?: readonly string[];
 }
 
 export interface CliResult {
@@ -211,7 +213,7 @@ export async function startRelay(t: Teardownable, options: RelayOptions = {}): P
   await writeFile(configFile, relayConfigToml(dir, { https: httpsPort, api: apiPort, cfengine: cfenginePort }, options));
 
   // its own process group, so that a test can kill the primary and its workers at once
-  const child = spawn(process.execPath, [options.cli ?? CLI, 'start', '--config', configFile], {
+  const child = spawn(process.execPath, [...(options.nodeArgs ?? []), options.cli ?? CLI, 'start', '--config', configFile], {
     cwd: dir,
     stdio: ['ignore', 'pipe', 'pipe'],
     detached: true,
