@@ -1,8 +1,10 @@
 // The node-facing HTTPS endpoint (Apache httpd's part of a relay): TLS 1.3 only, client
 // certificate requested but optional (Apache's optional_no_ca), WebDAV PUT uploads into the spool,
-// /uuid, and a reverse proxy for local services. Runs in every cluster worker.
+// /uuid, and a reverse proxy for local services. Runs in every cluster worker. Upload PUTs are answered
+// ahead of fastify (uploads.ts); everything else goes through fastify's routes.
 
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { createServer } from 'node:https';
 import type { TLSSocket } from 'node:tls';
 import Fastify, { LogController, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
@@ -12,14 +14,15 @@ import { parserRefusalHandler } from './parser-refusal.js';
 import type { FrontDoorMetrics } from '../metrics/index.js';
 import type { NodesRegistry } from '../nodes/index.js';
 import type { Spool, SpoolQueue } from '../spool/index.js';
-import { authenticateUpload, mayUploadReportOf, type UploadAuthOptions } from './client-auth.js';
+import type { UploadAuthOptions } from './client-auth.js';
 import { createNetworkAcl, type NetworkAcl } from '../config/index.js';
 import { downloadRoutes } from './downloads.js';
 import type { SharedFiles } from '../shared-files/index.js';
 import type { RemoteRun } from '../remote-run/index.js';
 import type { SyncServing } from '../sync/index.js';
-import { decodeUploadName, reportNodeId } from './upload-name.js';
-import { requestEvent, type ActivitySink } from '../activity/index.js';
+import type { ActivitySink } from '../activity/index.js';
+import { pathOf, recordAccess } from './access.js';
+import { createUploadPath, peerCertificateDerOf, UPLOAD_QUEUES, uploadQueueOf } from './uploads.js';
 
 export interface FrontDoorOptions {
   readonly listen: ListenAddress;
@@ -80,7 +83,6 @@ export interface FrontDoor {
   update(settings: FrontDoorSettings): void;
 }
 
-const QUEUES: readonly SpoolQueue[] = ['reports', 'inventories', 'inventory-updates'];
 // answered 403 on the upload collections, as Apache's <LimitExcept PUT> Require all denied does
 const WEBDAV_METHODS = ['PROPFIND', 'PROPPATCH', 'MKCOL', 'COPY', 'MOVE', 'LOCK', 'UNLOCK'];
 
@@ -88,22 +90,11 @@ declare module 'fastify' {
   interface FastifyRequest {
     relayNode?: string;
     relayError?: RelayError;
-    relayUpload?: { bytes: number; sha256: string; created: boolean };
   }
 }
 
 function peerCertificateDer(request: FastifyRequest): Buffer | undefined {
-  const socket = request.raw.socket as TLSSocket;
-  // getPeerX509Certificate parses lazily; getPeerCertificate() would build a whole JS object with
-  // three fingerprints on every handshake, and only the DER is needed
-  if (typeof socket.getPeerX509Certificate !== 'function') return undefined;
-  return socket.getPeerX509Certificate()?.raw;
-}
-
-function pathOf(url: string): string {
-  const q = url.indexOf('?');
-  // Apache merges slashes (relayd sends //reports/...)
-  return (q < 0 ? url : url.slice(0, q)).replace(/\/{2,}/g, '/');
+  return peerCertificateDerOf(request.raw.socket as TLSSocket);
 }
 
 export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps): FrontDoor {
@@ -115,6 +106,20 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
   const acl: NetworkAcl = { allows: (address) => allowed.allows(address) };
   const policyServers: NetworkAcl = { allows: (address) => policyServerAcl.allows(address) };
   let app: ReturnType<typeof build> | undefined;
+  /** stop() has begun: uploads are answered 503, as fastify answers its routes */
+  let closing = false;
+  const accessDeps = { metrics: deps.metrics, activity: deps.activity, log };
+  const uploadPath = createUploadPath({
+    acl,
+    auth: () => auth,
+    nodes: deps.nodes,
+    spool: deps.spool,
+    maxUploadSize: options.maxUploadSize,
+    isSpoolFull: deps.isSpoolFull,
+    admit: deps.admit,
+    closing: () => closing,
+    ...accessDeps,
+  });
 
   function fail(request: FastifyRequest, reply: FastifyReply, error: RelayError): FastifyReply {
     request.relayError = error;
@@ -127,17 +132,29 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
       loggerInstance: log,
       logController: new LogController({ disableRequestLogging: true }),
       routerOptions: { ignoreDuplicateSlashes: true },
-      https: {
-        key: options.tls.key,
-        cert: options.tls.cert,
-        minVersion: 'TLSv1.3',
-        requestCert: true,
-        rejectUnauthorized: false,
+      // the server is ours so that upload PUTs reach uploads.ts before fastify's request path
+      serverFactory: (handler) => {
+        const server = createServer(
+          {
+            key: options.tls.key,
+            cert: options.tls.cert,
+            minVersion: 'TLSv1.3',
+            requestCert: true,
+            rejectUnauthorized: false,
+          },
+          (request, response) => {
+            const queue = uploadQueueOf(request.method, request.url);
+            if (queue === undefined) handler(request, response);
+            else uploadPath(queue, request, response);
+          },
+        );
+        // what fastify sets on a server it makes itself
+        server.keepAliveTimeout = 5_000;
+        server.requestTimeout = 0;
+        return server;
       },
       // an upload's body is never buffered; keep the ones we do parse small
       bodyLimit: 1024 * 1024,
-      keepAliveTimeout: 5_000,
-      requestTimeout: 0,
       return503OnClosing: true,
       // undecodable URLs and the like: our error format, not fastify's JSON
       // refused by Node's HTTP parser, before any route: the same coded answer and access line
@@ -162,28 +179,20 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
       fastify.server.emit('request', request, response);
     });
 
-    fastify.addHook('onResponse', async (request, reply) => {
-      const route = request.routeOptions.url ?? 'unmatched';
-      deps.metrics.requests.inc({ route, status: String(reply.statusCode) });
-      const line = {
-        event: 'access',
+    fastify.addHook('onResponse', (request, reply, done) => {
+      recordAccess(accessDeps, {
         method: request.method,
-        path: pathOf(request.url),
+        url: request.url,
+        route: request.routeOptions.url ?? 'unmatched',
         status: reply.statusCode,
         node: request.relayNode,
         ip: request.ip,
-        bytes: Number(request.headers['content-length'] ?? 0) || undefined,
-        ms: Math.round(reply.elapsedTime),
-        error: request.relayError?.code,
-        reason: request.relayError?.message,
-      };
-      if (deps.activity) {
-        const event = requestEvent({ method: request.method, path: line.path, status: reply.statusCode, node: request.relayNode, ip: request.ip, code: line.error, ...(request.relayUpload ? { upload: request.relayUpload } : {}) });
-        if (event) deps.activity.record(event);
-      }
-      if (reply.statusCode >= 500) log.error(line, 'request');
-      else if (reply.statusCode >= 400) log.warn(line, 'request');
-      else log.info(line, 'request');
+        contentLength: request.headers['content-length'],
+        elapsedMs: reply.elapsedTime,
+        error: request.relayError,
+        upload: undefined,
+      });
+      done();
     });
 
     fastify.route({
@@ -192,17 +201,12 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
       handler: async (_request, reply) => reply.type('text/plain; charset=utf-8').send(`${options.nodeId}\n`),
     });
 
-    // The WebDAV endpoints: a plugin of its own so that its pass-through body parser does not
-    // leak into the proxy's context.
+    // The WebDAV endpoints' other methods (PUT is answered ahead of fastify, uploads.ts): a plugin of its
+    // own so that its pass-through body parser does not leak into the proxy's context.
     fastify.register(async (uploads) => {
       uploads.removeAllContentTypeParsers();
       uploads.addContentTypeParser('*', (_request, _payload, done) => done(null, undefined));
-      for (const queue of QUEUES) {
-        uploads.route({
-          method: 'PUT',
-          url: `/${queue}/*`,
-          handler: (request, reply) => receiveUpload(queue, request, reply),
-        });
+      for (const queue of UPLOAD_QUEUES) {
         uploads.route({
           method: ['GET', 'HEAD', 'POST', 'DELETE', 'PATCH', 'OPTIONS', ...WEBDAV_METHODS],
           url: `/${queue}/*`,
@@ -299,64 +303,6 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
     return fastify;
   }
 
-  async function receiveUpload(queue: SpoolQueue, request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
-    const respond = (error: RelayError) => {
-      deps.metrics.uploads.inc({ endpoint: queue, status: String(error.status) });
-      return fail(request, reply, error);
-    };
-    if (!acl.allows(request.socket.remoteAddress)) {
-      return respond(new RelayError('RELAY_ERR_AUTH_NETWORK', `client ${request.socket.remoteAddress} is not in https.allowed_networks`));
-    }
-    let name: string;
-    let admission: UploadAdmission | undefined;
-    try {
-      const identity = authenticateUpload(queue, request.headers.authorization, peerCertificateDer(request), deps.nodes, auth);
-      if (identity.nodeId !== undefined) request.relayNode = identity.nodeId;
-      const path = pathOf(request.url);
-      name = decodeUploadName(path.slice(queue.length + 2));
-      const reportNode = queue === 'reports' ? reportNodeId(name) : undefined;
-      if (identity.nodeId !== undefined && reportNode !== undefined && !mayUploadReportOf(identity.nodeId, reportNode, deps.nodes)) {
-        throw new RelayError('RELAY_ERR_AUTH_CERTIFICATE', `node ${identity.nodeId} may not upload reports of node ${reportNode}`);
-      }
-      const declared = Number(request.headers['content-length']);
-      if (Number.isFinite(declared) && declared > options.maxUploadSize) {
-        throw new RelayError('RELAY_ERR_UPLOAD_TOO_LARGE', `body of ${declared} bytes is larger than https.max_upload_size (${options.maxUploadSize})`);
-      }
-      // a body of unknown length counts as the largest allowed until it is stored
-      admission = deps.admit ? await deps.admit(queue, Number.isFinite(declared) ? declared : options.maxUploadSize) : undefined;
-      if (admission?.admitted === false || (admission === undefined && deps.isSpoolFull(queue))) {
-        throw new RelayError('RELAY_ERR_SPOOL_FULL', `the ${queue} spool is over its disk budget (max_spool_size): try again later`);
-      }
-    } catch (error) {
-      if (error instanceof RelayError) {
-        // the unread body is not worth receiving: close the connection after the answer
-        reply.header('connection', 'close');
-        return respond(error);
-      }
-      throw error;
-    }
-    if (String(request.headers.expect).toLowerCase() === '100-continue') reply.raw.writeContinue();
-    let stored = false;
-    try {
-      const result = await deps.spool.receive(queue, name, request.raw, options.maxUploadSize);
-      stored = true;
-      deps.metrics.uploads.inc({ endpoint: queue, status: result.created ? '201' : '204' });
-      deps.metrics.uploadBytes.inc({ endpoint: queue }, result.bytes);
-      log.debug({ event: 'stored', queue, file: name, bytes: result.bytes, node: request.relayNode }, 'upload stored');
-      request.relayUpload = { bytes: result.bytes, sha256: result.sha256, created: result.created };
-      return reply.code(result.created ? 201 : 204).send();
-    } catch (error) {
-      if (error instanceof RelayError) {
-        reply.header('connection', 'close');
-        if (error.status >= 500) log.error({ err: error, queue, file: name }, 'upload not stored');
-        return respond(error);
-      }
-      throw error;
-    } finally {
-      admission?.release(stored ? name : undefined);
-    }
-  }
-
   return {
     update(settings) {
       allowed = createNetworkAcl(settings.allowedNetworks);
@@ -365,19 +311,21 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
     },
     async start() {
       if (app) return;
+      closing = false;
       app = build();
       await app.listen({ host: options.listen.host, port: options.listen.port });
     },
     async stop() {
       if (!app) return;
-      const closing = app;
+      const stopping = app;
       app = undefined;
+      closing = true;
       // fastify.close() waits for in-flight requests; bound it so a stuck client cannot hold shutdown
       await Promise.race([
-        closing.close(),
+        stopping.close(),
         new Promise<void>((resolve) =>
           setTimeout(() => {
-            closing.server.closeAllConnections();
+            stopping.server.closeAllConnections();
             resolve();
           }, options.shutdownTimeoutMs).unref(),
         ),
