@@ -3,6 +3,7 @@
 // /uuid, and a reverse proxy for local services. Runs in every cluster worker. Upload PUTs are answered
 // ahead of fastify (uploads.ts); everything else goes through fastify's routes.
 
+import { constants } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createServer } from 'node:https';
 import type { TLSSocket } from 'node:tls';
@@ -141,6 +142,13 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
             minVersion: 'TLSv1.3',
             requestCert: true,
             rejectUnauthorized: false,
+            // Session tickets carry the session state (the client's certificate included) encrypted; OpenSSL 3.0
+            // builds each of TLS 1.3's two by encoding the session and decoding it back, which parses the
+            // client certificate again: ~0.45 ms of CPU per connection, 8 % of an upload. Agents open a fresh
+            // connection per run and never resume (curl keeps no session across runs), so the tickets are
+            // stateful instead (a session id, never stored: SSL_SESS_CACHE_NO_INTERNAL and no 'newSession'
+            // listener): a client offering one gets a full handshake, as any client whose ticket expired.
+            secureOptions: constants.SSL_OP_NO_TICKET,
           },
           (request, response) => {
             const queue = uploadQueueOf(request.method, request.url);
