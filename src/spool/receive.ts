@@ -27,6 +27,13 @@ export interface ReceiveResult {
   readonly sha256: string;
 }
 
+/**
+ * temp names: this process's id and a random tag drawn once (a later process with a recycled pid cannot meet a
+ * leftover of this one), then a counter; no random draw per upload
+ */
+const TMP_PREFIX = `${process.pid}.${randomBytes(4).toString('hex')}.`;
+let tmpCount = 0;
+
 /** bodies up to this size are gathered in memory and written with one call; larger ones stream to the file */
 const GATHER_BYTES = 256 * 1024;
 
@@ -37,7 +44,7 @@ export async function receiveInto(
   body: Readable,
   maxBytes: number,
 ): Promise<ReceiveResult> {
-  const tmpPath = join(tmpDirectory, `${name.slice(0, 64)}.${process.pid}.${randomBytes(6).toString('hex')}`);
+  const tmpPath = join(tmpDirectory, `${name.slice(0, 64)}.${TMP_PREFIX}${(tmpCount += 1)}`);
   const finalPath = join(targetDirectory, name);
   let bytes = 0;
   let renamed = false;
