@@ -3,6 +3,7 @@
 
 import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { request as httpsRequest } from 'node:https';
+import { connect as tlsConnect } from 'node:tls';
 import { join } from 'node:path';
 import t from 'tap';
 import { cachedAgentIdentity, curlUpload, sampleRunlog, signedGzippedReport } from '../support/agent.js';
@@ -24,6 +25,24 @@ async function allFiles(relay: RunningRelay): Promise<string[]> {
     await walk(join(relay.dir, base));
   }
   return found;
+}
+
+/** a TLS 1.3 connection (offering `session`), GET /uuid; whether it resumed, and the last session the relay sent */
+function handshake(port: number, session: Buffer | undefined): Promise<{ reused: boolean; session: Buffer | undefined }> {
+  return new Promise((resolve, reject) => {
+    let received: Buffer | undefined;
+    const socket = tlsConnect({ host: '127.0.0.1', port, rejectUnauthorized: false, minVersion: 'TLSv1.3', ...(session === undefined ? {} : { session }) }, () => {
+      const reused = socket.isSessionReused();
+      // tickets come after the handshake: reading the answer to a request reads them too
+      socket.write('GET /uuid HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n');
+      socket.on('end', () => resolve({ reused, session: received }));
+    });
+    socket.on('session', (ticket: Buffer) => {
+      received = ticket;
+    });
+    socket.on('data', () => undefined);
+    socket.on('error', reject);
+  });
 }
 
 /** a PUT with the path exactly as given (no client-side normalisation) */
@@ -160,6 +179,14 @@ t.test('uploads through the HTTPS front door', async (t) => {
     t.not(result.exitCode, 0, `curl fails: ${result.stderr.trim()}`);
     const metrics = await (await fetch(`${relay.apiUrl}/metrics`)).text();
     t.match(metrics, /onerelay_https_tls_failures_total\{reason="[^"]+"\} [1-9]/, 'counted as a TLS failure');
+  });
+
+  await t.test('a TLS session is never resumed: every connection shows its certificate', async (t) => {
+    const first = await handshake(relay.httpsPort, undefined);
+    t.ok(first.session, 'the relay sends a session ticket');
+    t.equal(first.reused, false);
+    const second = await handshake(relay.httpsPort, first.session);
+    t.equal(second.reused, false, 'the ticket does not resume the session (stateful ticket, never stored): a full handshake');
   });
 
   await t.test('/uuid and the metrics of uploads', async (t) => {
