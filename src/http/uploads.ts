@@ -64,6 +64,8 @@ export function createUploadPath(deps: UploadPathDeps): (queue: SpoolQueue, requ
 
   function answer(response: ServerResponse, status: number, headers: Record<string, string>, body?: string): void {
     if (response.headersSent || response.destroyed) {
+      // the client went away (or an answer is already out): the access line still tells which answer was due
+      if (!response.headersSent) response.statusCode = status;
       response.end();
       return;
     }

@@ -166,6 +166,29 @@ t.test('uploads through the HTTPS front door', async (t) => {
     t.same(await readdir(join(relay.dir, 'reports', '.tmp')), [], 'the partial temp file is removed');
   });
 
+  await t.test('a client that goes away mid-body: no file, and an access line that says so', async (t) => {
+    const name = `2026-11-25T11:30:00+00:00@${NODE}.log.gz`;
+    await new Promise<void>((resolve, reject) => {
+      const socket = tlsConnect({ host: '127.0.0.1', port: relay.httpsPort, rejectUnauthorized: false, minVersion: 'TLSv1.3' }, () => {
+        const credentials = Buffer.from(`rudder:${DAV_PASSWORD}`).toString('base64');
+        socket.write(`PUT /reports/${encodeURIComponent(name)} HTTP/1.1\r\nHost: relay\r\nAuthorization: Basic ${credentials}\r\nContent-Length: 10000\r\n\r\n`);
+        socket.write(Buffer.alloc(1000, 7), () => {
+          // the relay has the first bytes (its lease admitted the upload) before the client vanishes
+          setTimeout(() => {
+            socket.destroy();
+            resolve();
+          }, 100);
+        });
+      });
+      socket.on('error', reject);
+    });
+    const line = await relay.waitForLog((l) => l.event === 'access' && l.error === 'RELAY_ERR_UPLOAD_INCOMPLETE', 5_000);
+    t.equal(line.status, 400, 'logged with the status of the answer it could not receive');
+    t.match(String(line.path), /^\/reports\//);
+    t.notOk((await readdir(relay.reportsIncoming)).includes(name), 'nothing stored');
+    t.same(await readdir(join(relay.dir, 'reports', '.tmp')), [], 'no temp file left');
+  });
+
   await t.test('TLS 1.2 clients are refused', async (t) => {
     const result = await curlUpload({
       url: `${relay.httpsUrl}/reports/`,
