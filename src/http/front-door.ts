@@ -133,7 +133,9 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
       loggerInstance: log,
       logController: new LogController({ disableRequestLogging: true }),
       routerOptions: { ignoreDuplicateSlashes: true },
-      // the server is ours so that upload PUTs reach uploads.ts before fastify's request path
+      // the server is ours so that upload PUTs reach uploads.ts before fastify's request path; `https` only
+      // tells fastify the scheme of its "listening at" line (a server factory takes precedence over it)
+      https: {},
       serverFactory: (handler) => {
         const server = createServer(
           {
