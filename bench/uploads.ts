@@ -7,6 +7,17 @@
 // Server CPU per upload (user + system of every server process, /proc) is the figure that does not
 // depend on the client; uploads/s is quoted beside it. Targets alternate run by run; medians of the
 // runs are quoted; figures also go to bench/out/uploads.json.
+//
+// What the two servers do differs beyond the code (2026-12-06 measurements, README "issue 20"):
+// - nginx runs with its defaults, as the stand-in for Apache's: two stateless TLS 1.3 session tickets per
+//   connection (OpenSSL 3.0 encodes and decodes the session, client certificate included, for each); with
+//   `ssl_session_tickets off` it spends 0.1-0.6 ms less per upload. onerelay sends stateful tickets.
+// - nginx writes the file and renames it, with no fsync; onerelay fsyncs the file and the directory before
+//   its 2xx (the durability guarantee), ~0.45 ms of CPU per upload on this machine's virtio disk.
+// - both use OpenSSL 3.0.19 (nginx Debian's libssl, node its bundled copy): the RSA-4096 signature of the
+//   handshake is 3.77 ms (openssl speed) and 3.86 ms (node's crypto.sign), the same code.
+// Profile a run: BENCH_ONERELAY_NODE_ARGS="--perf-basic-prof" and `perf record -g -p <worker pids>`, or
+// "--cpu-prof --cpu-prof-dir=<dir>" (TLS handshakes run outside JS and show there as idle time).
 
 import { randomBytes } from 'node:crypto';
 import { writeFigures } from './lib/output.js';

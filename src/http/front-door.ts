@@ -1,9 +1,12 @@
 // The node-facing HTTPS endpoint (Apache httpd's part of a relay): TLS 1.3 only, client
 // certificate requested but optional (Apache's optional_no_ca), WebDAV PUT uploads into the spool,
 // /uuid, and a reverse proxy for local services. Runs in the primary and in every front-door worker, all
-// accepting on the one listening socket the primary opened (app/cluster.ts).
+// accepting on the one listening socket the primary opened (app/cluster.ts). Upload PUTs are answered
+// ahead of fastify (uploads.ts); everything else goes through fastify's routes.
 
+import { constants } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { createServer } from 'node:https';
 import type { Server } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import Fastify, { LogController, type FastifyListenOptions, type FastifyReply, type FastifyRequest } from 'fastify';
@@ -14,14 +17,15 @@ import { parserRefusalHandler } from './parser-refusal.js';
 import type { FrontDoorMetrics } from '../metrics/index.js';
 import type { NodesRegistry } from '../nodes/index.js';
 import type { Spool, SpoolQueue } from '../spool/index.js';
-import { authenticateUpload, mayUploadReportOf, type UploadAuthOptions } from './client-auth.js';
+import type { UploadAuthOptions } from './client-auth.js';
 import { createNetworkAcl, type NetworkAcl } from '../config/index.js';
 import { downloadRoutes } from './downloads.js';
 import type { SharedFiles } from '../shared-files/index.js';
 import type { RemoteRun } from '../remote-run/index.js';
 import type { SyncServing } from '../sync/index.js';
-import { decodeUploadName, reportNodeId } from './upload-name.js';
-import { requestEvent, type ActivitySink } from '../activity/index.js';
+import type { ActivitySink } from '../activity/index.js';
+import { pathOf, recordAccess } from './access.js';
+import { createUploadPath, peerCertificateDerOf, UPLOAD_QUEUES, uploadQueueOf } from './uploads.js';
 
 export interface FrontDoorOptions {
   readonly listen: ListenAddress;
@@ -85,7 +89,6 @@ export interface FrontDoor {
   update(settings: FrontDoorSettings): void;
 }
 
-const QUEUES: readonly SpoolQueue[] = ['reports', 'inventories', 'inventory-updates'];
 // answered 403 on the upload collections, as Apache's <LimitExcept PUT> Require all denied does
 const WEBDAV_METHODS = ['PROPFIND', 'PROPPATCH', 'MKCOL', 'COPY', 'MOVE', 'LOCK', 'UNLOCK'];
 
@@ -93,22 +96,11 @@ declare module 'fastify' {
   interface FastifyRequest {
     relayNode?: string;
     relayError?: RelayError;
-    relayUpload?: { bytes: number; sha256: string; created: boolean };
   }
 }
 
 function peerCertificateDer(request: FastifyRequest): Buffer | undefined {
-  const socket = request.raw.socket as TLSSocket;
-  // getPeerX509Certificate parses lazily; getPeerCertificate() would build a whole JS object with
-  // three fingerprints on every handshake, and only the DER is needed
-  if (typeof socket.getPeerX509Certificate !== 'function') return undefined;
-  return socket.getPeerX509Certificate()?.raw;
-}
-
-function pathOf(url: string): string {
-  const q = url.indexOf('?');
-  // Apache merges slashes (relayd sends //reports/...)
-  return (q < 0 ? url : url.slice(0, q)).replace(/\/{2,}/g, '/');
+  return peerCertificateDerOf(request.raw.socket as TLSSocket);
 }
 
 export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps): FrontDoor {
@@ -120,6 +112,20 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
   const acl: NetworkAcl = { allows: (address) => allowed.allows(address) };
   const policyServers: NetworkAcl = { allows: (address) => policyServerAcl.allows(address) };
   let app: ReturnType<typeof build> | undefined;
+  /** stop() has begun: uploads are answered 503, as fastify answers its routes */
+  let closing = false;
+  const accessDeps = { metrics: deps.metrics, activity: deps.activity, log };
+  const uploadPath = createUploadPath({
+    acl,
+    auth: () => auth,
+    nodes: deps.nodes,
+    spool: deps.spool,
+    maxUploadSize: options.maxUploadSize,
+    isSpoolFull: deps.isSpoolFull,
+    admit: deps.admit,
+    closing: () => closing,
+    ...accessDeps,
+  });
 
   function fail(request: FastifyRequest, reply: FastifyReply, error: RelayError): FastifyReply {
     request.relayError = error;
@@ -132,17 +138,38 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
       loggerInstance: log,
       logController: new LogController({ disableRequestLogging: true }),
       routerOptions: { ignoreDuplicateSlashes: true },
-      https: {
-        key: options.tls.key,
-        cert: options.tls.cert,
-        minVersion: 'TLSv1.3',
-        requestCert: true,
-        rejectUnauthorized: false,
+      // the server is ours so that upload PUTs reach uploads.ts before fastify's request path; `https` only
+      // tells fastify the scheme of its "listening at" line (a server factory takes precedence over it)
+      https: {},
+      serverFactory: (handler) => {
+        const server = createServer(
+          {
+            key: options.tls.key,
+            cert: options.tls.cert,
+            minVersion: 'TLSv1.3',
+            requestCert: true,
+            rejectUnauthorized: false,
+            // Session tickets carry the session state (the client's certificate included) encrypted; OpenSSL 3.0
+            // builds each of TLS 1.3's two by encoding the session and decoding it back, which parses the
+            // client certificate again: ~0.45 ms of CPU per connection, 8 % of an upload. Agents open a fresh
+            // connection per run and never resume (curl keeps no session across runs), so the tickets are
+            // stateful instead (a session id, never stored: SSL_SESS_CACHE_NO_INTERNAL and no 'newSession'
+            // listener): a client offering one gets a full handshake, as any client whose ticket expired.
+            secureOptions: constants.SSL_OP_NO_TICKET,
+          },
+          (request, response) => {
+            const queue = uploadQueueOf(request.method, request.url);
+            if (queue === undefined) handler(request, response);
+            else uploadPath(queue, request, response);
+          },
+        );
+        // what fastify sets on a server it makes itself
+        server.keepAliveTimeout = 5_000;
+        server.requestTimeout = 0;
+        return server;
       },
       // an upload's body is never buffered; keep the ones we do parse small
       bodyLimit: 1024 * 1024,
-      keepAliveTimeout: 5_000,
-      requestTimeout: 0,
       return503OnClosing: true,
       // undecodable URLs and the like: our error format, not fastify's JSON
       // refused by Node's HTTP parser, before any route: the same coded answer and access line
@@ -167,28 +194,20 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
       fastify.server.emit('request', request, response);
     });
 
-    fastify.addHook('onResponse', async (request, reply) => {
-      const route = request.routeOptions.url ?? 'unmatched';
-      deps.metrics.requests.inc({ route, status: String(reply.statusCode) });
-      const line = {
-        event: 'access',
+    fastify.addHook('onResponse', (request, reply, done) => {
+      recordAccess(accessDeps, {
         method: request.method,
-        path: pathOf(request.url),
+        url: request.url,
+        route: request.routeOptions.url ?? 'unmatched',
         status: reply.statusCode,
         node: request.relayNode,
         ip: request.ip,
-        bytes: Number(request.headers['content-length'] ?? 0) || undefined,
-        ms: Math.round(reply.elapsedTime),
-        error: request.relayError?.code,
-        reason: request.relayError?.message,
-      };
-      if (deps.activity) {
-        const event = requestEvent({ method: request.method, path: line.path, status: reply.statusCode, node: request.relayNode, ip: request.ip, code: line.error, ...(request.relayUpload ? { upload: request.relayUpload } : {}) });
-        if (event) deps.activity.record(event);
-      }
-      if (reply.statusCode >= 500) log.error(line, 'request');
-      else if (reply.statusCode >= 400) log.warn(line, 'request');
-      else log.info(line, 'request');
+        contentLength: request.headers['content-length'],
+        elapsedMs: reply.elapsedTime,
+        error: request.relayError,
+        upload: undefined,
+      });
+      done();
     });
 
     fastify.route({
@@ -197,17 +216,12 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
       handler: async (_request, reply) => reply.type('text/plain; charset=utf-8').send(`${options.nodeId}\n`),
     });
 
-    // The WebDAV endpoints: a plugin of its own so that its pass-through body parser does not
-    // leak into the proxy's context.
+    // The WebDAV endpoints' other methods (PUT is answered ahead of fastify, uploads.ts): a plugin of its
+    // own so that its pass-through body parser does not leak into the proxy's context.
     fastify.register(async (uploads) => {
       uploads.removeAllContentTypeParsers();
       uploads.addContentTypeParser('*', (_request, _payload, done) => done(null, undefined));
-      for (const queue of QUEUES) {
-        uploads.route({
-          method: 'PUT',
-          url: `/${queue}/*`,
-          handler: (request, reply) => receiveUpload(queue, request, reply),
-        });
+      for (const queue of UPLOAD_QUEUES) {
         uploads.route({
           method: ['GET', 'HEAD', 'POST', 'DELETE', 'PATCH', 'OPTIONS', ...WEBDAV_METHODS],
           url: `/${queue}/*`,
@@ -304,64 +318,6 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
     return fastify;
   }
 
-  async function receiveUpload(queue: SpoolQueue, request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
-    const respond = (error: RelayError) => {
-      deps.metrics.uploads.inc({ endpoint: queue, status: String(error.status) });
-      return fail(request, reply, error);
-    };
-    if (!acl.allows(request.socket.remoteAddress)) {
-      return respond(new RelayError('RELAY_ERR_AUTH_NETWORK', `client ${request.socket.remoteAddress} is not in https.allowed_networks`));
-    }
-    let name: string;
-    let admission: UploadAdmission | undefined;
-    try {
-      const identity = authenticateUpload(queue, request.headers.authorization, peerCertificateDer(request), deps.nodes, auth);
-      if (identity.nodeId !== undefined) request.relayNode = identity.nodeId;
-      const path = pathOf(request.url);
-      name = decodeUploadName(path.slice(queue.length + 2));
-      const reportNode = queue === 'reports' ? reportNodeId(name) : undefined;
-      if (identity.nodeId !== undefined && reportNode !== undefined && !mayUploadReportOf(identity.nodeId, reportNode, deps.nodes)) {
-        throw new RelayError('RELAY_ERR_AUTH_CERTIFICATE', `node ${identity.nodeId} may not upload reports of node ${reportNode}`);
-      }
-      const declared = Number(request.headers['content-length']);
-      if (Number.isFinite(declared) && declared > options.maxUploadSize) {
-        throw new RelayError('RELAY_ERR_UPLOAD_TOO_LARGE', `body of ${declared} bytes is larger than https.max_upload_size (${options.maxUploadSize})`);
-      }
-      // a body of unknown length counts as the largest allowed until it is stored
-      admission = deps.admit ? await deps.admit(queue, Number.isFinite(declared) ? declared : options.maxUploadSize) : undefined;
-      if (admission?.admitted === false || (admission === undefined && deps.isSpoolFull(queue))) {
-        throw new RelayError('RELAY_ERR_SPOOL_FULL', `the ${queue} spool is over its disk budget (max_spool_size): try again later`);
-      }
-    } catch (error) {
-      if (error instanceof RelayError) {
-        // the unread body is not worth receiving: close the connection after the answer
-        reply.header('connection', 'close');
-        return respond(error);
-      }
-      throw error;
-    }
-    if (String(request.headers.expect).toLowerCase() === '100-continue') reply.raw.writeContinue();
-    let stored = false;
-    try {
-      const result = await deps.spool.receive(queue, name, request.raw, options.maxUploadSize);
-      stored = true;
-      deps.metrics.uploads.inc({ endpoint: queue, status: result.created ? '201' : '204' });
-      deps.metrics.uploadBytes.inc({ endpoint: queue }, result.bytes);
-      log.debug({ event: 'stored', queue, file: name, bytes: result.bytes, node: request.relayNode }, 'upload stored');
-      request.relayUpload = { bytes: result.bytes, sha256: result.sha256, created: result.created };
-      return reply.code(result.created ? 201 : 204).send();
-    } catch (error) {
-      if (error instanceof RelayError) {
-        reply.header('connection', 'close');
-        if (error.status >= 500) log.error({ err: error, queue, file: name }, 'upload not stored');
-        return respond(error);
-      }
-      throw error;
-    } finally {
-      admission?.release(stored ? name : undefined);
-    }
-  }
-
   return {
     update(settings) {
       allowed = createNetworkAcl(settings.allowedNetworks);
@@ -370,6 +326,7 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
     },
     async start(shared) {
       if (app) return;
+      closing = false;
       app = build();
       // with a handle, the host only keeps fastify from binding 'localhost''s other addresses itself
       if (shared === undefined) await app.listen({ host: options.listen.host, port: options.listen.port });
@@ -379,14 +336,15 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
     server: () => app?.server,
     async stop() {
       if (!app) return;
-      const closing = app;
+      const stopping = app;
       app = undefined;
+      closing = true;
       // fastify.close() waits for in-flight requests; bound it so a stuck client cannot hold shutdown
       await Promise.race([
-        closing.close(),
+        stopping.close(),
         new Promise<void>((resolve) =>
           setTimeout(() => {
-            closing.server.closeAllConnections();
+            stopping.server.closeAllConnections();
             resolve();
           }, options.shutdownTimeoutMs).unref(),
         ),

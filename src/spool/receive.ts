@@ -2,12 +2,18 @@
 // place and the directory fsynced, all before the caller answers 2xx (CONVENTIONS.md "Data on disk").
 // A crash at any instant leaves nothing or a whole file in the target directory.
 //
-// Cost matters here (every agent upload; bench/uploads): each file-system call is a round trip through
-// libuv's thread pool, so a body that fits in memory (run logs are ~15 KB) is gathered first and written
-// in one call, and the target directory's fsync is shared (group commit, below) through a handle kept open.
+// Cost matters here (every agent upload; bench/uploads): each asynchronous file-system call is a round trip
+// through libuv's thread pool (a futex wake of a pool thread, an eventfd write back, an epoll wake-up: ~10 µs
+// of CPU alone, several times that with concurrent uploads on a busy machine). So a body that fits in memory
+// (run logs are ~15 KB) is gathered first, and the calls that only touch the page cache and the directory
+// (open, write, close, link, unlink) are made synchronously, as nginx's workers make them; only the two
+// calls that wait for the disk run in the pool: the file's fsync, and the target directory's fsync, shared
+// by concurrent uploads (group commit, below) through a handle kept open. A large body streams to the file
+// with asynchronous writes.
 
 import { createHash, randomBytes } from 'node:crypto';
-import { link, open, rename, unlink, type FileHandle } from 'node:fs/promises';
+import { closeSync, fsync, linkSync, openSync, renameSync, unlinkSync, write, writeSync } from 'node:fs';
+import { open, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { RelayError, messageOf } from '../errors.js';
@@ -21,6 +27,13 @@ export interface ReceiveResult {
   readonly sha256: string;
 }
 
+/**
+ * temp names: this process's id and a random tag drawn once (a later process with a recycled pid cannot meet a
+ * leftover of this one), then a counter; no random draw per upload
+ */
+const TMP_PREFIX = `${process.pid}.${randomBytes(4).toString('hex')}.`;
+let tmpCount = 0;
+
 /** bodies up to this size are gathered in memory and written with one call; larger ones stream to the file */
 const GATHER_BYTES = 256 * 1024;
 
@@ -31,12 +44,14 @@ export async function receiveInto(
   body: Readable,
   maxBytes: number,
 ): Promise<ReceiveResult> {
-  const tmpPath = join(tmpDirectory, `${name.slice(0, 64)}.${process.pid}.${randomBytes(6).toString('hex')}`);
+  const tmpPath = join(tmpDirectory, `${name.slice(0, 64)}.${TMP_PREFIX}${(tmpCount += 1)}`);
   const finalPath = join(targetDirectory, name);
-  let handle: FileHandle | undefined;
   let bytes = 0;
   let renamed = false;
   const hash = createHash('sha256');
+  // the temp file's descriptor while it is open; `streamed`: a large body went to it as it came
+  let fd: number | undefined;
+  let streamed = false;
   try {
     let gathered: Buffer[] = [];
     try {
@@ -49,8 +64,9 @@ export async function receiveInto(
         gathered.push(chunk);
         if (bytes > GATHER_BYTES) {
           // a large body: to the file as it comes, memory stays bounded
-          handle ??= await open(tmpPath, 'wx', 0o640);
-          await writeAll(handle, gathered);
+          fd ??= openSync(tmpPath, 'wx', 0o640);
+          streamed = true;
+          await writeAll(fd, gathered);
           gathered = [];
         }
       }
@@ -61,39 +77,72 @@ export async function receiveInto(
     if (!body.readableEnded && body.readableAborted) {
       throw new RelayError('RELAY_ERR_UPLOAD_INCOMPLETE', `upload interrupted after ${bytes} bytes`);
     }
-    handle ??= await open(tmpPath, 'wx', 0o640);
-    await writeAll(handle, gathered);
-    await handle.sync();
-    await handle.close();
-    handle = undefined;
+    fd ??= openSync(tmpPath, 'wx', 0o640);
+    if (streamed) await writeAll(fd, gathered);
+    else writeAllSync(fd, gathered);
+    await fsyncFd(fd);
+    const opened = fd;
+    fd = undefined;
+    closeSync(opened);
     let created = true;
     try {
-      await link(tmpPath, finalPath);
-      await unlink(tmpPath);
+      linkSync(tmpPath, finalPath);
+      unlinkSync(tmpPath);
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
       created = false;
-      await rename(tmpPath, finalPath);
+      renameSync(tmpPath, finalPath);
     }
     renamed = true;
     await directorySync(targetDirectory).sync();
     return { created, bytes, path: finalPath, sha256: hash.digest('hex') };
   } catch (error) {
-    if (handle !== undefined) await handle.close().catch(() => undefined);
+    if (fd !== undefined) {
+      try {
+        closeSync(fd);
+      } catch {
+        // the error that brought us here is the one to report
+      }
+    }
     // the temp file exists once opened; unlinking a name never created is a harmless ENOENT
-    if (!renamed) await unlink(tmpPath).catch(() => undefined);
+    if (!renamed) {
+      try {
+        unlinkSync(tmpPath);
+      } catch {
+        // ENOENT, or a file the start-up cleaning of .tmp/ removes
+      }
+    }
     if (error instanceof RelayError) throw error;
     throw new RelayError('RELAY_ERR_SPOOL_WRITE', `could not store ${name}: ${messageOf(error)}`, { cause: error });
   }
 }
 
-async function writeAll(handle: FileHandle, chunks: readonly Buffer[]): Promise<void> {
+function concat(chunks: readonly Buffer[]): Buffer {
+  return chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
+}
+
+function writeAllSync(fd: number, chunks: readonly Buffer[]): void {
   if (chunks.length === 0) return;
-  let data = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
-  while (data.length > 0) {
-    const { bytesWritten } = await handle.write(data, 0, data.length);
-    data = data.subarray(bytesWritten);
+  const data = concat(chunks);
+  let offset = 0;
+  while (offset < data.length) offset += writeSync(fd, data, offset, data.length - offset);
+}
+
+async function writeAll(fd: number, chunks: readonly Buffer[]): Promise<void> {
+  if (chunks.length === 0) return;
+  const data = concat(chunks);
+  let offset = 0;
+  while (offset < data.length) {
+    offset += await new Promise<number>((resolve, reject) => {
+      write(fd, data, offset, data.length - offset, null, (error, written) => (error ? reject(error) : resolve(written)));
+    });
   }
+}
+
+function fsyncFd(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    fsync(fd, (error) => (error ? reject(error) : resolve()));
+  });
 }
 
 /**

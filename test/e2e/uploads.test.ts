@@ -3,6 +3,7 @@
 
 import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { request as httpsRequest } from 'node:https';
+import { connect as tlsConnect } from 'node:tls';
 import { join } from 'node:path';
 import t from 'tap';
 import { cachedAgentIdentity, curlUpload, sampleRunlog, signedGzippedReport } from '../support/agent.js';
@@ -24,6 +25,24 @@ async function allFiles(relay: RunningRelay): Promise<string[]> {
     await walk(join(relay.dir, base));
   }
   return found;
+}
+
+/** a TLS 1.3 connection (offering `session`), GET /uuid; whether it resumed, and the last session the relay sent */
+function handshake(port: number, session: Buffer | undefined): Promise<{ reused: boolean; session: Buffer | undefined }> {
+  return new Promise((resolve, reject) => {
+    let received: Buffer | undefined;
+    const socket = tlsConnect({ host: '127.0.0.1', port, rejectUnauthorized: false, minVersion: 'TLSv1.3', ...(session === undefined ? {} : { session }) }, () => {
+      const reused = socket.isSessionReused();
+      // tickets come after the handshake: reading the answer to a request reads them too
+      socket.write('GET /uuid HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n');
+      socket.on('end', () => resolve({ reused, session: received }));
+    });
+    socket.on('session', (ticket: Buffer) => {
+      received = ticket;
+    });
+    socket.on('data', () => undefined);
+    socket.on('error', reject);
+  });
 }
 
 /** a PUT with the path exactly as given (no client-side normalisation) */
@@ -147,6 +166,29 @@ t.test('uploads through the HTTPS front door', async (t) => {
     t.same(await readdir(join(relay.dir, 'reports', '.tmp')), [], 'the partial temp file is removed');
   });
 
+  await t.test('a client that goes away mid-body: no file, and an access line that says so', async (t) => {
+    const name = `2026-11-25T11:30:00+00:00@${NODE}.log.gz`;
+    await new Promise<void>((resolve, reject) => {
+      const socket = tlsConnect({ host: '127.0.0.1', port: relay.httpsPort, rejectUnauthorized: false, minVersion: 'TLSv1.3' }, () => {
+        const credentials = Buffer.from(`rudder:${DAV_PASSWORD}`).toString('base64');
+        socket.write(`PUT /reports/${encodeURIComponent(name)} HTTP/1.1\r\nHost: relay\r\nAuthorization: Basic ${credentials}\r\nContent-Length: 10000\r\n\r\n`);
+        socket.write(Buffer.alloc(1000, 7), () => {
+          // the relay has the first bytes (its lease admitted the upload) before the client vanishes
+          setTimeout(() => {
+            socket.destroy();
+            resolve();
+          }, 100);
+        });
+      });
+      socket.on('error', reject);
+    });
+    const line = await relay.waitForLog((l) => l.event === 'access' && l.error === 'RELAY_ERR_UPLOAD_INCOMPLETE', 5_000);
+    t.equal(line.status, 400, 'logged with the status of the answer it could not receive');
+    t.match(String(line.path), /^\/reports\//);
+    t.notOk((await readdir(relay.reportsIncoming)).includes(name), 'nothing stored');
+    t.same(await readdir(join(relay.dir, 'reports', '.tmp')), [], 'no temp file left');
+  });
+
   await t.test('TLS 1.2 clients are refused', async (t) => {
     const result = await curlUpload({
       url: `${relay.httpsUrl}/reports/`,
@@ -160,6 +202,14 @@ t.test('uploads through the HTTPS front door', async (t) => {
     t.not(result.exitCode, 0, `curl fails: ${result.stderr.trim()}`);
     const metrics = await (await fetch(`${relay.apiUrl}/metrics`)).text();
     t.match(metrics, /onerelay_https_tls_failures_total\{reason="[^"]+"\} [1-9]/, 'counted as a TLS failure');
+  });
+
+  await t.test('a TLS session is never resumed: every connection shows its certificate', async (t) => {
+    const first = await handshake(relay.httpsPort, undefined);
+    t.ok(first.session, 'the relay sends a session ticket');
+    t.equal(first.reused, false);
+    const second = await handshake(relay.httpsPort, first.session);
+    t.equal(second.reused, false, 'the ticket does not resume the session (stateful ticket, never stored): a full handshake');
   });
 
   await t.test('/uuid and the metrics of uploads', async (t) => {
