@@ -69,6 +69,38 @@ export interface QueueOptions {
   readonly maxBytes: number;
   /** quiet time after the last watch event before a file is taken (files not written atomically) */
   readonly settleMs?: number;
+  /**
+   * removes a handled file if the name still holds that very file (inode, size, mtime), e.g. on a thread that
+   * already does the file's other I/O (src/reports); default: a stat and an unlink through libuv's thread pool
+   */
+  readonly remove?: FileRemover;
+}
+
+/** the identity of a file as the queue saw it: another file put under the same name since differs in one of them */
+export interface FileIdentity {
+  readonly ino: number;
+  readonly size: number;
+  readonly mtimeMs: number;
+}
+
+/**
+ * 'replaced': the name holds another file now (not removed); 'gone': nothing there (removed by someone else).
+ * Without `expected` (a file the queue did not track), whatever the name holds is removed.
+ */
+export type FileRemover = (path: string, expected: FileIdentity | undefined) => Promise<'removed' | 'replaced' | 'gone'>;
+
+/** the default remover: the identity check and the unlink, each a hand-off to libuv's thread pool */
+export async function removeIfSame(path: string, expected: FileIdentity | undefined): Promise<'removed' | 'replaced' | 'gone'> {
+  const now = await statIfPresent(path);
+  if (now === undefined) return 'gone';
+  if (expected !== undefined && (now.ino !== expected.ino || now.size !== expected.size || now.mtimeMs !== expected.mtimeMs)) return 'replaced';
+  try {
+    await unlink(path);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return 'gone';
+    throw error;
+  }
+  return 'removed';
 }
 
 export interface QueueStats {
@@ -179,6 +211,7 @@ function backoff(attempt: number, max: number): number {
 export function createQueue(options: QueueOptions, handler: QueueHandler, events: QueueEvents, parentLog: Logger): Queue {
   const log = parentLog.child({ module: 'spool', queue: options.name });
   const settleMs = options.settleMs ?? 100;
+  const remove = options.remove ?? removeIfSame;
   // a whole window of files in flight (or every file there is) failing in a row: upstream is down. Fewer (3 of
   // 32 at once) is what an upstream failing half of its requests gives all the time; pausing then left it idle
   // most of the time while it took every other request (bench/faults), and max_concurrency bounds its load
@@ -399,31 +432,25 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
         for (const done of [name, ...(outcome.also ?? [])]) {
           const handled = done === name ? tracked : files.get(done);
           // the name may hold another file by now (the same report uploaded again, renamed over it while this
-          // one was in flight): removing it would lose it unhandled, and its watch event may not even be
-          // read yet. Through the thread pool like the unlink: a synchronous stat here cost the primary
-          // ~0.1 ms per report in bench/pipeline (the directory busy with the unlinks and the inspection
-          // thread's reads), the hand-off does not
-          const now = await statIfPresent(pathOf(done));
-          if (now === undefined) {
-            // gone already (not by us): no watch event of ours to skip, so nothing goes into removedHere,
-            // where it would swallow the event of the next file of that name
+          // one was in flight): removing it would lose it unhandled. The remover checks the identity just
+          // before its unlink. The name goes into removedHere before: the unlink's watch event may be read
+          // before the remover's answer
+          removedHere.add(done);
+          let removed: 'removed' | 'replaced' | 'gone';
+          try {
+            removed = await remove(pathOf(done), handled);
+          } catch (error) {
+            removedHere.delete(done);
+            throw error;
+          }
+          if (removed === 'removed') {
             forget(done);
             continue;
           }
-          if (handled !== undefined && (now.ino !== handled.ino || now.size !== handled.size || now.mtimeMs !== handled.mtimeMs)) {
-            replaced.push(done);
-            continue;
-          }
-          // before the unlink: its watch event may be handled before the unlink's own completion
-          removedHere.add(done);
-          // through the thread pool, not src/fs-direct: on ext4 with thousands of files in the directory a
-          // synchronous unlink took ~370 µs of the event loop (bench/pipeline), the thread-pool hand-off ~110 µs
-          await unlink(pathOf(done)).catch((error: NodeJS.ErrnoException) => {
-            removedHere.delete(done);
-            if (error.code === 'ENOENT') return;
-            throw error;
-          });
-          forget(done);
+          // no unlink of ours, so no event to skip; one that came meanwhile (a new arrival) may have been
+          // swallowed, so the name is looked at again either way
+          removedHere.delete(done);
+          replaced.push(done);
         }
         for (const again of replaced) {
           // a new arrival: tracked afresh (attempts from 0) and handled like any other
