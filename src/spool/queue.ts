@@ -221,6 +221,8 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
   const ready = new Set<string>();
   const settling = new Map<string, NodeJS.Timeout>();
   let inFlight = 0;
+  /** outcomes being applied (a removal, a move to failed/): stop() waits for them as for the handlers */
+  let applyingOutcomes = 0;
   let consecutiveFailures = 0;
   let pausedUntil = 0;
   let pauseTimer: NodeJS.Timeout | undefined;
@@ -374,7 +376,7 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
 
   function wakeIfIdle(): void {
     // also when stopped: stop() waits here for the files in flight (pump() returns early then)
-    if (inFlight === 0 && (ready.size === 0 || !running)) for (const wake of idle.splice(0)) wake();
+    if (inFlight === 0 && applyingOutcomes === 0 && (ready.size === 0 || !running)) for (const wake of idle.splice(0)) wake();
   }
 
   async function dispatch(name: string, tracked: Tracked): Promise<void> {
@@ -408,11 +410,14 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
     const releaseClaims = () => {
       for (const partner of claimed) makeReady(partner);
     };
+    applyingOutcomes += 1;
     try {
       await settle(name, tracked, outcome, claimed, releaseClaims);
     } catch (error) {
       log.error({ event: 'outcome_error', file: name, error: messageOf(error) }, 'could not apply the outcome; will look again');
       if (files.get(name) === tracked) makeReady(name);
+    } finally {
+      applyingOutcomes -= 1;
     }
     aborts.delete(name);
     events.onOutcome?.(file, outcome);
@@ -696,7 +701,7 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
 
   /** true when nothing is in flight any more, false when `ms` passed first */
   function idleWithin(ms: number): Promise<boolean> {
-    if (inFlight === 0) return Promise.resolve(true);
+    if (inFlight === 0 && applyingOutcomes === 0) return Promise.resolve(true);
     return new Promise((resolve) => {
       const timer = setTimeout(() => {
         const at = idle.indexOf(wake);
@@ -739,7 +744,7 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
       for (const timer of settling.values()) clearTimeout(timer);
       if (pauseTimer) clearTimeout(pauseTimer);
       for (const tracked of files.values()) if (tracked.timer) clearTimeout(tracked.timer);
-      if (inFlight === 0) return;
+      if (inFlight === 0 && applyingOutcomes === 0) return;
       const graceMs = stopOptions.graceMs ?? DEFAULT_STOP_GRACE_MS;
       log.info({ event: 'queue_stopping', in_flight: inFlight, grace_ms: graceMs }, 'waiting for the files in flight');
       if (await idleWithin(graceMs)) return;
