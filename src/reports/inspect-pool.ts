@@ -230,13 +230,16 @@ export function createThreadedFileInspector(
     return thread;
   }
 
-  /** one message per thread and tick: the queue hands several files over at once (start scan, bursts) */
+  /** one message per thread and turn of the event loop: the queue hands several files over at once (start scan, bursts) */
   function post(thread: Thread, request: { inspect: ThreadRequest } | { remove: ThreadRemoval }): void {
     const first = thread.outbox.inspect.length + thread.outbox.remove.length === 0;
     if ('inspect' in request) thread.outbox.inspect.push(request.inspect);
     else thread.outbox.remove.push(request.remove);
     if (!first) return;
-    queueMicrotask(() => {
+    // at the end of the event loop's turn, not of the current callback: the answers of several upstream
+    // connections read in one poll are separate callbacks, and their removals (and the files dispatched after
+    // them) then go in one message, not one each
+    setImmediate(() => {
       const batch: ThreadBatch = thread.outbox;
       thread.outbox = emptyOutbox();
       if (threads.includes(thread)) thread.worker.postMessage(batch);
