@@ -56,7 +56,7 @@ export interface ThreadRemoval {
   readonly path: string;
   readonly expected: FileIdentity | undefined;
 }
-/** @internal what the primary asks a thread in one tick */
+/** @internal what the primary asks a thread in one turn of its event loop */
 export interface ThreadBatch {
   readonly inspect: readonly ThreadRequest[];
   readonly remove: readonly ThreadRemoval[];

@@ -96,7 +96,7 @@ async function handle(request: ThreadRequest, slot: Buffer | undefined): Promise
   return { id: request.id, kind: 'inspected', inspection, bytes, seconds };
 }
 
-// a batch (what the primary asked in one tick), answered in one message: removals first (each frees a
+// a batch (what the primary asked in one turn of its event loop), answered in one message: removals first (each frees a
 // place in the queue), then the files, read into one buffer for the whole batch, transferred once
 parentPort!.on('message', (batch: ThreadBatch) => {
   void (async () => {
