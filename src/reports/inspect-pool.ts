@@ -21,7 +21,7 @@ export type FileInspection =
 export interface FileInspector {
   /**
    * reads the spool file and inspects it; throws only for I/O errors other than the file being gone.
-   * `size`: what the queue saw (threads read a tick's files into one buffer sized by it)
+   * `size`: what the queue saw (threads read the files of one batch into one buffer sized by it)
    */
   inspectFile(name: string, path: string, size?: number): Promise<FileInspection>;
   /** the spool queue's removal of a handled file (see FileRemover): on a thread when one runs */
@@ -110,7 +110,7 @@ interface Thread {
   readonly removals: Map<number, Pending<'removed' | 'replaced' | 'gone'>>;
   /** certificate keys whose DER this thread already holds */
   readonly certificatesSent: Set<number>;
-  /** requests made in this tick, sent as one message at its end */
+  /** requests made in this turn of the event loop, sent as one message at its end */
   outbox: { inspect: ThreadRequest[]; remove: ThreadRemoval[] };
 }
 
