@@ -1,14 +1,15 @@
 // An inspection thread of the reporting queue: reads a spool file and runs the byte-only part of an
-// inspection (decode, S/MIME, run log) off the primary's event loop. Holds no registry: the primary
+// inspection (decode, S/MIME, run log) off the primary's event loop, and removes the files the queue is
+// done with (its identity check and unlink). Holds no registry: the primary
 // sends the run info and the certificates to check with (cached here by the key it gives them).
 
 import { X509Certificate } from 'node:crypto';
-import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readSync, statSync, unlinkSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
 import { RelayError } from '../errors.js';
 import type { Inspection } from './index.js';
 import { inspectContent } from './inspect.js';
-import type { ThreadReply, ThreadRequest, ThreadSetup } from './inspect-pool.js';
+import type { InspectReply, RemovalReply, ThreadBatch, ThreadRemoval, ThreadReplies, ThreadRequest, ThreadSetup } from './inspect-pool.js';
 import { verifySignedPart } from './smime.js';
 
 const setup = workerData as ThreadSetup;
@@ -26,8 +27,13 @@ function certificateOf(key: number, der: Uint8Array | undefined): X509Certificat
   return certificate;
 }
 
-/** the whole file in a buffer of its own (transferable, unlike the pooled ones), or undefined when it is gone */
-function readWhole(path: string): Buffer | undefined {
+/**
+ * The whole file, read into `slot` when its size is the one the queue saw (a slice of the batch's one
+ * transferable buffer), else into a buffer of its own; undefined when it is gone. The size on disk is
+ * the truth (a spool file is immutable once renamed in): exactly that many bytes are read, no read
+ * past the end to find it.
+ */
+function readWhole(path: string, slot: Buffer | undefined): Buffer | undefined {
   let fd: number;
   try {
     fd = openSync(path, 'r');
@@ -36,34 +42,46 @@ function readWhole(path: string): Buffer | undefined {
     throw error;
   }
   try {
-    let buffer = Buffer.allocUnsafeSlow(fstatSync(fd).size);
+    const size = fstatSync(fd).size;
+    const buffer = slot !== undefined && slot.length === size ? slot : Buffer.allocUnsafeSlow(size);
     let length = 0;
-    for (;;) {
-      if (length === buffer.length) {
-        // grew since the stat (not for spool files, which are immutable): read on
-        const bigger = Buffer.allocUnsafeSlow(Math.max(64 * 1024, buffer.length * 2));
-        buffer.copy(bigger, 0, 0, length);
-        buffer = bigger;
-      }
-      const read = readSync(fd, buffer, length, buffer.length - length, null);
-      if (read === 0) break;
+    while (length < size) {
+      const read = readSync(fd, buffer, length, size - length, null);
+      if (read === 0) break; // shorter than its stat said: what is there
       length += read;
     }
-    return length === buffer.length ? buffer : buffer.subarray(0, length);
+    return length === size ? buffer : buffer.subarray(0, length);
   } finally {
     closeSync(fd);
   }
 }
 
-async function handle(request: ThreadRequest): Promise<{ reply: ThreadReply; transfer: ArrayBuffer[] }> {
+/** the queue's removal of a forwarded file, here beside the file's read: no thread-pool hand-off in the primary */
+function remove(removal: ThreadRemoval): RemovalReply {
+  try {
+    const now = statSync(removal.path, { throwIfNoEntry: false });
+    if (now === undefined) return { id: removal.id, kind: 'gone' };
+    const expected = removal.expected;
+    if (expected !== undefined && (now.ino !== expected.ino || now.size !== expected.size || now.mtimeMs !== expected.mtimeMs)) {
+      return { id: removal.id, kind: 'replaced' };
+    }
+    unlinkSync(removal.path);
+    return { id: removal.id, kind: 'removed' };
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return { id: removal.id, kind: 'gone' };
+    return { id: removal.id, kind: 'error', message: error instanceof Error ? error.message : String(error) };
+  }
+}
+
+async function handle(request: ThreadRequest, slot: Buffer | undefined): Promise<InspectReply> {
   if (request.forgetCertificates === true) certificates.clear();
   let bytes: Buffer | undefined;
   try {
-    bytes = readWhole(request.path);
+    bytes = readWhole(request.path, slot);
   } catch (error) {
-    return { reply: { id: request.id, kind: 'error', message: error instanceof Error ? error.message : String(error) }, transfer: [] };
+    return { id: request.id, kind: 'error', message: error instanceof Error ? error.message : String(error) };
   }
-  if (bytes === undefined) return { reply: { id: request.id, kind: 'gone' }, transfer: [] };
+  if (bytes === undefined) return { id: request.id, kind: 'gone' };
   const started = process.hrtime.bigint();
   let inspection: Inspection;
   try {
@@ -75,19 +93,29 @@ async function handle(request: ThreadRequest): Promise<{ reply: ThreadReply; tra
     inspection = { kind: 'reject', reason: 'undecodable', nodeId: request.info.nodeId, message: `unexpected error while inspecting ${request.name}: ${message}` };
   }
   const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-  return { reply: { id: request.id, kind: 'inspected', inspection, bytes, seconds }, transfer: [bytes.buffer as ArrayBuffer] };
+  return { id: request.id, kind: 'inspected', inspection, bytes, seconds };
 }
 
-// a batch of requests (those the primary made in one tick), answered in one message
-parentPort!.on('message', (requests: readonly ThreadRequest[]) => {
+// a batch (what the primary asked in one turn of its event loop), answered in one message: removals first (each frees a
+// place in the queue), then the files, read into one buffer for the whole batch, transferred once
+parentPort!.on('message', (batch: ThreadBatch) => {
   void (async () => {
-    const replies: ThreadReply[] = [];
-    const transfer: ArrayBuffer[] = [];
-    for (const request of requests) {
-      const answer = await handle(request);
-      replies.push(answer.reply);
-      transfer.push(...answer.transfer);
+    const removed = batch.remove.map(remove);
+    const inspected: InspectReply[] = [];
+    let total = 0;
+    for (const request of batch.inspect) total += request.size ?? 0;
+    const shared = total > 0 ? Buffer.allocUnsafeSlow(total) : undefined;
+    const transfer = new Set<ArrayBuffer>();
+    let offset = 0;
+    for (const request of batch.inspect) {
+      const size = request.size ?? 0;
+      const slot = shared !== undefined && size > 0 ? shared.subarray(offset, offset + size) : undefined;
+      offset += size;
+      const reply = await handle(request, slot);
+      if (reply.kind === 'inspected') transfer.add(reply.bytes.buffer as ArrayBuffer);
+      inspected.push(reply);
     }
-    parentPort!.postMessage(replies, transfer);
+    const replies: ThreadReplies = { removed, inspected };
+    parentPort!.postMessage(replies, [...transfer]);
   })();
 });

@@ -79,6 +79,9 @@ export function createReportsPipeline(
       failedRetentionMs: reporting.cleanup.failedRetentionMs,
       concurrency: options.concurrency,
       maxBytes: reporting.maxSpoolSize,
+      // a forwarded file is removed by the inspection thread, beside its read: no thread-pool hand-offs
+      // (stat, unlink) in the primary per report (bench/pipeline)
+      remove: inspector.removeFile,
     },
     createReportHandler({ inspector, upstream: deps.upstream, counters: deps.counters, maxFileBytes: options.maxFileBytes }, deps.log),
     deps.events,

@@ -37,7 +37,7 @@ export function createReportHandler(
         deps.counters.count('error');
         return { kind: 'failed', code: 'too-large', reason: `${file.size} bytes is over the limit of ${deps.maxFileBytes}` };
       }
-      const read = await deps.inspector.inspectFile(file.name, file.path);
+      const read = await deps.inspector.inspectFile(file.name, file.path, file.size);
       if (read.kind === 'gone') return { kind: 'gone' };
       const { inspection: result, bytes } = read;
       deps.counters.observeInspection(read.seconds, file.size);

@@ -69,6 +69,38 @@ export interface QueueOptions {
   readonly maxBytes: number;
   /** quiet time after the last watch event before a file is taken (files not written atomically) */
   readonly settleMs?: number;
+  /**
+   * removes a handled file if the name still holds that very file (inode, size, mtime), e.g. on a thread that
+   * already does the file's other I/O (src/reports); default: a stat and an unlink through libuv's thread pool
+   */
+  readonly remove?: FileRemover;
+}
+
+/** the identity of a file as the queue saw it: another file put under the same name since differs in one of them */
+export interface FileIdentity {
+  readonly ino: number;
+  readonly size: number;
+  readonly mtimeMs: number;
+}
+
+/**
+ * 'replaced': the name holds another file now (not removed); 'gone': nothing there (removed by someone else).
+ * Without `expected` (a file the queue did not track), whatever the name holds is removed.
+ */
+export type FileRemover = (path: string, expected: FileIdentity | undefined) => Promise<'removed' | 'replaced' | 'gone'>;
+
+/** the default remover: the identity check and the unlink, each a hand-off to libuv's thread pool */
+export async function removeIfSame(path: string, expected: FileIdentity | undefined): Promise<'removed' | 'replaced' | 'gone'> {
+  const now = await statIfPresent(path);
+  if (now === undefined) return 'gone';
+  if (expected !== undefined && (now.ino !== expected.ino || now.size !== expected.size || now.mtimeMs !== expected.mtimeMs)) return 'replaced';
+  try {
+    await unlink(path);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return 'gone';
+    throw error;
+  }
+  return 'removed';
 }
 
 export interface QueueStats {
@@ -179,6 +211,7 @@ function backoff(attempt: number, max: number): number {
 export function createQueue(options: QueueOptions, handler: QueueHandler, events: QueueEvents, parentLog: Logger): Queue {
   const log = parentLog.child({ module: 'spool', queue: options.name });
   const settleMs = options.settleMs ?? 100;
+  const remove = options.remove ?? removeIfSame;
   // a whole window of files in flight (or every file there is) failing in a row: upstream is down. Fewer (3 of
   // 32 at once) is what an upstream failing half of its requests gives all the time; pausing then left it idle
   // most of the time while it took every other request (bench/faults), and max_concurrency bounds its load
@@ -188,6 +221,8 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
   const ready = new Set<string>();
   const settling = new Map<string, NodeJS.Timeout>();
   let inFlight = 0;
+  /** outcomes being applied (a removal, a move to failed/): stop() waits for them as for the handlers */
+  let applyingOutcomes = 0;
   let consecutiveFailures = 0;
   let pausedUntil = 0;
   let pauseTimer: NodeJS.Timeout | undefined;
@@ -341,7 +376,7 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
 
   function wakeIfIdle(): void {
     // also when stopped: stop() waits here for the files in flight (pump() returns early then)
-    if (inFlight === 0 && (ready.size === 0 || !running)) for (const wake of idle.splice(0)) wake();
+    if (inFlight === 0 && applyingOutcomes === 0 && (ready.size === 0 || !running)) for (const wake of idle.splice(0)) wake();
   }
 
   async function dispatch(name: string, tracked: Tracked): Promise<void> {
@@ -375,11 +410,14 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
     const releaseClaims = () => {
       for (const partner of claimed) makeReady(partner);
     };
+    applyingOutcomes += 1;
     try {
       await settle(name, tracked, outcome, claimed, releaseClaims);
     } catch (error) {
       log.error({ event: 'outcome_error', file: name, error: messageOf(error) }, 'could not apply the outcome; will look again');
       if (files.get(name) === tracked) makeReady(name);
+    } finally {
+      applyingOutcomes -= 1;
     }
     aborts.delete(name);
     events.onOutcome?.(file, outcome);
@@ -399,31 +437,25 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
         for (const done of [name, ...(outcome.also ?? [])]) {
           const handled = done === name ? tracked : files.get(done);
           // the name may hold another file by now (the same report uploaded again, renamed over it while this
-          // one was in flight): removing it would lose it unhandled, and its watch event may not even be
-          // read yet. Through the thread pool like the unlink: a synchronous stat here cost the primary
-          // ~0.1 ms per report in bench/pipeline (the directory busy with the unlinks and the inspection
-          // thread's reads), the hand-off does not
-          const now = await statIfPresent(pathOf(done));
-          if (now === undefined) {
-            // gone already (not by us): no watch event of ours to skip, so nothing goes into removedHere,
-            // where it would swallow the event of the next file of that name
+          // one was in flight): removing it would lose it unhandled. The remover checks the identity just
+          // before its unlink. The name goes into removedHere before: the unlink's watch event may be read
+          // before the remover's answer
+          removedHere.add(done);
+          let removed: 'removed' | 'replaced' | 'gone';
+          try {
+            removed = await remove(pathOf(done), handled);
+          } catch (error) {
+            removedHere.delete(done);
+            throw error;
+          }
+          if (removed === 'removed') {
             forget(done);
             continue;
           }
-          if (handled !== undefined && (now.ino !== handled.ino || now.size !== handled.size || now.mtimeMs !== handled.mtimeMs)) {
-            replaced.push(done);
-            continue;
-          }
-          // before the unlink: its watch event may be handled before the unlink's own completion
-          removedHere.add(done);
-          // through the thread pool, not src/fs-direct: on ext4 with thousands of files in the directory a
-          // synchronous unlink took ~370 µs of the event loop (bench/pipeline), the thread-pool hand-off ~110 µs
-          await unlink(pathOf(done)).catch((error: NodeJS.ErrnoException) => {
-            removedHere.delete(done);
-            if (error.code === 'ENOENT') return;
-            throw error;
-          });
-          forget(done);
+          // no unlink of ours, so no event to skip; one that came meanwhile (a new arrival) may have been
+          // swallowed, so the name is looked at again either way
+          removedHere.delete(done);
+          replaced.push(done);
         }
         for (const again of replaced) {
           // a new arrival: tracked afresh (attempts from 0) and handled like any other
@@ -669,7 +701,7 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
 
   /** true when nothing is in flight any more, false when `ms` passed first */
   function idleWithin(ms: number): Promise<boolean> {
-    if (inFlight === 0) return Promise.resolve(true);
+    if (inFlight === 0 && applyingOutcomes === 0) return Promise.resolve(true);
     return new Promise((resolve) => {
       const timer = setTimeout(() => {
         const at = idle.indexOf(wake);
@@ -712,7 +744,7 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
       for (const timer of settling.values()) clearTimeout(timer);
       if (pauseTimer) clearTimeout(pauseTimer);
       for (const tracked of files.values()) if (tracked.timer) clearTimeout(tracked.timer);
-      if (inFlight === 0) return;
+      if (inFlight === 0 && applyingOutcomes === 0) return;
       const graceMs = stopOptions.graceMs ?? DEFAULT_STOP_GRACE_MS;
       log.info({ event: 'queue_stopping', in_flight: inFlight, grace_ms: graceMs }, 'waiting for the files in flight');
       if (await idleWithin(graceMs)) return;

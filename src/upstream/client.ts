@@ -184,6 +184,15 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
    * One PUT through undici's dispatch API: no response stream, promise or AbortSignal per request (request()
    * builds all three), which was a measurable part of the primary's CPU per forwarded report (bench/pipeline).
    */
+  /** the Basic header of the last credentials used: the same for every forward but the relay's own inventory updates */
+  let lastAuthorization = { user: '', password: '', header: '' };
+  const authorizationOf = (user: string, password: string): string => {
+    if (lastAuthorization.user !== user || lastAuthorization.password !== password || lastAuthorization.header === '') {
+      lastAuthorization = { user, password, header: `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}` };
+    }
+    return lastAuthorization.header;
+  };
+
   function send(
     pool: Pool,
     endpoint: UpstreamEndpoint,
@@ -261,7 +270,7 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
           headers: {
             'user-agent': userAgent,
             accept: '*/*',
-            authorization: `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`,
+            authorization: authorizationOf(user, password),
             'content-length': String(size),
           },
           body,

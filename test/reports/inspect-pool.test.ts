@@ -1,7 +1,7 @@
 // The report inspection of spool files, inline and on worker threads, against a real nodes registry
 // (relayd's fixtures, my id: root) and real files: both give the same verdicts; threads return the bytes read.
 
-import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { pino } from 'pino';
@@ -68,6 +68,50 @@ t.test('threads and inline give the same verdicts; threads hand back the bytes t
   t.ok(first.kind === 'inspected' && first.bytes.equals(cases[0]![1]), 'the bytes read are the file, unchanged');
   t.same(await threaded.inspectFile(`${RUN_2018}.log`, join(dir, 'absent.log')), { kind: 'gone' }, 'a vanished file is gone');
   await t.rejects(threaded.inspectFile(`${RUN_2018}.log`, dir), /EISDIR|illegal operation/, 'other read errors reach the caller (the queue retries)');
+});
+
+t.test('a batch read into one buffer: each file gets exactly its own bytes, whatever size the queue saw', async (t) => {
+  const threaded = createThreadedFileInspector(options, registry, 1, log);
+  await threaded.start();
+  t.teardown(() => threaded.stop());
+  // one tick: one batch; sizes right, one too small and one too large (the file changed since the queue's stat)
+  const sizes = cases.map(([, bytes], index) => (index === 1 ? bytes.length - 7 : index === 2 ? bytes.length + 9 : bytes.length));
+  const results = await Promise.all(cases.map(([name], index) => threaded.inspectFile(name, join(dir, name), sizes[index])));
+  cases.forEach(([name, bytes], index) => {
+    const result = results[index]!;
+    if (result.kind !== 'inspected' || result.inspection.kind === 'reject' && ['bad-name', 'unknown-node'].includes(result.inspection.reason)) return;
+    t.ok(result.bytes.equals(bytes), `${name}: the bytes read are the file's`);
+  });
+});
+
+t.test('removal of a handled file: on the thread while one runs, only if the name still holds that file', async (t) => {
+  const threaded = createThreadedFileInspector(options, registry, 1, log);
+  await threaded.start();
+  t.teardown(() => threaded.stop());
+  const path = join(dir, 'to-remove.log');
+  const identity = (): { ino: number; size: number; mtimeMs: number } => {
+    const info = statSync(path);
+    return { ino: info.ino, size: info.size, mtimeMs: info.mtimeMs };
+  };
+  // no thread yet: the default remover (thread pool)
+  writeFileSync(path, 'one');
+  t.equal(threaded.threadsRunning(), 0);
+  t.equal(await threaded.removeFile(path, identity()), 'removed');
+  t.notOk(existsSync(path));
+  // a thread runs: removed there
+  await threaded.inspectFile(cases[0]![0], join(dir, cases[0]![0]), cases[0]![1].length);
+  t.equal(threaded.threadsRunning(), 1);
+  writeFileSync(path, 'two');
+  const seen = identity();
+  t.equal(await threaded.removeFile(path, seen), 'removed');
+  t.notOk(existsSync(path), 'removed by the thread');
+  t.equal(await threaded.removeFile(path, seen), 'gone', 'nothing there');
+  // another file put under the name since: kept
+  writeFileSync(path, 'three, longer');
+  t.equal(await threaded.removeFile(path, seen), 'replaced');
+  t.ok(existsSync(path), 'the new file is kept');
+  t.equal(await threaded.removeFile(path, undefined), 'removed', 'an untracked file: whatever the name holds');
+  t.notOk(existsSync(path));
 });
 
 t.test('stopped threads refuse work instead of hanging', async (t) => {
