@@ -23,7 +23,7 @@ import { fileURLToPath } from 'node:url';
 import { compareTrees, createCfWorkdir, hasCfengine, makeTree, runCopy, startCfServerd, type CfWorkdir, type CopySpec } from '../test/support/cfengine.js';
 import { RELAY_ID, startRelay } from '../test/support/relay.js';
 import { freePort, tempDir } from '../test/support/tmp.js';
-import { cliFile, onerelayMissing } from './lib/onerelay.js';
+import { applyShippedEnvironment, cliFile, onerelayMissing, shippedNodeArgs } from './lib/onerelay.js';
 import { cpuTimeOfTreesMs, waitForQuietMachine } from './lib/processes.js';
 import { fixed, median, table } from './lib/stats.js';
 
@@ -109,9 +109,10 @@ async function startTargets(t: { teardown(fn: () => unknown): void }, setup: Set
   ];
 }
 
-/** BENCH_ONERELAY_NODE_ARGS, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof" or V8 flags, for the relay's processes */
+/** the shipped unit's flags and environment, then BENCH_ONERELAY_NODE_ARGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof" or V8 flags) */
 function nodeArgs(): string[] {
-  return process.env['BENCH_ONERELAY_NODE_ARGS']?.split(' ').filter((arg) => arg !== '') ?? [];
+  applyShippedEnvironment();
+  return [...shippedNodeArgs(), ...(process.env['BENCH_ONERELAY_NODE_ARGS']?.split(' ').filter((arg) => arg !== '') ?? [])];
 }
 
 /** one cold copy (empty destination) from `target`: cf-agent's wall time and the server's CPU */

@@ -27,7 +27,7 @@ import { promisify } from 'node:util';
 import { gzipSync } from 'node:zlib';
 import { encodeOid, encodeTime, encodeTlv, TAG_INTEGER, TAG_SEQUENCE, TAG_SET } from '../src/der/index.js';
 import { cacheDirectory, cachedIdentity, keyHashOf, type NodeIdentity } from './lib/identities.js';
-import { cliFile, onerelayMissing, startOnerelayUploads, type OnerelayUploads } from './lib/onerelay.js';
+import { applyShippedEnvironment, cliFile, onerelayMissing, shippedNodeArgs, startOnerelayUploads, type OnerelayUploads } from './lib/onerelay.js';
 import { writeFigures } from './lib/output.js';
 import { freePort, waitForQuietMachine } from './lib/processes.js';
 import { fixed, median, table } from './lib/stats.js';
@@ -71,7 +71,7 @@ export async function run(): Promise<void> {
   const missing = onerelayMissing();
   if (missing !== undefined) throw new Error(missing);
   console.log(`footprint: ${description}`);
-  console.log(`  ${applyServiceEnvironment().join(' ')} node ${serviceNodeArgs().join(' ')} ${cliFile}, ${availableParallelism()} cores (one front-door worker per core)`);
+  console.log(`  ${applyShippedEnvironment().join(' ')} node ${shippedNodeArgs().join(' ')} ${cliFile}, ${availableParallelism()} cores (one front-door worker per core)`);
   const relay = await cachedIdentity('relay');
   const agents = await lightAgents(settings.agents);
   const others = await syntheticNodes(settings.nodes - agents.length);
@@ -174,27 +174,8 @@ async function startRelay(
 ): Promise<OnerelayUploads & { readonly httpsPort: number }> {
   await mkdir(directory, { recursive: true });
   const httpsPort = await freePort();
-  const started = await startOnerelayUploads({ directory, httpsPort, relay, agents, password, workers: 0, nodeArgs: serviceNodeArgs() });
+  const started = await startOnerelayUploads({ directory, httpsPort, relay, agents, password, workers: 0, nodeArgs: shippedNodeArgs() });
   return { ...started, httpsPort };
-}
-
-/** the unit's Environment= (e.g. MALLOC_ARENA_MAX), given to the relays this bench starts: measured as shipped */
-function applyServiceEnvironment(): string[] {
-  const unit = readFileSync(fileURLToPath(new URL('../packaging/onerelay.service', import.meta.url)), 'utf8');
-  const applied: string[] = [];
-  for (const [, name, value] of unit.matchAll(/^Environment=([A-Z_][A-Z0-9_]*)=(\S*)$/gm)) {
-    // a value set by the caller wins (e.g. to measure without it)
-    if (process.env[name!] === undefined) process.env[name!] = value!;
-    applied.push(`${name}=${process.env[name!]}`);
-  }
-  return applied;
-}
-
-/** the node flags of packaging/onerelay.service's ExecStart: the relay measured as it is shipped */
-function serviceNodeArgs(): string[] {
-  const unit = readFileSync(fileURLToPath(new URL('../packaging/onerelay.service', import.meta.url)), 'utf8');
-  const line = /^ExecStart=\S+ (.*?)\S*dist\/cli\.js /m.exec(unit);
-  return (line?.[1] ?? '').split(/\s+/).filter((flag) => flag.startsWith('--'));
 }
 
 /** after the start has settled: the median of a few samples a quarter second apart */

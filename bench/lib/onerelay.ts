@@ -3,7 +3,7 @@
 // (pinned certificate) and serving a policies directory. Ready when the local API's status answers 200
 // and the HTTPS front door accepts connections; stopped with SIGTERM.
 
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { request } from 'node:http';
 import { join, resolve } from 'node:path';
@@ -38,7 +38,7 @@ export interface OnerelayOptions {
   readonly policiesDirectory?: string;
   /** called once the config is written, before the process is spawned, e.g. to place files in `<reports>/incoming/` (the start scan takes them) */
   readonly beforeStart?: (paths: { readonly reportsIncoming: string }) => Promise<void>;
-  /** node flags before the CLI file, e.g. packaging/onerelay.service's (bench/footprint) */
+  /** node flags before the CLI file; default: packaging/onerelay.service's (the relay measured as shipped) */
   readonly nodeArgs?: readonly string[];
   /** called right after the process is spawned, before it is ready */
   readonly onSpawned?: (server: Server) => void;
@@ -133,12 +133,13 @@ ${options.policiesDirectory === undefined ? '' : `\n[policies]\ndirectory = "${o
     await mkdir(reportsIncoming, { recursive: true });
     await options.beforeStart({ reportsIncoming });
   }
+  applyShippedEnvironment();
   const spawnedAt = epochNow();
   const server = startServer({
     name: 'onerelay',
     command: process.execPath,
     // BENCH_ONERELAY_NODE_ARGS, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof": profiles of every process and thread
-    args: [...(options.nodeArgs ?? []), ...(process.env['BENCH_ONERELAY_NODE_ARGS']?.split(' ').filter((arg) => arg !== '') ?? []), cliFile, 'start', '--config', configFile],
+    args: [...(options.nodeArgs ?? shippedNodeArgs()), ...(process.env['BENCH_ONERELAY_NODE_ARGS']?.split(' ').filter((arg) => arg !== '') ?? []), cliFile, 'start', '--config', configFile],
     cwd: projectDirectory,
     logFile: at('onerelay.log'),
     stopSignal: 'SIGTERM',
@@ -167,4 +168,27 @@ function statusIsOk(apiPort: number): Promise<boolean> {
     req.on('error', () => resolve(false));
     req.end();
   });
+}
+
+const unitFile = join(projectDirectory, 'packaging', 'onerelay.service');
+
+/**
+ * The unit's Environment= (e.g. MALLOC_ARENA_MAX), set in this process so that the relays it spawns inherit
+ * them: every bench measures the relay as shipped. A value set by the caller wins (e.g. to measure without).
+ */
+export function applyShippedEnvironment(): string[] {
+  const unit = readFileSync(unitFile, 'utf8');
+  const applied: string[] = [];
+  for (const [, name, value] of unit.matchAll(/^Environment=([A-Z_][A-Z0-9_]*)=(\S*)$/gm)) {
+    if (process.env[name!] === undefined) process.env[name!] = value!;
+    applied.push(`${name}=${process.env[name!]}`);
+  }
+  return applied;
+}
+
+/** the node flags of packaging/onerelay.service's ExecStart (BENCH_SHIPPED_FLAGS=0: none) */
+export function shippedNodeArgs(): string[] {
+  if (process.env['BENCH_SHIPPED_FLAGS'] === '0') return [];
+  const line = /^ExecStart=\S+ (.*?)\S*dist\/cli\.js /m.exec(readFileSync(unitFile, 'utf8'));
+  return (line?.[1] ?? '').split(/\s+/).filter((flag) => flag.startsWith('--'));
 }
