@@ -58,6 +58,8 @@ t.test('SIGKILL during writes: no relay data lost, the ledger balances after res
     t.equal(await upload(r), 201);
   });
   await eventually('20 files in the ledger', () => ledger(relay), (l) => l.body.data.balance.received === 20);
+  // and their upload details (a front-door worker sends its events in batches: the kill below may only cost the last one)
+  await eventually('the first 20 files with their upload details', () => ledger(relay), (l) => l.body.data.files.filter((f) => f.sha256 !== null).length === 20);
 
   // more uploads, and a SIGKILL of every process in the middle of them
   const second = await reports(identities, 30, 100);
