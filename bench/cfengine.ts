@@ -88,6 +88,10 @@ interface Target {
   readonly name: TargetName;
   readonly port: number;
   readonly pid: number;
+  /** CPU of the process tree from spawn to ready (relay only) */
+  readonly startCpuMs?: number;
+  /** the relay's CFEngine warm-up, as it logged it */
+  readonly warmUpMs?: number;
   stop(): Promise<unknown>;
 }
 
@@ -100,11 +104,19 @@ async function startTargets(t: { teardown(fn: () => unknown): void }, setup: Set
     nodesList: { [NODE]: { hostname: 'node1', 'key-hash': setup.client.sha256Pin, 'policy-server': RELAY_ID } },
     nodeArgs: nodeArgs(),
   });
+  const startCpuMs = relay.child.pid === undefined ? NaN : cpuTimeOfTreesMs([relay.child.pid]);
   const stock = await startCfServerd(setup.serverd, await freePort(), { keys: [{ path: `${setup.share}/${NODE}/`, admit: [setup.client.md5] }] });
   // server CPU (user + system, every process and thread of it) per agent run: steadier than wall time
   if (relay.child.pid === undefined) throw new Error('the relay has no process id');
   return [
-    { name: 'onerelay', port: relay.cfenginePort, pid: relay.child.pid, stop: () => relay.stop() },
+    {
+      name: 'onerelay',
+      port: relay.cfenginePort,
+      pid: relay.child.pid,
+      startCpuMs,
+      warmUpMs: Number(relay.logs.find((line) => line.msg === 'cfengine request path warmed up')?.['ms'] ?? NaN),
+      stop: () => relay.stop(),
+    },
     { name: 'cf-serverd', port: stock.port, pid: stock.pid, stop: () => stock.stop() },
   ];
 }
@@ -140,9 +152,13 @@ async function firstCopies(t: { teardown(fn: () => unknown): void }, setup: Setu
   const ms: Record<TargetName, number[]> = { onerelay: [], 'cf-serverd': [] };
   const cpuMs: Record<TargetName, number[]> = { onerelay: [], 'cf-serverd': [] };
   const settleCpuMs: number[] = [];
+  const startCpuMs: number[] = [];
+  const warmUpMs: number[] = [];
   for (let round = 0; round < rounds; round += 1) {
     const targets = await startTargets(t, setup);
     try {
+      startCpuMs.push(targets[0]!.startCpuMs ?? NaN);
+      warmUpMs.push(targets[0]!.warmUpMs ?? NaN);
       const started = cpuTimeOfTreesMs([targets[0]!.pid]);
       await waitForQuietMachine(25, settings.quietWaitBudgetMs / rounds);
       settleCpuMs.push(cpuTimeOfTreesMs([targets[0]!.pid]) - started);
@@ -180,10 +196,14 @@ async function firstCopies(t: { teardown(fn: () => unknown): void }, setup: Setu
       `start by start ${paired.map((r) => `${fixed(r, 2)}×`).join(' ')} (median ${fixed(median(paired), 2)}×); ` +
       `relay CPU between ready and the copy (start-up left over): median ${fixed(median(settleCpuMs), 0)} ms`,
   );
+  console.log(
+    `relay start: CPU from spawn to ready (primary and worker) median ${fixed(median(startCpuMs), 0)} ms, ` +
+      `of which the CFEngine warm-up's wall time median ${fixed(median(warmUpMs.filter((ms) => !Number.isNaN(ms))), 0)} ms`,
+  );
   await mkdir(dirname(outFile), { recursive: true });
   await writeFile(
     firstOutFile,
-    `${JSON.stringify({ bench: 'cfengine-first', date: new Date().toISOString(), settings, nodeArgs: nodeArgs(), files: setup.files, onerelayMs: ms.onerelay, cfServerdMs: ms['cf-serverd'], onerelayCpuMs: cpuMs.onerelay, cfServerdCpuMs: cpuMs['cf-serverd'], settleCpuMs, ratio, paired }, null, 2)}\n`,
+    `${JSON.stringify({ bench: 'cfengine-first', date: new Date().toISOString(), settings, nodeArgs: nodeArgs(), files: setup.files, onerelayMs: ms.onerelay, cfServerdMs: ms['cf-serverd'], onerelayCpuMs: cpuMs.onerelay, cfServerdCpuMs: cpuMs['cf-serverd'], settleCpuMs, startCpuMs, warmUpMs, ratio, paired }, null, 2)}\n`,
   );
   console.log(`figures: ${firstOutFile}`);
 }

@@ -85,8 +85,8 @@ export function createCfengineServer(options: CfengineServerOptions, deps: Cfeng
   let unsubscribeSlow: (() => void) | undefined;
   let secureContext: SecureContext | undefined;
   let boundPort = 0;
-  /** see warm-up.ts */
-  let warmUpObjects: unknown[] = [];
+  /** a few of the warm-up's objects, held for the server's life: V8 discards optimised code whose maps die (warm-up.ts) */
+  let warmUpObjects: readonly unknown[] = [];
 
   const onConnection = (socket: Socket): void => {
     socket.on('error', () => undefined); // reported by the TLS socket wrapping it (or nothing to report)

@@ -5,6 +5,13 @@
 // the file service, the codec) answers the requests of a cf-agent-like copy, over loopback, from a
 // private listener on an ephemeral port of 127.0.0.1 and a private temporary tree readable by this
 // connection only; the relay's counters, digests, logs and node activity are not touched.
+// V8 keeps optimised code only while the hidden classes (maps) and call targets it was specialised on hold:
+// measured with --trace-deopt, a warm-up whose objects were built otherwise than the server's (a socket
+// without the idle timeout, a spread copy of the context, an ACL and counters made of other closures) had
+// its code thrown away at the first agent's requests, and the full collection after it discarded the code
+// of the STAT, MD5 and GET handlers ("weak objects": the maps of its sockets and stats had died). So its
+// objects come from the server's own code (openConnection, connectionContext, the ACL class, the tally),
+// and a few of them are handed back to be kept for the server's life (keepAlive).
 
 import { createHash, randomBytes } from 'node:crypto';
 import { lstatSync, mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
@@ -53,7 +60,10 @@ export interface WarmUpOptions {
   readonly log: Logger;
 }
 
-/** answers about `requests` requests through CfengineConnection; resolves with how many, never rejects */
+/**
+ * answers about `requests` requests through CfengineConnection; resolves with how many, and the objects to
+ * keep (the last connection, client and stat: their maps keep the optimised code valid); never rejects
+ */
 export async function warmUp(options: WarmUpOptions): Promise<{ requests: number; ms: number; keepAlive: unknown[] }> {
   const started = performance.now();
   if (options.requests <= 0) return { requests: 0, ms: 0, keepAlive: [] };
