@@ -4,6 +4,7 @@
 
 import { createServer, type Server, type Socket } from 'node:net';
 import { createSecureContext, type SecureContext } from 'node:tls';
+import { constants } from 'node:crypto';
 import type { Logger } from 'pino';
 import { RelayError } from '../errors.js';
 import { collectGarbage } from '../gc.js';
@@ -130,6 +131,9 @@ export function createCfengineServer(options: CfengineServerOptions, deps: Cfeng
         cert: certificate,
         ciphers: CIPHERS,
         minVersion: 'TLSv1.2',
+        // cf-agent never resumes a session: stateful tickets (never stored) spare OpenSSL 3.0 encoding the
+        // session, the client's certificate included, twice per connection (as the HTTPS front door)
+        secureOptions: constants.SSL_OP_NO_TICKET,
       });
       const warmed = await warmUp({
         requests: options.warmUpRequests ?? DEFAULT_WARM_UP_REQUESTS,
