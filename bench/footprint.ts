@@ -13,7 +13,13 @@
 // median 320–335, peak 329–345 MB: the targets are not met (see the README's Memory section).
 // Second round (int 3741c6d -> i-mem, alternated): idle no node 221–222 -> 208–209 MB; 10,000 nodes 339–357
 // (PSS 213–233) -> 281 MB (PSS 158–165); under 200 uploads median 336–352 -> 292–293, peak 350–359 -> 299–303 MB.
-// A bare `node` is 39 MB of RSS, 31 MB of it the node binary's pages, shared between the processes: PSS counts them once, RSS once per process (three processes: ~120 MB before any code of ours).
+// Third round (issue 20, i-mem: the primary is one of the front-door processes, so primary + 1 worker on 2 cores;
+// the nodes registry's DER packed in slabs; no X509Certificate per reporting node), main -> i-mem alternated
+// twice, 13:18-13:25 UTC, machine shared (load 2-4): idle no node 203-204 -> 141 MB (PSS 96-100 -> 63-64);
+// 10,000 nodes 274-276 (PSS 156-170: primary 113-114, workers 79-81 + 81) -> 172-174 MB (PSS 94-101: primary
+// 98-99, worker 75-76); under 200 uploads median 280-285 -> 187-207, peak 291-292 -> 198-209 MB (met); server CPU
+// per upload in the same runs 7.45 / 8.01 -> 7.32 / 7.54 ms.
+// A bare `node` is 39 MB of RSS, 31 MB of it the node binary's pages, shared between the processes: PSS counts them once, RSS once per process (two processes: ~80 MB before any code of ours; three before this round).
 
 import { execFile } from 'node:child_process';
 import { createHash, createPrivateKey, createPublicKey, randomBytes, randomUUID, sign, type KeyObject } from 'node:crypto';
@@ -71,7 +77,7 @@ export async function run(): Promise<void> {
   const missing = onerelayMissing();
   if (missing !== undefined) throw new Error(missing);
   console.log(`footprint: ${description}`);
-  console.log(`  ${applyShippedEnvironment().join(' ')} node ${shippedNodeArgs().join(' ')} ${cliFile}, ${availableParallelism()} cores (one front-door worker per core)`);
+  console.log(`  ${applyShippedEnvironment().join(' ')} node ${shippedNodeArgs().join(' ')} ${cliFile}, ${availableParallelism()} cores (one front-door process per core, the primary among them; before issue 20's third round: a worker per core beside the primary)`);
   const relay = await cachedIdentity('relay');
   const agents = await lightAgents(settings.agents);
   const others = await syntheticNodes(settings.nodes - agents.length);

@@ -14,7 +14,8 @@ import { ensureIdentity, loadIdentity } from '../identity/index.js';
 import { createLogger, pinoLevel } from '../log.js';
 import { createFrontDoorMetrics, createPrimaryMetrics } from '../metrics/index.js';
 import { ABORT_SETTLE_MS, type SpoolQueue } from '../spool/index.js';
-import type { FrontDoor } from '../http/index.js';
+import type { FrontDoor, FrontDoorSettings } from '../http/index.js';
+import type { Logger } from 'pino';
 import type { RemoteRun } from '../remote-run/index.js';
 import type { SyncPuller } from '../sync/index.js';
 import { createSystem } from '../system/index.js';
@@ -181,7 +182,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
       void (async () => {
         ownSettings = resolveOwnSettings(await ownSettingsInputs(config), ownPolicies.current());
         cfengine?.setAllowedNetworks(ownSettings.allowedNetworks.value);
-        frontDoor?.update(frontDoorSettingsOf(ownSettings));
+        if (frontDoor) applyFrontDoorSettings(frontDoor, frontDoorSettingsOf(ownSettings), log);
         frontDoorWorkers.broadcast({ type: 'own-settings', settings: frontDoorSettingsOf(ownSettings) });
         const shown = settingsStatus(ownSettings, ownPolicies.current());
         log.info({ event: 'own_policies_applied', node_config_id: ownPolicies.current()?.nodeConfigId, applied: shown['applied'] }, 'own policies applied');
@@ -275,7 +276,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
       activity,
       log,
     });
-    ownFrontDoor.update(frontDoorSettingsOf(ownSettings));
+    applyFrontDoorSettings(ownFrontDoor, frontDoorSettingsOf(ownSettings), log);
     frontDoor = ownFrontDoor;
     try {
       await ownFrontDoor.start();
@@ -383,6 +384,12 @@ export async function runPrimary(options: StartOptions): Promise<void> {
 
 // ---------------------------------------------------------------- worker
 
+/** the relay's own networks and credentials into a front door (the primary's and each worker's), logged */
+function applyFrontDoorSettings(frontDoor: FrontDoor, settings: FrontDoorSettings, log: Logger): void {
+  frontDoor.update(settings);
+  log.info({ event: 'own_settings_applied', allowed_networks: settings.allowedNetworks, policy_server_networks: settings.policyServerNetworks, dav_user: settings.user }, 'front door: networks and credentials applied');
+}
+
 export async function runWorker(): Promise<void> {
   const primary = connectToPrimary();
   const levelOverride = primary.logLevel;
@@ -429,10 +436,7 @@ export async function runWorker(): Promise<void> {
         nodes.reload().catch(() => undefined);
       },
       metrics: () => frontDoorMetrics.snapshot(),
-      ownSettings: (settings) => {
-        frontDoor.update(settings);
-        log.info({ event: 'own_settings_applied', allowed_networks: settings.allowedNetworks, policy_server_networks: settings.policyServerNetworks, dav_user: settings.user }, 'front door: networks and credentials applied');
-      },
+      ownSettings: (settings) => applyFrontDoorSettings(frontDoor, settings, log),
     });
     // systemd signals the whole control group; the primary also asks over IPC
     process.on('SIGTERM', () => void stop());
