@@ -315,7 +315,12 @@ async function startOnerelay(
     agents: context.nodes,
     password: context.password,
     workers: settings.onerelayWorkers,
-    upstream: { port: upstream.port, certificateFile: upstream.certificateFile },
+    // BENCH_PIPELINE_CONCURRENCY: output.upstream.max_concurrency (default: onerelay's, 8)
+    upstream: {
+      port: upstream.port,
+      certificateFile: upstream.certificateFile,
+      ...(process.env['BENCH_PIPELINE_CONCURRENCY'] === undefined ? {} : { maxConcurrency: Number(process.env['BENCH_PIPELINE_CONCURRENCY']) }),
+    },
     verifySignature: 'direct',
     ...(beforeStart === undefined ? {} : { beforeStart }),
     ...(onSpawned === undefined ? {} : { onSpawned }),
