@@ -27,6 +27,31 @@ function options(dir: string, overrides: Partial<QueueOptions> = {}): QueueOptio
 }
 
 /** as uploads arrive in the spool: written under a dot name, then renamed into place */
+/**
+ * a started queue (catch-up off, the watch alone) whose handler records each file's content; `also` runs after
+ * the record (e.g. to remove the file behind the queue's back)
+ */
+async function recordingQueue(
+  t: { teardown(fn: () => unknown): void },
+  dir: string,
+  also?: (file: { path: string }, contents: readonly string[]) => Promise<void>,
+) {
+  const contents: string[] = [];
+  const queue = createQueue(
+    options(dir, { catchupFrequencyMs: 60_000 }),
+    async (file) => {
+      contents.push(await readFile(file.path, 'utf8'));
+      await also?.(file, contents);
+      return { kind: 'done' };
+    },
+    {},
+    log,
+  );
+  await queue.start();
+  t.teardown(() => queue.stop());
+  return { queue, contents };
+}
+
 async function arrive(directory: string, name: string, content: string): Promise<void> {
   await writeFile(join(directory, `.${name}.tmp`), content);
   await rename(join(directory, `.${name}.tmp`), join(directory, name));
@@ -151,18 +176,7 @@ t.test('a file arriving again under the name of one just handled is handled agai
   // the queue skips the watch event of its own unlink; a new file of the same name must still be taken
   const dir = tempDir(t);
   await mkdir(join(dir, 'incoming'), { recursive: true });
-  const contents: string[] = [];
-  const queue = createQueue(
-    options(dir, { catchupFrequencyMs: 60_000 }),
-    async (file) => {
-      contents.push(await readFile(file.path, 'utf8'));
-      return { kind: 'done' };
-    },
-    {},
-    log,
-  );
-  await queue.start();
-  t.teardown(() => queue.stop());
+  const { contents } = await recordingQueue(t, dir);
   for (let round = 1; round <= 20; round++) {
     // renamed into place as uploads are: a file written in place (O_TRUNC) while the previous one of that name
     // is being removed can have its bytes go to the removed inode, which no queue can see
@@ -234,19 +248,9 @@ t.test('a file gone before its removal does not hide the next file of that name'
   const dir = tempDir(t);
   const incoming = join(dir, 'incoming');
   await mkdir(incoming, { recursive: true });
-  const contents: string[] = [];
-  const queue = createQueue(
-    options(dir, { catchupFrequencyMs: 60_000 }),
-    async (file) => {
-      contents.push(await readFile(file.path, 'utf8'));
-      if (contents.length === 1) await unlink(file.path);
-      return { kind: 'done' };
-    },
-    {},
-    log,
-  );
-  await queue.start();
-  t.teardown(() => queue.stop());
+  const { contents } = await recordingQueue(t, dir, async (file, seen) => {
+    if (seen.length === 1) await unlink(file.path);
+  });
   await arrive(incoming, 'same', 'first');
   await until(() => contents.length === 1);
   // its own delete event has been read by now (a watched marker file's event comes after it)
@@ -263,18 +267,7 @@ t.test('uploads told by settle(): handled once, and the next file of that name s
   const dir = tempDir(t);
   const incoming = join(dir, 'incoming');
   await mkdir(incoming, { recursive: true });
-  const contents: string[] = [];
-  const queue = createQueue(
-    options(dir, { catchupFrequencyMs: 60_000 }),
-    async (file) => {
-      contents.push(await readFile(file.path, 'utf8'));
-      return { kind: 'done' };
-    },
-    {},
-    log,
-  );
-  await queue.start();
-  t.teardown(() => queue.stop());
+  const { queue, contents } = await recordingQueue(t, dir);
   for (let round = 1; round <= 10; round++) {
     const lease = queue.reserve(100);
     t.ok(lease !== undefined);
