@@ -15,6 +15,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, fsync, linkSync, openSync, renameSync, unlinkSync, write, writeSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import type { Readable } from 'node:stream';
 import { RelayError, messageOf } from '../errors.js';
 
@@ -128,21 +129,15 @@ function writeAllSync(fd: number, chunks: readonly Buffer[]): void {
   while (offset < data.length) offset += writeSync(fd, data, offset, data.length - offset);
 }
 
+// the callback API on a plain descriptor (the synchronous calls above take the same one), promisified
+const writeAsync = promisify(write);
+const fsyncFd = promisify(fsync);
+
 async function writeAll(fd: number, chunks: readonly Buffer[]): Promise<void> {
   if (chunks.length === 0) return;
   const data = concat(chunks);
   let offset = 0;
-  while (offset < data.length) {
-    offset += await new Promise<number>((resolve, reject) => {
-      write(fd, data, offset, data.length - offset, null, (error, written) => (error ? reject(error) : resolve(written)));
-    });
-  }
-}
-
-function fsyncFd(fd: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    fsync(fd, (error) => (error ? reject(error) : resolve()));
-  });
+  while (offset < data.length) offset += (await writeAsync(fd, data, offset, data.length - offset, null)).bytesWritten;
 }
 
 /**
