@@ -7,6 +7,7 @@ import { X509Certificate } from 'node:crypto';
 import { closeSync, fstatSync, openSync, readSync, statSync, unlinkSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
 import { RelayError } from '../errors.js';
+import { isSameFile } from '../spool/index.js';
 import type { Inspection } from './index.js';
 import { inspectContent } from './inspect.js';
 import type { InspectReply, RemovalReply, ThreadBatch, ThreadRemoval, ThreadReplies, ThreadRequest, ThreadSetup } from './inspect-pool.js';
@@ -61,10 +62,7 @@ function remove(removal: ThreadRemoval): RemovalReply {
   try {
     const now = statSync(removal.path, { throwIfNoEntry: false });
     if (now === undefined) return { id: removal.id, kind: 'gone' };
-    const expected = removal.expected;
-    if (expected !== undefined && (now.ino !== expected.ino || now.size !== expected.size || now.mtimeMs !== expected.mtimeMs)) {
-      return { id: removal.id, kind: 'replaced' };
-    }
+    if (!isSameFile(now, removal.expected)) return { id: removal.id, kind: 'replaced' };
     unlinkSync(removal.path);
     return { id: removal.id, kind: 'removed' };
   } catch (error) {

@@ -9,7 +9,7 @@ import type { Logger } from 'pino';
 import { receiveInto, type ReceiveResult } from './receive.js';
 
 export type { ReceiveResult };
-export { ABORT_SETTLE_MS, createQueue, removeIfSame } from './queue.js';
+export { ABORT_SETTLE_MS, createQueue, isSameFile, removeIfSame } from './queue.js';
 export { copyFileAtomically, fsyncDirectory, openAtomicFile, writeFileAtomically, writeStreamAtomically } from './durable.js';
 export type { AtomicFile, AtomicWriteOptions, CopyOptions, StreamWriteOptions } from './durable.js';
 export type { FileIdentity, FileRemover, Queue, QueueContext, QueueEvents, QueueFile, QueueHandler, QueueOptions, QueueOutcome, QueueStats, QueueStopOptions } from './queue.js';

@@ -89,11 +89,16 @@ export interface FileIdentity {
  */
 export type FileRemover = (path: string, expected: FileIdentity | undefined) => Promise<'removed' | 'replaced' | 'gone'>;
 
+/** whether the file a name holds `now` is the one `expected` (undefined: any file is) */
+export function isSameFile(now: FileIdentity, expected: FileIdentity | undefined): boolean {
+  return expected === undefined || (now.ino === expected.ino && now.size === expected.size && now.mtimeMs === expected.mtimeMs);
+}
+
 /** the default remover: the identity check and the unlink, each a hand-off to libuv's thread pool */
 export async function removeIfSame(path: string, expected: FileIdentity | undefined): Promise<'removed' | 'replaced' | 'gone'> {
   const now = await statIfPresent(path);
   if (now === undefined) return 'gone';
-  if (expected !== undefined && (now.ino !== expected.ino || now.size !== expected.size || now.mtimeMs !== expected.mtimeMs)) return 'replaced';
+  if (!isSameFile(now, expected)) return 'replaced';
   try {
     await unlink(path);
   } catch (error) {
@@ -512,7 +517,7 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
         await writeFile(join(options.failedDirectory, `${name}.reason`), reason);
         // as for 'done': a file put under this name since is a new arrival, not the one judged here
         const now = await statIfPresent(pathOf(name));
-        if (now !== undefined && (now.ino !== tracked.ino || now.size !== tracked.size || now.mtimeMs !== tracked.mtimeMs)) {
+        if (now !== undefined && !isSameFile(now, tracked)) {
           // checked after the sidecar's write, as close to the move as can be; the judged file is gone, so is its reason
           await unlink(join(options.failedDirectory, `${name}.reason`)).catch(() => undefined);
           forget(name);
