@@ -14,17 +14,17 @@ const MAX_EXEC_SELECT_FRAMES = 10;
 const EXEC_TOKEN = /^[A-Za-z0-9_:]+$/;
 /**
  * Rudder's cf-serverd `roles` (rudder-techniques common/1.0/cf-serverd.st, Rudder 9): the classes an EXEC
- * may define, each authorised for user root only; cf-serverd matches them as anchored regexes
+ * may define, matched as anchored regexes; each `authorize => { "root" }`, which the allowusers check below
+ * already demands of every EXEC
  */
 export const EXEC_ROLES: readonly string[] = ['force_inventory', 'info', 'debug', 'trace'];
-const ROLE_USERS: ReadonlySet<string> = new Set(['root']);
 /** cf-serverd's allowusers is POLICYSERVER_ADMIN (root) and the nodes' admins, whose keys the path ACL never admits */
 const EXEC_USERS: ReadonlySet<string> = new Set(['root']);
 /** "> " + line + "\n" must fit one transaction */
 const MAX_EXEC_LINE_BYTES = MAX_PAYLOAD - 3;
 
 /** the classes of EXEC's arguments, or the refusal line cf-serverd would send */
-export function parseExecArguments(args: string, username = 'root'): { readonly classes: readonly string[] } | { readonly refusal: string } {
+export function parseExecArguments(args: string): { readonly classes: readonly string[] } | { readonly refusal: string } {
   const classes: string[] = [];
   let rest = args.replace(/^[ \t]+/, '');
   while (rest !== '') {
@@ -36,8 +36,7 @@ export function parseExecArguments(args: string, username = 'root'): { readonly 
     rest = (end === -1 ? '' : list.slice(end)).replace(/^[ \t]+/, '');
     if (tokens.length === 1 && tokens[0] === '') continue;
     if (option === '-b') return { refusal: 'EXEC denied bundle activation (check cf-serverd verbose output)' };
-    const authorised = (token: string): boolean => EXEC_TOKEN.test(token) && ROLE_USERS.has(username) && EXEC_ROLES.includes(token);
-    if (!tokens.every(authorised)) return { refusal: 'EXEC denied role activation (check cf-serverd verbose output)' };
+    if (!tokens.every((token) => EXEC_TOKEN.test(token) && EXEC_ROLES.includes(token))) return { refusal: 'EXEC denied role activation (check cf-serverd verbose output)' };
     classes.push(...tokens);
   }
   return { classes };
@@ -77,7 +76,7 @@ export async function exec(session: Session, args: string): Promise<Outcome> {
     await session.write(encodeFrame(`Hello ${session.peer} (${session.peer}), nothing relevant to do here...\n\n`));
     return refuse('EXEC denied due to failed class match (check cf-serverd verbose output)');
   }
-  const parsed = parseExecArguments(args, session.username);
+  const parsed = parseExecArguments(args);
   if ('refusal' in parsed) return refuse(parsed.refusal);
   const { classes } = parsed;
   const command = classes.length > 0 ? `${config.command} -D ${classes.join(',')}` : config.command;
