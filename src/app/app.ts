@@ -229,7 +229,12 @@ export async function runPrimary(options: StartOptions): Promise<void> {
           last_errors: remoteRun?.status().lastErrors ?? [],
         },
       }),
-      frontDoor: () => frontDoorWorkers.counts(),
+      // https.workers counts front-door processes, the primary's own among them: so does the status
+      frontDoor: () => {
+        const forked = frontDoorWorkers.counts();
+        const own = frontDoor?.server()?.listening === true ? 1 : 0;
+        return { workers: forked.workers + (frontDoor ? 1 : 0), ready: forked.ready + own };
+      },
     });
     // the primary runs the TTL cleanup; every process stores and answers
     const peers = peersOf(config, nodes, identity, activeForwarding.upstream);

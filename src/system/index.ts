@@ -90,7 +90,7 @@ export function createSystem(deps: SystemDeps): System {
           directories: spool.map((d) => ({ path: d.path, files: d.files })),
         },
         https: {
-          ...(workers.ready === workers.workers ? { status: 'success' } : { status: 'error', details: `${workers.ready} of ${workers.workers} front-door workers ready` }),
+          ...(workers.ready === workers.workers ? { status: 'success' } : { status: 'error', details: `${workers.ready} of ${workers.workers} front-door processes ready` }),
           workers: workers.workers,
           ready: workers.ready,
         },

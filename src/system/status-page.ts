@@ -163,7 +163,7 @@ ${own ? `<section id="own-policies"><h2>Own policies ${badge(own)}</h2><dl>
 <dt>loaded</dt><dd>${since(own['loaded_at'])}</dd><dt>inputs</dt><dd><code>${escape(own['inputs'])}</code></dd></dl>
 <table><tr><th>setting</th><th>value</th><th>source</th></tr>${ownRows}</table>${details(own)}</section>` : ''}
 <section id="services"><h2>Services</h2><dl>
-<dt>HTTPS workers</dt><dd>${escape(https?.['ready'])} of ${escape(https?.['workers'])} ready ${badge(https)}</dd>
+<dt>HTTPS front-door processes</dt><dd>${escape(https?.['ready'])} of ${escape(https?.['workers'])} ready ${badge(https)}</dd>
 <dt>CFEngine server</dt><dd>${cfengine ? `${escape(cfengine['listen'])} ${badge(cfengine)}` : 'not running'}</dd>
 <dt>remote run</dt><dd>${remote?.['enabled'] ? `enabled (${escape(remote['mode'])}), ${escape(remote['runs_here'])} runs` : 'disabled'}</dd>
 <dt>own run log</dt><dd>${ownRun === undefined ? 'not sent' : ownRun['last_run'] === undefined ? `none yet${ownRun['waiting_for_policies'] ? ' (no own policies)' : ''}` : `${since(ownRun['last_run'])}, config <code>${escape(ownRun['config_id'])}</code>: ${escape(ownRun['success'])} success, ${escape(ownRun['error'])} error, ${escape(ownRun['na'])} n/a`} ${ownRun ? badge(ownRun) : ''}</dd></dl>

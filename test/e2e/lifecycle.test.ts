@@ -302,13 +302,13 @@ t.test('front-door processes: the primary and its workers accept on one socket; 
   const relay = await startRelay(t, { workers: 3, nodesList: { [NODE]: { hostname: 'agent.example', 'key-hash': agent.sha256Pin, 'policy-server': RELAY } } });
   type Https = { data: { https: { status: string; workers: number; ready: number } } };
   const https = async () => ((await fetch(`${relay.apiUrl}/rudder/relay-api/1/system/status`).then((r) => r.json())) as Https).data.https;
-  t.match(await https(), { status: 'success', workers: 2, ready: 2 }, 'three front-door processes: the primary and two workers');
+  t.match(await https(), { status: 'success', workers: 3, ready: 3 }, 'three front-door processes: the primary and two workers');
   const workers = (await run('ps', ['-o', 'pid=', '--ppid', String(relay.child.pid)])).stdout.toString().split('\n').map(Number).filter((pid) => pid > 0);
   t.equal(workers.length, 2, 'two worker processes');
   process.kill(workers[0]!, 'SIGKILL');
   await relay.waitForLog((line) => line.event === 'worker_died');
   // a replacement reports ready only once it accepts on the primary's socket (cluster.ts 'listen-handle')
-  await until(async () => (await https()).ready === 2, 15_000);
+  await until(async () => (await https()).ready === 3, 15_000);
   const replacement = (await run('ps', ['-o', 'pid=', '--ppid', String(relay.child.pid)])).stdout.toString().split('\n').map(Number).filter((pid) => pid > 0);
   t.equal(replacement.length, 2);
   t.notOk(replacement.includes(workers[0]!), 'a new process');
