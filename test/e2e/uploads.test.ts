@@ -187,6 +187,18 @@ t.test('uploads through the HTTPS front door', async (t) => {
     t.match(String(line.path), /^\/reports\//);
     t.notOk((await readdir(relay.reportsIncoming)).includes(name), 'nothing stored');
     t.same(await readdir(join(relay.dir, 'reports', '.tmp')), [], 'no temp file left');
+    // one line per event: a later request's line is logged after anything the aborted one still had to say
+    await new Promise<void>((resolve, reject) => {
+      const socket = tlsConnect({ host: '127.0.0.1', port: relay.httpsPort, rejectUnauthorized: false, minVersion: 'TLSv1.3' }, () => {
+        socket.end('GET /no-such-path-after-abort HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n');
+      });
+      socket.on('data', () => undefined);
+      socket.on('close', () => resolve());
+      socket.on('error', reject);
+    });
+    await relay.waitForLog((l) => l.event === 'access' && String(l.path).includes('no-such-path-after-abort'), 5_000);
+    const lines = relay.logs.filter((l) => l.event === 'access' && String(l.path).includes(encodeURIComponent(name)));
+    t.equal(lines.length, 1, `one access line for the aborted upload (${JSON.stringify(lines)})`);
   });
 
   await t.test('TLS 1.2 clients are refused', async (t) => {
