@@ -42,29 +42,32 @@ t.test('SIGTERM with a forward in flight to an upstream that never answers: stop
   t.same(upstream.files('inventories').map((f) => f.body.toString()), ['inventory', 'signature'], 'delivered after the restart');
 });
 
-t.test('the disk budget holds under concurrent uploads: counted at admission, across workers', async (t) => {
-  const upstream = await startUpstream(t, { password: DAV_PASSWORD });
-  await upstream.setMode('down');
-  const budget = 64_000;
-  const maxUpload = 16_384;
-  const relay = await startRelay(t, { upstream, maxSpoolSize: budget, maxUploadSize: maxUpload, workers: 2 });
-  const body = Buffer.alloc(8_000, 1);
-  const names = Array.from({ length: 40 }, (_, i) => `a_2026-11-25T11:${String(Math.floor(i / 60)).padStart(2, '0')}:${String(i % 60).padStart(2, '0')}+00:00.ocs.gz`);
-  const statuses = new Map<string, number>();
-  // all at once, as 40 agents whose runs end together
-  await inParallel(names, 40, async (name) => {
-    statuses.set(name, await putFile({ port: relay.httpsPort, endpoint: 'inventories', name, body, password: 'rudder' }));
+// workers: 2 is the primary and one forked worker (IPC leases); workers: 1 the primary alone (in-process leases)
+for (const workers of [2, 1]) {
+  t.test(`the disk budget holds under concurrent uploads: counted at admission (${workers} front-door process${workers > 1 ? 'es' : ''})`, async (t) => {
+    const upstream = await startUpstream(t, { password: DAV_PASSWORD });
+    await upstream.setMode('down');
+    const budget = 64_000;
+    const maxUpload = 16_384;
+    const relay = await startRelay(t, { upstream, maxSpoolSize: budget, maxUploadSize: maxUpload, workers });
+    const body = Buffer.alloc(8_000, 1);
+    const names = Array.from({ length: 40 }, (_, i) => `a_2026-11-25T11:${String(Math.floor(i / 60)).padStart(2, '0')}:${String(i % 60).padStart(2, '0')}+00:00.ocs.gz`);
+    const statuses = new Map<string, number>();
+    // all at once, as 40 agents whose runs end together
+    await inParallel(names, 40, async (name) => {
+      statuses.set(name, await putFile({ port: relay.httpsPort, endpoint: 'inventories', name, body, password: 'rudder' }));
+    });
+    const accepted = [...statuses].filter(([, status]) => status === 201).map(([name]) => name);
+    const refused = [...statuses.values()].filter((status) => status !== 201);
+    t.ok(refused.every((status) => status === 507), 'the others get 507 (agents keep the file and retry)');
+    t.ok(accepted.length > 0, `${accepted.length} accepted`);
+    const onDisk = accepted.length * body.length;
+    // the promise: within one maximum upload per worker (here it is exact: every admission counts in the primary)
+    t.ok(onDisk <= budget + 2 * maxUpload, `${onDisk} bytes accepted for a budget of ${budget}`);
+    t.ok(onDisk <= budget, 'not a byte over the budget');
+    t.same((await readdir(relay.inventoriesIncoming)).sort(), accepted.sort(), 'exactly the accepted files are in the spool');
   });
-  const accepted = [...statuses].filter(([, status]) => status === 201).map(([name]) => name);
-  const refused = [...statuses.values()].filter((status) => status !== 201);
-  t.ok(refused.every((status) => status === 507), 'the others get 507 (agents keep the file and retry)');
-  t.ok(accepted.length > 0, `${accepted.length} accepted`);
-  const onDisk = accepted.length * body.length;
-  // the promise: within one maximum upload per worker (here it is exact: every admission counts in the primary)
-  t.ok(onDisk <= budget + 2 * maxUpload, `${onDisk} bytes accepted for a budget of ${budget}`);
-  t.ok(onDisk <= budget, 'not a byte over the budget');
-  t.same((await readdir(relay.inventoriesIncoming)).sort(), accepted.sort(), 'exactly the accepted files are in the spool');
-});
+}
 
 t.test('after an outage, a file on a long backoff goes within seconds of the first 2xx', async (t) => {
   const upstream = await startUpstream(t, { password: DAV_PASSWORD });
