@@ -36,8 +36,11 @@ export function displayPath(binaryPath: string): string {
 }
 
 export function isWithin(path: string, root: string): boolean {
-  return path === root || path.startsWith(root.endsWith('/') ? root : `${root}/`);
+  // the same as startsWith(`${root}/`) without making that string: several roots are checked per request
+  return path.startsWith(root) && (path.length === root.length || root.endsWith('/') || path.charCodeAt(root.length) === SLASH);
 }
+
+const SLASH = 0x2f;
 
 /** how often a root that does not exist yet is looked for again */
 const ROOT_RETRY_MS = 1000;

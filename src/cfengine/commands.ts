@@ -101,6 +101,11 @@ async function stat(session: Session, requested: string, clientTime: number): Pr
     await session.write(encodeFrame(result.message.slice(0, MAX_PAYLOAD)));
     return 'continue';
   }
+  session.tally.command('STAT', 'ok');
+  // ≤ 2 × 4096 bytes: one TLS record, one TCP segment. Sent first: the agent waits for it, and what is
+  // remembered below is needed only by this connection's next request, which is not read before this
+  // handler returns (CfengineConnection.serve answers one request at a time)
+  const sent = session.write(Buffer.concat([encodeFrame(encodeStatLine(result.fields)), encodeFrame(`OK:${result.linkTarget}`.slice(0, MAX_PAYLOAD))]));
   const isFile = result.fields.type === FileType.regular;
   admission.remember(requested, {
     resolved: path,
@@ -109,9 +114,7 @@ async function stat(session: Session, requested: string, clientTime: number): Pr
     identity: fileIdentity(result.fields),
     version: isFile && early?.isFile() === true ? fileVersion(early) : undefined,
   });
-  session.tally.command('STAT', 'ok');
-  // ≤ 2 × 4096 bytes: one TLS record, one TCP segment
-  await session.write(Buffer.concat([encodeFrame(encodeStatLine(result.fields)), encodeFrame(`OK:${result.linkTarget}`.slice(0, MAX_PAYLOAD))]));
+  await sent;
   return 'continue';
 }
 
