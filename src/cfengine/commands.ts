@@ -244,8 +244,11 @@ async function sendFile(session: Session, fd: number, path: string, announced: b
   let sent = 0;
   for (;;) {
     const chunk = buffer.subarray(0, bytesRead);
+    // hashed once the bytes are on their way (the write is synchronous up to the socket): the agent reads
+    // them meanwhile; the chunk is never written to again
+    const written = session.write(chunk);
     hash?.update(chunk);
-    await session.write(chunk);
+    await written;
     sent += bytesRead;
     if (sent >= size || bytesRead === 0) break;
     buffer = Buffer.allocUnsafe(Math.min(size - sent, GET_READ_BYTES));
