@@ -206,8 +206,8 @@ export function parseRequest(payload: Buffer): Request {
   const text = requestText(payload);
   if (text === '') return { command: 'EMPTY' };
   const word = commandWord(text);
-  const badWord = text.split(/[\s]/, 1)[0] ?? '';
-  if (word === undefined) return { command: 'BAD', word: badWord.slice(0, 32) };
+  // the unknown word for the counters, split out only when there is one (a regex split per request showed)
+  if (word === undefined) return { command: 'BAD', word: (text.split(/[\s]/, 1)[0] ?? '').slice(0, 32) };
   const args = text.slice(word.length);
   switch (word) {
     case 'SYNCH': {

@@ -101,6 +101,11 @@ async function stat(session: Session, requested: string, clientTime: number): Pr
     await session.write(encodeFrame(result.message.slice(0, MAX_PAYLOAD)));
     return 'continue';
   }
+  session.tally.command('STAT', 'ok');
+  // ≤ 2 × 4096 bytes: one TLS record, one TCP segment. Sent first: the agent waits for it, and what is
+  // remembered below is needed only by this connection's next request, which is not read before this
+  // handler returns (CfengineConnection.serve answers one request at a time)
+  const sent = session.write(Buffer.concat([encodeFrame(encodeStatLine(result.fields)), encodeFrame(`OK:${result.linkTarget}`.slice(0, MAX_PAYLOAD))]));
   const isFile = result.fields.type === FileType.regular;
   admission.remember(requested, {
     resolved: path,
@@ -109,9 +114,7 @@ async function stat(session: Session, requested: string, clientTime: number): Pr
     identity: fileIdentity(result.fields),
     version: isFile && early?.isFile() === true ? fileVersion(early) : undefined,
   });
-  session.tally.command('STAT', 'ok');
-  // ≤ 2 × 4096 bytes: one TLS record, one TCP segment
-  await session.write(Buffer.concat([encodeFrame(encodeStatLine(result.fields)), encodeFrame(`OK:${result.linkTarget}`.slice(0, MAX_PAYLOAD))]));
+  await sent;
   return 'continue';
 }
 
@@ -241,8 +244,11 @@ async function sendFile(session: Session, fd: number, path: string, announced: b
   let sent = 0;
   for (;;) {
     const chunk = buffer.subarray(0, bytesRead);
+    // hashed once the bytes are on their way (the write is synchronous up to the socket): the agent reads
+    // them meanwhile; the chunk is never written to again
+    const written = session.write(chunk);
     hash?.update(chunk);
-    await session.write(chunk);
+    await written;
     sent += bytesRead;
     if (sent >= size || bytesRead === 0) break;
     buffer = Buffer.allocUnsafe(Math.min(size - sent, GET_READ_BYTES));

@@ -21,7 +21,7 @@ export const OPEN_FOR_READING = constants.O_RDONLY | constants.O_NONBLOCK;
 /** for a path resolved by an earlier STAT: fail (ELOOP) if its last component has become a symlink */
 export const OPEN_RESOLVED_FOR_READING = OPEN_FOR_READING | constants.O_NOFOLLOW;
 
-export { closeQuietly, onSlowFileSystem } from '../fs-direct/index.js';
+export { closeQuietly, inThreadPoolMode, onSlowFileSystem, resetFileSystemMode } from '../fs-direct/index.js';
 
 /** open for reading: a file descriptor, to be closed with closeQuietly */
 export async function openForReading(path: string, flags: number = OPEN_FOR_READING): Promise<number> {

@@ -13,7 +13,7 @@ import { makeServerCertificate } from './certificate.js';
 import { HEADER_SIZE, MAX_PAYLOAD } from './codec.js';
 import { openConnection, type CfengineConnection } from './connection.js';
 import { connectionContext } from './session.js';
-import { DigestCache, DirectoryCache, onSlowFileSystem } from './files.js';
+import { DigestCache, DirectoryCache, inThreadPoolMode, onSlowFileSystem, resetFileSystemMode } from './files.js';
 import type { CfengineServer, CfengineServerDeps, CfengineServerOptions } from './index.js';
 import { warmUp } from './warm-up.js';
 
@@ -135,6 +135,16 @@ export function createCfengineServer(options: CfengineServerOptions, deps: Cfeng
         // session, the client's certificate included, twice per connection (as the HTTPS front door)
         secureOptions: constants.SSL_OP_NO_TICKET,
       });
+      // The warm-up runs while the relay starts (its workers, TLS on both ends of its own connections), often
+      // on a busy CPU: a direct file-system call preempted there for more than src/fs-direct's 10 ms sent
+      // every call of this process to the thread pool for a minute, silently (nothing listened yet), and the
+      // rest of the warm-up then warmed the pool's path, not the direct one agents take (measured: 4 more
+      // threads and +60–100 ms of CPU per agent run in the first minute after such starts). A slow call of
+      // the warm-up's private tree says nothing of the served disk: its switch is undone, and a slow served
+      // disk switches again at its next slow call.
+      const pooledBefore = inThreadPoolMode();
+      let slowestInWarmUp = 0;
+      const unwatch = onSlowFileSystem((ms) => (slowestInWarmUp = Math.max(slowestInWarmUp, ms)));
       const warmed = await warmUp({
         requests: options.warmUpRequests ?? DEFAULT_WARM_UP_REQUESTS,
         budgetMs: WARM_UP_BUDGET_MS,
@@ -144,6 +154,11 @@ export function createCfengineServer(options: CfengineServerOptions, deps: Cfeng
         context,
         log,
       });
+      unwatch();
+      if (slowestInWarmUp > 0 && !pooledBefore) {
+        resetFileSystemMode();
+        log.info({ ms: Math.round(slowestInWarmUp) }, 'cfengine: a slow file system call during the warm-up (a busy start) did not switch file access to the thread pool');
+      }
       warmUpObjects = warmed.keepAlive;
       if (warmed.requests > 0) {
         // its sockets, buffers and tree leave ~13 MB of array buffers and ~9 MB of heap that an idle relay

@@ -37,13 +37,17 @@ const REQUESTS_PER_CONNECTION = 400;
 /** the node the warm-up's client is taken for (a folder of the private tree only) */
 const WARM_UP_NODE = 'warm-up-node';
 
-/** the keys of the relay's counters, in their order (app/compose.ts), so that the objects have one shape */
-const noCounters: CfengineCounters = {
-  connection: () => undefined,
-  command: () => undefined,
-  bytesSent: () => undefined,
-  session: () => undefined,
-};
+/**
+ * Counters that count nothing, with the keys of the relay's counters in their order (app/compose.ts), so
+ * that the objects have one shape. Two of them, written apart and used by alternate connections: a call
+ * site that has seen two functions is compiled as a generic call, while one that saw only the warm-up's
+ * function (or closures of one function literal) is inlined, and thrown away ("wrong call target", "wrong
+ * feedback cell") when the first agent's connection calls the relay's metrics.
+ */
+const noCounters: readonly CfengineCounters[] = [
+  { connection: () => undefined, command: () => undefined, bytesSent: () => undefined, session: () => undefined },
+  { connection: () => {}, command: () => {}, bytesSent: () => {}, session: () => {} },
+];
 
 export interface WarmUpOptions {
   /** requests to answer (0: none) */
@@ -71,6 +75,7 @@ export async function warmUp(options: WarmUpOptions): Promise<{ requests: number
   const listener = createServer({ noDelay: true });
   const connections = new Set<CfengineConnection>();
   let answered = 0;
+  let opened = 0;
   let kept: CfengineConnection | undefined;
   let keptClient: CfengineClient | undefined;
   let keptStats: unknown;
@@ -86,11 +91,11 @@ export async function warmUp(options: WarmUpOptions): Promise<{ requests: number
     const node = { id: WARM_UP_NODE, hostname: 'warm-up', policyServer: 'root', keyHash: undefined };
     // the same shape as the server's context (same keys, same order: the request path's property
     // accesses stay monomorphic), with private state
-    const context = connectionContext({
+    const contextWith = (counters: CfengineCounters): ConnectionContext => connectionContext({
       ...options.context,
       // the registry as is, except that the warm-up's key is taken for the warm-up node
       nodes: Object.assign(Object.create(options.context.nodes) as NodesRegistry, { findByPublicKey: () => node }),
-      counters: noCounters,
+      counters,
       // the warm-up's connections log nothing
       log: options.log.child({ warmUp: true }, { level: 'silent' }),
       acl: createPathAcl({
@@ -98,16 +103,20 @@ export async function warmUp(options: WarmUpOptions): Promise<{ requests: number
         sharedFolderPath: join(tree, 'shared-folder'),
         sharedFilesPath: join(tree, 'shared-files'),
         commonRoots: [join(tree, 'common')],
-        publicRoots: [join(tree, 'public')],
+        // one public root that does not exist: a relay's often do not (Rudder's defaults on a host without
+        // them), and the ACL then takes the branch that looks for them again
+        publicRoots: [join(tree, 'public'), join(tree, 'public-missing')],
       }),
       digests: new DigestCache(),
       directories: new DirectoryCache(),
       exec: { keys: new Set(), command: '' },
     });
+    const contexts = noCounters.map(contextWith);
     listener.on('connection', (socket: Socket) => {
       socket.on('error', () => undefined);
       // the peer address read as the server reads it (net.Socket caches it in a property of its own)
       const peer = socket.remoteAddress ?? 'unknown';
+      const context = contexts[opened++ % 2] as ConnectionContext;
       const connection = openConnection(socket, options.secureContext, peer, context, (closed) => connections.delete(closed));
       kept = connection;
       connections.add(connection);

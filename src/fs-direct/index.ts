@@ -46,7 +46,7 @@ export function inThreadPoolMode(): boolean {
   return asyncUntil !== 0 && performance.now() < asyncUntil;
 }
 
-/** for tests: back to direct calls */
+/** back to direct calls: for tests, and after the CFEngine warm-up (a slow call there is the start's busy CPU, not the disk) */
 export function resetFileSystemMode(): void {
   asyncUntil = 0;
 }

@@ -12,6 +12,11 @@ t.test('containment is by whole path segments', async (t) => {
   t.notOk(isWithin('/share/node-ab/rules', '/share/node-a'), 'a sibling with a longer name is not inside');
   t.notOk(isWithin('/share', '/share/node-a'));
   t.ok(isWithin('/anything', '/'));
+  t.ok(isWithin('/share/node-a/x', '/share/node-a/'), 'a root written with a trailing slash');
+  t.ok(isWithin('/share/node-a/', '/share/node-a/'));
+  t.notOk(isWithin('/share/node-ab', '/share/node-a/'));
+  t.notOk(isWithin('/share/node-a', '/share/node-a/'), 'the root without its slash is not inside the root with it (as before)');
+  t.notOk(isWithin('', '/share'));
 });
 
 t.test('path rules', async (t) => {

@@ -8,6 +8,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
+import { call, inThreadPoolMode, resetFileSystemMode } from '../../src/fs-direct/index.js';
 import { connectCfengine, sha256PinOf, startCfengineFixture } from '../support/cfengine.js';
 import { tempDir } from '../support/tmp.js';
 
@@ -44,4 +45,38 @@ t.test('the warm-up answers its requests before listening and leaves no trace', 
   await client.send(`SYNCH ${Math.floor(Date.now() / 1000)} STAT ${join(rules, 'x.cf')}`);
   t.match((await client.readFrame()).payload.toString(), /^OK: 0 /, 'STAT answered');
   t.equal(fixture.counters.count('STAT', 'ok'), 1, 'and counted');
+});
+
+t.test('a slow file system call during the warm-up does not leave file access in the thread pool', async (t) => {
+  resetFileSystemMode();
+  t.teardown(resetFileSystemMode);
+  const key = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey;
+  let switched = false;
+  const fixture = await startCfengineFixture({
+    base: tempDir(t, 'onerelay-warm-up-slow-'),
+    nodes: [{ id: NODE, sha256Pin: sha256PinOf(key) }],
+    server: { warmUpRequests: 200 },
+    // a direct call preempted for longer than the slow-call threshold (10 ms), as on a busy start
+    whileStarting: () => {
+      call(
+        () => {
+          const until = performance.now() + 20;
+          while (performance.now() < until);
+        },
+        async () => undefined,
+      );
+      switched = inThreadPoolMode();
+    },
+  });
+  t.teardown(() => fixture.server.stop());
+  t.ok(switched, 'the slow call switched to the thread pool meanwhile');
+  t.notOk(inThreadPoolMode(), 'direct again once the server listens');
+  t.ok(
+    fixture.logs.some((line) => String(line['msg']).startsWith('cfengine: a slow file system call during the warm-up')),
+    'and logged',
+  );
+  t.notOk(
+    fixture.logs.some((line) => String(line['msg']).startsWith('cfengine: slow file system call')),
+    'not as a slow disk',
+  );
 });

@@ -545,6 +545,8 @@ export interface FixtureOptions {
   /** nodescerts.pem content (nodes pinned by certificate, as Rudder writes it); default: empty */
   readonly nodesCerts?: string;
   readonly server?: Partial<CfengineServerOptions>;
+  /** runs once server.start() is under way (during its warm-up) */
+  readonly whileStarting?: () => void;
 }
 
 /** starts onerelay's CFEngine server on 127.0.0.1:0 over `<base>/share`; stop it with fixture.server.stop() */
@@ -581,7 +583,9 @@ export async function startCfengineFixture(options: FixtureOptions): Promise<Cfe
     },
     { nodes, counters, log },
   );
-  await server.start();
+  const starting = server.start();
+  options.whileStarting?.();
+  await starting;
   return { base: options.base, share, sharedFolder, counters, logs, server, relayKey, port: () => server.port() };
 }
 
