@@ -86,3 +86,24 @@ t.test('group commit: a caller arriving during an fsync gets the next one, and a
   await mkdir(join(base, 'missing'));
   await t.resolves(missing.sync(), 'opened again after a failure');
 });
+
+t.test('a body that fails or closes before its end is refused as incomplete and leaves nothing', async (t) => {
+  const { tmp, incoming } = await spool(t);
+  const failing = (after: Buffer[], ending: 'error' | 'close'): Readable => {
+    const stream = new Readable({ read() {} });
+    for (const chunk of after) stream.push(chunk);
+    setImmediate(() => (ending === 'error' ? stream.destroy(new Error('connection reset')) : stream.destroy()));
+    return stream;
+  };
+  // small (gathered) and large (streamed to the file when it fails)
+  for (const size of [2000, 600 * 1024]) {
+    for (const ending of ['error', 'close'] as const) {
+      await t.rejects(receiveInto(tmp, incoming, `cut-${size}-${ending}`, failing([randomBytes(size)], ending), 1024 * 1024), { code: 'RELAY_ERR_UPLOAD_INCOMPLETE' }, `${size} bytes, then ${ending}`);
+    }
+  }
+  const gone = new Readable({ read() {} });
+  gone.destroy();
+  await t.rejects(receiveInto(tmp, incoming, 'gone-before', gone, 1024), { code: 'RELAY_ERR_UPLOAD_INCOMPLETE' }, 'destroyed before the first read');
+  t.same(await readdir(incoming), [], 'nothing in incoming/');
+  t.same(await readdir(tmp), [], 'no temp file left');
+});
