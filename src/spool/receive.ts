@@ -162,9 +162,14 @@ function readBody(body: Readable, maxBytes: number, hash: Hash, spill: (chunks: 
       settled = true;
       resolve({ chunks, bytes });
     });
-    body.on('error', (error) => fail(new RelayError('RELAY_ERR_UPLOAD_INCOMPLETE', `upload interrupted after ${bytes} bytes`, { cause: error }), false));
+    // (the error is built only when it is the outcome: every request closes once answered, and an Error's stack costs)
+    body.on('error', (error) => {
+      if (!settled) fail(new RelayError('RELAY_ERR_UPLOAD_INCOMPLETE', `upload interrupted after ${bytes} bytes`, { cause: error }), false);
+    });
     // closed before its end without an error (a client gone away mid-body)
-    body.on('close', () => fail(new RelayError('RELAY_ERR_UPLOAD_INCOMPLETE', `upload interrupted after ${bytes} bytes`), false));
+    body.on('close', () => {
+      if (!settled) fail(new RelayError('RELAY_ERR_UPLOAD_INCOMPLETE', `upload interrupted after ${bytes} bytes`), false);
+    });
   });
 }
 
