@@ -105,7 +105,9 @@ export async function receiveInto(
  * The body, read through 'data' events rather than an async iterator (which costs a promise per chunk and an
  * end-of-stream watcher per upload, on every agent's run). Up to GATHER_BYTES it is gathered in memory;
  * beyond, what is gathered goes to `spill` with the stream paused meanwhile (bounded memory), and the
- * chunks left at the end are returned. Refusals destroy the stream, as leaving an async iterator by a throw did.
+ * chunks left at the end are returned. After a refusal the rest of the body is read and dropped, as an async
+ * iterator left by a throw did (it detached and destroyed the request, the parser went on): closing a socket
+ * with unread data resets the connection, and the client would lose the answer (413) on its way.
  */
 function readBody(body: Readable, maxBytes: number, hash: Hash, spill: (chunks: Buffer[]) => Promise<void>): Promise<{ chunks: Buffer[]; bytes: number }> {
   return new Promise((resolve, reject) => {
@@ -116,10 +118,11 @@ function readBody(body: Readable, maxBytes: number, hash: Hash, spill: (chunks: 
     let settled = false;
     // a write of spilled chunks in flight: the caller closes the descriptor once this rejects, so never before it ends
     let spilling: Promise<void> | undefined;
-    const fail = (error: RelayError | Error, destroy: boolean): void => {
+    const fail = (error: RelayError | Error, drain: boolean): void => {
       if (settled) return;
       settled = true;
-      if (destroy) body.destroy();
+      // the 'data' listener drops what comes now; a body paused for a write flows again
+      if (drain) body.resume();
       if (spilling === undefined) reject(error);
       else spilling.then(() => reject(error), () => reject(error));
     };

@@ -107,3 +107,13 @@ t.test('a body that fails or closes before its end is refused as incomplete and 
   t.same(await readdir(incoming), [], 'nothing in incoming/');
   t.same(await readdir(tmp), [], 'no temp file left');
 });
+
+t.test('an oversized body is refused at once and the rest of it is still read (dropped): closing a socket with unread bytes would reset it and lose the 413', async (t) => {
+  const { tmp, incoming } = await spool(t);
+  const body = chunked(randomBytes(400 * 1024), 16 * 1024);
+  const ended = new Promise<void>((resolve) => body.once('end', () => resolve()));
+  await t.rejects(receiveInto(tmp, incoming, 'too-big', body, 100 * 1024), { code: 'RELAY_ERR_UPLOAD_TOO_LARGE' });
+  await ended;
+  t.ok(body.readableEnded, 'read to its end');
+  t.same(await readdir(tmp), [], 'no temp file left');
+});
