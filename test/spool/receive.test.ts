@@ -117,3 +117,13 @@ t.test('an oversized body is refused at once and the rest of it is still read (d
   t.ok(body.readableEnded, 'read to its end');
   t.same(await readdir(tmp), [], 'no temp file left');
 });
+
+t.test('an empty body is stored as an empty file', async (t) => {
+  const { tmp, incoming } = await spool(t);
+  const result = await receiveInto(tmp, incoming, 'empty.log', Readable.from([]), 1024);
+  t.ok(result.created);
+  t.equal(result.bytes, 0);
+  t.equal(result.sha256, createHash('sha256').digest('hex'));
+  t.equal((await readFile(join(incoming, 'empty.log'))).length, 0);
+  t.same(await readdir(tmp), []);
+});
