@@ -1,6 +1,6 @@
 // Hash strings of nodeslist.json `key-hash` (spec-relayd.md §3.2): `<type>//<base64>` or `<type>:<hex>`.
 
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import type { KeyHash } from './index.js';
 
 const BYTE_LENGTH: Record<KeyHash['type'], number> = { sha256: 32, sha512: 64 };
@@ -42,6 +42,7 @@ export function keyHashIndexKey(hash: KeyHash): string {
   return `${hash.type}:${hash.bytes.toString('hex')}`;
 }
 
+/** one-shot crypto.hash: no Hash object per call (this runs on every upload's certificate check) */
 export function hashSpki(type: KeyHash['type'], spki: Buffer): Buffer {
-  return createHash(type).update(spki).digest();
+  return hash(type, spki, 'buffer') as unknown as Buffer;
 }

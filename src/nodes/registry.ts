@@ -1,7 +1,7 @@
 // The nodes registry: the current snapshot of nodeslist.json + nodes certificates, the relations of
 // spec-relayd.md §3.4, client-certificate attribution, and hot reload on file change.
 
-import { X509Certificate, createHash, createPublicKey, type KeyObject } from 'node:crypto';
+import { X509Certificate, createPublicKey, type KeyObject } from 'node:crypto';
 import type { Logger } from 'pino';
 import { RelayError, isRelayError, messageOf } from '../errors.js';
 import { collectGarbage } from '../gc.js';
@@ -169,7 +169,7 @@ export function createNodesRegistry(options: NodesOptions & { log: Logger }): No
       }
       const keys = current.certificateKeys.get(nodeId);
       if (keys === undefined || keys.size === 0) return { kind: 'no-pin', nodeId };
-      const presented = createHash('sha256').update(facts.spki).digest('hex');
+      const presented = hashSpki('sha256', facts.spki).toString('hex');
       return keys.has(presented) ? { kind: 'match', nodeId } : { kind: 'mismatch', nodeId };
     },
 

@@ -11,7 +11,7 @@
 // by concurrent uploads (group commit, below) through a handle kept open. A large body streams to the file
 // with asynchronous writes.
 
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { closeSync, fsync, linkSync, openSync, renameSync, unlinkSync, write, writeSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -54,33 +54,16 @@ export async function receiveInto(
   let fd: number | undefined;
   let streamed = false;
   try {
-    let gathered: Buffer[] = [];
-    try {
-      for await (const chunk of body as AsyncIterable<Buffer>) {
-        bytes += chunk.length;
-        if (bytes > maxBytes) {
-          throw new RelayError('RELAY_ERR_UPLOAD_TOO_LARGE', `body larger than the limit of ${maxBytes} bytes`);
-        }
-        hash.update(chunk);
-        gathered.push(chunk);
-        if (bytes > GATHER_BYTES) {
-          // a large body: to the file as it comes, memory stays bounded
-          fd ??= openSync(tmpPath, 'wx', 0o640);
-          streamed = true;
-          await writeAll(fd, gathered);
-          gathered = [];
-        }
-      }
-    } catch (error) {
-      if (error instanceof RelayError) throw error;
-      throw new RelayError('RELAY_ERR_UPLOAD_INCOMPLETE', `upload interrupted after ${bytes} bytes`, { cause: error });
-    }
-    if (!body.readableEnded && body.readableAborted) {
-      throw new RelayError('RELAY_ERR_UPLOAD_INCOMPLETE', `upload interrupted after ${bytes} bytes`);
-    }
+    const gathered = await readBody(body, maxBytes, hash, async (chunks) => {
+      // a large body: to the file as it comes, memory stays bounded
+      fd ??= openSync(tmpPath, 'wx', 0o640);
+      streamed = true;
+      await writeAll(fd, chunks);
+    });
+    bytes = gathered.bytes;
     fd ??= openSync(tmpPath, 'wx', 0o640);
-    if (streamed) await writeAll(fd, gathered);
-    else writeAllSync(fd, gathered);
+    if (streamed) await writeAll(fd, gathered.chunks);
+    else writeAllSync(fd, gathered.chunks);
     await fsyncFd(fd);
     const opened = fd;
     fd = undefined;
@@ -116,6 +99,81 @@ export async function receiveInto(
     if (error instanceof RelayError) throw error;
     throw new RelayError('RELAY_ERR_SPOOL_WRITE', `could not store ${name}: ${messageOf(error)}`, { cause: error });
   }
+}
+
+/**
+ * The body, read through 'data' events rather than an async iterator (which costs a promise per chunk and an
+ * end-of-stream watcher per upload, on every agent's run). Up to GATHER_BYTES it is gathered in memory;
+ * beyond, what is gathered goes to `spill` with the stream paused meanwhile (bounded memory), and the
+ * chunks left at the end are returned. After a refusal the rest of the body is read and dropped, as an async
+ * iterator left by a throw did (it detached and destroyed the request, the parser went on): closing a socket
+ * with unread data resets the connection, and the client would lose the answer (413) on its way.
+ */
+function readBody(body: Readable, maxBytes: number, hash: Hash, spill: (chunks: Buffer[]) => Promise<void>): Promise<{ chunks: Buffer[]; bytes: number }> {
+  return new Promise((resolve, reject) => {
+    let chunks: Buffer[] = [];
+    let gathered = 0;
+    let bytes = 0;
+    // the listeners stay until the request is gone: an event after the outcome (an 'error' after 'close') is ignored, never unhandled
+    let settled = false;
+    // a write of spilled chunks in flight: the caller closes the descriptor once this rejects, so never before it ends
+    let spilling: Promise<void> | undefined;
+    const fail = (error: RelayError | Error, drain: boolean): void => {
+      if (settled) return;
+      settled = true;
+      // the 'data' listener drops what comes now; a body paused for a write flows again
+      if (drain) body.resume();
+      if (spilling === undefined) reject(error);
+      else spilling.then(() => reject(error), () => reject(error));
+    };
+    if (body.destroyed) {
+      // gone before the first read (the client went away while the upload was being admitted): no event will come
+      reject(new RelayError('RELAY_ERR_UPLOAD_INCOMPLETE', 'upload interrupted after 0 bytes', { cause: body.errored ?? undefined }));
+      return;
+    }
+    body.on('data', (chunk: Buffer) => {
+      if (settled) return;
+      bytes += chunk.length;
+      if (bytes > maxBytes) {
+        fail(new RelayError('RELAY_ERR_UPLOAD_TOO_LARGE', `body larger than the limit of ${maxBytes} bytes`), true);
+        return;
+      }
+      hash.update(chunk);
+      chunks.push(chunk);
+      gathered += chunk.length;
+      if (gathered > GATHER_BYTES) {
+        const full = chunks;
+        chunks = [];
+        gathered = 0;
+        body.pause();
+        const writing = spill(full);
+        spilling = writing;
+        writing.then(
+          () => {
+            spilling = undefined;
+            if (!settled) body.resume();
+          },
+          (error: unknown) => {
+            spilling = undefined;
+            fail(error as Error, true);
+          },
+        );
+      }
+    });
+    body.on('end', () => {
+      if (settled) return;
+      settled = true;
+      resolve({ chunks, bytes });
+    });
+    // (the error is built only when it is the outcome: every request closes once answered, and an Error's stack costs)
+    body.on('error', (error) => {
+      if (!settled) fail(new RelayError('RELAY_ERR_UPLOAD_INCOMPLETE', `upload interrupted after ${bytes} bytes`, { cause: error }), false);
+    });
+    // closed before its end without an error (a client gone away mid-body)
+    body.on('close', () => {
+      if (!settled) fail(new RelayError('RELAY_ERR_UPLOAD_INCOMPLETE', `upload interrupted after ${bytes} bytes`), false);
+    });
+  });
 }
 
 function concat(chunks: readonly Buffer[]): Buffer {

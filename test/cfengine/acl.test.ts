@@ -71,3 +71,19 @@ t.test('allowed networks', async (t) => {
   t.ok(createNetworkAcl(['0.0.0.0/0']).allows('8.8.8.8'));
   t.notOk(createNetworkAcl([]).allows('127.0.0.1'));
 });
+
+t.test('allowed networks: decisions asked again, and past the bound of the ones kept, are the same', async (t) => {
+  const acl = createNetworkAcl(['10.0.0.0/16']);
+  const expected = (i: number) => i % 2 === 0;
+  // 10.0.x.y when i is even, 10.1.x.y (refused) when odd; 10,000 addresses: over the bound, the cache starts again
+  const address = (i: number) => `10.${i % 2}.${Math.floor(i / 256) % 256}.${i % 256}`;
+  let wrong = 0;
+  for (let round = 0; round < 2; round += 1) {
+    for (let i = 0; i < 10_000; i += 1) if (acl.allows(address(i)) !== expected(i)) wrong += 1;
+  }
+  t.equal(wrong, 0);
+  t.ok(acl.allows('10.0.0.1'));
+  t.notOk(acl.allows('10.1.0.1'));
+  t.ok(acl.allows('::ffff:10.0.0.1'));
+  t.notOk(acl.allows('::ffff:10.1.0.1'));
+});

@@ -86,3 +86,44 @@ t.test('group commit: a caller arriving during an fsync gets the next one, and a
   await mkdir(join(base, 'missing'));
   await t.resolves(missing.sync(), 'opened again after a failure');
 });
+
+t.test('a body that fails or closes before its end is refused as incomplete and leaves nothing', async (t) => {
+  const { tmp, incoming } = await spool(t);
+  const failing = (after: Buffer[], ending: 'error' | 'close'): Readable => {
+    const stream = new Readable({ read() {} });
+    for (const chunk of after) stream.push(chunk);
+    setImmediate(() => (ending === 'error' ? stream.destroy(new Error('connection reset')) : stream.destroy()));
+    return stream;
+  };
+  // small (gathered) and large (streamed to the file when it fails)
+  for (const size of [2000, 600 * 1024]) {
+    for (const ending of ['error', 'close'] as const) {
+      await t.rejects(receiveInto(tmp, incoming, `cut-${size}-${ending}`, failing([randomBytes(size)], ending), 1024 * 1024), { code: 'RELAY_ERR_UPLOAD_INCOMPLETE' }, `${size} bytes, then ${ending}`);
+    }
+  }
+  const gone = new Readable({ read() {} });
+  gone.destroy();
+  await t.rejects(receiveInto(tmp, incoming, 'gone-before', gone, 1024), { code: 'RELAY_ERR_UPLOAD_INCOMPLETE' }, 'destroyed before the first read');
+  t.same(await readdir(incoming), [], 'nothing in incoming/');
+  t.same(await readdir(tmp), [], 'no temp file left');
+});
+
+t.test('an oversized body is refused at once and the rest of it is still read (dropped): closing a socket with unread bytes would reset it and lose the 413', async (t) => {
+  const { tmp, incoming } = await spool(t);
+  const body = chunked(randomBytes(400 * 1024), 16 * 1024);
+  const ended = new Promise<void>((resolve) => body.once('end', () => resolve()));
+  await t.rejects(receiveInto(tmp, incoming, 'too-big', body, 100 * 1024), { code: 'RELAY_ERR_UPLOAD_TOO_LARGE' });
+  await ended;
+  t.ok(body.readableEnded, 'read to its end');
+  t.same(await readdir(tmp), [], 'no temp file left');
+});
+
+t.test('an empty body is stored as an empty file', async (t) => {
+  const { tmp, incoming } = await spool(t);
+  const result = await receiveInto(tmp, incoming, 'empty.log', Readable.from([]), 1024);
+  t.ok(result.created);
+  t.equal(result.bytes, 0);
+  t.equal(result.sha256, createHash('sha256').digest('hex'));
+  t.equal((await readFile(join(incoming, 'empty.log'))).length, 0);
+  t.same(await readdir(tmp), []);
+});
