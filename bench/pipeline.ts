@@ -16,7 +16,7 @@
 //    line it blocked the one thread for 0.3-1.3 ms per file whenever other processes wrote (ext4's journal).
 //    What sets the rate (timestamps of every batch, answer and dispatch, 2026-12-06): the inspection thread is
 //    busy ~90% of the wall time, so its time per report (CPU, waits, preemption) is the scan's period; with the
-//    upstream's CPU counted (~0.13 ms per report) the two cores are nearly full at ~1,600/s.
+//    upstream's CPU counted (~0.13 ms per report), ~1.5 of the 2 cores are busy at ~1,600/s: CPU, not a wait.
 // B. end to end: agents upload over fresh TLS connections (the uploads bench's load) while onerelay
 //    forwards: uploads/s, forwarded/s, and how long the queue takes to drain once the load stops.
 // Figures go to bench/out/pipeline.json; medians of the runs are quoted.
