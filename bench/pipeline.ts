@@ -11,8 +11,12 @@
 //    messages), the primary's main thread ~0.28 ms (undici's request writes and response parsing over TLS
 //    ~0.17, the queue, metrics and the activity ledger's transaction), V8's background threads (TurboFan
 //    compiling the hot paths of a fresh process, concurrent marking) ~0.15 ms, the two front-door workers'
-//    start ~0.12 ms of the from-spawn figure. The removal of a forwarded file runs on the inspection thread: the
-//    two thread-pool hand-offs (stat, unlink) it replaced cost ~0.07 ms per report in the pool's threads alone.
+//    start ~0.12 ms of the from-spawn figure. The removal of a forwarded file is asked of the inspection thread:
+//    the identity check there, the unlink in libuv's pool (~0.04 ms per report in the pool's threads), since in
+//    line it blocked the one thread for 0.3-1.3 ms per file whenever other processes wrote (ext4's journal).
+//    What sets the rate (timestamps of every batch, answer and dispatch, 2026-12-06): the inspection thread is
+//    busy ~90% of the wall time, so its time per report (CPU, waits, preemption) is the scan's period; with the
+//    upstream's CPU counted (~0.13 ms per report), ~1.5 of the 2 cores are busy at ~1,600/s: CPU, not a wait.
 // B. end to end: agents upload over fresh TLS connections (the uploads bench's load) while onerelay
 //    forwards: uploads/s, forwarded/s, and how long the queue takes to drain once the load stops.
 // Figures go to bench/out/pipeline.json; medians of the runs are quoted.

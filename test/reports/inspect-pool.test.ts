@@ -1,7 +1,7 @@
 // The report inspection of spool files, inline and on worker threads, against a real nodes registry
 // (relayd's fixtures, my id: root) and real files: both give the same verdicts; threads return the bytes read.
 
-import { copyFileSync, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { pino } from 'pino';
@@ -112,6 +112,36 @@ t.test('removal of a handled file: on the thread while one runs, only if the nam
   t.ok(existsSync(path), 'the new file is kept');
   t.equal(await threaded.removeFile(path, undefined), 'removed', 'an untracked file: whatever the name holds');
   t.notOk(existsSync(path));
+});
+
+t.test('removals and inspections asked in one tick: one batch, each answered, the unlinks beside the inspections', async (t) => {
+  const threaded = createThreadedFileInspector(options, registry, 1, log);
+  await threaded.start();
+  t.teardown(() => threaded.stop());
+  await threaded.inspectFile(cases[0]![0], join(dir, cases[0]![0]), cases[0]![1].length);
+  const paths = Array.from({ length: 4 }, (_, index) => join(dir, `batch-${index}.log`));
+  for (const path of paths) writeFileSync(path, path);
+  const identities = paths.map((path) => {
+    const info = statSync(path);
+    return { ino: info.ino, size: info.size, mtimeMs: info.mtimeMs };
+  });
+  // a directory under a tracked name: its unlink fails, the error comes back (the queue looks again later)
+  const directory = join(dir, 'batch-dir.log');
+  mkdirSync(directory);
+  const directoryInfo = statSync(directory);
+  const [removals, inspections, failure] = await Promise.all([
+    Promise.all(paths.map((path, index) => threaded.removeFile(path, identities[index]))),
+    Promise.all(cases.map(([name, bytes]) => threaded.inspectFile(name, join(dir, name), bytes.length))),
+    threaded.removeFile(directory, { ino: directoryInfo.ino, size: directoryInfo.size, mtimeMs: directoryInfo.mtimeMs }).then(
+      () => 'resolved',
+      (error: Error) => error.message,
+    ),
+  ]);
+  t.same(removals, ['removed', 'removed', 'removed', 'removed']);
+  for (const path of paths) t.notOk(existsSync(path), `${path} removed`);
+  t.equal(verdict(inspections[0]!), 'forward verified=true reports=72', 'the batch\'s files inspected meanwhile');
+  t.match(failure, /EISDIR|EPERM|illegal operation|operation not permitted/, 'an unlink that fails is an error, not a removal');
+  t.ok(existsSync(directory));
 });
 
 t.test('stopped threads refuse work instead of hanging', async (t) => {
