@@ -9,8 +9,11 @@
 // async realpath/read/close/open/fstat than in serving the bytes; cf-agent waits for each reply, so its run
 // lasts the sum of our per-request latencies).
 // The bounds, so that a slow disk cannot stall the other connections: reads are direct only up to
-// SYNC_READ_MAX_BYTES per call, and every direct call is timed: one slower than SLOW_CALL_MS (a disk under
-// pressure, a network file system) sends every call of this process to the thread pool for ASYNC_HOLD_MS.
+// SYNC_READ_MAX_BYTES per call, and every direct call is timed: SLOW_CALLS of them slower than SLOW_CALL_MS
+// within SLOW_WINDOW_MS (a disk under pressure, a network file system) send every call of this process to the
+// thread pool for ASYNC_HOLD_MS. Not one: the timing is wall time, and on a busy CPU a call preempted for a
+// time slice or two looks as slow as a disk — one such call used to switch the whole process to the dearer
+// pool for a minute (seen at busy starts: +60-100 ms of CPU per agent run). A slow disk repeats at once.
 // The mode is process-wide on purpose: it describes the disk, which every server of the process shares.
 //
 // Each call returns its value directly or a promise of it (`Maybe<T>`): callers `await` it, so one
@@ -21,6 +24,10 @@ import { close, closeSync, fstat, fstatSync, lstat, lstatSync, open, openSync, r
 
 /** a synchronous call slower than this means the file system is not the fast local one we assumed */
 const SLOW_CALL_MS = 10;
+/** this many slow calls ... */
+const SLOW_CALLS = 3;
+/** ... within this long mean a slow file system */
+const SLOW_WINDOW_MS = 10_000;
 /** then everything goes through the thread pool for this long */
 const ASYNC_HOLD_MS = 60_000;
 /** larger reads always go through the thread pool */
@@ -33,9 +40,13 @@ export type FsPath = string | Buffer;
 export type PathEncoding = 'utf8' | 'latin1';
 
 let asyncUntil = 0;
+/** slow calls seen in the window that started at the first of them, and the slowest */
+let slowCalls = 0;
+let slowSince = 0;
+let slowest = 0;
 const listeners = new Set<(ms: number) => void>();
 
-/** called (once per hold period) when a synchronous call was slow and calls switch to the thread pool */
+/** called (once per hold period, with the slowest call's ms) when slow synchronous calls switch calls to the thread pool */
 export function onSlowFileSystem(listener: (ms: number) => void): () => void {
   listeners.add(listener);
   return () => listeners.delete(listener);
@@ -49,6 +60,7 @@ export function inThreadPoolMode(): boolean {
 /** back to direct calls: for tests, and after the CFEngine warm-up (a slow call there is the start's busy CPU, not the disk) */
 export function resetFileSystemMode(): void {
   asyncUntil = 0;
+  slowCalls = 0;
 }
 
 /** for tests and for an operator's "the disk is slow" switch: thread-pool calls for the hold period */
@@ -67,11 +79,22 @@ export function call<T>(direct: () => T, pooled: () => Promise<T>, size = 0): Ma
     return direct();
   } finally {
     const took = performance.now() - start;
-    if (took > SLOW_CALL_MS) {
-      asyncUntil = performance.now() + ASYNC_HOLD_MS;
-      for (const listener of listeners) listener(took);
-    }
+    if (took > SLOW_CALL_MS) slowCall(start + took, took);
   }
+}
+
+function slowCall(now: number, took: number): void {
+  if (slowCalls === 0 || now - slowSince > SLOW_WINDOW_MS) {
+    slowCalls = 0;
+    slowSince = now;
+    slowest = 0;
+  }
+  slowCalls += 1;
+  slowest = Math.max(slowest, took);
+  if (slowCalls < SLOW_CALLS) return;
+  slowCalls = 0;
+  asyncUntil = now + ASYNC_HOLD_MS;
+  for (const listener of listeners) listener(slowest);
 }
 
 /** a node-style callback as a promise (one closure; util.promisify's wrappers cost more per call) */

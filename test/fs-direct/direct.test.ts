@@ -1,4 +1,4 @@
-// Bounded synchronous file access (src/fs-direct): fast calls run on the event loop, one slow call sends
+// Bounded synchronous file access (src/fs-direct): fast calls run on the event loop, repeated slow calls send
 // every call to the thread pool for a while, and the servers built on it keep answering right in both modes.
 
 import { randomBytes } from 'node:crypto';
@@ -38,14 +38,18 @@ t.test('a slow synchronous call switches to the thread pool, and files are still
   const slow: number[] = [];
   const unsubscribe = onSlowFileSystem((ms) => slow.push(ms));
   t.teardown(unsubscribe);
-  await call(
-    () => {
-      const until = performance.now() + 15;
-      while (performance.now() < until);
-    },
-    async () => undefined,
-  );
-  t.equal(slow.length, 1, 'the slow call is reported');
+  const slowDirect = (): void => {
+    const until = performance.now() + 15;
+    while (performance.now() < until);
+  };
+  await call(slowDirect, async () => undefined);
+  // one slow call may be a preemption on a busy CPU, not the disk
+  t.equal(slow.length, 0, 'one slow call is not reported');
+  t.notOk(inThreadPoolMode(), 'one slow call does not switch');
+  await call(slowDirect, async () => undefined);
+  await call(slowDirect, async () => undefined);
+  t.equal(slow.length, 1, 'the third slow call within the window is reported, once');
+  t.ok(slow[0]! >= 15, `with the slowest call's time (${slow[0]} ms)`);
   t.ok(inThreadPoolMode(), 'then calls go to the thread pool');
   let usedPool = false;
   await call(
