@@ -7,7 +7,7 @@ import { RelayError, isRelayError, messageOf } from '../errors.js';
 import { collectGarbage } from '../gc.js';
 import { parseCertificateFacts, type CertificateFacts } from '../der/index.js';
 import type { CertificateMatch, NodeEntry, NodesOptions, NodesRegistry, NodesStatus, SignerCertificate } from './index.js';
-import { hashSpki } from './key-hash.js';
+import { hashSpki, keyHashIndexKeyOf } from './key-hash.js';
 import { emptySnapshot, loadSnapshot, type NodesSnapshot } from './snapshot.js';
 import { watchFiles, type FilesWatcher } from './watch.js';
 
@@ -139,11 +139,11 @@ export function createNodesRegistry(options: NodesOptions & { log: Logger }): No
     },
 
     findByPublicKey(spkiDer) {
-      const current = snapshot;
-      const sha256 = hashSpki('sha256', spkiDer).toString('hex');
-      const found = current.byKeyHash.get(`sha256:${sha256}`) ?? current.byCertificateKey.get(sha256);
-      if (found !== undefined || !current.hasSha512KeyHash) return found;
-      return current.byKeyHash.get(`sha512:${hashSpki('sha512', spkiDer).toString('hex')}`);
+      const indexes = snapshot.keyIndexes();
+      const sha256 = hashSpki('sha256', spkiDer);
+      const found = indexes.byKeyHash.get(keyHashIndexKeyOf('sha256', sha256)) ?? indexes.byCertificateKey.get(sha256.toString('latin1'));
+      if (found !== undefined || !indexes.hasSha512KeyHash) return found;
+      return indexes.byKeyHash.get(keyHashIndexKeyOf('sha512', hashSpki('sha512', spkiDer)));
     },
 
     matchCertificate(certificateDer): CertificateMatch {
@@ -169,7 +169,7 @@ export function createNodesRegistry(options: NodesOptions & { log: Logger }): No
       }
       const keys = current.certificateKeys.get(nodeId);
       if (keys === undefined || keys.size === 0) return { kind: 'no-pin', nodeId };
-      const presented = createHash('sha256').update(facts.spki).digest('hex');
+      const presented = createHash('sha256').update(facts.spki).digest().toString('latin1');
       return keys.has(presented) ? { kind: 'match', nodeId } : { kind: 'mismatch', nodeId };
     },
 

@@ -14,16 +14,26 @@ export interface NodesSnapshot {
   readonly nodes: ReadonlyMap<string, NodeEntry>;
   /** the DER of the node's certificates kept (see NodesOptions.keepCertificates), in file order: views on the store's slabs */
   certificatesOf(id: string): readonly Buffer[];
-  /** per node pinned by its certificates (no key-hash): sha256 hex of the SPKI of each of its certificates */
+  /** per node pinned by its certificates (no key-hash): sha256 of the SPKI of each of its certificates, as latin1 */
   readonly certificateKeys: ReadonlyMap<string, ReadonlySet<string>>;
   readonly certificateCount: number;
-  /** `<type>:<hex>` of a key-hash → node */
-  readonly byKeyHash: ReadonlyMap<string, NodeEntry>;
-  /** sha256 hex of a certificate SPKI → node, only for nodes pinned by certificates (no key-hash) */
-  readonly byCertificateKey: ReadonlyMap<string, NodeEntry>;
-  readonly hasSha512KeyHash: boolean;
+  /** the reverse indexes of findByPublicKey, built on first use (see KeyIndexes) */
+  keyIndexes(): KeyIndexes;
   readonly neighbors: readonly NodeEntry[];
   readonly subRelays: readonly NodeEntry[];
+}
+
+/**
+ * Public key → node, for the CFEngine server (findByPublicKey). Built on first use, once per load: a
+ * front-door worker never asks, and these indexes are ~1.5 MB of strings and tables at 10,000 nodes
+ * (bench/footprint). Keys are the hash bytes as latin1 text (one byte a character): half the size of hex.
+ */
+export interface KeyIndexes {
+  /** `<type>:` + the key-hash's bytes as latin1 → node */
+  readonly byKeyHash: ReadonlyMap<string, NodeEntry>;
+  /** sha256 of a certificate SPKI as latin1 → node, only for nodes pinned by certificates (no key-hash) */
+  readonly byCertificateKey: ReadonlyMap<string, NodeEntry>;
+  readonly hasSha512KeyHash: boolean;
 }
 
 export function emptySnapshot(): NodesSnapshot {
@@ -92,7 +102,7 @@ export async function loadSnapshot(
     log.info({ file: options.nodesListFile }, 'Nodes list file does not exist, considering it as empty');
     nodes = new Map();
   } else {
-    nodes = parseNodesList(listText, options.nodesListFile);
+    nodes = parseNodesList(listText, options.nodesListFile, options.myId);
   }
 
   const certsFile = await openOptional(options.nodesCertsFile);
@@ -113,7 +123,8 @@ export async function loadSnapshot(
   return { ...buildSnapshot(nodes, certificates, store, options.myId), read: { list: listText !== undefined, certs: certsFile !== undefined } };
 }
 
-export function parseNodesList(text: string, file: string): Map<string, NodeEntry> {
+/** `myId`: the relay's own id, whose string the nodes it serves share (see below) */
+export function parseNodesList(text: string, file: string, myId?: string): Map<string, NodeEntry> {
   let parsed: unknown;
   try {
     parsed = JSON.parse(text);
@@ -140,13 +151,19 @@ export function parseNodesList(text: string, file: string): Map<string, NodeEntr
     // anything unparseable (including "sha256:" of nodes without a key) counts as absent (§3.1)
     nodes.set(id, { id, hostname, policyServer, keyHash: typeof keyHash === 'string' ? parseKeyHash(keyHash) : undefined });
   }
+  // JSON.parse makes a string of every "policy-server" value: 10,000 copies of a few ids (~0.5 MB per
+  // process at 10,000 nodes). Each node shares its policy server's own id string instead.
+  for (const node of nodes.values()) {
+    const same = node.policyServer === myId ? myId : nodes.get(node.policyServer)?.id;
+    if (same !== undefined) (node as { policyServer: string }).policyServer = same;
+  }
   return nodes;
 }
 
 interface NodeCertificate {
   /** index of its DER in the load's DerStore, or -1 when not kept (NodesOptions.keepCertificates); X509Certificate objects are built on demand (≈0.3 ms each: too slow for 50k per reload) */
   readonly der: number;
-  /** sha256 hex of its SubjectPublicKeyInfo */
+  /** sha256 of its SubjectPublicKeyInfo as latin1 text (half the size of hex) */
   readonly spkiSha256: string;
 }
 
@@ -196,7 +213,7 @@ export async function parseNodesCertificates(
       der = body.length * 0.75 <= SCRATCH_BYTES ? scratch.subarray(0, scratch.write(body, 'base64')) : pemBodyToDer(body);
       const facts = parseCertificateFacts(der);
       uid = facts.uid;
-      spkiSha256 = createHash('sha256').update(facts.spki).digest('hex');
+      spkiSha256 = createHash('sha256').update(facts.spki).digest().toString('latin1');
     } catch (error) {
       throw new RelayError(
         'RELAY_ERR_NODES_CERTS',
@@ -267,37 +284,23 @@ function buildSnapshot(
   store: DerStore,
   myId: string,
 ): NodesSnapshot {
-  const byKeyHash = new Map<string, NodeEntry>();
-  const byCertificateKey = new Map<string, NodeEntry>();
   const certificateKeys = new Map<string, Set<string>>();
   /** per node: the store index of its one kept certificate, or of each when it has several */
   const certificates = new Map<string, number | number[]>();
   const neighbors: NodeEntry[] = [];
   const parents = new Set<string>();
-  let hasSha512KeyHash = false;
   let certificateCount = 0;
 
   for (const node of nodes.values()) {
     if (node.policyServer === myId) neighbors.push(node);
     parents.add(node.policyServer);
-    if (node.keyHash !== undefined) {
-      const key = keyHashIndexKey(node.keyHash);
-      if (!byKeyHash.has(key)) byKeyHash.set(key, node);
-      if (node.keyHash.type === 'sha512') hasSha512KeyHash = true;
-    }
   }
 
   for (const [id, list] of nodeCertificates) {
     const node = nodes.get(id);
     if (node === undefined) continue;
-    const keys = new Set<string>();
-    for (const { spkiSha256 } of list) {
-      keys.add(spkiSha256);
-      // the key-hash, when present, is the node's pin; its certificates only pin nodes without one
-      if (node.keyHash === undefined && !byCertificateKey.has(spkiSha256)) byCertificateKey.set(spkiSha256, node);
-    }
     // a node with a key-hash is pinned by it alone (matchCertificate): 10,000 sets nobody reads otherwise
-    if (node.keyHash === undefined) certificateKeys.set(id, keys);
+    if (node.keyHash === undefined) certificateKeys.set(id, new Set(list.map((c) => c.spkiSha256)));
     const kept = list.flatMap((c) => (c.der < 0 ? [] : [c.der]));
     if (kept.length > 0) certificates.set(id, kept.length === 1 ? kept[0]! : kept);
     certificateCount += list.length;
@@ -310,6 +313,7 @@ function buildSnapshot(
     if (relay !== undefined && id !== myId && relay.policyServer === myId) subRelays.push(relay);
   }
 
+  let keyIndexes: KeyIndexes | undefined;
   return {
     nodes,
     certificatesOf(id) {
@@ -319,12 +323,28 @@ function buildSnapshot(
     },
     certificateKeys,
     certificateCount,
-    byKeyHash,
-    byCertificateKey,
-    hasSha512KeyHash,
+    keyIndexes: () => (keyIndexes ??= buildKeyIndexes(nodes, certificateKeys)),
     neighbors,
     subRelays,
   };
+}
+
+function buildKeyIndexes(nodes: ReadonlyMap<string, NodeEntry>, certificateKeys: ReadonlyMap<string, ReadonlySet<string>>): KeyIndexes {
+  const byKeyHash = new Map<string, NodeEntry>();
+  const byCertificateKey = new Map<string, NodeEntry>();
+  let hasSha512KeyHash = false;
+  for (const node of nodes.values()) {
+    if (node.keyHash === undefined) continue;
+    const key = keyHashIndexKey(node.keyHash);
+    if (!byKeyHash.has(key)) byKeyHash.set(key, node);
+    if (node.keyHash.type === 'sha512') hasSha512KeyHash = true;
+  }
+  // certificates pin only nodes without a key-hash (certificateKeys holds only those), first in file order wins
+  for (const [id, keys] of certificateKeys) {
+    const node = nodes.get(id)!;
+    for (const key of keys) if (!byCertificateKey.has(key)) byCertificateKey.set(key, node);
+  }
+  return { byKeyHash, byCertificateKey, hasSha512KeyHash };
 }
 
 async function readOptional(file: string, code: 'RELAY_ERR_NODES_LIST'): Promise<string | undefined> {
