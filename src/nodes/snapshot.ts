@@ -6,7 +6,7 @@ import { promises as fs } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { RelayError, messageOf } from '../errors.js';
-import { DerError, isPemBody, parseCertificateFacts, pemBodies, pemBodyToDer } from '../der/index.js';
+import { DerError, isPemBody, parseCertificateFacts, pemBodies, pemBodyToDer, type CertificateFacts } from '../der/index.js';
 import type { NodeEntry, NodesOptions } from './index.js';
 import { keyHashIndexKey, parseKeyHash } from './key-hash.js';
 
@@ -14,6 +14,8 @@ export interface NodesSnapshot {
   readonly nodes: ReadonlyMap<string, NodeEntry>;
   /** the DER of the node's certificates kept (see NodesOptions.keepCertificates), in file order: views on the store's slabs */
   certificatesOf(id: string): readonly Buffer[];
+  /** issuer, serial and SPKI of the node's certificates (see NodesOptions.keepSigners), in file order: views on the store's slabs */
+  signersOf(id: string): readonly SignerParts[];
   /** per node pinned by its certificates (no key-hash): sha256 of the SPKI of each of its certificates, as latin1 */
   readonly certificateKeys: ReadonlyMap<string, ReadonlySet<string>>;
   readonly certificateCount: number;
@@ -34,6 +36,12 @@ export interface KeyIndexes {
   /** sha256 of a certificate SPKI as latin1 → node, only for nodes pinned by certificates (no key-hash) */
   readonly byCertificateKey: ReadonlyMap<string, NodeEntry>;
   readonly hasSha512KeyHash: boolean;
+}
+
+export interface SignerParts {
+  readonly issuer: Buffer;
+  readonly serial: Buffer;
+  readonly spki: Buffer;
 }
 
 export function emptySnapshot(): NodesSnapshot {
@@ -115,7 +123,7 @@ export async function loadSnapshot(
     log.info({ file: options.nodesCertsFile }, 'Nodes certificates file does not exist, skipping');
   } else {
     try {
-      certificates = await parseNodesCertificates(certsFile, options.nodesCertsFile, nodes, keepDerOf(nodes, options), store, log);
+      certificates = await parseNodesCertificates(certsFile, options.nodesCertsFile, nodes, keepDerOf(nodes, options), options.keepSigners ?? true, store, log);
     } finally {
       await certsFile.close();
     }
@@ -163,6 +171,8 @@ export function parseNodesList(text: string, file: string, myId?: string): Map<s
 interface NodeCertificate {
   /** index of its DER in the load's DerStore, or -1 when not kept (NodesOptions.keepCertificates); X509Certificate objects are built on demand (≈0.3 ms each: too slow for 50k per reload) */
   readonly der: number;
+  /** index in the load's DerStore of its issuer, then its serial (+1) and SPKI (+2); -1 when not kept (NodesOptions.keepSigners) */
+  readonly signer: number;
   /** sha256 of its SubjectPublicKeyInfo as latin1 text (half the size of hex) */
   readonly spkiSha256: string;
 }
@@ -193,6 +203,7 @@ export async function parseNodesCertificates(
   file: string,
   nodes: ReadonlyMap<string, NodeEntry>,
   keepDer: (id: string) => boolean,
+  keepSigners: boolean,
   store: DerStore,
   log: Logger,
 ): Promise<Map<string, NodeCertificate[]>> {
@@ -207,11 +218,12 @@ export async function parseNodesCertificates(
     let der: Buffer;
     let uid: string | undefined;
     let spkiSha256: string;
+    let facts: CertificateFacts;
     try {
       if (!isPemBody(body)) throw new DerError('invalid base64 in PEM');
       // base64 decodes to at most 3/4 of its length: small enough bodies go to the scratch buffer
       der = body.length * 0.75 <= SCRATCH_BYTES ? scratch.subarray(0, scratch.write(body, 'base64')) : pemBodyToDer(body);
-      const facts = parseCertificateFacts(der);
+      facts = parseCertificateFacts(der);
       uid = facts.uid;
       spkiSha256 = createHash('sha256').update(facts.spki).digest().toString('latin1');
     } catch (error) {
@@ -229,7 +241,13 @@ export async function parseNodesCertificates(
       log.warn({ file, certificate: index, nodeId: uid }, 'certificate for unknown node');
       return;
     }
-    const kept = { der: keepDer(uid) ? store.add(der) : -1, spkiSha256 };
+    let signer = -1;
+    if (keepSigners) {
+      signer = store.add(facts.issuer);
+      store.add(facts.serial);
+      store.add(facts.spki);
+    }
+    const kept = { der: keepDer(uid) ? store.add(der) : -1, signer, spkiSha256 };
     const list = certificates.get(uid);
     if (list === undefined) certificates.set(uid, [kept]);
     else list.push(kept);
@@ -287,6 +305,8 @@ function buildSnapshot(
   const certificateKeys = new Map<string, Set<string>>();
   /** per node: the store index of its one kept certificate, or of each when it has several */
   const certificates = new Map<string, number | number[]>();
+  /** per node: the store index of its one certificate's signer parts, or of each when it has several */
+  const signers = new Map<string, number | number[]>();
   const neighbors: NodeEntry[] = [];
   const parents = new Set<string>();
   let certificateCount = 0;
@@ -303,6 +323,8 @@ function buildSnapshot(
     if (node.keyHash === undefined) certificateKeys.set(id, new Set(list.map((c) => c.spkiSha256)));
     const kept = list.flatMap((c) => (c.der < 0 ? [] : [c.der]));
     if (kept.length > 0) certificates.set(id, kept.length === 1 ? kept[0]! : kept);
+    const keptSigners = list.flatMap((c) => (c.signer < 0 ? [] : [c.signer]));
+    if (keptSigners.length > 0) signers.set(id, keptSigners.length === 1 ? keptSigners[0]! : keptSigners);
     certificateCount += list.length;
   }
 
@@ -320,6 +342,12 @@ function buildSnapshot(
       const kept = certificates.get(id);
       if (kept === undefined) return [];
       return typeof kept === 'number' ? [store.get(kept)] : kept.map((index) => store.get(index));
+    },
+    signersOf(id) {
+      const kept = signers.get(id);
+      if (kept === undefined) return [];
+      const parts = (index: number): SignerParts => ({ issuer: store.get(index), serial: store.get(index + 1), spki: store.get(index + 2) });
+      return typeof kept === 'number' ? [parts(kept)] : kept.map(parts);
     },
     certificateKeys,
     certificateCount,
