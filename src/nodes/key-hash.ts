@@ -32,6 +32,18 @@ export function parseKeyHash(s: string): KeyHash | undefined {
   return { type, bytes };
 }
 
+/** a key-hash whose bytes are a part of a buffer shared by a whole nodes list: `bytes` is a view made when asked for */
+export class PackedKeyHash implements KeyHash {
+  constructor(
+    readonly type: KeyHash['type'],
+    private readonly packed: Buffer,
+    private readonly at: number,
+  ) {}
+  get bytes(): Buffer {
+    return this.packed.subarray(this.at, this.at + BYTE_LENGTH[this.type]);
+  }
+}
+
 /** display form used in logs: `sha256//<base64>` */
 export function formatKeyHash(hash: KeyHash): string {
   return `${hash.type}//${hash.bytes.toString('base64')}`;
