@@ -19,6 +19,12 @@
 // 10,000 nodes 274-276 (PSS 156-170: primary 113-114, workers 79-81 + 81) -> 172-174 MB (PSS 94-101: primary
 // 98-99, worker 75-76); under 200 uploads median 280-285 -> 187-207, peak 291-292 -> 198-209 MB (met); server CPU
 // per upload in the same runs 7.45 / 8.01 -> 7.32 / 7.54 ms.
+// Fourth round (issue 20, i-mem: signer parts instead of DER in the primary, whole certificates only behind
+// sub-relays, lazy public-key indexes, packed key-hashes, compacting explicit GCs), main -> i-mem alternated
+// twice, 15:34-15:47 UTC, machine shared (load 4.7-6.7): idle no node 144 -> 140 MB; 10,000 nodes 176 (primary
+// 101, worker 75-76) -> 158-161 MB (primary 87-89, worker 72; PSS 95-96 -> 78-80); under 200 uploads median
+// 180-181 -> 172-176, peak 188-189 -> 184-188 MB. Idle samples are taken 5 s after start: V8's memory reducer
+// gives back another ~4-7 MB per process 20-30 s later (--trace-gc "Mark-Compact (reduce)").
 // A bare `node` is 39 MB of RSS, 31 MB of it the node binary's pages, shared between the processes: PSS counts them once, RSS once per process (two processes: ~80 MB before any code of ours; three before this round).
 
 import { execFile } from 'node:child_process';

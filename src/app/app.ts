@@ -106,7 +106,7 @@ export async function runPrimary(options: StartOptions): Promise<void> {
     await frontDoorTls(config, identity);
     await uploadAuth(config);
 
-    const nodes = nodesOf(config, identity.nodeId, log);
+    const nodes = nodesOf(config, identity.nodeId, log, 'primary');
     await nodes.reload();
     const spool = spoolOf(config, log);
     await spool.prepare({ cleanTmp: true });
@@ -403,8 +403,8 @@ export async function runWorker(): Promise<void> {
     const { config } = await loadConfig(primary.configPath);
     log = createLogger(levelOverride ?? config.logging.level, { role: 'front-door', worker: cluster.worker?.id });
     const identity = await loadIdentity(identityPaths(config));
-    // a worker uses certificates only of sub-relays and the nodes behind them (peers, sync serving)
-    const nodes = nodesOf(config, identity.nodeId, log, 'behind-sub-relays');
+    // a worker uses certificates only of sub-relays and the nodes behind them (peers, sync serving), checks no signature
+    const nodes = nodesOf(config, identity.nodeId, log, 'front-door-worker');
     await nodes.reload();
     await nodes.start();
     const frontDoorMetrics = createFrontDoorMetrics();

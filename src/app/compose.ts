@@ -49,12 +49,17 @@ export function spoolOf(config: Config, log: Logger): Spool {
   );
 }
 
-export function nodesOf(config: Config, nodeId: string, log: Logger, keepCertificates?: 'behind-sub-relays'): NodesRegistry {
+/**
+ * Whole certificates are used only for sub-relays and the nodes behind them (peers, sync serving), in every
+ * process; the primary also keeps every node's signer parts (reports' signatures), a front-door worker none.
+ */
+export function nodesOf(config: Config, nodeId: string, log: Logger, role: 'primary' | 'front-door-worker'): NodesRegistry {
   return createNodesRegistry({
     myId: nodeId,
     nodesListFile: config.general.nodesListFile,
     nodesCertsFile: config.general.nodesCertsFile,
-    ...(keepCertificates === undefined ? {} : { keepCertificates }),
+    keepCertificates: 'behind-sub-relays',
+    keepSigners: role === 'primary',
     log,
   });
 }

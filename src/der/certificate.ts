@@ -2,7 +2,7 @@
 // SubjectPublicKeyInfo bytes exactly as encoded (what curl hashes for --pinnedpubkey). Reading the DER
 // avoids parsing X509Certificate.subject, a display string with escaping and multi-value quirks.
 
-import { DerError, childrenOf as children, expectTag, readTlv, type Tlv } from './reader.js';
+import { DerError, childrenOf as children, expectTag, integerMagnitude, readTlv, type Tlv } from './reader.js';
 
 function expect(tlv: Tlv | undefined, tag: number, what: string): Tlv {
   return expectTag(tlv, tag, `malformed certificate: ${what}`);
@@ -14,6 +14,9 @@ export interface CertificateFacts {
   readonly notBefore: Date;
   readonly notAfter: Date;
   readonly spki: Buffer;
+  /** the issuer Name as encoded, and the serial number's magnitude: how an S/MIME SignerInfo names its signer */
+  readonly issuer: Buffer;
+  readonly serial: Buffer;
 }
 
 // DER contents of OID 0.9.2342.19200300.100.1.1
@@ -45,9 +48,9 @@ export function parseCertificateFacts(der: Buffer): CertificateFacts {
   const tbs = expect(tbsTlv, TAG.sequence, 'tbsCertificate');
   const fields = children(der, tbs);
   let index = fields[0]?.tag === TAG.version ? 1 : 0;
-  expect(fields[index++], TAG.integer, 'serialNumber');
+  const serial = expect(fields[index++], TAG.integer, 'serialNumber');
   expect(fields[index++], TAG.sequence, 'signature');
-  expect(fields[index++], TAG.sequence, 'issuer');
+  const issuer = expect(fields[index++], TAG.sequence, 'issuer');
   const validity = children(der, expect(fields[index++], TAG.sequence, 'validity'));
   const subject = expect(fields[index++], TAG.sequence, 'subject');
   const spki = expect(fields[index++], TAG.sequence, 'subjectPublicKeyInfo');
@@ -56,6 +59,8 @@ export function parseCertificateFacts(der: Buffer): CertificateFacts {
     notBefore: readTime(der, validity[0]),
     notAfter: readTime(der, validity[1]),
     spki: der.subarray(spki.start, spki.end),
+    issuer: der.subarray(issuer.start, issuer.end),
+    serial: integerMagnitude(der, serial),
   };
 }
 

@@ -15,12 +15,24 @@ export interface NodeEntry {
 }
 
 /**
- * What checking a node's signature needs of one of its certificates (reports' S/MIME): its DER (issuer and
- * serial are read from it) and its public key. An X509Certificate is one; the registry hands out lighter
- * ones (signerCertificatesOf).
+ * What checking a node's signature needs of one of its certificates (reports' S/MIME): the issuer and
+ * serial that name the signer, and the public key. Either a whole certificate (its DER, issuer and serial
+ * are read from it: an X509Certificate is one) or only those parts (SignerKey: what the registry keeps).
  */
-export interface SignerCertificate {
-  readonly raw: Buffer;
+export type SignerCertificate = { readonly raw: Buffer; readonly publicKey: KeyObject } | SignerKey;
+
+/**
+ * The parts of a certificate a signature check needs, without the rest (validity, extensions, the issuer's
+ * signature): ~45 % of an agent's RSA-4096 certificate, for every node the relay checks reports of.
+ */
+export interface SignerKey {
+  /** the issuer Name as encoded */
+  readonly issuerDer: Buffer;
+  /** the serial number's magnitude (no leading zero byte) */
+  readonly serialMagnitude: Buffer;
+  /** the SubjectPublicKeyInfo as encoded */
+  readonly spki: Buffer;
+  /** made from spki on first use */
   readonly publicKey: KeyObject;
 }
 
@@ -48,11 +60,12 @@ export interface NodesRegistry {
   /** X509Certificate objects (~4 KB of OpenSSL memory each): the last 1,000 nodes asked for are kept, the others built again when asked for */
   certificatesOf(id: string): readonly X509Certificate[];
   /**
-   * the node's certificates for signature checks: the DER kept at load and the public key, made on first use
-   * and kept until the next load (~0.3 KB each), so a relay of 10,000 reporting nodes holds no X509Certificate
-   * per node; the same objects until the next load (a changed certificate: new objects)
+   * the node's certificates for signature checks: issuer, serial and public key kept at load (SignerKey), the
+   * KeyObject made on first use and kept until the next load (~0.3 KB each), so a relay of 10,000 reporting
+   * nodes holds no X509Certificate per node; the same objects until the next load (a changed certificate:
+   * new objects). Throws RELAY_ERR_INTERNAL in a registry made with keepSigners: false.
    */
-  signerCertificatesOf(id: string): readonly SignerCertificate[];
+  signerCertificatesOf(id: string): readonly SignerKey[];
   findByPublicKey(spkiDer: Buffer): NodeEntry | undefined;
   /** attribute a client certificate to a node by its subject UID and check it against the node's pin */
   matchCertificate(certificateDer: Buffer): CertificateMatch;
@@ -78,11 +91,16 @@ export interface NodesOptions {
   readonly nodesCertsFile: string;
   /**
    * whose certificates (DER, for certificatesOf) are kept: 'all' (default), or only the sub-relays' and the
-   * nodes behind them, what a front-door worker asks for (peers of sub-relays, sync serving of their nodes'
-   * certificates); certificatesOf answers [] for the others. ~13 MB less per worker at 10,000 nodes
-   * (bench/footprint). Pins (key-hash, certificate keys) are always kept for every node.
+   * nodes behind them, all the relay asks for (peers of sub-relays, sync serving of their nodes'
+   * certificates); certificatesOf answers [] for the others. ~13 MB less per process at 10,000 nodes
+   * (bench/footprint); signature checks use the signer parts (keepSigners). Pins (key-hash, certificate keys) are always kept for every node.
    */
   readonly keepCertificates?: 'all' | 'behind-sub-relays';
+  /**
+   * whether issuer, serial and public key of every node's certificates are kept for signerCertificatesOf
+   * (default true): the primary checks reports' signatures, a front-door worker never does
+   */
+  readonly keepSigners?: boolean;
 }
 
 export { createNodesRegistry, parseKeyHash } from './registry.js';

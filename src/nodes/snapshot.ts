@@ -6,24 +6,42 @@ import { promises as fs } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { RelayError, messageOf } from '../errors.js';
-import { DerError, isPemBody, parseCertificateFacts, pemBodies, pemBodyToDer } from '../der/index.js';
-import type { NodeEntry, NodesOptions } from './index.js';
-import { keyHashIndexKey, parseKeyHash } from './key-hash.js';
+import { DerError, isPemBody, parseCertificateFacts, pemBodies, pemBodyToDer, type CertificateFacts } from '../der/index.js';
+import type { KeyHash, NodeEntry, NodesOptions } from './index.js';
+import { PackedKeyHash, keyHashIndexKey, parseKeyHash } from './key-hash.js';
 
 export interface NodesSnapshot {
   readonly nodes: ReadonlyMap<string, NodeEntry>;
   /** the DER of the node's certificates kept (see NodesOptions.keepCertificates), in file order: views on the store's slabs */
   certificatesOf(id: string): readonly Buffer[];
-  /** per node pinned by its certificates (no key-hash): sha256 hex of the SPKI of each of its certificates */
+  /** issuer, serial and SPKI of the node's certificates (see NodesOptions.keepSigners), in file order: views on the store's slabs */
+  signersOf(id: string): readonly SignerParts[];
+  /** per node pinned by its certificates (no key-hash): sha256 of the SPKI of each of its certificates, as latin1 */
   readonly certificateKeys: ReadonlyMap<string, ReadonlySet<string>>;
   readonly certificateCount: number;
-  /** `<type>:<hex>` of a key-hash → node */
-  readonly byKeyHash: ReadonlyMap<string, NodeEntry>;
-  /** sha256 hex of a certificate SPKI → node, only for nodes pinned by certificates (no key-hash) */
-  readonly byCertificateKey: ReadonlyMap<string, NodeEntry>;
-  readonly hasSha512KeyHash: boolean;
+  /** the reverse indexes of findByPublicKey, built on first use (see KeyIndexes) */
+  keyIndexes(): KeyIndexes;
   readonly neighbors: readonly NodeEntry[];
   readonly subRelays: readonly NodeEntry[];
+}
+
+/**
+ * Public key → node, for the CFEngine server (findByPublicKey). Built on first use, once per load: a
+ * front-door worker never asks, and these indexes are ~1.5 MB of strings and tables at 10,000 nodes
+ * (bench/footprint). Keys are the hash bytes as latin1 text (one byte a character): half the size of hex.
+ */
+export interface KeyIndexes {
+  /** `<type>:` + the key-hash's bytes as latin1 → node */
+  readonly byKeyHash: ReadonlyMap<string, NodeEntry>;
+  /** sha256 of a certificate SPKI as latin1 → node, only for nodes pinned by certificates (no key-hash) */
+  readonly byCertificateKey: ReadonlyMap<string, NodeEntry>;
+  readonly hasSha512KeyHash: boolean;
+}
+
+export interface SignerParts {
+  readonly issuer: Buffer;
+  readonly serial: Buffer;
+  readonly spki: Buffer;
 }
 
 export function emptySnapshot(): NodesSnapshot {
@@ -92,7 +110,7 @@ export async function loadSnapshot(
     log.info({ file: options.nodesListFile }, 'Nodes list file does not exist, considering it as empty');
     nodes = new Map();
   } else {
-    nodes = parseNodesList(listText, options.nodesListFile);
+    nodes = parseNodesList(listText, options.nodesListFile, options.myId);
   }
 
   const certsFile = await openOptional(options.nodesCertsFile);
@@ -105,7 +123,7 @@ export async function loadSnapshot(
     log.info({ file: options.nodesCertsFile }, 'Nodes certificates file does not exist, skipping');
   } else {
     try {
-      certificates = await parseNodesCertificates(certsFile, options.nodesCertsFile, nodes, keepDerOf(nodes, options), store, log);
+      certificates = await parseNodesCertificates(certsFile, options.nodesCertsFile, nodes, keepDerOf(nodes, options), options.keepSigners ?? true, store, log);
     } finally {
       await certsFile.close();
     }
@@ -113,7 +131,8 @@ export async function loadSnapshot(
   return { ...buildSnapshot(nodes, certificates, store, options.myId), read: { list: listText !== undefined, certs: certsFile !== undefined } };
 }
 
-export function parseNodesList(text: string, file: string): Map<string, NodeEntry> {
+/** `myId`: the relay's own id, whose string the nodes it serves share (see below) */
+export function parseNodesList(text: string, file: string, myId?: string): Map<string, NodeEntry> {
   let parsed: unknown;
   try {
     parsed = JSON.parse(text);
@@ -140,13 +159,33 @@ export function parseNodesList(text: string, file: string): Map<string, NodeEntr
     // anything unparseable (including "sha256:" of nodes without a key) counts as absent (§3.1)
     nodes.set(id, { id, hostname, policyServer, keyHash: typeof keyHash === 'string' ? parseKeyHash(keyHash) : undefined });
   }
+  // JSON.parse makes a string of every "policy-server" value: 10,000 copies of a few ids (~0.5 MB per
+  // process at 10,000 nodes). Each node shares its policy server's own id string instead.
+  let keyHashBytes = 0;
+  for (const node of nodes.values()) {
+    const same = node.policyServer === myId ? myId : nodes.get(node.policyServer)?.id;
+    if (same !== undefined) (node as { policyServer: string }).policyServer = same;
+    keyHashBytes += node.keyHash?.bytes.length ?? 0;
+  }
+  // the key-hashes' bytes end to end in one buffer: a Buffer per node is a ~100-byte object and a slice of a
+  // pool slab (~1.2 MB per process at 10,000 nodes, bench/footprint)
+  const packed = Buffer.allocUnsafeSlow(keyHashBytes);
+  let at = 0;
+  for (const node of nodes.values()) {
+    if (node.keyHash === undefined) continue;
+    node.keyHash.bytes.copy(packed, at);
+    (node as { keyHash: KeyHash }).keyHash = new PackedKeyHash(node.keyHash.type, packed, at);
+    at += node.keyHash.bytes.length;
+  }
   return nodes;
 }
 
 interface NodeCertificate {
   /** index of its DER in the load's DerStore, or -1 when not kept (NodesOptions.keepCertificates); X509Certificate objects are built on demand (≈0.3 ms each: too slow for 50k per reload) */
   readonly der: number;
-  /** sha256 hex of its SubjectPublicKeyInfo */
+  /** index in the load's DerStore of its issuer, then its serial (+1) and SPKI (+2); -1 when not kept (NodesOptions.keepSigners) */
+  readonly signer: number;
+  /** sha256 of its SubjectPublicKeyInfo as latin1 text (half the size of hex) */
   readonly spkiSha256: string;
 }
 
@@ -176,6 +215,7 @@ export async function parseNodesCertificates(
   file: string,
   nodes: ReadonlyMap<string, NodeEntry>,
   keepDer: (id: string) => boolean,
+  keepSigners: boolean,
   store: DerStore,
   log: Logger,
 ): Promise<Map<string, NodeCertificate[]>> {
@@ -190,13 +230,14 @@ export async function parseNodesCertificates(
     let der: Buffer;
     let uid: string | undefined;
     let spkiSha256: string;
+    let facts: CertificateFacts;
     try {
       if (!isPemBody(body)) throw new DerError('invalid base64 in PEM');
       // base64 decodes to at most 3/4 of its length: small enough bodies go to the scratch buffer
       der = body.length * 0.75 <= SCRATCH_BYTES ? scratch.subarray(0, scratch.write(body, 'base64')) : pemBodyToDer(body);
-      const facts = parseCertificateFacts(der);
+      facts = parseCertificateFacts(der);
       uid = facts.uid;
-      spkiSha256 = createHash('sha256').update(facts.spki).digest('hex');
+      spkiSha256 = createHash('sha256').update(facts.spki).digest().toString('latin1');
     } catch (error) {
       throw new RelayError(
         'RELAY_ERR_NODES_CERTS',
@@ -212,7 +253,13 @@ export async function parseNodesCertificates(
       log.warn({ file, certificate: index, nodeId: uid }, 'certificate for unknown node');
       return;
     }
-    const kept = { der: keepDer(uid) ? store.add(der) : -1, spkiSha256 };
+    let signer = -1;
+    if (keepSigners) {
+      signer = store.add(facts.issuer);
+      store.add(facts.serial);
+      store.add(facts.spki);
+    }
+    const kept = { der: keepDer(uid) ? store.add(der) : -1, signer, spkiSha256 };
     const list = certificates.get(uid);
     if (list === undefined) certificates.set(uid, [kept]);
     else list.push(kept);
@@ -267,39 +314,29 @@ function buildSnapshot(
   store: DerStore,
   myId: string,
 ): NodesSnapshot {
-  const byKeyHash = new Map<string, NodeEntry>();
-  const byCertificateKey = new Map<string, NodeEntry>();
   const certificateKeys = new Map<string, Set<string>>();
   /** per node: the store index of its one kept certificate, or of each when it has several */
   const certificates = new Map<string, number | number[]>();
+  /** per node: the store index of its one certificate's signer parts, or of each when it has several */
+  const signers = new Map<string, number | number[]>();
   const neighbors: NodeEntry[] = [];
   const parents = new Set<string>();
-  let hasSha512KeyHash = false;
   let certificateCount = 0;
 
   for (const node of nodes.values()) {
     if (node.policyServer === myId) neighbors.push(node);
     parents.add(node.policyServer);
-    if (node.keyHash !== undefined) {
-      const key = keyHashIndexKey(node.keyHash);
-      if (!byKeyHash.has(key)) byKeyHash.set(key, node);
-      if (node.keyHash.type === 'sha512') hasSha512KeyHash = true;
-    }
   }
 
   for (const [id, list] of nodeCertificates) {
     const node = nodes.get(id);
     if (node === undefined) continue;
-    const keys = new Set<string>();
-    for (const { spkiSha256 } of list) {
-      keys.add(spkiSha256);
-      // the key-hash, when present, is the node's pin; its certificates only pin nodes without one
-      if (node.keyHash === undefined && !byCertificateKey.has(spkiSha256)) byCertificateKey.set(spkiSha256, node);
-    }
     // a node with a key-hash is pinned by it alone (matchCertificate): 10,000 sets nobody reads otherwise
-    if (node.keyHash === undefined) certificateKeys.set(id, keys);
+    if (node.keyHash === undefined) certificateKeys.set(id, new Set(list.map((c) => c.spkiSha256)));
     const kept = list.flatMap((c) => (c.der < 0 ? [] : [c.der]));
     if (kept.length > 0) certificates.set(id, kept.length === 1 ? kept[0]! : kept);
+    const keptSigners = list.flatMap((c) => (c.signer < 0 ? [] : [c.signer]));
+    if (keptSigners.length > 0) signers.set(id, keptSigners.length === 1 ? keptSigners[0]! : keptSigners);
     certificateCount += list.length;
   }
 
@@ -310,6 +347,7 @@ function buildSnapshot(
     if (relay !== undefined && id !== myId && relay.policyServer === myId) subRelays.push(relay);
   }
 
+  let keyIndexes: KeyIndexes | undefined;
   return {
     nodes,
     certificatesOf(id) {
@@ -317,14 +355,36 @@ function buildSnapshot(
       if (kept === undefined) return [];
       return typeof kept === 'number' ? [store.get(kept)] : kept.map((index) => store.get(index));
     },
+    signersOf(id) {
+      const kept = signers.get(id);
+      if (kept === undefined) return [];
+      const parts = (index: number): SignerParts => ({ issuer: store.get(index), serial: store.get(index + 1), spki: store.get(index + 2) });
+      return typeof kept === 'number' ? [parts(kept)] : kept.map(parts);
+    },
     certificateKeys,
     certificateCount,
-    byKeyHash,
-    byCertificateKey,
-    hasSha512KeyHash,
+    keyIndexes: () => (keyIndexes ??= buildKeyIndexes(nodes, certificateKeys)),
     neighbors,
     subRelays,
   };
+}
+
+function buildKeyIndexes(nodes: ReadonlyMap<string, NodeEntry>, certificateKeys: ReadonlyMap<string, ReadonlySet<string>>): KeyIndexes {
+  const byKeyHash = new Map<string, NodeEntry>();
+  const byCertificateKey = new Map<string, NodeEntry>();
+  let hasSha512KeyHash = false;
+  for (const node of nodes.values()) {
+    if (node.keyHash === undefined) continue;
+    const key = keyHashIndexKey(node.keyHash);
+    if (!byKeyHash.has(key)) byKeyHash.set(key, node);
+    if (node.keyHash.type === 'sha512') hasSha512KeyHash = true;
+  }
+  // certificates pin only nodes without a key-hash (certificateKeys holds only those), first in file order wins
+  for (const [id, keys] of certificateKeys) {
+    const node = nodes.get(id)!;
+    for (const key of keys) if (!byCertificateKey.has(key)) byCertificateKey.set(key, node);
+  }
+  return { byKeyHash, byCertificateKey, hasSha512KeyHash };
 }
 
 async function readOptional(file: string, code: 'RELAY_ERR_NODES_LIST'): Promise<string | undefined> {

@@ -46,9 +46,13 @@ export interface ThreadRequest {
   readonly size?: number;
   /** drop every cached certificate before this request (bounds the cache across nodes reloads) */
   readonly forgetCertificates?: true;
-  /** the DER only the first time a thread is sent a certificate */
-  readonly certificates: ReadonlyArray<{ readonly key: number; readonly der?: Uint8Array }> | undefined;
+  /** the certificate (its DER, or the parts of a SignerKey) only the first time a thread is sent it */
+  readonly certificates: ReadonlyArray<ThreadCertificate> | undefined;
 }
+/** @internal */
+export type ThreadCertificate =
+  | { readonly key: number; readonly der?: Uint8Array }
+  | { readonly key: number; readonly issuerDer: Uint8Array; readonly serialMagnitude: Uint8Array; readonly spki: Uint8Array };
 /** @internal */
 export interface ThreadRemoval {
   readonly id: number;
@@ -269,7 +273,10 @@ export function createThreadedFileInspector(
           const key = keyOf(certificate);
           if (thread.certificatesSent.has(key)) return { key };
           thread.certificatesSent.add(key);
-          // a copy of its own: a view on the registry's DER store would clone the store's whole slab
+          // copies of their own: a view on the registry's DER store would clone the store's whole slab
+          if ('issuerDer' in certificate) {
+            return { key, issuerDer: new Uint8Array(certificate.issuerDer), serialMagnitude: new Uint8Array(certificate.serialMagnitude), spki: new Uint8Array(certificate.spki) };
+          }
           return { key, der: new Uint8Array(certificate.raw) };
         }),
       };

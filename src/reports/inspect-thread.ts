@@ -3,27 +3,35 @@
 // done with (its identity check and unlink). Holds no registry: the primary
 // sends the run info and the certificates to check with (cached here by the key it gives them).
 
-import { X509Certificate } from 'node:crypto';
+import { X509Certificate, createPublicKey } from 'node:crypto';
 import { closeSync, fstatSync, openSync, readSync, statSync, unlink } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
 import { RelayError } from '../errors.js';
 import { isSameFile } from '../spool/index.js';
 import type { Inspection } from './index.js';
 import { inspectContent } from './inspect.js';
-import type { InspectReply, RemovalReply, ThreadBatch, ThreadRemoval, ThreadReplies, ThreadRequest, ThreadSetup } from './inspect-pool.js';
+import type { SignerCertificate } from '../nodes/index.js';
+import type { InspectReply, RemovalReply, ThreadBatch, ThreadCertificate, ThreadRemoval, ThreadReplies, ThreadRequest, ThreadSetup } from './inspect-pool.js';
 import { verifySignedPart } from './smime.js';
 
 const setup = workerData as ThreadSetup;
 const skipEventTypes = new Set(setup.skipEventTypes);
 /** certificates by the primary's key; the primary says when to forget them (see forgetCertificates) */
-const certificates = new Map<number, X509Certificate>();
+const certificates = new Map<number, SignerCertificate>();
 
-function certificateOf(key: number, der: Uint8Array | undefined): X509Certificate {
-  let certificate = certificates.get(key);
+function certificateOf(sent: ThreadCertificate): SignerCertificate {
+  let certificate = certificates.get(sent.key);
   if (certificate === undefined) {
-    if (der === undefined) throw new RelayError('RELAY_ERR_INTERNAL', `certificate ${key} was never sent to this thread`);
-    certificate = new X509Certificate(der);
-    certificates.set(key, certificate);
+    if ('spki' in sent) {
+      // the registry's SignerKey: the key from the SPKI, no certificate to parse (an unreadable one throws, as X509Certificate does)
+      const view = (bytes: Uint8Array) => Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+      const spki = view(sent.spki);
+      certificate = { issuerDer: view(sent.issuerDer), serialMagnitude: view(sent.serialMagnitude), spki, publicKey: createPublicKey({ key: spki, format: 'der', type: 'spki' }) };
+    } else {
+      if (sent.der === undefined) throw new RelayError('RELAY_ERR_INTERNAL', `certificate ${sent.key} was never sent to this thread`);
+      certificate = new X509Certificate(sent.der);
+    }
+    certificates.set(sent.key, certificate);
   }
   return certificate;
 }
@@ -95,7 +103,7 @@ async function handle(request: ThreadRequest, slot: Buffer | undefined): Promise
   const started = process.hrtime.bigint();
   let inspection: Inspection;
   try {
-    const known = request.certificates?.map(({ key, der }) => certificateOf(key, der));
+    const known = request.certificates?.map(certificateOf);
     inspection = await inspectContent(setup, skipEventTypes, request.info, known, verifySignedPart, request.name, bytes);
   } catch (error) {
     // as the inline inspector: an unexpected failure is reported as the file being unreadable

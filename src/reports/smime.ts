@@ -392,6 +392,12 @@ function identityOf(certificate: SignerCertificate): CertificateIdentity | undef
   let identity = identities.get(certificate);
   if (identity === undefined) {
     try {
+      if ('issuerDer' in certificate) {
+        // the registry's SignerKey: the parts were read at load
+        identity = { issuer: certificate.issuerDer, serial: certificate.serialMagnitude, key: certificate.publicKey };
+        identities.set(certificate, identity);
+        return identity;
+      }
       const der = certificate.raw;
       const tbs = expectTag(childrenOf(der, expectTag(readTlv(der, 0, der.length), TAG_SEQUENCE, 'Certificate'))[0], TAG_SEQUENCE, 'tbsCertificate');
       const fields = childrenOf(der, tbs);

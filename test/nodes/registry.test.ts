@@ -5,6 +5,7 @@ import path from 'node:path';
 import forge from 'node-forge';
 import { pino } from 'pino';
 import t from 'tap';
+import { parseCertificateFacts } from '../../src/der/index.js';
 import { createNodesRegistry, parseKeyHash, type NodesRegistry } from '../../src/nodes/index.js';
 import { FIXTURES as RELAYD_FIXTURES } from '../support/fixtures.js';
 
@@ -429,7 +430,7 @@ t.test('a certificates file of many blocks, read in chunks that split blocks, ke
   t.not(registry.certificatesOf(ids[0]!), first, 'a reload builds them again from the new data');
 });
 
-t.test('signerCertificatesOf: the DER and public key of each certificate, the same objects until a reload', async (t) => {
+t.test('signerCertificatesOf: issuer, serial, SPKI and public key of each certificate, the same objects until a reload', async (t) => {
   const files = await fixtureDir();
   const registry = registryFor(files);
   await registry.reload();
@@ -437,7 +438,10 @@ t.test('signerCertificatesOf: the DER and public key of each certificate, the sa
   const full = registry.certificatesOf(E745);
   t.equal(signers.length, 2);
   for (const [i, signer] of signers.entries()) {
-    t.ok(signer.raw.equals(full[i]!.raw), `certificate ${i}: the DER`);
+    const facts = parseCertificateFacts(full[i]!.raw);
+    t.ok(signer.issuerDer.equals(facts.issuer), `certificate ${i}: its issuer`);
+    t.ok(signer.serialMagnitude.equals(Buffer.from(full[i]!.serialNumber.replace(/^(00)+(?=.)/, ''), 'hex')), `certificate ${i}: its serial`);
+    t.ok(signer.spki.equals(full[i]!.publicKey.export({ type: 'spki', format: 'der' })), `certificate ${i}: its SPKI`);
     t.ok(signer.publicKey.equals(full[i]!.publicKey), `certificate ${i}: its public key`);
   }
   t.equal(registry.signerCertificatesOf(E745), signers, 'kept');
@@ -449,5 +453,16 @@ t.test('signerCertificatesOf: the DER and public key of each certificate, the sa
   await registry.reload();
   const after = registry.signerCertificatesOf(E745);
   t.equal(after.length, 1, 'the reloaded file takes effect');
-  t.ok(after[0]!.raw.equals(full[1]!.raw));
+  t.ok(after[0]!.spki.equals(full[1]!.publicKey.export({ type: 'spki', format: 'der' })));
+});
+
+t.test('keepSigners: false (front-door workers): signerCertificatesOf refuses rather than answer "none known"', async (t) => {
+  const files = await fixtureDir();
+  const worker = createNodesRegistry({ myId: ROOT, nodesListFile: files.list, nodesCertsFile: files.certs, keepSigners: false, log: pino({ level: 'silent' }) });
+  await worker.reload();
+  t.throws(() => worker.signerCertificatesOf(E745), { code: 'RELAY_ERR_INTERNAL' });
+  t.equal(worker.certificatesOf(E745).length, 2, 'certificatesOf unchanged');
+  const primary = registryFor(files);
+  await primary.reload();
+  for (const certificate of primary.certificatesOf(E745)) t.same(worker.matchCertificate(certificate.raw), primary.matchCertificate(certificate.raw), 'pins unchanged');
 });
