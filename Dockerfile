@@ -30,7 +30,7 @@ VOLUME ["/var/rudder", "/var/lib/onerelay/identity"]
 ENV ONERELAY_HTTPS_PORT=8443 ONERELAY_CFENGINE_PORT=5309 ONERELAY_API_PORT=3030 \
     ONERELAY_DATA_DIR=/var/rudder ONERELAY_IDENTITY_DIR=/var/lib/onerelay/identity
 # two malloc arenas: see packaging/onerelay.service
-ENV MALLOC_ARENA_MAX=2
+ENV MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=131072 MALLOC_TRIM_THRESHOLD_=131072
 EXPOSE 8443 5309
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s \
   CMD ["node", "/opt/onerelay/dist/cli.js", "health"]
