@@ -7,7 +7,7 @@ import type { BigIntStats } from 'node:fs';
 import type { Logger } from 'pino';
 import { displayPath, type Reader } from '../access/index.js';
 import { FAILED, encodeFrame } from './codec.js';
-import { resolveRequestPath } from './files.js';
+import { resolveRequestPath, resolveRequestPathSync, type Resolved } from './files.js';
 import type { ConnectionContext, Tally } from './session.js';
 
 /** paths resolved and sizes announced by STAT, for the MD5 and GET that follow */
@@ -41,6 +41,8 @@ export class Admission {
     log: Logger,
     /** sends one refusal transaction (the connection's ordered write) */
     private readonly write: (buffer: Buffer) => Promise<void>,
+    /** the same when no write is in flight (the synchronous request path) */
+    private readonly writeNow: (buffer: Buffer) => void,
     private readonly tally: Tally,
   ) {
     this.log = log;
@@ -57,15 +59,25 @@ export class Admission {
    * resolved path: the resolved path, or undefined once the refusal is written.
    */
   async admit(command: string, requested: string, early: BigIntStats | undefined): Promise<string | undefined> {
-    const resolved = await resolveRequestPath(requested, early, this.ctx.directories);
+    const path = this.verdict(command, await resolveRequestPath(requested, early, this.ctx.directories));
+    if (path === undefined) await this.write(encodeFrame(FAILED));
+    return path;
+  }
+
+  /** admit() with direct file-system calls and the refusal written at once (no write may be in flight) */
+  admitSync(command: string, requested: string, early: BigIntStats | undefined): string | undefined {
+    const path = this.verdict(command, resolveRequestPathSync(requested, early, this.ctx.directories));
+    if (path === undefined) this.writeNow(encodeFrame(FAILED));
+    return path;
+  }
+
+  /** the resolved path if it exists and the ACL admits it; otherwise undefined, counted (and a denial logged) */
+  private verdict(command: string, resolved: Resolved): string | undefined {
     if (resolved.kind === 'absent') {
       this.tally.command(command, 'absent');
-      await this.write(encodeFrame(FAILED));
       return undefined;
     }
-    if (this.permitted(command, resolved.path)) return resolved.path;
-    await this.write(encodeFrame(FAILED));
-    return undefined;
+    return this.permitted(command, resolved.path) ? resolved.path : undefined;
   }
 
   /** the ACL's verdict on a resolved path; a refusal is counted and logged (the caller answers it) */

@@ -23,7 +23,7 @@ import {
   WELCOME_START,
 } from './codec.js';
 import { dispatch } from './commands.js';
-import { Tally, type ConnectionContext, type Session } from './session.js';
+import { Tally, type ConnectionContext, type Outcome, type Session } from './session.js';
 
 export type { ConnectionContext } from './session.js';
 
@@ -69,7 +69,7 @@ export class CfengineConnection implements Session {
   ) {
     this.log = ctx.log.child({ peer });
     this.decoder = new FrameDecoder(ctx.maxInputBytes);
-    this.admission = new Admission(ctx, this.log, (buffer) => this.write(buffer), this.tally);
+    this.admission = new Admission(ctx, this.log, (buffer) => this.write(buffer), (buffer) => this.writeNow(buffer), this.tally);
     socket.on('secure', () => this.onSecure());
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', (error) => this.fail(`socket error: ${error.message}`));
@@ -208,11 +208,35 @@ export class CfengineConnection implements Session {
   private pump(): void {
     if (this.busy || this.phase !== 'requests') return;
     this.busy = true;
-    void this.serve();
+    // the common case, synchronous to the end: each request answered with direct file-system calls and one
+    // write (commands.ts), no promise made; the first answer that has to wait continues in serve()
+    try {
+      for (;;) {
+        if (this.phase !== 'requests') break;
+        const frame = this.decoder.next();
+        if (frame === undefined) break;
+        this.requests += 1;
+        const outcome = dispatch(this, parseRequest(frame.payload));
+        if (typeof outcome !== 'string') {
+          void this.serve(outcome);
+          return;
+        }
+        if (outcome === 'close') {
+          this.closeOnError();
+          break;
+        }
+      }
+    } catch (error) {
+      this.failOn(error);
+    }
+    this.busy = false;
+    this.tally.flush(this.ctx.counters);
   }
 
-  private async serve(): Promise<void> {
+  /** pump() from an answer that waits (`pending`): the requests that follow it are served in order after it */
+  private async serve(pending: Promise<Outcome>): Promise<void> {
     try {
+      if ((await pending) === 'close') return this.closeOnError();
       for (;;) {
         if (this.phase !== 'requests') return;
         const frame = this.decoder.next();
@@ -268,19 +292,30 @@ export class CfengineConnection implements Session {
    * Whole transactions, packed into writes of at most one TLS record's plaintext (§6.2: a transaction
    * never straddles a record; several whole ones may share a record, the receiver reads them one by one).
    */
-  async writeTransactions(frames: readonly Buffer[]): Promise<void> {
+  writeTransactions(frames: readonly Buffer[]): void | Promise<void> {
+    const writes: Buffer[] = [];
     let batch: Buffer[] = [];
     let length = 0;
     for (const frame of frames) {
       if (length + frame.length > TLS_RECORD_BYTES && batch.length > 0) {
-        await this.write(batch.length === 1 ? (batch[0] as Buffer) : Buffer.concat(batch, length));
+        writes.push(batch.length === 1 ? (batch[0] as Buffer) : Buffer.concat(batch, length));
         batch = [];
         length = 0;
       }
       batch.push(frame);
       length += frame.length;
     }
-    if (batch.length > 0) await this.write(batch.length === 1 ? (batch[0] as Buffer) : Buffer.concat(batch, length));
+    if (batch.length > 0) writes.push(batch.length === 1 ? (batch[0] as Buffer) : Buffer.concat(batch, length));
+    if (writes.length === 1 && !this.writing) return this.writeNow(writes[0] as Buffer);
+    return this.writeInOrder(writes);
+  }
+
+  private async writeInOrder(writes: readonly Buffer[]): Promise<void> {
+    for (const buffer of writes) await this.write(buffer);
+  }
+
+  get writeInFlight(): boolean {
+    return this.writing;
   }
 
   /**
@@ -299,7 +334,8 @@ export class CfengineConnection implements Session {
    * write() when no write is in flight (the synchronous answers); throws when the connection is gone.
    * The bytes go to the socket first: the agent is waiting for them.
    */
-  private writeNow(buffer: Buffer): void {
+  writeNow(buffer: Buffer): void {
+    if (this.writing) throw new Error('cfengine: writeNow with a write in flight');
     if (this.socket.destroyed || !this.socket.writable) throw relayError('RELAY_ERR_CFENGINE_CLOSED');
     this.writing = true;
     this.socket.write(buffer, this.afterWrite);

@@ -13,7 +13,7 @@ import { constants, type BigIntStats } from 'node:fs';
 import { posix } from 'node:path';
 import { FileType, type StatFields } from './codec.js';
 import { fsPath } from '../access/index.js';
-import { closeQuietly, fileSystem } from '../fs-direct/index.js';
+import { closeQuietly, directFileSystem, fileSystem } from '../fs-direct/index.js';
 
 const HASH_READ_BYTES = 64 * 1024;
 /** O_NONBLOCK: opening a FIFO that sits in a served tree must not hold a thread (or the event loop) forever */
@@ -21,7 +21,7 @@ export const OPEN_FOR_READING = constants.O_RDONLY | constants.O_NONBLOCK;
 /** for a path resolved by an earlier STAT: fail (ELOOP) if its last component has become a symlink */
 export const OPEN_RESOLVED_FOR_READING = OPEN_FOR_READING | constants.O_NOFOLLOW;
 
-export { closeQuietly, inThreadPoolMode, onSlowFileSystem, resetFileSystemMode } from '../fs-direct/index.js';
+export { closeQuietly, directFileSystem, inThreadPoolMode, onSlowFileSystem, resetFileSystemMode, SYNC_READ_MAX_BYTES } from '../fs-direct/index.js';
 
 /** open for reading: a file descriptor, to be closed with closeQuietly */
 export async function openForReading(path: string, flags: number = OPEN_FOR_READING): Promise<number> {
@@ -74,6 +74,30 @@ export async function resolveRequestPath(requested: string, early: BigIntStats |
   }
 }
 
+/** resolveRequestPath with direct calls (the synchronous request path, see commands.ts) */
+export function resolveRequestPathSync(requested: string, early: BigIntStats | undefined, directories: DirectoryCache): Resolved {
+  if (!requested.startsWith('/')) return { kind: 'absent', reason: 'relative path' };
+  if (early !== undefined && !early.isSymbolicLink() && requested.length > 1 && !NOT_CANONICAL.test(requested)) {
+    const slash = requested.lastIndexOf('/');
+    const directory = directories.resolveSync(slash === 0 ? '/' : requested.slice(0, slash));
+    if (directory !== undefined) return { kind: 'ok', path: `${directory === '/' ? '' : directory}${requested.slice(slash)}` };
+  }
+  try {
+    return { kind: 'ok', path: directFileSystem.realpath(fsPath(requested), 'latin1') };
+  } catch (error) {
+    try {
+      const link = directFileSystem.lstat(fsPath(requested));
+      if (link.isSymbolicLink()) {
+        const directory = directFileSystem.realpath(fsPath(posix.dirname(requested)), 'latin1');
+        return { kind: 'ok', path: posix.join(directory, posix.basename(requested)) };
+      }
+    } catch {
+      // fall through: missing
+    }
+    return { kind: 'absent', reason: (error as NodeJS.ErrnoException).code ?? 'realpath failed' };
+  }
+}
+
 /**
  * Realpaths of the directories requests name, each kept with the identity (device, inode, ctime) of the
  * directory it named, and used again only while a stat of the same path, following links as realpath
@@ -96,8 +120,8 @@ export class DirectoryCache {
       return undefined;
     }
     if (now === undefined || !now.isDirectory()) return undefined;
-    const known = this.entries.get(directory);
-    if (known !== undefined && known.ino === now.ino && known.dev === now.dev && known.ctime === now.ctimeNs) return known.resolved;
+    const known = this.known(directory, now);
+    if (known !== undefined) return known;
     let resolved: string;
     let after: BigIntStats | undefined;
     try {
@@ -106,7 +130,41 @@ export class DirectoryCache {
     } catch {
       return undefined;
     }
-    // kept only if nothing moved while realpath walked it
+    return this.keep(directory, now, resolved, after);
+  }
+
+  /** resolve() with direct calls (the synchronous request path) */
+  resolveSync(directory: string): string | undefined {
+    const bytes = fsPath(directory);
+    let now: BigIntStats | undefined;
+    try {
+      now = directFileSystem.statIfExists(bytes);
+    } catch {
+      return undefined;
+    }
+    if (now === undefined || !now.isDirectory()) return undefined;
+    const known = this.known(directory, now);
+    if (known !== undefined) return known;
+    let resolved: string;
+    let after: BigIntStats | undefined;
+    try {
+      resolved = directFileSystem.realpath(bytes, 'latin1');
+      after = directFileSystem.statIfExists(bytes);
+    } catch {
+      return undefined;
+    }
+    return this.keep(directory, now, resolved, after);
+  }
+
+  /** the realpath kept for `directory`, while `now` (its stat) shows the same directory unchanged */
+  private known(directory: string, now: BigIntStats): string | undefined {
+    const known = this.entries.get(directory);
+    if (known !== undefined && known.ino === now.ino && known.dev === now.dev && known.ctime === now.ctimeNs) return known.resolved;
+    return undefined;
+  }
+
+  /** `resolved`, kept only if nothing moved while realpath walked it (`now` before, `after` after) */
+  private keep(directory: string, now: BigIntStats, resolved: string, after: BigIntStats | undefined): string {
     if (after === undefined || after.ino !== now.ino || after.dev !== now.dev || after.ctimeNs !== now.ctimeNs) return resolved;
     this.entries.delete(directory);
     this.entries.set(directory, { resolved, dev: now.dev, ino: now.ino, ctime: now.ctimeNs });
@@ -165,6 +223,15 @@ export async function lstatQuietly(path: string): Promise<BigIntStats | undefine
   }
 }
 
+/** lstatQuietly with a direct call */
+export function lstatQuietlySync(path: string): BigIntStats | undefined {
+  try {
+    return directFileSystem.lstat(fsPath(path));
+  } catch {
+    return undefined;
+  }
+}
+
 /**
  * StatFile: the 13 fields and the link target ('' unless a dead symlink was asked for). `early` is an
  * lstat of the requested path made before its realpath: when it is not a symlink it describes the
@@ -191,6 +258,34 @@ export async function statForReply(path: string, early?: BigIntStats): Promise<S
   let target: BigIntStats | undefined;
   try {
     target = await fileSystem.statIfExists(bytes);
+  } catch {
+    target = undefined;
+  }
+  return statReply(path, s, linkTarget, target);
+}
+
+/** statForReply with direct calls */
+export function statForReplySync(path: string, early?: BigIntStats): StatResult {
+  let s: BigIntStats;
+  const bytes = fsPath(path);
+  if (early !== undefined && !early.isSymbolicLink()) s = early;
+  else {
+    try {
+      s = directFileSystem.lstat(bytes);
+    } catch {
+      return { kind: 'error', message: `BAD: unable to stat file ${path}` };
+    }
+  }
+  if (!s.isSymbolicLink()) return statReply(path, s, '', undefined);
+  let linkTarget: string;
+  try {
+    linkTarget = directFileSystem.readlink(bytes, 'latin1');
+  } catch {
+    return { kind: 'error', message: 'BAD: unable to read link' };
+  }
+  let target: BigIntStats | undefined;
+  try {
+    target = directFileSystem.statIfExists(bytes);
   } catch {
     target = undefined;
   }
@@ -245,6 +340,15 @@ export async function listDirectory(path: string): Promise<string[] | undefined>
   }
 }
 
+/** listDirectory with a direct call */
+export function listDirectorySync(path: string): string[] | undefined {
+  try {
+    return ['.', '..', ...directFileSystem.readdir(fsPath(path), 'latin1')];
+  } catch {
+    return undefined;
+  }
+}
+
 export interface HashedFile {
   readonly digest: Buffer;
   /** the version of what was hashed (fstat after reading), undefined when unknown */
@@ -278,6 +382,42 @@ export async function md5OfFile(path: string, flags: number = OPEN_FOR_READING):
     let version: string | undefined;
     try {
       version = fileVersion(await fileSystem.fstat(fd));
+    } catch {
+      version = undefined;
+    }
+    return { digest, version };
+  } catch {
+    return { digest: Buffer.alloc(16), version: undefined };
+  } finally {
+    closeQuietly(fd);
+  }
+}
+
+/**
+ * md5OfFile with direct calls, for a file the caller knows to be at most SYNC_READ_MAX_BYTES (a larger one
+ * read so far, or grown meanwhile, is read to its end all the same: what the digest must cover).
+ */
+export function md5OfFileSync(path: string, flags: number = OPEN_FOR_READING): HashedFile | undefined {
+  let fd: number;
+  try {
+    fd = directFileSystem.open(fsPath(path), flags);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ELOOP') return undefined;
+    return { digest: Buffer.alloc(16), version: undefined };
+  }
+  try {
+    const hash = createHash('md5');
+    const buffer = Buffer.allocUnsafe(HASH_READ_BYTES);
+    for (let position = 0; ; ) {
+      const bytesRead = directFileSystem.read(fd, buffer, 0, buffer.length, position);
+      hash.update(buffer.subarray(0, bytesRead));
+      position += bytesRead;
+      if (bytesRead < buffer.length) break;
+    }
+    const digest = hash.digest();
+    let version: string | undefined;
+    try {
+      version = fileVersion(directFileSystem.fstat(fd));
     } catch {
       version = undefined;
     }

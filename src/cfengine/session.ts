@@ -92,8 +92,12 @@ export interface Session {
   readonly admission: Admission;
   /** one transaction (or GET block), after the write in flight (see CfengineConnection.write) */
   write(buffer: Buffer): Promise<void>;
-  /** whole transactions packed into writes of at most one TLS record */
-  writeTransactions(frames: readonly Buffer[]): Promise<void>;
+  /** true while a write waits for its callback: write() would wait, writeNow() must not be called */
+  readonly writeInFlight: boolean;
+  /** write() when no write is in flight (the synchronous request path); throws when the connection is gone */
+  writeNow(buffer: Buffer): void;
+  /** whole transactions packed into writes of at most one TLS record; at once (no promise) when they fit one and no write is in flight */
+  writeTransactions(frames: readonly Buffer[]): void | Promise<void>;
   /** the next transaction, waiting for it; undefined when the connection ends first */
   nextFrame(): Promise<Buffer | undefined>;
   /** why the connection will close (its closing log line) */

@@ -74,6 +74,11 @@ export function holdThreadPoolMode(): void {
  */
 export function call<T>(direct: () => T, pooled: () => Promise<T>, size = 0): Maybe<T> {
   if (size > SYNC_READ_MAX_BYTES || (asyncUntil !== 0 && inThreadPoolMode())) return pooled();
+  return timed(direct);
+}
+
+/** a direct call, timed: a slow one switches the process to the thread pool (for the calls that follow) */
+function timed<T>(direct: () => T): T {
   const start = performance.now();
   try {
     return direct();
@@ -192,3 +197,40 @@ export const fileSystem = {
 
 /** closes a descriptor quietly (fileSystem.close) */
 export const closeQuietly = (fd: number): void => fileSystem.close(fd);
+
+/**
+ * The same calls, always direct and timed, for a caller that chose the synchronous path for a whole request
+ * (src/cfengine's answers: a request costs no promise or microtask then). The caller checks
+ * `inThreadPoolMode()` before it starts and keeps each read within SYNC_READ_MAX_BYTES; a slow call here still
+ * sends the calls that follow it (the next requests) to the thread pool.
+ */
+export const directFileSystem = {
+  realpath(path: FsPath, encoding: PathEncoding = 'utf8'): string {
+    const options = encoding === 'latin1' ? LATIN1 : UTF8;
+    return timed(() => realpathSync.native(path, options));
+  },
+  lstat(path: FsPath): BigIntStats {
+    return timed(() => lstatSync(path, BIGINT));
+  },
+  /** stat following links; undefined when nothing is there */
+  statIfExists(path: FsPath): BigIntStats | undefined {
+    return timed(() => statSync(path, BIGINT_QUIET));
+  },
+  readlink(path: FsPath, encoding: PathEncoding = 'utf8'): string {
+    const options = encoding === 'latin1' ? LATIN1 : UTF8;
+    return timed(() => readlinkSync(path, options));
+  },
+  readdir(path: FsPath, encoding: PathEncoding = 'utf8'): string[] {
+    const options = encoding === 'latin1' ? LATIN1 : UTF8;
+    return timed(() => readdirSync(path, options));
+  },
+  open(path: FsPath, flags: number): number {
+    return timed(() => openSync(path, flags));
+  },
+  read(fd: number, buffer: Buffer, offset: number, length: number, position: number): number {
+    return timed(() => readSync(fd, buffer, offset, length, position));
+  },
+  fstat(fd: number): BigIntStats {
+    return timed(() => fstatSync(fd, BIGINT));
+  },
+};

@@ -13,6 +13,7 @@ import {
   CFD_TERMINATOR,
   CFD_TRUE,
   decodeOpendirPacket,
+  encodeFrame,
   encodeMd5Request,
   parseStatLine,
 } from '../../src/cfengine/codec.js';
@@ -147,6 +148,31 @@ for (const mode of ['direct', 'thread pool'] as const) {
       client.send(`SYNCH ${now()} STAT ${rules}/name with spaces`);
       t.match((await client.readFrame()).payload.toString(), /^OK: 0 /, 'spaces in a path');
       await client.readFrame();
+      client.close();
+    });
+
+    await t.test('requests sent together are answered in order, whole', async (t) => {
+      // the first is answered at once; the others find its write still in flight and are answered after it
+      // (commands.ts: the asynchronous handlers), in order
+      const client = await connectCfengine(port, keyA);
+      const data = join(rules, 'data.bin');
+      client.sendRaw(
+        Buffer.concat([
+          encodeFrame(`SYNCH ${now()} STAT ${data}`),
+          encodeFrame(`GET 2048 ${data}`),
+          encodeFrame(`SYNCH ${now()} STAT ${fixture.share}/${NODE_B}/secret`),
+          encodeMd5Request(data, createHash('md5').update(content).digest()),
+          encodeFrame(`OPENDIR ${rules}/empty-dir`),
+          encodeFrame('VERSION'),
+        ]),
+      );
+      t.match((await client.readFrame()).payload.toString(), /^OK: 0 416 0 \d+ \d+ 5000 /, 'STAT');
+      t.equal((await client.readFrame()).payload.toString(), 'OK:');
+      t.same(await client.readBytes(content.length), content, 'GET: the bytes');
+      t.equal((await client.readFrame()).payload.toString(), FAILED, "another node's file: refused");
+      t.equal((await client.readFrame()).payload.toString(), 'CFD_FALSE', 'MD5: the same');
+      t.same((await client.readFrame()).payload, Buffer.from(`.\0..\0${CFD_TERMINATOR}\0\0`, 'latin1'), 'OPENDIR');
+      t.equal((await client.readFrame()).payload.toString(), 'OK: 3.21.0', 'VERSION');
       client.close();
     });
 
