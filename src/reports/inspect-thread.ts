@@ -4,10 +4,10 @@
 // sends the run info and the certificates to check with (cached here by the key it gives them).
 
 import { X509Certificate, createPublicKey } from 'node:crypto';
-import { closeSync, fstatSync, openSync, readSync, statSync, unlink } from 'node:fs';
+import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
 import { RelayError } from '../errors.js';
-import { isSameFile } from '../spool/index.js';
+import { removeIfSame } from '../spool/index.js';
 import type { Inspection } from './index.js';
 import { inspectContent } from './inspect.js';
 import type { SignerCertificate } from '../nodes/index.js';
@@ -67,28 +67,18 @@ function readWhole(path: string, slot: Buffer | undefined): Buffer | undefined {
 
 /**
  * The queue's removal of a forwarded file, here beside the file's read (no thread-pool hand-off in the
- * primary). The identity check is synchronous; the unlink goes to libuv's pool and overlaps the inspection
- * of the batch's files. Done in line, it was the start scan's serial wait: an unlink in ext4 waits for the
- * journal whenever other processes write and fsync (uploads do), 0.3–1.3 ms of wall time per file on a busy
- * 2-core machine, longer than the file's inspection, while this one thread sets the pace of the whole queue
- * (bench/pipeline, phase A with the machine busy: 361–393 reports/s in line, 703–857 with the pool). The gap
- * between the check and the unlink is one pool hand-off, as with the queue's default remover.
+ * primary): the spool's own remover (the file taken out by a rename, its identity checked, then unlinked; see
+ * takeIfSame), whose rename and unlink go to libuv's pool and overlap the inspection of the batch's files. Done
+ * in line, an unlink was the start scan's serial wait: in ext4 it waits for the journal whenever other processes
+ * write and fsync (uploads do), 0.3–1.3 ms of wall time per file on a busy 2-core machine, longer than the
+ * file's inspection, while this one thread sets the pace of the whole queue (bench/pipeline, phase A with the
+ * machine busy: 361–393 reports/s in line, 703–857 with the pool).
  */
-function remove(removal: ThreadRemoval): RemovalReply | Promise<RemovalReply> {
-  try {
-    const now = statSync(removal.path, { throwIfNoEntry: false });
-    if (now === undefined) return { id: removal.id, kind: 'gone' };
-    if (!isSameFile(now, removal.expected)) return { id: removal.id, kind: 'replaced' };
-  } catch (error) {
-    return { id: removal.id, kind: 'error', message: error instanceof Error ? error.message : String(error) };
-  }
-  return new Promise((resolve) => {
-    unlink(removal.path, (error) => {
-      if (error === null) resolve({ id: removal.id, kind: 'removed' });
-      else if (error.code === 'ENOENT') resolve({ id: removal.id, kind: 'gone' });
-      else resolve({ id: removal.id, kind: 'error', message: error.message });
-    });
-  });
+function remove(removal: ThreadRemoval): Promise<RemovalReply> {
+  return removeIfSame(removal.path, removal.expected).then(
+    (kind): RemovalReply => ({ id: removal.id, kind }),
+    (error: unknown): RemovalReply => ({ id: removal.id, kind: 'error', message: error instanceof Error ? error.message : String(error) }),
+  );
 }
 
 async function handle(request: ThreadRequest, slot: Buffer | undefined): Promise<InspectReply> {

@@ -4,9 +4,9 @@
 // peer keeps failing; failed/ with a .reason sidecar; retention that logs and counts every removal.
 // A file leaves incoming/ only when its handler said so: a crash at any instant loses nothing.
 
-import { statSync, watch, type FSWatcher, type Stats } from 'node:fs';
-import { mkdir, readdir, rename, stat, unlink, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { linkSync, mkdirSync, statSync, unlinkSync, watch, type FSWatcher, type Stats } from 'node:fs';
+import { link, mkdir, readdir, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { messageOf } from '../errors.js';
@@ -94,18 +94,113 @@ export function isSameFile(now: FileIdentity, expected: FileIdentity | undefined
   return expected === undefined || (now.ino === expected.ino && now.size === expected.size && now.mtimeMs === expected.mtimeMs);
 }
 
-/** the default remover: the identity check and the unlink, each a hand-off to libuv's thread pool */
-export async function removeIfSame(path: string, expected: FileIdentity | undefined): Promise<'removed' | 'replaced' | 'gone'> {
-  const now = await statIfPresent(path);
-  if (now === undefined) return 'gone';
-  if (!isSameFile(now, expected)) return 'replaced';
+/**
+ * The folder, beside a queue directory (in its parent, as the spool's .tmp/ where uploads are written: the same
+ * file system), where a file is taken before it is removed or moved to failed/ (see takeIfSame), in a sub-folder
+ * named as the queue directory. The queue's start puts back what a crash left there.
+ */
+export const TAKEN_FOLDER = '.taken';
+
+const takenFolderOf = (directory: string): string => join(dirname(directory), TAKEN_FOLDER, basename(directory));
+const takenPathOf = (path: string): string => join(takenFolderOf(dirname(path)), basename(path));
+
+/**
+ * Takes the file a name holds out of its directory when it is the `expected` one, for the caller to unlink or
+ * move: its path in the taken folder; 'replaced' (another file holds the name, left in place) or 'gone'.
+ * Checking the name's identity and then unlinking it would delete a file renamed over the name between the two
+ * (the same report uploaded again, answered 204, while the first was being forwarded: lost unforwarded). So the
+ * file is first moved out by a rename (atomic: whatever the name held at that instant), its identity checked where
+ * nothing else writes, and a file that is not the expected one is put back — unless a newer one took the name
+ * meanwhile: the one taken had then been overwritten, as the newer one's rename would have done anyway.
+ */
+export async function takeIfSame(path: string, expected: FileIdentity): Promise<string | 'replaced' | 'gone'> {
+  const taken = takenPathOf(path);
   try {
-    await unlink(path);
+    await rename(path, taken);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+    // the name is gone, or the taken folder is (removed by hand): made again, and one more try
+    if (statSync(path, { throwIfNoEntry: false }) === undefined) return 'gone';
+    mkdirSync(dirname(taken), { recursive: true, mode: 0o770 });
+    try {
+      await rename(path, taken);
+    } catch (again) {
+      if ((again as NodeJS.ErrnoException).code === 'ENOENT') return 'gone';
+      throw again;
+    }
+  }
+  // synchronous: a dentry- and inode-cache hit of the file just renamed
+  const now = statSync(taken, { throwIfNoEntry: false });
+  if (now !== undefined && isSameFile(now, expected)) return taken;
+  if (now !== undefined) putBack(taken, path);
+  return 'replaced';
+}
+
+/** a file taken by mistake back under its name, unless a newer one has it (EEXIST: that one wins, as a rename over it) */
+function putBack(taken: string, path: string): void {
+  try {
+    linkSync(taken, path);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+  }
+  unlinkSync(taken);
+}
+
+/**
+ * The default remover: the file taken out (takeIfSame), then unlinked, each through libuv's thread pool (an ext4
+ * rename or unlink waits for the journal while other writers fsync). Without `expected` (a file the queue did not
+ * track), whatever the name holds is removed.
+ */
+export async function removeIfSame(path: string, expected: FileIdentity | undefined): Promise<'removed' | 'replaced' | 'gone'> {
+  let target = path;
+  if (expected !== undefined) {
+    const taken = await takeIfSame(path, expected);
+    if (taken === 'replaced' || taken === 'gone') return taken;
+    target = taken;
+  }
+  try {
+    await unlink(target);
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === 'ENOENT') return 'gone';
+    if (target !== path) {
+      // back under its name for the queue's next try; if that fails too, the next start puts it back
+      try {
+        putBack(target, path);
+      } catch {
+        // left in the taken folder
+      }
+    }
     throw error;
   }
   return 'removed';
+}
+
+/**
+ * What a stop at the wrong instant left in a queue directory's taken folder goes back under its name (forwarded
+ * again: at least once, never lost), unless the name holds a newer file; then the folder is empty.
+ */
+async function recoverTaken(directory: string, log: Logger): Promise<void> {
+  const folder = takenFolderOf(directory);
+  await mkdir(folder, { recursive: true, mode: 0o770 });
+  let restored = 0;
+  let superseded = 0;
+  for (const name of await readdir(folder)) {
+    const taken = join(folder, name);
+    try {
+      await link(taken, join(directory, name));
+      restored += 1;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+      superseded += 1;
+    }
+    await unlink(taken);
+  }
+  if (restored + superseded > 0) {
+    log.warn(
+      { event: 'taken_recovered', restored, superseded },
+      'files an earlier stop left half-removed: put back to be handled again (a forwarded one may be forwarded twice), or dropped where a newer upload has the name',
+    );
+  }
 }
 
 export interface QueueStats {
@@ -513,23 +608,42 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
       case 'failed': {
         releaseClaims();
         await mkdir(options.failedDirectory, { recursive: true });
-        const reason = `${outcome.code}: ${outcome.reason}\nfile: ${name}\nat: ${new Date().toISOString()}\n`;
-        await writeFile(join(options.failedDirectory, `${name}.reason`), reason);
-        // as for 'done': a file put under this name since is a new arrival, not the one judged here
-        const now = await statIfPresent(pathOf(name));
-        if (now !== undefined && !isSameFile(now, tracked)) {
-          // checked after the sidecar's write, as close to the move as can be; the judged file is gone, so is its reason
-          await unlink(join(options.failedDirectory, `${name}.reason`)).catch(() => undefined);
-          forget(name);
-          consider(name);
-          return;
-        }
+        // as for 'done': a file put under this name since is a new arrival, not the one judged here; taken out
+        // first, so that the move to failed/ cannot catch such a file (see takeIfSame)
         removedHere.add(name);
-        await rename(pathOf(name), join(options.failedDirectory, name)).catch((error: NodeJS.ErrnoException) => {
+        let taken: string;
+        try {
+          const outcomeOfTake = await takeIfSame(pathOf(name), tracked);
+          if (outcomeOfTake === 'gone') {
+            removedHere.delete(name);
+            forget(name);
+            return;
+          }
+          if (outcomeOfTake === 'replaced') {
+            removedHere.delete(name);
+            forget(name);
+            consider(name);
+            return;
+          }
+          taken = outcomeOfTake;
+        } catch (error) {
           removedHere.delete(name);
-          if (error.code === 'ENOENT') return;
           throw error;
-        });
+        }
+        try {
+          const reason = `${outcome.code}: ${outcome.reason}\nfile: ${name}\nat: ${new Date().toISOString()}\n`;
+          await writeFile(join(options.failedDirectory, `${name}.reason`), reason);
+          await rename(taken, join(options.failedDirectory, name));
+        } catch (error) {
+          // failed/ cannot take it (full, removed): back in incoming/, judged again later rather than left aside
+          try {
+            putBack(taken, pathOf(name));
+          } catch {
+            // left in the taken folder: the next start puts it back
+          }
+          removedHere.delete(name);
+          throw error;
+        }
         log.error({ event: 'failed', file: name, code: outcome.code, reason: outcome.reason }, 'moved to failed/');
         forget(name);
         return;
@@ -677,8 +791,18 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
           await giveUp(name, tracked, tracked.held);
           continue;
         }
-        await unlink(join(directory, name));
-        if (where === 'incoming') forget(name);
+        if (where === 'incoming') {
+          // as for a forwarded file: one uploaded again under this name since the stat is not the expired one
+          const removed = await removeIfSame(join(directory, name), info);
+          forget(name);
+          if (removed === 'replaced') {
+            consider(name);
+            continue;
+          }
+          if (removed === 'gone') continue;
+        } else {
+          await unlink(join(directory, name));
+        }
         if (!name.endsWith('.reason')) {
           log.warn({ event: 'expired', file: name, directory: where, age_s: Math.round((Date.now() - info.mtimeMs) / 1000) }, `removing old file: ${name}`);
           events.onExpired?.(name, where);
@@ -734,6 +858,9 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
       if (running) return;
       running = true;
       await mkdir(options.directory, { recursive: true });
+      await recoverTaken(options.directory, log).catch((error: unknown) => {
+        log.error({ event: 'taken_recovery_error', error: messageOf(error) }, `cannot look into ${TAKEN_FOLDER}/: files an earlier stop left there stay until the next start`);
+      });
       startWatcher();
       // the first scan takes everything, whatever the limit: a restart must not lose files
       await scan(0);

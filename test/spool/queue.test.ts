@@ -1,10 +1,10 @@
 // The spool queue on real directories: intake by watch and by scan, outcomes, retention.
 
-import { mkdir, readdir, readFile, rename, unlink, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, stat, unlink, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import t from 'tap';
-import { createQueue, type QueueFile, type QueueHandler, type QueueOptions } from '../../src/spool/index.js';
+import { createQueue, removeIfSame, type QueueFile, type QueueHandler, type QueueOptions } from '../../src/spool/index.js';
 import { tempDir } from '../support/tmp.js';
 
 const log = pino({ level: 'silent' });
@@ -240,6 +240,71 @@ t.test('a file renamed over one judged failed is not moved to failed/ with its r
   t.same(contents, ['bad', 'fixed']);
   await until(async () => (await readdir(incoming)).length === 0);
   t.same(await readdir(join(dir, 'failed')).catch((): string[] => []), [], 'nothing in failed/: the file judged is gone, the one there was sent');
+});
+
+t.test('a removal racing a rename over the same name never deletes the newer file', async (t) => {
+  // the window between the identity check and the unlink: the same report uploaded again (answered 204) at
+  // that instant must stay. Both run at once on libuv's pool, many times, so that every interleaving comes up
+  const dir = tempDir(t);
+  const incoming = join(dir, 'incoming');
+  await mkdir(incoming, { recursive: true });
+  const path = join(incoming, 'same');
+  const outcomes = new Map<string, number>();
+  for (let round = 0; round < 400; round++) {
+    await writeFile(path, `old ${round}`);
+    const expected = await stat(path);
+    await writeFile(join(incoming, '.next'), `new ${round}`);
+    const [removed] = await Promise.all([removeIfSame(path, expected), rename(join(incoming, '.next'), path)]);
+    outcomes.set(removed, (outcomes.get(removed) ?? 0) + 1);
+    const left = await readFile(path, 'utf8').catch(() => undefined);
+    if (left !== `new ${round}`) {
+      t.fail(`round ${round}: the name holds ${String(left)} after a removal that said "${removed}"`);
+      return;
+    }
+  }
+  t.pass(`400 races, the newer file kept every time (${[...outcomes].map(([k, n]) => `${k} ${n}`).join(', ')})`);
+  t.same(await readdir(join(dir, '.taken', 'incoming')), [], 'nothing left in the taken folder');
+});
+
+t.test('what a stop left in the taken folder goes back under its name, unless a newer file has it', async (t) => {
+  const dir = tempDir(t);
+  const incoming = join(dir, 'incoming');
+  const taken = join(dir, '.taken', 'incoming');
+  await mkdir(incoming, { recursive: true });
+  await mkdir(taken, { recursive: true });
+  await writeFile(join(taken, 'half-removed'), 'forward me again');
+  await writeFile(join(taken, 'superseded'), 'older copy');
+  await writeFile(join(incoming, 'superseded'), 'newer copy');
+  const lines: Array<Record<string, unknown>> = [];
+  const capture = pino({ level: 'info' }, { write: (line: string) => lines.push(JSON.parse(line) as Record<string, unknown>) });
+  const contents: string[] = [];
+  const queue = createQueue(
+    options(dir, { catchupFrequencyMs: 60_000 }),
+    async (file) => {
+      contents.push(await readFile(file.path, 'utf8'));
+      return { kind: 'done' };
+    },
+    {},
+    capture,
+  );
+  await queue.start();
+  t.teardown(() => queue.stop());
+  await until(() => contents.length === 2);
+  t.same(contents.sort(), ['forward me again', 'newer copy'], 'the half-removed file is handled again; the older copy is dropped for the newer');
+  t.same(await readdir(taken), [], 'the taken folder is empty');
+  t.ok(lines.some((l) => l['event'] === 'taken_recovered' && l['restored'] === 1 && l['superseded'] === 1), 'and the recovery is logged with its counts');
+});
+
+t.test('a taken folder removed while running is made again', async (t) => {
+  const dir = tempDir(t);
+  const incoming = join(dir, 'incoming');
+  await mkdir(incoming, { recursive: true });
+  const { contents } = await recordingQueue(t, dir);
+  await import('node:fs/promises').then((fs) => fs.rm(join(dir, '.taken'), { recursive: true }));
+  await arrive(incoming, 'one', 'first');
+  await until(() => contents.length === 1);
+  await until(async () => (await readdir(incoming)).length === 0);
+  t.same(await readdir(join(dir, '.taken', 'incoming')), [], 'removed through a taken folder made again');
 });
 
 t.test('a file gone before its removal does not hide the next file of that name', async (t) => {
