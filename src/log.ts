@@ -33,12 +33,32 @@ const REFUSAL_EVENTS: ReadonlySet<string> = new Set(['access', 'denied', 'refuse
 const LOG_BATCH_BYTES = 4096;
 const LOG_FLUSH_MS = 100;
 
-let stdout: ReturnType<typeof pino.destination> | undefined;
+/** what pino writes to: sonic-boom's buffered stdout, behind a flush timer armed only when a line is buffered */
+interface LogStream {
+  write(line: string): void;
+  flushSync(): void;
+}
 
-/** one buffered stdout per process, written out at exit (also after an uncaught exception) */
-function stdoutDestination(): ReturnType<typeof pino.destination> {
+let stdout: LogStream | undefined;
+
+/**
+ * one buffered stdout per process, written out at exit (also after an uncaught exception). The buffer is flushed
+ * LOG_FLUSH_MS after a line went into it, by a one-shot timer: sonic-boom's own `periodicFlush` is an interval
+ * that writes even when nothing is buffered (an empty write(2) every 100 ms), which woke an idle relay ten times
+ * a second in each process
+ */
+function stdoutDestination(): LogStream {
   if (stdout !== undefined) return stdout;
-  const destination = pino.destination({ dest: 1, sync: true, minLength: LOG_BATCH_BYTES, periodicFlush: LOG_FLUSH_MS });
+  const destination = pino.destination({ dest: 1, sync: true, minLength: LOG_BATCH_BYTES });
+  let timer: NodeJS.Timeout | undefined;
+  const flushLater = (): void => {
+    timer = undefined;
+    try {
+      destination.flush();
+    } catch {
+      // stdout is gone: nothing left to tell
+    }
+  };
   process.once('exit', () => {
     try {
       destination.flushSync();
@@ -46,8 +66,17 @@ function stdoutDestination(): ReturnType<typeof pino.destination> {
       // stdout is gone: nothing left to tell
     }
   });
-  stdout = destination;
-  return destination;
+  stdout = {
+    write(line) {
+      destination.write(line);
+      if (timer === undefined) {
+        timer = setTimeout(flushLater, LOG_FLUSH_MS);
+        timer.unref();
+      }
+    },
+    flushSync: () => destination.flushSync(),
+  };
+  return stdout;
 }
 
 const recent: RecentError[] = [];
