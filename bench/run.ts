@@ -44,6 +44,9 @@ async function main(names: readonly string[]): Promise<number> {
   return failed === 0 ? 0 : 1;
 }
 
-// Ctrl-C: exit through 'exit' handlers, which kill the servers a bench started
+// Ctrl-C, `timeout`, a closed terminal: exit through 'exit' handlers, which kill the servers a bench started
+// (the default action of these signals ends the process without running them)
 process.once('SIGINT', () => process.exit(130));
+process.once('SIGTERM', () => process.exit(143));
+process.once('SIGHUP', () => process.exit(129));
 process.exitCode = await main(process.argv.slice(2));

@@ -6,10 +6,19 @@ import { closeSync, openSync, readdirSync, readFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-/** Children still running; killed if the bench dies without stopping them. */
+/**
+ * Children still running; killed if the bench dies without stopping them, each with its whole process group
+ * (each child leads its own): killing nginx's master alone left its workers running, holding the port.
+ */
 const running = new Set<ChildProcess>();
 process.on('exit', () => {
-  for (const child of running) child.kill('SIGKILL');
+  for (const child of running) {
+    try {
+      if (child.pid !== undefined) process.kill(-child.pid, 'SIGKILL');
+    } catch {
+      child.kill('SIGKILL');
+    }
+  }
 });
 
 export interface Server {
@@ -36,6 +45,8 @@ export function startServer(options: StartOptions): Server {
   const child = spawn(options.command, options.args, {
     cwd: options.cwd,
     stdio: ['ignore', log, log],
+    // a process group of its own, so that the exit handler above can take the server's children with it
+    detached: true,
   });
   closeSync(log);
   running.add(child);
