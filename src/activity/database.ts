@@ -59,6 +59,10 @@ const MIGRATIONS: readonly string[] = [
   -- per-minute series of the status page's charts (last 24 h): value summed, n counted (latency = value / n)
   CREATE TABLE minutes (minute INTEGER NOT NULL, series TEXT NOT NULL, value REAL NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (minute, series)) WITHOUT ROWID;
   `,
+  `
+  -- per address, how many failures of each reason (a JSON object), not only the last one
+  ALTER TABLE client_failures ADD COLUMN reasons TEXT;
+  `,
 ];
 export const SCHEMA_VERSION = MIGRATIONS.length;
 

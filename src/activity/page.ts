@@ -149,7 +149,12 @@ export function renderActivitySections(input: ActivityPageInput): string {
   const silent = input.nodes.filter((n) => n.silent).length;
   const failures = input.clientFailures
     .slice(0, 10)
-    .map((f) => `<li><code>${escape(f.ip)}</code> ×${f.count}, last ${ago(new Date(f.last_at).toISOString(), now)}: ${escape(f.last_reason)}</li>`)
+    .map((f) => {
+      const reasons = Object.entries(f.reasons);
+      // the last reason alone hid the others (a bad password, then a stale certificate): every reason counted when there were several
+      const all = reasons.length > 1 ? ` <span class="muted">(${reasons.map(([reason, n]) => `${escape(reason)} ×${n}`).join(', ')})</span>` : '';
+      return `<li><code>${escape(f.ip)}</code> ×${f.count}, last ${ago(new Date(f.last_at).toISOString(), now)}: ${escape(f.last_reason)}${all}</li>`;
+    })
     .join('');
 
   const series = (name: string): Map<number, number> => new Map(input.charts.points.filter((p) => p.series === name).map((p) => [p.minute, p.value]));

@@ -69,7 +69,13 @@ export interface ClientFailure {
   readonly first_at: number;
   readonly last_at: number;
   readonly last_reason: string | null;
+  /** failures per reason since the address's first one (at most MAX_FAILURE_REASONS reasons, the rest under "other") */
+  readonly reasons: Readonly<Record<string, number>>;
 }
+
+/** distinct reasons kept per client address: a scanner trying every kind of handshake stays one bounded row */
+const MAX_FAILURE_REASONS = 8;
+const OTHER_REASONS = 'other';
 
 export interface MinutePoint {
   readonly minute: number;
@@ -122,8 +128,17 @@ export function createStore(db: Database, isKnownNode: (id: string) => boolean):
   const refusal = db.prepare(`INSERT INTO nodes (id, refusal_at, refusal_code, refusal_ip, refusal_action) VALUES (@node, @at, @code, @ip, @action)
     ON CONFLICT (id) DO UPDATE SET refusal_at = excluded.refusal_at, refusal_code = excluded.refusal_code, refusal_ip = excluded.refusal_ip, refusal_action = excluded.refusal_action`);
   const nodeEvent = db.prepare('INSERT INTO node_events (at, node, action, outcome, code, ip) VALUES (?, ?, ?, ?, ?, ?)');
-  const clientFailure = db.prepare(`INSERT INTO client_failures (ip, count, first_at, last_at, last_reason) VALUES (@ip, 1, @at, @at, @reason)
-    ON CONFLICT (ip) DO UPDATE SET count = count + 1, last_at = excluded.last_at, last_reason = excluded.last_reason`);
+  const clientFailureUpsert = db.prepare(`INSERT INTO client_failures (ip, count, first_at, last_at, last_reason, reasons) VALUES (@ip, 1, @at, @at, @reason, @reasons)
+    ON CONFLICT (ip) DO UPDATE SET count = count + 1, last_at = excluded.last_at, last_reason = excluded.last_reason, reasons = excluded.reasons`);
+  const clientFailureReasons = db.prepare<[string], { reasons: string | null }>('SELECT reasons FROM client_failures WHERE ip = ?');
+  const clientFailure = {
+    run(failure: { ip: string; at: number; reason: string }): void {
+      const counts = new Map(Object.entries(parseReasons(clientFailureReasons.get(failure.ip)?.reasons ?? null)));
+      const key = counts.has(failure.reason) || counts.size < MAX_FAILURE_REASONS - 1 ? failure.reason : OTHER_REASONS;
+      counts.set(key, (counts.get(key) ?? 0) + 1);
+      clientFailureUpsert.run({ ...failure, reasons: JSON.stringify(Object.fromEntries(counts)) });
+    },
+  };
   const received = db.prepare(`INSERT INTO ledger (queue, file, node, received_at, size, sha256, ip, state) VALUES (?, ?, ?, ?, ?, ?, ?, 'received')`);
   // a replaced upload (WebDAV 204) is the same file waiting in the queue: one ledger entry, updated
   const replacedRow = db.prepare(`UPDATE ledger SET size = ?, sha256 = ?, ip = ? WHERE id = (SELECT id FROM ledger WHERE file = ? AND queue = ? AND state = 'received' ORDER BY id DESC LIMIT 1)`);
@@ -312,8 +327,23 @@ export function createStore(db: Database, isKnownNode: (id: string) => boolean):
       return (db.prepare(sql).all(...args, limit) as LedgerRow[]).map(hex);
     },
     hours: (since) => db.prepare('SELECT * FROM ledger_hours WHERE hour >= ? ORDER BY hour, queue').all(hourOf(since)) as LedgerHour[],
-    clientFailures: (limit) => db.prepare('SELECT * FROM client_failures ORDER BY last_at DESC LIMIT ?').all(limit) as ClientFailure[],
+    clientFailures: (limit) =>
+      (db.prepare('SELECT * FROM client_failures ORDER BY last_at DESC LIMIT ?').all(limit) as Array<Omit<ClientFailure, 'reasons'> & { reasons: string | null }>).map((row) => ({
+        ...row,
+        reasons: parseReasons(row.reasons),
+      })),
     minutes: (since) => db.prepare('SELECT * FROM minutes WHERE minute >= ? ORDER BY minute').all(since) as MinutePoint[],
     close: () => db.close(),
   };
+}
+
+/** a row's reasons column: {} for rows written before it existed (or unreadable) */
+function parseReasons(text: string | null): Record<string, number> {
+  if (text === null) return {};
+  try {
+    const parsed = JSON.parse(text) as unknown;
+    return typeof parsed === 'object' && parsed !== null && !Array.isArray(parsed) ? (parsed as Record<string, number>) : {};
+  } catch {
+    return {};
+  }
 }

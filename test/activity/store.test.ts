@@ -76,6 +76,28 @@ t.test('a replaced upload (204) is one file; a refused report is the node’s la
   t.equal(activity.node(NODE)?.node.report.outcome, 'refused: bad-signature');
 });
 
+t.test('a database of schema 1 (before the reasons column) is migrated in place, its rows kept', async (t) => {
+  const directory = tempDir(t);
+  const first = activityIn(directory);
+  await first.start();
+  await first.stop();
+  const { default: Database } = await import('better-sqlite3');
+  // back to what the first schema was (client_failures without reasons), with a row in it
+  const db = new Database(join(directory, 'activity.sqlite'));
+  db.exec('ALTER TABLE client_failures DROP COLUMN reasons');
+  db.prepare(`INSERT INTO client_failures VALUES ('192.0.2.5', 4, ?, ?, 'tls: old')`).run(Date.now() - 2000, Date.now() - 1000);
+  db.pragma('user_version = 1');
+  db.close();
+  const activity = activityIn(directory);
+  await activity.start();
+  t.teardown(() => activity.stop());
+  t.equal(activity.isRecording(), true, 'recording');
+  t.match(activity.clientFailures().find((f) => f.ip === '192.0.2.5'), { count: 4, last_reason: 'tls: old', reasons: {} }, 'the old row, its reasons unknown');
+  activity.record({ t: 'tls', at: Date.now(), ip: '192.0.2.5', reason: 'new' });
+  activity.flush();
+  t.match(activity.clientFailures().find((f) => f.ip === '192.0.2.5'), { count: 5, last_reason: 'tls: new', reasons: { 'tls: new': 1 } }, 'counted from then on');
+});
+
 t.test('a database written by a newer onerelay is left alone', async (t) => {
   const directory = tempDir(t);
   const first = activityIn(directory);
@@ -109,6 +131,26 @@ t.test('ids a client makes up get no node record: the refusal is counted for its
   t.equal(failure?.count, 1);
   t.equal(failure?.last_reason, 'RELAY_ERR_AUTH_REQUIRED');
   t.equal(activity.refusals().get('RELAY_ERR_AUTH_REQUIRED'), 1, 'still counted in the metric');
+});
+
+t.test('client failures: every reason counted per address, bounded, not only the last one', async (t) => {
+  const activity = activityIn(tempDir(t));
+  await activity.start();
+  t.teardown(() => activity.stop());
+  const at = Date.now();
+  activity.record({ t: 'tls', at, ip: '192.0.2.7', reason: 'no certificate' });
+  activity.record({ t: 'request', at: at + 1, action: 'other', node: undefined, ip: '192.0.2.7', status: 401, code: 'RELAY_ERR_AUTH_REQUIRED' });
+  activity.record({ t: 'tls', at: at + 2, ip: '192.0.2.7', reason: 'no certificate' });
+  for (let i = 0; i < 12; i++) activity.record({ t: 'tls', at: at + 3 + i, ip: '192.0.2.8', reason: `reason ${i}` });
+  activity.flush();
+  const failures = new Map(activity.clientFailures().map((f) => [f.ip, f]));
+  t.match(failures.get('192.0.2.7'), { count: 3, last_reason: 'tls: no certificate' });
+  t.same(failures.get('192.0.2.7')?.reasons, { 'tls: no certificate': 2, RELAY_ERR_AUTH_REQUIRED: 1 }, 'both reasons, each counted');
+  const many = failures.get('192.0.2.8')!;
+  t.equal(many.count, 12);
+  t.equal(Object.keys(many.reasons).length, 8, 'at most 8 reasons per address');
+  t.equal(many.reasons['other'], 5, 'the rest counted together');
+  t.equal(Object.values(many.reasons).reduce((a, b) => a + b, 0), 12, 'every failure counted once');
 });
 
 t.test('pruning: per-file rows and node events older than the detail window go, queued files and hourly totals stay', async (t) => {
