@@ -61,8 +61,8 @@ export { createInlineFileInspector, createThreadedFileInspector } from './inspec
 export type { FileInspection, FileInspector } from './inspect-pool.js';
 export { decodeReport } from './decode.js';
 export { verifySmime } from './smime.js';
-export { parseRunlog } from './runlog.js';
-export type { RunLog, Report } from './runlog.js';
+export { checkRunlog, parseRunlog } from './runlog.js';
+export type { RunLog, Report, RunlogSummary } from './runlog.js';
 export { ReportError, isReportError } from './report-error.js';
 export type { SmimeVerification } from './smime.js';
 export { parseReports } from './runlog.js';

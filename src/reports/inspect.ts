@@ -7,7 +7,7 @@ import { parseRelaxedRfc3339, parseRfc3339 } from './dates.js';
 import { decodeReport } from './decode.js';
 import type { Inspection, RejectReason, ReportInspector, ReportInspectorOptions, RunInfo } from './index.js';
 import { isReportError } from './report-error.js';
-import { parseRunlog } from './runlog.js';
+import { checkRunlog, type RunlogSummary } from './runlog.js';
 import { readSmime, stripTextHeader, verifySignedPart, verifySignedPartAsync, type SmimeParts } from './smime.js';
 
 /**
@@ -173,15 +173,15 @@ export async function inspectContent(
     content = decoded; // unsigned plain text, acceptable when nothing is verified here
   }
 
-  let reports: readonly { readonly event_type: string }[];
+  let summary: RunlogSummary;
   try {
-    reports = parseRunlog(content.toString('utf8'), info).reports;
+    summary = checkRunlog(content.toString('utf8'), info, skipEventTypes);
   } catch (error) {
     if (isReportError(error)) return reject(error.reason, nodeId, error.message);
     throw error;
   }
-  if (skipEventTypes.size > 0 && reports.every((r) => skipEventTypes.has(r.event_type))) {
+  if (summary.allSkipped) {
     return reject('skipped', nodeId, `every report is of a skipped event type (${[...skipEventTypes].join(', ')})`);
   }
-  return { kind: 'forward', nodeId, verified: certificates !== undefined, reports: reports.length, decodedBytes: decoded.length };
+  return { kind: 'forward', nodeId, verified: certificates !== undefined, reports: summary.reports, decodedBytes: decoded.length };
 }

@@ -84,6 +84,105 @@ export function parseReports(text: string): ParsedReports {
   return result;
 }
 
+/** What the reporting queue's inspection needs of a run log: how many reports, and whether all are of a skipped event type. */
+export interface RunlogSummary {
+  readonly reports: number;
+  /** every report's event type is in the skipped set (false when the set is empty) */
+  readonly allSkipped: boolean;
+}
+
+/**
+ * The same outcome as parseRunlog(text, info) (acceptance, and the same ReportError when refused), reduced to what
+ * an inspection uses. The usual run log (every line a report of the file's node, on one line) is checked in one
+ * pass over the text without building a report: ~5× cheaper. Anything else (log lines, continuation lines, fields
+ * across lines, another node id, lone CRs, a failing line) goes to parseRunlog, which stays the one reference.
+ */
+export function checkRunlog(text: string, info: RunInfo, skipEventTypes: ReadonlySet<string>): RunlogSummary {
+  const lean = leanRunlogCheck(text, info.nodeId, skipEventTypes);
+  if (lean !== undefined) return lean;
+  const { reports } = parseRunlog(text, info);
+  return { reports: reports.length, allSkipped: skipEventTypes.size > 0 && reports.every((r) => skipEventTypes.has(r.event_type)) };
+}
+
+/**
+ * @internal (exported for its tests) The fast path of checkRunlog: a summary when every line is `TS R: @@f@@f@@f@@f@@f@@component@@key@@start##node@#msg`
+ * ending in "\n" or "\r\n", with the parser's own tests on each piece, undefined otherwise. Why the result is
+ * parseRunlog's on such a text: at a line start, log_entry fails (agent_log_level refuses "R: @@") and the report's
+ * tail succeeds with the line's fields (every "@@"/"##"/"@#" search that the parser makes from there finds the
+ * same position inside the line, and a timestamp that the metadata parser may skip holds no "@"); its message is
+ * one simpleline that ends at the line end, and the next line, a report line, is not a simpleline, so it is not
+ * taken as a continuation. Hence one report per line, each with the line's node id and event type, and a work
+ * budget never reached (about 2× the text, against 16×).
+ */
+export function leanRunlogCheck(s: string, nodeId: string, skipEventTypes: ReadonlySet<string>): RunlogSummary | undefined {
+  // indexOf, not a loop over characters: V8's string search is ~3× faster here
+  const length = s.length;
+  let allSkipped = skipEventTypes.size > 0;
+  let count = 0;
+  let p = 0;
+  let cr = s.indexOf('\r');
+  // consecutive lines mostly carry the same timestamps: compare the text before parsing it again
+  let lastStamp = '';
+  let lastStart = '';
+  while (p < length) {
+    const lf = s.indexOf('\n', p);
+    if (lf < 0) return undefined; // the last line needs a terminator
+    if (cr >= 0 && cr < p) cr = s.indexOf('\r', p);
+    let end = lf; // simpleline's EOL: "\r\n" or "\n" here (a lone "\r" is an EOL of its own: left to the parser)
+    if (cr >= 0 && cr < lf) {
+      if (cr !== lf - 1) return undefined;
+      end = cr;
+    }
+    // line_timestamp: up to the first space, within the line (a CR or LF in it would fail the date anyway)
+    const c = s.charCodeAt(p);
+    if (c < 0x30 || c > 0x39) return undefined;
+    const space = s.indexOf(' ', p);
+    if (space < 0 || space >= end) return undefined;
+    if (space - p !== lastStamp.length || !s.startsWith(lastStamp, p)) {
+      if (parseRfc3339(s, p, space) === undefined) return undefined;
+      lastStamp = s.slice(p, space);
+    }
+    let q = space + 1;
+    if (!s.startsWith('R: @@', q)) return undefined;
+    q += 5;
+    // policy, event type, rule, directive, report id, component, key value: each up to the next "@@" (the
+    // parser's take_until), here before the line's end
+    let eventStart = 0;
+    let eventEnd = 0;
+    for (let field = 0; field < 7; field++) {
+      const at = s.indexOf('@@', q);
+      if (at < 0 || at >= end) return undefined;
+      if (field === 1) {
+        eventStart = q;
+        eventEnd = at;
+      }
+      q = at + 2;
+    }
+    const hashes = s.indexOf('##', q);
+    if (hashes < 0 || hashes >= end) return undefined;
+    if (hashes - q !== lastStart.length || !s.startsWith(lastStart, q)) {
+      if (parseStartDate(s, q, hashes) === undefined) return undefined;
+      lastStart = s.slice(q, hashes);
+    }
+    q = hashes + 2;
+    const nodeEnd = s.indexOf('@#', q);
+    if (nodeEnd < 0 || nodeEnd >= end) return undefined;
+    if (nodeEnd - q !== nodeId.length || !s.startsWith(nodeId, q)) return undefined; // the parser words the error
+    q = nodeEnd + 2;
+    // the message: simpleline := [line_timestamp] !(agent_log_level | "R: @@") text EOL
+    const m = s.charCodeAt(q);
+    if (m >= 0x30 && m <= 0x39) {
+      const stampEnd = s.indexOf(' ', q);
+      if (stampEnd >= 0 && parseRfc3339(s, q, stampEnd) !== undefined) q = stampEnd + 1;
+    }
+    if (agentLogLevelEnd(s, q) !== FAIL || s.startsWith('R: @@', q)) return undefined;
+    count++;
+    if (allSkipped && !skipEventTypes.has(s.slice(eventStart, eventEnd))) allSkipped = false;
+    p = lf + 1;
+  }
+  return count === 0 ? undefined : { reports: count, allSkipped };
+}
+
 // ---------------------------------------------------------------------------------------------------------
 
 const FAIL = -1;
@@ -122,6 +221,34 @@ const CHAR_CR = 0x0d;
 const CHAR_LF = 0x0a;
 const CHAR_SPACE = 0x20;
 const CHAR_COLON = 0x3a;
+
+/** the event type of the last agentLogLevelEnd match */
+let matchedLevelType = '';
+
+/** agent_log_level := LEVEL [":"] " "*: where it ends, or FAIL; its event type in matchedLevelType */
+function agentLogLevelEnd(s: string, p: number): number {
+  const levels = LEVELS_BY_FIRST.get(s.charCodeAt(p)); // C, space, r, R
+  if (levels === undefined) return FAIL;
+  // a report line: no level starts with "R: @", and the untagged form below excludes it
+  if (s.startsWith('R: @@', p)) return FAIL;
+  let q = FAIL;
+  for (const [literal, type] of levels) {
+    if (s.startsWith(literal, p)) {
+      q = p + literal.length;
+      matchedLevelType = type;
+      break;
+    }
+  }
+  if (q === FAIL) {
+    // "R:" not followed by " @@": an untagged non-Rudder report
+    if (!s.startsWith('R:', p) || s.startsWith(' @@', p + 2)) return FAIL;
+    q = p + 2;
+    matchedLevelType = 'log_info';
+  }
+  if (s.charCodeAt(q) === CHAR_COLON) q++;
+  while (s.charCodeAt(q) === CHAR_SPACE) q++;
+  return q;
+}
 
 /** indexOf that remembers its last answer: valid for any later start up to that answer */
 class Finder {
@@ -346,27 +473,8 @@ class RunlogParser {
 
   /** agent_log_level := LEVEL [":"] " "* */
   private agentLogLevel(p: number): number {
-    const s = this.s;
-    const levels = LEVELS_BY_FIRST.get(s.charCodeAt(p)); // C, space, r, R
-    if (levels === undefined) return FAIL;
-    // a report line: no level starts with "R: @", and the untagged form below excludes it
-    if (s.startsWith('R: @@', p)) return FAIL;
-    let q = FAIL;
-    for (const [literal, type] of levels) {
-      if (s.startsWith(literal, p)) {
-        q = p + literal.length;
-        this.levelType = type;
-        break;
-      }
-    }
-    if (q === FAIL) {
-      // "R:" not followed by " @@": an untagged non-Rudder report
-      if (!s.startsWith('R:', p) || s.startsWith(' @@', p + 2)) return FAIL;
-      q = p + 2;
-      this.levelType = 'log_info';
-    }
-    if (s.charCodeAt(q) === CHAR_COLON) q++;
-    while (s.charCodeAt(q) === CHAR_SPACE) q++;
+    const q = agentLogLevelEnd(this.s, p);
+    if (q !== FAIL) this.levelType = matchedLevelType;
     return q;
   }
 

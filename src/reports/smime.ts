@@ -4,7 +4,7 @@
 // given certificates only, messageDigest check, RSA/ECDSA signature over the DER of the signed attributes.
 // Digests weaker than SHA-256 are refused (relayd's FIXME, spec §15.12). No chain or validity check.
 
-import { createHash, verify, type KeyObject } from 'node:crypto';
+import { hash as oneShotHash, verify, type KeyObject } from 'node:crypto';
 import type { SignerCertificate } from '../nodes/index.js';
 import {
   DerError,
@@ -117,31 +117,29 @@ function toHeaderMap(raw: ReadonlyArray<[string, string]>): Map<string, MimeHead
   return headers;
 }
 
+/** the pieces between unquoted ";" (a backslash in quotes escapes the next character), as slices of the text */
 function splitParameters(text: string): string[] {
   const pieces: string[] = [];
-  let current = '';
+  let start = 0;
   let quoted = false;
   for (let i = 0; i < text.length; i++) {
-    const c = text[i]!;
-    if (c === '"') quoted = !quoted;
-    if (c === '\\' && quoted && i + 1 < text.length) {
-      current += c + text[++i]!;
-      continue;
-    }
-    if (c === ';' && !quoted) {
-      pieces.push(current);
-      current = '';
-    } else {
-      current += c;
+    const c = text.charCodeAt(i);
+    if (c === 0x22) quoted = !quoted; // "
+    else if (c === 0x5c && quoted && i + 1 < text.length) i++; // \ and the character it escapes
+    else if (c === 0x3b && !quoted) {
+      // ;
+      pieces.push(text.slice(start, i));
+      start = i + 1;
     }
   }
-  pieces.push(current);
+  pieces.push(text.slice(start));
   return pieces;
 }
 
 function unquote(value: string): string {
   if (value.length >= 2 && value.startsWith('"') && value.endsWith('"')) {
-    return value.slice(1, -1).replace(/\\(.)/g, '$1');
+    const inner = value.slice(1, -1);
+    return inner.includes('\\') ? inner.replace(/\\(.)/g, '$1') : inner;
   }
   return value;
 }
@@ -459,7 +457,7 @@ function prepareChecks(parts: SmimeParts, certificates: readonly SignerCertifica
     }
     let digest = digests.get(hash);
     if (digest === undefined) {
-      digest = createHash(hash).update(parts.signedPart).digest();
+      digest = oneShotHash(hash, parts.signedPart, 'buffer'); // one call, no Hash object
       digests.set(hash, digest);
     }
     if (!digest.equals(signer.messageDigest!)) return 'message digest mismatch: the run log was modified after it was signed';

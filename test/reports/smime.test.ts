@@ -172,3 +172,19 @@ t.test('OpenSSL canonicalisation: long lines, LF/CRLF mix, lone CR, blank lines,
     if (result.ok && verify.code === 0) t.ok(result.content.equals(verify.stdout), `${label}: same content as openssl`);
   }
 });
+
+t.test('MIME parameters: a quoted ";" and backslash escapes in the top header', async (t) => {
+  const text = normalSigned.toString('latin1');
+  const header = 'Content-Type: multipart/signed; protocol="application/x-pkcs7-signature"; micalg="sha-256"; boundary="----D65AA2C0627CCE6A40492C61A37ABCB7"';
+  t.ok(text.includes(header), 'the fixture header');
+  const variants: Array<[string, string, boolean]> = [
+    ['a quoted ";" in another parameter', 'Content-Type: multipart/signed; note="a;b"; boundary="----D65AA2C0627CCE6A40492C61A37ABCB7"', true],
+    ['escaped characters in the boundary', 'Content-Type: multipart/signed; boundary="\\-\\-\\-\\-D65AA2C0627CCE6A40492C61A37ABCB7"', true],
+    ['an escaped quote before the boundary', 'Content-Type: multipart/signed; note="x\\";boundary=nope"; boundary=----D65AA2C0627CCE6A40492C61A37ABCB7', true],
+    ['a boundary cut by an unquoted ";"', 'Content-Type: multipart/signed; boundary=----D65AA2C0627C;CE6A40492C61A37ABCB7', false],
+  ];
+  for (const [label, replacement, verifies] of variants) {
+    const result = verifySmime(Buffer.from(text.replace(header, replacement), 'latin1'), [e745]);
+    t.equal(result.ok, verifies, `${label}: ${reasonOf(result)}`);
+  }
+});
