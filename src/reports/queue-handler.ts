@@ -29,8 +29,9 @@ export function createReportHandler(
       log.debug({ file: file.name }, 'not a run log name, left for the cleaner');
       return { kind: 'ignore' };
     }
-    const key = `${file.name}:${file.size}:${file.mtimeMs}`;
-    let inspection = inspected.get(key);
+    // the key only when some file waits for a retry: most forwards succeed the first time
+    const key = inspected.size === 0 ? undefined : `${file.name}:${file.size}:${file.mtimeMs}`;
+    let inspection = key === undefined ? undefined : inspected.get(key);
     let content: Buffer | undefined;
     if (inspection === undefined) {
       if (file.size > deps.maxFileBytes) {
@@ -58,7 +59,6 @@ export function createReportHandler(
       }
       deps.counters.count('ok');
       inspection = result;
-      inspected.set(key, result);
       content = bytes;
     }
     const forwarded = await deps.upstream.forward('reports', file.name, content === undefined ? file : { ...file, content }, { signal: context.signal });
@@ -66,9 +66,10 @@ export function createReportHandler(
       // every failed forward, as dashboards watching relayd's counter expect (relayd counted only the
       // permanent ones: its 5xx and network errors were invisible there)
       deps.counters.count('forward_error');
+      inspected.set(key ?? `${file.name}:${file.size}:${file.mtimeMs}`, inspection);
       return { kind: 'retry', reason: forwarded.reason };
     }
-    inspected.delete(key);
+    if (key !== undefined) inspected.delete(key);
     if (forwarded.kind === 'permanent') {
       deps.counters.count('forward_error');
       return { kind: 'failed', code: 'upstream-refused', reason: `upstream answered ${forwarded.status}: ${forwarded.reason}` };

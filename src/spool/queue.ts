@@ -344,8 +344,14 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
   const timers: NodeJS.Timeout[] = [];
   let scanning: Promise<void> | undefined;
   const idle: Array<() => void> = [];
-  /** the abort controller of every file in flight, by name */
-  const aborts = new Map<string, AbortController>();
+  /** the names of the files in flight (for the stop's log lines) */
+  const inFlightNames = new Set<string>();
+  /**
+   * one controller for every file in flight, not one per file: stop() aborts all the files still in flight at
+   * once, so a per-file AbortController (and its signal, an EventTarget) bought nothing but allocations on the
+   * path of every forwarded report (bench/pipeline). A new one at each start() (a stopped queue may start again)
+   */
+  let abort = new AbortController();
   /** names this queue removed from the directory itself: their watch event needs no stat (cleared at each catch-up) */
   const removedHere = new Set<string>();
   /**
@@ -355,7 +361,9 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
    */
   const announced = new Set<string>();
 
-  const pathOf = (name: string) => join(options.directory, name);
+  // a file name is one path component (readdir's, or an upload's validated name): no join()'s normalisation per file
+  const directoryPrefix = join(options.directory, '/');
+  const pathOf = (name: string) => directoryPrefix + name;
 
   function updateFull(): void {
     const now = options.maxBytes > 0 && bytes >= options.maxBytes;
@@ -483,8 +491,7 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
     tracked.state = 'in-flight';
     inFlight += 1;
     const claimed: string[] = [];
-    const abort = new AbortController();
-    aborts.set(name, abort);
+    inFlightNames.add(name);
     const file: QueueFile = { name, path: pathOf(name), size: tracked.size, mtimeMs: tracked.mtimeMs, attempts: tracked.attempts };
     const context: QueueContext = {
       claim(partner) {
@@ -519,7 +526,7 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
     } finally {
       applyingOutcomes -= 1;
     }
-    aborts.delete(name);
+    inFlightNames.delete(name);
     events.onOutcome?.(file, outcome);
     pump();
     wakeIfIdle();
@@ -857,6 +864,7 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
     async start() {
       if (running) return;
       running = true;
+      if (abort.signal.aborted) abort = new AbortController();
       await mkdir(options.directory, { recursive: true });
       await recoverTaken(options.directory, log).catch((error: unknown) => {
         log.error({ event: 'taken_recovery_error', error: messageOf(error) }, `cannot look into ${TAKEN_FOLDER}/: files an earlier stop left there stay until the next start`);
@@ -883,11 +891,11 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
       log.info({ event: 'queue_stopping', in_flight: inFlight, grace_ms: graceMs }, 'waiting for the files in flight');
       if (await idleWithin(graceMs)) return;
       // e.g. an upstream that took the request and never answers: the file stays for the next start
-      const interrupted = [...aborts.keys()];
+      const interrupted = [...inFlightNames];
       log.warn({ event: 'queue_interrupting', files: interrupted, grace_ms: graceMs }, 'files still in flight at the end of the grace: interrupted, they stay in the spool');
-      for (const abort of aborts.values()) abort.abort();
+      abort.abort();
       if (await idleWithin(ABORT_SETTLE_MS)) return;
-      log.error({ event: 'queue_abandoned', files: [...aborts.keys()] }, 'handlers did not return after the abort: stopping without them (the files stay in the spool)');
+      log.error({ event: 'queue_abandoned', files: [...inFlightNames] }, 'handlers did not return after the abort: stopping without them (the files stay in the spool)');
     },
 
     stats() {

@@ -100,7 +100,8 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
   }
 
   let reachable: boolean | undefined;
-  let lastSuccessAt: string | undefined;
+  /** epoch ms of the last 2xx: formatted only when the status asks (a date string per forward cost more than the rest of this bookkeeping) */
+  let lastSuccessMs: number | undefined;
   let lastRequestMs: number | undefined;
   let lastError: { at: string; reason: string } | undefined;
   let closing: Promise<void> | undefined;
@@ -193,6 +194,25 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
     return lastAuthorization.header;
   };
 
+  /**
+   * the requests in flight under each caller's signal, told by one listener per signal: the spool queue gives
+   * every file it has in flight the same signal (aborted at the end of a stop's grace), and an EventTarget
+   * listener added and removed per request was a measurable part of the primary's work per forwarded report
+   */
+  const interruptsBySignal = new WeakMap<AbortSignal, Set<() => void>>();
+  const interruptsOf = (signal: AbortSignal): Set<() => void> => {
+    let interrupts = interruptsBySignal.get(signal);
+    if (interrupts === undefined) {
+      const created = new Set<() => void>();
+      interrupts = created;
+      interruptsBySignal.set(signal, created);
+      signal.addEventListener('abort', () => {
+        for (const interrupt of [...created]) interrupt();
+      }, { once: true });
+    }
+    return interrupts;
+  };
+
   function send(
     pool: Pool,
     endpoint: UpstreamEndpoint,
@@ -227,13 +247,16 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
       };
       const timer = setTimeout(() => abortWith(new RequestTimeoutError(options.requestTimeoutMs)), options.requestTimeoutMs);
       const interrupt = (): void => abortWith(new ForwardInterruptedError());
-      signal?.addEventListener('abort', interrupt, { once: true });
+      const interrupts = signal === undefined ? undefined : interruptsOf(signal);
+      interrupts?.add(interrupt);
+      // aborted while the file was being opened: the listener above came too late to hear it
+      if (signal?.aborted === true) interrupt();
 
       const answered = (): ForwardResult => {
         reachable = true;
         const outcome = outcomeOfStatus(status);
         if (outcome === 'ok') {
-          lastSuccessAt = new Date().toISOString();
+          lastSuccessMs = Date.now();
           const ms = Math.round(performance.now() - startedAt);
           lastRequestMs = ms;
           log.debug({ event: 'upstream-forward-ok', endpoint, file: name, status, ms, bytes: size }, 'forwarded to upstream');
@@ -256,7 +279,7 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
         if (settled) return;
         settled = true;
         clearTimeout(timer);
-        signal?.removeEventListener('abort', interrupt);
+        interrupts?.delete(interrupt);
         // destroying a stream undici is still reading would make it drop the (reusable) connection
         if (!Buffer.isBuffer(body) && !body.readableEnded) body.destroy();
         resolve(result());
@@ -352,6 +375,7 @@ export function createUpstream(options: UpstreamOptions, parentLog: Logger): Ups
       return reloading;
     },
     status(): UpstreamStatus {
+      const lastSuccessAt = lastSuccessMs === undefined ? undefined : new Date(lastSuccessMs).toISOString();
       return { host: options.host, port: options.port, reachable, lastSuccessAt, lastRequestMs, lastError, blocked: current.blocked };
     },
     close() {

@@ -7,6 +7,8 @@ import { join } from 'node:path';
 import t from 'tap';
 import { pino } from 'pino';
 import { createActivity, type ActivityEvent } from '../../src/activity/index.js';
+import { openDatabase } from '../../src/activity/database.js';
+import { createStore } from '../../src/activity/store.js';
 import { tempDir } from '../support/tmp.js';
 
 const NODE = 'd7000000-0000-4000-8000-000000000001';
@@ -176,4 +178,28 @@ t.test('pruning: per-file rows and node events older than the detail window go, 
   t.ok(ledger.balance.balanced, 'and still balance against the spool');
   t.same(second.node(NODE)?.events, [], 'old node events pruned');
   t.equal(second.node(NODE)?.node.policy.outcome, '304', 'the node record stays');
+});
+
+t.test('the counters of a batch are summed: per minute and per hour, as one upsert per event gave them', async (t) => {
+  const { db } = await openDatabase(tempDir(t), log);
+  t.teardown(() => db.close());
+  const store = createStore(db, (id) => id === NODE);
+  const minuteStart = Math.floor(Date.now() / 3_600_000) * 3_600_000 + 60_000;
+  const file = (n: number) => `2026-12-06T07:00:0${n}+00:00@${NODE}.log.gz`;
+  const forward = (n: number, at: number, ms: number): ActivityEvent[] => [
+    { t: 'forward', at, queue: 'reports', file: file(n), result: 'ok', status: 201, ms },
+    { t: 'outcome', at, queue: 'reports', file: file(n), receivedAt: at, size: 100, outcome: 'forwarded' },
+  ];
+  // one batch over two minutes, then a second batch into the first minute again
+  store.write([upload(file(1), minuteStart), ...forward(1, minuteStart + 1, 10), ...forward(2, minuteStart + 2, 20), ...forward(3, minuteStart + 60_000, 40)], 3, minuteStart + 60_000);
+  store.write(forward(4, minuteStart + 5, 30), undefined, minuteStart + 60_000);
+  const points = store.minutes(0);
+  const at = (minute: number, series: string) => points.find((p) => p.minute === minute && p.series === series);
+  t.match(at(minuteStart, 'forwards'), { value: 3, n: 3 });
+  t.match(at(minuteStart, 'latency'), { value: 60, n: 3 }, 'latency sums and counts');
+  t.match(at(minuteStart + 60_000, 'forwards'), { value: 1, n: 1 });
+  t.match(at(minuteStart, 'uploads'), { value: 1, n: 1 });
+  t.match(at(minuteStart + 60_000, 'queue'), { value: 3 }, 'the queue depth sample is a maximum, not summed');
+  const hour = store.hours(0).find((h) => h.queue === 'reports');
+  t.match(hour, { received: 4, forwarded: 4, bytes: 100 }, 'four files received (one upload, three seen first as they left), four forwarded');
 });

@@ -426,3 +426,41 @@ t.test('hold: kept until releaseHeld() or a change of the file, given up at rete
   await until(async () => !(await readdir(join(dir, 'incoming'))).includes('report'));
   t.equal(queue.stats().held, 0);
 });
+
+t.test('stop: files still in flight after the grace are interrupted together and stay; a queue started again gets a live signal', async (t) => {
+  const dir = tempDir(t);
+  const incoming = join(dir, 'incoming');
+  await mkdir(incoming, { recursive: true });
+  for (const name of ['a.log', 'b.log']) await writeFile(join(incoming, name), name);
+  let hang = true;
+  const started: string[] = [];
+  const interrupted: string[] = [];
+  const done: string[] = [];
+  const queue = createQueue(
+    options(dir, { catchupFrequencyMs: 60_000 }),
+    async (file, context) => {
+      if (!hang) {
+        t.notOk(context.signal.aborted, `${file.name}: the signal of a new start is not aborted`);
+        done.push(file.name);
+        return { kind: 'done' };
+      }
+      started.push(file.name);
+      // as the upstream client does: the answer never comes, the abort ends the wait
+      await new Promise<void>((resolve) => context.signal.addEventListener('abort', () => resolve(), { once: true }));
+      interrupted.push(file.name);
+      return { kind: 'retry', reason: 'interrupted' };
+    },
+    {},
+    log,
+  );
+  await queue.start();
+  t.teardown(() => queue.stop());
+  await until(() => started.length === 2);
+  await queue.stop({ graceMs: 50 });
+  t.same(interrupted.sort(), ['a.log', 'b.log'], 'both files in flight interrupted by the one stop');
+  t.same((await readdir(incoming)).sort(), ['a.log', 'b.log'], 'and both stay in the spool');
+  hang = false;
+  await queue.start();
+  await until(() => done.length === 2);
+  t.same(done.sort(), ['a.log', 'b.log']);
+});
