@@ -11,7 +11,8 @@
 // What the two servers do differs beyond the code (2026-12-06 measurements, README "issue 20"):
 // - nginx runs with its defaults, as the stand-in for Apache's: two stateless TLS 1.3 session tickets per
 //   connection (OpenSSL 3.0 encodes and decodes the session, client certificate included, for each); with
-//   `ssl_session_tickets off` it spends 0.1-0.6 ms less per upload. onerelay sends stateful tickets.
+//   `ssl_session_tickets off` it spends 0.1-0.6 ms less per upload (BENCH_NGINX_TICKETS=off runs it so). onerelay
+//   sends stateful tickets.
 // - nginx writes the file and renames it, with no fsync; onerelay fsyncs the file and the directory before
 //   its 2xx (the durability guarantee), ~0.45 ms of CPU per upload on this machine's virtio disk.
 // - both use OpenSSL 3.0.19 (nginx Debian's libssl, node its bundled copy): the RSA-4096 signature of the

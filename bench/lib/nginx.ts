@@ -112,7 +112,7 @@ http {
     ssl_certificate ${options.certificateFile};
     ssl_certificate_key ${options.keyFile};
     ssl_protocols TLSv1.3;
-    ssl_verify_client optional_no_ca;${locations}
+    ssl_verify_client optional_no_ca;${process.env['BENCH_NGINX_TICKETS'] === 'off' ? '\n    ssl_session_tickets off;' : ''}${locations}
   }
 }
 `;
