@@ -28,7 +28,7 @@ const WATCH_RETRY_MS = 2000;
 const CERTIFICATE_OBJECTS_KEPT = 1000;
 /**
  * Nodes whose signer certificates are kept, most recently asked for first. The parts are read again from the
- * loaded file for the others (~0.05 ms: a page-cache read and a DER walk); kept for every node until the next
+ * loaded file for the others (~11 µs for an RSA-4096 one: a page-cache read and a DER walk); kept for every node until the next
  * load they were ~5 MB of the primary at 10,000 nodes (bench/footprint), though each node reports once per
  * run interval. An inspection thread's cache of what it was sent is bounded on its own (inspect-pool.ts).
  */
