@@ -106,6 +106,8 @@ async function checkNodesData(config: Config, nodeId: string | undefined, proble
     myId: nodeId ?? config.general.nodeId ?? 'unknown',
     nodesListFile: config.general.nodesListFile,
     nodesCertsFile: config.general.nodesCertsFile,
+    // a parse only: no signature is checked, so the certificates file is not kept open
+    keepSigners: false,
     log: silent,
   });
   try {

@@ -4,6 +4,6 @@
 export * from './reader.js';
 export { encodeOid, encodeTime, encodeTlv } from './writer.js';
 export { parseCertificateFacts, type CertificateFacts } from './certificate.js';
-export { isPemBody, pemBodies, pemBodyToDer, pemToDer } from './pem.js';
+export { isPemBody, pemBodies, pemBodyRanges, pemBodyToDer, pemToDer } from './pem.js';
 export * from './oids.js';
 export { certificatePem, extension, nameOf, writeSelfSignedCertificate, type CertificateFields } from './certificate-writer.js';

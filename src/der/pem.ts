@@ -22,6 +22,22 @@ export function* pemBodies(text: string | Buffer, label = 'CERTIFICATE'): Genera
   }
 }
 
+/**
+ * where the body of each `label` block of `bytes` is, [start, end) in order: what pemBodies yields, as
+ * positions (the nodes registry keeps where a certificate is in its file, not the certificate)
+ */
+export function* pemBodyRanges(bytes: Buffer, label = 'CERTIFICATE'): Generator<readonly [number, number]> {
+  const begin = `-----BEGIN ${label}-----`;
+  const end = `-----END ${label}-----`;
+  for (let at = bytes.indexOf(begin); at >= 0; ) {
+    const start = at + begin.length;
+    const stop = bytes.indexOf(end, start);
+    if (stop < 0) return;
+    yield [start, stop];
+    at = bytes.indexOf(begin, stop + end.length);
+  }
+}
+
 /** whether a block's body is base64 (with line breaks), what pemBodyToDer accepts */
 export function isPemBody(body: string): boolean {
   return BASE64_BODY.test(body);

@@ -60,10 +60,12 @@ export interface NodesRegistry {
   /** X509Certificate objects (~4 KB of OpenSSL memory each): the last 1,000 nodes asked for are kept, the others built again when asked for */
   certificatesOf(id: string): readonly X509Certificate[];
   /**
-   * the node's certificates for signature checks: issuer, serial and public key kept at load (SignerKey), the
-   * KeyObject made on first use and kept until the next load (~0.3 KB each), so a relay of 10,000 reporting
-   * nodes holds no X509Certificate per node; the same objects until the next load (a changed certificate:
-   * new objects). Throws RELAY_ERR_INTERNAL in a registry made with keepSigners: false.
+   * the node's certificates for signature checks: issuer, serial and public key (SignerKey), read again from
+   * the loaded certificates file (where each is was kept at load) and kept for the last 1,000 nodes asked
+   * for (the same objects while kept; a reload or an eviction: new objects), the KeyObject made on first use.
+   * [] only for a node without certificates. Throws RELAY_ERR_NODES_CERTS (logged) when they cannot be read
+   * as loaded (the file changed in place before its reload), RELAY_ERR_INTERNAL in a registry made with
+   * keepSigners: false: never "none known", which would let a report through unverified.
    */
   signerCertificatesOf(id: string): readonly SignerKey[];
   findByPublicKey(spkiDer: Buffer): NodeEntry | undefined;
@@ -97,8 +99,9 @@ export interface NodesOptions {
    */
   readonly keepCertificates?: 'all' | 'behind-sub-relays';
   /**
-   * whether issuer, serial and public key of every node's certificates are kept for signerCertificatesOf
-   * (default true): the primary checks reports' signatures, a front-door worker never does
+   * whether signerCertificatesOf answers (default true): the loaded certificates file is then kept open until
+   * the next load or stop(), with each certificate's place in it. The primary checks reports' signatures, a
+   * front-door worker never does
    */
   readonly keepSigners?: boolean;
 }

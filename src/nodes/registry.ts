@@ -26,13 +26,19 @@ const WATCH_RETRY_MS = 2000;
  * again when asked for (~0.25 ms), which at Rudder's 5-minute run interval is a few per second at most.
  */
 const CERTIFICATE_OBJECTS_KEPT = 1000;
+/**
+ * Nodes whose signer certificates are kept, most recently asked for first. The parts are read again from the
+ * loaded file for the others (~11 µs for an RSA-4096 one: a page-cache read and a DER walk); kept for every node until the next
+ * load they were ~5 MB of the primary at 10,000 nodes (bench/footprint), though each node reports once per
+ * run interval. An inspection thread's cache of what it was sent is bounded on its own (inspect-pool.ts).
+ */
+const SIGNER_OBJECTS_KEPT = 1000;
 const NO_CERTIFICATES: readonly X509Certificate[] = Object.freeze([]);
 const NO_SIGNERS: readonly SignerKey[] = Object.freeze([]);
 
 /**
- * A certificate as the signature check needs it: issuer, serial and SPKI (views on the load's store) and
- * the public key, made on first use. The whole DER of 10,000 RSA-4096 certificates was ~13.5 MB of the
- * primary; these parts are ~45 % of it (bench/footprint).
+ * A certificate as the signature check needs it: issuer, serial and SPKI (read again from the loaded file,
+ * see NodesSnapshot.signersOf) and the public key, made on first use.
  */
 class StoredSignerKey implements SignerKey {
   private key: KeyObject | undefined;
@@ -57,8 +63,10 @@ export function createNodesRegistry(options: NodesOptions & { log: Logger }): No
   let snapshot: NodesSnapshot = emptySnapshot();
   /** X509Certificate objects of the current snapshot, built when asked for, the last CERTIFICATE_OBJECTS_KEPT kept (insertion order = recency) */
   let certificateObjects = new Map<string, readonly X509Certificate[]>();
-  /** signer certificates of the current snapshot, made when first asked for */
+  /** signer certificates of the current snapshot, the last SIGNER_OBJECTS_KEPT nodes asked for (insertion order = recency) */
   let signerObjects = new Map<string, readonly SignerKey[]>();
+  /** stop() closed the snapshot's file: a start() after it loads again */
+  let closed = false;
   let loadedAt: string | undefined;
   let lastError: string | undefined;
   let queue: Promise<void> = Promise.resolve();
@@ -70,7 +78,11 @@ export function createNodesRegistry(options: NodesOptions & { log: Logger }): No
   const load = async (): Promise<void> => {
     try {
       const next = await loadSnapshot(options, log, hadFiles);
+      const previous = snapshot;
       snapshot = next;
+      closed = false;
+      // its signer parts are no longer asked for (signerCertificatesOf reads `snapshot` synchronously)
+      previous.close().catch((error: unknown) => log.warn({ code: 'RELAY_ERR_NODES_CERTS', err: messageOf(error) }, 'closing the previous nodes certificates file failed'));
       hadFiles = next.read;
       certificateObjects = new Map();
       signerObjects = new Map();
@@ -142,13 +154,26 @@ export function createNodesRegistry(options: NodesOptions & { log: Logger }): No
     signerCertificatesOf(id) {
       // [] would read as "no certificate known" and let a report through unverified (verify_signature = "direct")
       if (options.keepSigners === false) throw new RelayError('RELAY_ERR_INTERNAL', 'signer certificates asked of a registry that keeps none');
-      let signers = signerObjects.get(id);
-      if (signers === undefined) {
-        const parts = snapshot.signersOf(id);
-        if (parts.length === 0) return NO_SIGNERS;
-        signers = parts.map((p) => new StoredSignerKey(p));
-        signerObjects.set(id, signers);
+      const cached = signerObjects.get(id);
+      if (cached !== undefined) {
+        // most recent last: the first key is the one to evict
+        signerObjects.delete(id);
+        signerObjects.set(id, cached);
+        return cached;
       }
+      let parts: readonly SignerParts[];
+      try {
+        parts = snapshot.signersOf(id);
+      } catch (error) {
+        // thrown on (the queue retries the report): the certificates are known but unreadable now, which
+        // must never read as "none known" (a report let through unverified); a reload of the changed file cures it
+        log.error({ code: isRelayError(error) ? error.code : 'RELAY_ERR_INTERNAL', nodeId: id, err: messageOf(error) }, 'node certificate unreadable: its reports wait');
+        throw error;
+      }
+      if (parts.length === 0) return NO_SIGNERS;
+      const signers = parts.map((p) => new StoredSignerKey(p));
+      signerObjects.set(id, signers);
+      if (signerObjects.size > SIGNER_OBJECTS_KEPT) signerObjects.delete(signerObjects.keys().next().value!);
       return signers;
     },
 
@@ -238,7 +263,7 @@ export function createNodesRegistry(options: NodesOptions & { log: Logger }): No
 
     async start() {
       if (watcher !== undefined) return;
-      if (loadedAt === undefined) await reload();
+      if (loadedAt === undefined || closed) await reload();
       if (watcher !== undefined) return; // started concurrently
       watcher = watchFiles({
         files: [options.nodesListFile, options.nodesCertsFile],
@@ -254,10 +279,13 @@ export function createNodesRegistry(options: NodesOptions & { log: Logger }): No
     },
 
     async stop() {
-      if (watcher === undefined) return;
-      watcher.close();
+      watcher?.close();
       watcher = undefined;
       await queue;
+      // the loaded certificates file stays open for signerCertificatesOf until here
+      closed = true;
+      signerObjects = new Map();
+      await snapshot.close();
     },
   };
   return registry;

@@ -2,11 +2,11 @@
 // Everything a lookup needs is computed here, once per load, so lookups are O(1) at 50k nodes.
 
 import { createHash } from 'node:crypto';
-import { promises as fs } from 'node:fs';
+import { promises as fs, readSync } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { RelayError, messageOf } from '../errors.js';
-import { DerError, isPemBody, parseCertificateFacts, pemBodies, pemBodyToDer, type CertificateFacts } from '../der/index.js';
+import { DerError, isPemBody, parseCertificateFacts, pemBodyRanges, pemBodyToDer, type CertificateFacts } from '../der/index.js';
 import type { KeyHash, NodeEntry, NodesOptions } from './index.js';
 import { PackedKeyHash, keyHashIndexKey, parseKeyHash } from './key-hash.js';
 
@@ -14,8 +14,15 @@ export interface NodesSnapshot {
   readonly nodes: ReadonlyMap<string, NodeEntry>;
   /** the DER of the node's certificates kept (see NodesOptions.keepCertificates), in file order: views on the store's slabs */
   certificatesOf(id: string): readonly Buffer[];
-  /** issuer, serial and SPKI of the node's certificates (see NodesOptions.keepSigners), in file order: views on the store's slabs */
+  /**
+   * issuer, serial and SPKI of the node's certificates (see NodesOptions.keepSigners), in file order, read
+   * again from the loaded file (see SignerPlaces) each time: [] only for a node without certificates. Throws
+   * RelayError RELAY_ERR_NODES_CERTS when they cannot be read as they were loaded (the file changed in place,
+   * the snapshot closed): never "no certificate", which would let a report through unverified.
+   */
   signersOf(id: string): readonly SignerParts[];
+  /** closes the loaded certificates file that signersOf reads: when the next load replaces this one, and at stop */
+  close(): Promise<void>;
   /** per node pinned by its certificates (no key-hash): sha256 of the SPKI of each of its certificates, as latin1 */
   readonly certificateKeys: ReadonlyMap<string, ReadonlySet<string>>;
   readonly certificateCount: number;
@@ -45,7 +52,104 @@ export interface SignerParts {
 }
 
 export function emptySnapshot(): NodesSnapshot {
-  return buildSnapshot(new Map(), new Map(), new DerStore(), '');
+  return buildSnapshot(new Map(), new Map(), new DerStore(), '', undefined);
+}
+
+/** bytes of a certificate's SPKI sha256 kept to check what is read again at its place */
+const CHECK_BYTES = 8;
+
+/**
+ * Where each certificate whose signer parts may be asked for is in the loaded file: its PEM body's offset and
+ * length, and the first bytes of its SPKI's sha256 (already computed at load) to check what is read there
+ * later. 24 bytes per certificate in two typed arrays instead of its issuer, serial and SPKI (~0.5 KB of an
+ * RSA-4096 agent certificate: ~5 MB of the primary at 10,000 nodes, which kept them all until the next load
+ * though a relay checks a node's signature once per run interval; bench/footprint).
+ */
+export class SignerPlaces {
+  /** per certificate: offset, length */
+  private places = new Float64Array(2 * 64);
+  private checks = Buffer.allocUnsafeSlow(CHECK_BYTES * 64);
+  count = 0;
+
+  add(offset: number, length: number, spkiSha256: Buffer): number {
+    if (2 * (this.count + 1) > this.places.length) {
+      const places = new Float64Array(this.places.length * 2);
+      places.set(this.places);
+      this.places = places;
+      const checks = Buffer.allocUnsafeSlow(this.checks.length * 2);
+      this.checks.copy(checks);
+      this.checks = checks;
+    }
+    this.places[2 * this.count] = offset;
+    this.places[2 * this.count + 1] = length;
+    spkiSha256.copy(this.checks, CHECK_BYTES * this.count, 0, CHECK_BYTES);
+    return this.count++;
+  }
+
+  offset(index: number): number {
+    return this.places[2 * index]!;
+  }
+
+  length(index: number): number {
+    return this.places[2 * index + 1]!;
+  }
+
+  check(index: number): Buffer {
+    return this.checks.subarray(CHECK_BYTES * index, CHECK_BYTES * (index + 1));
+  }
+}
+
+/** the certificates file as loaded, kept open for signersOf: a sync replaces the file by rename, so this inode keeps the loaded bytes */
+interface LoadedFile {
+  readonly path: string;
+  readonly handle: FileHandle;
+  readonly places: SignerPlaces;
+}
+
+/** one PEM body read back and decoded at a time (signersOf is synchronous): no allocation but the parts kept */
+const pemScratch = Buffer.allocUnsafeSlow(8 * 1024);
+const derScratch = Buffer.allocUnsafeSlow(8 * 1024);
+
+/**
+ * The signer parts of certificate `index` of `file`, read at its place with a synchronous positional read (a
+ * page-cache hit: ~2 KB) and checked against what was loaded: the node's id and its SPKI's hash. Anything
+ * else (a short read, other bytes, a closed file) throws RELAY_ERR_NODES_CERTS.
+ */
+function readSigner(file: LoadedFile, closed: boolean, id: string, index: number): SignerParts {
+  let facts: CertificateFacts;
+  try {
+    if (closed) throw new Error('the snapshot was closed (a newer load or a stop)');
+    const offset = file.places.offset(index);
+    const length = file.places.length(index);
+    const pem = length <= pemScratch.length ? pemScratch : Buffer.allocUnsafe(length);
+    const read = readSync(file.handle.fd, pem, 0, length, offset);
+    if (read !== length) throw new Error(`${read} of its ${length} bytes at offset ${offset}: the file is shorter than it was`);
+    const body = pem.toString('latin1', 0, length);
+    if (!isPemBody(body)) throw new DerError('invalid base64 in PEM');
+    const der = body.length * 0.75 <= derScratch.length ? derScratch.subarray(0, derScratch.write(body, 'base64')) : pemBodyToDer(body);
+    facts = parseCertificateFacts(der);
+    if (facts.uid !== id) throw new Error(`the certificate there is ${facts.uid === undefined ? 'of no node' : `of node ${facts.uid}`}`);
+    if (!createHash('sha256').update(facts.spki).digest().subarray(0, CHECK_BYTES).equals(file.places.check(index))) {
+      throw new Error('the certificate there has another public key');
+    }
+  } catch (error) {
+    throw new RelayError(
+      'RELAY_ERR_NODES_CERTS',
+      `cannot read node ${id}'s certificate again from ${file.path} as it was loaded (changed in place?): ${messageOf(error)}`,
+      { cause: error },
+    );
+  }
+  // one buffer of their own: the scratch is overwritten by the next read, and a view on a pool slab would keep the slab
+  const { issuer, serial, spki } = facts;
+  const parts = Buffer.allocUnsafeSlow(issuer.length + serial.length + spki.length);
+  issuer.copy(parts, 0);
+  serial.copy(parts, issuer.length);
+  spki.copy(parts, issuer.length + serial.length);
+  return {
+    issuer: parts.subarray(0, issuer.length),
+    serial: parts.subarray(issuer.length, issuer.length + serial.length),
+    spki: parts.subarray(issuer.length + serial.length),
+  };
 }
 
 /** slab size of the DER store: above glibc's mmap threshold, so a reload gives the old slabs back to the system whole */
@@ -119,16 +223,20 @@ export async function loadSnapshot(
   }
   let certificates = new Map<string, NodeCertificate[]>();
   const store = new DerStore();
+  let loaded: LoadedFile | undefined;
   if (certsFile === undefined) {
     log.info({ file: options.nodesCertsFile }, 'Nodes certificates file does not exist, skipping');
   } else {
+    const places = (options.keepSigners ?? true) ? new SignerPlaces() : undefined;
     try {
-      certificates = await parseNodesCertificates(certsFile, options.nodesCertsFile, nodes, keepDerOf(nodes, options), options.keepSigners ?? true, store, log);
+      certificates = await parseNodesCertificates(certsFile, options.nodesCertsFile, nodes, keepDerOf(nodes, options), places, store, log);
+      // kept open while signer parts may be read from it (the snapshot closes it)
+      if (places !== undefined && places.count > 0) loaded = { path: options.nodesCertsFile, handle: certsFile, places };
     } finally {
-      await certsFile.close();
+      if (loaded === undefined) await certsFile.close();
     }
   }
-  return { ...buildSnapshot(nodes, certificates, store, options.myId), read: { list: listText !== undefined, certs: certsFile !== undefined } };
+  return { ...buildSnapshot(nodes, certificates, store, options.myId, loaded), read: { list: listText !== undefined, certs: certsFile !== undefined } };
 }
 
 /** `myId`: the relay's own id, whose string the nodes it serves share (see below) */
@@ -183,7 +291,7 @@ export function parseNodesList(text: string, file: string, myId?: string): Map<s
 interface NodeCertificate {
   /** index of its DER in the load's DerStore, or -1 when not kept (NodesOptions.keepCertificates); X509Certificate objects are built on demand (≈0.3 ms each: too slow for 50k per reload) */
   readonly der: number;
-  /** index in the load's DerStore of its issuer, then its serial (+1) and SPKI (+2); -1 when not kept (NodesOptions.keepSigners) */
+  /** index of its place in the file (SignerPlaces); -1 when not kept (NodesOptions.keepSigners) */
   readonly signer: number;
   /** sha256 of its SubjectPublicKeyInfo as latin1 text (half the size of hex) */
   readonly spkiSha256: string;
@@ -215,7 +323,8 @@ export async function parseNodesCertificates(
   file: string,
   nodes: ReadonlyMap<string, NodeEntry>,
   keepDer: (id: string) => boolean,
-  keepSigners: boolean,
+  /** where each certificate is, when signer parts are to be read again (NodesOptions.keepSigners) */
+  places: SignerPlaces | undefined,
   store: DerStore,
   log: Logger,
 ): Promise<Map<string, NodeCertificate[]>> {
@@ -225,11 +334,14 @@ export async function parseNodesCertificates(
   const scratch = Buffer.allocUnsafe(SCRATCH_BYTES);
   let index = 0;
   let blank = true;
-  const take = (body: string): void => {
+  /** file offset of buffer[0] */
+  let base = 0;
+  const take = (body: string, offset: number): void => {
     index += 1;
     let der: Buffer;
     let uid: string | undefined;
     let spkiSha256: string;
+    let spkiDigest: Buffer;
     let facts: CertificateFacts;
     try {
       if (!isPemBody(body)) throw new DerError('invalid base64 in PEM');
@@ -237,7 +349,8 @@ export async function parseNodesCertificates(
       der = body.length * 0.75 <= SCRATCH_BYTES ? scratch.subarray(0, scratch.write(body, 'base64')) : pemBodyToDer(body);
       facts = parseCertificateFacts(der);
       uid = facts.uid;
-      spkiSha256 = createHash('sha256').update(facts.spki).digest().toString('latin1');
+      spkiDigest = createHash('sha256').update(facts.spki).digest();
+      spkiSha256 = spkiDigest.toString('latin1');
     } catch (error) {
       throw new RelayError(
         'RELAY_ERR_NODES_CERTS',
@@ -253,12 +366,7 @@ export async function parseNodesCertificates(
       log.warn({ file, certificate: index, nodeId: uid }, 'certificate for unknown node');
       return;
     }
-    let signer = -1;
-    if (keepSigners) {
-      signer = store.add(facts.issuer);
-      store.add(facts.serial);
-      store.add(facts.spki);
-    }
+    const signer = places === undefined ? -1 : places.add(offset, body.length, spkiDigest);
     const kept = { der: keepDer(uid) ? store.add(der) : -1, signer, spkiSha256 };
     const list = certificates.get(uid);
     if (list === undefined) certificates.set(uid, [kept]);
@@ -285,14 +393,15 @@ export async function parseNodesCertificates(
     if (end < 0) continue;
     const before = index;
     const through = end + PEM_END.length;
-    for (const body of pemBodies(buffer.subarray(0, through))) take(body);
+    for (const [start, stop] of pemBodyRanges(buffer.subarray(0, through))) take(buffer.toString('latin1', start, stop), base + start);
     buffer.copy(buffer, 0, through, length);
     length -= through;
+    base += through;
     if (Math.floor(index / CERTIFICATES_PER_SLICE) > Math.floor(before / CERTIFICATES_PER_SLICE)) {
       await new Promise((resolve) => setImmediate(resolve));
     }
   }
-  for (const body of pemBodies(buffer.subarray(0, length))) take(body);
+  for (const [start, stop] of pemBodyRanges(buffer.subarray(0, length))) take(buffer.toString('latin1', start, stop), base + start);
   if (index === 0 && !blank) {
     throw new RelayError('RELAY_ERR_NODES_CERTS', `invalid nodes certificates file ${file}: no PEM certificate found`);
   }
@@ -313,11 +422,12 @@ function buildSnapshot(
   nodeCertificates: Map<string, NodeCertificate[]>,
   store: DerStore,
   myId: string,
+  file: LoadedFile | undefined,
 ): NodesSnapshot {
   const certificateKeys = new Map<string, Set<string>>();
   /** per node: the store index of its one kept certificate, or of each when it has several */
   const certificates = new Map<string, number | number[]>();
-  /** per node: the store index of its one certificate's signer parts, or of each when it has several */
+  /** per node: the place (SignerPlaces) of its one certificate, or of each when it has several */
   const signers = new Map<string, number | number[]>();
   const neighbors: NodeEntry[] = [];
   const parents = new Set<string>();
@@ -348,6 +458,7 @@ function buildSnapshot(
   }
 
   let keyIndexes: KeyIndexes | undefined;
+  let closed = false;
   return {
     nodes,
     certificatesOf(id) {
@@ -357,9 +468,13 @@ function buildSnapshot(
     },
     signersOf(id) {
       const kept = signers.get(id);
-      if (kept === undefined) return [];
-      const parts = (index: number): SignerParts => ({ issuer: store.get(index), serial: store.get(index + 1), spki: store.get(index + 2) });
-      return typeof kept === 'number' ? [parts(kept)] : kept.map(parts);
+      if (kept === undefined || file === undefined) return [];
+      return typeof kept === 'number' ? [readSigner(file, closed, id, kept)] : kept.map((index) => readSigner(file, closed, id, index));
+    },
+    async close() {
+      if (closed) return;
+      closed = true;
+      await file?.handle.close();
     },
     certificateKeys,
     certificateCount,

@@ -49,7 +49,10 @@ export interface RunInfo {
 }
 
 export interface ReportInspector {
-  /** bytes = the file as uploaded (maybe gz/zip); never throws for bad input, only returns reject */
+  /**
+   * bytes = the file as uploaded (maybe gz/zip); never throws for bad input, only returns reject. Throws
+   * RelayError RELAY_ERR_NODES_CERTS when the node's certificates cannot be read now (the queue retries).
+   */
   inspect(name: string, bytes: Buffer): Promise<Inspection>;
 }
 

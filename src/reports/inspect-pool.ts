@@ -164,7 +164,11 @@ export function createThreadedFileInspector(
     return key;
   };
 
-  /** a nodes reload makes new certificate objects, so new keys: start the thread's cache over now and then */
+  /**
+   * a nodes reload, or the registry's eviction of a node's signer objects (it keeps the last 1,000 nodes'),
+   * makes new certificate objects, so new keys: start the thread's cache over now and then. This bounds the
+   * thread's cache (MAX_CERTIFICATES_PER_THREAD); the keys of objects gone die with them (a WeakMap)
+   */
   const forgetCertificates = (thread: Thread): boolean => {
     if (thread.certificatesSent.size < MAX_CERTIFICATES_PER_THREAD) return false;
     thread.certificatesSent.clear();

@@ -2,6 +2,7 @@
 // (spec-relayd.md §7.2–7.9): run info from the name, known node, bounded decompression, S/MIME
 // signature (per verify mode), run log grammar and run-level checks, skip_event_types.
 
+import { isRelayError } from '../errors.js';
 import type { NodesRegistry, SignerCertificate } from '../nodes/index.js';
 import { parseRelaxedRfc3339, parseRfc3339 } from './dates.js';
 import { decodeReport } from './decode.js';
@@ -58,7 +59,10 @@ export function createReportInspector(options: ReportInspectorOptions, nodes: No
       try {
         return await inspectReport(options, skipEventTypes, nodes, verifySignature, name, bytes);
       } catch (error) {
-        // inspect never throws: an unexpected failure is reported as the file being unreadable
+        // a node's certificate that cannot be read now is no verdict on the report: thrown, so the queue
+        // retries it (as the threaded inspector's planInspection does), never a permanent failure
+        if (isRelayError(error) && error.code === 'RELAY_ERR_NODES_CERTS') throw error;
+        // otherwise inspect never throws: an unexpected failure is reported as the file being unreadable
         const message = error instanceof Error ? error.message : String(error);
         return reject('undecodable', parseRunInfo(name)?.nodeId, `unexpected error while inspecting ${name}: ${message}`);
       } finally {

@@ -5,7 +5,7 @@ import path from 'node:path';
 import forge from 'node-forge';
 import { pino } from 'pino';
 import t from 'tap';
-import { parseCertificateFacts } from '../../src/der/index.js';
+import { nameOf, parseCertificateFacts, writeSelfSignedCertificate } from '../../src/der/index.js';
 import { createNodesRegistry, parseKeyHash, type NodesRegistry } from '../../src/nodes/index.js';
 import { FIXTURES as RELAYD_FIXTURES } from '../support/fixtures.js';
 
@@ -38,8 +38,14 @@ async function fixtureDir(): Promise<{ list: string; certs: string }> {
   return { list, certs };
 }
 
+/** every registry made here, stopped at the end: each keeps its loaded certificates file open until then */
+const registries: NodesRegistry[] = [];
+t.teardown(() => Promise.all(registries.map((registry) => registry.stop())));
+
 function registryFor(files: { list: string; certs: string }, myId = ROOT): NodesRegistry {
-  return createNodesRegistry({ myId, nodesListFile: files.list, nodesCertsFile: files.certs, log });
+  const registry = createNodesRegistry({ myId, nodesListFile: files.list, nodesCertsFile: files.certs, log });
+  registries.push(registry);
+  return registry;
 }
 
 async function derOf(file: string): Promise<Buffer> {
@@ -397,6 +403,7 @@ t.test("keepCertificates 'behind-sub-relays' (front-door workers): only the sub-
   await fs.writeFile(files.list, JSON.stringify(list));
   const all = registryFor(files);
   const worker = createNodesRegistry({ myId: ROOT, nodesListFile: files.list, nodesCertsFile: files.certs, keepCertificates: 'behind-sub-relays', log });
+  registries.push(worker);
   await all.reload();
   await worker.reload();
   t.equal(all.certificatesOf(E745).length, 2);
@@ -465,4 +472,98 @@ t.test('keepSigners: false (front-door workers): signerCertificatesOf refuses ra
   const primary = registryFor(files);
   await primary.reload();
   for (const certificate of primary.certificatesOf(E745)) t.same(worker.matchCertificate(certificate.raw), primary.matchCertificate(certificate.raw), 'pins unchanged');
+});
+
+/** `count` nodes of root, each with a certificate of its own made on the spot (the test key: ~1 ms each) */
+async function manyNodes(files: { list: string; certs: string }, count: number): Promise<{ ids: string[]; ders: Buffer[] }> {
+  const ids = Array.from({ length: count }, (_, i) => `10000000-0000-4000-8000-${String(i).padStart(12, '0')}`);
+  await fs.writeFile(files.list, JSON.stringify(Object.fromEntries(ids.map((id) => [id, { hostname: id.slice(-4), 'policy-server': ROOT }]))));
+  const ders = ids.map((uid, i) =>
+    writeSelfSignedCertificate({
+      version: 1,
+      serial: Buffer.from([1, (i >> 8) & 0xff, i & 0xff]),
+      hash: 'sha256',
+      name: nameOf('0.9.2342.19200300.100.1.1', uid, 0x0c),
+      notBefore: new Date(Date.now() - DAY_MS),
+      notAfter: new Date(Date.now() + DAY_MS),
+      key: testKey.privateKey,
+    }),
+  );
+  await fs.writeFile(files.certs, ders.map(pemOf).join(''));
+  return { ids, ders };
+}
+
+t.test('signerCertificatesOf for more nodes than it keeps: read again from the loaded file, each the certificate loaded', async (t) => {
+  const files = await fixtureDir();
+  const { ids, ders } = await manyNodes(files, 1100);
+  const registry = registryFor(files);
+  t.teardown(() => registry.stop());
+  await registry.reload();
+  const first = registry.signerCertificatesOf(ids[0]!);
+  for (let round = 0; round < 2; round += 1) {
+    let same = 0;
+    for (const [i, id] of ids.entries()) {
+      const signers = registry.signerCertificatesOf(id);
+      const facts = parseCertificateFacts(ders[i]!);
+      if (signers.length === 1 && signers[0]!.issuerDer.equals(facts.issuer) && signers[0]!.serialMagnitude.equals(facts.serial) && signers[0]!.spki.equals(facts.spki)) same += 1;
+    }
+    t.equal(same, ids.length, `round ${round + 1}: every node's issuer, serial and SPKI`);
+  }
+  const again = registry.signerCertificatesOf(ids[0]!);
+  t.not(again, first, 'evicted after 1,000 other nodes, built again');
+  t.ok(again[0]!.publicKey.equals(new X509Certificate(ders[0]!).publicKey), 'the same public key');
+  t.equal(registry.signerCertificatesOf(ids[0]!), again, 'kept while among the last asked for');
+});
+
+t.test('a certificates file replaced by rename: the loaded one answers until the reload, the new one after', async (t) => {
+  const files = await fixtureDir();
+  const registry = registryFor(files);
+  t.teardown(() => registry.stop());
+  await registry.reload();
+  const full = registry.certificatesOf(E745);
+  // as the sync does: the new file written aside and renamed over (E745 with only its second certificate, in another order)
+  const pems = (await fs.readFile(files.certs, 'latin1')).split(/(?<=-----END CERTIFICATE-----\n?)/);
+  const aside = `${files.certs}.new`;
+  await fs.writeFile(aside, pems.filter((pem) => !pem.includes(full[0]!.raw.toString('base64').slice(0, 64))).reverse().join(''));
+  await fs.rename(aside, files.certs);
+  const before = registry.signerCertificatesOf(E745);
+  t.equal(before.length, 2, 'not asked for before: read from the loaded file, still open');
+  t.ok(before.every((signer, i) => signer.spki.equals(full[i]!.publicKey.export({ type: 'spki', format: 'der' }))), 'its certificates as loaded');
+  await registry.reload();
+  const after = registry.signerCertificatesOf(E745);
+  t.equal(after.length, 1, 'the new file after the reload');
+  t.ok(after[0]!.spki.equals(full[1]!.publicKey.export({ type: 'spki', format: 'der' })));
+});
+
+t.test('a certificates file changed in place under the loaded data: an error, never "no certificate"', async (t) => {
+  const files = await fixtureDir();
+  const original = await fs.readFile(files.certs, 'latin1');
+  const pems = original.split(/(?<=-----END CERTIFICATE-----\n?)/);
+  const registry = registryFor(files);
+  t.teardown(() => registry.stop());
+  await registry.reload();
+  const r378 = registry.signerCertificatesOf(R378);
+  t.equal(r378.length, 1);
+
+  // the same bytes in another order: another node's certificate where E745's was
+  await fs.writeFile(files.certs, [...pems].reverse().join(''));
+  logLines.length = 0;
+  t.throws(() => registry.signerCertificatesOf(E745), { code: 'RELAY_ERR_NODES_CERTS' }, 'another certificate at its place');
+  t.ok(logLines.some((line) => line['code'] === 'RELAY_ERR_NODES_CERTS' && line['nodeId'] === E745 && line['level'] === 50), 'logged as an error');
+  t.equal(registry.signerCertificatesOf(R378), r378, 'a node kept from before the change still answers');
+
+  // cut short
+  await fs.truncate(files.certs, 100);
+  t.throws(() => registry.signerCertificatesOf(E745), { code: 'RELAY_ERR_NODES_CERTS' }, 'a short read');
+  await fs.truncate(files.certs, 0);
+  t.throws(() => registry.signerCertificatesOf(E745), { code: 'RELAY_ERR_NODES_CERTS' }, 'an empty file');
+
+  // the reload of the fixed file cures it
+  await fs.writeFile(files.certs, original);
+  await registry.reload();
+  t.equal(registry.signerCertificatesOf(E745).length, 2);
+
+  // after stop, the file is closed: an error too
+  await registry.stop();
+  t.throws(() => registry.signerCertificatesOf(E745), { code: 'RELAY_ERR_NODES_CERTS' }, 'a stopped registry');
 });

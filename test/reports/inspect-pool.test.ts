@@ -2,11 +2,15 @@
 // (relayd's fixtures, my id: root) and real files: both give the same verdicts; threads return the bytes read.
 
 import { copyFileSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { generateKeyPairSync } from 'node:crypto';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { pino } from 'pino';
 import t from 'tap';
+import { certificatePem, nameOf, writeSelfSignedCertificate } from '../../src/der/index.js';
 import { createNodesRegistry, type NodesRegistry } from '../../src/nodes/index.js';
+import { createReportHandler } from '../../src/reports/queue-handler.js';
+import type { Upstream } from '../../src/upstream/index.js';
 import { createInlineFileInspector, createThreadedFileInspector, type FileInspection, type ReportInspectorOptions } from '../../src/reports/index.js';
 import { tempDir } from '../support/tmp.js';
 import { until } from '../support/relay.js';
@@ -169,4 +173,80 @@ t.test('threads start with the first report and end after a quiet spell (an idle
   await until(() => threaded.threadsRunning() === 0, 10_000, 'the idle thread to end');
   const again = await threaded.inspectFile(name, join(dir, name));
   t.equal(verdict(again), 'forward verified=true reports=72', 'a new thread after the idle end, certificates sent again');
+});
+
+/** a registry of its own over copies of the fixtures, with `extra` more nodes of root, each with a certificate made here */
+async function registryWith(name: string, extra: number): Promise<{ registry: NodesRegistry; certs: string; extraIds: string[] }> {
+  const own = join(dir, name);
+  mkdirSync(own);
+  const list = JSON.parse(readFileSync(join(FILES, 'nodeslist.json'), 'utf8')) as Record<string, unknown>;
+  const key = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey;
+  const extraIds = Array.from({ length: extra }, (_, i) => `20000000-0000-4000-8000-${String(i).padStart(12, '0')}`);
+  for (const id of extraIds) list[id] = { hostname: id.slice(-4), 'policy-server': 'root' };
+  writeFileSync(join(own, 'nodeslist.json'), JSON.stringify(list));
+  const pems = extraIds.map((uid, i) =>
+    certificatePem(
+      writeSelfSignedCertificate({
+        version: 1,
+        serial: Buffer.from([1, (i >> 8) & 0xff, i & 0xff]),
+        hash: 'sha256',
+        name: nameOf('0.9.2342.19200300.100.1.1', uid, 0x0c),
+        notBefore: new Date(Date.now() - 86_400_000),
+        notAfter: new Date(Date.now() + 86_400_000),
+        key,
+      }),
+    ),
+  );
+  const certs = join(own, 'nodescerts.pem');
+  writeFileSync(certs, readFileSync(join(FILES, 'keys', 'nodescerts.pem'), 'latin1') + pems.join(''));
+  const registry = createNodesRegistry({ myId: 'root', nodesListFile: join(own, 'nodeslist.json'), nodesCertsFile: certs, log });
+  await registry.reload();
+  return { registry, certs, extraIds };
+}
+
+t.test('signatures verified for more nodes than the registry keeps: certificates read again after eviction, in threads and inline', async (t) => {
+  const { registry: many, extraIds } = await registryWith('many', 1100);
+  t.teardown(() => many.stop());
+  const inline = createInlineFileInspector(options, many);
+  const threaded = createThreadedFileInspector(options, many, 1, log);
+  await threaded.start();
+  t.teardown(() => threaded.stop());
+  const [good, bad] = [cases[0]![0], cases[1]![0]];
+  for (let round = 1; round <= 3; round += 1) {
+    for (const inspector of [threaded, inline]) {
+      t.equal(verdict(await inspector.inspectFile(good, join(dir, good))), 'forward verified=true reports=72', `round ${round}: verified`);
+      t.match(verdict(await inspector.inspectFile(bad, join(dir, bad))), /^bad-signature: .*signature does not match/, `round ${round}: a damaged signature refused`);
+    }
+    // 1,100 other nodes asked for: E745's signer objects evicted, made again from the file for the next round
+    const before = many.signerCertificatesOf(E745);
+    t.equal(extraIds.filter((id) => many.signerCertificatesOf(id).length === 1).length, extraIds.length, 'each other node: its certificate');
+    t.not(many.signerCertificatesOf(E745), before, 'new objects after eviction');
+  }
+});
+
+t.test('a certificates file changed in place before its reload: the inspection fails (the queue retries), never forwards unverified', async (t) => {
+  const { registry: changed, certs } = await registryWith('changed', 0);
+  t.teardown(() => changed.stop());
+  const inline = createInlineFileInspector(options, changed);
+  const threaded = createThreadedFileInspector(options, changed, 1, log);
+  await threaded.start();
+  t.teardown(() => threaded.stop());
+  const original = readFileSync(certs);
+  const good = cases[0]![0];
+  // nothing asked before: the certificates are to be read from the file
+  writeFileSync(certs, original.subarray(0, 300));
+  for (const inspector of [threaded, inline]) {
+    await t.rejects(inspector.inspectFile(good, join(dir, good)), { code: 'RELAY_ERR_NODES_CERTS' }, 'cut short: an error');
+  }
+  writeFileSync(certs, Buffer.concat([original.subarray(0, 200), Buffer.from('tampered'), original.subarray(208)]));
+  for (const inspector of [threaded, inline]) {
+    await t.rejects(inspector.inspectFile(good, join(dir, good)), { code: 'RELAY_ERR_NODES_CERTS' }, 'other bytes: an error');
+  }
+  // the handler the queue runs throws too: the queue's answer to a throw is a retry, the file stays
+  const handler = createReportHandler({ inspector: threaded, upstream: { forward: () => t.fail('nothing forwarded') } as unknown as Upstream, counters: { count: () => undefined, observeInspection: () => undefined }, maxFileBytes: 1 << 20 }, log);
+  const stat = statSync(join(dir, good));
+  await t.rejects(handler({ name: good, path: join(dir, good), size: stat.size, mtimeMs: stat.mtimeMs, attempts: 0 }, { signal: new AbortController().signal } as never), { code: 'RELAY_ERR_NODES_CERTS' });
+  writeFileSync(certs, original);
+  await changed.reload();
+  t.equal(verdict(await threaded.inspectFile(good, join(dir, good))), 'forward verified=true reports=72', 'verified again after the reload');
 });
