@@ -121,9 +121,11 @@ export function leanRunlogCheck(s: string, nodeId: string, skipEventTypes: Reado
   let count = 0;
   let p = 0;
   let cr = s.indexOf('\r');
-  // consecutive lines mostly carry the same timestamps: compare the text before parsing it again
-  let lastStamp = '';
-  let lastStart = '';
+  // consecutive lines mostly carry the same timestamps: compare the text before parsing it again. The first
+  // values match no text (a field never holds a line end): '' would take an empty start date for one already
+  // checked, and a run log of such lines, which the parser refuses, would pass
+  let lastStamp = '\n';
+  let lastStart = '\n';
   while (p < length) {
     const lf = s.indexOf('\n', p);
     if (lf < 0) return undefined; // the last line needs a terminator

@@ -173,3 +173,14 @@ t.test('fixtures and their mutations: the same outcome as parseRunlog', async (t
   t.equal(differences, 0, `${variants} variants, ${lean} on the lean path`);
   t.ok(lean > variants / 10, `the lean path is exercised (${lean} of ${variants})`);
 });
+
+t.test('fields the first line leaves empty are checked, not taken for ones already seen (review finding)', async (t) => {
+  const info = { nodeId: NODE, timestamp: '2019-05-11T12:58:13+00:00' };
+  const emptyStart = `2019-05-11T12:58:13+00:00 R: @@p@@result_success@@r@@d@@0@@c@@k@@##${NODE}@#msg\n`;
+  t.same(checked(emptyStart, info, new Set()), reference(emptyStart, info, new Set()), 'an empty start date: refused as the parser refuses it');
+  t.ok('refused' in checked(emptyStart, info, new Set()), 'refused');
+  const good = agentRunlog(NODE, 3, '\n', random(7));
+  for (const text of [emptyStart + good, good + emptyStart, emptyStart + emptyStart]) {
+    t.same(checked(text, info, new Set()), reference(text, info, new Set()), 'mixed with good lines: the reference outcome');
+  }
+});
