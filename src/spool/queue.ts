@@ -7,6 +7,7 @@
 import { linkSync, mkdirSync, statSync, unlinkSync, watch, type FSWatcher, type Stats } from 'node:fs';
 import { link, mkdir, readdir, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
+import { threadId } from 'node:worker_threads';
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { messageOf } from '../errors.js';
@@ -102,7 +103,18 @@ export function isSameFile(now: FileIdentity, expected: FileIdentity | undefined
 export const TAKEN_FOLDER = '.taken';
 
 const takenFolderOf = (directory: string): string => join(dirname(directory), TAKEN_FOLDER, basename(directory));
-const takenPathOf = (path: string): string => join(takenFolderOf(dirname(path)), basename(path));
+/**
+ * each take its own name, `<pid>-<thread>-<seq>.<name>`: two takes of one name at once (a retention expiry and a
+ * dispatch of the same file, a new upload taken while the last one's unlink is pending) must not rename over each
+ * other's file. The prefix holds no dot: the queue file's name is what follows the first one
+ */
+const takePrefix = `${process.pid}-${threadId}-`;
+let takes = 0;
+const takenPathOf = (path: string): string => {
+  takes += 1;
+  return join(takenFolderOf(dirname(path)), `${takePrefix}${takes.toString(36)}.${basename(path)}`);
+};
+const queueNameOfTaken = (entry: string): string => entry.slice(entry.indexOf('.') + 1);
 
 /**
  * Takes the file a name holds out of its directory when it is the `expected` one, for the caller to unlink or
@@ -182,12 +194,18 @@ export async function removeIfSame(path: string, expected: FileIdentity | undefi
 async function recoverTaken(directory: string, log: Logger): Promise<void> {
   const folder = takenFolderOf(directory);
   await mkdir(folder, { recursive: true, mode: 0o770 });
+  // newest first: when a name was taken more than once (a re-upload taken while the forwarded copy's unlink
+  // was pending), the name gets the last upload, as the uploads' own renames would have left it
+  const entries = await Promise.all(
+    (await readdir(folder)).map(async (entry) => ({ entry, mtimeMs: (await stat(join(folder, entry))).mtimeMs })),
+  );
+  entries.sort((a, b) => b.mtimeMs - a.mtimeMs);
   let restored = 0;
   let superseded = 0;
-  for (const name of await readdir(folder)) {
-    const taken = join(folder, name);
+  for (const { entry } of entries) {
+    const taken = join(folder, entry);
     try {
-      await link(taken, join(directory, name));
+      await link(taken, join(directory, queueNameOfTaken(entry)));
       restored += 1;
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
@@ -360,6 +378,12 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
    * arrival of that name seen by the next catch-up instead of the watch
    */
   const announced = new Set<string>();
+  /**
+   * names seen arriving (announced, or by the watch) while the file they held was in flight: a new upload under
+   * that name. Its one event is taken then, so the name is looked at again once the file in flight is settled
+   * and forgotten; otherwise the new file waited for the next catch-up scan
+   */
+  const lookAgain = new Set<string>();
 
   // a file name is one path component (readdir's, or an upload's validated name): no join()'s normalisation per file
   const directoryPrefix = join(options.directory, '/');
@@ -557,8 +581,10 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
           }
           if (removed === 'removed') {
             forget(done);
+            if (lookAgain.delete(done)) consider(done);
             continue;
           }
+          lookAgain.delete(done);
           // no unlink of ours, so no event to skip; one that came meanwhile (a new arrival) may have been
           // swallowed, so the name is looked at again either way
           removedHere.delete(done);
@@ -575,6 +601,7 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
       case 'gone':
         forget(name);
         releaseClaims();
+        if (lookAgain.delete(name)) consider(name);
         return;
       case 'ignore':
         tracked.state = 'ignored';
@@ -653,6 +680,7 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
         }
         log.error({ event: 'failed', file: name, code: outcome.code, reason: outcome.reason }, 'moved to failed/');
         forget(name);
+        if (lookAgain.delete(name)) consider(name);
         return;
       }
     }
@@ -663,7 +691,10 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
     const existing = files.get(name);
     // ignored and held files are looked at again when they change (a held report uploaded again, fixed)
     const waiting = (tracked: Tracked | undefined): boolean => tracked?.state === 'ignored' || tracked?.state === 'held';
-    if (existing && !waiting(existing)) return;
+    if (existing && !waiting(existing)) {
+      if (existing.state === 'in-flight' || existing.state === 'claimed') lookAgain.add(name);
+      return;
+    }
     // synchronous, as the scans' stats (statFiles): the name was just renamed into place or just changed, so
     // the stat is a dentry- and inode-cache hit of a few microseconds, where a hand-off to libuv's thread pool
     // costs ~0.1 ms of CPU (the pool thread's wake-up, the completion's, a promise) for every upload

@@ -266,15 +266,55 @@ t.test('a removal racing a rename over the same name never deletes the newer fil
   t.same(await readdir(join(dir, '.taken', 'incoming')), [], 'nothing left in the taken folder');
 });
 
+t.test('a file arriving under a name while its last file is being removed is handled at once, not at the next catch-up', async (t) => {
+  // the window between the remover's rename-out and the queue's forget(): the new upload's announcement (and
+  // watch event) find the name in flight and are taken; it is looked at again once that file is settled
+  const dir = tempDir(t);
+  const incoming = join(dir, 'incoming');
+  await mkdir(incoming, { recursive: true });
+  const contents: string[] = [];
+  let queue: ReturnType<typeof createQueue> | undefined = undefined;
+  queue = createQueue(
+    options(dir, {
+      catchupFrequencyMs: 60_000,
+      remove: async (path, expected) => {
+        const removed = await removeIfSame(path, expected);
+        if (contents.length === 1) {
+          await arrive(incoming, 'same', 'second');
+          // as the front door does for an upload it stored: announced to the queue
+          const reservation = queue!.reserve(6)!;
+          await queue!.release(reservation, 'same');
+        }
+        return removed;
+      },
+    }),
+    async (file) => {
+      contents.push(await readFile(file.path, 'utf8'));
+      return { kind: 'done' };
+    },
+    {},
+    log,
+  );
+  await queue.start();
+  t.teardown(() => queue!.stop());
+  await arrive(incoming, 'same', 'first');
+  await until(() => contents.length === 2);
+  t.same(contents, ['first', 'second'], 'the second upload handled without waiting for a scan');
+});
+
 t.test('what a stop left in the taken folder goes back under its name, unless a newer file has it', async (t) => {
   const dir = tempDir(t);
   const incoming = join(dir, 'incoming');
   const taken = join(dir, '.taken', 'incoming');
   await mkdir(incoming, { recursive: true });
   await mkdir(taken, { recursive: true });
-  await writeFile(join(taken, 'half-removed'), 'forward me again');
-  await writeFile(join(taken, 'superseded'), 'older copy');
+  await writeFile(join(taken, '4242-0-1.half-removed'), 'forward me again');
+  await writeFile(join(taken, '4242-0-2.superseded'), 'older copy');
   await writeFile(join(incoming, 'superseded'), 'newer copy');
+  // one name taken twice (the second upload taken while the first's unlink was pending): the newer upload wins
+  await writeFile(join(taken, '4242-1-3.twice.log'), 'the newer upload');
+  await writeFile(join(taken, '4242-0-9.twice.log'), 'the forwarded one');
+  await utimes(join(taken, '4242-0-9.twice.log'), new Date(Date.now() - 60_000), new Date(Date.now() - 60_000));
   const lines: Array<Record<string, unknown>> = [];
   const capture = pino({ level: 'info' }, { write: (line: string) => lines.push(JSON.parse(line) as Record<string, unknown>) });
   const contents: string[] = [];
@@ -289,10 +329,10 @@ t.test('what a stop left in the taken folder goes back under its name, unless a 
   );
   await queue.start();
   t.teardown(() => queue.stop());
-  await until(() => contents.length === 2);
-  t.same(contents.sort(), ['forward me again', 'newer copy'], 'the half-removed file is handled again; the older copy is dropped for the newer');
+  await until(() => contents.length === 3);
+  t.same(contents.sort(), ['forward me again', 'newer copy', 'the newer upload'], 'the half-removed files are handled again, the newest of a name; an older copy is dropped for the newer');
   t.same(await readdir(taken), [], 'the taken folder is empty');
-  t.ok(lines.some((l) => l['event'] === 'taken_recovered' && l['restored'] === 1 && l['superseded'] === 1), 'and the recovery is logged with its counts');
+  t.ok(lines.some((l) => l['event'] === 'taken_recovered' && l['restored'] === 2 && l['superseded'] === 2), 'and the recovery is logged with its counts');
 });
 
 t.test('a taken folder removed while running is made again', async (t) => {
