@@ -545,8 +545,21 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
     try {
       await settle(name, tracked, outcome, claimed, releaseClaims);
     } catch (error) {
-      log.error({ event: 'outcome_error', file: name, error: messageOf(error) }, 'could not apply the outcome; will look again');
-      if (files.get(name) === tracked) makeReady(name);
+      // after a backoff, as a transient failure: at once, an error that lasts (a folder not writable, a full
+      // disk) would have the file handled again, and forwarded again, as fast as the loop turns
+      if (files.get(name) === tracked) {
+        tracked.attempts += 1;
+        const delay = backoff(tracked.attempts, MAX_FILE_BACKOFF_MS);
+        tracked.state = 'deferred';
+        tracked.timer = setTimeout(() => {
+          tracked.timer = undefined;
+          if (files.get(name) === tracked) makeReady(name);
+        }, delay);
+        tracked.timer.unref();
+        log.error({ event: 'outcome_error', file: name, error: messageOf(error), ms: delay }, 'could not apply the outcome; will look again');
+      } else {
+        log.error({ event: 'outcome_error', file: name, error: messageOf(error) }, 'could not apply the outcome');
+      }
     } finally {
       applyingOutcomes -= 1;
     }

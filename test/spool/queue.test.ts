@@ -302,6 +302,30 @@ t.test('a file arriving under a name while its last file is being removed is han
   t.same(contents, ['first', 'second'], 'the second upload handled without waiting for a scan');
 });
 
+t.test('an outcome that cannot be applied is tried again after a backoff, not in a loop, and the file stays', async (t) => {
+  const dir = tempDir(t);
+  const incoming = join(dir, 'incoming');
+  await mkdir(incoming, { recursive: true });
+  // failed/ cannot be made: a file holds its name
+  await writeFile(join(dir, 'failed'), 'not a directory');
+  const calls: number[] = [];
+  const queue = createQueue(
+    options(dir, { catchupFrequencyMs: 60_000 }),
+    async () => {
+      calls.push(Date.now());
+      return { kind: 'failed', code: 'bad-signature', reason: 'does not verify' };
+    },
+    {},
+    log,
+  );
+  await queue.start();
+  t.teardown(() => queue.stop());
+  await arrive(incoming, 'judged', 'content');
+  await until(() => calls.length >= 2);
+  t.ok(calls[1]! - calls[0]! >= 200, `handled again ${calls[1]! - calls[0]!} ms later, after a backoff`);
+  t.same(await readdir(incoming), ['judged'], 'the file stays in incoming/');
+});
+
 t.test('what a stop left in the taken folder goes back under its name, unless a newer file has it', async (t) => {
   const dir = tempDir(t);
   const incoming = join(dir, 'incoming');
