@@ -11,30 +11,24 @@ const BASE64_BODY = /^[A-Za-z0-9+/=\s]*$/;
  * garbage grows every process's heap for good (bench/footprint).
  */
 export function* pemBodies(text: string | Buffer, label = 'CERTIFICATE'): Generator<string> {
+  for (const [start, stop] of pemBodyRanges(text, label)) {
+    yield typeof text === 'string' ? text.slice(start, stop) : text.toString('latin1', start, stop);
+  }
+}
+
+/**
+ * where the body of each `label` block is, [start, end) in order (byte offsets in a Buffer): what pemBodies
+ * yields, as positions (the nodes registry keeps where a certificate is in its file, not the certificate)
+ */
+export function* pemBodyRanges(text: string | Buffer, label = 'CERTIFICATE'): Generator<readonly [number, number]> {
   const begin = `-----BEGIN ${label}-----`;
   const end = `-----END ${label}-----`;
   for (let at = text.indexOf(begin); at >= 0; ) {
     const start = at + begin.length;
     const stop = text.indexOf(end, start);
     if (stop < 0) return;
-    yield typeof text === 'string' ? text.slice(start, stop) : text.toString('latin1', start, stop);
-    at = text.indexOf(begin, stop + end.length);
-  }
-}
-
-/**
- * where the body of each `label` block of `bytes` is, [start, end) in order: what pemBodies yields, as
- * positions (the nodes registry keeps where a certificate is in its file, not the certificate)
- */
-export function* pemBodyRanges(bytes: Buffer, label = 'CERTIFICATE'): Generator<readonly [number, number]> {
-  const begin = `-----BEGIN ${label}-----`;
-  const end = `-----END ${label}-----`;
-  for (let at = bytes.indexOf(begin); at >= 0; ) {
-    const start = at + begin.length;
-    const stop = bytes.indexOf(end, start);
-    if (stop < 0) return;
     yield [start, stop];
-    at = bytes.indexOf(begin, stop + end.length);
+    at = text.indexOf(begin, stop + end.length);
   }
 }
 
