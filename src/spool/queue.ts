@@ -159,32 +159,43 @@ function putBack(taken: string, path: string): void {
 }
 
 /**
+ * `act` on the file a name holds, taken out first when it is the `expected` one (takeIfSame); if `act` fails,
+ * the file goes back under its name for the queue's next try (if that fails too, the next start puts it back)
+ */
+async function actOnTaken<T>(path: string, expected: FileIdentity, act: (taken: string) => Promise<T>): Promise<T | 'replaced' | 'gone'> {
+  const taken = await takeIfSame(path, expected);
+  if (taken === 'replaced' || taken === 'gone') return taken;
+  try {
+    return await act(taken);
+  } catch (error) {
+    try {
+      putBack(taken, path);
+    } catch {
+      // left in the taken folder
+    }
+    throw error;
+  }
+}
+
+/**
  * The default remover: the file taken out (takeIfSame), then unlinked, each through libuv's thread pool (an ext4
  * rename or unlink waits for the journal while other writers fsync). Without `expected` (a file the queue did not
  * track), whatever the name holds is removed.
  */
 export async function removeIfSame(path: string, expected: FileIdentity | undefined): Promise<'removed' | 'replaced' | 'gone'> {
-  let target = path;
-  if (expected !== undefined) {
-    const taken = await takeIfSame(path, expected);
-    if (taken === 'replaced' || taken === 'gone') return taken;
-    target = taken;
-  }
   try {
-    await unlink(target);
+    if (expected !== undefined) {
+      return await actOnTaken(path, expected, async (taken) => {
+        await unlink(taken);
+        return 'removed' as const;
+      });
+    }
+    await unlink(path);
+    return 'removed';
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === 'ENOENT') return 'gone';
-    if (target !== path) {
-      // back under its name for the queue's next try; if that fails too, the next start puts it back
-      try {
-        putBack(target, path);
-      } catch {
-        // left in the taken folder
-      }
-    }
     throw error;
   }
-  return 'removed';
 }
 
 /**
@@ -658,38 +669,24 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
         // as for 'done': a file put under this name since is a new arrival, not the one judged here; taken out
         // first, so that the move to failed/ cannot catch such a file (see takeIfSame)
         removedHere.add(name);
-        let taken: string;
+        let moved: 'moved' | 'replaced' | 'gone';
         try {
-          const outcomeOfTake = await takeIfSame(pathOf(name), tracked);
-          if (outcomeOfTake === 'gone') {
-            removedHere.delete(name);
-            forget(name);
-            return;
-          }
-          if (outcomeOfTake === 'replaced') {
-            removedHere.delete(name);
-            forget(name);
-            consider(name);
-            return;
-          }
-          taken = outcomeOfTake;
+          moved = await actOnTaken(pathOf(name), tracked, async (taken) => {
+            const reason = `${outcome.code}: ${outcome.reason}\nfile: ${name}\nat: ${new Date().toISOString()}\n`;
+            await writeFile(join(options.failedDirectory, `${name}.reason`), reason);
+            await rename(taken, join(options.failedDirectory, name));
+            return 'moved' as const;
+          });
         } catch (error) {
+          // failed/ cannot take it (full, removed): back in incoming/ (actOnTaken), judged again later
           removedHere.delete(name);
           throw error;
         }
-        try {
-          const reason = `${outcome.code}: ${outcome.reason}\nfile: ${name}\nat: ${new Date().toISOString()}\n`;
-          await writeFile(join(options.failedDirectory, `${name}.reason`), reason);
-          await rename(taken, join(options.failedDirectory, name));
-        } catch (error) {
-          // failed/ cannot take it (full, removed): back in incoming/, judged again later rather than left aside
-          try {
-            putBack(taken, pathOf(name));
-          } catch {
-            // left in the taken folder: the next start puts it back
-          }
+        if (moved !== 'moved') {
           removedHere.delete(name);
-          throw error;
+          forget(name);
+          if (moved === 'replaced') consider(name);
+          return;
         }
         log.error({ event: 'failed', file: name, code: outcome.code, reason: outcome.reason }, 'moved to failed/');
         forget(name);
