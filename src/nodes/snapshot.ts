@@ -1,14 +1,13 @@
 // One load of nodeslist.json + the nodes certificates file into immutable indexes (spec-relayd.md §3).
 // Everything a lookup needs is computed here, once per load, so lookups are O(1) at 50k nodes.
 
-import { createHash } from 'node:crypto';
 import { promises as fs, readSync } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { RelayError, messageOf } from '../errors.js';
 import { DerError, isPemBody, parseCertificateFacts, pemBodyRanges, pemBodyToDer, type CertificateFacts } from '../der/index.js';
 import type { KeyHash, NodeEntry, NodesOptions } from './index.js';
-import { PackedKeyHash, keyHashIndexKey, parseKeyHash } from './key-hash.js';
+import { PackedKeyHash, hashSpki, keyHashIndexKey, parseKeyHash } from './key-hash.js';
 
 export interface NodesSnapshot {
   readonly nodes: ReadonlyMap<string, NodeEntry>;
@@ -110,6 +109,12 @@ interface LoadedFile {
 const pemScratch = Buffer.allocUnsafeSlow(8 * 1024);
 const derScratch = Buffer.allocUnsafeSlow(8 * 1024);
 
+/** a PEM body as DER, decoded into `scratch` when it fits (base64 decodes to at most 3/4 of its length), else a buffer of its own */
+function derOfBody(body: string, scratch: Buffer): Buffer {
+  if (!isPemBody(body)) throw new DerError('invalid base64 in PEM');
+  return body.length * 0.75 <= scratch.length ? scratch.subarray(0, scratch.write(body, 'base64')) : pemBodyToDer(body);
+}
+
 /**
  * The signer parts of certificate `index` of `file`, read at its place with a synchronous positional read (a
  * page-cache hit: ~2 KB) and checked against what was loaded: the node's id and its SPKI's hash. Anything
@@ -125,11 +130,9 @@ function readSigner(file: LoadedFile, closed: boolean, id: string, index: number
     const read = readSync(file.handle.fd, pem, 0, length, offset);
     if (read !== length) throw new Error(`${read} of its ${length} bytes at offset ${offset}: the file is shorter than it was`);
     const body = pem.toString('latin1', 0, length);
-    if (!isPemBody(body)) throw new DerError('invalid base64 in PEM');
-    const der = body.length * 0.75 <= derScratch.length ? derScratch.subarray(0, derScratch.write(body, 'base64')) : pemBodyToDer(body);
-    facts = parseCertificateFacts(der);
+    facts = parseCertificateFacts(derOfBody(body, derScratch));
     if (facts.uid !== id) throw new Error(`the certificate there is ${facts.uid === undefined ? 'of no node' : `of node ${facts.uid}`}`);
-    if (!createHash('sha256').update(facts.spki).digest().subarray(0, CHECK_BYTES).equals(file.places.check(index))) {
+    if (!hashSpki('sha256', facts.spki).subarray(0, CHECK_BYTES).equals(file.places.check(index))) {
       throw new Error('the certificate there has another public key');
     }
   } catch (error) {
@@ -344,12 +347,10 @@ export async function parseNodesCertificates(
     let spkiDigest: Buffer;
     let facts: CertificateFacts;
     try {
-      if (!isPemBody(body)) throw new DerError('invalid base64 in PEM');
-      // base64 decodes to at most 3/4 of its length: small enough bodies go to the scratch buffer
-      der = body.length * 0.75 <= SCRATCH_BYTES ? scratch.subarray(0, scratch.write(body, 'base64')) : pemBodyToDer(body);
+      der = derOfBody(body, scratch);
       facts = parseCertificateFacts(der);
       uid = facts.uid;
-      spkiDigest = createHash('sha256').update(facts.spki).digest();
+      spkiDigest = hashSpki('sha256', facts.spki);
       spkiSha256 = spkiDigest.toString('latin1');
     } catch (error) {
       throw new RelayError(
