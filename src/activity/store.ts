@@ -131,13 +131,11 @@ export function createStore(db: Database, isKnownNode: (id: string) => boolean):
   const clientFailureUpsert = db.prepare(`INSERT INTO client_failures (ip, count, first_at, last_at, last_reason, reasons) VALUES (@ip, 1, @at, @at, @reason, @reasons)
     ON CONFLICT (ip) DO UPDATE SET count = count + 1, last_at = excluded.last_at, last_reason = excluded.last_reason, reasons = excluded.reasons`);
   const clientFailureReasons = db.prepare<[string], { reasons: string | null }>('SELECT reasons FROM client_failures WHERE ip = ?');
-  const clientFailure = {
-    run(failure: { ip: string; at: number; reason: string }): void {
-      const counts = new Map(Object.entries(parseReasons(clientFailureReasons.get(failure.ip)?.reasons ?? null)));
-      const key = counts.has(failure.reason) || counts.size < MAX_FAILURE_REASONS - 1 ? failure.reason : OTHER_REASONS;
-      counts.set(key, (counts.get(key) ?? 0) + 1);
-      clientFailureUpsert.run({ ...failure, reasons: JSON.stringify(Object.fromEntries(counts)) });
-    },
+  const clientFailure = (failure: { ip: string; at: number; reason: string }): void => {
+    const counts = new Map(Object.entries(parseReasons(clientFailureReasons.get(failure.ip)?.reasons ?? null)));
+    const key = counts.has(failure.reason) || counts.size < MAX_FAILURE_REASONS - 1 ? failure.reason : OTHER_REASONS;
+    counts.set(key, (counts.get(key) ?? 0) + 1);
+    clientFailureUpsert.run({ ...failure, reasons: JSON.stringify(Object.fromEntries(counts)) });
   };
   const received = db.prepare(`INSERT INTO ledger (queue, file, node, received_at, size, sha256, ip, state) VALUES (?, ?, ?, ?, ?, ?, ?, 'received')`);
   // a replaced upload (WebDAV 204) is the same file waiting in the queue: one ledger entry, updated
@@ -217,7 +215,7 @@ export function createStore(db: Database, isKnownNode: (id: string) => boolean):
             touched.add(event.node);
             if (event.action === 'other') nodeEvent.run(event.at, event.node, 'refusal', String(event.status), event.code, event.ip);
           } else {
-            clientFailure.run({ ip: event.ip, at: event.at, reason: event.code });
+            clientFailure({ ip: event.ip, at: event.at, reason: event.code });
           }
         }
         if (event.action !== 'other') {
@@ -241,12 +239,12 @@ export function createStore(db: Database, isKnownNode: (id: string) => boolean):
         return;
       }
       case 'tls':
-        clientFailure.run({ ip: event.ip, at: event.at, reason: `tls: ${event.reason}` });
+        clientFailure({ ip: event.ip, at: event.at, reason: `tls: ${event.reason}` });
         minute(event.at, 'refusal:TLS');
         return;
       case 'cfengine': {
         if (event.node === undefined) {
-          clientFailure.run({ ip: event.ip, at: event.at, reason: `cfengine: ${event.reason}` });
+          clientFailure({ ip: event.ip, at: event.at, reason: `cfengine: ${event.reason}` });
           return;
         }
         nodeOf(event.node, 'cfengine', event.at, event.ip, event.ok ? 'ok' : event.reason, event.ok);
