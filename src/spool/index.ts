@@ -1,7 +1,7 @@
 // Face of the spool module: the durable directory queues of reports and inventories
 // (ARCHITECTURE.md disk layout). Writers call `receive`; processors (later) consume `incoming/`.
 
-import { mkdir, readdir, readFile, rm, stat, access, constants, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, stat, access, constants, writeFile, rename } from 'node:fs/promises';
 import { RelayError, messageOf } from '../errors.js';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -46,11 +46,13 @@ const TMP = '.tmp';
  * Version of the on-disk layout onerelay keeps in a spool (incoming/, failed/ with .reason sidecars,
  * .tmp/). relayd's spools are format 0 and are used as they are; a newer format than this build
  * knows is refused, so that a downgrade never misreads data.
+ * 2: `.taken/<queue>/` may hold files half-removed (see spool/queue.ts takeIfSame) that the start puts back;
+ * a build of format 1 would leave them there, unforwarded, so it must not run on such a spool.
  */
-export const SPOOL_FORMAT = 1;
+export const SPOOL_FORMAT = 2;
 const FORMAT_FILE = '.onerelay-format';
 
-async function checkFormat(base: string): Promise<'written' | 'current'> {
+async function checkFormat(base: string): Promise<'written' | 'current' | 'migrated'> {
   const file = join(base, FORMAT_FILE);
   let text: string;
   try {
@@ -67,7 +69,12 @@ async function checkFormat(base: string): Promise<'written' | 'current'> {
       `${file} says spool format ${String(format)}, newer than this onerelay (${SPOOL_FORMAT}): upgrade onerelay, or move the spool aside`,
     );
   }
-  // formats older than SPOOL_FORMAT would be migrated here; 1 is the first
+  if (format < SPOOL_FORMAT) {
+    // 1 → 2: nothing to move (format 1 had no .taken/ folder); the marker says from now on that one may exist
+    await writeFile(`${file}.tmp`, `${JSON.stringify({ format: SPOOL_FORMAT })}\n`);
+    await rename(`${file}.tmp`, file);
+    return 'migrated';
+  }
   return 'current';
 }
 
@@ -97,7 +104,9 @@ export function createSpool(options: SpoolOptions, log: Logger): Spool {
 
     async prepare({ cleanTmp }) {
       for (const base of new Set([options.reportsDirectory, options.inventoriesDirectory])) {
-        if ((await checkFormat(base)) === 'written') spoolLog.info({ directory: base, format: SPOOL_FORMAT }, 'spool format marked');
+        const checked = await checkFormat(base);
+        if (checked === 'written') spoolLog.info({ directory: base, format: SPOOL_FORMAT }, 'spool format marked');
+        if (checked === 'migrated') spoolLog.info({ event: 'spool_format_migrated', directory: base, format: SPOOL_FORMAT }, 'spool format migrated');
       }
       for (const tmp of new Set(Object.values(tmpOf))) {
         if (cleanTmp) {

@@ -75,6 +75,11 @@ export interface QueueOptions {
    * already does the file's other I/O (src/reports); default: a stat and an unlink through libuv's thread pool
    */
   readonly remove?: FileRemover;
+  /**
+   * a file left in the taken folder this long (by its ctime: the take's rename) is put back by the cleanup tick
+   * while running, not only at the next start; default STALE_TAKE_MS
+   */
+  readonly staleTakeMs?: number;
 }
 
 /** the identity of a file as the queue saw it: another file put under the same name since differs in one of them */
@@ -171,7 +176,7 @@ async function actOnTaken<T>(path: string, expected: FileIdentity, act: (taken: 
     try {
       putBack(taken, path);
     } catch {
-      // left in the taken folder
+      // left in the taken folder: the cleanup tick puts it back once it is STALE_TAKE_MS old
     }
     throw error;
   }
@@ -199,17 +204,31 @@ export async function removeIfSame(path: string, expected: FileIdentity | undefi
 }
 
 /**
- * What a stop at the wrong instant left in a queue directory's taken folder goes back under its name (forwarded
- * again: at least once, never lost), unless the name holds a newer file; then the folder is empty.
+ * A take's rename, check and unlink or move last milliseconds; one still in the taken folder after this long was
+ * left there: its put-back failed (a full or read-only file system at that instant), or the process doing it died
  */
-async function recoverTaken(directory: string, log: Logger): Promise<void> {
+export const STALE_TAKE_MS = 5 * 60_000;
+
+/**
+ * What a stop at the wrong instant left in a queue directory's taken folder goes back under its name (forwarded
+ * again: at least once, never lost), unless the name holds a newer file. At the start (`olderThanMs` undefined)
+ * everything there was left by an earlier process; while running (the cleanup tick), only entries taken at least
+ * `olderThanMs` ago (their ctime: the take's rename), so that no take in progress, on this thread or another, is
+ * undone under its feet.
+ */
+async function recoverTaken(directory: string, log: Logger, olderThanMs?: number): Promise<void> {
   const folder = takenFolderOf(directory);
   await mkdir(folder, { recursive: true, mode: 0o770 });
+  const now = Date.now();
   // newest first: when a name was taken more than once (a re-upload taken while the forwarded copy's unlink
   // was pending), the name gets the last upload, as the uploads' own renames would have left it
-  const entries = await Promise.all(
-    (await readdir(folder)).map(async (entry) => ({ entry, mtimeMs: (await stat(join(folder, entry))).mtimeMs })),
-  );
+  const entries: Array<{ entry: string; mtimeMs: number }> = [];
+  for (const entry of await readdir(folder)) {
+    const info = await stat(join(folder, entry)).catch(() => undefined);
+    if (info === undefined) continue; // its take ended meanwhile
+    if (olderThanMs !== undefined && now - info.ctimeMs < olderThanMs) continue;
+    entries.push({ entry, mtimeMs: info.mtimeMs });
+  }
   entries.sort((a, b) => b.mtimeMs - a.mtimeMs);
   let restored = 0;
   let superseded = 0;
@@ -219,15 +238,21 @@ async function recoverTaken(directory: string, log: Logger): Promise<void> {
       await link(taken, join(directory, queueNameOfTaken(entry)));
       restored += 1;
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' && olderThanMs !== undefined) continue; // its (slow) take ended meanwhile
+      if (code !== 'EEXIST') throw error;
       superseded += 1;
     }
-    await unlink(taken);
+    await unlink(taken).catch((error: unknown) => {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+    });
   }
   if (restored + superseded > 0) {
     log.warn(
-      { event: 'taken_recovered', restored, superseded },
-      'files an earlier stop left half-removed: put back to be handled again (a forwarded one may be forwarded twice), or dropped where a newer upload has the name',
+      { event: 'taken_recovered', restored, superseded, while_running: olderThanMs !== undefined },
+      olderThanMs === undefined
+        ? 'files an earlier stop left half-removed: put back to be handled again (a forwarded one may be forwarded twice), or dropped where a newer upload has the name'
+        : 'files left half-removed by a failed put-back: put back to be handled again (a forwarded one may be forwarded twice), or dropped where a newer upload has the name',
     );
   }
 }
@@ -876,6 +901,10 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
   async function cleanup(): Promise<void> {
     await expire(options.directory, options.retentionMs, 'incoming');
     await expire(options.failedDirectory, options.failedRetentionMs, 'failed');
+    // a put-back that failed (actOnTaken) left its file in the taken folder: back in the queue now, not at the next start
+    await recoverTaken(options.directory, log, options.staleTakeMs ?? STALE_TAKE_MS).catch((error: unknown) => {
+      log.error({ event: 'taken_recovery_error', error: messageOf(error) }, `cannot look into ${TAKEN_FOLDER}/: files left there wait for the next cleanup`);
+    });
   }
 
   /** true when nothing is in flight any more, false when `ms` passed first */

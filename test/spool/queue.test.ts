@@ -359,6 +359,36 @@ t.test('what a stop left in the taken folder goes back under its name, unless a 
   t.ok(lines.some((l) => l['event'] === 'taken_recovered' && l['restored'] === 2 && l['superseded'] === 2), 'and the recovery is logged with its counts');
 });
 
+t.test('a file left in the taken folder while running (a failed put-back) is put back by the cleanup tick once stale', async (t) => {
+  const dir = tempDir(t);
+  const incoming = join(dir, 'incoming');
+  await mkdir(incoming, { recursive: true });
+  const lines: Array<Record<string, unknown>> = [];
+  const capture = pino({ level: 'info' }, { write: (line: string) => lines.push(JSON.parse(line) as Record<string, unknown>) });
+  const handled: Array<{ content: string; at: number }> = [];
+  const queue = createQueue(
+    options(dir, { catchupFrequencyMs: 60_000, cleanupFrequencyMs: 100, staleTakeMs: 400 }),
+    async (file) => {
+      handled.push({ content: await readFile(file.path, 'utf8'), at: Date.now() });
+      return { kind: 'done' };
+    },
+    {},
+    capture,
+  );
+  await queue.start();
+  t.teardown(() => queue.stop());
+  // what a put-back that failed leaves: the file under its take name, the queue no longer tracking it
+  const taken = join(dir, '.taken', 'incoming');
+  const leftAt = Date.now();
+  await writeFile(join(taken, `${process.pid}-0-zz.left-behind`), 'forward me');
+  await until(() => handled.length === 1);
+  t.equal(handled[0]!.content, 'forward me', 'handled again from incoming/');
+  t.ok(handled[0]!.at - leftAt >= 400, `not before it is stale (${handled[0]!.at - leftAt} ms after it was left; takes in progress are never undone)`);
+  await until(async () => (await readdir(incoming)).length === 0);
+  t.same(await readdir(taken), [], 'the taken folder is empty');
+  t.ok(lines.some((l) => l['event'] === 'taken_recovered' && l['restored'] === 1 && l['while_running'] === true), 'the recovery is logged');
+});
+
 t.test('a taken folder removed while running is made again', async (t) => {
   const dir = tempDir(t);
   const incoming = join(dir, 'incoming');
