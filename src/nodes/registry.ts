@@ -33,6 +33,12 @@ const CERTIFICATE_OBJECTS_KEPT = 1000;
  * run interval. An inspection thread's cache of what it was sent is bounded on its own (inspect-pool.ts).
  */
 const SIGNER_OBJECTS_KEPT = 1000;
+/**
+ * At most one reload per this long on account of certificates unreadable as loaded (signerCertificatesOf): the
+ * file changed in place and no watch event reloaded it (missed, or its reload failed while the file was being
+ * written); without one the reports of those nodes waited until the next change of the file, or their retention
+ */
+const RELOAD_AFTER_UNREADABLE_MS = 10_000;
 const NO_CERTIFICATES: readonly X509Certificate[] = Object.freeze([]);
 const NO_SIGNERS: readonly SignerKey[] = Object.freeze([]);
 
@@ -67,6 +73,10 @@ export function createNodesRegistry(options: NodesOptions & { log: Logger }): No
   let signerObjects = new Map<string, readonly SignerKey[]>();
   /** stop() closed the snapshot's file: a start() after it loads again */
   let closed = false;
+  /** stop() was called and no start() since: no reload reopens the file (a reload asked after the stop) */
+  let stopped = false;
+  let unreadableReloadAt = 0;
+  let unreadableReloadTimer: NodeJS.Timeout | undefined;
   let loadedAt: string | undefined;
   let lastError: string | undefined;
   let queue: Promise<void> = Promise.resolve();
@@ -109,11 +119,24 @@ export function createNodesRegistry(options: NodesOptions & { log: Logger }): No
     }
   };
 
-  // reloads run one after the other, never interleaved
+  // reloads run one after the other, never interleaved; none after stop() (it would open the file again, for no one)
   const reload = (): Promise<void> => {
-    const run = queue.then(load);
+    const run = queue.then(() => (stopped ? undefined : load()));
     queue = run.catch(() => undefined);
     return run;
+  };
+
+  /** a reload soon, at most one per RELOAD_AFTER_UNREADABLE_MS: the reports waiting on these certificates are retried by their queue */
+  const reloadForUnreadable = (): void => {
+    if (stopped || closed || unreadableReloadTimer !== undefined) return;
+    const wait = Math.max(0, unreadableReloadAt + RELOAD_AFTER_UNREADABLE_MS - Date.now());
+    unreadableReloadTimer = setTimeout(() => {
+      unreadableReloadTimer = undefined;
+      unreadableReloadAt = Date.now();
+      log.info({ event: 'nodes_reload_unreadable' }, 'nodes certificates unreadable as loaded: reloading the nodes files');
+      reload().catch(() => undefined);
+    }, wait);
+    unreadableReloadTimer.unref();
   };
 
   const entry = (id: string): NodeEntry => {
@@ -168,6 +191,7 @@ export function createNodesRegistry(options: NodesOptions & { log: Logger }): No
         // thrown on (the queue retries the report): the certificates are known but unreadable now, which
         // must never read as "none known" (a report let through unverified); a reload of the changed file cures it
         log.error({ code: isRelayError(error) ? error.code : 'RELAY_ERR_INTERNAL', nodeId: id, err: messageOf(error) }, 'node certificate unreadable: its reports wait');
+        reloadForUnreadable();
         throw error;
       }
       if (parts.length === 0) return NO_SIGNERS;
@@ -262,6 +286,7 @@ export function createNodesRegistry(options: NodesOptions & { log: Logger }): No
     },
 
     async start() {
+      stopped = false;
       if (watcher !== undefined) return;
       if (loadedAt === undefined || closed) await reload();
       if (watcher !== undefined) return; // started concurrently
@@ -279,6 +304,9 @@ export function createNodesRegistry(options: NodesOptions & { log: Logger }): No
     },
 
     async stop() {
+      stopped = true;
+      if (unreadableReloadTimer !== undefined) clearTimeout(unreadableReloadTimer);
+      unreadableReloadTimer = undefined;
       watcher?.close();
       watcher = undefined;
       await queue;

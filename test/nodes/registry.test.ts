@@ -567,3 +567,29 @@ t.test('a certificates file changed in place under the loaded data: an error, ne
   await registry.stop();
   t.throws(() => registry.signerCertificatesOf(E745), { code: 'RELAY_ERR_NODES_CERTS' }, 'a stopped registry');
 });
+
+t.test('certificates unreadable as loaded (the file changed in place, no reload seen): the registry reloads by itself, and not after stop', async (t) => {
+  const files = await fixtureDir();
+  const original = await fs.readFile(files.certs, 'latin1');
+  const pems = original.split(/(?<=-----END CERTIFICATE-----\n?)/);
+  const registry = registryFor(files);
+  t.teardown(() => registry.stop());
+  await registry.reload();
+  const loadedAt = registry.status().loadedAt;
+  // valid, another order: what an in-place rewrite leaves once it is done, with no watch (reload() alone, no start())
+  await fs.writeFile(files.certs, [...pems].reverse().join(''));
+  logLines.length = 0;
+  t.throws(() => registry.signerCertificatesOf(E745), { code: 'RELAY_ERR_NODES_CERTS' }, 'unreadable as loaded');
+  const deadline = Date.now() + 10_000;
+  while (registry.status().loadedAt === loadedAt && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+  t.not(registry.status().loadedAt, loadedAt, 'reloaded without being asked');
+  t.ok(logLines.some((line) => line['event'] === 'nodes_reload_unreadable'), 'and says why');
+  t.equal(registry.signerCertificatesOf(E745).length, 2, "the node's certificates read from the new file");
+
+  // after stop: no reload opens the file again
+  await registry.stop();
+  const stoppedAt = registry.status().loadedAt;
+  await registry.reload();
+  t.equal(registry.status().loadedAt, stoppedAt, 'a reload asked after stop does nothing');
+  t.throws(() => registry.signerCertificatesOf(E745), { code: 'RELAY_ERR_NODES_CERTS' }, 'the file stays closed');
+});
