@@ -1,11 +1,11 @@
 // The nodes registry: the current snapshot of nodeslist.json + nodes certificates, the relations of
 // spec-relayd.md §3.4, client-certificate attribution, and hot reload on file change.
 
-import { X509Certificate, createPublicKey, type KeyObject } from 'node:crypto';
+import { X509Certificate, type KeyObject } from 'node:crypto';
 import type { Logger } from 'pino';
 import { RelayError, isRelayError, messageOf } from '../errors.js';
 import { collectGarbage } from '../gc.js';
-import { parseCertificateFacts, type CertificateFacts } from '../der/index.js';
+import { parseCertificateFacts, publicKeyOfSpki, type CertificateFacts } from '../der/index.js';
 import type { CertificateMatch, NodeEntry, NodesOptions, NodesRegistry, NodesStatus, SignerKey } from './index.js';
 import { hashSpki, keyHashIndexKeyOf } from './key-hash.js';
 import { emptySnapshot, loadSnapshot, type NodesSnapshot, type SignerParts } from './snapshot.js';
@@ -58,7 +58,7 @@ class StoredSignerKey implements SignerKey {
   }
   get publicKey(): KeyObject {
     // an unreadable key throws, as X509Certificate's would: the signature check reports it as unusable
-    this.key ??= createPublicKey({ key: this.spki, format: 'der', type: 'spki' });
+    this.key ??= publicKeyOfSpki(this.spki);
     return this.key;
   }
 }

@@ -3,9 +3,10 @@
 // done with (its identity check and unlink). Holds no registry: the primary
 // sends the run info and the certificates to check with (cached here by the key it gives them).
 
-import { X509Certificate, createPublicKey } from 'node:crypto';
+import { X509Certificate } from 'node:crypto';
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
+import { publicKeyOfSpki } from '../der/index.js';
 import { RelayError } from '../errors.js';
 import { removeIfSame } from '../spool/index.js';
 import type { Inspection } from './index.js';
@@ -26,7 +27,7 @@ function certificateOf(sent: ThreadCertificate): SignerCertificate {
       // the registry's SignerKey: the key from the SPKI, no certificate to parse (an unreadable one throws, as X509Certificate does)
       const view = (bytes: Uint8Array) => Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
       const spki = view(sent.spki);
-      certificate = { issuerDer: view(sent.issuerDer), serialMagnitude: view(sent.serialMagnitude), spki, publicKey: createPublicKey({ key: spki, format: 'der', type: 'spki' }) };
+      certificate = { issuerDer: view(sent.issuerDer), serialMagnitude: view(sent.serialMagnitude), spki, publicKey: publicKeyOfSpki(spki) };
     } else {
       if (sent.der === undefined) throw new RelayError('RELAY_ERR_INTERNAL', `certificate ${sent.key} was never sent to this thread`);
       certificate = new X509Certificate(sent.der);

@@ -47,6 +47,28 @@ t.test('gzip: first member only, trailing bytes ignored (as relayd)', async (t) 
   t.ok(decodeReport('a.log.gz', gz, MiB).equals(reference));
 });
 
+t.test('gzip: the last four bytes (ISIZE) only size the output buffer, whatever they say', async (t) => {
+  // a one-member file: the hint is exact (one inflate call, one buffer)
+  t.ok(decodeReport('a.log.gz', gzipSync(reference), MiB).equals(reference));
+  // a second member announcing 4 GiB - 1: the first member is decoded, nothing near that size allocated
+  const huge = gzipSync(Buffer.from('second member'));
+  huge.writeUInt32LE(0xffffffff, huge.length - 4);
+  const before = process.memoryUsage().arrayBuffers;
+  t.ok(decodeReport('a.log.gz', Buffer.concat([gzipSync(reference), huge]), 64 * MiB).equals(reference), 'first member, huge hint');
+  t.ok(process.memoryUsage().arrayBuffers - before < 16 * MiB, 'no buffer sized by the hint beyond its cap');
+  // trailing bytes announcing less than the first member (0 and 1 byte): more chunks, same content
+  for (const announced of [0, 1, 100]) {
+    const tail = Buffer.alloc(8);
+    tail.writeUInt32LE(announced, 4);
+    t.ok(decodeReport('a.log.gz', Buffer.concat([gzipSync(reference), tail]), MiB).equals(reference), `first member, hint ${announced}`);
+  }
+  // a larger content than one default zlib chunk (16 KiB) and than the hint's cap (1 MiB)
+  const large = Buffer.alloc(3 * MiB + 17, 'report line\n');
+  t.ok(decodeReport('a.log.gz', gzipSync(large), 4 * MiB).equals(large), '3 MiB content');
+  // the bound still holds with a hint that fits under it
+  t.equal(reasonOf(() => decodeReport('a.log.gz', Buffer.concat([gzipSync(Buffer.alloc(1001)), Buffer.from([0, 0, 0, 0, 10, 0, 0, 0])]), 1000)), 'too-large');
+});
+
 t.test('damaged gzip is undecodable', async (t) => {
   const gz = gzipSync(reference);
   t.equal(reasonOf(() => decodeReport('a.log.gz', gz.subarray(0, gz.length - 100), MiB)), 'undecodable', 'truncated data');
