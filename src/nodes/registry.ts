@@ -39,6 +39,8 @@ const SIGNER_OBJECTS_KEPT = 1000;
  * written); without one the reports of those nodes waited until the next change of the file, or their retention
  */
 const RELOAD_AFTER_UNREADABLE_MS = 10_000;
+/** and not before this long after the read that failed: longer than the watch's debounce (a writer at work) */
+const UNREADABLE_RELOAD_DELAY_MS = 1_000;
 const NO_CERTIFICATES: readonly X509Certificate[] = Object.freeze([]);
 const NO_SIGNERS: readonly SignerKey[] = Object.freeze([]);
 
@@ -82,7 +84,7 @@ export function createNodesRegistry(options: NodesOptions & { log: Logger }): No
   let queue: Promise<void> = Promise.resolve();
   let watcher: FilesWatcher | undefined;
   /** which files the last good snapshot came from: one of them vanishing is an error, not an empty list */
-  let hadFiles = { list: false, certs: false };
+  let hadFiles: { list: boolean; certs: boolean; certificates?: number } = { list: false, certs: false };
   const changeListeners = new Set<() => void>();
 
   const load = async (): Promise<void> => {
@@ -126,10 +128,14 @@ export function createNodesRegistry(options: NodesOptions & { log: Logger }): No
     return run;
   };
 
-  /** a reload soon, at most one per RELOAD_AFTER_UNREADABLE_MS: the reports waiting on these certificates are retried by their queue */
+  /**
+   * a reload soon, at most one per RELOAD_AFTER_UNREADABLE_MS and never at once: the file may be being written
+   * right now (what made it unreadable), and a reload then must not catch it half written. The reports waiting
+   * on these certificates are retried by their queue
+   */
   const reloadForUnreadable = (): void => {
     if (stopped || closed || unreadableReloadTimer !== undefined) return;
-    const wait = Math.max(0, unreadableReloadAt + RELOAD_AFTER_UNREADABLE_MS - Date.now());
+    const wait = Math.max(UNREADABLE_RELOAD_DELAY_MS, unreadableReloadAt + RELOAD_AFTER_UNREADABLE_MS - Date.now());
     unreadableReloadTimer = setTimeout(() => {
       unreadableReloadTimer = undefined;
       unreadableReloadAt = Date.now();
@@ -191,7 +197,8 @@ export function createNodesRegistry(options: NodesOptions & { log: Logger }): No
         // thrown on (the queue retries the report): the certificates are known but unreadable now, which
         // must never read as "none known" (a report let through unverified); a reload of the changed file cures it
         log.error({ code: isRelayError(error) ? error.code : 'RELAY_ERR_INTERNAL', nodeId: id, err: messageOf(error) }, 'node certificate unreadable: its reports wait');
-        reloadForUnreadable();
+        // only for a file that no longer reads as loaded; another error is a defect a reload would not cure
+        if (isRelayError(error) && error.code === 'RELAY_ERR_NODES_CERTS') reloadForUnreadable();
         throw error;
       }
       if (parts.length === 0) return NO_SIGNERS;

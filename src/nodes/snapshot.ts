@@ -206,8 +206,8 @@ export class DerStore {
 export async function loadSnapshot(
   options: NodesOptions,
   log: Logger,
-  hadFiles: { readonly list: boolean; readonly certs: boolean } = { list: false, certs: false },
-): Promise<NodesSnapshot & { readonly read: { readonly list: boolean; readonly certs: boolean } }> {
+  hadFiles: { readonly list: boolean; readonly certs: boolean; readonly certificates?: number } = { list: false, certs: false },
+): Promise<NodesSnapshot & { readonly read: { readonly list: boolean; readonly certs: boolean; readonly certificates: number } }> {
   const listText = await readOptional(options.nodesListFile, 'RELAY_ERR_NODES_LIST');
   if (listText === undefined && hadFiles.list) {
     throw new RelayError('RELAY_ERR_NODES_LIST', `nodes list ${options.nodesListFile} is missing (it was there before): keeping the last good list`);
@@ -233,13 +233,19 @@ export async function loadSnapshot(
     const places = (options.keepSigners ?? true) ? new SignerPlaces() : undefined;
     try {
       certificates = await parseNodesCertificates(certsFile, options.nodesCertsFile, nodes, keepDerOf(nodes, options), places, store, log);
+      // emptied (an in-place rewrite opens it truncated): not "every node lost its certificates", which would
+      // let their reports through unverified; a relay started on an empty file still loads it as empty
+      if (certificates.size === 0 && (hadFiles.certificates ?? 0) > 0 && (await certsFile.stat()).size === 0) {
+        throw new RelayError('RELAY_ERR_NODES_CERTS', `nodes certificates ${options.nodesCertsFile} are empty (they held certificates before): keeping the last good ones`);
+      }
       // kept open while signer parts may be read from it (the snapshot closes it)
       if (places !== undefined && places.count > 0) loaded = { path: options.nodesCertsFile, handle: certsFile, places };
     } finally {
       if (loaded === undefined) await certsFile.close();
     }
   }
-  return { ...buildSnapshot(nodes, certificates, store, options.myId, loaded), read: { list: listText !== undefined, certs: certsFile !== undefined } };
+  const snapshot = buildSnapshot(nodes, certificates, store, options.myId, loaded);
+  return { ...snapshot, read: { list: listText !== undefined, certs: certsFile !== undefined, certificates: snapshot.certificateCount } };
 }
 
 /** `myId`: the relay's own id, whose string the nodes it serves share (see below) */
@@ -312,6 +318,7 @@ function keepDerOf(nodes: ReadonlyMap<string, NodeEntry>, options: NodesOptions)
 const CERTIFICATES_PER_SLICE = 2000;
 const READ_CHUNK = 256 * 1024;
 const PEM_END = Buffer.from('-----END CERTIFICATE-----', 'latin1');
+const PEM_BEGIN = Buffer.from('-----BEGIN CERTIFICATE-----', 'latin1');
 /** room for the DER of one certificate decoded to be read, hashed and copied (into the store) or dropped */
 const SCRATCH_BYTES = 64 * 1024;
 
@@ -403,6 +410,11 @@ export async function parseNodesCertificates(
     }
   }
   for (const [start, stop] of pemBodyRanges(buffer.subarray(0, length))) take(buffer.toString('latin1', start, stop), base + start);
+  // a block begun and not ended: the file cut short, or read while being written in place; loading what came
+  // before would forget the nodes after it (their reports then read as "no certificate known")
+  if (buffer.subarray(0, length).lastIndexOf(PEM_BEGIN) > buffer.subarray(0, length).lastIndexOf(PEM_END)) {
+    throw new RelayError('RELAY_ERR_NODES_CERTS', `invalid nodes certificates file ${file}: it ends in an unfinished certificate (being written?): keeping the last good ones`);
+  }
   if (index === 0 && !blank) {
     throw new RelayError('RELAY_ERR_NODES_CERTS', `invalid nodes certificates file ${file}: no PEM certificate found`);
   }

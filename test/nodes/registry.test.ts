@@ -593,3 +593,33 @@ t.test('certificates unreadable as loaded (the file changed in place, no reload 
   t.equal(registry.status().loadedAt, stoppedAt, 'a reload asked after stop does nothing');
   t.throws(() => registry.signerCertificatesOf(E745), { code: 'RELAY_ERR_NODES_CERTS' }, 'the file stays closed');
 });
+
+t.test('a certificates file emptied or cut inside a certificate (an in-place rewrite caught half way) is never loaded: no node reads as "no certificate"', async (t) => {
+  const files = await fixtureDir();
+  const original = await fs.readFile(files.certs, 'latin1');
+  const registry = registryFor(files);
+  t.teardown(() => registry.stop());
+  await registry.reload();
+  t.equal(registry.signerCertificatesOf(E745).length, 2);
+  const e745 = registry.signerCertificatesOf(E745);
+
+  // emptied, as opening it for writing does: the registry's own reload (asked by the failed read) refuses it
+  await fs.truncate(files.certs, 0);
+  logLines.length = 0;
+  t.throws(() => registry.signerCertificatesOf(R378), { code: 'RELAY_ERR_NODES_CERTS' }, 'unreadable as loaded');
+  const deadline = Date.now() + 10_000;
+  while (!logLines.some((line) => line['msg'] === 'nodes reload failed, keeping previous data') && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+  t.match(registry.status().error, /RELAY_ERR_NODES_CERTS: .*empty \(they held certificates before\)/, 'the reload refused the empty file');
+  t.equal(registry.signerCertificatesOf(E745), e745, 'a node kept from before still answers with its certificates');
+  t.throws(() => registry.signerCertificatesOf(R378), { code: 'RELAY_ERR_NODES_CERTS' }, 'and another is an error, never []');
+
+  // cut inside its last certificate
+  await fs.writeFile(files.certs, original.slice(0, original.lastIndexOf('-----END CERTIFICATE-----') - 40));
+  await t.rejects(registry.reload(), { code: 'RELAY_ERR_NODES_CERTS' }, 'a file ending in an unfinished certificate is refused');
+  t.match(registry.status().error, /unfinished certificate/);
+
+  await fs.writeFile(files.certs, original);
+  await registry.reload();
+  t.equal(registry.status().error, undefined, 'the whole file again: loaded');
+  t.equal(registry.signerCertificatesOf(R378).length, 1);
+});
