@@ -1,7 +1,7 @@
 // Face of the spool module: the durable directory queues of reports and inventories
 // (ARCHITECTURE.md disk layout). Writers call `receive`; processors (later) consume `incoming/`.
 
-import { mkdir, readdir, readFile, rm, stat, access, constants, writeFile, rename } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, stat, access, constants } from 'node:fs/promises';
 import { RelayError, messageOf } from '../errors.js';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -11,6 +11,7 @@ import { receiveInto, type ReceiveResult } from './receive.js';
 export type { ReceiveResult };
 export { ABORT_SETTLE_MS, createQueue, isSameFile, removeIfSame } from './queue.js';
 export { copyFileAtomically, fsyncDirectory, openAtomicFile, writeFileAtomically, writeStreamAtomically } from './durable.js';
+import { writeFileAtomically } from './durable.js';
 export type { AtomicFile, AtomicWriteOptions, CopyOptions, StreamWriteOptions } from './durable.js';
 export type { FileIdentity, FileRemover, Queue, QueueContext, QueueEvents, QueueFile, QueueHandler, QueueOptions, QueueOutcome, QueueStats, QueueStopOptions } from './queue.js';
 
@@ -46,23 +47,39 @@ const TMP = '.tmp';
  * Version of the on-disk layout onerelay keeps in a spool (incoming/, failed/ with .reason sidecars,
  * .tmp/). relayd's spools are format 0 and are used as they are; a newer format than this build
  * knows is refused, so that a downgrade never misreads data.
- * 2: `.taken/<queue>/` may hold files half-removed (see spool/queue.ts takeIfSame) that the start puts back;
- * a build of format 1 would leave them there, unforwarded, so it must not run on such a spool.
+ * 2: `.taken/<queue>/` may hold files half-removed (see spool/queue.ts takeIfSame) that the start and a tick
+ * put back; the builds of format 1 made before `.taken/` existed would leave them there, unforwarded.
  */
 export const SPOOL_FORMAT = 2;
 const FORMAT_FILE = '.onerelay-format';
 
 async function checkFormat(base: string): Promise<'written' | 'current' | 'migrated'> {
   const file = join(base, FORMAT_FILE);
+  const marker = `${JSON.stringify({ format: SPOOL_FORMAT })}\n`;
   let text: string;
   try {
     text = await readFile(file, 'utf8');
-  } catch {
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') {
+      throw new RelayError('RELAY_ERR_STATE_FORMAT', `cannot read the spool format marker ${file}: ${messageOf(error)}`, { cause: error });
+    }
     await mkdir(base, { recursive: true });
-    await writeFile(file, `${JSON.stringify({ format: SPOOL_FORMAT })}\n`);
+    // fsynced and renamed into place: a crash never leaves an empty marker that the next start cannot read
+    await writeFileAtomically(file, marker);
     return 'written';
   }
-  const format = Number((JSON.parse(text) as { format?: unknown }).format);
+  let format: number;
+  try {
+    format = Number((JSON.parse(text) as { format?: unknown }).format);
+  } catch {
+    format = Number.NaN;
+  }
+  if (Number.isNaN(format)) {
+    throw new RelayError(
+      'RELAY_ERR_STATE_FORMAT',
+      `${file} is not a spool format marker (${JSON.stringify(text.slice(0, 40))}): write ${marker.trim()} into it if this spool was last used by this onerelay, or remove it for a relayd spool`,
+    );
+  }
   if (!Number.isInteger(format) || format > SPOOL_FORMAT) {
     throw new RelayError(
       'RELAY_ERR_STATE_FORMAT',
@@ -70,9 +87,9 @@ async function checkFormat(base: string): Promise<'written' | 'current' | 'migra
     );
   }
   if (format < SPOOL_FORMAT) {
-    // 1 → 2: nothing to move (format 1 had no .taken/ folder); the marker says from now on that one may exist
-    await writeFile(`${file}.tmp`, `${JSON.stringify({ format: SPOOL_FORMAT })}\n`);
-    await rename(`${file}.tmp`, file);
+    // 1 → 2: nothing to move. Builds of format 1 made before .taken/ existed would leave what it holds there,
+    // unforwarded; with 2 they refuse the spool instead (builds of format 1 that have .taken/ recover it as 2 does)
+    await writeFileAtomically(file, marker);
     return 'migrated';
   }
   return 'current';

@@ -4,7 +4,7 @@
 // peer keeps failing; failed/ with a .reason sidecar; retention that logs and counts every removal.
 // A file leaves incoming/ only when its handler said so: a crash at any instant loses nothing.
 
-import { linkSync, mkdirSync, statSync, unlinkSync, watch, type FSWatcher, type Stats } from 'node:fs';
+import { linkSync, mkdirSync, renameSync, statSync, unlinkSync, watch, type FSWatcher, type Stats } from 'node:fs';
 import { link, mkdir, readdir, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { threadId } from 'node:worker_threads';
@@ -76,7 +76,7 @@ export interface QueueOptions {
    */
   readonly remove?: FileRemover;
   /**
-   * a file left in the taken folder this long (by its ctime: the take's rename) is put back by the cleanup tick
+   * a file left in the taken folder this long (by its ctime: the take's rename) is put back by a tick of its own
    * while running, not only at the next start; default STALE_TAKE_MS
    */
   readonly staleTakeMs?: number;
@@ -153,14 +153,27 @@ export async function takeIfSame(path: string, expected: FileIdentity): Promise<
   return 'replaced';
 }
 
-/** a file taken by mistake back under its name, unless a newer one has it (EEXIST: that one wins, as a rename over it) */
-function putBack(taken: string, path: string): void {
+/**
+ * A taken file back under its name. When another file has the name (EEXIST), the newer of the two by mtime keeps
+ * it, as the uploads' own renames would have left it: most often the one there (an upload since the take); but
+ * the taken one when it is newer (what the recovery of `.taken/` puts back while running may be older than a
+ * take in progress of the same name), renamed over the older one.
+ */
+function putBack(taken: string, path: string): 'placed' | 'superseded' {
   try {
     linkSync(taken, path);
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+    const holder = statSync(path, { throwIfNoEntry: false });
+    if (holder === undefined || statSync(taken).mtimeMs > holder.mtimeMs) {
+      renameSync(taken, path);
+      return 'placed';
+    }
+    unlinkSync(taken);
+    return 'superseded';
   }
   unlinkSync(taken);
+  return 'placed';
 }
 
 /**
@@ -176,7 +189,7 @@ async function actOnTaken<T>(path: string, expected: FileIdentity, act: (taken: 
     try {
       putBack(taken, path);
     } catch {
-      // left in the taken folder: the cleanup tick puts it back once it is STALE_TAKE_MS old
+      // left in the taken folder: recoverStaleTakes puts it back once it is STALE_TAKE_MS old
     }
     throw error;
   }
@@ -205,47 +218,48 @@ export async function removeIfSame(path: string, expected: FileIdentity | undefi
 
 /**
  * A take's rename, check and unlink or move last milliseconds; one still in the taken folder after this long was
- * left there: its put-back failed (a full or read-only file system at that instant), or the process doing it died
+ * left there: its put-back failed (a full or read-only file system at that instant), or the thread doing it ended.
+ * This assumes that a rename updates the file's ctime (Linux's local file systems do; POSIX does not say) and that
+ * the clock does not jump ahead by this much; if either fails, a take in progress may be put back: the file is
+ * then handled twice (forwarded twice at worst), never lost.
  */
 export const STALE_TAKE_MS = 5 * 60_000;
 
 /**
  * What a stop at the wrong instant left in a queue directory's taken folder goes back under its name (forwarded
- * again: at least once, never lost), unless the name holds a newer file. At the start (`olderThanMs` undefined)
- * everything there was left by an earlier process; while running (the cleanup tick), only entries taken at least
- * `olderThanMs` ago (their ctime: the take's rename), so that no take in progress, on this thread or another, is
- * undone under its feet.
+ * again: at least once, never lost); where the name holds a file, the newer of the two by mtime keeps it
+ * (putBack). At the start (`olderThanMs` undefined) everything there was left by an earlier process; while
+ * running, only the names whose every entry was taken at least `olderThanMs` ago (ctime: the take's rename), so
+ * that no take in progress, on this thread or another, is undone under its feet.
  */
 async function recoverTaken(directory: string, log: Logger, olderThanMs?: number): Promise<void> {
   const folder = takenFolderOf(directory);
   await mkdir(folder, { recursive: true, mode: 0o770 });
   const now = Date.now();
-  // newest first: when a name was taken more than once (a re-upload taken while the forwarded copy's unlink
-  // was pending), the name gets the last upload, as the uploads' own renames would have left it
-  const entries: Array<{ entry: string; mtimeMs: number }> = [];
+  const entries: Array<{ entry: string; name: string; mtimeMs: number; young: boolean }> = [];
   for (const entry of await readdir(folder)) {
     const info = await stat(join(folder, entry)).catch(() => undefined);
     if (info === undefined) continue; // its take ended meanwhile
-    if (olderThanMs !== undefined && now - info.ctimeMs < olderThanMs) continue;
-    entries.push({ entry, mtimeMs: info.mtimeMs });
+    entries.push({ entry, name: queueNameOfTaken(entry), mtimeMs: info.mtimeMs, young: olderThanMs !== undefined && now - info.ctimeMs < olderThanMs });
   }
-  entries.sort((a, b) => b.mtimeMs - a.mtimeMs);
+  const youngNames = new Set(entries.filter((e) => e.young).map((e) => e.name));
+  // newest first: when a name was taken more than once (a re-upload taken while the forwarded copy's unlink was
+  // pending), the name gets the last upload and the older copies are dropped (putBack: the newer keeps the name)
+  const due = entries.filter((e) => !youngNames.has(e.name)).sort((a, b) => b.mtimeMs - a.mtimeMs);
   let restored = 0;
   let superseded = 0;
-  for (const { entry } of entries) {
+  for (const { entry } of due) {
     const taken = join(folder, entry);
     try {
-      await link(taken, join(directory, queueNameOfTaken(entry)));
-      restored += 1;
+      if (putBack(taken, join(directory, queueNameOfTaken(entry))) === 'placed') restored += 1;
+      else superseded += 1;
     } catch (error) {
-      const code = (error as NodeJS.ErrnoException).code;
-      if (code === 'ENOENT' && olderThanMs !== undefined) continue; // its (slow) take ended meanwhile
-      if (code !== 'EEXIST') throw error;
-      superseded += 1;
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') continue; // its (slow) take ended meanwhile
+      log.error(
+        { event: 'taken_recovery_error', code: 'RELAY_ERR_SPOOL_WRITE', file: entry, error: messageOf(error) },
+        `cannot put ${TAKEN_FOLDER}/${basename(directory)}/${entry} back: it stays there for the next try`,
+      );
     }
-    await unlink(taken).catch((error: unknown) => {
-      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
-    });
   }
   if (restored + superseded > 0) {
     log.warn(
@@ -366,6 +380,7 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
   const log = parentLog.child({ module: 'spool', queue: options.name });
   const settleMs = options.settleMs ?? 100;
   const remove = options.remove ?? removeIfSame;
+  const staleTakeMs = options.staleTakeMs ?? STALE_TAKE_MS;
   // a whole window of files in flight (or every file there is) failing in a row: upstream is down. Fewer (3 of
   // 32 at once) is what an upstream failing half of its requests gives all the time; pausing then left it idle
   // most of the time while it took every other request (bench/faults), and max_concurrency bounds its load
@@ -901,9 +916,12 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
   async function cleanup(): Promise<void> {
     await expire(options.directory, options.retentionMs, 'incoming');
     await expire(options.failedDirectory, options.failedRetentionMs, 'failed');
-    // a put-back that failed (actOnTaken) left its file in the taken folder: back in the queue now, not at the next start
-    await recoverTaken(options.directory, log, options.staleTakeMs ?? STALE_TAKE_MS).catch((error: unknown) => {
-      log.error({ event: 'taken_recovery_error', error: messageOf(error) }, `cannot look into ${TAKEN_FOLDER}/: files left there wait for the next cleanup`);
+  }
+
+  /** a put-back that failed (actOnTaken) left its file in the taken folder: back in the queue once stale, not at the next start */
+  async function recoverStaleTakes(): Promise<void> {
+    await recoverTaken(options.directory, log, staleTakeMs).catch((error: unknown) => {
+      log.error({ event: 'taken_recovery_error', code: 'RELAY_ERR_SPOOL_READ', error: messageOf(error) }, `cannot look into ${TAKEN_FOLDER}/: files left there wait for the next look`);
     });
   }
 
@@ -937,7 +955,10 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
       if (abort.signal.aborted) abort = new AbortController();
       await mkdir(options.directory, { recursive: true });
       await recoverTaken(options.directory, log).catch((error: unknown) => {
-        log.error({ event: 'taken_recovery_error', error: messageOf(error) }, `cannot look into ${TAKEN_FOLDER}/: files an earlier stop left there stay until the next start`);
+        log.error(
+          { event: 'taken_recovery_error', code: 'RELAY_ERR_SPOOL_READ', error: messageOf(error) },
+          `cannot look into ${TAKEN_FOLDER}/: files an earlier stop left there are looked at again once they are ${STALE_TAKE_MS / 60_000} minutes old`,
+        );
       });
       startWatcher();
       // the first scan takes everything, whatever the limit: a restart must not lose files
@@ -945,6 +966,8 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
       every(options.catchupFrequencyMs, () => scan());
       await cleanup();
       every(options.cleanupFrequencyMs, cleanup);
+      // on its own tick, not the cleanup's (cleanup.frequency is an hour by default)
+      every(Math.min(staleTakeMs / 5, 60_000), recoverStaleTakes);
     },
 
     async stop(stopOptions = {}) {

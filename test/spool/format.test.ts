@@ -50,3 +50,13 @@ t.test('a newer format is refused with RELAY_ERR_STATE_FORMAT naming the file', 
   t.match(String((error as Error | undefined)?.message), join(dir, 'reports', '.onerelay-format'), 'naming the file');
   t.equal(await formatIn(join(dir, 'reports')), 3, 'the marker is left as it was');
 });
+
+t.test('an unreadable marker (empty, not JSON) is refused with RELAY_ERR_STATE_FORMAT saying what to do', async (t) => {
+  const dir = tempDir(t);
+  await mkdir(join(dir, 'reports'), { recursive: true });
+  await writeFile(join(dir, 'reports', '.onerelay-format'), '');
+  const lines: Array<Record<string, unknown>> = [];
+  const error: unknown = await spoolIn(dir, lines).prepare({ cleanTmp: true }).then(() => undefined, (rejected: unknown) => rejected);
+  t.ok(isRelayError(error) && error.code === 'RELAY_ERR_STATE_FORMAT', 'refused with RELAY_ERR_STATE_FORMAT');
+  t.match(String((error as Error | undefined)?.message), /is not a spool format marker .*write \{"format":2\} into it/);
+});

@@ -359,7 +359,7 @@ t.test('what a stop left in the taken folder goes back under its name, unless a 
   t.ok(lines.some((l) => l['event'] === 'taken_recovered' && l['restored'] === 2 && l['superseded'] === 2), 'and the recovery is logged with its counts');
 });
 
-t.test('a file left in the taken folder while running (a failed put-back) is put back by the cleanup tick once stale', async (t) => {
+t.test('a file left in the taken folder while running (a failed put-back) is put back by its tick once stale', async (t) => {
   const dir = tempDir(t);
   const incoming = join(dir, 'incoming');
   await mkdir(incoming, { recursive: true });
@@ -367,7 +367,7 @@ t.test('a file left in the taken folder while running (a failed put-back) is put
   const capture = pino({ level: 'info' }, { write: (line: string) => lines.push(JSON.parse(line) as Record<string, unknown>) });
   const handled: Array<{ content: string; at: number }> = [];
   const queue = createQueue(
-    options(dir, { catchupFrequencyMs: 60_000, cleanupFrequencyMs: 100, staleTakeMs: 400 }),
+    options(dir, { catchupFrequencyMs: 60_000, cleanupFrequencyMs: 3_600_000, staleTakeMs: 400 }),
     async (file) => {
       handled.push({ content: await readFile(file.path, 'utf8'), at: Date.now() });
       return { kind: 'done' };
@@ -383,10 +383,39 @@ t.test('a file left in the taken folder while running (a failed put-back) is put
   await writeFile(join(taken, `${process.pid}-0-zz.left-behind`), 'forward me');
   await until(() => handled.length === 1);
   t.equal(handled[0]!.content, 'forward me', 'handled again from incoming/');
-  t.ok(handled[0]!.at - leftAt >= 400, `not before it is stale (${handled[0]!.at - leftAt} ms after it was left; takes in progress are never undone)`);
+  t.ok(handled[0]!.at - leftAt >= 400, `not before it is stale (${handled[0]!.at - leftAt} ms after it was left)`);
   await until(async () => (await readdir(incoming)).length === 0);
   t.same(await readdir(taken), [], 'the taken folder is empty');
   t.ok(lines.some((l) => l['event'] === 'taken_recovered' && l['restored'] === 1 && l['while_running'] === true), 'the recovery is logged');
+});
+
+t.test('a half-removed file newer than the one under its name replaces it (the newer upload keeps the name, whichever side it is on)', async (t) => {
+  const dir = tempDir(t);
+  const incoming = join(dir, 'incoming');
+  const taken = join(dir, '.taken', 'incoming');
+  await mkdir(incoming, { recursive: true });
+  await mkdir(taken, { recursive: true });
+  await writeFile(join(incoming, 'run.log'), 'the older upload');
+  await utimes(join(incoming, 'run.log'), new Date(Date.now() - 60_000), new Date(Date.now() - 60_000));
+  await writeFile(join(taken, '4242-0-7.run.log'), 'the newer upload');
+  const lines: Array<Record<string, unknown>> = [];
+  const capture = pino({ level: 'info' }, { write: (line: string) => lines.push(JSON.parse(line) as Record<string, unknown>) });
+  const contents: string[] = [];
+  const queue = createQueue(
+    options(dir, { catchupFrequencyMs: 60_000 }),
+    async (file) => {
+      contents.push(await readFile(file.path, 'utf8'));
+      return { kind: 'done' };
+    },
+    {},
+    capture,
+  );
+  await queue.start();
+  t.teardown(() => queue.stop());
+  await until(() => contents.length === 1);
+  t.same(contents, ['the newer upload'], 'the older file under the name is replaced, not kept over the newer');
+  t.same(await readdir(taken), [], 'the taken folder is empty');
+  t.ok(lines.some((l) => l['event'] === 'taken_recovered' && l['restored'] === 1 && l['superseded'] === 0));
 });
 
 t.test('a taken folder removed while running is made again', async (t) => {
