@@ -14,9 +14,12 @@
 //    start ~0.12 ms of the from-spawn figure. The removal of a forwarded file is asked of the inspection thread:
 //    the identity check there, the unlink in libuv's pool (~0.04 ms per report in the pool's threads), since in
 //    line it blocked the one thread for 0.3-1.3 ms per file whenever other processes wrote (ext4's journal).
-//    What sets the rate (timestamps of every batch, answer and dispatch, 2026-12-06): the inspection thread is
-//    busy ~90% of the wall time, so its time per report (CPU, waits, preemption) is the scan's period; with the
-//    upstream's CPU counted (~0.13 ms per report), ~1.5 of the 2 cores are busy at ~1,600/s: CPU, not a wait.
+//    What sets the rate (2026-12-06, later measurements): relay ~130 % + upstream ~22 % of the 2 cores, `vmstat`
+//    15-30 % idle. Timestamps of every hand-off showed a chain: the thread answered a batch only after all its
+//    inspections and removals (a file waited ~3.3 ms after its own inspection, the upstream had no PUT in flight
+//    36 % of the time). Answering each as it is done (tried) fills the cores (relay ~142 %) but costs as much CPU
+//    as it frees: same rate. A second inspection thread, 4x max_concurrency, 16 MB semi-spaces: same rate. What
+//    is left is CPU per report on both threads sharing 2 cores with the upstream.
 // B. end to end: agents upload over fresh TLS connections (the uploads bench's load) while onerelay
 //    forwards: uploads/s, forwarded/s, and how long the queue takes to drain once the load stops.
 // Figures go to bench/out/pipeline.json; medians of the runs are quoted.
