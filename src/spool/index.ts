@@ -6,12 +6,12 @@ import { RelayError, messageOf } from '../errors.js';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
+import { writeFileAtomically } from './durable.js';
 import { receiveInto, type ReceiveResult } from './receive.js';
 
 export type { ReceiveResult };
 export { ABORT_SETTLE_MS, createQueue, isSameFile, removeIfSame } from './queue.js';
 export { copyFileAtomically, fsyncDirectory, openAtomicFile, writeFileAtomically, writeStreamAtomically } from './durable.js';
-import { writeFileAtomically } from './durable.js';
 export type { AtomicFile, AtomicWriteOptions, CopyOptions, StreamWriteOptions } from './durable.js';
 export type { FileIdentity, FileRemover, Queue, QueueContext, QueueEvents, QueueFile, QueueHandler, QueueOptions, QueueOutcome, QueueStats, QueueStopOptions } from './queue.js';
 

@@ -5,7 +5,7 @@
 // A file leaves incoming/ only when its handler said so: a crash at any instant loses nothing.
 
 import { linkSync, mkdirSync, renameSync, statSync, unlinkSync, watch, type FSWatcher, type Stats } from 'node:fs';
-import { link, mkdir, readdir, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { threadId } from 'node:worker_threads';
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
@@ -178,7 +178,7 @@ function putBack(taken: string, path: string): 'placed' | 'superseded' {
 
 /**
  * `act` on the file a name holds, taken out first when it is the `expected` one (takeIfSame); if `act` fails,
- * the file goes back under its name for the queue's next try (if that fails too, the next start puts it back)
+ * the file goes back under its name for the queue's next try (if that fails too, recoverStaleTakes puts it back)
  */
 async function actOnTaken<T>(path: string, expected: FileIdentity, act: (taken: string) => Promise<T>): Promise<T | 'replaced' | 'gone'> {
   const taken = await takeIfSame(path, expected);
@@ -957,7 +957,7 @@ export function createQueue(options: QueueOptions, handler: QueueHandler, events
       await recoverTaken(options.directory, log).catch((error: unknown) => {
         log.error(
           { event: 'taken_recovery_error', code: 'RELAY_ERR_SPOOL_READ', error: messageOf(error) },
-          `cannot look into ${TAKEN_FOLDER}/: files an earlier stop left there are looked at again once they are ${STALE_TAKE_MS / 60_000} minutes old`,
+          `cannot look into ${TAKEN_FOLDER}/: files an earlier stop left there are looked at again once they are ${staleTakeMs / 1000} s old`,
         );
       });
       startWatcher();
