@@ -73,9 +73,10 @@ export function createNodesRegistry(options: NodesOptions & { log: Logger }): No
   let certificateObjects = new Map<string, readonly X509Certificate[]>();
   /** signer certificates of the current snapshot, the last SIGNER_OBJECTS_KEPT nodes asked for (insertion order = recency) */
   let signerObjects = new Map<string, readonly SignerKey[]>();
-  /** stop() closed the snapshot's file: a start() after it loads again */
-  let closed = false;
-  /** stop() was called and no start() since: no reload reopens the file (a reload asked after the stop) */
+  /**
+   * stop() was called (it closed the snapshot's file) and no start() since: no reload reopens the file (one
+   * asked after the stop), and a start() after it loads again
+   */
   let stopped = false;
   let unreadableReloadAt = 0;
   let unreadableReloadTimer: NodeJS.Timeout | undefined;
@@ -92,7 +93,6 @@ export function createNodesRegistry(options: NodesOptions & { log: Logger }): No
       const next = await loadSnapshot(options, log, hadFiles);
       const previous = snapshot;
       snapshot = next;
-      closed = false;
       // its signer parts are no longer asked for (signerCertificatesOf reads `snapshot` synchronously)
       previous.close().catch((error: unknown) => log.warn({ code: 'RELAY_ERR_NODES_CERTS', err: messageOf(error) }, 'closing the previous nodes certificates file failed'));
       hadFiles = next.read;
@@ -134,7 +134,7 @@ export function createNodesRegistry(options: NodesOptions & { log: Logger }): No
    * on these certificates are retried by their queue
    */
   const reloadForUnreadable = (): void => {
-    if (stopped || closed || unreadableReloadTimer !== undefined) return;
+    if (stopped || unreadableReloadTimer !== undefined) return;
     const wait = Math.max(UNREADABLE_RELOAD_DELAY_MS, unreadableReloadAt + RELOAD_AFTER_UNREADABLE_MS - Date.now());
     unreadableReloadTimer = setTimeout(() => {
       unreadableReloadTimer = undefined;
@@ -293,9 +293,10 @@ export function createNodesRegistry(options: NodesOptions & { log: Logger }): No
     },
 
     async start() {
+      const wasStopped = stopped;
       stopped = false;
       if (watcher !== undefined) return;
-      if (loadedAt === undefined || closed) await reload();
+      if (loadedAt === undefined || wasStopped) await reload();
       if (watcher !== undefined) return; // started concurrently
       watcher = watchFiles({
         files: [options.nodesListFile, options.nodesCertsFile],
@@ -318,7 +319,6 @@ export function createNodesRegistry(options: NodesOptions & { log: Logger }): No
       watcher = undefined;
       await queue;
       // the loaded certificates file stays open for signerCertificatesOf until here
-      closed = true;
       signerObjects = new Map();
       await snapshot.close();
     },
