@@ -35,21 +35,28 @@ async function recordingQueue(
   t: { teardown(fn: () => unknown): void },
   dir: string,
   also?: (file: { path: string }, contents: readonly string[]) => Promise<void>,
+  overrides: Partial<QueueOptions> = {},
 ) {
   const contents: string[] = [];
+  /** when each content was handled (epoch ms) */
+  const handledAt: number[] = [];
+  /** the queue's log lines */
+  const lines: Array<Record<string, unknown>> = [];
+  const capture = pino({ level: 'info' }, { write: (line: string) => lines.push(JSON.parse(line) as Record<string, unknown>) });
   const queue = createQueue(
-    options(dir, { catchupFrequencyMs: 60_000 }),
+    options(dir, { catchupFrequencyMs: 60_000, ...overrides }),
     async (file) => {
       contents.push(await readFile(file.path, 'utf8'));
+      handledAt.push(Date.now());
       await also?.(file, contents);
       return { kind: 'done' };
     },
     {},
-    log,
+    capture,
   );
   await queue.start();
   t.teardown(() => queue.stop());
-  return { queue, contents };
+  return { queue, contents, handledAt, lines };
 }
 
 async function arrive(directory: string, name: string, content: string): Promise<void> {
@@ -339,20 +346,7 @@ t.test('what a stop left in the taken folder goes back under its name, unless a 
   await writeFile(join(taken, '4242-1-3.twice.log'), 'the newer upload');
   await writeFile(join(taken, '4242-0-9.twice.log'), 'the forwarded one');
   await utimes(join(taken, '4242-0-9.twice.log'), new Date(Date.now() - 60_000), new Date(Date.now() - 60_000));
-  const lines: Array<Record<string, unknown>> = [];
-  const capture = pino({ level: 'info' }, { write: (line: string) => lines.push(JSON.parse(line) as Record<string, unknown>) });
-  const contents: string[] = [];
-  const queue = createQueue(
-    options(dir, { catchupFrequencyMs: 60_000 }),
-    async (file) => {
-      contents.push(await readFile(file.path, 'utf8'));
-      return { kind: 'done' };
-    },
-    {},
-    capture,
-  );
-  await queue.start();
-  t.teardown(() => queue.stop());
+  const { contents, lines } = await recordingQueue(t, dir);
   await until(() => contents.length === 3);
   t.same(contents.sort(), ['forward me again', 'newer copy', 'the newer upload'], 'the half-removed files are handled again, the newest of a name; an older copy is dropped for the newer');
   t.same(await readdir(taken), [], 'the taken folder is empty');
@@ -363,27 +357,14 @@ t.test('a file left in the taken folder while running (a failed put-back) is put
   const dir = tempDir(t);
   const incoming = join(dir, 'incoming');
   await mkdir(incoming, { recursive: true });
-  const lines: Array<Record<string, unknown>> = [];
-  const capture = pino({ level: 'info' }, { write: (line: string) => lines.push(JSON.parse(line) as Record<string, unknown>) });
-  const handled: Array<{ content: string; at: number }> = [];
-  const queue = createQueue(
-    options(dir, { catchupFrequencyMs: 60_000, cleanupFrequencyMs: 3_600_000, staleTakeMs: 400 }),
-    async (file) => {
-      handled.push({ content: await readFile(file.path, 'utf8'), at: Date.now() });
-      return { kind: 'done' };
-    },
-    {},
-    capture,
-  );
-  await queue.start();
-  t.teardown(() => queue.stop());
+  const { contents, handledAt, lines } = await recordingQueue(t, dir, undefined, { cleanupFrequencyMs: 3_600_000, staleTakeMs: 400 });
   // what a put-back that failed leaves: the file under its take name, the queue no longer tracking it
   const taken = join(dir, '.taken', 'incoming');
   const leftAt = Date.now();
   await writeFile(join(taken, `${process.pid}-0-zz.left-behind`), 'forward me');
-  await until(() => handled.length === 1);
-  t.equal(handled[0]!.content, 'forward me', 'handled again from incoming/');
-  t.ok(handled[0]!.at - leftAt >= 400, `not before it is stale (${handled[0]!.at - leftAt} ms after it was left)`);
+  await until(() => contents.length === 1);
+  t.equal(contents[0], 'forward me', 'handled again from incoming/');
+  t.ok(handledAt[0]! - leftAt >= 400, `not before it is stale (${handledAt[0]! - leftAt} ms after it was left)`);
   await until(async () => (await readdir(incoming)).length === 0);
   t.same(await readdir(taken), [], 'the taken folder is empty');
   t.ok(lines.some((l) => l['event'] === 'taken_recovered' && l['restored'] === 1 && l['while_running'] === true), 'the recovery is logged');
@@ -398,20 +379,7 @@ t.test('a half-removed file newer than the one under its name replaces it (the n
   await writeFile(join(incoming, 'run.log'), 'the older upload');
   await utimes(join(incoming, 'run.log'), new Date(Date.now() - 60_000), new Date(Date.now() - 60_000));
   await writeFile(join(taken, '4242-0-7.run.log'), 'the newer upload');
-  const lines: Array<Record<string, unknown>> = [];
-  const capture = pino({ level: 'info' }, { write: (line: string) => lines.push(JSON.parse(line) as Record<string, unknown>) });
-  const contents: string[] = [];
-  const queue = createQueue(
-    options(dir, { catchupFrequencyMs: 60_000 }),
-    async (file) => {
-      contents.push(await readFile(file.path, 'utf8'));
-      return { kind: 'done' };
-    },
-    {},
-    capture,
-  );
-  await queue.start();
-  t.teardown(() => queue.stop());
+  const { contents, lines } = await recordingQueue(t, dir);
   await until(() => contents.length === 1);
   t.same(contents, ['the newer upload'], 'the older file under the name is replaced, not kept over the newer');
   t.same(await readdir(taken), [], 'the taken folder is empty');
