@@ -20,6 +20,9 @@
 //    36 % of the time). Answering each as it is done (tried) fills the cores (relay ~142 %) but costs as much CPU
 //    as it frees: same rate. A second inspection thread, 4x max_concurrency, 16 MB semi-spaces: same rate. What
 //    is left is CPU per report on both threads sharing 2 cores with the upstream.
+//    Warm-up (2026-12-06, 20,000-file runs sampled every 0.3 s): a fresh relay forwards at 1.0-1.1 CPU ms per
+//    report for its first ~1.3 s (V8 runs the code unoptimised; --no-opt gives that figure throughout), ~0.7 for
+//    the next ~1.3 s, 0.51-0.62 after: the second half of the files is measured apart for that reason.
 // B. end to end: agents upload over fresh TLS connections (the uploads bench's load) while onerelay
 //    forwards: uploads/s, forwarded/s, and how long the queue takes to drain once the load stops.
 // Figures go to bench/out/pipeline.json; medians of the runs are quoted.
