@@ -1,7 +1,9 @@
 // Access checks of one connection (docs/access-rules.md, the 5309 rows): a requested path is resolved
 // (realpath) and the ACL of src/access decides on the resolved path; refusals are counted and logged. What a
 // STAT resolved and announced is remembered, so the MD5 and GET of the same path that follow it (one agent
-// run STATs each path once) use it again while the ACL still admits it.
+// run STATs each path once) use it again while the ACL still admits it. Only canonical requests are
+// remembered, within a byte budget: the key is the client's text, and any key from an allowed network could
+// otherwise fill the connection's heap with thousands of 4 KB spellings (slashes spread differently) of one file.
 
 import type { BigIntStats } from 'node:fs';
 import type { Logger } from 'pino';
@@ -12,6 +14,14 @@ import type { ConnectionContext, Tally } from './session.js';
 
 /** paths resolved and sizes announced by STAT, for the MD5 and GET that follow */
 const MAX_REMEMBERED_STATS = 4096;
+/**
+ * characters of requested and resolved paths remembered per connection: cf-agent sends the MD5 or GET of a
+ * file right after its STAT (SourceSearchAndCopy), so ~800 Rudder-length paths are plenty; a symlink loop in
+ * a served tree (canonical spellings without end) stays within this
+ */
+const MAX_REMEMBERED_CHARS = 256 * 1024;
+/** "//", "/./", "/../", a final "/", "/." or "/..": not how cf-agent spells a path (it joins OPENDIR's names with one "/") */
+const NON_CANONICAL = /\/\/|\/\.\.?(?:\/|$)|.\/$/;
 /** denial lines logged per connection; the rest are only counted (in the connection's closing line) */
 const MAX_DENIAL_LINES = 50;
 
@@ -31,6 +41,8 @@ export interface Statted {
 
 export class Admission {
   private readonly stats = new Map<string, Statted>();
+  /** characters of the keys and resolved paths in `stats` (MAX_REMEMBERED_CHARS) */
+  private statsChars = 0;
   /** refusals on this connection (its closing line) */
   denials = 0;
   reader: Reader = { nodeId: undefined };
@@ -104,16 +116,30 @@ export class Admission {
 
   /** a STAT of `requested` starts: what an earlier one saw no longer holds */
   forget(requested: string): void {
+    const statted = this.stats.get(requested);
+    if (statted === undefined) return;
     this.stats.delete(requested);
+    this.statsChars -= requested.length + statted.resolved.length;
   }
 
-  /** what STAT resolved and announced, for the MD5/GET of the same path that follow it */
+  /**
+   * what STAT resolved and announced, for the MD5/GET of the same path that follow it; a request spelt
+   * otherwise than canonically is not remembered (its MD5/GET resolve and check the path again)
+   */
   remember(requested: string, statted: Statted): void {
-    this.stats.delete(requested);
+    if (requested.charCodeAt(0) !== 0x2f || NON_CANONICAL.test(requested)) return;
+    this.forget(requested);
     this.stats.set(requested, statted);
-    if (this.stats.size > MAX_REMEMBERED_STATS) {
+    this.statsChars += requested.length + statted.resolved.length;
+    while (this.stats.size > MAX_REMEMBERED_STATS || this.statsChars > MAX_REMEMBERED_CHARS) {
       const oldest = this.stats.keys().next().value;
-      if (oldest !== undefined) this.stats.delete(oldest);
+      if (oldest === undefined) break;
+      this.forget(oldest);
     }
+  }
+
+  /** what is remembered now (the connection's closing line) */
+  get remembered(): { readonly stats: number; readonly chars: number } {
+    return { stats: this.stats.size, chars: this.statsChars };
   }
 }

@@ -112,6 +112,8 @@ export class CfengineConnection implements Session {
       bytes: this.sent,
       durationMs: Date.now() - this.startedAt,
       reason: this.closeReason,
+      // what STAT results it still held: bounded whatever the client sent (admission.ts)
+      remembered: this.admission.remembered,
     };
     this.ctx.counters.session?.({ node: this.reader.nodeId, peer: this.peer, agent: this.agent, ok: !this.failed && this.admission.denials === 0, reason: this.failed ? this.closeReason : this.admission.denials > 0 ? `${this.admission.denials} denied` : 'ok' });
     if (this.failed) this.log.info(fields, 'cfengine connection closed on error');

@@ -3,7 +3,7 @@
 // address); stop().
 
 import { randomBytes } from 'node:crypto';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, symlink, writeFile } from 'node:fs/promises';
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import t from 'tap';
@@ -183,4 +183,69 @@ t.test('one address holding idle connections does not lock agents out (max_conne
   hog.push(again);
   t.notOk(await closedWithin(again, 300), 'after one of its connections closed, the address may open one more');
   t.equal(fixture.counters.connections['refused-address-limit'], 1, 'no new refusal');
+});
+
+t.test('STAT results remembered per connection stay bounded whatever spellings a client sends', async (t) => {
+  const base = tempDir(t, 'onerelay-cfremember-');
+  const { generateKeyPairSync } = await import('node:crypto');
+  const key = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey;
+  // an unknown key would do as well on a public root; a node key reading its own folder is the same path
+  const fixture = await startCfengineFixture({ base, nodes: [{ id: NODE, sha256Pin: sha256PinOf(key) }] });
+  t.teardown(() => fixture.server.stop());
+  const port = fixture.port();
+  const dir = join(fixture.share, NODE);
+  await mkdir(dir, { recursive: true });
+  await writeFile(join(dir, 'promises.cf'), 'bundle agent main {}\n');
+  // two links to their own folder: endless canonical spellings of one file (a loop in a served tree)
+  const linkA = 'a'.repeat(200);
+  const linkB = 'b'.repeat(200);
+  await symlink('.', join(dir, linkA));
+  await symlink('.', join(dir, linkB));
+  const now = () => Math.floor(Date.now() / 1000);
+  const closingLine = async (client: { close(): void; closed: Promise<void> }, seen: number): Promise<Record<string, unknown> | undefined> => {
+    client.close();
+    await client.closed;
+    const find = () => fixture.logs.slice(seen).find((l) => l['msg'] === 'cfengine connection closed');
+    for (let i = 0; i < 100 && find() === undefined; i += 1) await new Promise((resolve) => setTimeout(resolve, 20));
+    return find();
+  };
+  const stat = async (client: Awaited<ReturnType<typeof connectCfengine>>, path: string): Promise<string> => {
+    client.send(`SYNCH ${now()} STAT ${path}`);
+    const fields = (await client.readFrame()).payload.toString('latin1');
+    await client.readFrame();
+    return fields;
+  };
+
+  // 1. the same file with its slashes spread 1,000 ways, each request ~4 KB
+  let seen = fixture.logs.length;
+  const spread = await connectCfengine(port, key);
+  t.match(await stat(spread, `${dir}/promises.cf`), /^OK: 0 /, 'the canonical spelling');
+  let answered = 0;
+  for (let i = 0; i < 1000; i += 1) {
+    // slashes only where the path has one (between share and the node's folder, before the file name)
+    const first = '/'.repeat(1 + (i % 40));
+    const second = '/'.repeat(3700 - dir.length + Math.floor(i / 40));
+    const path = `${fixture.share}${first}${NODE}${second}promises.cf`;
+    if ((await stat(spread, path)).startsWith('OK: 0 ')) answered += 1;
+  }
+  t.equal(answered, 1000, 'every spelling is answered (cf-serverd resolves them too)');
+  // what a non-canonical spelling's MD5/GET does without a remembered STAT: resolved and checked again
+  spread.send(`GET 2048 ${dir}//promises.cf`);
+  t.equal((await spread.readBytes(21)).toString(), 'bundle agent main {}\n', 'GET of a spelling not remembered');
+  const spreadLine = await closingLine(spread, seen);
+  t.same(spreadLine?.['remembered'], { stats: 1, chars: 2 * `${dir}/promises.cf`.length }, 'only the canonical request is remembered');
+
+  // 2. canonical but endless: through the links, 1,000 different ~3.8 KB paths
+  seen = fixture.logs.length;
+  const loop = await connectCfengine(port, key);
+  answered = 0;
+  for (let i = 0; i < 1000; i += 1) {
+    const hops = Array.from({ length: 18 }, (_, bit) => ((i >> bit) & 1 ? linkB : linkA));
+    if ((await stat(loop, `${dir}/${hops.join('/')}/promises.cf`)).startsWith('OK: 0 ')) answered += 1;
+  }
+  t.equal(answered, 1000, 'every path through the links is answered');
+  const loopLine = await closingLine(loop, seen);
+  const remembered = loopLine?.['remembered'] as { stats: number; chars: number } | undefined;
+  t.ok(remembered !== undefined && remembered.chars <= 256 * 1024, `at most 256 Ki characters remembered (${remembered?.chars}), not the 3.8 M sent`);
+  t.ok(remembered !== undefined && remembered.stats > 10, `the latest STATs are still remembered (${remembered?.stats})`);
 });
