@@ -20,7 +20,12 @@ import { warmUp } from './warm-up.js';
 const DEFAULT_MAX_CONNECTIONS = 500;
 /** an agent run holds one connection; a sub-relay's agent or a NAT of a few agents a handful more */
 const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 16;
-const DEFAULT_IDLE_TIMEOUT_MS = 30_000;
+/**
+ * cf-serverd's receive timeout, 20 × CONNTIMEOUT (spec-cfengine-protocol.md §3.1): cf-agent keeps one
+ * connection per server for its whole run and reuses it without noticing a close (its idle check reads only
+ * SO_ERROR), so a shorter one fails the next copy_from after any longer pause in the run
+ */
+const DEFAULT_IDLE_TIMEOUT_MS = 600_000;
 /** requests answered by the warm-up before listening (warm-up.ts): about what V8 needs to optimise the path */
 const DEFAULT_WARM_UP_REQUESTS = 3000;
 /** the warm-up stops after this long whatever it reached: a start is never delayed by more */

@@ -425,7 +425,8 @@ function buildConfig(main: Reader, logging: Reader | undefined): Config {
       ]).map((p) => resolve(p)),
       maxConnections: r.integer('cfengine.max_connections', 500, 1, 100_000),
       maxConnectionsPerAddress: r.integer('cfengine.max_connections_per_address', 16, 1, 100_000),
-      idleTimeoutMs: r.duration('cfengine.idle_timeout', 30_000),
+      // cf-serverd's 600 s: cf-agent reuses its connection after a pause in its run (cfengine/server.ts)
+      idleTimeoutMs: r.duration('cfengine.idle_timeout', 600_000),
       denyBadClocks: r.boolean('cfengine.deny_bad_clocks', true),
     },
     sync: {

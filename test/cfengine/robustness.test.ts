@@ -8,15 +8,18 @@ import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import t from 'tap';
 import {
+  CF_AGENT,
   compareTrees,
   connectCfengine,
   createCfWorkdir,
   errorLines,
   hasCfengine,
   makeTree,
+  runCf,
   runCopy,
   sha256PinOf,
   startCfengineFixture,
+  type CfWorkdir,
 } from '../support/cfengine.js';
 import { tempDir } from '../support/tmp.js';
 
@@ -248,4 +251,78 @@ t.test('STAT results remembered per connection stay bounded whatever spellings a
   const remembered = loopLine?.['remembered'] as { stats: number; chars: number } | undefined;
   t.ok(remembered !== undefined && remembered.chars <= 256 * 1024, `at most 256 Ki characters remembered (${remembered?.chars}), not the 3.8 M sent`);
   t.ok(remembered !== undefined && remembered.stats > 10, `the latest STATs are still remembered (${remembered?.stats})`);
+});
+
+/** copy_from A, a pause of `pauseS` in the same agent run, copy_from B: the agent reuses its one connection */
+function pausedCopiesPolicy(port: number, sources: readonly [string, string], dests: readonly [string, string], pauseS: number): string {
+  const copy = (name: string, source: string, dest: string) => `bundle agent ${name}
+{
+  files:
+    "${dest}"
+      copy_from => paused_copy("${source}"),
+      depth_search => paused_recurse;
+}
+`;
+  return `body common control
+{
+  bundlesequence => { "copy_a", "pause", "copy_b" };
+  protocol_version => "2";
+}
+${copy('copy_a', sources[0], dests[0])}
+bundle agent pause
+{
+  commands:
+    "/bin/sleep ${pauseS}";
+}
+${copy('copy_b', sources[1], dests[1])}
+body depth_search paused_recurse
+{
+  depth => "inf";
+}
+body copy_from paused_copy(p)
+{
+  servers => { "127.0.0.1" };
+  source => "$(p)";
+  compare => "digest";
+  portnumber => "${port}";
+  trustkey => "true";
+  protocol_version => "2";
+  purge => "true";
+  copy_backup => "false";
+  timeout => "10";
+}
+`;
+}
+
+t.test('idle timeout: cf-agent reuses its connection after a pause in its run (cf-serverd waits 600 s)', { skip }, async (t) => {
+  const pauseS = 4;
+  const run = async (name: string, server: { idleTimeoutMs?: number }): Promise<{ stdout: string; dests: [string, string]; sources: [string, string]; fixture: Awaited<ReturnType<typeof startCfengineFixture>> }> => {
+    const base = tempDir(t, `onerelay-cfidle-${name}-`);
+    const agent: CfWorkdir = await createCfWorkdir(join(base, 'agent'));
+    const fixture = await startCfengineFixture({ base, nodes: [{ id: NODE, work: agent }], server });
+    t.teardown(() => fixture.server.stop());
+    const sources: [string, string] = [join(fixture.share, NODE, 'a'), join(fixture.share, NODE, 'b')];
+    for (const source of sources) {
+      await mkdir(source, { recursive: true });
+      await makeTree(source, 5);
+    }
+    const dests: [string, string] = [join(base, 'copy-a'), join(base, 'copy-b')];
+    const file = join(agent.dir, 'inputs', 'paused.cf');
+    await writeFile(file, pausedCopiesPolicy(fixture.port(), sources, dests, pauseS), { mode: 0o600 });
+    const result = await runCf(CF_AGENT, ['-K', '-f', file], agent.dir);
+    return { stdout: result.stdout, dests, sources, fixture };
+  };
+
+  // what the 30 s of earlier versions did to a longer pause, made short: the server closed the idle connection
+  const short = await run('short', { idleTimeoutMs: (pauseS - 2) * 1000 });
+  t.same(await compareTrees(short.sources[0], short.dests[0]), [], 'short idle timeout: the copy before the pause is complete');
+  t.ok(errorLines(short.stdout).length > 0, `short idle timeout: the copy after the pause fails (${errorLines(short.stdout)[0] ?? 'no error'})`);
+  t.ok(short.fixture.logs.some((l) => l['reason'] === 'idle timeout'), 'the server closed it as idle');
+
+  const dflt = await run('default', {});
+  t.same(errorLines(dflt.stdout), [], 'default idle timeout: no error');
+  t.same(await compareTrees(dflt.sources[0], dflt.dests[0]), [], 'the copy before the pause is complete');
+  t.same(await compareTrees(dflt.sources[1], dflt.dests[1]), [], 'and the one after it');
+  const opened = dflt.fixture.counters.connections['accepted'];
+  t.equal(opened, 1, 'over the one connection the agent opened');
 });

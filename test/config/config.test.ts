@@ -76,6 +76,7 @@ t.test('defaults are relayd defaults plus onerelay sections', async (t) => {
   t.equal(config.identity.certificateFile, '/opt/rudder/etc/ssl/agent.cert');
   t.equal(config.policies.directory, '/var/rudder/share');
   t.same(config.cfengine.listen, { host: '0.0.0.0', port: 5309 });
+  t.equal(config.cfengine.idleTimeoutMs, 600_000, "cf-serverd's receive timeout");
 });
 
 t.test('onerelay sections with the exact key names', async (t) => {
@@ -102,6 +103,7 @@ certificate_file = "/k/agent.cert"
 directory = "/srv/share"
 [cfengine]
 listen = "127.0.0.1:5310"
+idle_timeout = "45s"
 `,
   );
   const { config, warnings } = await loadConfig(file);
@@ -112,6 +114,7 @@ listen = "127.0.0.1:5310"
   t.equal(config.identity.publicKeyFile, '/k/localhost.pub');
   t.equal(config.policies.directory, '/srv/share');
   t.same(config.cfengine.listen, { host: '127.0.0.1', port: 5310 });
+  t.equal(config.cfengine.idleTimeoutMs, 45_000);
   t.same(warnings, []);
 });
 
