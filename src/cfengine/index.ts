@@ -26,7 +26,11 @@ export interface CfengineServerOptions {
   /** roots readable by any client in allowed networks, even unknown (initial policies) */
   readonly publicRoots?: readonly string[];
   readonly maxConnections?: number;
-  /** connections one client address may hold at once (default 16): one client cannot take every slot */
+  /**
+   * connections one client address may hold at once; default none beyond maxConnections: Rudder's cf-serverd
+   * lets every allowed address hold many (allowallconnects), and agents behind one NAT share an address
+   * (spec-cfengine-protocol.md §13 pitfall 12)
+   */
   readonly maxConnectionsPerAddress?: number;
   readonly idleTimeoutMs?: number;
   /** cf-serverd's denybadclocks (default true): refuse STAT when the client clock is off by > 3600 s */

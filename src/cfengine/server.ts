@@ -18,8 +18,6 @@ import type { CfengineServer, CfengineServerDeps, CfengineServerOptions } from '
 import { warmUp } from './warm-up.js';
 
 const DEFAULT_MAX_CONNECTIONS = 500;
-/** an agent run holds one connection; a sub-relay's agent or a NAT of a few agents a handful more */
-const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 16;
 /**
  * cf-serverd's receive timeout, 20 × CONNTIMEOUT (spec-cfengine-protocol.md §3.1): cf-agent keeps one
  * connection per server for its whole run and reuses it without noticing a close (its idle check reads only
@@ -57,7 +55,8 @@ function refusalLogger(log: Logger): (peer: string, message: string, fields?: Re
 export function createCfengineServer(options: CfengineServerOptions, deps: CfengineServerDeps): CfengineServer {
   const log = deps.log.child({ module: 'cfengine' });
   const maxConnections = options.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
-  const maxPerAddress = options.maxConnectionsPerAddress ?? DEFAULT_MAX_CONNECTIONS_PER_ADDRESS;
+  // none of its own unless configured: hundreds of agents behind one NAT address start together at a splay
+  const maxPerAddress = options.maxConnectionsPerAddress ?? maxConnections;
   const idleTimeoutMs = options.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
   let networks = createNetworkAcl(options.allowedNetworks);
   const logRefusal = refusalLogger(log);

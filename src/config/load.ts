@@ -424,7 +424,8 @@ function buildConfig(main: Reader, logging: Reader | undefined): Config {
         '/var/rudder/configuration-repository/ncf',
       ]).map((p) => resolve(p)),
       maxConnections: r.integer('cfengine.max_connections', 500, 1, 100_000),
-      maxConnectionsPerAddress: r.integer('cfengine.max_connections_per_address', 16, 1, 100_000),
+      // none by default: Rudder lets every allowed address hold many (allowallconnects), and NAT'd nodes share one
+      maxConnectionsPerAddress: r.optionalInteger('cfengine.max_connections_per_address', 1, 100_000),
       // cf-serverd's 600 s: cf-agent reuses its connection after a pause in its run (cfengine/server.ts)
       idleTimeoutMs: r.duration('cfengine.idle_timeout', 600_000),
       denyBadClocks: r.boolean('cfengine.deny_bad_clocks', true),

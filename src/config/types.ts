@@ -127,8 +127,8 @@ export interface Config {
     /** cfengine.public_roots: readable by any client in allowed_networks (Rudder's def.acl entries) */
     readonly publicRoots: readonly string[];
     readonly maxConnections: number;
-    /** cfengine.max_connections_per_address: what one client address may hold of them */
-    readonly maxConnectionsPerAddress: number;
+    /** cfengine.max_connections_per_address: what one client address may hold of them (undefined: no limit of its own) */
+    readonly maxConnectionsPerAddress: number | undefined;
     readonly idleTimeoutMs: number;
     readonly denyBadClocks: boolean;
   };

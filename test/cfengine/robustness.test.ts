@@ -326,3 +326,27 @@ t.test('idle timeout: cf-agent reuses its connection after a pause in its run (c
   const opened = dflt.fixture.counters.connections['accepted'];
   t.equal(opened, 1, 'over the one connection the agent opened');
 });
+
+t.test('many connections from one address (agents behind a NAT) are all served by default', async (t) => {
+  const base = tempDir(t, 'onerelay-cfnat-');
+  const { generateKeyPairSync } = await import('node:crypto');
+  const key = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey;
+  const fixture = await startCfengineFixture({ base, nodes: [{ id: NODE, sha256Pin: sha256PinOf(key) }] });
+  t.teardown(() => fixture.server.stop());
+  // more than the 16 per address of earlier versions, all open at once, as at the start of a splay
+  const clients = await Promise.all(Array.from({ length: 40 }, () => connectCfengine(fixture.port(), key)));
+  t.teardown(() => clients.forEach((c) => c.close()));
+  const answers = await Promise.all(
+    clients.map(async (client) => {
+      client.send('VERSION');
+      return (await client.readFrame()).payload.toString();
+    }),
+  );
+  t.same(new Set(answers), new Set(['OK: 3.21.0']), 'each of the 40 is served');
+  t.equal(fixture.counters.connections['accepted'], 40);
+  t.same(
+    Object.keys(fixture.counters.connections).filter((k) => k.startsWith('refused')),
+    [],
+    'none refused',
+  );
+});

@@ -77,6 +77,7 @@ t.test('defaults are relayd defaults plus onerelay sections', async (t) => {
   t.equal(config.policies.directory, '/var/rudder/share');
   t.same(config.cfengine.listen, { host: '0.0.0.0', port: 5309 });
   t.equal(config.cfengine.idleTimeoutMs, 600_000, "cf-serverd's receive timeout");
+  t.equal(config.cfengine.maxConnectionsPerAddress, undefined, 'no limit per address of its own (NAT)');
 });
 
 t.test('onerelay sections with the exact key names', async (t) => {
@@ -104,6 +105,7 @@ directory = "/srv/share"
 [cfengine]
 listen = "127.0.0.1:5310"
 idle_timeout = "45s"
+max_connections_per_address = 64
 `,
   );
   const { config, warnings } = await loadConfig(file);
@@ -115,6 +117,7 @@ idle_timeout = "45s"
   t.equal(config.policies.directory, '/srv/share');
   t.same(config.cfengine.listen, { host: '127.0.0.1', port: 5310 });
   t.equal(config.cfengine.idleTimeoutMs, 45_000);
+  t.equal(config.cfengine.maxConnectionsPerAddress, 64);
   t.same(warnings, []);
 });
 
