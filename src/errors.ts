@@ -51,6 +51,8 @@ const templated = {
   RELAY_ERR_CFENGINE_CLIENT: { status: 502, transient: true, message: '%s' },
   RELAY_ERR_CFENGINE_CLOSED: { status: 502, transient: true, message: 'connection closed' },
   RELAY_ERR_CFENGINE_ACCESS: { status: 403, transient: false, message: 'cfengine access denied' },
+  // the server's connection limits (cfengine.max_connections, max_connections_per_address): a later try may pass
+  RELAY_ERR_CFENGINE_LIMIT: { status: 503, transient: true, message: '%s' },
   // the copy client: the server refused one request (missing file, ACL); the connection stays usable
   RELAY_ERR_CFENGINE_REFUSED: { status: 502, transient: false, message: '%s' },
   // der (src/der): DER reader/writer, X.509 structure
@@ -112,7 +114,7 @@ const catalogue: Record<ErrorCode, CatalogueEntry> = {
   RELAY_ERR_OWN_RUNLOG: { status: 500, transient: true },
   // the relay's own rudder.json is missing a key or malformed: the last good policies stay, the next generation may fix it
   RELAY_ERR_OWN_POLICIES: { status: 500, transient: true },
-  // refused by the HTTP parser (src/http/parser-refusal.ts)
+  // refused by the HTTP parser (src/http/parser-refusal.ts); the CFEngine server's handshake and idle timeouts
   RELAY_ERR_HEADERS_TOO_LARGE: { status: 431, transient: false },
   RELAY_ERR_REQUEST_TIMEOUT: { status: 408, transient: true },
   // the activity database (src/activity): unloadable, unreadable or corrupt; the relay runs on without it

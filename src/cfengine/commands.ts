@@ -108,7 +108,7 @@ async function dispatchAsync(session: Session, request: Request): Promise<Outcom
 }
 
 async function protocolError(session: Session, reason: string): Promise<Outcome> {
-  session.setCloseReason(reason);
+  session.setCloseReason(reason, 'RELAY_ERR_CFENGINE_CODEC');
   await session.write(encodeFrame(REQUEST_DENIED));
   return 'close';
 }
@@ -313,7 +313,7 @@ function getSync(session: Session, requested: string): Outcome | Promise<Outcome
   }
   if (fd === undefined || path === undefined) {
     session.tally.command('GET', 'absent');
-    session.setCloseReason('GET: file vanished');
+    session.setCloseReason('GET: file vanished', 'RELAY_ERR_FILE_CHANGED');
     session.writeNow(rawBlock(FAILED, GET_BLOCK_SIZE));
     return 'close';
   }
@@ -381,7 +381,7 @@ function fstatQuietlySync(fd: number): BigIntStats | undefined {
 /** fileChanged() written at once */
 function fileChangedSync(session: Session, path: string): Outcome {
   session.tally.command('GET', 'error');
-  session.setCloseReason('GET: file changed since STAT');
+  session.setCloseReason('GET: file changed since STAT', 'RELAY_ERR_FILE_CHANGED');
   session.writeNow(rawBlock(`${FILE_CHANGED}: ${path}`, GET_BLOCK_SIZE));
   return 'close';
 }
@@ -417,7 +417,7 @@ async function get(session: Session, requested: string): Promise<Outcome> {
   }
   if (fd === undefined || path === undefined) {
     session.tally.command('GET', 'absent');
-    session.setCloseReason('GET: file vanished');
+    session.setCloseReason('GET: file vanished', 'RELAY_ERR_FILE_CHANGED');
     await session.write(rawBlock(FAILED, GET_BLOCK_SIZE));
     return 'close';
   }
@@ -443,7 +443,7 @@ async function sendFile(session: Session, fd: number, path: string, announced: b
       // TransferRights: only root (what Rudder agents send) may read files that are not world-readable
       session.admission.denied('GET', { path: displayPath(path), user: session.username });
       await session.write(encodeFrame(FAILED));
-      session.setCloseReason('GET refused to non-root user');
+      session.setCloseReason('GET refused to non-root user', 'RELAY_ERR_CFENGINE_ACCESS');
       return 'close';
     }
     if (!info.isFile() || (announced !== undefined && info.size !== announced)) return fileChanged(session, path);
@@ -478,7 +478,7 @@ async function sendFile(session: Session, fd: number, path: string, announced: b
   }
   if (sent !== size) {
     session.tally.command('GET', 'error');
-    session.setCloseReason('GET: file shrank while sending');
+    session.setCloseReason('GET: file shrank while sending', 'RELAY_ERR_FILE_CHANGED');
     return 'close';
   }
   if (hash !== undefined && version !== undefined) {
@@ -494,7 +494,7 @@ const EMPTY_MD5 = createHash('md5').digest();
 /** cf-serverd's raw "File changed" block, then close: the client's byte count is now wrong */
 async function fileChanged(session: Session, path: string): Promise<Outcome> {
   session.tally.command('GET', 'error');
-  session.setCloseReason('GET: file changed since STAT');
+  session.setCloseReason('GET: file changed since STAT', 'RELAY_ERR_FILE_CHANGED');
   await session.write(rawBlock(`${FILE_CHANGED}: ${path}`, GET_BLOCK_SIZE));
   return 'close';
 }

@@ -7,7 +7,7 @@ import type { KeyObject } from 'node:crypto';
 import type { Socket } from 'node:net';
 import { TLSSocket, type SecureContext } from 'node:tls';
 import type { Logger } from 'pino';
-import { isRelayError, messageOf, relayError } from '../errors.js';
+import { isRelayError, messageOf, relayError, type ErrorCode } from '../errors.js';
 import { keyDigests } from '../identity/index.js';
 import type { Reader } from '../access/index.js';
 import { Admission } from './admission.js';
@@ -53,6 +53,8 @@ export class CfengineConnection implements Session {
   private requests = 0;
   private sent = 0;
   private closeReason = 'client closed';
+  /** what kind of failure closeReason is (the closing line of a connection closed on error) */
+  private closeCode: ErrorCode = 'RELAY_ERR_CFENGINE_CLOSED';
   /** what follows CFE_vN on the version line, e.g. "cf-agent 3.21.4" (node activity's agent version) */
   private agent: string | undefined;
   private failed = false;
@@ -72,8 +74,11 @@ export class CfengineConnection implements Session {
     this.admission = new Admission(ctx, this.log, (buffer) => this.write(buffer), (buffer) => this.writeNow(buffer), this.tally);
     socket.on('secure', () => this.onSecure());
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('error', (error) => this.fail(`socket error: ${error.message}`));
-    socket.on('timeout', () => this.fail(this.phase === 'handshake' ? 'TLS handshake timeout' : 'idle timeout'));
+    socket.on('error', (error) =>
+      // before 'secure', an error is the TLS handshake refused (not TLS, no shared cipher...)
+      this.fail(`socket error: ${error.message}`, this.phase === 'handshake' ? 'RELAY_ERR_CFENGINE_CODEC' : 'RELAY_ERR_CFENGINE_CLOSED'),
+    );
+    socket.on('timeout', () => this.fail(this.phase === 'handshake' ? 'TLS handshake timeout' : 'idle timeout', 'RELAY_ERR_REQUEST_TIMEOUT'));
     socket.on('close', () => this.onClose());
   }
 
@@ -87,7 +92,7 @@ export class CfengineConnection implements Session {
     this.socket.destroy();
   }
 
-  private fail(reason: string): void {
+  private fail(reason: string, code: ErrorCode): void {
     if (this.phase === 'closed') return;
     if (this.phase === 'closing') {
       this.socket.destroy();
@@ -95,6 +100,7 @@ export class CfengineConnection implements Session {
     }
     this.failed = true;
     this.closeReason = reason;
+    this.closeCode = code;
     this.socket.destroy();
   }
 
@@ -116,7 +122,7 @@ export class CfengineConnection implements Session {
       remembered: this.admission.remembered,
     };
     this.ctx.counters.session?.({ node: this.reader.nodeId, peer: this.peer, agent: this.agent, ok: !this.failed && this.admission.denials === 0, reason: this.failed ? this.closeReason : this.admission.denials > 0 ? `${this.admission.denials} denied` : 'ok' });
-    if (this.failed) this.log.info(fields, 'cfengine connection closed on error');
+    if (this.failed) this.log.info({ ...fields, code: this.closeCode }, 'cfengine connection closed on error');
     else this.log.info(fields, 'cfengine connection closed');
     this.onClosed(this);
   }
@@ -125,15 +131,15 @@ export class CfengineConnection implements Session {
 
   private onSecure(): void {
     const certificate = this.socket.getPeerX509Certificate();
-    if (certificate === undefined) return this.fail('no client certificate');
+    if (certificate === undefined) return this.fail('no client certificate', 'RELAY_ERR_AUTH_CERTIFICATE');
     const publicKey: KeyObject = certificate.publicKey;
-    if (publicKey.asymmetricKeyType !== 'rsa') return this.fail(`client key is ${publicKey.asymmetricKeyType ?? 'unknown'}, not RSA`);
+    if (publicKey.asymmetricKeyType !== 'rsa') return this.fail(`client key is ${publicKey.asymmetricKeyType ?? 'unknown'}, not RSA`, 'RELAY_ERR_AUTH_CERTIFICATE');
     try {
       const digests = keyDigests(publicKey);
       this.key = digests.cfengineMd5;
       this.keyPin = digests.sha256Pin;
     } catch (error) {
-      return this.fail(`client key unusable: ${messageOf(error)}`);
+      return this.fail(`client key unusable: ${messageOf(error)}`, 'RELAY_ERR_AUTH_CERTIFICATE');
     }
     const node = this.ctx.nodes.findByPublicKey(publicKey.export({ type: 'spki', format: 'der' }));
     this.log = this.log.child({ node: node?.id, key: this.key });
@@ -145,7 +151,7 @@ export class CfengineConnection implements Session {
   private onData(chunk: Buffer): void {
     if (this.phase === 'identification') {
       this.identification += chunk.toString('latin1');
-      if (this.identification.length > MAX_IDENTIFICATION_BYTES) return this.fail('identification lines too long');
+      if (this.identification.length > MAX_IDENTIFICATION_BYTES) return this.fail('identification lines too long', 'RELAY_ERR_CFENGINE_CODEC');
       this.identify();
       return;
     }
@@ -153,7 +159,7 @@ export class CfengineConnection implements Session {
     try {
       this.decoder.push(chunk);
     } catch (error) {
-      return this.fail(messageOf(error));
+      return this.fail(messageOf(error), 'RELAY_ERR_CFENGINE_CODEC');
     }
     if (this.frameWaiter !== undefined) {
       const wake = this.frameWaiter;
@@ -170,7 +176,7 @@ export class CfengineConnection implements Session {
     const version = parseVersionLine(versionLine);
     this.agent = versionLine.replace(/^CFE_v\s*\d+\s*/, '').trim().slice(0, 64) || undefined;
     if (version === undefined || version < 2 || version > SERVER_PROTOCOL_VERSION) {
-      return this.fail(`protocol version refused: ${JSON.stringify(versionLine.slice(0, 64))}`);
+      return this.fail(`protocol version refused: ${JSON.stringify(versionLine.slice(0, 64))}`, 'RELAY_ERR_CFENGINE_CODEC');
     }
     if (lines.length < 3) {
       // cf-agent writes IDENTITY right after its version line, without TCP_NODELAY: Nagle holds it until
@@ -185,7 +191,7 @@ export class CfengineConnection implements Session {
     }
     const rest = lines.slice(2).join('\n');
     const identity = parseIdentityLine(identityLine);
-    if (identity === undefined) return this.fail(`invalid IDENTITY: ${JSON.stringify(identityLine.slice(0, 64))}`);
+    if (identity === undefined) return this.fail(`invalid IDENTITY: ${JSON.stringify(identityLine.slice(0, 64))}`, 'RELAY_ERR_CFENGINE_CODEC');
     this.username = identity.username;
     this.phase = 'requests';
     this.identification = '';
@@ -267,11 +273,12 @@ export class CfengineConnection implements Session {
     const clientGone = isRelayError(error) && error.code === 'RELAY_ERR_CFENGINE_CLOSED';
     if (!(error instanceof CodecError) && !clientGone && this.phase === 'requests') this.log.warn({ err: error }, 'cfengine request failed');
     const message = error instanceof CodecError ? error.message : `internal error: ${messageOf(error)}`;
-    this.fail(message);
+    this.fail(message, error instanceof CodecError ? 'RELAY_ERR_CFENGINE_CODEC' : clientGone ? 'RELAY_ERR_CFENGINE_CLOSED' : 'RELAY_ERR_INTERNAL');
   }
 
-  setCloseReason(reason: string): void {
+  setCloseReason(reason: string, code: ErrorCode): void {
     this.closeReason = reason;
+    this.closeCode = code;
   }
 
   setIdleTimeout(ms: number | undefined): void {

@@ -51,7 +51,7 @@ export async function exec(session: Session, args: string): Promise<Outcome> {
     session.admission.denied('EXEC', { user: session.username }, `cfengine EXEC refused: ${why}`);
     await session.write(encodeFrame(FAILED));
     await session.write(encodeFrame(`${CFD_TERMINATOR}\0`));
-    session.setCloseReason('EXEC refused');
+    session.setCloseReason('EXEC refused', 'RELAY_ERR_CFENGINE_ACCESS');
     return 'close';
   }
   const terminate = async (): Promise<Outcome> => {

@@ -6,7 +6,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { createSecureContext, type SecureContext } from 'node:tls';
 import { constants } from 'node:crypto';
 import type { Logger } from 'pino';
-import { RelayError } from '../errors.js';
+import { RelayError, type ErrorCode } from '../errors.js';
 import { collectGarbage } from '../gc.js';
 import { createNetworkAcl, createPathAcl } from '../access/index.js';
 import { makeServerCertificate } from './certificate.js';
@@ -36,9 +36,9 @@ const CIPHERS = 'TLS_AES_256_GCM_SHA384:AES256-GCM-SHA384:AES256-SHA';
 /** one refusal line per peer and reason per window; the others are counted into the next line */
 const REFUSAL_LOG_WINDOW_MS = 10_000;
 
-function refusalLogger(log: Logger): (peer: string, message: string, fields?: Record<string, unknown>) => void {
+function refusalLogger(log: Logger): (peer: string, code: ErrorCode, message: string, fields?: Record<string, unknown>) => void {
   const seen = new Map<string, { at: number; suppressed: number }>();
-  return (peer, message, fields = {}) => {
+  return (peer, code, message, fields = {}) => {
     const key = `${peer} ${message}`;
     const now = Date.now();
     const last = seen.get(key);
@@ -48,7 +48,7 @@ function refusalLogger(log: Logger): (peer: string, message: string, fields?: Re
     }
     if (seen.size > 1000) seen.clear();
     seen.set(key, { at: now, suppressed: 0 });
-    log.warn({ event: 'refused', peer, ...fields, ...(last?.suppressed ? { suppressed: last.suppressed } : {}) }, message);
+    log.warn({ event: 'refused', code, peer, ...fields, ...(last?.suppressed ? { suppressed: last.suppressed } : {}) }, message);
   };
 }
 
@@ -98,20 +98,20 @@ export function createCfengineServer(options: CfengineServerOptions, deps: Cfeng
     const peer = socket.remoteAddress ?? 'unknown';
     if (!networks.allows(socket.remoteAddress)) {
       deps.counters.connection('refused-network');
-      logRefusal(peer, 'cfengine connection refused: address not in allowed networks');
+      logRefusal(peer, 'RELAY_ERR_AUTH_NETWORK', 'cfengine connection refused: address not in allowed networks');
       socket.destroy();
       return;
     }
     if (connections.size >= maxConnections || secureContext === undefined) {
       deps.counters.connection('refused-limit');
-      logRefusal(peer, 'cfengine connection refused: too many connections', { maxConnections });
+      logRefusal(peer, 'RELAY_ERR_CFENGINE_LIMIT', 'cfengine connection refused: too many connections', { maxConnections });
       socket.destroy();
       return;
     }
     const held = perAddress.get(peer) ?? 0;
     if (held >= maxPerAddress) {
       deps.counters.connection('refused-address-limit');
-      logRefusal(peer, 'cfengine connection refused: too many connections from this address', { maxConnectionsPerAddress: maxPerAddress });
+      logRefusal(peer, 'RELAY_ERR_CFENGINE_LIMIT', 'cfengine connection refused: too many connections from this address', { maxConnectionsPerAddress: maxPerAddress });
       socket.destroy();
       return;
     }

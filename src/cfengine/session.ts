@@ -2,6 +2,7 @@
 // the client proved to be, and the connection's ordered writes. CfengineConnection is the one implementation.
 
 import type { Logger } from 'pino';
+import type { ErrorCode } from '../errors.js';
 import type { NodesRegistry } from '../nodes/index.js';
 import type { PathAcl, Reader } from '../access/index.js';
 import type { Admission } from './admission.js';
@@ -100,8 +101,8 @@ export interface Session {
   writeTransactions(frames: readonly Buffer[]): void | Promise<void>;
   /** the next transaction, waiting for it; undefined when the connection ends first */
   nextFrame(): Promise<Buffer | undefined>;
-  /** why the connection will close (its closing log line) */
-  setCloseReason(reason: string): void;
+  /** why the connection will close, and the kind of failure (its closing log line) */
+  setCloseReason(reason: string, code: ErrorCode): void;
   /** 0: no idle timeout (a command still running); undefined: back to the server's */
   setIdleTimeout(ms: number | undefined): void;
 }

@@ -207,7 +207,7 @@ t.test('who may read what', { skip }, async (t) => {
     t.notOk(await exists(join(base, 'never')));
     t.ok((closed.counters.connections['refused-network'] ?? 0) >= 1);
     t.equal(closed.counters.connections['accepted'], undefined);
-    t.ok(closed.logs.some((l) => l['msg'] === 'cfengine connection refused: address not in allowed networks' && l['peer'] === '127.0.0.1'));
+    t.ok(closed.logs.some((l) => l['msg'] === 'cfengine connection refused: address not in allowed networks' && l['peer'] === '127.0.0.1' && l['code'] === 'RELAY_ERR_AUTH_NETWORK'));
   });
 });
 

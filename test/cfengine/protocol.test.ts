@@ -400,6 +400,12 @@ for (const mode of ['direct', 'thread pool'] as const) {
       await unframed.closed;
       t.pass('an unframed request closes the connection without a reply');
       t.ok(fixture.counters.count('BAD', 'error') >= 1, 'counted');
+      // each refusal's closing line carries its code (the server may log it just after the client saw the close)
+      const closedOnError = () => fixture.logs.filter((l) => l['msg'] === 'cfengine connection closed on error').map((l) => `${String(l['code'])} ${String(l['reason'])}`);
+      for (let i = 0; i < 100 && closedOnError().length < 8; i += 1) await new Promise((resolve) => setTimeout(resolve, 20));
+      t.ok(closedOnError().includes('RELAY_ERR_CFENGINE_CODEC illegal request "HELLO"'), 'an illegal request: RELAY_ERR_CFENGINE_CODEC');
+      t.ok(closedOnError().includes('RELAY_ERR_CFENGINE_ACCESS EXEC refused'), 'a refused EXEC: RELAY_ERR_CFENGINE_ACCESS');
+      t.ok(closedOnError().every((line) => line.startsWith('RELAY_ERR_')), 'every one has a code');
     });
   });
 }

@@ -99,10 +99,11 @@ t.test('bad clients are cut off without hurting a good copy', { skip }, async (t
   const closedOnError = () => fixture.logs.filter((l) => l['msg'] === 'cfengine connection closed on error');
   // the server's own 'close' may run just after the client saw the connection end
   for (let i = 0; i < 50 && closedOnError().length < 5; i += 1) await new Promise((resolve) => setTimeout(resolve, 20));
-  const reasons = closedOnError().map((l) => String(l['reason']));
-  t.ok(reasons.some((r) => r.includes('idle timeout')), 'idle timeout logged');
-  t.ok(reasons.some((r) => r.includes('TLS handshake timeout')), 'handshake timeout logged');
-  t.ok(reasons.some((r) => r.includes('transaction length')), 'bad header logged');
+  const reasons = closedOnError().map((l) => `${String(l['code'])} ${String(l['reason'])}`);
+  t.ok(reasons.some((r) => r === 'RELAY_ERR_REQUEST_TIMEOUT idle timeout'), 'idle timeout logged, with its code');
+  t.ok(reasons.some((r) => r === 'RELAY_ERR_REQUEST_TIMEOUT TLS handshake timeout'), 'handshake timeout logged, with its code');
+  t.ok(reasons.some((r) => r.startsWith('RELAY_ERR_CFENGINE_CODEC ') && r.includes('transaction length')), 'bad header logged, with its code');
+  t.ok(reasons.some((r) => r.startsWith('RELAY_ERR_CFENGINE_CODEC socket error')), 'garbage instead of TLS logged, with its code');
   t.ok((fixture.counters.connections['closed-error'] ?? 0) >= 5, 'counted as closed-error');
 });
 
@@ -120,7 +121,7 @@ t.test('connection limit and stop()', async (t) => {
   third.on('error', () => undefined);
   t.ok(await closedWithin(third, 2000), 'a third connection is refused');
   t.equal(fixture.counters.connections['refused-limit'], 1);
-  t.ok(fixture.logs.some((l) => l['msg'] === 'cfengine connection refused: too many connections'));
+  t.ok(fixture.logs.some((l) => l['msg'] === 'cfengine connection refused: too many connections' && l['code'] === 'RELAY_ERR_CFENGINE_LIMIT'));
   second.destroy();
   await new Promise((resolve) => setTimeout(resolve, 200));
   const fourth = await connectCfengine(port, key);
@@ -164,6 +165,7 @@ t.test('one address holding idle connections does not lock agents out (max_conne
   const line = fixture.logs.find((l) => l['msg'] === 'cfengine connection refused: too many connections from this address');
   t.equal(line?.['peer'], '127.0.0.2', 'logged with the address');
   t.equal(line?.['event'], 'refused');
+  t.equal(line?.['code'], 'RELAY_ERR_CFENGINE_LIMIT');
   t.equal(line?.['maxConnectionsPerAddress'], 3);
   for (const socket of hog) t.notOk(socket.destroyed, 'the connections it holds stay open (until the idle timeout)');
 
