@@ -78,7 +78,7 @@ export class CfengineConnection implements Session {
       // before 'secure', an error is the TLS handshake refused (not TLS, no shared cipher...)
       this.fail(`socket error: ${error.message}`, this.phase === 'handshake' ? 'RELAY_ERR_CFENGINE_CODEC' : 'RELAY_ERR_CFENGINE_CLOSED'),
     );
-    socket.on('timeout', () => this.fail(this.phase === 'handshake' ? 'TLS handshake timeout' : 'idle timeout', 'RELAY_ERR_REQUEST_TIMEOUT'));
+    socket.on('timeout', () => this.fail(this.phase === 'handshake' ? 'TLS handshake timeout' : this.phase === 'identification' ? 'identification timeout' : 'idle timeout', 'RELAY_ERR_REQUEST_TIMEOUT'));
     socket.on('close', () => this.onClose());
   }
 
@@ -194,6 +194,7 @@ export class CfengineConnection implements Session {
     if (identity === undefined) return this.fail(`invalid IDENTITY: ${JSON.stringify(identityLine.slice(0, 64))}`, 'RELAY_ERR_CFENGINE_CODEC');
     this.username = identity.username;
     this.phase = 'requests';
+    this.socket.setTimeout(this.ctx.idleTimeoutMs);
     this.identification = '';
     const welcome = welcomeLine(identity.username);
     this.writeLine(this.welcomeStarted ? welcome.slice(WELCOME_START.length) : welcome);
@@ -386,6 +387,6 @@ export function openConnection(
     requestCert: true,
     rejectUnauthorized: false, // cf-serverd accepts any certificate; the key is checked afterwards (§4)
   });
-  tls.setTimeout(context.idleTimeoutMs);
+  tls.setTimeout(context.handshakeTimeoutMs);
   return new CfengineConnection(tls, peer, context, onClosed);
 }

@@ -32,7 +32,10 @@ export interface CfengineServerOptions {
    * (spec-cfengine-protocol.md §13 pitfall 12)
    */
   readonly maxConnectionsPerAddress?: number;
+  /** an idle connection is closed after this (default 600 s, cf-serverd's) */
   readonly idleTimeoutMs?: number;
+  /** TLS handshake, version line and IDENTITY must be done within this (default 30 s, at most idleTimeoutMs) */
+  readonly handshakeTimeoutMs?: number;
   /** cf-serverd's denybadclocks (default true): refuse STAT when the client clock is off by > 3600 s */
   readonly denyBadClocks?: boolean;
   /**

@@ -24,6 +24,11 @@ const DEFAULT_MAX_CONNECTIONS = 500;
  * SO_ERROR), so a shorter one fails the next copy_from after any longer pause in the run
  */
 const DEFAULT_IDLE_TIMEOUT_MS = 600_000;
+/**
+ * until a client is identified: with no limit per address and cf-serverd's idle timeout, silent connections
+ * from one address would otherwise hold every slot for 10 minutes; an agent is identified in milliseconds
+ */
+const DEFAULT_HANDSHAKE_TIMEOUT_MS = 30_000;
 /** requests answered by the warm-up before listening (warm-up.ts): about what V8 needs to optimise the path */
 const DEFAULT_WARM_UP_REQUESTS = 3000;
 /** the warm-up stops after this long whatever it reached: a start is never delayed by more */
@@ -74,6 +79,7 @@ export function createCfengineServer(options: CfengineServerOptions, deps: Cfeng
     denyBadClocks: options.denyBadClocks ?? true,
     maxInputBytes: MAX_INPUT_BYTES,
     idleTimeoutMs,
+    handshakeTimeoutMs: Math.min(options.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS, idleTimeoutMs),
     digests: new DigestCache(),
     directories: new DirectoryCache(),
     exec: {

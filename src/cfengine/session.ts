@@ -18,6 +18,8 @@ export interface ConnectionContext {
   readonly denyBadClocks: boolean;
   readonly maxInputBytes: number;
   readonly idleTimeoutMs: number;
+  /** until the client is identified (TLS, version line, IDENTITY): cf-agent takes milliseconds */
+  readonly handshakeTimeoutMs: number;
   readonly digests: DigestCache;
   readonly directories: DirectoryCache;
   /** inbound remote run: admitted keys (sha256 pins), the command shown, what runs (absent: EXEC refused) */
@@ -37,6 +39,7 @@ export function connectionContext(fields: ConnectionContext): ConnectionContext 
     denyBadClocks: fields.denyBadClocks,
     maxInputBytes: fields.maxInputBytes,
     idleTimeoutMs: fields.idleTimeoutMs,
+    handshakeTimeoutMs: fields.handshakeTimeoutMs,
     digests: fields.digests,
     directories: fields.directories,
     exec: fields.exec,

@@ -352,3 +352,27 @@ t.test('many connections from one address (agents behind a NAT) are all served b
     'none refused',
   );
 });
+
+t.test('until identified a connection has a short timeout; afterwards the idle timeout', async (t) => {
+  const base = tempDir(t, 'onerelay-cfhandshake-');
+  const { generateKeyPairSync } = await import('node:crypto');
+  const key = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey;
+  const handshakeTimeoutMs = 1000;
+  const fixture = await startCfengineFixture({ base, nodes: [{ id: NODE, sha256Pin: sha256PinOf(key) }], server: { handshakeTimeoutMs } });
+  t.teardown(() => fixture.server.stop());
+  const port = fixture.port();
+  const agent = await connectCfengine(port, key);
+  t.teardown(() => agent.close());
+  const silent = await rawConnect(port);
+  silent.on('error', () => undefined);
+  const mute = await connectCfengine(port, key, { identify: false });
+  t.ok(await closedWithin(silent, handshakeTimeoutMs + 3000), 'a TCP connection that never starts TLS: closed');
+  await mute.closed;
+  t.pass('a TLS connection that never sends its version line: closed');
+  t.notOk(agent.isClosed(), 'an identified client, as idle, stays connected');
+  agent.send('VERSION');
+  t.equal((await agent.readFrame()).payload.toString(), 'OK: 3.21.0', 'and is served');
+  const closedOnError = () => fixture.logs.filter((l) => l['msg'] === 'cfengine connection closed on error').map((l) => `${String(l['code'])} ${String(l['reason'])}`);
+  for (let i = 0; i < 100 && closedOnError().length < 2; i += 1) await new Promise((resolve) => setTimeout(resolve, 20));
+  t.same(closedOnError().sort(), ['RELAY_ERR_REQUEST_TIMEOUT TLS handshake timeout', 'RELAY_ERR_REQUEST_TIMEOUT identification timeout']);
+});
