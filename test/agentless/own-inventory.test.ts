@@ -8,7 +8,7 @@ import { promisify } from 'node:util';
 import { gzipSync } from 'node:zlib';
 import { pino, type Logger } from 'pino';
 import t from 'tap';
-import { createOwnInventory, SENT_MESSAGE, type OwnInventory } from '../../src/agentless/index.js';
+import { AGENT_VERSION, createOwnInventory, SENT_MESSAGE, type OwnInventory } from '../../src/agentless/index.js';
 import type { OwnPolicyState } from '../../src/agentless/types.js';
 import { loadConfig } from '../../src/config/index.js';
 import { loadIdentity } from '../../src/identity/index.js';
@@ -127,12 +127,13 @@ function pairs(upstream: TestUpstream, endpoint: 'inventories' | 'inventory-upda
     .map((inventory) => ({ inventory, signature: files.find((f) => f.name === inventory.name.replace(/\.gz$/, '.sign')) }));
 }
 
-async function rootCheck(pair: { inventory: ReceivedFile; signature: ReceivedFile | undefined }) {
+async function rootCheck(pair: { inventory: ReceivedFile; signature: ReceivedFile | undefined }, rudder?: '8.1' | '8.2') {
   return checkInventoryAsRoot({
     inventory: pair.inventory.body,
     inventoryName: pair.inventory.name,
     signature: pair.signature?.body,
     signatureName: pair.signature?.name,
+    ...(rudder === undefined ? {} : { rudder }),
   });
 }
 
@@ -152,6 +153,12 @@ t.test('first start: a signed inventory goes to /inventories/ with the default p
   tt.equal(result.nodeId, RELAY_ID);
   tt.equal(result.policyServerId, UPSTREAM_DEFAULT_ID, 'POLICY_SERVER_UUID is what /uuid answered');
   tt.equal(result.agentName, 'cfengine-community');
+  tt.equal(result.agentVersion, AGENT_VERSION);
+  for (const rudder of ['8.1', '8.2'] as const) {
+    const older = await rootCheck(pair, rudder);
+    tt.same(older.problems, [], `a ${rudder} root (agent version from the rudder-agent package) accepts it too`);
+    tt.equal(older.agentVersion, AGENT_VERSION);
+  }
   tt.equal(textAt(result.document!, ['REQUEST', 'CONTENT', 'RUDDER', 'AGENT', 'AGENT_CERT']), (await readFile(join(FIXTURE_KEYS, `${RELAY_ID}.cert`), 'utf8')).trim(), 'AGENT_CERT is agent.cert');
   const upload = upstream.received.findIndex((f) => f === pair.inventory);
   tt.ok(upload < upstream.received.findIndex((f) => f === pair.signature), '.ocs.gz is sent before .ocs.sign');
