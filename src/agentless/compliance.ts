@@ -96,6 +96,20 @@ export function createOwnCompliance(options: OwnComplianceOptions, deps: OwnComp
   let waitingForPolicies = false;
   let nextRunAt: number | undefined;
   let expected: { key: string; value: ExpectedReports } | undefined;
+  /** the last run's start (ms): a run log's name and run time have second precision */
+  let lastRunStart: number | undefined;
+
+  /**
+   * A run in the same second as the last one (a policy change starts one at once) would get the same file name
+   * and run time, and the root would read both as one run with every report twice: it starts 1 s after the
+   * last one instead. Only within a minute: after the clock went back further, the real time is the better name.
+   */
+  function nextRunStart(): Date {
+    let start = Math.floor(Date.now() / 1000) * 1000;
+    if (lastRunStart !== undefined && start <= lastRunStart && lastRunStart - start < 60_000) start = lastRunStart + 1000;
+    lastRunStart = start;
+    return new Date(start);
+  }
 
   async function expectedFor(state: OwnPolicyState): Promise<ExpectedReports> {
     const key = `${state.inputsDirectory}\n${state.nodeConfigId}`;
@@ -161,7 +175,7 @@ export function createOwnCompliance(options: OwnComplianceOptions, deps: OwnComp
       return undefined;
     }
     waitingForPolicies = false;
-    const runStart = new Date(Math.floor(Date.now() / 1000) * 1000);
+    const runStart = nextRunStart();
     const reports = await expectedFor(state);
     const cache = new Map<string, Promise<{ status: ResultStatus; message: string }>>();
     const results: ComponentResult[] = await Promise.all(

@@ -3,7 +3,7 @@
 // the inventory (§A) and the run log (§C) use the same state through the OwnPolicies interface.
 
 export type { ComponentOutcome, InventoryStatus, OwnPolicies, OwnPolicyState, ReportMode } from './types.js';
-export { createOwnPolicies, ownPoliciesStatus, parseOwnPolicies, PROMISES_GENERATED, RUDDER_JSON } from './own-policies.js';
+export { allowedNetworkOf, createOwnPolicies, ownPoliciesStatus, parseOwnPolicies, PROMISES_GENERATED, RUDDER_JSON } from './own-policies.js';
 export type { OwnPoliciesOptions, OwnPoliciesService, OwnPoliciesStatus } from './own-policies.js';
 export { DEFAULT_RUN_INTERVAL_MS, hostAddresses, parentAddressOf, resolveOwnSettings, rudderAcl, rudderPolicyServerAcl, settingsStatus } from './settings.js';
 export type { AppliedSetting, OwnSettings, SettingSource, SettingsInputs } from './settings.js';

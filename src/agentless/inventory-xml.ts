@@ -15,7 +15,7 @@ export interface InventoryDocument {
   readonly certificatePem: string;
   /** PKCS#1 PEM of localhost.pub: CFENGINE_KEY, as the agent sends it (not read by the root at 8.x+) */
   readonly publicKeyPem: string;
-  /** AGENT_VERSION */
+  /** RUDDER/AGENT_VERSION (8.3.2+) and the VERSION of the `rudder-agent` software (every earlier root) */
   readonly agentVersion: string;
   /** VERSIONCLIENT: the program that wrote the inventory */
   readonly generator: string;
@@ -145,6 +145,19 @@ export function buildInventoryXml(doc: InventoryDocument): string {
         ['NAME', 'onerelay'],
         ['VERSION', doc.agentVersion],
         ['PUBLISHER', 'onerelay'],
+      ],
+    ],
+    // Roots before 8.3.2 read the agent version only from a software whose NAME contains `rudder-agent`
+    // (FusionInventoryParser findAgent / findAgentVersion; AgentTypes inventorySoftwareName) and refuse the
+    // whole inventory without one; RUDDER/AGENT_VERSION is read from 8.3.2 on (rudder 35c9f52035). This must be
+    // the only such entry: 8.1 takes the first match whatever its VERSION, and the parser's order is not ours.
+    [
+      'SOFTWARES',
+      [
+        ['NAME', 'rudder-agent'],
+        ['VERSION', doc.agentVersion],
+        ['PUBLISHER', 'onerelay'],
+        ['COMMENTS', 'onerelay, agentless Rudder relay (no Rudder agent installed)'],
       ],
     ],
     [

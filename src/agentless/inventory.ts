@@ -35,6 +35,13 @@ export const DEFAULT_RETRY_MS = MINUTE;
 const FAILURE_LOG_EVERY_MS = 60 * MINUTE;
 /** after the upstream refused the files (fusionAgent.st min_resend_delay for a first inventory: 15 min) */
 export const REFUSED_RETRY_MS = 15 * MINUTE;
+/**
+ * how long after the last inventory a changed identity fact may make another one: the agent's own resend
+ * delays (fusionAgent.st min_resend_delay, spec-agentless-node.md §A.7): 15 min while the node is not known
+ * (/inventories/), 480 min once it is (/inventory-updates/, "already sent less than 8 hours ago"). The agent
+ * itself waits for its daily inventory; flapping addresses must not make one every check.
+ */
+export const CHANGE_RESEND_MS: Readonly<Record<InventoryEndpoint, number>> = { inventories: 15 * MINUTE, 'inventory-updates': 480 * MINUTE };
 /** the answer of GET /uuid the agent accepts (do-inventory "Checking rudder-server-uuid.txt") */
 const POLICY_SERVER_ID = /^[a-z0-9-]+$/;
 /** what the agent reports once both files are upstream (fusionAgent.st sendInventory) */
@@ -54,6 +61,8 @@ export interface OwnInventoryOptions {
   readonly frequencyMs?: number;
   readonly checkIntervalMs?: number;
   readonly retryMs?: number;
+  /** default CHANGE_RESEND_MS */
+  readonly changeResendMs?: Partial<Record<InventoryEndpoint, number>>;
   /** the biggest file the spool takes (https.max_upload_size) */
   readonly maxBytes: number;
 }
@@ -109,10 +118,20 @@ export function isoSeconds(date: Date): string {
   return `${date.toISOString().slice(0, 19)}+00:00`;
 }
 
-/** the facts whose change makes a new inventory at once (the root keys nodes on them) */
-function fingerprintOf(facts: HostFacts, certificatePem: string): string {
+/** fe80::/10 and 169.254.0.0/16: made up per link (container veths, autoconfiguration), not how the root knows the node */
+export function isLinkLocal(family: 'IPv4' | 'IPv6', address: string): boolean {
+  if (family === 'IPv4') return address.startsWith('169.254.');
+  return /^fe[89ab][0-9a-f]:/i.test(address);
+}
+
+/**
+ * the facts whose change makes a new inventory (the root keys nodes on them). Link-local addresses are left out:
+ * they come and go with container interfaces. (Temporary IPv6 addresses would belong here too, but Node does not
+ * tell them apart; CHANGE_RESEND_MS bounds what their rotation costs.)
+ */
+export function fingerprintOf(facts: HostFacts, certificatePem: string): string {
   const addresses = facts.networks
-    .filter((n) => !n.isInternal)
+    .filter((n) => !n.isInternal && !isLinkLocal(n.family, n.address))
     .map((n) => `${n.name}/${n.address}`)
     .sort();
   return createHash('sha256')
@@ -190,6 +209,9 @@ export function createOwnInventory(options: OwnInventoryOptions, deps: OwnInvent
   let stopped = true;
   let lastCheckError: string | undefined;
   let checks = 0;
+  const changeResendMs = options.changeResendMs ?? {};
+  /** a change seen but not yet inventoried (CHANGE_RESEND_MS), logged once per new set of facts */
+  let deferredChange: { fingerprint: string; until: number } | undefined;
 
   async function save(next: JobState): Promise<void> {
     state = next;
@@ -219,9 +241,12 @@ export function createOwnInventory(options: OwnInventoryOptions, deps: OwnInvent
   }
 
   async function makeInventory(reason: string): Promise<void> {
-    // names have second precision: a second inventory in the same second would replace the first in the spool
-    const nextSecond = state.lastQueuedAt === undefined ? 0 : Math.floor(state.lastQueuedAt / 1000) * 1000 + 1000;
-    if (Date.now() < nextSecond) await delay(nextSecond - Date.now());
+    // names have second precision: a second inventory in the same second would replace the first in the spool.
+    // Only a last inventory in the past is waited for: after the clock went back, lastQueuedAt may be hours (or
+    // days) ahead, and the job, which holds trigger(), noteQueueOutcome() and stop(), must not sleep that long.
+    const last = state.lastQueuedAt;
+    const nextSecond = last === undefined ? 0 : Math.floor(last / 1000) * 1000 + 1000;
+    if (last !== undefined && last <= Date.now() && Date.now() < nextSecond) await delay(nextSecond - Date.now());
     const now = new Date();
     let identity;
     let facts: HostFacts;
@@ -285,6 +310,7 @@ export function createOwnInventory(options: OwnInventoryOptions, deps: OwnInvent
       { event: 'own_inventory_queued', file: `${base}.gz`, queue: endpoint, reason, policy_server_id: policyServerId, bytes: compressed.length },
       `own inventory queued for /${endpoint}/`,
     );
+    deferredChange = undefined;
     await save({
       ...state,
       policyServerId,
@@ -306,8 +332,25 @@ export function createOwnInventory(options: OwnInventoryOptions, deps: OwnInvent
     if (state.lastQueuedAt > now + MINUTE) return 'clock went back';
     try {
       const identity = await loadIdentity(options.identityPaths);
-      if (fingerprintOf(await readFacts(), identity.certificatePem) !== state.fingerprint) return 'identity facts changed';
+      const fingerprint = fingerprintOf(await readFacts(), identity.certificatePem);
       lastCheckError = undefined;
+      if (fingerprint === state.fingerprint) {
+        deferredChange = undefined;
+        return undefined;
+      }
+      const endpoint: InventoryEndpoint = currentPolicies() === undefined ? 'inventories' : 'inventory-updates';
+      const until = Math.max(state.lastQueuedAt, state.lastSentAt ?? 0) + (changeResendMs[endpoint] ?? CHANGE_RESEND_MS[endpoint]);
+      if (now >= until) {
+        deferredChange = undefined;
+        return 'identity facts changed';
+      }
+      if (deferredChange?.fingerprint !== fingerprint) {
+        log.info(
+          { event: 'own_inventory_change_deferred', queue: endpoint, until: new Date(until).toISOString() },
+          'identity facts changed: the inventory waits for the resend delay since the last one',
+        );
+      }
+      deferredChange = { fingerprint, until };
     } catch (error) {
       if (lastCheckError !== messageOf(error)) {
         log.error({ event: 'own_inventory_check_failed', code: codeOf(error, 'RELAY_ERR_OWN_INVENTORY'), error: messageOf(error) }, 'could not read the identity facts');
@@ -412,6 +455,7 @@ export function createOwnInventory(options: OwnInventoryOptions, deps: OwnInvent
         waiting_upstream: state.pending !== undefined,
         last_outcome: outcome === undefined ? undefined : { ok: outcome.ok, message: outcome.message, at: iso(outcome.at) },
         next_daily: iso(state.lastQueuedAt === undefined ? undefined : state.lastQueuedAt + frequencyMs),
+        change_deferred_until: iso(deferredChange?.until),
       };
     },
   };

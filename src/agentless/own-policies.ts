@@ -5,6 +5,7 @@
 
 import { createHash } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
+import { isIP } from 'node:net';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { isCidr } from '../config/index.js';
@@ -58,8 +59,59 @@ function stringOf(variables: Record<string, unknown>, key: string, file: string)
   return value;
 }
 
-/** parses a rudder.json text into the policy state; throws RELAY_ERR_OWN_POLICIES on anything partial or malformed */
-export function parseOwnPolicies(text: string, generationText: string | undefined, inputsDirectory: string): OwnPolicyState {
+/** the bits of an address, most significant first, or undefined */
+function addressBits(address: string): string | undefined {
+  const family = isIP(address);
+  if (family === 4) return address.split('.').map((o) => Number(o).toString(2).padStart(8, '0')).join('');
+  if (family !== 6 || address.includes('.') || address.includes('%')) return undefined;
+  const [head = '', tail] = address.split('::');
+  const left = head === '' ? [] : head.split(':');
+  const right = tail === undefined || tail === '' ? [] : tail.split(':');
+  const groups = tail === undefined ? left : [...left, ...Array<string>(8 - left.length - right.length).fill('0'), ...right];
+  return groups.map((g) => parseInt(g, 16).toString(2).padStart(16, '0')).join('');
+}
+
+/**
+ * An ALLOWED_NETWORKS entry as "address[/prefix]", or undefined when onerelay cannot use it. Rudder checks entries
+ * with `new IPAddressString(net).isValid` (PolicyServerData.scala AllowedNetwork.isValid, used by the UI and the
+ * API, spaces removed first), which also takes a mask ("192.168.1.0/255.255.255.0") and wildcards ("192.168.1.*");
+ * those with a contiguous mask or trailing wildcards are converted. Other forms that library knows (ranges,
+ * non-contiguous masks, "*", inet_aton shorthands…) are left to the caller to drop.
+ */
+export function allowedNetworkOf(entry: string): string | undefined {
+  const net = entry.replace(/\s/g, '');
+  if (isCidr(net)) return net;
+  const slash = net.indexOf('/');
+  if (slash > 0) {
+    const address = net.slice(0, slash);
+    const family = isIP(address);
+    const mask = net.slice(slash + 1);
+    if (family === 0 || isIP(mask) !== family) return undefined;
+    const bits = addressBits(mask);
+    // a mask the library takes but that is not a prefix (255.0.255.0) selects no single network
+    if (bits === undefined || !/^1*0*$/.test(bits)) return undefined;
+    return `${address}/${bits.indexOf('0') === -1 ? bits.length : bits.indexOf('0')}`;
+  }
+  const wildcard = /^(\d{1,3}(?:\.\d{1,3}){0,2})((?:\.\*){1,3})$/.exec(net);
+  if (wildcard?.[1] !== undefined && wildcard[2] !== undefined) {
+    const octets = wildcard[1].split('.');
+    if (octets.length + wildcard[2].length / 2 > 4 || octets.some((o) => Number(o) > 255)) return undefined;
+    return `${[...octets.map(Number), 0, 0, 0].slice(0, 4).join('.')}/${octets.length * 8}`;
+  }
+  return undefined;
+}
+
+/**
+ * parses a rudder.json text into the policy state; throws RELAY_ERR_OWN_POLICIES on anything partial or malformed.
+ * An ALLOWED_NETWORKS entry onerelay cannot use is left out (given to `onDropped`) rather than refusing the whole
+ * file: the root accepted it, and refusing would keep the old config id, DAV credentials and ACL in force.
+ */
+export function parseOwnPolicies(
+  text: string,
+  generationText: string | undefined,
+  inputsDirectory: string,
+  onDropped?: (entries: readonly string[]) => void,
+): OwnPolicyState {
   const file = join(inputsDirectory, RUDDER_JSON);
   let parsed: unknown;
   try {
@@ -81,9 +133,15 @@ export function parseOwnPolicies(text: string, generationText: string | undefine
   if (!Array.isArray(networks) || !networks.every((n): n is string => typeof n === 'string')) {
     refuse(file, 'ALLOWED_NETWORKS is missing or not an array of strings');
   }
-  const allowedNetworks = networks.map((n) => n.trim()).filter((n) => n !== '');
-  const bad = allowedNetworks.find((n) => !isCidr(n));
-  if (bad !== undefined) refuse(file, `ALLOWED_NETWORKS entry "${bad}": expected a network "address/prefix"`);
+  const allowedNetworks: string[] = [];
+  const dropped: string[] = [];
+  for (const entry of networks) {
+    if (entry.trim() === '') continue;
+    const usable = allowedNetworkOf(entry);
+    if (usable === undefined) dropped.push(entry);
+    else allowedNetworks.push(usable);
+  }
+  if (dropped.length > 0) onDropped?.(dropped);
   const davUser = variables['DAVUSER'];
   const davPassword = variables['DAVPASSWORD'];
   // update.st: a flag that is not a number counts as "no generation known"
@@ -154,7 +212,12 @@ export function createOwnPolicies(options: OwnPoliciesOptions, deps: { readonly 
     seen = hash;
     let next: OwnPolicyState;
     try {
-      next = parseOwnPolicies(text, flag, inputsDirectory);
+      next = parseOwnPolicies(text, flag, inputsDirectory, (entries) =>
+        log.warn(
+          { event: 'own_policies_networks_dropped', code: 'RELAY_ERR_OWN_POLICIES', entries, inputs: inputsDirectory },
+          'ALLOWED_NETWORKS entries onerelay cannot use (expected "address", "address/prefix", "address/mask" or "a.b.c.*") are left out; the rest of the policies apply',
+        ),
+      );
     } catch (error) {
       record(error);
       return;

@@ -5,7 +5,7 @@ import t from 'tap';
 import { buildInventoryXml, type HostFacts } from '../../src/agentless/index.js';
 import { fqdnFromHosts, parseOsRelease } from '../../src/agentless/inventory-facts.js';
 import { RelayError } from '../../src/errors.js';
-import { parseXml, textAt } from '../support/root-inventory-check.js';
+import { agentVersionFromSoftware, parseXml, textAt } from '../support/root-inventory-check.js';
 
 const facts: HostFacts = {
   hostname: 'relay1',
@@ -40,6 +40,21 @@ t.test('the document carries the RUDDER extension and the facts, escaped', async
   t.equal(textAt(doc, ['REQUEST', 'CONTENT', 'CPUS', 'NAME']), 'Some <CPU> & co');
   t.equal(textAt(doc, ['REQUEST', 'CONTENT', 'NETWORKS', 'IPADDRESS']), '192.0.2.10');
   t.ok(textAt(doc, ['REQUEST', 'DEVICEID']));
+});
+
+t.test('roots before 8.3.2 find the agent version in a rudder-agent package, the one AGENT_VERSION announces', async (t) => {
+  const doc = parseXml(buildInventoryXml(base));
+  const softwares = doc.children[0]!.children.find((c) => c.name === 'CONTENT')!.children.filter((c) => c.name === 'SOFTWARES');
+  const names = softwares.map((s) => s.children.find((c) => c.name === 'NAME')?.text ?? '');
+  t.equal(names.filter((n) => n.toLowerCase().includes('rudder-agent')).length, 1, 'exactly one package matches (8.1 takes the first match, in no order of ours)');
+  t.equal(agentVersionFromSoftware([doc], '8.1'), 'onerelay-0.1.0', '8.1 rule (findAgent): the first match and its VERSION');
+  t.equal(agentVersionFromSoftware([doc], '8.2'), 'onerelay-0.1.0', '8.2 to 8.3.1 rule (findAgentVersion)');
+  t.equal(agentVersionFromSoftware([doc], '8.2'), textAt(doc, ['REQUEST', 'CONTENT', 'RUDDER', 'AGENT_VERSION']), 'the same version as AGENT_VERSION (8.3.2+)');
+  // the rule itself refuses what those roots refuse: no package, or a blank VERSION
+  const withoutPackage = parseXml(buildInventoryXml(base).replace('<NAME>rudder-agent</NAME>', '<NAME>rudder-agnet</NAME>'));
+  t.equal(agentVersionFromSoftware([withoutPackage], '8.1'), undefined);
+  const blank = parseXml(buildInventoryXml({ ...base, agentVersion: ' \t ' }));
+  t.equal(agentVersionFromSoftware([blank], '8.2'), undefined);
 });
 
 t.test('what the root refuses is refused with RELAY_ERR_OWN_INVENTORY', async (t) => {

@@ -8,7 +8,8 @@ import { promisify } from 'node:util';
 import { gzipSync } from 'node:zlib';
 import { pino, type Logger } from 'pino';
 import t from 'tap';
-import { createOwnInventory, SENT_MESSAGE, type OwnInventory } from '../../src/agentless/index.js';
+import { AGENT_VERSION, createOwnInventory, SENT_MESSAGE, type OwnInventory } from '../../src/agentless/index.js';
+import { fingerprintOf } from '../../src/agentless/inventory.js';
 import type { OwnPolicyState } from '../../src/agentless/types.js';
 import { loadConfig } from '../../src/config/index.js';
 import { loadIdentity } from '../../src/identity/index.js';
@@ -59,7 +60,16 @@ interface Setup {
   readonly setPolicies: (state: OwnPolicyState | undefined) => void;
 }
 
-async function setup(tt: { teardown(fn: () => unknown): void }, options: { upstreamDown?: boolean; log?: Logger } = {}): Promise<Setup> {
+interface SetupOptions {
+  upstreamDown?: boolean;
+  log?: Logger;
+  /** the job's state file as a previous run left it */
+  state?: Record<string, unknown>;
+  policies?: OwnPolicyState;
+  changeResendMs?: { inventories?: number; 'inventory-updates'?: number };
+}
+
+async function setup(tt: { teardown(fn: () => unknown): void }, options: SetupOptions = {}): Promise<Setup> {
   const dir = tempDir(tt, 'onerelay-own-inventory-');
   await mkdir(join(dir, 'ppkeys'), { recursive: true, mode: 0o700 });
   await writeFile(join(dir, 'uuid.hive'), `${RELAY_ID}\n`);
@@ -95,15 +105,18 @@ async function setup(tt: { teardown(fn: () => unknown): void }, options: { upstr
   });
   const identity = await loadIdentity(identityPaths(config));
   const peers = peersOf(config, nodes, identity);
-  let policies: OwnPolicyState | undefined;
+  let policies: OwnPolicyState | undefined = options.policies;
+  const stateFile = join(dir, 'own-inventory.json');
+  if (options.state !== undefined) await writeFile(stateFile, `${JSON.stringify(options.state)}\n`);
   job = createOwnInventory(
     {
       nodeId: RELAY_ID,
       identityPaths: identityPaths(config),
       policyServerHostname: '127.0.0.1',
-      stateFile: join(dir, 'own-inventory.json'),
+      stateFile,
       checkIntervalMs: 200,
       retryMs: 300,
+      ...(options.changeResendMs === undefined ? {} : { changeResendMs: options.changeResendMs }),
       maxBytes: 1024 * 1024,
     },
     { spool, ownPolicies: () => policies, upstream: () => peers.upstream(), log },
@@ -127,12 +140,13 @@ function pairs(upstream: TestUpstream, endpoint: 'inventories' | 'inventory-upda
     .map((inventory) => ({ inventory, signature: files.find((f) => f.name === inventory.name.replace(/\.gz$/, '.sign')) }));
 }
 
-async function rootCheck(pair: { inventory: ReceivedFile; signature: ReceivedFile | undefined }) {
+async function rootCheck(pair: { inventory: ReceivedFile; signature: ReceivedFile | undefined }, rudder?: '8.1' | '8.2') {
   return checkInventoryAsRoot({
     inventory: pair.inventory.body,
     inventoryName: pair.inventory.name,
     signature: pair.signature?.body,
     signatureName: pair.signature?.name,
+    ...(rudder === undefined ? {} : { rudder }),
   });
 }
 
@@ -152,6 +166,12 @@ t.test('first start: a signed inventory goes to /inventories/ with the default p
   tt.equal(result.nodeId, RELAY_ID);
   tt.equal(result.policyServerId, UPSTREAM_DEFAULT_ID, 'POLICY_SERVER_UUID is what /uuid answered');
   tt.equal(result.agentName, 'cfengine-community');
+  tt.equal(result.agentVersion, AGENT_VERSION);
+  for (const rudder of ['8.1', '8.2'] as const) {
+    const older = await rootCheck(pair, rudder);
+    tt.same(older.problems, [], `a ${rudder} root (agent version from the rudder-agent package) accepts it too`);
+    tt.equal(older.agentVersion, AGENT_VERSION);
+  }
   tt.equal(textAt(result.document!, ['REQUEST', 'CONTENT', 'RUDDER', 'AGENT', 'AGENT_CERT']), (await readFile(join(FIXTURE_KEYS, `${RELAY_ID}.cert`), 'utf8')).trim(), 'AGENT_CERT is agent.cert');
   const upload = upstream.received.findIndex((f) => f === pair.inventory);
   tt.ok(upload < upstream.received.findIndex((f) => f === pair.signature), '.ocs.gz is sent before .ocs.sign');
@@ -223,8 +243,8 @@ t.test('the same failure at every retry is logged once at error level, the repea
   await waitUntil('the outcome is recorded', () => job.lastOutcome()?.ok === true);
 });
 
-t.test('a changed identity fact (a new certificate) makes a new inventory at once', async (tt) => {
-  const { dir, upstream, job } = await setup(tt);
+t.test('a changed identity fact (a new certificate) makes a new inventory once the resend delay allows', async (tt) => {
+  const { dir, upstream, job } = await setup(tt, { changeResendMs: { inventories: 0 } });
   await upstream.waitFor(2, 20_000);
   await waitUntil('the first inventory is sent', () => job.lastOutcome()?.ok === true);
   // a new certificate for the same key and id, as an administrator renewing it would make
@@ -252,4 +272,78 @@ t.test('first start while the upstream is down: the outcome says why, and the in
   tt.ok(pair);
   if (pair) tt.same((await rootCheck(pair)).problems, []);
   await waitUntil('the outcome is recorded', () => job.lastOutcome()?.ok === true);
+});
+
+function capture(): { log: Logger; lines: Array<{ level: number; event?: string; msg?: string; due?: string | null; until?: string }> } {
+  const lines: Array<{ level: number; event?: string; msg?: string; due?: string | null; until?: string }> = [];
+  const log = pino({ level: 'debug' }, { write: (line: string) => void lines.push(JSON.parse(line) as (typeof lines)[number]) });
+  return { log, lines };
+}
+
+t.test('after the clock went back (last inventory hours ahead), the inventory is made at once and stop() does not wait', async (tt) => {
+  const { log, lines } = capture();
+  const ahead = Date.now() + 3 * 3_600_000;
+  const { upstream, job } = await setup(tt, { log, state: { policyServerId: UPSTREAM_DEFAULT_ID, fingerprint: 'older', lastQueuedAt: ahead, lastEndpoint: 'inventories' } });
+  await upstream.waitFor(2, 20_000);
+  tt.ok(lines.some((l) => l.event === 'own_inventory_checked' && l.due === 'clock went back'), 'made because the clock went back');
+  const [pair] = pairs(upstream, 'inventories');
+  tt.ok(pair && (await rootCheck(pair)).problems.length === 0, 'a good inventory');
+  await waitUntil('lastQueuedAt is the real time again, so a restart does not repeat it', () => Date.parse(String(job.status()['last_queued'])) < ahead - 3_600_000);
+  const before = Date.now();
+  await job.stop();
+  tt.ok(Date.now() - before < 2_000, `stop() returned in ${Date.now() - before} ms`);
+});
+
+t.test('link-local addresses do not count as an identity change; a global one does', async (tt) => {
+  const cert = (await readFile(join(FIXTURE_KEYS, `${RELAY_ID}.cert`), 'utf8')).trim();
+  const facts = {
+    hostname: 'relay1',
+    fqdn: 'relay1.example.net',
+    os: { name: 'Debian', fullName: 'Debian GNU/Linux 12', version: '12', kernelName: 'linux', kernelVersion: '6.1.0', arch: 'x86_64' },
+    networks: [{ name: 'eth0', family: 'IPv4' as const, address: '192.0.2.10', netmask: '255.255.255.0', mac: '02:00:00:00:00:01', isInternal: false }],
+    memoryMb: 1024,
+    swapMb: 0,
+    cpu: undefined,
+    timezone: { name: 'UTC', offset: '+0000' },
+  };
+  const base = fingerprintOf(facts, cert);
+  const withLinkLocal = (address: string, family: 'IPv4' | 'IPv6') => ({
+    ...facts,
+    networks: [...facts.networks, { name: 'veth1a2b', family, address, netmask: family === 'IPv4' ? '255.255.0.0' : 'ffff:ffff:ffff:ffff::', mac: '02:00:00:00:00:02', isInternal: false }],
+  });
+  tt.equal(fingerprintOf(withLinkLocal('fe80::1c2d:3eff:fe4f:5a6b', 'IPv6'), cert), base, 'a new veth with an fe80:: address');
+  tt.equal(fingerprintOf(withLinkLocal('FEBF::1', 'IPv6'), cert), base, 'the whole of fe80::/10');
+  tt.equal(fingerprintOf(withLinkLocal('169.254.12.34', 'IPv4'), cert), base, 'an IPv4 link-local address');
+  tt.not(fingerprintOf(withLinkLocal('fec0::1', 'IPv6'), cert), base, 'fec0:: is not link-local');
+  tt.not(fingerprintOf(withLinkLocal('2001:db8::5', 'IPv6'), cert), base, 'a global IPv6 address changes it');
+  tt.not(fingerprintOf(withLinkLocal('192.0.2.11', 'IPv4'), cert), base, 'a global IPv4 address changes it');
+});
+
+t.test('a change within the resend delay since the last inventory waits (480 min once the node is known)', async (tt) => {
+  const { log, lines } = capture();
+  const hourAgo = Date.now() - 3_600_000;
+  const { upstream, job } = await setup(tt, {
+    log,
+    policies: policyState(OWN_DAV_PASSWORD),
+    state: { policyServerId: UPSTREAM_DEFAULT_ID, fingerprint: 'facts of an hour ago', lastQueuedAt: hourAgo, lastSentAt: hourAgo, lastEndpoint: 'inventory-updates' },
+  });
+  await waitUntil('the change is seen and deferred', () => lines.some((l) => l.event === 'own_inventory_change_deferred'));
+  const deferred = lines.filter((l) => l.event === 'own_inventory_change_deferred');
+  tt.equal(deferred[0]?.until, new Date(hourAgo + 480 * 60_000).toISOString(), 'until 8 hours after the last inventory');
+  tt.equal(job.status()['change_deferred_until'], deferred[0]?.until, 'the status says until when');
+  const checked = () => lines.filter((l) => l.event === 'own_inventory_checked').length;
+  const seen = checked();
+  await waitUntil('three more checks', () => checked() >= seen + 3);
+  tt.equal(upstream.received.length, 0, 'no inventory was made');
+  tt.equal(lines.filter((l) => l.event === 'own_inventory_change_deferred').length, 1, 'the deferral is logged once');
+  tt.ok(lines.filter((l) => l.event === 'own_inventory_checked').every((l) => l.due === null), 'no check found an inventory due');
+});
+
+t.test('a change 1 hour after the last inventory of a node not yet known (15 min delay) makes one at once', async (tt) => {
+  const { log, lines } = capture();
+  const hourAgo = Date.now() - 3_600_000;
+  const { upstream } = await setup(tt, { log, state: { policyServerId: UPSTREAM_DEFAULT_ID, fingerprint: 'facts of an hour ago', lastQueuedAt: hourAgo, lastSentAt: hourAgo, lastEndpoint: 'inventories' } });
+  await upstream.waitFor(2, 20_000);
+  tt.ok(lines.some((l) => l.event === 'own_inventory_checked' && l.due === 'identity facts changed'));
+  tt.notOk(lines.some((l) => l.event === 'own_inventory_change_deferred'));
 });

@@ -6,7 +6,7 @@ import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import pino from 'pino';
 import t from 'tap';
-import { createOwnPolicies, resolveOwnSettings, settingsStatus, type OwnPolicyState, type SettingsInputs } from '../../src/agentless/index.js';
+import { allowedNetworkOf, createOwnPolicies, resolveOwnSettings, settingsStatus, type OwnPolicyState, type SettingsInputs } from '../../src/agentless/index.js';
 import { relayVariables, rudderJsonText, writeOwnPolicies } from '../support/rudder-json.js';
 import { tempDir } from '../support/tmp.js';
 
@@ -60,13 +60,13 @@ t.test('reads rudder.json, notices a new generation, refuses a broken one and ke
   t.equal(policies.status().lastError?.code, 'RELAY_ERR_OWN_POLICIES');
   t.match(policies.status().lastError?.message, /RUDDER_NODE_CONFIG_ID is missing/);
 
-  // truncated JSON, then a bad network
+  // ALLOWED_NETWORKS of the wrong type, then truncated JSON
+  await writeFile(join(inputs, 'rudder.json'), rudderJsonText(relayVariables({ ALLOWED_NETWORKS: '10.0.0.0/8' })));
+  await policies.refresh();
+  t.match(policies.status().lastError?.message, /ALLOWED_NETWORKS is missing or not an array of strings/);
   await writeFile(join(inputs, 'rudder.json'), rudderJsonText(relayVariables()).slice(0, 200));
   await policies.refresh();
   t.match(policies.status().lastError?.message, /not JSON/);
-  await writeFile(join(inputs, 'rudder.json'), rudderJsonText(relayVariables({ ALLOWED_NETWORKS: ['10.0.0.0/99'] })));
-  await policies.refresh();
-  t.match(policies.status().lastError?.message, /ALLOWED_NETWORKS entry "10.0.0.0\/99"/);
   t.equal(policies.current()?.nodeConfigId, 'second');
 
   // check() is what the sync asks before switching a pulled folder in
@@ -118,4 +118,50 @@ t.test('precedence: TOML, then policies, then default; Rudder\'s ACL', async (t)
   t.same((shown['applied'] as Record<string, unknown>)['dav_password'], { value: '(set)', source: 'policies' }, 'the password is never shown');
   t.notMatch(JSON.stringify(shown), /rudder-dav-secret/);
   t.equal((shown['not_applied'] as Record<string, unknown>)['RELAY_SYNC_METHOD'], 'classic');
+});
+
+t.test('ALLOWED_NETWORKS as Rudder accepts them: masks and wildcards converted, an unusable entry left out with one warning', async (t) => {
+  // forms new IPAddressString(net).isValid accepts (Rudder's AllowedNetwork.isValid, the UI and the API)
+  t.equal(allowedNetworkOf('192.168.1.0/255.255.255.0'), '192.168.1.0/24', 'a mask');
+  t.equal(allowedNetworkOf('10.0.0.0/255.0.0.0'), '10.0.0.0/8');
+  t.equal(allowedNetworkOf('2001:db8::/ffff:ffff::'), '2001:db8::/32', 'an IPv6 mask');
+  t.equal(allowedNetworkOf('192.168.1.*'), '192.168.1.0/24', 'a trailing wildcard');
+  t.equal(allowedNetworkOf('10.*.*.*'), '10.0.0.0/8');
+  t.equal(allowedNetworkOf('192.168.1.0 / 24'), '192.168.1.0/24', 'spaces removed, as the UI does');
+  t.equal(allowedNetworkOf('10.0.0.7'), '10.0.0.7', 'one address');
+  t.equal(allowedNetworkOf('10.0.0.0/255.0.255.0'), undefined, 'a mask that is no prefix');
+  t.equal(allowedNetworkOf('10.0.0.0-10.0.0.255'), undefined, 'a range');
+  t.equal(allowedNetworkOf('10.0.0.0/99'), undefined);
+
+  const lines: Array<{ level: number; event?: string; code?: string; entries?: string[] }> = [];
+  const capture = pino({ level: 'info' }, { write: (line: string) => void lines.push(JSON.parse(line) as (typeof lines)[number]) });
+  const inputs = tempDir(t);
+  const policies = createOwnPolicies({ inputsDirectory: inputs, pollMs: 60_000 }, { log: capture });
+  await writeOwnPolicies(inputs, relayVariables({ RUDDER_NODE_CONFIG_ID: 'first', ALLOWED_NETWORKS: ['192.168.12.0/24'] }), 1);
+  await policies.refresh();
+  await writeOwnPolicies(
+    inputs,
+    relayVariables({ RUDDER_NODE_CONFIG_ID: 'second', DAVPASSWORD: 'new-dav-secret', ALLOWED_NETWORKS: ['192.168.1.0/255.255.255.0', '10.0.0.0-10.0.0.255', '172.16.*', '10.0.0.0/99'] }),
+    2,
+  );
+  await policies.refresh();
+  t.equal(policies.status().lastError, undefined, 'not refused');
+  t.equal(policies.current()?.nodeConfigId, 'second', 'the new config id is in force');
+  t.equal(policies.current()?.davPassword, 'new-dav-secret', 'and the new DAV password');
+  t.same(policies.current()?.allowedNetworks, ['192.168.1.0/24', '172.16.0.0/16'], 'the usable entries, as prefixes');
+  const warnings = lines.filter((l) => l.event === 'own_policies_networks_dropped');
+  t.equal(warnings.length, 1, 'one warning line');
+  t.equal(warnings[0]?.level, 40);
+  t.equal(warnings[0]?.code, 'RELAY_ERR_OWN_POLICIES');
+  t.same(warnings[0]?.entries, ['10.0.0.0-10.0.0.255', '10.0.0.0/99'], 'naming the entries left out');
+  await policies.refresh();
+  t.equal(lines.filter((l) => l.event === 'own_policies_networks_dropped').length, 1, 'not repeated while the file is unchanged');
+
+  // the key missing still refuses the file: the ACL cannot be known
+  const partial = relayVariables({ RUDDER_NODE_CONFIG_ID: 'third' });
+  delete partial['ALLOWED_NETWORKS'];
+  await writeOwnPolicies(inputs, partial, 3);
+  await policies.refresh();
+  t.equal(policies.status().lastError?.code, 'RELAY_ERR_OWN_POLICIES');
+  t.equal(policies.current()?.nodeConfigId, 'second', 'the last good policies stay');
 });

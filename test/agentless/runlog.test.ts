@@ -4,11 +4,13 @@
 
 import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
+import { readdir, writeFile } from 'node:fs/promises';
+import { buffer } from 'node:stream/consumers';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { pino } from 'pino';
 import t from 'tap';
-import { buildRunlog, expectedReports, runlogFileName, signRunlogText, type ComponentResult } from '../../src/agentless/index.js';
+import { buildRunlog, createOwnCompliance, createOwnPolicies, expectedReports, runlogFileName, signRunlogText, type ComponentResult, type OwnRun } from '../../src/agentless/index.js';
 import { createNodesRegistry } from '../../src/nodes/index.js';
 import { createReportInspector, parseRunInfo, parseRunlog } from '../../src/reports/index.js';
 import { run } from '../support/agent.js';
@@ -148,4 +150,54 @@ t.test('the reports pipeline verifies the relay\'s own run log with its own cert
     { kind: 'reject', reason: 'bad-signature' },
     'checked, not waved through: another certificate refuses it',
   );
+});
+
+async function until(what: string, predicate: () => boolean, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+t.test('runs in the same second (a policy change starts one at once) get distinct, later run times and names', async (t) => {
+  const inputs = tempDir(t, 'onerelay-own-');
+  const spool = tempDir(t, 'onerelay-own-reports-');
+  await writeOwnPolicies(inputs, { relayId: RELAY, configId: 'cfg-a', serverVersion: '9.1.0' });
+  const log = pino({ level: 'silent' });
+  const policies = createOwnPolicies({ inputsDirectory: inputs, pollMs: 60_000 }, { log });
+  await policies.refresh();
+  const ok = { ok: true, message: 'ok', at: Date.now() };
+  const compliance = createOwnCompliance(
+    { nodeId: RELAY, signer, runIntervalMs: 3_600_000, firstRunMaxDelayMs: 0 },
+    {
+      policies,
+      inventory: undefined,
+      probes: { sync: () => undefined, https: async () => ok, relayService: async () => ok, upstreamCertificate: async () => undefined, security: async () => ok },
+      // 'wx': a second file of the same name is an error here, as it would be a duplicate run upstream
+      store: async (name, body) => writeFile(join(spool, name), await buffer(body), { flag: 'wx' }),
+      log,
+    },
+  );
+  t.teardown(() => compliance.stop());
+  // start just after a second begins, so that the runs below fall into the same second
+  while (Date.now() % 1000 > 100) await new Promise((resolve) => setTimeout(resolve, 5));
+  const runs: Array<OwnRun | undefined> = [];
+  for (let i = 0; i < 3; i += 1) runs.push(await compliance.runNow());
+  t.ok(runs.every((r) => r?.file !== undefined), `every run wrote its run log (${compliance.status().lastProblem ?? 'no problem'})`);
+  const starts = runs.map((r) => Date.parse(r?.at ?? ''));
+  t.ok(starts.every((s, i) => i === 0 || s > starts[i - 1]!), `run times strictly increase: ${runs.map((r) => r?.at).join(', ')}`);
+  t.equal(new Set(runs.map((r) => r?.file)).size, 3, 'three names');
+  t.equal((await readdir(spool)).length, 3, 'three files');
+
+  // a policy change right after: its run (started at once by start()'s listener) is later still
+  await compliance.start();
+  await until('the first scheduled run', () => compliance.status().lastRun !== runs[2]);
+  const first = compliance.status().lastRun;
+  await writeOwnPolicies(inputs, { relayId: RELAY, configId: 'cfg-b', serverVersion: '9.1.0' });
+  await policies.refresh();
+  await until('the run of the new policies', () => compliance.status().lastRun?.configId === 'cfg-b');
+  const changed = compliance.status().lastRun!;
+  t.ok(Date.parse(changed.at) > Date.parse(first!.at) && Date.parse(first!.at) > starts[2]!, `${changed.at} after ${first!.at} after ${runs[2]?.at}`);
+  t.equal((await readdir(spool)).length, 5, 'five distinct files');
 });

@@ -154,6 +154,24 @@ export interface RootCheckInput {
   readonly signature: Buffer | undefined;
   readonly signatureName: string | undefined;
   readonly now?: Date;
+  /**
+   * which parser reads the agent version: `8.3.2` and later take RUDDER/AGENT_VERSION, else a package (rudder
+   * 35c9f52035); `8.2` (8.2.x, 8.3.0, 8.3.1) and `8.1` read a package only. Default: the latest.
+   */
+  readonly rudder?: '8.1' | '8.2' | 'latest';
+}
+
+/**
+ * The agent version a root before 8.3.2 finds among the SOFTWARES (AgentTypes CfeCommunity
+ * inventorySoftwareName "rudder-agent", lower-cased `contains` on NAME). 8.1 (`findAgent`) takes the first such
+ * package and then its VERSION, so a match without VERSION hides a later one; 8.2 to 8.3.1
+ * (`findAgentVersion`) keep the matches that have a VERSION and take the first. No format is checked: any
+ * non-blank VERSION (OptText) is the version.
+ */
+export function agentVersionFromSoftware(top: readonly XmlElement[], rule: '8.1' | '8.2'): string | undefined {
+  const matches = descendants(top, 'SOFTWARES').filter((s) => optText(children([s], 'NAME'))?.toLowerCase().includes('rudder-agent'));
+  if (rule === '8.1') return matches.length === 0 ? undefined : optText(children([matches[0]!], 'VERSION'));
+  return matches.map((s) => optText(children([s], 'VERSION'))).find((v) => v !== undefined);
 }
 
 export async function checkInventoryAsRoot(input: RootCheckInput): Promise<RootCheckResult> {
@@ -224,12 +242,8 @@ export async function checkInventoryAsRoot(input: RootCheckInput): Promise<RootC
   // 10. exactly one RUDDER
   if (rudders.length !== 1) problems.push(`processRudderElement: ${rudders.length} <RUDDER> tags, exactly one expected`);
   // 11. the first parseable AGENT
-  const agentVersionTag = optText(children(rudders, 'AGENT_VERSION'));
-  const softwareVersion = descendants(top, 'SOFTWARES')
-    .filter((s) => optText(children([s], 'NAME'))?.toLowerCase().includes('rudder-agent'))
-    .map((s) => optText(children([s], 'VERSION')))
-    .find((v) => v !== undefined);
-  const agentVersion = agentVersionTag ?? softwareVersion;
+  const rule = input.rudder ?? 'latest';
+  const agentVersion = rule === 'latest' ? (optText(children(rudders, 'AGENT_VERSION')) ?? agentVersionFromSoftware(top, '8.2')) : agentVersionFromSoftware(top, rule);
   const parseable = descendants(rudders, 'AGENT').find((a) => {
     const name = optText(children([a], 'AGENT_NAME'))?.toLowerCase();
     return (
