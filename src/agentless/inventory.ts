@@ -100,6 +100,8 @@ interface JobState {
   readonly policyServerId?: string;
   /** digest of the identity facts of the last inventory queued */
   readonly fingerprint?: string;
+  /** digest of the certificate of the last inventory queued (absent in state files written before it was kept) */
+  readonly certificate?: string;
   readonly lastQueuedAt?: number;
   readonly lastSentAt?: number;
   readonly lastEndpoint?: InventoryEndpoint;
@@ -116,6 +118,10 @@ function codeOf(error: unknown, otherwise: ErrorCode): ErrorCode {
 /** `date --utc --iso-8601=seconds`, as do-inventory names the file */
 export function isoSeconds(date: Date): string {
   return `${date.toISOString().slice(0, 19)}+00:00`;
+}
+
+function certificateDigestOf(certificatePem: string): string {
+  return createHash('sha256').update(certificatePem.trim()).digest('hex');
 }
 
 /** fe80::/10 and 169.254.0.0/16: made up per link (container veths, autoconfiguration), not how the root knows the node */
@@ -156,6 +162,7 @@ async function readState(file: string): Promise<JobState> {
     return {
       policyServerId: text_('policyServerId'),
       fingerprint: text_('fingerprint'),
+      certificate: text_('certificate'),
       lastQueuedAt: when('lastQueuedAt'),
       lastSentAt: when('lastSentAt'),
       lastEndpoint: endpoint(parsed['lastEndpoint']),
@@ -315,6 +322,7 @@ export function createOwnInventory(options: OwnInventoryOptions, deps: OwnInvent
       ...state,
       policyServerId,
       fingerprint: fingerprintOf(facts, identity.certificatePem),
+      certificate: certificateDigestOf(identity.certificatePem),
       lastQueuedAt: now.getTime(),
       lastEndpoint: endpoint,
       lastFile: `${base}.gz`,
@@ -337,6 +345,13 @@ export function createOwnInventory(options: OwnInventoryOptions, deps: OwnInvent
       if (fingerprint === state.fingerprint) {
         deferredChange = undefined;
         return undefined;
+      }
+      // a new certificate goes at once: the root verifies the relay's signed run logs and inventories with the
+      // key its last inventory carried, so waiting for the resend delay would have them refused for hours
+      const certificate = certificateDigestOf(identity.certificatePem);
+      if (state.certificate !== undefined && certificate !== state.certificate) {
+        deferredChange = undefined;
+        return 'certificate changed';
       }
       const endpoint: InventoryEndpoint = currentPolicies() === undefined ? 'inventories' : 'inventory-updates';
       const until = Math.max(state.lastQueuedAt, state.lastSentAt ?? 0) + (changeResendMs[endpoint] ?? CHANGE_RESEND_MS[endpoint]);

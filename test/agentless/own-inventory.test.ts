@@ -243,8 +243,9 @@ t.test('the same failure at every retry is logged once at error level, the repea
   await waitUntil('the outcome is recorded', () => job.lastOutcome()?.ok === true);
 });
 
-t.test('a changed identity fact (a new certificate) makes a new inventory once the resend delay allows', async (tt) => {
-  const { dir, upstream, job } = await setup(tt, { changeResendMs: { inventories: 0 } });
+t.test('a new certificate makes a new inventory at once, within the resend delay (the root checks signatures with the last one it got)', async (tt) => {
+  const { log, lines } = capture();
+  const { dir, upstream, job } = await setup(tt, { log });
   await upstream.waitFor(2, 20_000);
   await waitUntil('the first inventory is sent', () => job.lastOutcome()?.ok === true);
   // a new certificate for the same key and id, as an administrator renewing it would make
@@ -258,6 +259,8 @@ t.test('a changed identity fact (a new certificate) makes a new inventory once t
   const result = await rootCheck(latest);
   tt.same(result.problems, []);
   tt.equal(textAt(result.document!, ['REQUEST', 'CONTENT', 'RUDDER', 'AGENT', 'AGENT_CERT']), renewed.trim(), 'the new inventory carries the new certificate');
+  tt.ok(lines.some((l) => l.event === 'own_inventory_checked' && l.due === 'certificate changed'), 'made because the certificate changed');
+  tt.notOk(lines.some((l) => l.event === 'own_inventory_change_deferred'), 'not deferred');
 });
 
 t.test('first start while the upstream is down: the outcome says why, and the inventory goes once it is back', async (tt) => {
