@@ -13,6 +13,8 @@ interface ClientError extends Error {
 }
 
 function relayErrorOf(error: ClientError): RelayError {
+  // already ours (a stalled body, front-door.ts)
+  if (error instanceof RelayError) return error;
   const detail = `${error.reason ?? error.message}${error.code === undefined ? '' : ` (${error.code})`}`;
   if (error.code === 'HPE_HEADER_OVERFLOW') return new RelayError('RELAY_ERR_HEADERS_TOO_LARGE', `request headers are larger than the server accepts: ${detail}`);
   if (error.code === 'ERR_HTTP_REQUEST_TIMEOUT') return new RelayError('RELAY_ERR_REQUEST_TIMEOUT', 'the request did not arrive in time');

@@ -26,6 +26,8 @@ export interface UploadPathDeps extends AccessDeps {
   readonly nodes: NodesRegistry;
   readonly spool: Spool;
   readonly maxUploadSize: number;
+  /** https.body_timeout: no byte of the body for this long refuses the upload (0: none) */
+  readonly bodyTimeoutMs: number;
   readonly isSpoolFull: (queue: SpoolQueue) => boolean;
   readonly admit: ((queue: SpoolQueue, bytes: number) => Promise<{ readonly admitted: boolean; release(name?: string): void }>) | undefined;
   /** the front door is stopping: answer 503 and close (fastify's return503OnClosing, same body) */
@@ -128,7 +130,7 @@ export function createUploadPath(deps: UploadPathDeps): (queue: SpoolQueue, requ
     if (String(request.headers.expect).toLowerCase() === '100-continue') response.writeContinue();
     let stored = false;
     try {
-      const result = await deps.spool.receive(queue, name, request, deps.maxUploadSize);
+      const result = await deps.spool.receive(queue, name, request, deps.maxUploadSize, deps.bodyTimeoutMs);
       stored = true;
       metrics.uploads.inc({ endpoint: queue, status: result.created ? '201' : '204' });
       metrics.uploadBytes.inc({ endpoint: queue }, result.bytes);
