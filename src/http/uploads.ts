@@ -15,7 +15,8 @@ import type { NodesRegistry } from '../nodes/index.js';
 import type { Spool, SpoolQueue } from '../spool/index.js';
 import { pathOf, recordAccess, type AccessDeps } from './access.js';
 import { authenticateUpload, mayUploadReportOf, type UploadAuthOptions } from './client-auth.js';
-import { decodeUploadName, reportNodeId } from './upload-name.js';
+import { parseRunInfo } from '../reports/index.js';
+import { decodeUploadName } from './upload-name.js';
 
 export const UPLOAD_QUEUES: readonly SpoolQueue[] = ['reports', 'inventories', 'inventory-updates'];
 
@@ -107,7 +108,9 @@ export function createUploadPath(deps: UploadPathDeps): (queue: SpoolQueue, requ
       if (identity.nodeId !== undefined) state.node = identity.nodeId;
       const path = pathOf(request.url ?? '');
       name = decodeUploadName(path.slice(queue.length + 2));
-      const reportNode = queue === 'reports' ? reportNodeId(name) : undefined;
+      // the node id the reports pipeline will read from this name (every form it accepts), not a stricter reading
+      // of our own: a name this check did not understand but the pipeline did would go through unchecked
+      const reportNode = queue === 'reports' ? parseRunInfo(name)?.nodeId : undefined;
       if (identity.nodeId !== undefined && reportNode !== undefined && !mayUploadReportOf(identity.nodeId, reportNode, deps.nodes)) {
         throw new RelayError('RELAY_ERR_AUTH_CERTIFICATE', `node ${identity.nodeId} may not upload reports of node ${reportNode}`);
       }
