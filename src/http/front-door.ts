@@ -17,7 +17,7 @@ import { parserRefusalHandler } from './parser-refusal.js';
 import type { FrontDoorMetrics } from '../metrics/index.js';
 import type { NodesRegistry } from '../nodes/index.js';
 import type { Spool, SpoolQueue } from '../spool/index.js';
-import type { UploadAuthOptions } from './client-auth.js';
+import { authenticateUpload, type UploadAuthOptions } from './client-auth.js';
 import { createNetworkAcl, type NetworkAcl } from '../config/index.js';
 import { downloadRoutes } from './downloads.js';
 import type { SharedFiles } from '../shared-files/index.js';
@@ -249,7 +249,21 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
     fastify.route({
       method: ['GET', 'HEAD'],
       url: '/uuid',
-      handler: async (_request, reply) => reply.type('text/plain; charset=utf-8').send(`${options.nodeId}\n`),
+      // open to all (Apache's `Require all granted`), but in cert_validation to verified clients only, as Rudder's
+      // rudder-apache-relay-ssl.conf.j2 adds `Require expr "%{SSL_CLIENT_VERIFY} == 'SUCCESS'"` for uuid.hive.
+      // Verified as for a new node's inventory: a known node's pinned certificate, or a new node's issued by the
+      // configured CA (an agent asks /uuid before its first inventory, so before it is known).
+      handler: async (request, reply) => {
+        if (options.auth.mode === 'certificate') {
+          try {
+            request.relayNode = authenticateUpload('inventories', undefined, peerCertificateDer(request), deps.nodes, auth).nodeId;
+          } catch (error) {
+            if (error instanceof RelayError) return fail(request, reply, error);
+            throw error;
+          }
+        }
+        return reply.type('text/plain; charset=utf-8').send(`${options.nodeId}\n`);
+      },
     });
 
     // The WebDAV endpoints' other methods (PUT is answered ahead of fastify, uploads.ts): a plugin of its
