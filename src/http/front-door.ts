@@ -146,20 +146,23 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
    * same coded 408 and access line as Node's request timer gives, and the connection closed, which ends the
    * body read. Uploads have their own timer in the spool's receiver, which leaves their access line to them.
    */
-  function watchBody(request: IncomingMessage): void {
+  function watchBody(request: IncomingMessage, response: ServerResponse): void {
     if (options.bodyTimeoutMs <= 0) return;
     const length = request.headers['content-length'];
     if ((length === undefined || length === '0') && request.headers['transfer-encoding'] === undefined) return;
     const socket = request.socket;
+    // (the socket's timer: any byte in or out pushes it back; while a body is read nothing goes out)
     request.setTimeout(options.bodyTimeoutMs, () => {
       if (request.complete) return;
-      refuseUnparsed(new RelayError('RELAY_ERR_REQUEST_TIMEOUT', `no byte of the request body for ${options.bodyTimeoutMs / 1000} s (https.body_timeout)`), socket);
+      // answered before its body came (a 403, a 413): that answer and its line stand, only the connection goes
+      if (response.headersSent) socket.destroy();
+      else refuseUnparsed(new RelayError('RELAY_ERR_REQUEST_TIMEOUT', `no byte of the request body for ${options.bodyTimeoutMs / 1000} s (https.body_timeout)`), socket);
     });
-    // the body is in: the socket's timer is Node's again (keep-alive)
-    const done = (): void => {
-      if (!socket.destroyed) socket.setTimeout(0);
-    };
-    request.once('end', done);
+    // the body is in: no timer while the answer is prepared (remote-run may be silent for minutes); once the
+    // answer is out, the timer is Node's keep-alive one, left alone
+    request.once('end', () => {
+      if (!socket.destroyed && !response.writableFinished) socket.setTimeout(0);
+    });
   }
 
   function build() {
@@ -195,7 +198,7 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
           (request, response) => {
             const queue = uploadQueueOf(request.method, request.url);
             if (queue === undefined) {
-              watchBody(request);
+              watchBody(request, response);
               handler(request, response);
             } else uploadPath(queue, request, response);
           },
