@@ -139,7 +139,11 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
   }
 
   // refused by Node's HTTP parser or its request timer, and bodies that stall on fastify's routes: one coded answer
-  const refuseUnparsed = parserRefusalHandler(log, (status) => deps.metrics.requests.inc({ route: 'unparsed', status: String(status) }));
+  const refuseUnparsed = parserRefusalHandler(
+    log,
+    (status) => deps.metrics.requests.inc({ route: 'unparsed', status: String(status) }),
+    (response, refusal) => uploadPath.adoptRefusal(response, refusal),
+  );
 
   /**
    * A body that stalls on a route of fastify's (shared-files PUT buffers up to its max_body_size in memory): the

@@ -58,12 +58,24 @@ interface UploadState {
   node: string | undefined;
   error: RelayError | undefined;
   upload: { bytes: number; sha256: string; created: boolean } | undefined;
+  /** the refusal Node's HTTP layer answered on the socket meanwhile (request_timeout): the line's reason */
+  adopted?: RelayError;
+}
+
+export interface UploadPath {
+  (queue: SpoolQueue, request: IncomingMessage, response: ServerResponse): void;
+  /**
+   * Node's request timer fired on an upload under way (parser-refusal.ts answers it on the socket): the upload's
+   * own access line tells it, with that code, instead of a second line beside it. False: no upload in flight there.
+   */
+  adoptRefusal(response: ServerResponse, refusal: RelayError): boolean;
 }
 
 const TEXT = 'text/plain; charset=utf-8';
 
-export function createUploadPath(deps: UploadPathDeps): (queue: SpoolQueue, request: IncomingMessage, response: ServerResponse) => void {
+export function createUploadPath(deps: UploadPathDeps): UploadPath {
   const { metrics, log } = deps;
+  const inFlight = new WeakMap<ServerResponse, UploadState>();
 
   function answer(response: ServerResponse, status: number, headers: Record<string, string>, body?: string): void {
     if (response.headersSent || response.destroyed) {
@@ -143,7 +155,8 @@ export function createUploadPath(deps: UploadPathDeps): (queue: SpoolQueue, requ
     } catch (error) {
       if (error instanceof RelayError) {
         if (error.status >= 500) log.error({ err: error, queue, file: name }, 'upload not stored');
-        refuse(queue, response, state, error, true);
+        // (the body broke off because the request timer's answer closed the connection: that is the reason)
+        refuse(queue, response, state, state.adopted ?? error, true);
         return;
       }
       throw error;
@@ -152,11 +165,12 @@ export function createUploadPath(deps: UploadPathDeps): (queue: SpoolQueue, requ
     }
   }
 
-  return (queue, request, response) => {
+  const handle = (queue: SpoolQueue, request: IncomingMessage, response: ServerResponse): void => {
     const started = performance.now();
     // read now: the socket is detached from the request once an answer with Connection: close is sent
     const ip = request.socket.remoteAddress;
     const state: UploadState = { node: undefined, error: undefined, upload: undefined };
+    inFlight.set(response, state);
     // once the handler is done and the answer is sent, or the connection closed first (a client that went away
     // mid-body): the line then has the status and reason of the answer the handler tried to give
     let handled = false;
@@ -207,4 +221,13 @@ export function createUploadPath(deps: UploadPathDeps): (queue: SpoolQueue, requ
       })
       .catch((error: unknown) => log.error({ err: error }, 'upload not answered'));
   };
+
+  return Object.assign(handle, {
+    adoptRefusal(response: ServerResponse, refusal: RelayError): boolean {
+      const state = inFlight.get(response);
+      if (state === undefined || state.upload !== undefined || state.error !== undefined) return false;
+      state.adopted = refusal;
+      return true;
+    },
+  });
 }

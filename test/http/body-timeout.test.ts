@@ -87,7 +87,8 @@ t.test('a stalled body on a fastify route (shared-files PUT) is refused within b
   t.ok(at - started < 4_000, `answered and closed after ${at - started} ms`);
   t.match(data, /^HTTP\/1\.1 408 /, 'answered 408');
   t.match(data.slice(data.indexOf('\r\n\r\n') + 4), /^RELAY_ERR_REQUEST_TIMEOUT: /, 'the body has the code');
-  await relay.waitForLog((l) => relay.logs.indexOf(l) >= seen && l['event'] === 'access' && l['error'] === 'RELAY_ERR_REQUEST_TIMEOUT' && l['status'] === 408, 5_000);
+  const line = await relay.waitForLog((l) => relay.logs.indexOf(l) >= seen && l['event'] === 'access' && l['error'] === 'RELAY_ERR_REQUEST_TIMEOUT' && l['status'] === 408, 5_000);
+  t.match(line, { method: 'PUT', path: /^\/rudder\/relay-api\/shared-files\// }, 'with the request line');
 });
 
 t.test('a body that drips stays within request_timeout', async (t) => {
@@ -107,6 +108,13 @@ t.test('a body that drips stays within request_timeout', async (t) => {
   clearInterval(drip);
   t.ok(at - started < 5_000, `cut off after ${at - started} ms (request_timeout 2 s)`);
   t.match(data, /^HTTP\/1\.1 408 /, 'answered 408');
-  await relay.waitForLog((l) => relay.logs.indexOf(l) >= seen && l['event'] === 'access' && l['error'] === 'RELAY_ERR_REQUEST_TIMEOUT', 5_000);
+  const line = await relay.waitForLog((l) => relay.logs.indexOf(l) >= seen && l['event'] === 'access' && l['error'] === 'RELAY_ERR_REQUEST_TIMEOUT', 5_000);
+  t.equal(line['path'], `/reports/${encodeURIComponent(name)}`, "the upload's own access line has the code");
   t.notOk(existsSync(join(relay.reportsIncoming, name)), 'nothing stored');
+  // one line for one request: a request after it is logged, so any line of the timed-out one is in by now
+  const probe = stalledRequest(relay.httpsPort, 'GET /uuid HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n', Buffer.alloc(0));
+  t.match((await probe.closed).data, /^HTTP\/1\.1 200 /);
+  await relay.waitForLog((l) => relay.logs.indexOf(l) >= seen && l['event'] === 'access' && l['path'] === '/uuid', 5_000);
+  const lines = relay.logs.slice(seen).filter((l) => l['event'] === 'access' && l['status'] !== 200);
+  t.equal(lines.length, 1, `one access line: ${JSON.stringify(lines.map((l) => [l['status'], l['error']]))}`);
 });
