@@ -142,7 +142,7 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
   const refuseUnparsed = parserRefusalHandler(
     log,
     (status) => deps.metrics.requests.inc({ route: 'unparsed', status: String(status) }),
-    (response, refusal) => uploadPath.adoptRefusal(response, refusal),
+    (response, refusal, clientGone) => uploadPath.adoptRefusal(response, refusal, clientGone),
   );
 
   /**

@@ -30,7 +30,7 @@ function relayErrorOf(error: ClientError): RelayError {
 export function parserRefusalHandler(
   log: Logger,
   count: (status: number) => void,
-  adopt?: (response: ServerResponse, refusal: RelayError) => boolean,
+  adopt?: (response: ServerResponse, refusal: RelayError, clientGone: boolean) => boolean,
 ): (error: ClientError, socket: Socket) => void {
   return (error, socket) => {
     // the client went away: nothing was refused, nothing to answer
@@ -40,7 +40,7 @@ export function parserRefusalHandler(
     }
     const refusal = relayErrorOf(error);
     const inFlight = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage;
-    if (inFlight === undefined || inFlight === null || adopt?.(inFlight, refusal) !== true) {
+    if (inFlight === undefined || inFlight === null || adopt?.(inFlight, refusal, error.code === 'HPE_INVALID_EOF_STATE') !== true) {
       count(refusal.status);
       log.warn(
         // the request line when the parser had it (a body broken or stalled after it)

@@ -65,10 +65,11 @@ interface UploadState {
 export interface UploadPath {
   (queue: SpoolQueue, request: IncomingMessage, response: ServerResponse): void;
   /**
-   * Node's request timer fired on an upload under way (parser-refusal.ts answers it on the socket): the upload's
-   * own access line tells it, with that code, instead of a second line beside it. False: no upload in flight there.
+   * Node's HTTP layer refused an upload under way (its request timer, a bad chunk, the client gone mid-body;
+   * parser-refusal.ts answers it on the socket): the upload's own access line tells it, instead of a second line
+   * beside it. False: no upload in flight there.
    */
-  adoptRefusal(response: ServerResponse, refusal: RelayError): boolean;
+  adoptRefusal(response: ServerResponse, refusal: RelayError, clientGone: boolean): boolean;
 }
 
 const TEXT = 'text/plain; charset=utf-8';
@@ -223,10 +224,11 @@ export function createUploadPath(deps: UploadPathDeps): UploadPath {
   };
 
   return Object.assign(handle, {
-    adoptRefusal(response: ServerResponse, refusal: RelayError): boolean {
+    adoptRefusal(response: ServerResponse, refusal: RelayError, clientGone: boolean): boolean {
       const state = inFlight.get(response);
       if (state === undefined || state.upload !== undefined || state.error !== undefined) return false;
-      state.adopted = refusal;
+      // a client gone mid-body: the upload's own reason (RELAY_ERR_UPLOAD_INCOMPLETE, bytes received) says it better
+      if (!clientGone) state.adopted = refusal;
       return true;
     },
   });
