@@ -27,6 +27,7 @@ export type ErrorCode =
   | 'RELAY_ERR_SPOOL_FULL'
   | 'RELAY_ERR_STATE_FORMAT'
   | 'RELAY_ERR_NOT_FOUND'
+  | 'RELAY_ERR_FILE_FORBIDDEN'
   | 'RELAY_ERR_BAD_REQUEST'
   | 'RELAY_ERR_INTERNAL'
   | 'RELAY_ERR_OWN_INVENTORY'
@@ -109,6 +110,8 @@ const catalogue: Record<ErrorCode, CatalogueEntry> = {
   RELAY_ERR_SPOOL_FULL: { status: 507, transient: true },
   RELAY_ERR_STATE_FORMAT: { status: 500, transient: false },
   RELAY_ERR_NOT_FOUND: { status: 404, transient: false },
+  // a served file (src/policies) that resolves outside its directory, or that the relay may not read
+  RELAY_ERR_FILE_FORBIDDEN: { status: 403, transient: false },
   RELAY_ERR_BAD_REQUEST: { status: 400, transient: false },
   // the relay's own run log (src/agentless): a probe or the run itself failed; retried at the next run
   RELAY_ERR_OWN_RUNLOG: { status: 500, transient: true },

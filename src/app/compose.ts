@@ -258,6 +258,8 @@ export async function frontDoorOf(
       auth: await uploadAuth(config),
       proxy: config.https.proxy,
       shutdownTimeoutMs: config.https.shutdownTimeoutMs,
+      bodyTimeoutMs: config.https.bodyTimeoutMs,
+      requestTimeoutMs: config.https.requestTimeoutMs,
       policiesDirectory: config.policies.directory,
       sharedFolderPath: config.sharedFolder.path,
       policyServerNetworks: config.https.policyServerNetworks,

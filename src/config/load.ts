@@ -406,6 +406,8 @@ function buildConfig(main: Reader, logging: Reader | undefined): Config {
       maxUploadSize: r.size('https.max_upload_size', 50 * 1024 * 1024),
       workers: r.integer('https.workers', 0, 0, 256),
       shutdownTimeoutMs: r.duration('https.shutdown_timeout', 10_000),
+      bodyTimeoutMs: r.duration('https.body_timeout', 60_000),
+      requestTimeoutMs: r.duration('https.request_timeout', 600_000),
       proxy: readProxyRoutes(r),
     },
     identity: {

@@ -111,6 +111,10 @@ export interface Config {
     /** front-door processes, the primary included (N - 1 workers are forked); 0 = as many as CPU cores */
     readonly workers: number;
     readonly shutdownTimeoutMs: number;
+    /** a request body that sends no byte for this long is refused (Apache's Timeout); 0 = none */
+    readonly bodyTimeoutMs: number;
+    /** the whole request (headers and body) must have arrived within this; 0 = none */
+    readonly requestTimeoutMs: number;
     readonly proxy: readonly ProxyRoute[];
   };
   readonly identity: {

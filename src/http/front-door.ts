@@ -17,7 +17,7 @@ import { parserRefusalHandler } from './parser-refusal.js';
 import type { FrontDoorMetrics } from '../metrics/index.js';
 import type { NodesRegistry } from '../nodes/index.js';
 import type { Spool, SpoolQueue } from '../spool/index.js';
-import type { UploadAuthOptions } from './client-auth.js';
+import { authenticateUpload, type UploadAuthOptions } from './client-auth.js';
 import { createNetworkAcl, type NetworkAcl } from '../config/index.js';
 import { downloadRoutes } from './downloads.js';
 import type { SharedFiles } from '../shared-files/index.js';
@@ -36,6 +36,10 @@ export interface FrontDoorOptions {
   readonly auth: UploadAuthOptions;
   readonly proxy: readonly ProxyRoute[];
   readonly shutdownTimeoutMs: number;
+  /** https.body_timeout: a request body that sends no byte for this long is refused, 408 (0: none) */
+  readonly bodyTimeoutMs: number;
+  /** https.request_timeout: the whole request, headers and body, must arrive within this (0: none) */
+  readonly requestTimeoutMs: number;
   readonly policiesDirectory: string;
   readonly sharedFolderPath: string;
   /** may call remote-run (Apache's rudder-networks-policy-server-24.conf) and see the status page */
@@ -121,6 +125,7 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
     nodes: deps.nodes,
     spool: deps.spool,
     maxUploadSize: options.maxUploadSize,
+    bodyTimeoutMs: options.bodyTimeoutMs,
     isSpoolFull: deps.isSpoolFull,
     admit: deps.admit,
     closing: () => closing,
@@ -131,6 +136,37 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
     request.relayError = error;
     if (error.status === 401) reply.header('www-authenticate', 'Basic realm="WebDAV Storage"');
     return reply.code(error.status).type('text/plain; charset=utf-8').send(`${error.code}: ${error.message}\n`);
+  }
+
+  // refused by Node's HTTP parser or its request timer, and bodies that stall on fastify's routes: one coded answer
+  const refuseUnparsed = parserRefusalHandler(
+    log,
+    (status) => deps.metrics.requests.inc({ route: 'unparsed', status: String(status) }),
+    (response, refusal, clientGone) => uploadPath.adoptRefusal(response, refusal, clientGone),
+  );
+
+  /**
+   * A body that stalls on a route of fastify's (shared-files PUT buffers up to its max_body_size in memory): the
+   * same coded 408 and access line as Node's request timer gives, and the connection closed, which ends the
+   * body read. Uploads have their own timer in the spool's receiver, which leaves their access line to them.
+   */
+  function watchBody(request: IncomingMessage, response: ServerResponse): void {
+    if (options.bodyTimeoutMs <= 0) return;
+    const length = request.headers['content-length'];
+    if ((length === undefined || length === '0') && request.headers['transfer-encoding'] === undefined) return;
+    const socket = request.socket;
+    // (the socket's timer: any byte in or out pushes it back; while a body is read nothing goes out)
+    request.setTimeout(options.bodyTimeoutMs, () => {
+      if (request.complete) return;
+      // answered before its body came (a 403, a 413): that answer and its line stand, only the connection goes
+      if (response.headersSent) socket.destroy();
+      else refuseUnparsed(new RelayError('RELAY_ERR_REQUEST_TIMEOUT', `no byte of the request body for ${options.bodyTimeoutMs / 1000} s (https.body_timeout)`), socket);
+    });
+    // the body is in: no timer while the answer is prepared (remote-run may be silent for minutes); once the
+    // answer is out, the timer is Node's keep-alive one, left alone
+    request.once('end', () => {
+      if (!socket.destroyed && !response.writableFinished) socket.setTimeout(0);
+    });
   }
 
   function build() {
@@ -156,16 +192,23 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
             // stateful instead (a session id, never stored: SSL_SESS_CACHE_NO_INTERNAL and no 'newSession'
             // listener): a client offering one gets a full handshake, as any client whose ticket expired.
             secureOptions: constants.SSL_OP_NO_TICKET,
+            // Node's own timer on the whole request (answered 408 RELAY_ERR_REQUEST_TIMEOUT by parser-refusal.ts);
+            // the headers' share of it stays Node's 60 s, never more than the whole
+            requestTimeout: options.requestTimeoutMs,
+            headersTimeout: options.requestTimeoutMs > 0 ? Math.min(60_000, options.requestTimeoutMs) : 60_000,
+            // how often Node checks those two timers: their precision (30 s by default)
+            connectionsCheckingInterval: options.requestTimeoutMs > 0 ? Math.min(30_000, Math.max(100, Math.floor(options.requestTimeoutMs / 10))) : 30_000,
           },
           (request, response) => {
             const queue = uploadQueueOf(request.method, request.url);
-            if (queue === undefined) handler(request, response);
-            else uploadPath(queue, request, response);
+            if (queue === undefined) {
+              watchBody(request, response);
+              handler(request, response);
+            } else uploadPath(queue, request, response);
           },
         );
         // what fastify sets on a server it makes itself
         server.keepAliveTimeout = 5_000;
-        server.requestTimeout = 0;
         return server;
       },
       // an upload's body is never buffered; keep the ones we do parse small
@@ -173,7 +216,7 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
       return503OnClosing: true,
       // undecodable URLs and the like: our error format, not fastify's JSON
       // refused by Node's HTTP parser, before any route: the same coded answer and access line
-      clientErrorHandler: parserRefusalHandler(log, (status) => deps.metrics.requests.inc({ route: 'unparsed', status: String(status) })),
+      clientErrorHandler: refuseUnparsed,
       frameworkErrors: (error: Error, request: FastifyRequest, reply: FastifyReply) => {
         const relayError = new RelayError('RELAY_ERR_BAD_REQUEST', `bad request: ${error.message}`);
         request.relayError = relayError;
@@ -213,7 +256,21 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
     fastify.route({
       method: ['GET', 'HEAD'],
       url: '/uuid',
-      handler: async (_request, reply) => reply.type('text/plain; charset=utf-8').send(`${options.nodeId}\n`),
+      // open to all (Apache's `Require all granted`), but in cert_validation to verified clients only, as Rudder's
+      // rudder-apache-relay-ssl.conf.j2 adds `Require expr "%{SSL_CLIENT_VERIFY} == 'SUCCESS'"` for uuid.hive.
+      // Verified as for a new node's inventory: a known node's pinned certificate, or a new node's issued by the
+      // configured CA (an agent asks /uuid before its first inventory, so before it is known).
+      handler: async (request, reply) => {
+        if (options.auth.mode === 'certificate') {
+          try {
+            request.relayNode = authenticateUpload('inventories', undefined, peerCertificateDer(request), deps.nodes, auth).nodeId;
+          } catch (error) {
+            if (error instanceof RelayError) return fail(request, reply, error);
+            throw error;
+          }
+        }
+        return reply.type('text/plain; charset=utf-8').send(`${options.nodeId}\n`);
+      },
     });
 
     // The WebDAV endpoints' other methods (PUT is answered ahead of fastify, uploads.ts): a plugin of its

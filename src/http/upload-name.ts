@@ -28,9 +28,3 @@ export function decodeUploadName(encoded: string): string {
   }
   return name;
 }
-
-/** Node id of a run log name `<timestamp>@<node id>.log[.gz|.zip]` (spec-relayd.md §7.3), if it has one. */
-export function reportNodeId(name: string): string | undefined {
-  const match = /@([A-Za-z0-9-]+)\.log(?:\.gz|\.zip)?$/.exec(name);
-  return match?.[1];
-}

@@ -15,7 +15,8 @@ import type { NodesRegistry } from '../nodes/index.js';
 import type { Spool, SpoolQueue } from '../spool/index.js';
 import { pathOf, recordAccess, type AccessDeps } from './access.js';
 import { authenticateUpload, mayUploadReportOf, type UploadAuthOptions } from './client-auth.js';
-import { decodeUploadName, reportNodeId } from './upload-name.js';
+import { parseRunInfo } from '../reports/index.js';
+import { decodeUploadName } from './upload-name.js';
 
 export const UPLOAD_QUEUES: readonly SpoolQueue[] = ['reports', 'inventories', 'inventory-updates'];
 
@@ -26,6 +27,8 @@ export interface UploadPathDeps extends AccessDeps {
   readonly nodes: NodesRegistry;
   readonly spool: Spool;
   readonly maxUploadSize: number;
+  /** https.body_timeout: no byte of the body for this long refuses the upload (0: none) */
+  readonly bodyTimeoutMs: number;
   readonly isSpoolFull: (queue: SpoolQueue) => boolean;
   readonly admit: ((queue: SpoolQueue, bytes: number) => Promise<{ readonly admitted: boolean; release(name?: string): void }>) | undefined;
   /** the front door is stopping: answer 503 and close (fastify's return503OnClosing, same body) */
@@ -55,12 +58,25 @@ interface UploadState {
   node: string | undefined;
   error: RelayError | undefined;
   upload: { bytes: number; sha256: string; created: boolean } | undefined;
+  /** the refusal Node's HTTP layer answered on the socket meanwhile (request_timeout): the line's reason */
+  adopted?: RelayError;
+}
+
+export interface UploadPath {
+  (queue: SpoolQueue, request: IncomingMessage, response: ServerResponse): void;
+  /**
+   * Node's HTTP layer refused an upload under way (its request timer, a bad chunk, the client gone mid-body;
+   * parser-refusal.ts answers it on the socket): the upload's own access line tells it, instead of a second line
+   * beside it. False: no upload in flight there.
+   */
+  adoptRefusal(response: ServerResponse, refusal: RelayError, clientGone: boolean): boolean;
 }
 
 const TEXT = 'text/plain; charset=utf-8';
 
-export function createUploadPath(deps: UploadPathDeps): (queue: SpoolQueue, request: IncomingMessage, response: ServerResponse) => void {
+export function createUploadPath(deps: UploadPathDeps): UploadPath {
   const { metrics, log } = deps;
+  const inFlight = new WeakMap<ServerResponse, UploadState>();
 
   function answer(response: ServerResponse, status: number, headers: Record<string, string>, body?: string): void {
     if (response.headersSent || response.destroyed) {
@@ -105,7 +121,9 @@ export function createUploadPath(deps: UploadPathDeps): (queue: SpoolQueue, requ
       if (identity.nodeId !== undefined) state.node = identity.nodeId;
       const path = pathOf(request.url ?? '');
       name = decodeUploadName(path.slice(queue.length + 2));
-      const reportNode = queue === 'reports' ? reportNodeId(name) : undefined;
+      // the node id the reports pipeline will read from this name (every form it accepts), not a stricter reading
+      // of our own: a name this check did not understand but the pipeline did would go through unchecked
+      const reportNode = queue === 'reports' ? parseRunInfo(name)?.nodeId : undefined;
       if (identity.nodeId !== undefined && reportNode !== undefined && !mayUploadReportOf(identity.nodeId, reportNode, deps.nodes)) {
         throw new RelayError('RELAY_ERR_AUTH_CERTIFICATE', `node ${identity.nodeId} may not upload reports of node ${reportNode}`);
       }
@@ -128,7 +146,7 @@ export function createUploadPath(deps: UploadPathDeps): (queue: SpoolQueue, requ
     if (String(request.headers.expect).toLowerCase() === '100-continue') response.writeContinue();
     let stored = false;
     try {
-      const result = await deps.spool.receive(queue, name, request, deps.maxUploadSize);
+      const result = await deps.spool.receive(queue, name, request, deps.maxUploadSize, deps.bodyTimeoutMs);
       stored = true;
       metrics.uploads.inc({ endpoint: queue, status: result.created ? '201' : '204' });
       metrics.uploadBytes.inc({ endpoint: queue }, result.bytes);
@@ -138,7 +156,8 @@ export function createUploadPath(deps: UploadPathDeps): (queue: SpoolQueue, requ
     } catch (error) {
       if (error instanceof RelayError) {
         if (error.status >= 500) log.error({ err: error, queue, file: name }, 'upload not stored');
-        refuse(queue, response, state, error, true);
+        // (the body broke off because the request timer's answer closed the connection: that is the reason)
+        refuse(queue, response, state, state.adopted ?? error, true);
         return;
       }
       throw error;
@@ -147,11 +166,12 @@ export function createUploadPath(deps: UploadPathDeps): (queue: SpoolQueue, requ
     }
   }
 
-  return (queue, request, response) => {
+  const handle = (queue: SpoolQueue, request: IncomingMessage, response: ServerResponse): void => {
     const started = performance.now();
     // read now: the socket is detached from the request once an answer with Connection: close is sent
     const ip = request.socket.remoteAddress;
     const state: UploadState = { node: undefined, error: undefined, upload: undefined };
+    inFlight.set(response, state);
     // once the handler is done and the answer is sent, or the connection closed first (a client that went away
     // mid-body): the line then has the status and reason of the answer the handler tried to give
     let handled = false;
@@ -202,4 +222,14 @@ export function createUploadPath(deps: UploadPathDeps): (queue: SpoolQueue, requ
       })
       .catch((error: unknown) => log.error({ err: error }, 'upload not answered'));
   };
+
+  return Object.assign(handle, {
+    adoptRefusal(response: ServerResponse, refusal: RelayError, clientGone: boolean): boolean {
+      const state = inFlight.get(response);
+      if (state === undefined || state.upload !== undefined || state.error !== undefined) return false;
+      // a client gone mid-body: the upload's own reason (RELAY_ERR_UPLOAD_INCOMPLETE, bytes received) says it better
+      if (!clientGone) state.adopted = refusal;
+      return true;
+    },
+  });
 }

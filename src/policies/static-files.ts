@@ -132,8 +132,29 @@ const REFUSAL_BODY: Record<number, string> = {
   500: 'INTERNAL SERVER ERROR',
 };
 
-function refuse(reply: FastifyReply, status: number, options: ServeOptions | undefined): ServeOutcome {
-  const sent = options?.refusalsAsNotFound === true ? 404 : status;
+/** the code and message of a refusal, for the access line (the body stays Apache's bare text) */
+function refusalError(refusal: Extract<OpenedFile, { kind: 'refused' }>): RelayError {
+  switch (refusal.cause) {
+    case 'path':
+      return new RelayError('RELAY_ERR_BAD_REQUEST', refusal.reason);
+    case 'outside':
+      return new RelayError('RELAY_ERR_FILE_FORBIDDEN', refusal.reason);
+    case 'permission':
+      return new RelayError('RELAY_ERR_FILE_FORBIDDEN', `the file is not readable by the relay (${refusal.reason})`);
+    case 'absent':
+      return new RelayError('RELAY_ERR_NOT_FOUND', `no such file (${refusal.reason})`);
+    case 'not-a-file':
+      return new RelayError('RELAY_ERR_NOT_FOUND', `not a regular file (${refusal.reason})`);
+    case 'error':
+      return new RelayError('RELAY_ERR_INTERNAL', `the file cannot be read (${refusal.reason})`);
+  }
+}
+
+function refuse(request: FastifyRequest, reply: FastifyReply, refusal: Extract<OpenedFile, { kind: 'refused' }>, options: ServeOptions | undefined): ServeOutcome {
+  // read by the front door's access line (FastifyRequest.relayError, declared in src/http): the code and the
+  // real cause (an errno behind a 500, or behind the 404 that refusalsAsNotFound answers) are logged there
+  request.relayError = refusalError(refusal);
+  const sent = options?.refusalsAsNotFound === true ? 404 : refusal.status;
   const body = REFUSAL_BODY[sent] ?? '';
   reply.code(sent).header('content-type', 'text/plain; charset=utf-8').send(body);
   return { status: sent, bytes: 0 };
@@ -346,7 +367,7 @@ export function createStaticFiles(): StaticFiles {
   return {
     async serve(root, encodedPath, request, reply, options) {
       const opened = await openBelow(root, encodedPath);
-      if (opened.kind === 'refused') return refuse(reply, opened.status, options);
+      if (opened.kind === 'refused') return refuse(request, reply, opened, options);
       return sendFile(opened, request, reply);
     },
   };

@@ -37,7 +37,8 @@ export interface Spool {
   failedOf(queue: SpoolQueue): string;
   /** create every directory; removes temp files left by a crash when `cleanTmp` (primary only, before workers start) */
   prepare(options: { cleanTmp: boolean }): Promise<void>;
-  receive(queue: SpoolQueue, name: string, body: Readable, maxBytes: number): Promise<ReceiveResult>;
+  /** `idleTimeoutMs` (default none): a body that sends no byte for that long is refused, RELAY_ERR_REQUEST_TIMEOUT */
+  receive(queue: SpoolQueue, name: string, body: Readable, maxBytes: number, idleTimeoutMs?: number): Promise<ReceiveResult>;
   /** file counts and writability of every spool directory (status page, metrics) */
   inspect(): Promise<SpoolDirectoryStatus[]>;
 }
@@ -136,7 +137,7 @@ export function createSpool(options: SpoolOptions, log: Logger): Spool {
       for (const directory of directories) await mkdir(directory, { recursive: true, mode: 0o770 });
     },
 
-    receive: (queue, name, body, maxBytes) => receiveInto(tmpOf[queue], incoming[queue], name, body, maxBytes),
+    receive: (queue, name, body, maxBytes, idleTimeoutMs) => receiveInto(tmpOf[queue], incoming[queue], name, body, maxBytes, idleTimeoutMs),
 
     async inspect() {
       return Promise.all(

@@ -44,6 +44,7 @@ export async function receiveInto(
   name: string,
   body: Readable,
   maxBytes: number,
+  idleTimeoutMs = 0,
 ): Promise<ReceiveResult> {
   const tmpPath = join(tmpDirectory, `${name.slice(0, 64)}.${TMP_PREFIX}${(tmpCount += 1)}`);
   const finalPath = join(targetDirectory, name);
@@ -54,7 +55,7 @@ export async function receiveInto(
   let fd: number | undefined;
   let streamed = false;
   try {
-    const gathered = await readBody(body, maxBytes, hash, async (chunks) => {
+    const gathered = await readBody(body, maxBytes, idleTimeoutMs, hash, async (chunks) => {
       // a large body: to the file as it comes, memory stays bounded
       fd ??= openSync(tmpPath, 'wx', 0o640);
       streamed = true;
@@ -108,8 +109,17 @@ export async function receiveInto(
  * chunks left at the end are returned. After a refusal the rest of the body is read and dropped, as an async
  * iterator left by a throw did (it detached and destroyed the request, the parser went on): closing a socket
  * with unread data resets the connection, and the client would lose the answer (413) on its way.
+ * `idleTimeoutMs` (0: none): a client that sends no byte for that long fails the read with
+ * RELAY_ERR_REQUEST_TIMEOUT, the rest of the body left unread (the caller answers and closes), so that a stalled
+ * upload frees its disk-budget reservation and its memory instead of holding them as long as it stays connected.
  */
-function readBody(body: Readable, maxBytes: number, hash: Hash, spill: (chunks: Buffer[]) => Promise<void>): Promise<{ chunks: Buffer[]; bytes: number }> {
+function readBody(
+  body: Readable,
+  maxBytes: number,
+  idleTimeoutMs: number,
+  hash: Hash,
+  spill: (chunks: Buffer[]) => Promise<void>,
+): Promise<{ chunks: Buffer[]; bytes: number }> {
   return new Promise((resolve, reject) => {
     let chunks: Buffer[] = [];
     let gathered = 0;
@@ -118,9 +128,12 @@ function readBody(body: Readable, maxBytes: number, hash: Hash, spill: (chunks: 
     let settled = false;
     // a write of spilled chunks in flight: the caller closes the descriptor once this rejects, so never before it ends
     let spilling: Promise<void> | undefined;
+    // one timer per upload, pushed back with refresh() on each chunk (no timer made per chunk)
+    let idle: NodeJS.Timeout | undefined;
     const fail = (error: RelayError | Error, drain: boolean): void => {
       if (settled) return;
       settled = true;
+      if (idle !== undefined) clearTimeout(idle);
       // the 'data' listener drops what comes now; a body paused for a write flows again
       if (drain) body.resume();
       if (spilling === undefined) reject(error);
@@ -131,8 +144,19 @@ function readBody(body: Readable, maxBytes: number, hash: Hash, spill: (chunks: 
       reject(new RelayError('RELAY_ERR_UPLOAD_INCOMPLETE', 'upload interrupted after 0 bytes', { cause: body.errored ?? undefined }));
       return;
     }
+    if (idleTimeoutMs > 0) {
+      idle = setTimeout(function expire() {
+        // the stream is paused while a spilled part goes to disk: a slow disk is not a stalled client
+        if (spilling !== undefined) {
+          idle?.refresh();
+          return;
+        }
+        fail(new RelayError('RELAY_ERR_REQUEST_TIMEOUT', `no byte of the body for ${idleTimeoutMs / 1000} s, after ${bytes} bytes`), false);
+      }, idleTimeoutMs);
+    }
     body.on('data', (chunk: Buffer) => {
       if (settled) return;
+      idle?.refresh();
       bytes += chunk.length;
       if (bytes > maxBytes) {
         fail(new RelayError('RELAY_ERR_UPLOAD_TOO_LARGE', `body larger than the limit of ${maxBytes} bytes`), true);
@@ -163,6 +187,7 @@ function readBody(body: Readable, maxBytes: number, hash: Hash, spill: (chunks: 
     body.on('end', () => {
       if (settled) return;
       settled = true;
+      if (idle !== undefined) clearTimeout(idle);
       resolve({ chunks, bytes });
     });
     // (the error is built only when it is the outcome: every request closes once answered, and an Error's stack costs)

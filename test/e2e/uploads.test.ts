@@ -122,6 +122,22 @@ t.test('uploads through the HTTPS front door', async (t) => {
     await writeFile(strangerReport, report.body);
     const impersonation = await curlUpload({ url: `${relay.httpsUrl}/reports/`, file: strangerReport, user: 'rudder', password: DAV_PASSWORD, identity: agent });
     t.equal(impersonation.status, 403, "a node may not upload another node's report");
+    t.match(impersonation.stdout, /RELAY_ERR_AUTH_CERTIFICATE/);
+    // the other names the reports pipeline reads a node id from: v1 with anything after `.log`, and v2
+    for (const otherForm of [`2026-11-25T10:00:00+00:00@${STRANGER}.log.gz.x`, `${STRANGER}_2026-11-25T10:00:00+00:00.log.gz`]) {
+      const file = join(work, otherForm);
+      await writeFile(file, report.body);
+      const seen = relay.logs.length;
+      const refused = await curlUpload({ url: `${relay.httpsUrl}/reports/`, file, user: 'rudder', password: DAV_PASSWORD, identity: agent });
+      t.equal(refused.status, 403, `${otherForm}: refused as the other node's report`);
+      t.match(refused.stdout, /RELAY_ERR_AUTH_CERTIFICATE/);
+      // (stdout comes in batches: an earlier refusal's line may arrive after `seen`, hence the reason in the predicate)
+      const line = await relay.waitForLog(
+        (l) => relay.logs.indexOf(l) >= seen && l.event === 'access' && l['error'] === 'RELAY_ERR_AUTH_CERTIFICATE' && String(l['reason']).includes(`may not upload reports of node ${STRANGER}`),
+        5_000,
+      );
+      t.equal(line['node'], NODE, 'logged with the uploader and the node id the pipeline reads');
+    }
     const get = await curlUpload({ url: `${relay.httpsUrl}/reports/x.log`, file: otherName, user: 'rudder', password: DAV_PASSWORD, extraArgs: ['-X', 'GET'] });
     t.equal(get.status, 403, "methods other than PUT: 403 (Apache's <LimitExcept PUT> Require all denied)");
     t.match(get.stdout, /RELAY_ERR_UPLOAD_METHOD/);

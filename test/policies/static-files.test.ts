@@ -55,7 +55,13 @@ symlinkSync(outside, path.join(root, 'escape-dir'));
 symlinkSync(path.join(root, 'plain'), path.join(root, 'inside-link'));
 
 const outcomes: ServeOutcome[] = [];
+/** what the front door's access line would say of each answer (request.relayError, src/http/front-door.ts) */
+const answered: { url: string; status: number; code: string | undefined; reason: string | undefined }[] = [];
 const app = Fastify();
+app.addHook('onResponse', (request, reply, done) => {
+  answered.push({ url: request.url, status: reply.statusCode, code: request.relayError?.code, reason: request.relayError?.message });
+  done();
+});
 const staticFiles = createStaticFiles();
 app.route({
   method: ['GET', 'HEAD'],
@@ -191,6 +197,26 @@ t.test('symlinks: outside the root 403, inside served; directories and absent fi
   t.equal((await raw(port, 'GET', '/files/rules/dsc')).status, 404);
   t.equal((await raw(port, 'GET', '/files/absent')).status, 404);
   t.equal((await raw(port, 'GET', '/files/plain/below-a-file')).status, 404);
+});
+
+t.test('every refusal carries a code and its cause for the access line; the body stays bare', async (t) => {
+  const cases: { path: string; status: number; code: string; reason: RegExp; body: string }[] = [
+    { path: '/files/%2e%2e/outside/secret', status: 400, code: 'RELAY_ERR_BAD_REQUEST', reason: /path segment/, body: 'BAD REQUEST' },
+    { path: '/files/escape', status: 403, code: 'RELAY_ERR_FILE_FORBIDDEN', reason: /outside of the served directory/, body: 'FORBIDDEN' },
+    { path: '/files/absent', status: 404, code: 'RELAY_ERR_NOT_FOUND', reason: /no such file \(ENOENT\)/, body: 'NOT FOUND' },
+    { path: '/files/rules', status: 404, code: 'RELAY_ERR_NOT_FOUND', reason: /not a regular file \(directory\)/, body: 'NOT FOUND' },
+  ];
+  for (const c of cases) {
+    const res = await raw(port, 'GET', c.path);
+    t.equal(res.status, c.status, c.path);
+    t.equal(res.body.toString(), c.body, `${c.path}: Apache's bare body`);
+    const line = answered.findLast((a) => a.url === c.path);
+    t.equal(line?.code, c.code, `${c.path}: ${c.code}`);
+    t.match(line?.reason, c.reason, `${c.path}: the cause`);
+  }
+  const served = await raw(port, 'GET', '/files/plain');
+  t.equal(served.status, 200);
+  t.equal(answered.findLast((a) => a.url === '/files/plain')?.code, undefined, 'a file served has no code');
 });
 
 t.test('a file rewritten in place gets a new ETag', async (t) => {

@@ -4,7 +4,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Readable } from 'node:stream';
+import { PassThrough, Readable } from 'node:stream';
 import t from 'tap';
 import { directorySync, receiveInto } from '../../src/spool/receive.js';
 import { tempDir, type Teardownable } from '../support/tmp.js';
@@ -126,4 +126,34 @@ t.test('an empty body is stored as an empty file', async (t) => {
   t.equal(result.sha256, createHash('sha256').digest('hex'));
   t.equal((await readFile(join(incoming, 'empty.log'))).length, 0);
   t.same(await readdir(tmp), []);
+});
+
+t.test('a body that stalls past the idle timeout is refused and leaves nothing; a slow steady one is stored', async (t) => {
+  const { tmp, incoming } = await spool(t);
+  // past what is gathered in memory, so that a part already went to the temp file when it stalls
+  const stalled = new PassThrough();
+  stalled.write(randomBytes(300 * 1024));
+  const started = Date.now();
+  await t.rejects(receiveInto(tmp, incoming, 'stalled.log', stalled, 1024 * 1024, 300), { code: 'RELAY_ERR_REQUEST_TIMEOUT', status: 408 });
+  t.ok(Date.now() - started >= 300, 'not before the idle timeout');
+  t.same(await readdir(incoming), [], 'nothing stored');
+  t.same(await readdir(tmp), [], 'the partial temp file removed');
+  stalled.destroy();
+
+  // a chunk every 100 ms, 500 ms in all: never idle for 300 ms
+  const steady = new PassThrough();
+  const body = randomBytes(5000);
+  let sent = 0;
+  const timer = setInterval(() => {
+    steady.write(body.subarray(sent, sent + 1000));
+    sent += 1000;
+    if (sent >= body.length) {
+      clearInterval(timer);
+      steady.end();
+    }
+  }, 100);
+  t.teardown(() => clearInterval(timer));
+  const result = await receiveInto(tmp, incoming, 'steady.log', steady, 1024 * 1024, 300);
+  t.equal(result.bytes, body.length);
+  t.ok((await readFile(join(incoming, 'steady.log'))).equals(body), 'stored whole');
 });

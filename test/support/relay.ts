@@ -55,6 +55,8 @@ export interface RelayOptions {
   readonly maxSpoolSize?: number;
   /** extra lines in [output.upstream] (an `idle_timeout` here replaces the default 5s) */
   readonly upstreamToml?: string;
+  /** extra lines in [https] (body_timeout, request_timeout, ...) */
+  readonly httpsToml?: string;
   /** https.shutdown_timeout, default "5s" */
   readonly shutdownTimeout?: string;
   /** another fixture identity than 37817c4d… (e.g. e745a140… for a second relay) */
@@ -162,6 +164,7 @@ listen = "127.0.0.1:${ports.https}"
 ${networks === undefined ? '' : `allowed_networks = [${networks}]\n`}workers = ${options.workers ?? 2}
 max_upload_size = ${options.maxUploadSize ?? 1048576}
 shutdown_timeout = "${options.shutdownTimeout ?? '5s'}"
+${options.httpsToml ?? ''}
 
 [identity]
 private_key_file = "${dir}/ppkeys/localhost.priv"
