@@ -60,6 +60,12 @@ export class CfengineConnection implements Session {
   private failed = false;
   log: Logger;
   private writing = false;
+  /**
+   * the deadline of the TLS handshake, version line and IDENTITY: one timer from the connection's start, as the
+   * socket's inactivity timer alone is pushed back by every byte (a client sending one byte every 29 s could hold
+   * a slot for hours, and nothing limits connections per address by default)
+   */
+  private identifyDeadline: NodeJS.Timeout | undefined;
   /** write() calls waiting for the write in flight */
   private writeWaiters: Array<{ resolve: () => void; reject: (error: Error) => void }> = [];
 
@@ -80,6 +86,13 @@ export class CfengineConnection implements Session {
     );
     socket.on('timeout', () => this.fail(this.phase === 'handshake' ? 'TLS handshake timeout' : this.phase === 'identification' ? 'identification timeout' : 'idle timeout', 'RELAY_ERR_REQUEST_TIMEOUT'));
     socket.on('close', () => this.onClose());
+    if (ctx.handshakeTimeoutMs > 0) this.identifyDeadline = setTimeout(() => {
+      if (this.phase === 'handshake' || this.phase === 'identification') {
+        // the same words as the socket's timer, which may fire first for a silent client
+        this.fail(this.phase === 'handshake' ? 'TLS handshake timeout' : 'identification timeout', 'RELAY_ERR_REQUEST_TIMEOUT');
+      }
+    }, ctx.handshakeTimeoutMs);
+    this.identifyDeadline?.unref();
   }
 
   get reader(): Reader {
@@ -107,6 +120,7 @@ export class CfengineConnection implements Session {
   private onClose(): void {
     if (this.phase === 'closed') return;
     this.phase = 'closed';
+    clearTimeout(this.identifyDeadline);
     this.frameWaiter?.();
     this.afterWrite(relayError('RELAY_ERR_CFENGINE_CLOSED')); // a write() still waiting gives up
     this.tally.flush(this.ctx.counters);
@@ -194,6 +208,7 @@ export class CfengineConnection implements Session {
     if (identity === undefined) return this.fail(`invalid IDENTITY: ${JSON.stringify(identityLine.slice(0, 64))}`, 'RELAY_ERR_CFENGINE_CODEC');
     this.username = identity.username;
     this.phase = 'requests';
+    clearTimeout(this.identifyDeadline);
     this.socket.setTimeout(this.ctx.idleTimeoutMs);
     this.identification = '';
     const welcome = welcomeLine(identity.username);

@@ -79,7 +79,11 @@ export function createCfengineServer(options: CfengineServerOptions, deps: Cfeng
     denyBadClocks: options.denyBadClocks ?? true,
     maxInputBytes: MAX_INPUT_BYTES,
     idleTimeoutMs,
-    handshakeTimeoutMs: Math.min(options.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS, idleTimeoutMs),
+    // never longer than the idle timeout; an idle timeout of 0 (none) leaves the identification's own
+    handshakeTimeoutMs:
+      idleTimeoutMs > 0
+        ? Math.min(options.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS, idleTimeoutMs)
+        : (options.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS),
     digests: new DigestCache(),
     directories: new DirectoryCache(),
     exec: {

@@ -376,3 +376,31 @@ t.test('until identified a connection has a short timeout; afterwards the idle t
   for (let i = 0; i < 100 && closedOnError().length < 2; i += 1) await new Promise((resolve) => setTimeout(resolve, 20));
   t.same(closedOnError().sort(), ['RELAY_ERR_REQUEST_TIMEOUT TLS handshake timeout', 'RELAY_ERR_REQUEST_TIMEOUT identification timeout']);
 });
+
+t.test('the identification has a deadline: a client trickling its version line a byte at a time is closed all the same', async (t) => {
+  const base = tempDir(t, 'onerelay-cftrickle-');
+  const { generateKeyPairSync } = await import('node:crypto');
+  const key = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey;
+  const handshakeTimeoutMs = 1000;
+  const fixture = await startCfengineFixture({ base, nodes: [{ id: NODE, sha256Pin: sha256PinOf(key) }], server: { handshakeTimeoutMs } });
+  t.teardown(() => fixture.server.stop());
+  const trickler = await connectCfengine(fixture.port(), key, { identify: false });
+  t.teardown(() => trickler.close());
+  const openedAt = Date.now();
+  // a byte every 300 ms: the socket's inactivity timer (1 s) alone would never fire
+  const version = Buffer.from('CFE_v2 cf-agent 3.21.0 and much more than anyone needs to say about itself');
+  let sent = 0;
+  const timer = setInterval(() => {
+    if (!trickler.isClosed() && sent < version.length) trickler.sendRaw(version.subarray(sent, (sent += 1)));
+  }, 300);
+  t.teardown(() => clearInterval(timer));
+  await trickler.closed;
+  const ms = Date.now() - openedAt;
+  t.ok(ms < handshakeTimeoutMs + 1500, `closed ${ms} ms after the connection, ${sent} bytes sent`);
+  t.ok(sent >= 3, 'it had kept sending');
+  // the server's line may come a moment after the client saw the close
+  const closedLine = () => fixture.logs.find((l) => l['msg'] === 'cfengine connection closed on error');
+  for (let i = 0; i < 100 && closedLine() === undefined; i += 1) await new Promise((resolve) => setTimeout(resolve, 20));
+  t.equal(closedLine()?.['code'], 'RELAY_ERR_REQUEST_TIMEOUT');
+  t.equal(closedLine()?.['reason'], 'identification timeout');
+});
