@@ -167,6 +167,11 @@ export function createFrontDoor(options: FrontDoorOptions, deps: FrontDoorDeps):
     request.once('end', () => {
       if (!socket.destroyed && !response.writableFinished) socket.setTimeout(0);
     });
+    // a body wholly received but not read by its route ('end' never comes): Node tells only the response then,
+    // and with no listener it destroys the socket, answer and line lost; the timer is disarmed instead
+    response.on('timeout', () => {
+      if (request.complete && !socket.destroyed) socket.setTimeout(0);
+    });
   }
 
   function build() {
