@@ -88,7 +88,7 @@ export class CfengineConnection implements Session {
     socket.on('close', () => this.onClose());
     if (ctx.handshakeTimeoutMs > 0) this.identifyDeadline = setTimeout(() => {
       if (this.phase === 'handshake' || this.phase === 'identification') {
-        // the same words as the socket's timer, which may fire first for a silent client
+        // the same words as the socket's idle timer, which may fire first when it is as short
         this.fail(this.phase === 'handshake' ? 'TLS handshake timeout' : 'identification timeout', 'RELAY_ERR_REQUEST_TIMEOUT');
       }
     }, ctx.handshakeTimeoutMs);
@@ -209,7 +209,6 @@ export class CfengineConnection implements Session {
     this.username = identity.username;
     this.phase = 'requests';
     clearTimeout(this.identifyDeadline);
-    this.socket.setTimeout(this.ctx.idleTimeoutMs);
     this.identification = '';
     const welcome = welcomeLine(identity.username);
     this.writeLine(this.welcomeStarted ? welcome.slice(WELCOME_START.length) : welcome);
@@ -402,6 +401,7 @@ export function openConnection(
     requestCert: true,
     rejectUnauthorized: false, // cf-serverd accepts any certificate; the key is checked afterwards (§4)
   });
-  tls.setTimeout(context.handshakeTimeoutMs);
+  // the idle timeout from the start; the identification's deadline is the connection's own timer
+  tls.setTimeout(context.idleTimeoutMs);
   return new CfengineConnection(tls, peer, context, onClosed);
 }
