@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import forge from 'node-forge';
 import { pino } from 'pino';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { nameOf, parseCertificateFacts, writeSelfSignedCertificate } from '../../src/der/index.js';
 import { createNodesRegistry, parseKeyHash, type NodesRegistry } from '../../src/nodes/index.js';
 import { FIXTURES as RELAYD_FIXTURES } from '../support/fixtures.js';
@@ -46,6 +46,16 @@ function registryFor(files: { list: string; certs: string }, myId = ROOT): Nodes
   const registry = createNodesRegistry({ myId, nodesListFile: files.list, nodesCertsFile: files.certs, log });
   registries.push(registry);
   return registry;
+}
+
+/** a loaded registry on a fresh fixture copy, with the certificates file's text and its PEM blocks (to rewrite it in place) */
+async function loadedWithPems(t: Test): Promise<{ files: { list: string; certs: string }; original: string; pems: string[]; registry: NodesRegistry }> {
+  const files = await fixtureDir();
+  const original = await fs.readFile(files.certs, 'latin1');
+  const registry = registryFor(files);
+  t.teardown(() => registry.stop());
+  await registry.reload();
+  return { files, original, pems: original.split(/(?<=-----END CERTIFICATE-----\n?)/), registry };
 }
 
 async function derOf(file: string): Promise<Buffer> {
@@ -536,12 +546,7 @@ t.test('a certificates file replaced by rename: the loaded one answers until the
 });
 
 t.test('a certificates file changed in place under the loaded data: an error, never "no certificate"', async (t) => {
-  const files = await fixtureDir();
-  const original = await fs.readFile(files.certs, 'latin1');
-  const pems = original.split(/(?<=-----END CERTIFICATE-----\n?)/);
-  const registry = registryFor(files);
-  t.teardown(() => registry.stop());
-  await registry.reload();
+  const { files, original, pems, registry } = await loadedWithPems(t);
   const r378 = registry.signerCertificatesOf(R378);
   t.equal(r378.length, 1);
 
@@ -569,12 +574,7 @@ t.test('a certificates file changed in place under the loaded data: an error, ne
 });
 
 t.test('certificates unreadable as loaded (the file changed in place, no reload seen): the registry reloads by itself, and not after stop', async (t) => {
-  const files = await fixtureDir();
-  const original = await fs.readFile(files.certs, 'latin1');
-  const pems = original.split(/(?<=-----END CERTIFICATE-----\n?)/);
-  const registry = registryFor(files);
-  t.teardown(() => registry.stop());
-  await registry.reload();
+  const { files, original, pems, registry } = await loadedWithPems(t);
   const loadedAt = registry.status().loadedAt;
   // valid, another order: what an in-place rewrite leaves once it is done, with no watch (reload() alone, no start())
   await fs.writeFile(files.certs, [...pems].reverse().join(''));
